@@ -1,0 +1,1 @@
+"""The `kagi` command line."""

@@ -1,0 +1,300 @@
+"""The key-value store contract every kagi service keeps its state behind, and its errors.
+
+A key is a (collection, key) pair. Every entry carries a version: a store-wide, strictly increasing number
+assigned on each write, so a delete followed by a re-create never revives an old version (no ABA). Writes are
+conditional (create-if-absent, compare-and-swap on the version), and `commit` applies several conditional
+writes to different keys all-or-nothing.
+
+Entries written with a TTL are transient (sessions, counters, idempotency records): they vanish at expiry and
+are never listed. Entries without a TTL are durable and listed per collection, in key order, a page at a time,
+from an index kept beside the data, so listing never scans the keyspace.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import binascii
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kagi.errors import Aborted, AlreadyExists, InvalidArgument, Unavailable
+
+MAX_KEY_BYTES = 512
+MAX_VALUE_BYTES = 4 * 1024 * 1024
+MAX_PAGE_SIZE = 1000
+_COLLECTION_RE = re.compile(r"[A-Za-z0-9_.\-/]{1,200}")
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,99}")
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+class StoreError(Exception):
+    """StoreError marks an error raised by a store driver (mixed into the domain error it corresponds to)."""
+
+
+class KeyExists(StoreError, AlreadyExists):
+    """KeyExists: create-if-absent found a live entry under that key."""
+
+    reason = "KEY_EXISTS"
+
+
+class VersionMismatch(StoreError, Aborted):
+    """VersionMismatch: the entry's version is not the one the write expected (or the entry is gone)."""
+
+    reason = "VERSION_MISMATCH"
+
+
+class StoreUnavailable(StoreError, Unavailable):
+    """StoreUnavailable: the backend cannot be reached or did not answer in time; nothing was written."""
+
+    reason = "STORE_UNAVAILABLE"
+
+
+class InvalidKey(StoreError, InvalidArgument):
+    """InvalidKey: a collection or key breaks the naming rules (empty, too long, bad characters)."""
+
+    reason = "INVALID_KEY"
+
+
+class InvalidStoreConfig(StoreError, InvalidArgument):
+    """InvalidStoreConfig: a bad store URL or namespace, or a file that belongs to another namespace."""
+
+    reason = "INVALID_STORE_CONFIG"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """Entry is one stored value with the version it was written at."""
+
+    key: str
+    value: bytes
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Page is one slice of a listing; `next_page_token` is empty on the last page."""
+
+    entries: list[Entry]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    """Create writes `value` under the key only if no live entry is there."""
+
+    collection: str
+    key: str
+    value: bytes
+    ttl: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Replace:
+    """Replace overwrites the entry only if its current version is `version` (compare-and-swap)."""
+
+    collection: str
+    key: str
+    value: bytes
+    version: int
+    ttl: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete removes the entry; with `version`, only if that is its current version."""
+
+    collection: str
+    key: str
+    version: int | None = None
+
+
+Operation = Create | Replace | Delete
+
+
+def check_collection(collection: str) -> str:
+    """check_collection returns `collection` or raises InvalidKey naming the rule it breaks."""
+    if not isinstance(collection, str) or not _COLLECTION_RE.fullmatch(collection):
+        raise InvalidKey(
+            "invalid collection name",
+            fields={"collection": "must be 1-200 characters of A-Z a-z 0-9 _ . - /"},
+        )
+    return collection
+
+
+def check_key(key: str) -> str:
+    """check_key returns `key` or raises InvalidKey: keys are 1-512 UTF-8 bytes with no control characters.
+
+    Any other character is allowed, separators and glob characters included: drivers place the key last in
+    the physical name after a collection that cannot contain the separator, and never use pattern matching,
+    so two distinct (collection, key) pairs can never name the same stored entry.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidKey("invalid key", fields={"key": "must not be empty"})
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise InvalidKey("invalid key", fields={"key": f"must be at most {MAX_KEY_BYTES} bytes"})
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
+        raise InvalidKey("invalid key", fields={"key": "must not contain control characters"})
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKey("invalid key", fields={"key": "must be valid UTF-8 text"}) from None
+    return key
+
+
+def check_value(value: bytes) -> bytes:
+    """check_value returns `value` or raises InvalidKey when it is not bytes or is over the size limit."""
+    if not isinstance(value, bytes | bytearray):
+        raise InvalidKey("invalid value", fields={"value": "must be bytes"})
+    if len(value) > MAX_VALUE_BYTES:
+        raise InvalidKey("invalid value", fields={"value": f"must be at most {MAX_VALUE_BYTES} bytes"})
+    return bytes(value)
+
+
+def check_ttl(ttl: float | None) -> float | None:
+    """check_ttl returns `ttl` or raises InvalidKey when it is not a positive number of seconds."""
+    if ttl is not None and not ttl > 0:
+        raise InvalidKey("invalid ttl", fields={"ttl": "must be a positive number of seconds"})
+    return ttl
+
+
+def check_page_size(page_size: int) -> int:
+    """check_page_size returns `page_size` or raises InvalidKey when it is outside 1..MAX_PAGE_SIZE."""
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidKey("invalid page size", fields={"page_size": f"must be between 1 and {MAX_PAGE_SIZE}"})
+    return page_size
+
+
+def check_operation(op: Operation) -> Operation:
+    """check_operation validates every part of one `commit` operation."""
+    check_collection(op.collection)
+    check_key(op.key)
+    if isinstance(op, Create | Replace):
+        check_value(op.value)
+        check_ttl(op.ttl)
+    return op
+
+
+def check_commit(operations: Sequence[Operation]) -> list[Operation]:
+    """check_commit validates every operation of a `commit` and rejects a key named twice.
+
+    Conditions are all checked against the state before the commit, so two operations on one key would have
+    no clear meaning; drivers rely on the keys being distinct.
+    """
+    ops = [check_operation(op) for op in operations]
+    seen: set[tuple[str, str]] = set()
+    for op in ops:
+        if (op.collection, op.key) in seen:
+            raise InvalidKey(
+                "invalid commit", fields={"operations": "each (collection, key) may appear only once"}
+            )
+        seen.add((op.collection, op.key))
+    return ops
+
+
+def check_amount(amount: int) -> int:
+    """check_amount returns `amount` or raises InvalidKey when it is not a signed 64-bit integer."""
+    if isinstance(amount, bool) or not isinstance(amount, int) or not _INT64_MIN <= amount <= _INT64_MAX:
+        raise InvalidKey("invalid amount", fields={"amount": "must be a signed 64-bit integer"})
+    return amount
+
+
+def check_counter(value: int) -> int:
+    """check_counter returns a counter's new `value` or raises InvalidKey when it leaves the 64-bit range."""
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise InvalidKey("invalid increment", fields={"amount": "the counter would overflow 64 bits"})
+    return value
+
+
+def check_namespace(namespace: str) -> str:
+    """check_namespace returns `namespace` or raises InvalidStoreConfig: a service name usable as a file name.
+
+    Letters, digits, '_' and '-' only, so it is safe both as a file name and inside a Redis hash tag.
+    """
+    if not isinstance(namespace, str) or not _NAMESPACE_RE.fullmatch(namespace):
+        raise InvalidStoreConfig(
+            "invalid store namespace",
+            fields={"namespace": "must be 1-100 characters of A-Z a-z 0-9 _ -, not starting with _ or -"},
+        )
+    return namespace
+
+
+def encode_page_token(last_key: str) -> str:
+    """encode_page_token turns the last key of a page into the opaque token that resumes after it."""
+    return base64.urlsafe_b64encode(last_key.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def decode_page_token(page_token: str) -> str | None:
+    """decode_page_token returns the key a listing resumes after (None at the start); raises InvalidKey."""
+    if not page_token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(page_token + "=" * (-len(page_token) % 4))
+        return check_key(raw.decode("utf-8"))
+    except (binascii.Error, ValueError, InvalidKey):
+        raise InvalidKey(
+            "invalid page token", fields={"page_token": "not a token this store issued"}
+        ) from None
+
+
+class KeyValueStore(abc.ABC):
+    """KeyValueStore is the whole state interface of a kagi service. Drivers: SQLite (embedded) and Redis.
+
+    Every method raises StoreUnavailable when the backend is down or too slow; a write that raised was not
+    applied, or (for a lost connection after sending) is reported as unavailable and must be retried with the
+    same conditional write, which then fails cleanly if it had landed.
+    """
+
+    @abc.abstractmethod
+    async def get(self, collection: str, key: str) -> Entry | None:
+        """Get returns the live entry under the key, or None."""
+
+    @abc.abstractmethod
+    async def create(self, collection: str, key: str, value: bytes, *, ttl: float | None = None) -> Entry:
+        """Create writes a new entry if none is live under the key; otherwise raises KeyExists."""
+
+    @abc.abstractmethod
+    async def compare_and_swap(
+        self, collection: str, key: str, value: bytes, *, version: int, ttl: float | None = None
+    ) -> Entry:
+        """Compare_and_swap replaces the entry if its version is `version`; otherwise raises VersionMismatch.
+
+        Without `ttl` the entry becomes durable; with it, transient.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, collection: str, key: str, *, version: int | None = None) -> bool:
+        """Delete removes the entry (only at `version` when given) and says whether one was removed.
+
+        A version that does not match raises VersionMismatch.
+        """
+
+    @abc.abstractmethod
+    async def increment(self, collection: str, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
+        """Increment adds `amount` to a counter and returns the new value.
+
+        A missing or expired counter starts from zero; `ttl` is set when the counter is created and not
+        extended by later increments (a fixed window). Read a counter with `get` (value is ASCII decimal).
+        """
+
+    @abc.abstractmethod
+    async def list(self, collection: str, *, page_size: int = 100, page_token: str = "") -> Page:
+        """List returns the durable entries of a collection in key order, one page at a time."""
+
+    @abc.abstractmethod
+    async def commit(self, operations: Sequence[Operation]) -> list[Entry | None]:
+        """Commit applies all operations atomically, or none.
+
+        Returns, per operation, the written entry (None for a delete). The first failing condition raises
+        KeyExists or VersionMismatch and nothing is written.
+        """
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Ping returns when the backend answers; raises StoreUnavailable otherwise (for readiness checks)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close releases connections and threads; the store is unusable afterwards."""
