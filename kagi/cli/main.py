@@ -1,4 +1,5 @@
 """The `kagi` command group."""
+
 import click
 
 

@@ -1,0 +1,1 @@
+"""Runtime pieces shared by every kagi component: settings, logging, gRPC server and client plumbing."""

@@ -1,0 +1,297 @@
+"""The gRPC server bootstrap every kagi service uses: mTLS, per-RPC allow-lists, request ids, error mapping,
+logging, server reflection and the standard health service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from kagi.errors import KagiError, Unauthenticated
+from kagi.runtime.grpc_errors import internal_status, to_status
+from kagi.runtime.identity import ANONYMOUS, PLAINTEXT_CALLER, Caller, Role, caller_from_pem
+from kagi.runtime.logging import REQUEST_ID_HEADER, new_request_id, request_id_var
+from kagi.runtime.settings import ListenSettings
+
+log = structlog.get_logger("kagi.grpc")
+
+caller_var: ContextVar[Caller] = ContextVar("kagi_caller", default=ANONYMOUS)
+metadata_var: ContextVar[Mapping[str, str]] = ContextVar("kagi_metadata", default={})  # noqa: B039
+
+CLIENT_CERT_SERIAL_HEADER = "x-kagi-client-cert-serial"
+CLIENT_CERT_SHA256_HEADER = "x-kagi-client-cert-sha256"
+CLIENT_CERT_SUBJECT_HEADER = "x-kagi-client-cert-subject"
+_CLIENT_CERT_RELAYS = frozenset({Role.GATEWAY, Role.FRONTEND})
+
+# Health and reflection are open to any caller that passed the TLS handshake: operators and probes use them.
+_OPEN_SERVICES = frozenset({"grpc.health.v1.Health", reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"})
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def current_caller() -> Caller:
+    """current_caller is the authenticated caller of the RPC being served."""
+    return caller_var.get()
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedCertificate:
+    """RelayedCertificate is a customer's client certificate as verified and relayed by the gateway."""
+
+    serial_number: str
+    fingerprint_sha256: str
+    subject: str
+
+
+def relayed_client_certificate() -> RelayedCertificate:
+    """relayed_client_certificate returns the customer certificate the gateway verified for this request.
+
+    The metadata is trusted only when the caller is the gateway (or a bank front-end); anyone else sending it
+    is refused, so a service never believes a certificate it did not see verified.
+    """
+    caller = current_caller()
+    if not caller.plaintext and caller.role not in _CLIENT_CERT_RELAYS:
+        raise Unauthenticated(
+            "a client certificate is only accepted as relayed by the gateway",
+            reason="CLIENT_CERT_NOT_RELAYED",
+        )
+    metadata = metadata_var.get()
+    serial = metadata.get(CLIENT_CERT_SERIAL_HEADER, "")
+    fingerprint = metadata.get(CLIENT_CERT_SHA256_HEADER, "")
+    if not serial or not fingerprint:
+        raise Unauthenticated("this step needs the client certificate", reason="CLIENT_CERT_REQUIRED")
+    return RelayedCertificate(serial.lower(), fingerprint.lower(), metadata.get(CLIENT_CERT_SUBJECT_HEADER, ""))
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """ServiceBinding is one gRPC service to serve: how to register it and which roles may call each method.
+
+    A method missing from `allowed_roles` may be called by no one: access is denied by default.
+    """
+
+    name: str
+    register: Callable[[grpc.aio.Server], None]
+    allowed_roles: Mapping[str, frozenset[Role]]
+
+
+@dataclass
+class _Policy:
+    allowed: dict[str, frozenset[Role]] = field(default_factory=dict)
+
+
+class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """KagiServerInterceptor authenticates the caller, applies the allow-list and maps errors, per RPC."""
+
+    def __init__(self, bindings: Sequence[ServiceBinding], *, domain: str, plaintext: bool) -> None:
+        self._policies = {b.name: dict(b.allowed_roles) for b in bindings}
+        self._domain = domain
+        self._plaintext = plaintext
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        service, _, method = details.method.lstrip("/").partition("/")
+        if service in _OPEN_SERVICES:
+            allowed: frozenset[Role] | None = None
+        else:
+            allowed = self._policies.get(service, {}).get(method, frozenset())
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, details.method, allowed),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, details.method, allowed),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _enter(self, context: grpc.aio.ServicerContext, method: str, allowed: frozenset[Role] | None) -> None:
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        metadata_var.set(metadata)
+        request_id = metadata.get(REQUEST_ID_HEADER) or new_request_id()
+        request_id_var.set(request_id[:128])
+        caller = self._caller(context)
+        caller_var.set(caller)
+        if allowed is not None:
+            caller.require(allowed, method.rsplit("/", 1)[-1])
+
+    def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        if self._plaintext:
+            return PLAINTEXT_CALLER
+        pems = context.auth_context().get("x509_pem_cert")
+        if not pems:
+            return ANONYMOUS
+        return caller_from_pem(pems[0])
+
+    async def _fail(self, context: grpc.aio.ServicerContext, method: str, exc: BaseException, start: float) -> None:
+        elapsed_ms = round((time.perf_counter() - start) * 1000, 2)
+        if isinstance(exc, KagiError):
+            status = to_status(exc, domain=self._domain)
+            log.info("rpc failed", method=method, grpc_code=exc.kind.value, reason=exc.reason, ms=elapsed_ms)
+        else:
+            status = internal_status()
+            log.error("rpc crashed", method=method, ms=elapsed_ms, exc_info=exc)
+        await context.abort_with_status(rpc_status.to_status(status))
+
+    def _wrap_unary(
+        self,
+        inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+        method: str,
+        allowed: frozenset[Role] | None,
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            try:
+                self._enter(context, method, allowed)
+                response = await inner(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:  # every failure becomes a status; unknown ones say nothing more
+                await self._fail(context, method, exc, start)
+                raise AssertionError("abort_with_status returned") from exc  # pragma: no cover
+            log.debug("rpc ok", method=method, ms=round((time.perf_counter() - start) * 1000, 2))
+            return response
+
+        return behavior
+
+    def _wrap_stream(
+        self,
+        inner: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
+        method: str,
+        allowed: frozenset[Role] | None,
+    ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            start = time.perf_counter()
+            try:
+                self._enter(context, method, allowed)
+                async for item in inner(request, context):
+                    yield item
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await self._fail(context, method, exc, start)
+
+        return behavior
+
+
+class GrpcServer:
+    """GrpcServer runs one or more kagi gRPC services on one port with health and reflection."""
+
+    def __init__(
+        self,
+        listen: ListenSettings,
+        bindings: Sequence[ServiceBinding],
+        *,
+        domain: str,
+        readiness: Callable[[], Awaitable[None]] | None = None,
+        readiness_interval: float = 5.0,
+    ) -> None:
+        self._listen = listen
+        self._bindings = list(bindings)
+        self._readiness = readiness
+        self._readiness_interval = readiness_interval
+        self._readiness_task: asyncio.Task[None] | None = None
+        self.health = HealthServicer()
+        self.port = 0
+        self._server = grpc.aio.server(
+            interceptors=[KagiServerInterceptor(self._bindings, domain=domain, plaintext=listen.tls is None)],
+            options=[
+                ("grpc.so_reuseport", 1),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+        )
+        for binding in self._bindings:
+            binding.register(self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        names = [b.name for b in self._bindings]
+        reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], self._server)
+
+    @property
+    def service_names(self) -> list[str]:
+        """Service_names are the kagi services this server carries."""
+        return [b.name for b in self._bindings]
+
+    async def start(self) -> int:
+        """Start binds the port (returning it: 0 asks for a free one) and begins serving."""
+        if self._listen.tls is None:
+            self.port = self._server.add_insecure_port(self._listen.address)
+        else:
+            chain, key, ca = self._listen.tls.read()
+            credentials = grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=True)
+            self.port = self._server.add_secure_port(self._listen.address, credentials)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self._listen.address}")
+        await self._server.start()
+        await self._set_serving(self._readiness is None)
+        if self._readiness is not None:
+            await self.check_readiness()
+            self._readiness_task = asyncio.create_task(self._watch_readiness())
+        log.info(
+            "grpc server started",
+            address=self._listen.address,
+            port=self.port,
+            services=self.service_names,
+            mtls=self._listen.tls is not None,
+        )
+        return self.port
+
+    async def check_readiness(self) -> bool:
+        """Check_readiness runs the readiness probe once and publishes SERVING or NOT_SERVING."""
+        if self._readiness is None:
+            return True
+        try:
+            await self._readiness()
+        except Exception as exc:  # any failure of a dependency means not ready; the reason is logged
+            log.warning("not ready", error=str(exc))
+            await self._set_serving(False)
+            return False
+        await self._set_serving(True)
+        return True
+
+    async def _watch_readiness(self) -> None:
+        while True:
+            await asyncio.sleep(self._readiness_interval)
+            await self.check_readiness()
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop refuses new calls, lets calls in flight finish for up to `grace` seconds, then closes."""
+        if self._readiness_task is not None:
+            self._readiness_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness_task
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+
+    async def wait(self) -> None:
+        """Wait returns when the server has stopped."""
+        await self._server.wait_for_termination()

@@ -1,0 +1,93 @@
+"""Structured JSON logs with a request id carried across calls, and a processor that redacts secrets by key."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Mapping, MutableMapping
+from contextvars import ContextVar
+from typing import Any
+
+import structlog
+
+REQUEST_ID_HEADER = "x-request-id"
+request_id_var: ContextVar[str] = ContextVar("kagi_request_id", default="")
+
+_SECRET_KEY = re.compile(
+    r"(pass(word|phrase)?|secret|seed|pin|token|credential|private|key_pem|otp|code|authorization|cookie)",
+    re.IGNORECASE,
+)
+_SAFE_KEYS = frozenset(
+    {
+        "token_id",
+        "status_code",
+        "code_name",
+        "grpc_code",
+        "reason",
+        "event",
+        "key_id",
+        "next_step",
+        "http_status",
+    }
+)
+REDACTED = "[REDACTED]"
+
+
+def new_request_id() -> str:
+    """new_request_id returns a fresh random request id."""
+    return uuid.uuid4().hex
+
+
+def redact(value: Any) -> Any:
+    """Redact returns `value` with every secret-looking key's value replaced, recursively."""
+    if isinstance(value, Mapping):
+        return {k: (REDACTED if _is_secret_key(k) else redact(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+def _is_secret_key(key: object) -> bool:
+    return isinstance(key, str) and key not in _SAFE_KEYS and _SECRET_KEY.search(key) is not None
+
+
+def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """redact_secrets is a structlog processor replacing the values of secret-looking keys."""
+    for key in list(event_dict):
+        if _is_secret_key(key):
+            event_dict[key] = REDACTED
+        elif isinstance(event_dict[key], Mapping | list | tuple):
+            event_dict[key] = redact(event_dict[key])
+    return event_dict
+
+
+def add_request_id(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """add_request_id is a structlog processor adding the current request id, when there is one."""
+    request_id = request_id_var.get()
+    if request_id and "request_id" not in event_dict:
+        event_dict["request_id"] = request_id
+    return event_dict
+
+
+def configure_logging(component: str, *, level: str = "INFO", json: bool = True) -> None:
+    """configure_logging sets structlog (and stdlib logging) to write one JSON object per line to stderr."""
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    logging.basicConfig(stream=sys.stderr, level=numeric, format="%(message)s", force=True)
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            add_request_id,
+            redact_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(component=component)

@@ -1,0 +1,172 @@
+"""Settings read once from the environment in each component's `main`, validated there, then frozen.
+
+Nothing below `main` reads the environment: components receive these objects. Secrets are wrapped in `Secret`
+so that printing a settings object, or logging it by mistake, never shows them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kagi.errors import InvalidArgument
+
+
+class Secret:
+    """Secret holds a sensitive string or bytes; its repr and str are always masked."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str | bytes) -> None:
+        self._value = value.encode() if isinstance(value, str) else bytes(value)
+
+    def reveal(self) -> bytes:
+        """Reveal returns the secret bytes; call it only where the secret is used, never to log it."""
+        return self._value
+
+    def reveal_text(self) -> str:
+        """Reveal_text returns the secret as UTF-8 text."""
+        return self._value.decode()
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class Environment:
+    """Environment reads typed settings from a mapping (os.environ in `main`), naming the variable on error."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = values
+
+    def text(self, name: str, default: str | None = None) -> str:
+        """Text returns the variable or its default; a missing one without default is an error naming it."""
+        value = self._values.get(name)
+        if value is None or value == "":
+            if default is None:
+                raise InvalidArgument(f"{name} is not set", fields={name: "is required"})
+            return default
+        return value
+
+    def optional(self, name: str) -> str | None:
+        """Optional returns the variable, or None when it is unset or empty."""
+        value = self._values.get(name)
+        return value if value else None
+
+    def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 2**31) -> int:
+        """Integer returns the variable as an int within [minimum, maximum]."""
+        raw = self._values.get(name)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InvalidArgument(f"{name} must be a whole number", fields={name: "not a number"}) from None
+        if not minimum <= value <= maximum:
+            raise InvalidArgument(f"{name} is out of range", fields={name: f"must be between {minimum} and {maximum}"})
+        return value
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        """Flag returns the variable as a boolean (1/true/yes or 0/false/no)."""
+        raw = self._values.get(name)
+        if not raw:
+            return default
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise InvalidArgument(f"{name} must be true or false", fields={name: "not a boolean"})
+
+    def path(self, name: str, default: str | None = None) -> Path:
+        """Path returns the variable as a filesystem path."""
+        return Path(self.text(name, default))
+
+    def secret(self, name: str, *, required: bool = True) -> Secret | None:
+        """Secret reads NAME, or the file named by NAME_FILE (preferred: keeps it out of the process table)."""
+        file_name = self._values.get(f"{name}_FILE")
+        if file_name:
+            try:
+                return Secret(Path(file_name).read_bytes().rstrip(b"\r\n"))
+            except OSError as exc:
+                raise InvalidArgument(
+                    f"{name}_FILE cannot be read", fields={f"{name}_FILE": exc.strerror or "unreadable"}
+                ) from None
+        value = self._values.get(name)
+        if value:
+            return Secret(value)
+        if required:
+            raise InvalidArgument(f"{name} is not set", fields={name: f"set {name} or {name}_FILE"})
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """TlsFiles names a component's mTLS material: its certificate chain, its key, and the CA bundle it trusts."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """Read returns (certificate chain PEM, key PEM, trusted CA PEM)."""
+        return self.cert_file.read_bytes(), self.key_file.read_bytes(), self.ca_file.read_bytes()
+
+
+@dataclass(frozen=True, slots=True)
+class ListenSettings:
+    """ListenSettings says where a gRPC server listens and how it authenticates callers.
+
+    `tls` is None only in plaintext development mode, which is allowed on loopback addresses only.
+    """
+
+    host: str
+    port: int
+    tls: TlsFiles | None
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.tls is None and not is_loopback(self.host):
+            raise InvalidArgument(
+                "plaintext gRPC is for loopback development only",
+                fields={"host": "must be a loopback address (127.0.0.1, ::1, localhost) without TLS"},
+            )
+
+    @property
+    def address(self) -> str:
+        """Address is host:port as gRPC expects it (IPv6 in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def is_loopback(host: str) -> bool:
+    """is_loopback tells whether a host name or address is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_files_from_env(env: Environment, prefix: str) -> TlsFiles | None:
+    """tls_files_from_env reads PREFIX_TLS_CERT, PREFIX_TLS_KEY, PREFIX_TLS_CA; None when plaintext is asked.
+
+    Plaintext needs KAGI_INSECURE_PLAINTEXT=1 explicitly: a missing certificate is an error, not a fallback.
+    """
+    if env.flag("KAGI_INSECURE_PLAINTEXT"):
+        return None
+    return TlsFiles(
+        cert_file=env.path(f"{prefix}_TLS_CERT"),
+        key_file=env.path(f"{prefix}_TLS_KEY"),
+        ca_file=env.path(f"{prefix}_TLS_CA"),
+    )
