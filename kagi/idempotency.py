@@ -1,0 +1,120 @@
+"""Idempotent mutations: a retried request with the same request_id gets the first answer, and its effect
+happens once.
+
+The ledger claims the request id with create-if-absent before acting, so two concurrent retries cannot both
+act: the second sees the claim and is told to retry (ABORTED) until the first has finished. The stored answer
+is what the first call returned, minus any secret (a seed, a temporary password, a session token): secrets are
+returned once, never replayed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from kagi.errors import Aborted, InvalidArgument
+from kagi.store.base import KeyExists, KeyValueStore, VersionMismatch
+
+T = TypeVar("T")
+
+COLLECTION = "idempotency"
+MAX_REQUEST_ID = 128
+_PENDING = "pending"
+_DONE = "done"
+
+
+def check_request_id(request_id: str) -> str:
+    """check_request_id validates a request id: at most 128 printable ASCII characters (empty means none)."""
+    if len(request_id) > MAX_REQUEST_ID or not all(0x21 <= ord(c) <= 0x7E for c in request_id):
+        raise InvalidArgument(
+            "invalid request_id",
+            reason="INVALID_REQUEST_ID",
+            fields={"request_id": f"must be at most {MAX_REQUEST_ID} printable ASCII characters without spaces"},
+        )
+    return request_id
+
+
+def fingerprint(*parts: str | bytes) -> str:
+    """Fingerprint hashes the request's meaningful fields, so a reused request_id with other content is caught."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Codec(Generic[T]):
+    """Codec turns an answer into the bytes kept for replays (secrets removed) and back."""
+
+    dump: Callable[[T], bytes]
+    load: Callable[[bytes], T]
+
+
+class IdempotencyLedger:
+    """IdempotencyLedger runs each (scope, request_id) action once and replays its stored answer afterwards."""
+
+    def __init__(self, store: KeyValueStore, *, ttl: float = 24 * 3600, pending_ttl: float = 120) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._pending_ttl = pending_ttl
+
+    async def run(
+        self,
+        scope: str,
+        request_id: str,
+        request_fingerprint: str,
+        action: Callable[[], Awaitable[T]],
+        codec: Codec[T],
+    ) -> T:
+        """Run performs `action` once for this request id, or returns the answer stored by the first run.
+
+        An empty request id means the caller asked for no idempotency: the action simply runs.
+        """
+        check_request_id(request_id)
+        if not request_id:
+            return await action()
+        key = f"{scope}/{request_id}"
+        claim = json.dumps({"state": _PENDING, "fp": request_fingerprint}).encode()
+        try:
+            entry = await self._store.create(COLLECTION, key, claim, ttl=self._pending_ttl)
+        except KeyExists:
+            return await self._replay(key, request_fingerprint, codec)
+        try:
+            answer = await action()
+        except BaseException:
+            # The action failed and changed nothing it acknowledged: free the id so a retry can try again.
+            await self._release(key, entry.version)
+            raise
+        record = {"state": _DONE, "fp": request_fingerprint, "answer": codec.dump(answer).hex()}
+        # VersionMismatch: the claim expired while acting (a very slow action); the answer still stands.
+        with contextlib.suppress(VersionMismatch):
+            await self._store.compare_and_swap(
+                COLLECTION, key, json.dumps(record).encode(), version=entry.version, ttl=self._ttl
+            )
+        return answer
+
+    async def _replay(self, key: str, request_fingerprint: str, codec: Codec[T]) -> T:
+        entry = await self._store.get(COLLECTION, key)
+        if entry is None:
+            raise Aborted("the first request with this request_id just ended; retry", reason="REQUEST_IN_PROGRESS")
+        record = json.loads(entry.value)
+        if record["fp"] != request_fingerprint:
+            raise InvalidArgument(
+                "request_id was already used for a different request",
+                reason="REQUEST_ID_REUSED",
+                fields={"request_id": "must be new for each different request"},
+            )
+        if record["state"] != _DONE:
+            raise Aborted("a request with this request_id is still in progress; retry", reason="REQUEST_IN_PROGRESS")
+        return codec.load(bytes.fromhex(record["answer"]))
+
+    async def _release(self, key: str, version: int) -> None:
+        # Best effort: the claim expires by itself, and the action's own error is what the caller must see.
+        with contextlib.suppress(Exception):
+            await self._store.delete(COLLECTION, key, version=version)
