@@ -1,0 +1,131 @@
+"""The enrollment state machine: the ten steps and the side events, declared as one transition table."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from kagi.errors import FailedPrecondition
+
+
+class State(Enum):
+    """State is where an enrollment stands (DESIGN.md section 2); the values match the API's names."""
+
+    NOTICE_VERIFIED = "NOTICE_VERIFIED"
+    PROFILE_SUBMITTED = "PROFILE_SUBMITTED"
+    REGISTERED = "REGISTERED"
+    CERTIFICATE_ISSUED = "CERTIFICATE_ISSUED"
+    CERTIFICATE_LOGGED_IN = "CERTIFICATE_LOGGED_IN"
+    PASSWORD_VERIFIED = "PASSWORD_VERIFIED"
+    TOKEN_REQUESTED = "TOKEN_REQUESTED"
+    APP_ACTIVATED = "APP_ACTIVATED"
+    APP_REGISTERED = "APP_REGISTERED"
+    COMPLETED = "COMPLETED"
+    EXPIRED = "EXPIRED"
+    LOCKED = "LOCKED"
+    CANCELLED = "CANCELLED"
+
+
+class Step(Enum):
+    """Step is one of the ten steps; the number is the step's place in the bank's procedure table."""
+
+    VERIFY_NOTICE = 1
+    SUBMIT_PROFILE = 2
+    CONFIRM_REGISTRATION = 3
+    ISSUE_CERTIFICATE = 4
+    CERTIFICATE_LOGIN = 5
+    PASSWORD_LOGIN = 6
+    REQUEST_TOKEN = 7
+    ACTIVATE_APP = 8
+    REGISTER_APP = 9
+    VERIFY_FIRST_CODE = 10
+
+
+class Event(Enum):
+    """Event is a side transition that is not a step: expiry, lockout or cancellation."""
+
+    EXPIRE = "EXPIRE"
+    LOCK = "LOCK"
+    CANCEL = "CANCEL"
+
+
+# Step 1 creates the enrollment in NOTICE_VERIFIED, so it has no "from" state here.
+STEP_TRANSITIONS: dict[tuple[State, Step], State] = {
+    (State.NOTICE_VERIFIED, Step.SUBMIT_PROFILE): State.PROFILE_SUBMITTED,
+    (State.PROFILE_SUBMITTED, Step.CONFIRM_REGISTRATION): State.REGISTERED,
+    (State.REGISTERED, Step.ISSUE_CERTIFICATE): State.CERTIFICATE_ISSUED,
+    (State.CERTIFICATE_ISSUED, Step.CERTIFICATE_LOGIN): State.CERTIFICATE_LOGGED_IN,
+    (State.CERTIFICATE_LOGGED_IN, Step.PASSWORD_LOGIN): State.PASSWORD_VERIFIED,
+    (State.PASSWORD_VERIFIED, Step.REQUEST_TOKEN): State.TOKEN_REQUESTED,
+    (State.TOKEN_REQUESTED, Step.ACTIVATE_APP): State.APP_ACTIVATED,
+    (State.APP_ACTIVATED, Step.REGISTER_APP): State.APP_REGISTERED,
+    (State.APP_REGISTERED, Step.VERIFY_FIRST_CODE): State.COMPLETED,
+}
+
+IN_PROGRESS = frozenset(
+    {
+        State.NOTICE_VERIFIED,
+        State.PROFILE_SUBMITTED,
+        State.REGISTERED,
+        State.CERTIFICATE_ISSUED,
+        State.CERTIFICATE_LOGGED_IN,
+        State.PASSWORD_VERIFIED,
+        State.TOKEN_REQUESTED,
+        State.APP_ACTIVATED,
+        State.APP_REGISTERED,
+    }
+)
+
+# Side events: expiry, lockout and cancellation end any enrollment in progress; only LOCKED can be undone,
+# by an operator, and it resumes where it stood (kept in the record as `locked_from`).
+EVENT_TRANSITIONS: dict[tuple[State, Event], State] = {
+    **{(state, Event.EXPIRE): State.EXPIRED for state in IN_PROGRESS},
+    **{(state, Event.LOCK): State.LOCKED for state in IN_PROGRESS},
+    **{(state, Event.CANCEL): State.CANCELLED for state in IN_PROGRESS},
+    (State.LOCKED, Event.CANCEL): State.CANCELLED,
+}
+
+NEXT_STEP: dict[State, Step] = dict(STEP_TRANSITIONS.keys())
+
+
+class WrongStep(FailedPrecondition):
+    """WrongStep: the step is not the one the enrollment's state allows; names both."""
+
+    reason = "WRONG_STEP"
+
+
+class EnrollmentClosed(FailedPrecondition):
+    """EnrollmentClosed: the enrollment is completed, expired, locked or cancelled and takes no more steps."""
+
+    reason = "ENROLLMENT_CLOSED"
+
+
+def next_step(state: State) -> Step | None:
+    """next_step is the step an enrollment in `state` expects, or None when it takes no more steps."""
+    return NEXT_STEP.get(state)
+
+
+def transition(state: State, action: Step | Event) -> State:
+    """Transition returns the state after `action`, or raises FailedPrecondition naming the state and the step
+    the enrollment expects next."""
+    if isinstance(action, Step):
+        target = STEP_TRANSITIONS.get((state, action))
+        if target is not None:
+            return target
+        expected = next_step(state)
+        if expected is None:
+            raise EnrollmentClosed(
+                f"the enrollment is {state.value} and takes no more steps",
+                metadata={"state": state.value, "step": action.name},
+            )
+        raise WrongStep(
+            f"the enrollment is {state.value}: the next step is {expected.value} ({expected.name}), "
+            f"not {action.value} ({action.name})",
+            metadata={"state": state.value, "expected_step": expected.name, "step": action.name},
+        )
+    target = EVENT_TRANSITIONS.get((state, action))
+    if target is None:
+        raise EnrollmentClosed(
+            f"cannot {action.value.lower()} an enrollment that is {state.value}",
+            metadata={"state": state.value, "event": action.value},
+        )
+    return target
