@@ -1,0 +1,131 @@
+"""Mail transports: SMTP (STARTTLS or implicit TLS, with auth) when configured, otherwise a Maildir on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import mailbox
+import smtplib
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from kagi.errors import InvalidArgument, Unavailable
+from services.enrollment_service.domain.messages import Mail
+
+
+class MailTransport(Protocol):
+    """MailTransport delivers one message or raises Unavailable (the outbox retries it later)."""
+
+    async def send(self, message: EmailMessage) -> None: ...
+
+
+def build_message(mail: Mail, *, sender: str, now: float) -> EmailMessage:
+    """build_message renders a domain Mail as a UTF-8 RFC 5322 message."""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = mail.to
+    message["Subject"] = mail.subject
+    message["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
+    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or "kagi.invalid")
+    message.set_content(mail.body, charset="utf-8")
+    return message
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """SmtpSettings is a parsed KAGI_SMTP_URL: smtp://[user:pass@]host:port[?starttls=true&cafile=...] or smtps://."""
+
+    host: str
+    port: int
+    implicit_tls: bool
+    starttls: bool
+    username: str | None
+    password: str | None
+    cafile: str | None
+    timeout: float = 10.0
+
+    def __repr__(self) -> str:
+        return f"SmtpSettings(host={self.host!r}, port={self.port}, tls={self.implicit_tls or self.starttls})"
+
+    @classmethod
+    def from_url(cls, url: str) -> SmtpSettings:
+        """From_url parses the URL, naming the part that is wrong (the password is never echoed)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise InvalidArgument(
+                "invalid SMTP URL", fields={"KAGI_SMTP_URL": "must be smtp://host:port or smtps://host:port"}
+            )
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        implicit = parts.scheme == "smtps"
+        starttls = query.get("starttls", "false").lower() in ("1", "true", "yes")
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (465 if implicit else 25),
+            implicit_tls=implicit,
+            starttls=starttls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            cafile=query.get("cafile"),
+        )
+
+
+class SmtpTransport:
+    """SmtpTransport sends through an SMTP relay; TLS is verified against the system or the given CA file."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self._settings = settings
+
+    async def send(self, message: EmailMessage) -> None:
+        """Send delivers the message in a worker thread; any network or SMTP failure is Unavailable."""
+        try:
+            await asyncio.to_thread(self._send, message)
+        except (OSError, smtplib.SMTPException) as exc:
+            raise Unavailable(f"mail server unavailable: {type(exc).__name__}", reason="MAIL_UNAVAILABLE") from None
+
+    def _send(self, message: EmailMessage) -> None:
+        s = self._settings
+        context = ssl.create_default_context(cafile=s.cafile)
+        client: smtplib.SMTP
+        if s.implicit_tls:
+            client = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=context)
+        else:
+            client = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+        with client:
+            client.ehlo()
+            if s.starttls and not s.implicit_tls:
+                client.starttls(context=context)
+                client.ehlo()
+            if s.username is not None:
+                client.login(s.username, s.password or "")
+            client.send_message(message)
+
+
+class MaildirTransport:
+    """MaildirTransport drops each message into a Maildir (the development default: `<state-dir>/mail`)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    async def send(self, message: EmailMessage) -> None:
+        """Send writes the message atomically into the Maildir's new/ folder."""
+        try:
+            await asyncio.to_thread(self._write, message)
+        except OSError as exc:
+            raise Unavailable(f"maildir unavailable: {exc.strerror}", reason="MAIL_UNAVAILABLE") from None
+
+    def _write(self, message: EmailMessage) -> None:
+        box = mailbox.Maildir(self._path, create=True)
+        box.add(message)
+        box.close()
+
+
+def transport_from_settings(smtp_url: str | None, maildir: Path) -> MailTransport:
+    """transport_from_settings picks SMTP when a URL is configured, otherwise the Maildir."""
+    if smtp_url:
+        return SmtpTransport(SmtpSettings.from_url(smtp_url))
+    return MaildirTransport(maildir)

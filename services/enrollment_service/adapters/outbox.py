@@ -1,0 +1,93 @@
+"""The durable mail outbox: mails are written in the same atomic commit as the step that causes them, and a
+sender delivers them, retrying with backoff while the mail server is down. A step never fails because mail is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from dataclasses import dataclass
+
+import structlog
+
+from kagi.clock import Clock
+from kagi.errors import Unavailable
+from kagi.store.base import Create, Entry, KeyValueStore, VersionMismatch
+from services.enrollment_service.adapters.mail import MailTransport, build_message
+from services.enrollment_service.domain.messages import Mail
+
+log = structlog.get_logger("kagi.enrollment.outbox")
+
+COLLECTION = "outbox"
+MAX_BACKOFF_SECONDS = 300.0
+MAX_ATTEMPTS = 100
+
+
+def outbox_entry(mail: Mail, now: float) -> Create:
+    """outbox_entry is the store operation that queues `mail`; commit it together with the step's own writes."""
+    key = f"{int(now * 1000):015d}-{uuid.uuid4().hex}"
+    record = {"to": mail.to, "subject": mail.subject, "body": mail.body, "attempts": 0, "next_attempt_at": now}
+    return Create(COLLECTION, key, json.dumps(record).encode())
+
+
+@dataclass
+class OutboxSender:
+    """OutboxSender delivers queued mails; several replicas may run one, as each mail is claimed by CAS."""
+
+    store: KeyValueStore
+    transport: MailTransport
+    clock: Clock
+    sender_address: str
+
+    async def deliver_due(self) -> int:
+        """Deliver_due sends every mail whose time has come and returns how many were delivered."""
+        delivered = 0
+        token = ""
+        while True:
+            page = await self.store.list(COLLECTION, page_size=100, page_token=token)
+            for entry in page.entries:
+                delivered += await self._deliver(entry)
+            token = page.next_page_token
+            if not token:
+                return delivered
+
+    async def _deliver(self, entry: Entry) -> int:
+        record = json.loads(entry.value)
+        now = self.clock.now()
+        if record.get("dead") or record["next_attempt_at"] > now:
+            return 0
+        record["attempts"] += 1
+        record["next_attempt_at"] = now + min(2.0 ** record["attempts"], MAX_BACKOFF_SECONDS)
+        if record["attempts"] > MAX_ATTEMPTS:
+            record["dead"] = True
+        try:
+            claimed = await self.store.compare_and_swap(
+                COLLECTION, entry.key, json.dumps(record).encode(), version=entry.version
+            )
+        except VersionMismatch:
+            return 0  # another sender has it
+        if record.get("dead"):
+            log.error("mail given up", outbox_key=entry.key, attempts=record["attempts"] - 1)
+            return 0
+        mail = Mail(to=record["to"], subject=record["subject"], body=record["body"])
+        try:
+            await self.transport.send(build_message(mail, sender=self.sender_address, now=now))
+        except Unavailable as exc:
+            log.warning("mail deferred", outbox_key=entry.key, attempts=record["attempts"], error=exc.message)
+            return 0
+        with contextlib.suppress(VersionMismatch):
+            await self.store.delete(COLLECTION, entry.key, version=claimed.version)
+        log.info("mail sent", outbox_key=entry.key)
+        return 1
+
+    async def run(self, stop: asyncio.Event, *, interval: float = 1.0) -> None:
+        """Run delivers due mails every `interval` seconds until `stop` is set; store outages are waited out."""
+        while not stop.is_set():
+            try:
+                await self.deliver_due()
+            except Unavailable as exc:
+                log.warning("outbox paused", error=exc.message)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
