@@ -56,6 +56,8 @@ class Application:
     expires_at: float
     state: ApplicationState = ApplicationState.OPEN
     failures: int = 0
+    # The enrollment that registered a user with this application (step 3).
+    enrollment_id: str = ""
 
     def current_state(self, now: float) -> ApplicationState:
         """Current_state is the state with expiry applied at `now`."""
@@ -77,11 +79,14 @@ class Application:
             )
         return replace(self, state=ApplicationState.OPEN, failures=0)
 
-    def spent(self) -> Application:
-        """Spent marks the temporary passwords used: a registered user consumed them (step 3)."""
+    def spent(self, enrollment_id: str) -> Application:
+        """Spent marks the temporary passwords used by the enrollment that registered a user (step 3)."""
         if self.state is not ApplicationState.OPEN:
-            raise FailedPrecondition(f"the application is {self.state.value}", reason="APPLICATION_NOT_OPEN")
-        return replace(self, state=ApplicationState.USED)
+            raise FailedPrecondition(
+                f"the application is {self.state.value}: its temporary passwords can no longer be used",
+                reason="APPLICATION_NOT_OPEN",
+            )
+        return replace(self, state=ApplicationState.USED, enrollment_id=enrollment_id)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,63 @@
+"""Idempotent gRPC mutations: the ledger keyed by the request's `request_id`, with protobuf answers stored
+without their secret fields and request fingerprints computed without theirs."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+from google.protobuf.message import Message
+
+from kagi.idempotency import Codec, IdempotencyLedger, fingerprint
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+
+def _without(message: Message, fields: Iterable[str]) -> Message:
+    copy = type(message)()
+    copy.CopyFrom(message)
+    for name in fields:
+        copy.ClearField(name)
+    return copy
+
+
+def _clear_paths(message: Message, paths: Iterable[str]) -> None:
+    for path in paths:
+        *parents, leaf = path.split(".")
+        target: Message | None = message
+        for parent in parents:
+            target = getattr(target, parent) if target is not None and target.HasField(parent) else None
+        if target is not None:
+            target.ClearField(leaf)
+
+
+async def run_idempotent(
+    ledger: IdempotencyLedger,
+    request: Req,
+    action: Callable[[], Awaitable[Resp]],
+    response_type: type[Resp],
+    *,
+    secret_request_fields: Iterable[str] = (),
+    secret_response_fields: Iterable[str] = (),
+) -> Resp:
+    """run_idempotent runs `action` once per request_id and replays its answer to retries.
+
+    Secret request fields (passwords, PINs) are left out of the fingerprint: a hash of a 4-digit PIN would
+    give it away. Secret response fields (seeds, temporary passwords, session tokens; dotted paths for nested
+    ones) are cleared in the stored answer, so a replay never returns a secret a second time.
+    """
+    secret_request = list(secret_request_fields)
+    secret_response = list(secret_response_fields)
+    request_id = str(getattr(request, "request_id", ""))
+    scope = request.DESCRIPTOR.full_name
+    print_ = fingerprint(_without(request, secret_request).SerializeToString(deterministic=True))
+
+    def dump(answer: Resp) -> bytes:
+        stored = response_type()
+        stored.CopyFrom(answer)
+        _clear_paths(stored, secret_response)
+        return stored.SerializeToString(deterministic=True)
+
+    codec = Codec[Resp](dump=dump, load=response_type.FromString)
+    return await ledger.run(scope, request_id, print_, action, codec)

@@ -1,0 +1,142 @@
+"""gRPC clients of the CA and the OTP service, as the enrollment's ports see them. Errors the services raise
+come back as the same domain errors (reason and fields kept)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+
+from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
+from kagi.common.v1 import common_pb2
+from kagi.otp.v1 import otp_pb2, otp_pb2_grpc
+from kagi.runtime.grpc_client import error_from_rpc
+from services.enrollment_service.app.ports import (
+    AppActivation,
+    CertificateStatus,
+    IssuedCertificate,
+    PendingToken,
+)
+
+CALL_TIMEOUT = 15.0
+_STATUS = {
+    ca_pb2.GetCertificateStatusResponse.STATUS_GOOD: CertificateStatus.GOOD,
+    ca_pb2.GetCertificateStatusResponse.STATUS_REVOKED: CertificateStatus.REVOKED,
+}
+_ALGORITHM = {
+    common_pb2.OTP_ALGORITHM_SHA1: "SHA1",
+    common_pb2.OTP_ALGORITHM_SHA256: "SHA256",
+    common_pb2.OTP_ALGORITHM_SHA512: "SHA512",
+}
+
+
+@asynccontextmanager
+async def _translated(rename: dict[str, str] | None = None) -> AsyncIterator[None]:
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        error = error_from_rpc(exc)
+        if rename:
+            error.fields = {rename.get(k, k): v for k, v in error.fields.items()}
+        raise error from None
+
+
+class GrpcCertificateAuthority:
+    """GrpcCertificateAuthority calls the CA service with the enrollment's identity."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = ca_pb2_grpc.CertificateAuthorityServiceStub(channel)
+
+    async def issue_customer_certificate(
+        self, *, request_id: str, csr_pem: str, user_id: str, company_name: str, user_name: str, login_id: str
+    ) -> IssuedCertificate:
+        """Issue_customer_certificate asks for a customer certificate bound to the user."""
+        request = ca_pb2.IssueCertificateRequest(
+            request_id=request_id,
+            csr=csr_pem.encode(),
+            profile="customer",
+            customer=ca_pb2.CustomerIdentity(
+                user_id=user_id, company_name=company_name, user_name=user_name, login_id=login_id
+            ),
+        )
+        async with _translated({"csr": "csr_pem"}):
+            response = await self._stub.IssueCertificate(request, timeout=CALL_TIMEOUT)
+        certificate = response.certificate
+        return IssuedCertificate(
+            serial_number=certificate.serial_number,
+            fingerprint_sha256=certificate.fingerprint_sha256,
+            certificate_pem=certificate.certificate_pem,
+            chain_pem=response.chain_pem,
+        )
+
+    async def status(self, serial_number: str) -> CertificateStatus:
+        """Status asks the CA whether a customer certificate is good, revoked or unknown."""
+        request = ca_pb2.GetCertificateStatusRequest(serial_number=serial_number, issuer=ca_pb2.ISSUER_CUSTOMER)
+        async with _translated():
+            response = await self._stub.GetCertificateStatus(request, timeout=CALL_TIMEOUT)
+        return _STATUS.get(response.status, CertificateStatus.UNKNOWN)
+
+
+class GrpcTokenService:
+    """GrpcTokenService calls the OTP service with the enrollment's identity."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = otp_pb2_grpc.OtpServiceStub(channel)
+
+    async def create_token(
+        self, *, request_id: str, user_id: str, delivery_email: str, usage_start_password: str
+    ) -> PendingToken:
+        """Create_token creates the pending token of step 7."""
+        request = otp_pb2.CreateTokenRequest(
+            request_id=request_id,
+            user_id=user_id,
+            delivery_email=delivery_email,
+            usage_start_password=usage_start_password,
+        )
+        async with _translated({"delivery_email": "mobile_email"}):
+            response = await self._stub.CreateToken(request, timeout=CALL_TIMEOUT)
+        token = response.token
+        return PendingToken(token.token_id, token.service_id, token.app_user_id)
+
+    async def activate(
+        self, *, request_id: str, service_id: str, app_user_id: str, usage_start_password: str, consent: bool
+    ) -> AppActivation:
+        """Activate delivers the seed to the app (step 8)."""
+        request = otp_pb2.ActivateTokenRequest(
+            request_id=request_id,
+            service_id=service_id,
+            app_user_id=app_user_id,
+            usage_start_password=usage_start_password,
+            consent=consent,
+        )
+        async with _translated({"app_user_id": "user_id", "consent": "agreed"}):
+            response = await self._stub.ActivateToken(request, timeout=CALL_TIMEOUT)
+        activation = response.activation
+        return AppActivation(
+            token_id=response.token.token_id,
+            secret=activation.secret,
+            otpauth_uri=activation.otpauth_uri,
+            algorithm=_ALGORITHM.get(activation.algorithm, "SHA1"),
+            digits=activation.digits,
+            period=activation.period,
+            activation_id=activation.activation_id,
+        )
+
+    async def confirm_registration(
+        self, *, request_id: str, service_id: str, app_user_id: str, activation_id: str
+    ) -> str:
+        """Confirm_registration records that the app stored the seed (step 9); returns the token id."""
+        request = otp_pb2.ConfirmRegistrationRequest(
+            request_id=request_id, service_id=service_id, app_user_id=app_user_id, activation_id=activation_id
+        )
+        async with _translated({"app_user_id": "user_id"}):
+            response = await self._stub.ConfirmRegistration(request, timeout=CALL_TIMEOUT)
+        token_id: str = response.token.token_id
+        return token_id
+
+    async def verify(self, *, request_id: str, token_id: str, code: str) -> None:
+        """Verify checks a code; a wrong, replayed or expired code raises the OTP service's error."""
+        request = otp_pb2.VerifyCodeRequest(request_id=request_id, token_id=token_id, code=code)
+        async with _translated({"code": "otp"}):
+            await self._stub.VerifyCode(request, timeout=CALL_TIMEOUT)

@@ -1,0 +1,1 @@
+"""The enrollment service layer: the use cases (one per step), their ports, and the repository."""

@@ -1,0 +1,75 @@
+"""What the enrollment use cases need from the CA and the OTP service, as small protocols (adapters: gRPC)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """IssuedCertificate is a customer certificate the CA signed for an enrollment."""
+
+    serial_number: str
+    fingerprint_sha256: str
+    certificate_pem: str
+    chain_pem: str
+
+
+class CertificateStatus(Enum):
+    """CertificateStatus is the CA's answer for a serial."""
+
+    GOOD = "GOOD"
+    REVOKED = "REVOKED"
+    UNKNOWN = "UNKNOWN"
+
+
+class CertificateAuthority(Protocol):
+    """CertificateAuthority issues customer certificates and reports their status."""
+
+    async def issue_customer_certificate(
+        self, *, request_id: str, csr_pem: str, user_id: str, company_name: str, user_name: str, login_id: str
+    ) -> IssuedCertificate: ...
+
+    async def status(self, serial_number: str) -> CertificateStatus: ...
+
+
+@dataclass(frozen=True)
+class PendingToken:
+    """PendingToken is a token created in step 7, with the IDs the app will enter."""
+
+    token_id: str
+    service_id: str
+    app_user_id: str
+
+
+@dataclass(frozen=True)
+class AppActivation:
+    """AppActivation is the once-only answer of step 8; `secret` is the seed."""
+
+    token_id: str
+    secret: str = field(repr=False)
+    otpauth_uri: str = field(repr=False)
+    algorithm: str
+    digits: int
+    period: int
+    activation_id: str
+
+
+class TokenService(Protocol):
+    """TokenService is the OTP service as the enrollment uses it."""
+
+    async def create_token(
+        self, *, request_id: str, user_id: str, delivery_email: str, usage_start_password: str
+    ) -> PendingToken: ...
+
+    async def activate(
+        self, *, request_id: str, service_id: str, app_user_id: str, usage_start_password: str, consent: bool
+    ) -> AppActivation: ...
+
+    async def confirm_registration(
+        self, *, request_id: str, service_id: str, app_user_id: str, activation_id: str
+    ) -> str: ...
+
+    async def verify(self, *, request_id: str, token_id: str, code: str) -> None: ...

@@ -1,0 +1,536 @@
+"""The enrollment use cases: one method per step of the bank's procedure, plus the operator's tasks.
+
+Each step reads the enrollment with its version, checks the caller's credential and that the state allows the
+step (before calling the CA or the OTP service, so a wrong-state call has no side effect), does its work, and
+writes everything it changed in one atomic commit conditioned on the version it read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, replace
+
+from kagi.clock import Clock
+from kagi.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from kagi.passwords import PasswordHasher
+from kagi.store.base import Create, KeyExists, Operation, Replace, VersionMismatch
+from services.enrollment_service.adapters.outbox import outbox_entry
+from services.enrollment_service.app.ports import (
+    AppActivation,
+    CertificateAuthority,
+    CertificateStatus,
+    IssuedCertificate,
+    TokenService,
+)
+from services.enrollment_service.app.repository import (
+    APPLICATIONS_BY_ACCOUNT,
+    ENROLLMENTS_BY_APP,
+    LOGIN_IDS,
+    EnrollmentRepository,
+    Versioned,
+    app_key,
+    put_application,
+    put_enrollment,
+    user_record,
+)
+from services.enrollment_service.domain.credentials import (
+    session_token,
+    temporary_password,
+    token_digest,
+    token_matches,
+)
+from services.enrollment_service.domain.messages import completion_mail, token_mail
+from services.enrollment_service.domain.records import (
+    MAX_FAILURES,
+    AccountType,
+    Application,
+    ApplicationState,
+    Enrollment,
+    account_key,
+)
+from services.enrollment_service.domain.rules import (
+    MSG_TAKEN,
+    validate_application,
+    validate_notice_entry,
+    validate_profile,
+    validate_token_request,
+)
+from services.enrollment_service.domain.states import Event, State, Step, transition
+
+NOTICE_MISMATCH = "口座情報または仮パスワードが正しくありません / the account or the temporary passwords do not match"
+_CAS_RETRIES = 20
+
+
+@dataclass(frozen=True)
+class EnrollmentPolicy:
+    """EnrollmentPolicy holds the service's time limits and the app link sent by mail."""
+
+    idle_seconds: float = 60 * 60
+    application_ttl_seconds: float = 30 * 24 * 3600
+    app_url: str = "https://www.example.com/kagi-token-app"
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """ClientCertificate is the customer certificate the gateway verified for this request."""
+
+    serial_number: str
+    fingerprint_sha256: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Notice is what registering an application returns once: the record and its temporary passwords."""
+
+    application: Application
+    temporary_login_password: str
+    temporary_confirmation_password: str
+
+
+class EnrollmentService:
+    """EnrollmentService drives enrollments through the ten steps."""
+
+    def __init__(
+        self,
+        repository: EnrollmentRepository,
+        ca: CertificateAuthority,
+        otp: TokenService,
+        hasher: PasswordHasher,
+        clock: Clock,
+        policy: EnrollmentPolicy | None = None,
+    ) -> None:
+        self._repo = repository
+        self._ca = ca
+        self._otp = otp
+        self._hasher = hasher
+        self._clock = clock
+        self._policy = policy or EnrollmentPolicy()
+
+    # -- operator ---------------------------------------------------------------------------------------------
+
+    async def register_application(
+        self, *, company_name: str, branch_code: str, account_type: AccountType, account_number: str
+    ) -> Notice:
+        """Register_application records an application and returns its temporary passwords, this once."""
+        company = validate_application(
+            company_name=company_name, branch_code=branch_code, account_number=account_number
+        )
+        login, confirmation = temporary_password(), temporary_password()
+        login_hash, confirmation_hash = await asyncio.gather(
+            asyncio.to_thread(self._hasher.hash, login), asyncio.to_thread(self._hasher.hash, confirmation)
+        )
+        now = self._clock.now()
+        application = Application(
+            application_id=uuid.uuid4().hex,
+            company_name=company,
+            branch_code=branch_code,
+            account_type=account_type,
+            account_number=account_number,
+            temporary_login_hash=login_hash,
+            temporary_confirmation_hash=confirmation_hash,
+            created_at=now,
+            expires_at=now + self._policy.application_ttl_seconds,
+        )
+        account = account_key(branch_code, account_type, account_number)
+        for _ in range(_CAS_RETRIES):
+            # The account index points at the newest application: a company that re-applies gets a new notice.
+            index = await self._repo.store.get(APPLICATIONS_BY_ACCOUNT, account)
+            pointer = application.application_id.encode()
+            index_op: Operation = (
+                Create(APPLICATIONS_BY_ACCOUNT, account, pointer)
+                if index is None
+                else Replace(APPLICATIONS_BY_ACCOUNT, account, pointer, index.version)
+            )
+            try:
+                await self._repo.commit([put_application(application, None), index_op])
+            except (KeyExists, VersionMismatch):
+                continue
+            return Notice(application, login, confirmation)
+        raise Aborted("the account's application changed concurrently; retry", reason="CONCURRENT_UPDATE")
+
+    async def list_applications(self, page_size: int, page_token: str) -> tuple[list[Application], str]:
+        """List_applications lists applications for operators."""
+        return await self._repo.applications(page_size or 100, page_token)
+
+    async def unlock_application(self, application_id: str) -> Application:
+        """Unlock_application lifts the lockout of an application, or of the enrollment registered with it."""
+        current = await self._repo.application(application_id)
+        application = current.record
+        if application.state is ApplicationState.LOCKED:
+            unlocked = application.unlocked()
+            await self._write([put_application(unlocked, current.version)])
+            return unlocked
+        if application.enrollment_id:
+            enrollment = await self._repo.enrollment(application.enrollment_id)
+            if enrollment.record.state is State.LOCKED:
+                resumed = enrollment.record.unlocked(self._clock.now(), self._policy.idle_seconds)
+                await self._write([put_enrollment(resumed, enrollment.version)])
+                return application
+        raise FailedPrecondition("neither the application nor its enrollment is locked", reason="NOTHING_LOCKED")
+
+    # -- step 1 -----------------------------------------------------------------------------------------------
+
+    async def verify_notice(
+        self,
+        *,
+        branch_code: str,
+        account_type: AccountType,
+        account_number: str,
+        temporary_login_password: str,
+        temporary_confirmation_password: str,
+    ) -> tuple[Enrollment, str]:
+        """Verify_notice is step 1: returns a new enrollment and its session token (returned this once)."""
+        validate_notice_entry(
+            branch_code=branch_code,
+            account_number=account_number,
+            temporary_login_password=temporary_login_password,
+            temporary_confirmation_password=temporary_confirmation_password,
+        )
+        found = await self._repo.application_for_account(account_key(branch_code, account_type, account_number))
+        if found is None:
+            # Cost the same as a real check, and answer the same: accounts cannot be probed.
+            await asyncio.to_thread(self._hasher.verify_dummy, temporary_login_password)
+            raise Unauthenticated(NOTICE_MISMATCH, reason="NOTICE_MISMATCH")
+        self._check_application_open(found.record)
+        login_ok, confirmation_ok = await asyncio.gather(
+            asyncio.to_thread(self._hasher.verify, found.record.temporary_login_hash, temporary_login_password),
+            asyncio.to_thread(
+                self._hasher.verify, found.record.temporary_confirmation_hash, temporary_confirmation_password
+            ),
+        )
+        if not (login_ok and confirmation_ok):
+            await self._count_notice_failure(found.record.application_id)
+        now = self._clock.now()
+        token = session_token()
+        enrollment = Enrollment(
+            enrollment_id=uuid.uuid4().hex,
+            application_id=found.record.application_id,
+            state=State.NOTICE_VERIFIED,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + self._policy.idle_seconds,
+            session_digest=token_digest(token),
+        )
+        operations = [put_enrollment(enrollment, None)]
+        if found.record.failures:
+            operations.append(put_application(replace(found.record, failures=0), found.version))
+        await self._write(operations)
+        return enrollment, token
+
+    def _check_application_open(self, application: Application) -> None:
+        state = application.current_state(self._clock.now())
+        if state is ApplicationState.LOCKED:
+            raise ResourceExhausted(
+                "仮パスワードの誤入力が続いたためロックされています。お取引店へご連絡ください"
+                " / locked after too many wrong temporary passwords: contact your branch",
+                reason="APPLICATION_LOCKED",
+            )
+        if state is ApplicationState.EXPIRED:
+            raise FailedPrecondition(
+                "通知書の有効期限が切れています / the notice has expired", reason="APPLICATION_EXPIRED"
+            )
+        if state is ApplicationState.USED:
+            raise FailedPrecondition(
+                "この通知書は使用済みです / this notice has already been used", reason="APPLICATION_USED"
+            )
+
+    async def _count_notice_failure(self, application_id: str) -> None:
+        for _ in range(_CAS_RETRIES):
+            current = await self._repo.application(application_id)
+            failed = current.record.with_failure()
+            try:
+                await self._repo.commit([put_application(failed, current.version)])
+            except VersionMismatch:
+                continue
+            if failed.state is ApplicationState.LOCKED:
+                self._check_application_open(failed)
+            raise Unauthenticated(
+                NOTICE_MISMATCH,
+                reason="NOTICE_MISMATCH",
+                metadata={"remaining_attempts": str(MAX_FAILURES - failed.failures)},
+            )
+        raise Aborted("too many concurrent attempts; retry", reason="CONCURRENT_UPDATE")
+
+    # -- steps 2-4: the session token ------------------------------------------------------------------------
+
+    async def submit_profile(self, enrollment_id: str, session: str, **entries: str) -> tuple[Enrollment, str]:
+        """Submit_profile is step 2; returns the enrollment and the company name for the summary."""
+        current = await self._session_enrollment(enrollment_id, session)
+        enrollment = current.record
+        transition(enrollment.state, Step.SUBMIT_PROFILE)
+        profile = validate_profile(**entries)
+        if await self._repo.login_id_taken(profile.login_id):
+            raise InvalidArgument("入力内容に誤りがあります", reason="LOGIN_ID_TAKEN", fields={"login_id": MSG_TAKEN})
+        login_hash, confirmation_hash = await asyncio.gather(
+            asyncio.to_thread(self._hasher.hash, profile.login_password),
+            asyncio.to_thread(self._hasher.hash, profile.confirmation_password),
+        )
+        advanced = enrollment.advanced(
+            Step.SUBMIT_PROFILE,
+            self._clock.now(),
+            self._policy.idle_seconds,
+            user_name=profile.user_name,
+            email=profile.email,
+            login_id=profile.login_id,
+            login_password_hash=login_hash,
+            confirmation_password_hash=confirmation_hash,
+        )
+        await self._write([put_enrollment(advanced, current.version)])
+        application = await self._repo.application(enrollment.application_id)
+        return advanced, application.record.company_name
+
+    async def confirm_registration(self, enrollment_id: str, session: str) -> Enrollment:
+        """Confirm_registration is step 3: the user is created, the login ID reserved, the notice spent."""
+        current = await self._session_enrollment(enrollment_id, session)
+        enrollment = current.record
+        application = await self._repo.application(enrollment.application_id)
+        self._check_application_open(application.record)
+        advanced = enrollment.advanced(
+            Step.CONFIRM_REGISTRATION, self._clock.now(), self._policy.idle_seconds, user_id=uuid.uuid4().hex
+        )
+        operations: list[Operation] = [
+            Create(LOGIN_IDS, advanced.login_id, advanced.user_id.encode()),
+            user_record(advanced, application.record.company_name),
+            put_application(application.record.spent(enrollment.enrollment_id), application.version),
+            put_enrollment(advanced, current.version),
+        ]
+        try:
+            await self._repo.commit(operations)
+        except KeyExists:
+            raise InvalidArgument(
+                "入力内容に誤りがあります", reason="LOGIN_ID_TAKEN", fields={"login_id": MSG_TAKEN}
+            ) from None
+        except VersionMismatch:
+            raise Aborted("the enrollment changed concurrently; retry", reason="CONCURRENT_UPDATE") from None
+        return advanced
+
+    async def issue_certificate(
+        self, enrollment_id: str, session: str, csr_pem: str, request_id: str
+    ) -> tuple[Enrollment, IssuedCertificate]:
+        """Issue_certificate is step 4: the CA signs the client's CSR for this user.
+
+        The CA call's idempotency key is derived from this request's id, so a retry after a crash between the
+        CA's answer and our save gets the same certificate back instead of a second one.
+        """
+        current = await self._session_enrollment(enrollment_id, session)
+        enrollment = current.record
+        transition(enrollment.state, Step.ISSUE_CERTIFICATE)
+        if not csr_pem:
+            raise InvalidArgument("a CSR is required", reason="CSR_REQUIRED", fields={"csr_pem": "required"})
+        application = await self._repo.application(enrollment.application_id)
+        certificate = await self._ca.issue_customer_certificate(
+            request_id=f"enrollment/{enrollment.enrollment_id}/{request_id or uuid.uuid4().hex}",
+            csr_pem=csr_pem,
+            user_id=enrollment.user_id,
+            company_name=application.record.company_name,
+            user_name=enrollment.user_name,
+            login_id=enrollment.login_id,
+        )
+        advanced = enrollment.advanced(
+            Step.ISSUE_CERTIFICATE,
+            self._clock.now(),
+            self._policy.idle_seconds,
+            certificate_serial=certificate.serial_number.lower(),
+            certificate_fingerprint=certificate.fingerprint_sha256.lower(),
+        )
+        await self._write([put_enrollment(advanced, current.version)])
+        return advanced, certificate
+
+    # -- steps 5-7 and 10: the client certificate -------------------------------------------------------------
+
+    async def certificate_login(self, enrollment_id: str, certificate: ClientCertificate) -> Enrollment:
+        """Certificate_login is step 5: the certificate issued in step 4 was presented, and is not revoked."""
+        current = await self._certificate_enrollment(enrollment_id, certificate)
+        transition(current.record.state, Step.CERTIFICATE_LOGIN)
+        status = await self._ca.status(current.record.certificate_serial)
+        if status is not CertificateStatus.GOOD:
+            raise PermissionDenied(f"the certificate is {status.value.lower()}", reason="CERTIFICATE_NOT_GOOD")
+        advanced = current.record.advanced(Step.CERTIFICATE_LOGIN, self._clock.now(), self._policy.idle_seconds)
+        await self._write([put_enrollment(advanced, current.version)])
+        return advanced
+
+    async def password_login(self, enrollment_id: str, certificate: ClientCertificate, password: str) -> Enrollment:
+        """Password_login is step 6: the login password, in the certificate's session; five failures lock."""
+        current = await self._certificate_enrollment(enrollment_id, certificate)
+        enrollment = current.record
+        transition(enrollment.state, Step.PASSWORD_LOGIN)
+        if not password:
+            raise InvalidArgument("the login password is required", fields={"login_password": "required"})
+        if await asyncio.to_thread(self._hasher.verify, enrollment.login_password_hash, password):
+            advanced = enrollment.advanced(
+                Step.PASSWORD_LOGIN, self._clock.now(), self._policy.idle_seconds, password_failures=0
+            )
+            await self._write([put_enrollment(advanced, current.version)])
+            return advanced
+        failed = enrollment.with_password_failure(self._clock.now())
+        await self._write([put_enrollment(failed, current.version)])
+        if failed.state is State.LOCKED:
+            raise ResourceExhausted(
+                "ログインパスワードの誤入力が続いたためロックされました。お取引店へご連絡ください"
+                " / locked after too many wrong login passwords: contact your branch",
+                reason="USER_LOCKED",
+            )
+        raise Unauthenticated(
+            "ログインパスワードが正しくありません / the login password is wrong",
+            reason="WRONG_PASSWORD",
+            metadata={"remaining_attempts": str(MAX_FAILURES - failed.password_failures)},
+        )
+
+    async def request_token(
+        self, enrollment_id: str, certificate: ClientCertificate, request_id: str, **entries: str
+    ) -> Enrollment:
+        """Request_token is step 7: a pending token, and the mail with its IDs queued in the same commit."""
+        current = await self._certificate_enrollment(enrollment_id, certificate)
+        enrollment = current.record
+        transition(enrollment.state, Step.REQUEST_TOKEN)
+        request = validate_token_request(**entries)
+        token = await self._otp.create_token(
+            request_id=f"enrollment/{enrollment.enrollment_id}/{request_id or uuid.uuid4().hex}",
+            user_id=enrollment.user_id,
+            delivery_email=request.mobile_email,
+            usage_start_password=request.usage_start_password,
+        )
+        now = self._clock.now()
+        advanced = enrollment.advanced(
+            Step.REQUEST_TOKEN,
+            now,
+            self._policy.idle_seconds,
+            mobile_email=request.mobile_email,
+            token_id=token.token_id,
+            service_id=token.service_id,
+            app_user_id=token.app_user_id,
+        )
+        mail = token_mail(
+            to=request.mobile_email,
+            service_id=token.service_id,
+            user_id=token.app_user_id,
+            app_url=self._policy.app_url,
+        )
+        await self._write(
+            [
+                put_enrollment(advanced, current.version),
+                Create(ENROLLMENTS_BY_APP, app_key(token.service_id, token.app_user_id), enrollment_id.encode()),
+                outbox_entry(mail, now),
+            ]
+        )
+        return advanced
+
+    # -- steps 8 and 9: the app -------------------------------------------------------------------------------
+
+    async def activate_app(
+        self, *, service_id: str, app_user_id: str, usage_start_password: str, agreed: bool, request_id: str
+    ) -> AppActivation:
+        """Activate_app is step 8: the OTP service checks the app's entry and delivers the seed, once."""
+        current = await self._repo.enrollment_for_app(service_id, app_user_id)
+        if current is not None:
+            transition(current.record.current(self._clock.now()).state, Step.ACTIVATE_APP)
+        # With no enrollment the OTP service still answers (the same as for a wrong password).
+        activation = await self._otp.activate(
+            request_id=f"app/{service_id}/{request_id or uuid.uuid4().hex}",
+            service_id=service_id,
+            app_user_id=app_user_id,
+            usage_start_password=usage_start_password,
+            consent=agreed,
+        )
+        if current is not None:
+            advanced = current.record.advanced(Step.ACTIVATE_APP, self._clock.now(), self._policy.idle_seconds)
+            await self._write([put_enrollment(advanced, current.version)])
+        return activation
+
+    async def register_app(
+        self, *, service_id: str, app_user_id: str, activation_id: str, request_id: str
+    ) -> Enrollment | None:
+        """Register_app is step 9: the app stored the seed."""
+        current = await self._repo.enrollment_for_app(service_id, app_user_id)
+        if current is not None:
+            transition(current.record.current(self._clock.now()).state, Step.REGISTER_APP)
+        await self._otp.confirm_registration(
+            request_id=f"app/{service_id}/{request_id or uuid.uuid4().hex}",
+            service_id=service_id,
+            app_user_id=app_user_id,
+            activation_id=activation_id,
+        )
+        if current is None:
+            return None
+        advanced = current.record.advanced(Step.REGISTER_APP, self._clock.now(), self._policy.idle_seconds)
+        await self._write([put_enrollment(advanced, current.version)])
+        return advanced
+
+    async def verify_first_code(
+        self, enrollment_id: str, certificate: ClientCertificate, code: str, request_id: str
+    ) -> Enrollment:
+        """Verify_first_code is step 10: the app's first code; the token becomes active and setup completes."""
+        current = await self._certificate_enrollment(enrollment_id, certificate)
+        enrollment = current.record
+        transition(enrollment.state, Step.VERIFY_FIRST_CODE)
+        await self._otp.verify(
+            request_id=f"enrollment/{enrollment.enrollment_id}/{request_id or uuid.uuid4().hex}",
+            token_id=enrollment.token_id,
+            code=code,
+        )
+        now = self._clock.now()
+        advanced = enrollment.advanced(Step.VERIFY_FIRST_CODE, now, self._policy.idle_seconds)
+        mail = completion_mail(to=enrollment.email, user_name=enrollment.user_name, login_id=enrollment.login_id)
+        await self._write([put_enrollment(advanced, current.version), outbox_entry(mail, now)])
+        return advanced
+
+    # -- reading and cancelling -------------------------------------------------------------------------------
+
+    async def get(
+        self, enrollment_id: str, *, session: str = "", certificate: ClientCertificate | None = None
+    ) -> Enrollment:
+        """Get returns an enrollment (expiry applied) to its session or to its certificate."""
+        if certificate is not None:
+            current = await self._certificate_enrollment(enrollment_id, certificate)
+        else:
+            current = await self._session_enrollment(enrollment_id, session)
+        return current.record
+
+    async def cancel(self, enrollment_id: str, session: str) -> Enrollment:
+        """Cancel ends an enrollment in progress."""
+        current = await self._session_enrollment(enrollment_id, session)
+        cancelled = current.record.with_event(Event.CANCEL, self._clock.now())
+        await self._write([put_enrollment(cancelled, current.version)])
+        return cancelled
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+
+    async def _session_enrollment(self, enrollment_id: str, session: str) -> Versioned[Enrollment]:
+        current = await self._load(enrollment_id)
+        if not session or not token_matches(session, current.record.session_digest):
+            raise Unauthenticated("the session token is missing or wrong", reason="SESSION_INVALID")
+        return current
+
+    async def _certificate_enrollment(
+        self, enrollment_id: str, certificate: ClientCertificate
+    ) -> Versioned[Enrollment]:
+        current = await self._load(enrollment_id)
+        enrollment = current.record
+        if not enrollment.certificate_serial or (
+            certificate.serial_number.lower() != enrollment.certificate_serial
+            or certificate.fingerprint_sha256.lower() != enrollment.certificate_fingerprint
+        ):
+            raise PermissionDenied(
+                "this step needs the certificate issued for this enrollment", reason="CERTIFICATE_MISMATCH"
+            )
+        return current
+
+    async def _load(self, enrollment_id: str) -> Versioned[Enrollment]:
+        if not enrollment_id:
+            raise InvalidArgument("enrollment_id is required", fields={"enrollment_id": "required"})
+        current = await self._repo.enrollment(enrollment_id)
+        return Versioned(current.record.current(self._clock.now()), current.version)
+
+    async def _write(self, operations: list[Operation]) -> None:
+        try:
+            await self._repo.commit(operations)
+        except (VersionMismatch, KeyExists):
+            raise Aborted("the enrollment changed concurrently; retry", reason="CONCURRENT_UPDATE") from None
