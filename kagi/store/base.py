@@ -15,6 +15,8 @@ from __future__ import annotations
 import abc
 import base64
 import binascii
+import builtins
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from kagi.errors import Aborted, AlreadyExists, InvalidArgument, Unavailable
 MAX_KEY_BYTES = 512
 MAX_VALUE_BYTES = 4 * 1024 * 1024
 MAX_PAGE_SIZE = 1000
+MAX_TTL_SECONDS = 100 * 366 * 24 * 3600
 _COLLECTION_RE = re.compile(r"[A-Za-z0-9_.\-/]{1,200}")
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,99}")
 _INT64_MIN = -(2**63)
@@ -160,6 +163,17 @@ def check_ttl(ttl: float | None) -> float | None:
     return ttl
 
 
+def ttl_millis(ttl: float) -> int:
+    """ttl_millis returns a valid `ttl` in whole milliseconds (rounded up), or raises InvalidKey.
+
+    Drivers use it to refuse infinite or absurdly long TTLs that `check_ttl` lets through.
+    """
+    check_ttl(ttl)
+    if not math.isfinite(ttl) or ttl > MAX_TTL_SECONDS:
+        raise InvalidKey("invalid ttl", fields={"ttl": f"must be at most {MAX_TTL_SECONDS} seconds"})
+    return max(1, math.ceil(ttl * 1000))
+
+
 def check_page_size(page_size: int) -> int:
     """check_page_size returns `page_size` or raises InvalidKey when it is outside 1..MAX_PAGE_SIZE."""
     if not 1 <= page_size <= MAX_PAGE_SIZE:
@@ -187,9 +201,7 @@ def check_commit(operations: Sequence[Operation]) -> list[Operation]:
     seen: set[tuple[str, str]] = set()
     for op in ops:
         if (op.collection, op.key) in seen:
-            raise InvalidKey(
-                "invalid commit", fields={"operations": "each (collection, key) may appear only once"}
-            )
+            raise InvalidKey("invalid commit", fields={"operations": "each (collection, key) may appear only once"})
         seen.add((op.collection, op.key))
     return ops
 
@@ -234,9 +246,7 @@ def decode_page_token(page_token: str) -> str | None:
         raw = base64.urlsafe_b64decode(page_token + "=" * (-len(page_token) % 4))
         return check_key(raw.decode("utf-8"))
     except (binascii.Error, ValueError, InvalidKey):
-        raise InvalidKey(
-            "invalid page token", fields={"page_token": "not a token this store issued"}
-        ) from None
+        raise InvalidKey("invalid page token", fields={"page_token": "not a token this store issued"}) from None
 
 
 class KeyValueStore(abc.ABC):
@@ -284,7 +294,8 @@ class KeyValueStore(abc.ABC):
         """List returns the durable entries of a collection in key order, one page at a time."""
 
     @abc.abstractmethod
-    async def commit(self, operations: Sequence[Operation]) -> list[Entry | None]:
+    # builtins.list: inside the class body `list` names the method above, not the type.
+    async def commit(self, operations: Sequence[Operation]) -> builtins.list[Entry | None]:
         """Commit applies all operations atomically, or none.
 
         Returns, per operation, the written entry (None for a delete). The first failing condition raises

@@ -1,0 +1,123 @@
+"""The state store: the KeyValueStore interface, its errors and records, and `open_store` to pick a driver.
+
+Services depend on this package only; which backend they get is a URL in their settings:
+
+    sqlite:                      <state_dir>/<namespace>.db (the embedded default)
+    sqlite:///abs/path.db        that file (one file per service: it remembers its namespace)
+    redis://host:6379/0          Redis, keys under kagi:{<namespace>}:  (rediss:// for TLS)
+
+SQLite URLs take `?busy_timeout=<seconds>`; Redis URLs take redis-py's query options such as
+`?socket_timeout=2&socket_connect_timeout=2`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from kagi.clock import Clock
+from kagi.store.base import (
+    MAX_KEY_BYTES,
+    MAX_PAGE_SIZE,
+    MAX_VALUE_BYTES,
+    Create,
+    Delete,
+    Entry,
+    InvalidKey,
+    InvalidStoreConfig,
+    KeyExists,
+    KeyValueStore,
+    Operation,
+    Page,
+    Replace,
+    StoreError,
+    StoreUnavailable,
+    VersionMismatch,
+    check_namespace,
+)
+from kagi.store.redis import RedisStore
+from kagi.store.sqlite import SQLiteStore
+
+__all__ = [
+    "MAX_KEY_BYTES",
+    "MAX_PAGE_SIZE",
+    "MAX_VALUE_BYTES",
+    "Create",
+    "Delete",
+    "Entry",
+    "InvalidKey",
+    "InvalidStoreConfig",
+    "KeyExists",
+    "KeyValueStore",
+    "Operation",
+    "Page",
+    "Replace",
+    "StoreError",
+    "StoreUnavailable",
+    "VersionMismatch",
+    "open_store",
+]
+
+_SCHEMES = "sqlite:, sqlite:///<absolute path>, redis://host:port/db or rediss://host:port/db"
+
+
+def open_store(url: str, *, namespace: str, state_dir: Path | None, clock: Clock | None = None) -> KeyValueStore:
+    """open_store returns the store a URL names for one service (`namespace`, e.g. "ca", "otp").
+
+    Nothing is connected yet: the first call (or `ping`) opens the file or the connection, so a backend that
+    is down shows up as StoreUnavailable there, not here; `sqlite:` creates the state directory then. A
+    malformed URL raises InvalidStoreConfig. The `clock` drives SQLite expiry; Redis uses its own clock.
+    """
+    check_namespace(namespace)
+    if not isinstance(url, str):
+        raise InvalidStoreConfig("invalid store URL", fields={"url": f"must be one of {_SCHEMES}"})
+    scheme = url.partition(":")[0].lower()
+    if scheme == "sqlite":
+        return _open_sqlite(url, namespace=namespace, state_dir=state_dir, clock=clock)
+    if scheme in ("redis", "rediss"):
+        try:
+            return RedisStore(url, namespace=namespace)
+        except ValueError as exc:  # redis-py's complaint names only the bad option, never the password
+            raise InvalidStoreConfig("invalid Redis URL", fields={"url": str(exc)}) from None
+    # The URL itself is not echoed: it may carry a password.
+    raise InvalidStoreConfig("unsupported store URL scheme", fields={"url": f"must be one of {_SCHEMES}"})
+
+
+def _open_sqlite(url: str, *, namespace: str, state_dir: Path | None, clock: Clock | None) -> SQLiteStore:
+    parts = urlsplit(url)
+    if parts.netloc or parts.fragment:
+        raise InvalidStoreConfig(
+            "invalid SQLite URL", fields={"url": "use sqlite: or sqlite:///<absolute path>, with no host"}
+        )
+    try:
+        options = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)))
+    except ValueError:
+        raise InvalidStoreConfig("invalid SQLite URL", fields={"url": "malformed query string"}) from None
+    busy_timeout = 5.0
+    for name, value in options.items():
+        if name != "busy_timeout":
+            raise InvalidStoreConfig("invalid SQLite URL", fields={"url": f"unknown option {name!r}"})
+        try:
+            busy_timeout = float(value)
+        except ValueError:
+            busy_timeout = math.nan
+        if not (busy_timeout > 0 and math.isfinite(busy_timeout)):
+            raise InvalidStoreConfig(
+                "invalid SQLite URL", fields={"busy_timeout": "must be a positive number of seconds"}
+            )
+    if parts.path:
+        path = Path(unquote(parts.path))
+        if not path.is_absolute():
+            raise InvalidStoreConfig("invalid SQLite URL", fields={"url": "the path must be absolute"})
+    elif state_dir is None:
+        raise InvalidStoreConfig("invalid SQLite URL", fields={"url": "sqlite: without a path needs a state directory"})
+    else:
+        return SQLiteStore(
+            state_dir / f"{namespace}.db",
+            namespace=namespace,
+            clock=clock,
+            busy_timeout=busy_timeout,
+            make_parent=True,
+        )
+    return SQLiteStore(path, namespace=namespace, clock=clock, busy_timeout=busy_timeout)

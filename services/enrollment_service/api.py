@@ -1,0 +1,405 @@
+"""The enrollment gRPC API: translates messages to use-case calls and back, and nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kagi.common.v1 import common_pb2
+from kagi.enrollment.v1 import enrollment_pb2 as pb
+from kagi.enrollment.v1 import enrollment_pb2_grpc
+from kagi.errors import InvalidArgument
+from kagi.idempotency import IdempotencyLedger
+from kagi.runtime.grpc_idempotency import run_idempotent
+from kagi.runtime.grpc_server import ServiceBinding, relayed_client_certificate
+from kagi.runtime.identity import Role, allow
+from services.enrollment_service.app.use_cases import ClientCertificate, EnrollmentService
+from services.enrollment_service.domain.records import AccountType, Application, ApplicationState, Enrollment
+
+SERVICE_NAME = "kagi.enrollment.v1.EnrollmentService"
+_CUSTOMER_FACING = allow(Role.GATEWAY, Role.FRONTEND)
+ALLOWED_ROLES = {
+    "RegisterApplication": allow(Role.OPERATOR),
+    "UnlockApplication": allow(Role.OPERATOR),
+    "ListApplications": allow(Role.OPERATOR),
+    "GetEnrollment": allow(Role.GATEWAY, Role.FRONTEND, Role.OPERATOR),
+    **dict.fromkeys(
+        (
+            "VerifyNotice",
+            "SubmitProfile",
+            "ConfirmRegistration",
+            "IssueCertificate",
+            "CertificateLogin",
+            "PasswordLogin",
+            "RequestToken",
+            "ActivateApp",
+            "RegisterApp",
+            "VerifyFirstCode",
+            "CancelEnrollment",
+        ),
+        _CUSTOMER_FACING,
+    ),
+}
+
+_ACCOUNT_TYPES = {pb.ACCOUNT_TYPE_ORDINARY: AccountType.ORDINARY, pb.ACCOUNT_TYPE_CURRENT: AccountType.CURRENT}
+_ACCOUNT_TYPE_PB = {v: k for k, v in _ACCOUNT_TYPES.items()}
+_APPLICATION_STATE_PB = {
+    ApplicationState.OPEN: pb.Application.STATE_OPEN,
+    ApplicationState.USED: pb.Application.STATE_USED,
+    ApplicationState.LOCKED: pb.Application.STATE_LOCKED,
+    ApplicationState.EXPIRED: pb.Application.STATE_EXPIRED,
+}
+_ALGORITHM_PB = {
+    "SHA1": common_pb2.OTP_ALGORITHM_SHA1,
+    "SHA256": common_pb2.OTP_ALGORITHM_SHA256,
+    "SHA512": common_pb2.OTP_ALGORITHM_SHA512,
+}
+
+Resp = TypeVar("Resp", bound=Message)
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _account_type(value: int) -> AccountType:
+    try:
+        return _ACCOUNT_TYPES[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument(
+            "invalid account type", fields={"account_type": "must be ORDINARY (普通) or CURRENT (当座)"}
+        ) from None
+
+
+def enrollment_message(enrollment: Enrollment, now: float) -> pb.Enrollment:
+    """enrollment_message renders an enrollment for the API (expiry applied, no secret)."""
+    current = enrollment.current(now)
+    step = current.next_step
+    return pb.Enrollment(
+        enrollment_id=current.enrollment_id,
+        application_id=current.application_id,
+        state=pb.Enrollment.State.Value(f"STATE_{current.state.value}"),
+        next_step=pb.Step.Value(f"STEP_{step.name}") if step is not None else pb.STEP_UNSPECIFIED,
+        create_time=_timestamp(current.created_at),
+        update_time=_timestamp(current.updated_at),
+        expire_time=_timestamp(current.expires_at),
+        user_id=current.user_id,
+        certificate_serial_number=current.certificate_serial,
+        token_id=current.token_id,
+    )
+
+
+def application_message(application: Application, now: float) -> pb.Application:
+    """application_message renders an application for the API (never its password hashes)."""
+    return pb.Application(
+        application_id=application.application_id,
+        company_name=application.company_name,
+        branch_code=application.branch_code,
+        account_type=_ACCOUNT_TYPE_PB[application.account_type],
+        account_number=application.account_number,
+        state=_APPLICATION_STATE_PB[application.current_state(now)],
+        create_time=_timestamp(application.created_at),
+        expire_time=_timestamp(application.expires_at),
+    )
+
+
+def _certificate() -> ClientCertificate:
+    relayed = relayed_client_certificate()
+    return ClientCertificate(relayed.serial_number, relayed.fingerprint_sha256)
+
+
+class EnrollmentApi(enrollment_pb2_grpc.EnrollmentServiceServicer):
+    """EnrollmentApi is the gRPC face of EnrollmentService."""
+
+    def __init__(self, service: EnrollmentService, ledger: IdempotencyLedger, now: Callable[[], float]) -> None:
+        self._service = service
+        self._ledger = ledger
+        self._now = now
+
+    async def _once(
+        self,
+        request: Message,
+        action: Callable[[], Awaitable[Resp]],
+        response_type: type[Resp],
+        *,
+        secret_request: tuple[str, ...] = (),
+        secret_response: tuple[str, ...] = (),
+    ) -> Resp:
+        return await run_idempotent(
+            self._ledger,
+            request,
+            action,
+            response_type,
+            secret_request_fields=secret_request,
+            secret_response_fields=secret_response,
+        )
+
+    async def RegisterApplication(
+        self, request: pb.RegisterApplicationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegisterApplicationResponse:
+        async def act() -> pb.RegisterApplicationResponse:
+            notice = await self._service.register_application(
+                company_name=request.company_name,
+                branch_code=request.branch_code,
+                account_type=_account_type(request.account_type),
+                account_number=request.account_number,
+            )
+            return pb.RegisterApplicationResponse(
+                application=application_message(notice.application, self._now()),
+                temporary_login_password=notice.temporary_login_password,
+                temporary_confirmation_password=notice.temporary_confirmation_password,
+            )
+
+        return await self._once(
+            request,
+            act,
+            pb.RegisterApplicationResponse,
+            secret_response=("temporary_login_password", "temporary_confirmation_password"),
+        )
+
+    async def VerifyNotice(
+        self, request: pb.VerifyNoticeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VerifyNoticeResponse:
+        async def act() -> pb.VerifyNoticeResponse:
+            enrollment, session = await self._service.verify_notice(
+                branch_code=request.branch_code,
+                account_type=_account_type(request.account_type),
+                account_number=request.account_number,
+                temporary_login_password=request.temporary_login_password,
+                temporary_confirmation_password=request.temporary_confirmation_password,
+            )
+            return pb.VerifyNoticeResponse(
+                enrollment=enrollment_message(enrollment, self._now()), session_token=session
+            )
+
+        return await self._once(
+            request,
+            act,
+            pb.VerifyNoticeResponse,
+            secret_request=("temporary_login_password", "temporary_confirmation_password"),
+            secret_response=("session_token",),
+        )
+
+    async def SubmitProfile(
+        self, request: pb.SubmitProfileRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitProfileResponse:
+        async def act() -> pb.SubmitProfileResponse:
+            enrollment, company = await self._service.submit_profile(
+                request.enrollment_id,
+                request.session_token,
+                user_name=request.user_name,
+                email=request.email,
+                email_confirmation=request.email_confirmation,
+                login_id=request.login_id,
+                login_id_confirmation=request.login_id_confirmation,
+                login_password=request.login_password,
+                login_password_confirmation=request.login_password_confirmation,
+                confirmation_password=request.confirmation_password,
+                confirmation_password_confirmation=request.confirmation_password_confirmation,
+            )
+            summary = pb.ProfileSummary(
+                user_name=enrollment.user_name,
+                email=enrollment.email,
+                login_id=enrollment.login_id,
+                company_name=company,
+            )
+            return pb.SubmitProfileResponse(enrollment=enrollment_message(enrollment, self._now()), summary=summary)
+
+        return await self._once(
+            request,
+            act,
+            pb.SubmitProfileResponse,
+            secret_request=(
+                "session_token",
+                "login_password",
+                "login_password_confirmation",
+                "confirmation_password",
+                "confirmation_password_confirmation",
+            ),
+        )
+
+    async def ConfirmRegistration(
+        self, request: pb.ConfirmRegistrationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ConfirmRegistrationResponse:
+        async def act() -> pb.ConfirmRegistrationResponse:
+            enrollment = await self._service.confirm_registration(request.enrollment_id, request.session_token)
+            return pb.ConfirmRegistrationResponse(
+                enrollment=enrollment_message(enrollment, self._now()), user_id=enrollment.user_id
+            )
+
+        return await self._once(request, act, pb.ConfirmRegistrationResponse, secret_request=("session_token",))
+
+    async def IssueCertificate(
+        self, request: pb.IssueCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.IssueCertificateResponse:
+        async def act() -> pb.IssueCertificateResponse:
+            enrollment, certificate = await self._service.issue_certificate(
+                request.enrollment_id, request.session_token, request.csr_pem, request.request_id
+            )
+            return pb.IssueCertificateResponse(
+                enrollment=enrollment_message(enrollment, self._now()),
+                certificate_pem=certificate.certificate_pem,
+                chain_pem=certificate.chain_pem,
+                serial_number=certificate.serial_number,
+            )
+
+        return await self._once(request, act, pb.IssueCertificateResponse, secret_request=("session_token",))
+
+    async def CertificateLogin(
+        self, request: pb.CertificateLoginRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CertificateLoginResponse:
+        certificate = _certificate()
+
+        async def act() -> pb.CertificateLoginResponse:
+            enrollment = await self._service.certificate_login(request.enrollment_id, certificate)
+            return pb.CertificateLoginResponse(enrollment=enrollment_message(enrollment, self._now()))
+
+        return await self._once(request, act, pb.CertificateLoginResponse)
+
+    async def PasswordLogin(
+        self, request: pb.PasswordLoginRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PasswordLoginResponse:
+        certificate = _certificate()
+
+        async def act() -> pb.PasswordLoginResponse:
+            enrollment = await self._service.password_login(request.enrollment_id, certificate, request.login_password)
+            return pb.PasswordLoginResponse(enrollment=enrollment_message(enrollment, self._now()))
+
+        return await self._once(request, act, pb.PasswordLoginResponse, secret_request=("login_password",))
+
+    async def RequestToken(
+        self, request: pb.RequestTokenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RequestTokenResponse:
+        certificate = _certificate()
+
+        async def act() -> pb.RequestTokenResponse:
+            enrollment = await self._service.request_token(
+                request.enrollment_id,
+                certificate,
+                request.request_id,
+                mobile_email=request.mobile_email,
+                mobile_email_confirmation=request.mobile_email_confirmation,
+                usage_start_password=request.usage_start_password,
+                usage_start_password_confirmation=request.usage_start_password_confirmation,
+            )
+            return pb.RequestTokenResponse(enrollment=enrollment_message(enrollment, self._now()))
+
+        return await self._once(
+            request,
+            act,
+            pb.RequestTokenResponse,
+            secret_request=("usage_start_password", "usage_start_password_confirmation"),
+        )
+
+    async def ActivateApp(
+        self, request: pb.ActivateAppRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ActivateAppResponse:
+        async def act() -> pb.ActivateAppResponse:
+            activation = await self._service.activate_app(
+                service_id=request.service_id,
+                app_user_id=request.user_id,
+                usage_start_password=request.usage_start_password,
+                agreed=request.agreed,
+                request_id=request.request_id,
+            )
+            return pb.ActivateAppResponse(
+                activation=common_pb2.AppActivation(
+                    secret=activation.secret,
+                    otpauth_uri=activation.otpauth_uri,
+                    algorithm=_ALGORITHM_PB.get(activation.algorithm, common_pb2.OTP_ALGORITHM_SHA1),
+                    digits=activation.digits,
+                    period=activation.period,
+                    activation_id=activation.activation_id,
+                )
+            )
+
+        return await self._once(
+            request,
+            act,
+            pb.ActivateAppResponse,
+            secret_request=("usage_start_password",),
+            secret_response=("activation.secret", "activation.otpauth_uri"),
+        )
+
+    async def RegisterApp(
+        self, request: pb.RegisterAppRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegisterAppResponse:
+        async def act() -> pb.RegisterAppResponse:
+            enrollment = await self._service.register_app(
+                service_id=request.service_id,
+                app_user_id=request.user_id,
+                activation_id=request.activation_id,
+                request_id=request.request_id,
+            )
+            state = (
+                pb.Enrollment.State.Value(f"STATE_{enrollment.state.value}")
+                if enrollment is not None
+                else pb.Enrollment.STATE_UNSPECIFIED
+            )
+            return pb.RegisterAppResponse(state=state)
+
+        return await self._once(request, act, pb.RegisterAppResponse)
+
+    async def VerifyFirstCode(
+        self, request: pb.VerifyFirstCodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VerifyFirstCodeResponse:
+        certificate = _certificate()
+
+        async def act() -> pb.VerifyFirstCodeResponse:
+            enrollment = await self._service.verify_first_code(
+                request.enrollment_id, certificate, request.otp, request.request_id
+            )
+            return pb.VerifyFirstCodeResponse(enrollment=enrollment_message(enrollment, self._now()))
+
+        return await self._once(request, act, pb.VerifyFirstCodeResponse, secret_request=("otp",))
+
+    async def GetEnrollment(
+        self, request: pb.GetEnrollmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetEnrollmentResponse:
+        certificate = None if request.session_token else _certificate()
+        enrollment = await self._service.get(
+            request.enrollment_id, session=request.session_token, certificate=certificate
+        )
+        return pb.GetEnrollmentResponse(enrollment=enrollment_message(enrollment, self._now()))
+
+    async def CancelEnrollment(
+        self, request: pb.CancelEnrollmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelEnrollmentResponse:
+        async def act() -> pb.CancelEnrollmentResponse:
+            enrollment = await self._service.cancel(request.enrollment_id, request.session_token)
+            return pb.CancelEnrollmentResponse(enrollment=enrollment_message(enrollment, self._now()))
+
+        return await self._once(request, act, pb.CancelEnrollmentResponse, secret_request=("session_token",))
+
+    async def UnlockApplication(
+        self, request: pb.UnlockApplicationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnlockApplicationResponse:
+        async def act() -> pb.UnlockApplicationResponse:
+            application = await self._service.unlock_application(request.application_id)
+            return pb.UnlockApplicationResponse(application=application_message(application, self._now()))
+
+        return await self._once(request, act, pb.UnlockApplicationResponse)
+
+    async def ListApplications(
+        self, request: pb.ListApplicationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListApplicationsResponse:
+        applications, token = await self._service.list_applications(request.page_size, request.page_token)
+        now = self._now()
+        return pb.ListApplicationsResponse(
+            applications=[application_message(a, now) for a in applications], next_page_token=token
+        )
+
+
+def binding(api: EnrollmentApi) -> ServiceBinding:
+    """Binding registers the API on a server with its per-method allow-list."""
+    return ServiceBinding(
+        name=SERVICE_NAME,
+        register=lambda server: enrollment_pb2_grpc.add_EnrollmentServiceServicer_to_server(api, server),
+        allowed_roles=ALLOWED_ROLES,
+    )
