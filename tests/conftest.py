@@ -23,18 +23,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ports import free_port
+
 REDIS_BINARY = shutil.which("redis-server")
 _NO_REDIS = (
     "these tests need Redis: install the redis-server package (apt-get install redis-server), "
     "set KAGI_TEST_REDIS_URL=redis://127.0.0.1:<port>/<db>, or make a Docker engine reachable"
 )
-
-
-def free_port() -> int:
-    """free_port returns a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

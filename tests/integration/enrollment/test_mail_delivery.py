@@ -20,7 +20,8 @@ from services.enrollment_service.adapters.mail import (
 )
 from services.enrollment_service.adapters.outbox import OutboxSender, outbox_entry
 from services.enrollment_service.domain.messages import Mail, token_mail
-from tests.support.smtp import SmtpServer, free_port
+from tests.support.ports import free_port
+from tests.support.smtp import SmtpServer
 from tests.support.tls import TestPki
 
 SENDER = "no-reply@bank.example"
