@@ -108,6 +108,13 @@ class Environment:
             raise InvalidArgument(f"{name} is not set", fields={name: f"set {name} or {name}_FILE"})
         return None
 
+    def required_secret(self, name: str) -> Secret:
+        """Required_secret is `secret` for a setting that must be present."""
+        secret = self.secret(name, required=True)
+        if secret is None:  # pragma: no cover - secret() raises first
+            raise InvalidArgument(f"{name} is not set", fields={name: f"set {name} or {name}_FILE"})
+        return secret
+
 
 @dataclass(frozen=True, slots=True)
 class TlsFiles:

@@ -1,0 +1,139 @@
+"""Wiring of the enrollment service: settings from the environment, then store, clients, use cases, server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from kagi.clock import Clock, SystemClock
+from kagi.idempotency import IdempotencyLedger
+from kagi.passwords import PasswordHasher, Pepper
+from kagi.runtime.grpc_client import open_channel
+from kagi.runtime.grpc_server import GrpcServer
+from kagi.runtime.settings import Environment, ListenSettings, Secret, TlsFiles, tls_files_from_env
+from kagi.store import KeyValueStore, open_store
+from services.enrollment_service.adapters.clients import GrpcCertificateAuthority, GrpcTokenService
+from services.enrollment_service.adapters.mail import transport_from_settings
+from services.enrollment_service.adapters.outbox import OutboxSender
+from services.enrollment_service.api import EnrollmentApi, binding
+from services.enrollment_service.app.repository import EnrollmentRepository
+from services.enrollment_service.app.use_cases import EnrollmentPolicy, EnrollmentService
+
+DEFAULT_PORT = 50053
+
+
+@dataclass(frozen=True)
+class EnrollmentSettings:
+    """EnrollmentSettings is everything the enrollment service is configured with."""
+
+    listen: ListenSettings
+    store_url: str
+    state_dir: Path
+    ca_target: str
+    otp_target: str
+    client_tls: TlsFiles | None
+    pepper: Secret
+    smtp_url: Secret | None
+    mail_from: str
+    policy: EnrollmentPolicy
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> EnrollmentSettings:
+        """From_env reads KAGI_* variables (see the README) and validates them."""
+        env = Environment(environ)
+        tls = tls_files_from_env(env, "KAGI_ENROLLMENT")
+        return cls(
+            listen=ListenSettings(
+                env.text("KAGI_ENROLLMENT_HOST", "127.0.0.1"),
+                env.integer("KAGI_ENROLLMENT_PORT", DEFAULT_PORT, minimum=0, maximum=65535),
+                tls,
+                env.integer("KAGI_ENROLLMENT_WORKERS", 1, minimum=1, maximum=64),
+            ),
+            store_url=env.text("KAGI_STORE_URL", "sqlite:"),
+            state_dir=env.path("KAGI_STATE_DIR", ".kagi"),
+            ca_target=env.text("KAGI_CA_TARGET", "localhost:50051"),
+            otp_target=env.text("KAGI_OTP_TARGET", "localhost:50052"),
+            client_tls=tls,
+            pepper=env.required_secret("KAGI_PASSWORD_PEPPER"),
+            smtp_url=env.secret("KAGI_SMTP_URL", required=False),
+            mail_from=env.text("KAGI_MAIL_FROM", "kagi@localhost"),
+            policy=EnrollmentPolicy(
+                idle_seconds=60 * env.integer("KAGI_ENROLLMENT_IDLE_MINUTES", 60, minimum=1, maximum=24 * 60),
+                application_ttl_seconds=86400 * env.integer("KAGI_APPLICATION_TTL_DAYS", 30, minimum=1, maximum=365),
+                app_url=env.text("KAGI_APP_URL", "https://www.example.com/kagi-token-app"),
+            ),
+        )
+
+
+class EnrollmentComponent:
+    """EnrollmentComponent is a running enrollment service: its gRPC server, channels and mail sender."""
+
+    def __init__(
+        self,
+        server: GrpcServer,
+        store: KeyValueStore,
+        channels: list[grpc.aio.Channel],
+        sender: OutboxSender,
+        mail_interval: float,
+    ) -> None:
+        self.server = server
+        self._store = store
+        self._channels = channels
+        self._sender = sender
+        self._stop_mail = asyncio.Event()
+        self._mail_task = asyncio.create_task(sender.run(self._stop_mail, interval=mail_interval))
+
+    @property
+    def port(self) -> int:
+        """Port is where the gRPC server listens."""
+        return self.server.port
+
+    async def deliver_mail_now(self) -> int:
+        """Deliver_mail_now sends every due mail at once (tests and operators use it)."""
+        return await self._sender.deliver_due()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop ends the server gracefully, then the mail sender, channels and store."""
+        await self.server.stop(grace)
+        self._stop_mail.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._mail_task
+        for channel in self._channels:
+            await channel.close()
+        await self._store.close()
+
+
+async def start_enrollment(
+    settings: EnrollmentSettings,
+    *,
+    clock: Clock | None = None,
+    hasher: PasswordHasher | None = None,
+    mail_interval: float = 1.0,
+) -> EnrollmentComponent:
+    """start_enrollment builds the enrollment service from its settings and starts serving."""
+    clock = clock or SystemClock()
+    store = open_store(settings.store_url, namespace="enrollment", state_dir=settings.state_dir, clock=clock)
+    hasher = hasher or PasswordHasher([Pepper("p1", settings.pepper.reveal())])
+    ca_channel = open_channel(settings.ca_target, settings.client_tls, server_name="localhost")
+    otp_channel = open_channel(settings.otp_target, settings.client_tls, server_name="localhost")
+    service = EnrollmentService(
+        EnrollmentRepository(store),
+        GrpcCertificateAuthority(ca_channel),
+        GrpcTokenService(otp_channel),
+        hasher,
+        clock,
+        settings.policy,
+    )
+    api = EnrollmentApi(service, IdempotencyLedger(store), clock.now)
+    server = GrpcServer(settings.listen, [binding(api)], domain="enrollment.kagi", readiness=store.ping)
+    await server.start()
+    transport = transport_from_settings(
+        settings.smtp_url.reveal_text() if settings.smtp_url else None, settings.state_dir / "mail"
+    )
+    sender = OutboxSender(store, transport, clock, settings.mail_from)
+    return EnrollmentComponent(server, store, [ca_channel, otp_channel], sender, mail_interval)
