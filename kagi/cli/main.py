@@ -1,8 +1,16 @@
 """The `kagi` command group."""
 
+from __future__ import annotations
+
 import click
+
+from kagi.cli.serve import serve
 
 
 @click.group()
+@click.version_option(package_name="kagi")
 def cli() -> None:
     """kagi: client certificates and one-time passwords for corporate internet banking."""
+
+
+cli.add_command(serve)

@@ -1,0 +1,43 @@
+"""`kagi serve <component>`: one component per process (or N worker processes), configured from the environment."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+
+from kagi.errors import KagiError
+from kagi.runtime.logging import configure_logging
+from kagi.runtime.serve import Stoppable, run_workers, serve_until_signalled
+
+
+def _run(component: str, start: Callable[[Any], Awaitable[Stoppable]], settings: Any) -> None:
+    configure_logging(component, level=os.environ.get("KAGI_LOG_LEVEL", "INFO"))
+    asyncio.run(serve_until_signalled(functools.partial(start, settings)))
+
+
+def _enrollment() -> tuple[Any, Callable[[Any], Awaitable[Stoppable]], int]:
+    from services.enrollment_service.main import EnrollmentSettings, start_enrollment
+
+    settings = EnrollmentSettings.from_env(os.environ)
+    return settings, start_enrollment, settings.listen.workers
+
+
+COMPONENTS: dict[str, Callable[[], tuple[Any, Callable[[Any], Awaitable[Stoppable]], int]]] = {
+    "enrollment": _enrollment,
+}
+
+
+@click.command()
+@click.argument("component", type=click.Choice(sorted(COMPONENTS)))
+def serve(component: str) -> None:
+    """Run one COMPONENT until SIGINT/SIGTERM. Configuration comes from KAGI_* environment variables."""
+    try:
+        settings, start, workers = COMPONENTS[component]()
+    except KagiError as exc:
+        raise click.ClickException(str(exc)) from None
+    run_workers(workers, functools.partial(_run, component, start, settings))
