@@ -1,0 +1,48 @@
+"""The OTP service's tunable rules in one frozen record, built once in `main` from settings and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.otp_service.domain.totp import TotpParameters
+
+DEFAULT_ACTIVATION_TTL = 24 * 60 * 60.0
+"""DEFAULT_ACTIVATION_TTL is 24 hours, in seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class OtpPolicy:
+    """OtpPolicy holds every limit the OTP domain enforces; the defaults are the issue's acceptance criteria.
+
+    - issuer: shown by authenticator apps beside the account.
+    - token_parameters: hash, digits and period of newly created tokens (existing tokens keep theirs).
+    - activation_ttl: seconds a created token may wait for activation.
+    - max_activation_failures: wrong usage-start passwords before the token locks.
+    - window: steps accepted either side of the current one (1 = the previous, current and next minute).
+    - expired_lookback: steps before the window in which a matching code is reported STEP_EXPIRED.
+    - max_failures: consecutive verification failures before the token locks.
+    - rate_limit_failures / rate_limit_seconds: at most that many failures per window of that many seconds;
+      further attempts in the window are refused unevaluated. Keep it below max_failures to matter.
+    """
+
+    issuer: str = "Kagi"
+    token_parameters: TotpParameters = field(default_factory=TotpParameters)
+    activation_ttl: float = DEFAULT_ACTIVATION_TTL
+    max_activation_failures: int = 5
+    window: int = 1
+    expired_lookback: int = 10
+    max_failures: int = 5
+    rate_limit_failures: int = 3
+    rate_limit_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.activation_ttl <= 0:
+            raise ValueError("activation_ttl must be positive")
+        if self.max_activation_failures < 1 or self.max_failures < 1:
+            raise ValueError("failure limits must be at least 1")
+        if not 0 <= self.window <= 10:
+            raise ValueError("window must be 0-10 steps")
+        if not 0 <= self.expired_lookback <= 60:
+            raise ValueError("expired_lookback must be 0-60 steps")
+        if self.rate_limit_failures < 1 or self.rate_limit_seconds <= 0:
+            raise ValueError("rate limit must allow at least one failure in a positive window")
