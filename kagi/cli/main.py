@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from kagi.cli.admin import admin
 from kagi.cli.serve import serve
 
 
@@ -14,3 +15,4 @@ def cli() -> None:
 
 
 cli.add_command(serve)
+cli.add_command(admin)
