@@ -6,6 +6,7 @@ import click
 
 from kagi.cli.admin import admin
 from kagi.cli.serve import serve
+from kagi.cli.token import token
 
 
 @click.group()
@@ -16,3 +17,4 @@ def cli() -> None:
 
 cli.add_command(serve)
 cli.add_command(admin)
+cli.add_command(token)
