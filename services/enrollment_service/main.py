@@ -13,6 +13,7 @@ import grpc
 from kagi.clock import Clock, SystemClock
 from kagi.idempotency import IdempotencyLedger
 from kagi.passwords import PasswordHasher, Pepper
+from kagi.runtime.failpoints import arm
 from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.grpc_server import GrpcServer
 from kagi.runtime.settings import Environment, ListenSettings, Secret, TlsFiles, tls_files_from_env
@@ -41,6 +42,8 @@ class EnrollmentSettings:
     smtp_url: Secret | None
     mail_from: str
     policy: EnrollmentPolicy
+    idempotency_pending_seconds: int = 30
+    failpoints: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> EnrollmentSettings:
@@ -67,6 +70,8 @@ class EnrollmentSettings:
                 application_ttl_seconds=86400 * env.integer("KAGI_APPLICATION_TTL_DAYS", 30, minimum=1, maximum=365),
                 app_url=env.text("KAGI_APP_URL", "https://www.example.com/kagi-token-app"),
             ),
+            idempotency_pending_seconds=env.integer("KAGI_IDEMPOTENCY_PENDING_SECONDS", 30, minimum=1, maximum=3600),
+            failpoints=env.text("KAGI_FAILPOINTS", ""),
         )
 
 
@@ -117,6 +122,7 @@ async def start_enrollment(
 ) -> EnrollmentComponent:
     """start_enrollment builds the enrollment service from its settings and starts serving."""
     clock = clock or SystemClock()
+    arm(settings.failpoints)
     store = open_store(settings.store_url, namespace="enrollment", state_dir=settings.state_dir, clock=clock)
     hasher = hasher or PasswordHasher([Pepper("p1", settings.pepper.reveal())])
     ca_channel = open_channel(settings.ca_target, settings.client_tls, server_name="localhost")
@@ -129,7 +135,8 @@ async def start_enrollment(
         clock,
         settings.policy,
     )
-    api = EnrollmentApi(service, IdempotencyLedger(store), clock.now)
+    ledger = IdempotencyLedger(store, pending_ttl=settings.idempotency_pending_seconds)
+    api = EnrollmentApi(service, ledger, clock.now)
     server = GrpcServer(settings.listen, [binding(api)], domain="enrollment.kagi", readiness=store.ping)
     await server.start()
     transport = transport_from_settings(

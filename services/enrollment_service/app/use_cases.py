@@ -21,6 +21,7 @@ from kagi.errors import (
     Unauthenticated,
 )
 from kagi.passwords import PasswordHasher
+from kagi.runtime.failpoints import failpoint
 from kagi.store.base import Create, KeyExists, Operation, Replace, VersionMismatch
 from services.enrollment_service.adapters.outbox import outbox_entry
 from services.enrollment_service.app.ports import (
@@ -334,6 +335,7 @@ class EnrollmentService:
             user_name=enrollment.user_name,
             login_id=enrollment.login_id,
         )
+        failpoint("enrollment.after_ca_issue")
         advanced = enrollment.advanced(
             Step.ISSUE_CERTIFICATE,
             self._clock.now(),
