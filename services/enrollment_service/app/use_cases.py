@@ -253,11 +253,8 @@ class EnrollmentService:
                 continue
             if failed.state is ApplicationState.LOCKED:
                 self._check_application_open(failed)
-            raise Unauthenticated(
-                NOTICE_MISMATCH,
-                reason="NOTICE_MISMATCH",
-                metadata={"remaining_attempts": str(MAX_FAILURES - failed.failures)},
-            )
+            # No count of attempts left: it would tell a known account from an unknown one.
+            raise Unauthenticated(NOTICE_MISMATCH, reason="NOTICE_MISMATCH")
         raise Aborted("too many concurrent attempts; retry", reason="CONCURRENT_UPDATE")
 
     # -- steps 2-4: the session token ------------------------------------------------------------------------
