@@ -289,6 +289,7 @@ class EnrollmentService:
         """Confirm_registration is step 3: the user is created, the login ID reserved, the notice spent."""
         current = await self._session_enrollment(enrollment_id, session)
         enrollment = current.record
+        transition(enrollment.state, Step.CONFIRM_REGISTRATION)
         application = await self._repo.application(enrollment.application_id)
         self._check_application_open(application.record)
         advanced = enrollment.advanced(
