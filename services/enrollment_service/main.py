@@ -44,6 +44,7 @@ class EnrollmentSettings:
     policy: EnrollmentPolicy
     idempotency_pending_seconds: int = 30
     failpoints: str = ""
+    mail_poll_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> EnrollmentSettings:
@@ -72,6 +73,7 @@ class EnrollmentSettings:
             ),
             idempotency_pending_seconds=env.integer("KAGI_IDEMPOTENCY_PENDING_SECONDS", 30, minimum=1, maximum=3600),
             failpoints=env.text("KAGI_FAILPOINTS", ""),
+            mail_poll_seconds=env.integer("KAGI_MAIL_POLL_MS", 1000, minimum=10, maximum=600_000) / 1000,
         )
 
 
@@ -118,7 +120,6 @@ async def start_enrollment(
     *,
     clock: Clock | None = None,
     hasher: PasswordHasher | None = None,
-    mail_interval: float = 1.0,
 ) -> EnrollmentComponent:
     """start_enrollment builds the enrollment service from its settings and starts serving."""
     clock = clock or SystemClock()
@@ -143,4 +144,4 @@ async def start_enrollment(
         settings.smtp_url.reveal_text() if settings.smtp_url else None, settings.state_dir / "mail"
     )
     sender = OutboxSender(store, transport, clock, settings.mail_from)
-    return EnrollmentComponent(server, store, [ca_channel, otp_channel], sender, mail_interval)
+    return EnrollmentComponent(server, store, [ca_channel, otp_channel], sender, settings.mail_poll_seconds)
