@@ -79,6 +79,10 @@ class SmtpTransport:
 
     def __init__(self, settings: SmtpSettings) -> None:
         self._settings = settings
+        # Loading the trust store costs milliseconds of CPU: do it once, and only when TLS is used.
+        self._context = (
+            ssl.create_default_context(cafile=settings.cafile) if settings.implicit_tls or settings.starttls else None
+        )
 
     async def send(self, message: EmailMessage) -> None:
         """Send delivers the message in a worker thread; any network or SMTP failure is Unavailable."""
@@ -89,16 +93,15 @@ class SmtpTransport:
 
     def _send(self, message: EmailMessage) -> None:
         s = self._settings
-        context = ssl.create_default_context(cafile=s.cafile)
         client: smtplib.SMTP
         if s.implicit_tls:
-            client = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=context)
+            client = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=self._context)
         else:
             client = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
         with client:
             client.ehlo()
             if s.starttls and not s.implicit_tls:
-                client.starttls(context=context)
+                client.starttls(context=self._context)
                 client.ehlo()
             if s.username is not None:
                 client.login(s.username, s.password or "")
