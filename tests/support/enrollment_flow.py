@@ -1,0 +1,346 @@
+"""A running CA + OTP + enrollment stack on free ports with real mTLS and a real SMTP server, and a customer who
+walks the bank's procedure through the enrollment's gRPC API as the gateway would (tests and benchmarks)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from kagi.ca.v1 import ca_pb2_grpc
+from kagi.clock import Clock
+from kagi.devstack import DevStack, start_stack
+from kagi.enrollment.v1 import enrollment_pb2 as pb
+from kagi.enrollment.v1 import enrollment_pb2_grpc
+from kagi.otp.v1 import otp_pb2_grpc
+from kagi.runtime.grpc_client import open_channel
+from kagi.runtime.grpc_server import CLIENT_CERT_SERIAL_HEADER, CLIENT_CERT_SHA256_HEADER
+from kagi.runtime.settings import TlsFiles
+from services.otp_service.domain.totp import TotpParameters, totp
+from tests.support.smtp import SmtpServer
+from tests.support.tools import tool
+
+PORTS = {"ca": 0, "otp": 0, "enrollment": 0, "gateway": 0, "gateway_http": 0}
+PROFILE = {
+    "user_name": "山田 太郎",
+    "email": "taro@example.co.jp",
+    "email_confirmation": "taro@example.co.jp",
+    "login_password": "Passw0rd",
+    "login_password_confirmation": "Passw0rd",
+    "confirmation_password": "Kakunin9",
+    "confirmation_password_confirmation": "Kakunin9",
+}
+USAGE_START_PASSWORD = "4831"
+
+
+def identity(tls_dir: Path, role: str) -> TlsFiles:
+    """Identity is the stack's internal certificate for a role (developer = the operator)."""
+    return TlsFiles(tls_dir / f"{role}.pem", tls_dir / f"{role}-key.pem", tls_dir / "ca.pem")
+
+
+@dataclass
+class Services:
+    """Services reaches running services as each caller the tests play, one cached channel per caller."""
+
+    targets: dict[str, str]
+    tls_dir: Path
+    smtp: SmtpServer
+    channels: dict[tuple[str, str], grpc.aio.Channel] = field(default_factory=dict)
+
+    def _channel(self, service: str, role: str) -> grpc.aio.Channel:
+        key = (service, role)
+        if key not in self.channels:
+            self.channels[key] = open_channel(
+                self.targets[service], identity(self.tls_dir, role), server_name="localhost"
+            )
+        return self.channels[key]
+
+    def enrollment(self, role: str = "gateway") -> enrollment_pb2_grpc.EnrollmentServiceStub:
+        """Enrollment is a stub of the enrollment service as `role` (gateway by default)."""
+        return enrollment_pb2_grpc.EnrollmentServiceStub(self._channel("enrollment", role))
+
+    def ca(self, role: str = "developer") -> ca_pb2_grpc.CertificateAuthorityServiceStub:
+        """Ca is a stub of the CA service (as the operator by default)."""
+        return ca_pb2_grpc.CertificateAuthorityServiceStub(self._channel("ca", role))
+
+    def otp(self, role: str = "developer") -> otp_pb2_grpc.OtpServiceStub:
+        """Otp is a stub of the OTP service (as the operator by default)."""
+        return otp_pb2_grpc.OtpServiceStub(self._channel("otp", role))
+
+    async def deliver_mail(self) -> None:
+        """Deliver_mail waits for the services' own outbox sender (a stack in this process is flushed now)."""
+
+    async def close(self) -> None:
+        """Close closes the stubs' channels."""
+        for channel in self.channels.values():
+            await channel.close()
+        self.channels.clear()
+
+
+@dataclass
+class Stack(Services):
+    """Stack is a stack running in this process, reached as each caller the tests play."""
+
+    dev: DevStack | None = None
+
+    async def deliver_mail(self) -> None:
+        """Deliver_mail flushes the enrollment's outbox to the SMTP server now."""
+        assert self.dev is not None
+        await self.dev.components["enrollment"].deliver_mail_now()
+
+    async def close(self) -> None:
+        """Close closes the stubs' channels and stops the services."""
+        await super().close()
+        if self.dev is not None:
+            await self.dev.stop(0)
+
+
+async def open_stack(state_dir: Path, *, store_url: str = "sqlite:", clock: Clock | None = None) -> Stack:
+    """open_stack starts the services with mail going to a real SMTP server on loopback."""
+    smtp = SmtpServer().start()
+    dev = await start_stack(
+        state_dir,
+        ports=PORTS,
+        store_url=store_url,
+        clock=clock,
+        with_gateway=False,
+        extra_env={"KAGI_SMTP_URL": f"smtp://127.0.0.1:{smtp.port}", "KAGI_MAIL_FROM": "no-reply@bank.example"},
+    )
+    targets = {name: dev.target(name) for name in ("ca", "otp", "enrollment")}
+    return Stack(targets, dev.tls_dir, smtp, dev=dev)
+
+
+def make_csr(directory: Path) -> tuple[str, Path]:
+    """make_csr has openssl make a P-256 key and a CSR, as a browser would make them on the client."""
+    key, csr = directory / f"client-{uuid.uuid4().hex[:8]}.key", directory / "client.csr"
+    subprocess.run(
+        [tool("openssl"), "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(key), "-out", str(csr), "-subj", "/CN=ignored by the CA"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return csr.read_text(), key
+
+
+def relayed(certificate_pem: str) -> list[tuple[str, str]]:
+    """Relayed is the metadata the gateway sends for a verified client certificate."""
+    certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    return [
+        (CLIENT_CERT_SERIAL_HEADER, format(certificate.serial_number, "x")),
+        (CLIENT_CERT_SHA256_HEADER, hashlib.sha256(der).hexdigest()),
+    ]
+
+
+def code_for(secret: str, now: float) -> str:
+    """Code_for is the app's current code for a base32 seed (SHA-1, 6 digits, 60 s)."""
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    return totp(key, now, TotpParameters())
+
+
+@dataclass
+class Customer:
+    """Customer walks the ten steps; each method is one step, in the bank's words."""
+
+    stack: Services
+    workdir: Path
+    branch: str = "001"
+    account: str = field(default_factory=lambda: f"{uuid.uuid4().int % 10**7:07d}")
+    login_id: str = field(default_factory=lambda: f"user{uuid.uuid4().hex[:6]}1")
+    notice: pb.RegisterApplicationResponse | None = None
+    enrollment_id: str = ""
+    session: str = ""
+    certificate_pem: str = ""
+    service_id: str = ""
+    app_user_id: str = ""
+    secret: str = ""
+    activation_id: str = ""
+    csr: str = ""
+    step7_rpc_seconds: float = 0.0
+    mail_seen: int = 0
+    mobile_email: str = field(default_factory=lambda: f"phone-{uuid.uuid4().hex[:10]}@example.jp")
+
+    @property
+    def cert_metadata(self) -> list[tuple[str, str]]:
+        """Cert_metadata is the relayed client certificate of step 5 onwards (before step 4: someone else's)."""
+        if not self.certificate_pem:
+            return [(CLIENT_CERT_SERIAL_HEADER, "1"), (CLIENT_CERT_SHA256_HEADER, "00" * 32)]
+        return relayed(self.certificate_pem)
+
+    async def register_application(self) -> pb.RegisterApplicationResponse:
+        """The bank registers the application and hands over the notice."""
+        self.notice = await self.stack.enrollment("developer").RegisterApplication(
+            pb.RegisterApplicationRequest(
+                request_id=uuid.uuid4().hex,
+                company_name="株式会社サンプル",
+                branch_code=self.branch,
+                account_type=pb.ACCOUNT_TYPE_ORDINARY,
+                account_number=self.account,
+            )
+        )
+        return self.notice
+
+    async def step1(self, *, login_password: str | None = None, request_id: str = "") -> pb.VerifyNoticeResponse:
+        """Step 1: the account and the notice's temporary passwords."""
+        assert self.notice is not None
+        reply: pb.VerifyNoticeResponse = await self.stack.enrollment().VerifyNotice(
+            pb.VerifyNoticeRequest(
+                request_id=request_id or uuid.uuid4().hex,
+                branch_code=self.branch,
+                account_type=pb.ACCOUNT_TYPE_ORDINARY,
+                account_number=self.account,
+                temporary_login_password=login_password or self.notice.temporary_login_password,
+                temporary_confirmation_password=self.notice.temporary_confirmation_password,
+            )
+        )
+        self.enrollment_id = reply.enrollment.enrollment_id
+        if reply.session_token:  # an idempotent replay never returns the token again
+            self.session = reply.session_token
+        return reply
+
+    async def step2(self, request_id: str = "", **changes: str) -> pb.SubmitProfileResponse:
+        """Step 2: the profile."""
+        entries = {**PROFILE, "login_id": self.login_id, "login_id_confirmation": self.login_id, **changes}
+        reply: pb.SubmitProfileResponse = await self.stack.enrollment().SubmitProfile(
+            pb.SubmitProfileRequest(
+                request_id=request_id or uuid.uuid4().hex,
+                enrollment_id=self.enrollment_id,
+                session_token=self.session,
+                **entries,
+            )
+        )
+        return reply
+
+    async def step3(self, request_id: str = "") -> pb.ConfirmRegistrationResponse:
+        """Step 3: register."""
+        reply: pb.ConfirmRegistrationResponse = await self.stack.enrollment().ConfirmRegistration(
+            pb.ConfirmRegistrationRequest(
+                request_id=request_id or uuid.uuid4().hex, enrollment_id=self.enrollment_id, session_token=self.session
+            )
+        )
+        return reply
+
+    async def step4(self, request_id: str = "") -> pb.IssueCertificateResponse:
+        """Step 4: a CSR made on the client is signed by the customer CA."""
+        if not self.csr:  # a retry sends the same CSR, as a browser resending its request would
+            self.csr, _key = make_csr(self.workdir)
+        reply: pb.IssueCertificateResponse = await self.stack.enrollment().IssueCertificate(
+            pb.IssueCertificateRequest(
+                request_id=request_id or uuid.uuid4().hex,
+                enrollment_id=self.enrollment_id,
+                session_token=self.session,
+                csr_pem=self.csr,
+            )
+        )
+        if reply.certificate_pem:
+            self.certificate_pem = reply.certificate_pem
+        return reply
+
+    async def step5(self, request_id: str = "") -> pb.CertificateLoginResponse:
+        """Step 5: certificate login."""
+        reply: pb.CertificateLoginResponse = await self.stack.enrollment().CertificateLogin(
+            pb.CertificateLoginRequest(request_id=request_id or uuid.uuid4().hex, enrollment_id=self.enrollment_id),
+            metadata=self.cert_metadata,
+        )
+        return reply
+
+    async def step6(self, password: str = "Passw0rd", request_id: str = "") -> pb.PasswordLoginResponse:
+        """Step 6: the login password."""
+        reply: pb.PasswordLoginResponse = await self.stack.enrollment().PasswordLogin(
+            pb.PasswordLoginRequest(
+                request_id=request_id or uuid.uuid4().hex, enrollment_id=self.enrollment_id, login_password=password
+            ),
+            metadata=self.cert_metadata,
+        )
+        return reply
+
+    async def step7(self, request_id: str = "") -> pb.RequestTokenResponse:
+        """Step 7: the phone's e-mail and the usage-start password; the IDs arrive by mail."""
+        self.mail_seen = len(self.stack.smtp.inbox.messages)  # the mail can only come after the request
+        start = time.perf_counter()
+        reply: pb.RequestTokenResponse = await self.stack.enrollment().RequestToken(
+            pb.RequestTokenRequest(
+                request_id=request_id or uuid.uuid4().hex,
+                enrollment_id=self.enrollment_id,
+                mobile_email=self.mobile_email,
+                mobile_email_confirmation=self.mobile_email,
+                usage_start_password=USAGE_START_PASSWORD,
+                usage_start_password_confirmation=USAGE_START_PASSWORD,
+            ),
+            metadata=self.cert_metadata,
+        )
+        self.step7_rpc_seconds = time.perf_counter() - start
+        await self.read_mail()
+        return reply
+
+    async def read_mail(self) -> None:
+        """Read_mail takes the service ID and user ID from the step-7 mail the SMTP server received."""
+        for _ in range(50):
+            await self.stack.deliver_mail()
+            for message in self.stack.smtp.inbox.messages[self.mail_seen :]:
+                body = message.get_content()
+                service = re.search(r"^Service ID: (\S+)$", body, re.M)
+                user = re.search(r"^User ID: (\S+)$", body, re.M)
+                if service and user and message["To"] == self.mobile_email:
+                    self.service_id, self.app_user_id = service.group(1), user.group(1)
+            if self.service_id:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the step-7 mail did not arrive")
+
+    async def step8(self, request_id: str = "") -> pb.ActivateAppResponse:
+        """Step 8: the app sends the IDs, the usage-start password and consent; the seed comes back once."""
+        reply: pb.ActivateAppResponse = await self.stack.enrollment().ActivateApp(
+            pb.ActivateAppRequest(
+                request_id=request_id or uuid.uuid4().hex,
+                service_id=self.service_id,
+                user_id=self.app_user_id,
+                usage_start_password=USAGE_START_PASSWORD,
+                agreed=True,
+            )
+        )
+        if reply.activation.secret:
+            self.secret = reply.activation.secret
+            self.activation_id = reply.activation.activation_id
+        return reply
+
+    async def step9(self, request_id: str = "") -> pb.RegisterAppResponse:
+        """Step 9: the app registers."""
+        reply: pb.RegisterAppResponse = await self.stack.enrollment().RegisterApp(
+            pb.RegisterAppRequest(
+                request_id=request_id or uuid.uuid4().hex,
+                service_id=self.service_id,
+                user_id=self.app_user_id,
+                activation_id=self.activation_id,
+            )
+        )
+        return reply
+
+    async def step10(self, now: float, request_id: str = "") -> pb.VerifyFirstCodeResponse:
+        """Step 10: the code the app shows."""
+        reply: pb.VerifyFirstCodeResponse = await self.stack.enrollment().VerifyFirstCode(
+            pb.VerifyFirstCodeRequest(
+                request_id=request_id or uuid.uuid4().hex,
+                enrollment_id=self.enrollment_id,
+                otp=code_for(self.secret, now),
+            ),
+            metadata=self.cert_metadata,
+        )
+        return reply
+
+    async def state(self) -> pb.Enrollment:
+        """State reads the enrollment back with the session token."""
+        reply = await self.stack.enrollment().GetEnrollment(
+            pb.GetEnrollmentRequest(enrollment_id=self.enrollment_id, session_token=self.session)
+        )
+        enrollment: pb.Enrollment = reply.enrollment
+        return enrollment
