@@ -193,3 +193,15 @@ def list_applications(obj: AdminContext) -> None:
                 ensure_ascii=False,
             )
         )
+
+
+def _attach_service_commands() -> None:
+    # The CA's and the OTP service's commands live beside their services' wiring; they join the group here.
+    from kagi.cli.admin_ca import CA_COMMANDS
+    from kagi.cli.admin_otp import rotate_otp_key
+
+    for command in (*CA_COMMANDS, rotate_otp_key):
+        admin.add_command(command)
+
+
+_attach_service_commands()

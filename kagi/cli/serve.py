@@ -27,8 +27,32 @@ def _enrollment() -> tuple[Any, Callable[[Any], Awaitable[Stoppable]], int]:
     return settings, start_enrollment, settings.listen.workers
 
 
+def _otp() -> tuple[Any, Callable[[Any], Awaitable[Stoppable]], int]:
+    from services.otp_service.main import OtpSettings, start_otp
+
+    settings = OtpSettings.from_env(os.environ)
+    return settings, start_otp, settings.listen.workers
+
+
+def _ca() -> tuple[Any, Callable[[Any], Awaitable[Stoppable]], int]:
+    from services.ca_service.main import CaSettings, start_ca
+
+    settings = CaSettings.from_env(os.environ)
+    return settings, start_ca, settings.listen.workers
+
+
+def _gateway() -> tuple[Any, Callable[[Any], Awaitable[Stoppable]], int]:
+    from gateway.main import GatewaySettings, start_gateway
+
+    settings = GatewaySettings.from_env(os.environ)
+    return settings, start_gateway, settings.workers
+
+
 COMPONENTS: dict[str, Callable[[], tuple[Any, Callable[[Any], Awaitable[Stoppable]], int]]] = {
+    "ca": _ca,
     "enrollment": _enrollment,
+    "gateway": _gateway,
+    "otp": _otp,
 }
 
 

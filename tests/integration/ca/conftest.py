@@ -118,3 +118,7 @@ def customer() -> CustomerIdentity:
 def gateway() -> ServiceIdentity:
     """The gateway's internal identity (a multi-label DNS name, as pkilint expects)."""
     return ServiceIdentity("gateway", dns_names=("gateway.kagi.internal",), ip_addresses=("127.0.0.1",))
+
+
+# Fixtures of the CA service tests (a running CA over SQLite and Redis), shared by the test_ca_service_* modules.
+from tests.integration.ca.ca_service_harness import ca_fixture, dev_pki, store_target  # noqa: E402, F401

@@ -1,0 +1,522 @@
+"""The gateway's HTTP applications: the customer API (JSON to gRPC and back), the ops routes, and the frame
+every request passes through (request id, errors as JSON, security headers, metrics, access log)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from gateway.backends import Backends
+from gateway.errors import INTERNAL_MESSAGE, HttpError, invalid_input
+from gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.openapi import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN, openapi_document
+from gateway.pki import PkiFiles
+from gateway.revocation import RevocationRegistry, RevocationUnavailable, Status
+from gateway.schemas import (
+    ACTIVATE_APP,
+    EMPTY,
+    ISSUE_CERTIFICATE,
+    OPERATIONS,
+    PASSWORD_LOGIN,
+    REGISTER_APP,
+    REQUEST_TOKEN,
+    SUBMIT_PROFILE,
+    VERIFY_FIRST_CODE,
+    VERIFY_NOTICE,
+    BodySpec,
+)
+from gateway.tls import CustomerCertificate, CustomerCertificateVerifier, peer_certificate
+from kagi.common.v1 import common_pb2
+from kagi.enrollment.v1 import enrollment_pb2 as pb
+from kagi.runtime.logging import new_request_id, request_id_var
+
+log = structlog.get_logger("kagi.gateway")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_ID = re.compile(ID_PATTERN)
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_SESSION_TOKEN = re.compile(r"[\x21-\x7e]{1,512}")
+_ACCOUNT_TYPES = {"ordinary": pb.ACCOUNT_TYPE_ORDINARY, "current": pb.ACCOUNT_TYPE_CURRENT}
+
+MSG_SESSION_REQUIRED = (
+    "セッションが確認できません。初期設定を最初からやり直してください"
+    " / the session token is missing or malformed (Authorization: Bearer <session_token> from step 1)"
+)
+MSG_CREDENTIAL_REQUIRED = (
+    "セッションまたは電子証明書が必要です / this needs the session token (steps 2-4) or the client certificate"
+)
+MSG_NOT_FOUND = "見つかりません / not found"
+MSG_NO_ENROLLMENT = "指定された初期設定が見つかりません / no such enrollment"
+MSG_METHOD = "このメソッドは使用できません / method not allowed"
+MSG_TOO_LARGE = "送信データが大きすぎます / the request body is larger than 64 KiB"
+MSG_MEDIA_TYPE = "application/json で送信してください / send the body as application/json"
+MSG_REVOKED = "この電子証明書は失効しています / this client certificate has been revoked"
+MSG_UNKNOWN_CERT = "この電子証明書は確認できません / the customer CA has no record of this certificate"
+MSG_STATUS_UNAVAILABLE = (
+    "電子証明書の失効状況を確認できません。しばらくしてからやり直してください"
+    " / the certificate's revocation status cannot be checked right now: retry shortly"
+)
+_BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="kagi"'}
+
+
+@dataclass
+class GatewayContext:
+    """GatewayContext is what the routes work with: backends, certificate checks, PKI files, metrics."""
+
+    backends: Backends
+    verifier: CustomerCertificateVerifier
+    revocation: RevocationRegistry
+    pki: PkiFiles
+    metrics: GatewayMetrics
+    max_body_bytes: int
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(error: HttpError) -> web.Response:
+    """error_response renders an HttpError as the JSON error document."""
+    return _json(error.body(), error.status, error.headers)
+
+
+def _timestamp(stamp: Timestamp) -> str | None:
+    if stamp.seconds == 0 and stamp.nanos == 0:
+        return None
+    return str(stamp.ToJsonString())
+
+
+def enrollment_view(enrollment: pb.Enrollment) -> dict[str, Any]:
+    """enrollment_view is what the API shows of an enrollment: id, state, next step by name, expiry."""
+    state = pb.Enrollment.State.Name(enrollment.state).removeprefix("STATE_")
+    step = pb.Step.Name(enrollment.next_step).removeprefix("STEP_") if enrollment.next_step else None
+    return {
+        "enrollment_id": enrollment.enrollment_id,
+        "state": state,
+        "next_step": step,
+        "expires_at": _timestamp(enrollment.expire_time),
+    }
+
+
+def _enrollment_id(request: web.Request) -> str:
+    enrollment_id = request.match_info["id"]
+    if not _ID.fullmatch(enrollment_id):
+        # A malformed id names no enrollment: the same answer as an unknown one.
+        raise HttpError(404, "NOT_FOUND", MSG_NO_ENROLLMENT)
+    return enrollment_id
+
+
+def _idempotency_key(request: web.Request) -> str:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return ""
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise invalid_input(
+            {"Idempotency-Key": "1～128文字の半角英数記号 / 1-128 visible ASCII characters (no spaces)"},
+            reason="INVALID_IDEMPOTENCY_KEY",
+        )
+    return key
+
+
+def _session(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not _SESSION_TOKEN.fullmatch(token):
+        raise HttpError(401, "SESSION_REQUIRED", MSG_SESSION_REQUIRED, headers=_BEARER_CHALLENGE)
+    return token
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+
+
+class CustomerApi:
+    """CustomerApi serves the ten steps: checks the caller's credential and the body's shape, calls the
+    enrollment service, and renders its answer. Every rule about the enrollment is the service's."""
+
+    def __init__(self, context: GatewayContext) -> None:
+        self._ctx = context
+        self._backends = context.backends
+        self._stub = context.backends.enrollment
+
+    def routes(self) -> list[web.RouteDef]:
+        """Routes are the customer API's routes, one per entry of schemas.OPERATIONS."""
+        handlers: dict[str, Handler] = {
+            "verifyNotice": self.verify_notice,
+            "submitProfile": self.submit_profile,
+            "confirmRegistration": self.confirm_registration,
+            "issueCertificate": self.issue_certificate,
+            "certificateLogin": self.certificate_login,
+            "passwordLogin": self.password_login,
+            "requestToken": self.request_token,
+            "activateApp": self.activate_app,
+            "registerApp": self.register_app,
+            "verifyFirstCode": self.verify_first_code,
+            "getEnrollment": self.get_enrollment,
+            "getClientCertificate": self.client_certificate,
+        }
+        return [web.route(op.method, op.path, handlers[op.operation_id]) for op in OPERATIONS]
+
+    async def _body(self, request: web.Request, spec: BodySpec) -> dict[str, Any]:
+        length = request.content_length
+        if length is not None and length > self._ctx.max_body_bytes:
+            raise HttpError(413, "BODY_TOO_LARGE", MSG_TOO_LARGE)
+        raw = await request.read()
+        if raw.strip() and not _is_json(request.content_type):
+            raise HttpError(415, "UNSUPPORTED_MEDIA_TYPE", MSG_MEDIA_TYPE)
+        return spec.parse(raw)
+
+    async def certificate(self, request: web.Request) -> CustomerCertificate:
+        """Certificate is the request's verified, unrevoked customer certificate, or an HttpError."""
+        certificate = self._ctx.verifier.check(peer_certificate(request), time.time())
+        rejections = self._ctx.metrics.certificate_rejections
+        try:
+            status = await self._ctx.revocation.status(certificate.serial, certificate.serial_hex)
+        except RevocationUnavailable:
+            rejections.labels("status_unavailable").inc()
+            raise HttpError(
+                503, "REVOCATION_STATUS_UNAVAILABLE", MSG_STATUS_UNAVAILABLE, headers={"Retry-After": "1"}
+            ) from None
+        if status is Status.REVOKED:
+            rejections.labels("revoked").inc()
+            raise HttpError(401, "CLIENT_CERT_REVOKED", MSG_REVOKED)
+        if status is Status.UNKNOWN:
+            rejections.labels("unknown_to_ca").inc()
+            raise HttpError(401, "CLIENT_CERT_UNKNOWN", MSG_UNKNOWN_CERT)
+        return certificate
+
+    # -- steps 1-4: none, then the session token ----------------------------------------------------------
+
+    async def verify_notice(self, request: web.Request) -> web.Response:
+        """Verify_notice is step 1: the representative account and the notice's temporary passwords."""
+        key = _idempotency_key(request)
+        body = await self._body(request, VERIFY_NOTICE)
+        reply = await self._backends.call(
+            "enrollment",
+            self._stub.VerifyNotice,
+            pb.VerifyNoticeRequest(
+                request_id=key,
+                branch_code=body["branch_code"],
+                account_type=_ACCOUNT_TYPES[body["account_type"]],
+                account_number=body["account_number"],
+                temporary_login_password=body["temporary_login_password"],
+                temporary_confirmation_password=body["temporary_confirmation_password"],
+            ),
+        )
+        view = enrollment_view(reply.enrollment)
+        view["session_token"] = reply.session_token
+        return _json(view, 201, {"Location": f"/v1/enrollments/{reply.enrollment.enrollment_id}"})
+
+    async def submit_profile(self, request: web.Request) -> web.Response:
+        """Submit_profile is step 2: the user's profile; answers with a summary (never the passwords)."""
+        enrollment_id, session, key = _enrollment_id(request), _session(request), _idempotency_key(request)
+        body = await self._body(request, SUBMIT_PROFILE)
+        reply = await self._backends.call(
+            "enrollment",
+            self._stub.SubmitProfile,
+            pb.SubmitProfileRequest(request_id=key, enrollment_id=enrollment_id, session_token=session, **body),
+        )
+        view = enrollment_view(reply.enrollment)
+        summary = reply.summary
+        view["summary"] = {
+            "user_name": summary.user_name,
+            "email": summary.email,
+            "login_id": summary.login_id,
+            "company_name": summary.company_name,
+        }
+        return _json(view)
+
+    async def confirm_registration(self, request: web.Request) -> web.Response:
+        """Confirm_registration is step 3: the user presses Register."""
+        enrollment_id, session, key = _enrollment_id(request), _session(request), _idempotency_key(request)
+        await self._body(request, EMPTY)
+        reply = await self._backends.call(
+            "enrollment",
+            self._stub.ConfirmRegistration,
+            pb.ConfirmRegistrationRequest(request_id=key, enrollment_id=enrollment_id, session_token=session),
+        )
+        view = enrollment_view(reply.enrollment)
+        view["user_id"] = reply.user_id
+        return _json(view)
+
+    async def issue_certificate(self, request: web.Request) -> web.Response:
+        """Issue_certificate is step 4: the CSR made on the client is signed by the customer CA."""
+        enrollment_id, session, key = _enrollment_id(request), _session(request), _idempotency_key(request)
+        body = await self._body(request, ISSUE_CERTIFICATE)
+        reply = await self._backends.call(
+            "enrollment",
+            self._stub.IssueCertificate,
+            pb.IssueCertificateRequest(
+                request_id=key, enrollment_id=enrollment_id, session_token=session, csr_pem=body["csr_pem"]
+            ),
+        )
+        view = enrollment_view(reply.enrollment)
+        view.update(certificate_pem=reply.certificate_pem, chain_pem=reply.chain_pem, serial_number=reply.serial_number)
+        return _json(view)
+
+    # -- steps 5-7 and 10: the client certificate ---------------------------------------------------------
+
+    async def certificate_login(self, request: web.Request) -> web.Response:
+        """Certificate_login is step 5: the new certificate was presented."""
+        enrollment_id, key = _enrollment_id(request), _idempotency_key(request)
+        certificate = await self.certificate(request)
+        await self._body(request, EMPTY)
+        reply = await self._backends.call(
+            "enrollment",
+            self._stub.CertificateLogin,
+            pb.CertificateLoginRequest(request_id=key, enrollment_id=enrollment_id),
+            metadata=certificate.metadata,
+        )
+        return _json(enrollment_view(reply.enrollment))
+
+    async def password_login(self, request: web.Request) -> web.Response:
+        """Password_login is step 6: the login password, with the certificate."""
+        enrollment_id, key = _enrollment_id(request), _idempotency_key(request)
+        certificate = await self.certificate(request)
+        body = await self._body(request, PASSWORD_LOGIN)
+        reply = await self._backends.call(
+            "enrollment",
+            self._stub.PasswordLogin,
+            pb.PasswordLoginRequest(request_id=key, enrollment_id=enrollment_id, login_password=body["login_password"]),
+            metadata=certificate.metadata,
+        )
+        return _json(enrollment_view(reply.enrollment))
+
+    async def request_token(self, request: web.Request) -> web.Response:
+        """Request_token is step 7: the phone's e-mail and the usage-start password; the IDs go by mail."""
+        enrollment_id, key = _enrollment_id(request), _idempotency_key(request)
+        certificate = await self.certificate(request)
+        body = await self._body(request, REQUEST_TOKEN)
+        reply = await self._backends.call(
+            "enrollment",
+            self._stub.RequestToken,
+            pb.RequestTokenRequest(request_id=key, enrollment_id=enrollment_id, **body),
+            metadata=certificate.metadata,
+        )
+        return _json(enrollment_view(reply.enrollment))
+
+    async def verify_first_code(self, request: web.Request) -> web.Response:
+        """Verify_first_code is step 10: the app's code; completes the enrollment."""
+        enrollment_id, key = _enrollment_id(request), _idempotency_key(request)
+        certificate = await self.certificate(request)
+        body = await self._body(request, VERIFY_FIRST_CODE)
+        reply = await self._backends.call(
+            "enrollment",
+            self._stub.VerifyFirstCode,
+            pb.VerifyFirstCodeRequest(request_id=key, enrollment_id=enrollment_id, otp=body["otp"]),
+            metadata=certificate.metadata,
+        )
+        return _json(enrollment_view(reply.enrollment))
+
+    # -- steps 8 and 9: the app, no credential but what it types --------------------------------------------
+
+    async def activate_app(self, request: web.Request) -> web.Response:
+        """Activate_app is step 8: the app's entry; answers with the seed, this once."""
+        key = _idempotency_key(request)
+        body = await self._body(request, ACTIVATE_APP)
+        reply = await self._backends.call(
+            "enrollment",
+            self._stub.ActivateApp,
+            pb.ActivateAppRequest(
+                request_id=key,
+                service_id=body["service_id"],
+                user_id=body["user_id"],
+                usage_start_password=body["usage_start_password"],
+                agreed=body["agreed"],
+            ),
+        )
+        activation = reply.activation
+        return _json(
+            {
+                "otpauth_uri": activation.otpauth_uri,
+                "secret": activation.secret,
+                "algorithm": common_pb2.OtpAlgorithm.Name(activation.algorithm).removeprefix("OTP_ALGORITHM_"),
+                "digits": activation.digits,
+                "period": activation.period,
+                "activation_id": activation.activation_id,
+            }
+        )
+
+    async def register_app(self, request: web.Request) -> web.Response:
+        """Register_app is step 9: the app stored the seed."""
+        key = _idempotency_key(request)
+        body = await self._body(request, REGISTER_APP)
+        reply = await self._backends.call(
+            "enrollment", self._stub.RegisterApp, pb.RegisterAppRequest(request_id=key, **body)
+        )
+        state = pb.Enrollment.State.Name(reply.state).removeprefix("STATE_") if reply.state else None
+        return _json({"state": state})
+
+    # -- reading ------------------------------------------------------------------------------------------
+
+    async def get_enrollment(self, request: web.Request) -> web.Response:
+        """Get_enrollment answers an enrollment's state to its session token or to its client certificate."""
+        enrollment_id = _enrollment_id(request)
+        metadata: tuple[tuple[str, str], ...] = ()
+        session = ""
+        if "Authorization" in request.headers:
+            session = _session(request)
+        elif peer_certificate(request) is not None:
+            metadata = (await self.certificate(request)).metadata
+        else:
+            raise HttpError(401, "CREDENTIAL_REQUIRED", MSG_CREDENTIAL_REQUIRED, headers=_BEARER_CHALLENGE)
+        reply = await self._backends.call(
+            "enrollment",
+            self._stub.GetEnrollment,
+            pb.GetEnrollmentRequest(enrollment_id=enrollment_id, session_token=session),
+            metadata=metadata,
+        )
+        return _json(enrollment_view(reply.enrollment))
+
+    async def client_certificate(self, request: web.Request) -> web.Response:
+        """Client_certificate shows which certificate this connection presented (procedure ⑯), once checked."""
+        certificate = await self.certificate(request)
+        not_after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(certificate.not_after))
+        return _json(
+            {
+                "serial_number": certificate.serial_hex,
+                "fingerprint_sha256": certificate.fingerprint_sha256,
+                "subject": certificate.subject,
+                "not_after": not_after,
+            }
+        )
+
+
+class Ops:
+    """Ops serves /healthz, /readyz, /metrics and /openapi.json."""
+
+    def __init__(self, context: GatewayContext) -> None:
+        self._ctx = context
+        self._openapi = json.dumps(openapi_document(), ensure_ascii=False, indent=1)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """Healthz: the process is alive and answering."""
+        return _json({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Readyz: every backend's gRPC health is SERVING; the answer says which is not (503 if any)."""
+        backends = await self._ctx.backends.health()
+        ready = all(status == "SERVING" for status in backends.values())
+        revocation = {"live": self._ctx.revocation.live, "revoked_serials": self._ctx.revocation.revoked_count}
+        return _json({"ready": ready, "backends": backends, "revocation": revocation}, 200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Metrics: Prometheus text format."""
+        return web.Response(body=self._ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """Openapi: the OpenAPI 3.1 document of this API."""
+        return web.Response(text=self._openapi, content_type="application/json")
+
+
+# -- the frame --------------------------------------------------------------------------------------------
+
+
+def _from_aiohttp(exc: web.HTTPException) -> HttpError:
+    if exc.status == 404:
+        return HttpError(404, "NOT_FOUND", MSG_NOT_FOUND)
+    if exc.status == 405:
+        allow = exc.headers.get("Allow", "")
+        return HttpError(405, "METHOD_NOT_ALLOWED", MSG_METHOD, headers={"Allow": allow} if allow else None)
+    if exc.status == 413:
+        return HttpError(413, "BODY_TOO_LARGE", MSG_TOO_LARGE)
+    if exc.status < 500:
+        return HttpError(exc.status, exc.reason.upper().replace(" ", "_"), exc.reason)
+    return HttpError(500, "INTERNAL", INTERNAL_MESSAGE)
+
+
+def frame(metrics: GatewayMetrics, *, https: bool) -> Middleware:
+    """Frame is the middleware every request passes through.
+
+    It sets the request id (the client's X-Request-Id when well-formed, else a new one) for the logs and the
+    gRPC metadata, turns every failure into the JSON error document (never a stack trace), adds security
+    headers, counts and times the request by route template, and writes one access-log line.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        offered = request.headers.get("X-Request-Id", "")
+        request_id = offered if _REQUEST_ID.fullmatch(offered) else new_request_id()
+        token = request_id_var.set(request_id)
+        try:
+            try:
+                response = await handler(request)
+            except HttpError as exc:
+                response = error_response(exc)
+            except web.HTTPException as exc:
+                response = error_response(_from_aiohttp(exc))
+            except Exception:  # anything unforeseen: logged with its trace here, answered without one
+                log.exception("request failed", method=request.method, path=request.path)
+                response = error_response(HttpError(500, "INTERNAL", INTERNAL_MESSAGE))
+            headers = response.headers
+            headers["X-Request-Id"] = request_id
+            headers["X-Content-Type-Options"] = "nosniff"
+            if https:
+                headers["Strict-Transport-Security"] = "max-age=31536000"
+            if request.path.startswith("/v1/"):
+                # Session tokens, seeds and personal data must not stay in any cache.
+                headers["Cache-Control"] = "no-store"
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            elapsed = time.perf_counter() - started
+            metrics.requests.labels(route, request.method, str(response.status)).inc()
+            metrics.latency.labels(route, request.method).observe(elapsed)
+            log.info(
+                "request",
+                method=request.method,
+                route=route,
+                http_status=response.status,
+                ms=round(elapsed * 1000, 2),
+            )
+            return response
+        finally:
+            request_id_var.reset(token)
+
+    return middleware
+
+
+def https_application(context: GatewayContext) -> web.Application:
+    """https_application is everything the HTTPS port serves: the customer API, PKI files, ops routes."""
+    app = web.Application(middlewares=[frame(context.metrics, https=True)], client_max_size=context.max_body_bytes)
+    ops = Ops(context)
+    app.add_routes(CustomerApi(context).routes())
+    app.add_routes(context.pki.routes())
+    app.add_routes(
+        [
+            web.get("/healthz", ops.healthz),
+            web.get("/readyz", ops.readyz),
+            web.get("/metrics", ops.metrics),
+            web.get("/openapi.json", ops.openapi),
+        ]
+    )
+    return app
+
+
+def http_application(context: GatewayContext) -> web.Application:
+    """http_application is the plain-HTTP port: the PKI files (CRL and OCSP URLs are http://) and /healthz only."""
+    app = web.Application(middlewares=[frame(context.metrics, https=False)], client_max_size=context.max_body_bytes)
+    app.add_routes(context.pki.routes())
+    app.add_routes([web.get("/healthz", Ops(context).healthz)])
+    return app

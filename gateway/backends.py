@@ -1,0 +1,88 @@
+"""The gateway's channels to the CA, OTP and enrollment services (mTLS as spiffe://kagi.internal/gateway), and
+their gRPC health."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.errors import http_error_from_rpc
+from gateway.metrics import GatewayMetrics
+from kagi.ca.v1 import ca_pb2_grpc
+from kagi.enrollment.v1 import enrollment_pb2_grpc
+from kagi.runtime.grpc_client import open_channel
+from kagi.runtime.settings import TlsFiles
+
+T = TypeVar("T", bound=Message)
+
+HEALTH_TIMEOUT_SECONDS = 1.0
+
+
+@dataclass
+class Backends:
+    """Backends holds one channel per service and the stubs the gateway calls."""
+
+    channels: dict[str, grpc.aio.Channel]
+    metrics: GatewayMetrics
+    call_timeout: float
+    ca: ca_pb2_grpc.CertificateAuthorityServiceStub = field(init=False)
+    enrollment: enrollment_pb2_grpc.EnrollmentServiceStub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ca = ca_pb2_grpc.CertificateAuthorityServiceStub(self.channels["ca"])
+        self.enrollment = enrollment_pb2_grpc.EnrollmentServiceStub(self.channels["enrollment"])
+
+    @classmethod
+    def open(
+        cls,
+        targets: dict[str, str],
+        tls: TlsFiles | None,
+        metrics: GatewayMetrics,
+        *,
+        server_name: str,
+        call_timeout: float,
+    ) -> Backends:
+        """Open creates the channels (they connect lazily) with the gateway's internal identity."""
+        channels = {name: open_channel(target, tls, server_name=server_name) for name, target in targets.items()}
+        return cls(channels, metrics, call_timeout)
+
+    async def call(
+        self,
+        service: str,
+        method: Callable[..., Awaitable[T]],
+        request: Message,
+        *,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> T:
+        """Call makes one unary call; a failure is counted and raised as the HttpError the customer sees."""
+        try:
+            return await method(request, timeout=self.call_timeout, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            self.metrics.backend_errors.labels(service, exc.code().name).inc()
+            raise http_error_from_rpc(exc) from None
+
+    async def health(self) -> dict[str, str]:
+        """Health asks every service's grpc.health.v1 Check at once: SERVING, NOT_SERVING or UNREACHABLE."""
+
+        async def check(channel: grpc.aio.Channel) -> str:
+            stub: Any = health_pb2_grpc.HealthStub(channel)
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=HEALTH_TIMEOUT_SECONDS)
+            except grpc.aio.AioRpcError as exc:
+                return "UNREACHABLE" if exc.code() == grpc.StatusCode.UNAVAILABLE else exc.code().name
+            return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+        names = list(self.channels)
+        results = await asyncio.gather(*(check(self.channels[name]) for name in names))
+        return dict(zip(names, results, strict=True))
+
+    async def close(self) -> None:
+        """Close closes every channel."""
+        for channel in self.channels.values():
+            await channel.close()

@@ -1,0 +1,147 @@
+"""Wiring of the gateway: settings, channels to the services, the customer CA and revocation state, then the
+HTTPS listener and the plain-HTTP PKI listener."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from aiohttp import web
+
+from gateway.app import GatewayContext, http_application, https_application
+from gateway.backends import Backends
+from gateway.errors import HttpError
+from gateway.metrics import GatewayMetrics
+from gateway.pki import CaCertificates, PkiFiles, fetch_ca_certificates
+from gateway.revocation import RevocationRegistry
+from gateway.settings import GatewaySettings
+from gateway.tls import CustomerCertificateVerifier, TlsListener, load_customer_cas, server_context
+from kagi.errors import Unavailable
+
+__all__ = ["GatewayComponent", "GatewaySettings", "start_gateway"]
+
+log = structlog.get_logger("kagi.gateway")
+
+# How long start waits for the revocation state before serving anyway (checks then ask the CA per request).
+REVOCATION_START_WAIT = 5.0
+
+
+class GatewayComponent:
+    """GatewayComponent is a running gateway: its HTTPS and plain-HTTP listeners and what they share."""
+
+    def __init__(
+        self,
+        https: tuple[web.AppRunner, TlsListener],
+        http: tuple[web.AppRunner, web.TCPSite] | None,
+        context: GatewayContext,
+    ) -> None:
+        self._https = https
+        self._http = http
+        self.context = context
+
+    @property
+    def https_port(self) -> int:
+        """Https_port is where the customer API listens (HTTPS)."""
+        return self._https[1].port
+
+    @property
+    def http_port(self) -> int | None:
+        """Http_port is where the plain-HTTP PKI files are served, or None when that port is off."""
+        return self._http[1].port if self._http is not None else None
+
+    @property
+    def metrics(self) -> GatewayMetrics:
+        """Metrics are this gateway's collectors."""
+        return self.context.metrics
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop closes the listeners, lets requests in flight finish for up to `grace` seconds, then closes."""
+        runners = [self._https[0]] + ([self._http[0]] if self._http else [])
+        for runner in runners:
+            for site in list(runner.sites):
+                await site.stop()
+        for runner in runners:
+            if runner.server is not None:
+                await runner.server.shutdown(grace)
+            await runner.cleanup()
+        await self.context.revocation.stop()
+        await self.context.backends.close()
+
+
+async def _ca_certificates(backends: Backends, target: str, within: float) -> CaCertificates:
+    """_ca_certificates waits (with backoff) for the CA to hand out its certificates, up to `within` seconds."""
+    deadline = time.monotonic() + within
+    delay = 0.1
+    while True:
+        try:
+            return await fetch_ca_certificates(backends)
+        except HttpError as exc:
+            if time.monotonic() + delay > deadline:
+                raise Unavailable(
+                    f"the CA at {target} gave no certificates within {within:.0f} s ({exc.reason})",
+                    reason="CA_UNAVAILABLE",
+                ) from None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+async def start_gateway(settings: GatewaySettings) -> GatewayComponent:
+    """start_gateway builds the gateway from its settings and starts serving."""
+    metrics = GatewayMetrics()
+    backends = Backends.open(
+        {"ca": settings.ca_target, "otp": settings.otp_target, "enrollment": settings.enrollment_target},
+        settings.backend_tls,
+        metrics,
+        server_name=settings.backend_server_name,
+        call_timeout=settings.call_timeout_seconds,
+    )
+    certificates: CaCertificates | None = None
+    try:
+        if settings.customer_ca_file is not None:
+            bundle = settings.customer_ca_file.read_bytes()
+        else:
+            certificates = await _ca_certificates(backends, settings.ca_target, settings.startup_timeout_seconds)
+            bundle = certificates.root_pem + certificates.customer_pem
+        customer_cas = load_customer_cas(bundle)
+        revocation = RevocationRegistry(backends.ca, customer_cas, metrics, status_ttl=settings.status_cache_seconds)
+        await revocation.start(wait=min(REVOCATION_START_WAIT, settings.startup_timeout_seconds))
+    except BaseException:
+        await backends.close()
+        raise
+    context = GatewayContext(
+        backends=backends,
+        verifier=CustomerCertificateVerifier(customer_cas, metrics),
+        revocation=revocation,
+        pki=PkiFiles(backends, revocation, initial=certificates),
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    reuse_port = settings.workers > 1
+    https_runner = web.AppRunner(https_application(context), access_log=None)
+    await https_runner.setup()
+    https_site = TlsListener(
+        https_runner,
+        settings.host,
+        settings.https_port,
+        server_context(settings.tls, bundle.decode()),
+        metrics,
+        reuse_port=reuse_port,
+    )
+    await https_site.start()
+    http: tuple[web.AppRunner, web.TCPSite] | None = None
+    if settings.http_port is not None:
+        http_runner = web.AppRunner(http_application(context), access_log=None)
+        await http_runner.setup()
+        http_site = web.TCPSite(http_runner, settings.host, settings.http_port, reuse_port=reuse_port or None)
+        await http_site.start()
+        http = (http_runner, http_site)
+    component = GatewayComponent((https_runner, https_site), http, context)
+    log.info(
+        "gateway started",
+        https=f"https://{settings.host}:{component.https_port}",
+        http=f"http://{settings.host}:{component.http_port}" if http else None,
+        revocation_live=revocation.live,
+        backends={"ca": settings.ca_target, "otp": settings.otp_target, "enrollment": settings.enrollment_target},
+    )
+    return component

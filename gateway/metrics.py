@@ -1,0 +1,82 @@
+"""The gateway's Prometheus metrics: requests, latency, TLS handshakes, certificate rejections, backend errors."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""CONTENT_TYPE is the media type of the text exposition format /metrics answers in."""
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class GatewayMetrics:
+    """GatewayMetrics holds one gateway's collectors in its own registry (so several gateways in one test
+    process never share counters) and renders them for /metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "kagi_gateway_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "kagi_gateway_http_request_duration_seconds",
+            "Time from the request's arrival to its answer, by route template and method.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.connections = Counter(
+            "kagi_gateway_tls_connections",
+            "New TCP connections accepted on the HTTPS port.",
+            registry=r,
+        )
+        self.handshakes = Counter(
+            "kagi_gateway_tls_handshakes",
+            "Completed TLS handshakes, by protocol version, whether the session was resumed and whether the "
+            "client presented a certificate.",
+            ["version", "resumed", "client_certificate"],
+            registry=r,
+        )
+        self.handshake_failures = Counter(
+            "kagi_gateway_tls_handshake_failures",
+            "TLS handshakes that failed, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.certificate_rejections = Counter(
+            "kagi_gateway_client_certificate_rejections",
+            "Client certificates refused, by reason: at the handshake (handshake_*) or by a route.",
+            ["reason"],
+            registry=r,
+        )
+        self.backend_errors = Counter(
+            "kagi_gateway_backend_errors",
+            "Failed calls to the services, by service and gRPC status code.",
+            ["service", "code"],
+            registry=r,
+        )
+        self.revoked_serials = Gauge(
+            "kagi_gateway_revoked_serials",
+            "Customer certificate serials this replica knows to be revoked.",
+            registry=r,
+        )
+        self.revocation_stream_up = Gauge(
+            "kagi_gateway_revocation_stream_connected",
+            "1 while the CA's revocation stream is connected and the CRL is loaded, else 0 (status fallback).",
+            registry=r,
+        )
+        self.revocation_events = Counter(
+            "kagi_gateway_revocation_events",
+            "Revocations received from the CA's stream.",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """Render is the registry in the Prometheus text format."""
+        return generate_latest(self.registry)

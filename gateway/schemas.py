@@ -1,0 +1,454 @@
+"""The customer API's shapes, declared once: request bodies (validated here) and responses, for the routes and
+for the OpenAPI document, so the document cannot drift from what the gateway does.
+
+The gateway checks shape only (JSON object, known fields present, types, generous length caps, text that can
+travel as UTF-8). The bank's rules (lengths, character classes, confirmations) are the services' to decide:
+their messages reach the customer unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gateway.errors import HttpError, invalid_input
+
+MSG_REQUIRED = "入力してください / required"
+MSG_STRING = "文字列で入力してください / must be a string"
+MSG_BOOLEAN = "true または false で指定してください / must be true or false"
+MSG_UNKNOWN = "この項目は受け付けられません / unknown field"
+MSG_TEXT = "使用できない文字が含まれています / contains characters that cannot be used"
+MSG_OBJECT = "JSONオブジェクトで送信してください / the body must be a JSON object"
+
+
+def _too_long(limit: int) -> str:
+    return f"{limit}文字以内で入力してください / at most {limit} characters"
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    names = ", ".join(values)
+    return f"次のいずれかを指定してください / must be one of: {names}"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """FieldSpec is one JSON body field: its type, the gateway's length cap, allowed values, and whether it is a
+    secret (documented as a password and never logged)."""
+
+    name: str
+    kind: Literal["string", "boolean"] = "string"
+    max_length: int = 256
+    enum: tuple[str, ...] = ()
+    secret: bool = False
+    description: str = ""
+
+    def check(self, value: object) -> str | None:
+        """Check returns the message for a value of the wrong shape, or None when the shape is right."""
+        if self.kind == "boolean":
+            return None if isinstance(value, bool) else MSG_BOOLEAN
+        if not isinstance(value, str):
+            return MSG_STRING
+        if len(value) > self.max_length:
+            return _too_long(self.max_length)
+        try:
+            # Lone surrogates parse from JSON ("\ud800") but cannot be encoded for gRPC.
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return MSG_TEXT
+        if "\x00" in value:
+            return MSG_TEXT
+        if self.enum and value not in self.enum:
+            return _one_of(self.enum)
+        return None
+
+    def schema(self) -> dict[str, Any]:
+        """Schema is the field's JSON Schema (OpenAPI 3.1)."""
+        if self.kind == "boolean":
+            result: dict[str, Any] = {"type": "boolean"}
+        else:
+            result = {"type": "string", "maxLength": self.max_length}
+            if self.enum:
+                result["enum"] = list(self.enum)
+            if self.secret:
+                result["format"] = "password"
+                result["writeOnly"] = True
+        if self.description:
+            result["description"] = self.description
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class BodySpec:
+    """BodySpec is a request body: a JSON object whose listed fields are all required and nothing else allowed.
+
+    A spec with no fields accepts an empty body or `{}`.
+    """
+
+    name: str
+    fields: tuple[FieldSpec, ...] = field(default=())
+
+    def parse(self, raw: bytes) -> dict[str, Any]:
+        """Parse decodes and checks a body, raising a 400 that names every offending field."""
+        if not raw.strip():
+            if not self.fields:
+                return {}
+            raise invalid_input({f.name: MSG_REQUIRED for f in self.fields})
+        try:
+            document = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            message = "JSONとして読み取れません / not valid JSON"
+            if isinstance(exc, json.JSONDecodeError):
+                message += f": {exc.msg} (line {exc.lineno}, column {exc.colno})"
+            raise invalid_input({"body": message}, reason="MALFORMED_JSON") from None
+        if not isinstance(document, dict):
+            raise invalid_input({"body": MSG_OBJECT}, reason="MALFORMED_JSON")
+        problems: dict[str, str] = {}
+        known = {f.name for f in self.fields}
+        for spec in self.fields:
+            if spec.name not in document:
+                problems[spec.name] = MSG_REQUIRED
+                continue
+            problem = spec.check(document[spec.name])
+            if problem:
+                problems[spec.name] = problem
+        for name in document:
+            if name not in known:
+                problems[_field_label(name)] = MSG_UNKNOWN
+        if problems:
+            raise invalid_input(problems)
+        return document
+
+    def schema(self) -> dict[str, Any]:
+        """Schema is the body's JSON Schema (OpenAPI 3.1)."""
+        return {
+            "type": "object",
+            "properties": {f.name: f.schema() for f in self.fields},
+            "required": [f.name for f in self.fields],
+            "additionalProperties": False,
+        }
+
+
+def _field_label(name: str) -> str:
+    # An unknown key is echoed back in the error; keep it short and printable.
+    cleaned = "".join(c if c.isprintable() else "?" for c in name[:64])
+    return cleaned or "?"
+
+
+def _secret(name: str, description: str = "", max_length: int = 256) -> FieldSpec:
+    return FieldSpec(name, secret=True, description=description, max_length=max_length)
+
+
+ACCOUNT_TYPES = ("ordinary", "current")
+
+VERIFY_NOTICE = BodySpec(
+    "VerifyNoticeRequest",
+    (
+        FieldSpec("branch_code", max_length=16, description="支店番号 / branch code (3 half-width digits)"),
+        FieldSpec("account_type", enum=ACCOUNT_TYPES, description="科目 / account type: 普通 ordinary, 当座 current"),
+        FieldSpec("account_number", max_length=16, description="口座番号 / account number (7 half-width digits)"),
+        _secret("temporary_login_password", "通知書の仮ログインパスワード / the notice's temporary login password"),
+        _secret(
+            "temporary_confirmation_password",
+            "通知書の仮確認用パスワード / the notice's temporary confirmation password",
+        ),
+    ),
+)
+SUBMIT_PROFILE = BodySpec(
+    "SubmitProfileRequest",
+    (
+        FieldSpec("user_name", description="利用者名 / user name"),
+        FieldSpec("email", max_length=320, description="メールアドレス / e-mail address"),
+        FieldSpec("email_confirmation", max_length=320, description="メールアドレス（確認） / the same again"),
+        FieldSpec("login_id", description="ログインID / login ID"),
+        FieldSpec("login_id_confirmation", description="ログインID（確認） / the same again"),
+        _secret("login_password", "ログインパスワード / login password"),
+        _secret("login_password_confirmation", "ログインパスワード（確認） / the same again"),
+        _secret("confirmation_password", "確認用パスワード / confirmation password"),
+        _secret("confirmation_password_confirmation", "確認用パスワード（確認） / the same again"),
+    ),
+)
+EMPTY = BodySpec("EmptyRequest")
+ISSUE_CERTIFICATE = BodySpec(
+    "IssueCertificateRequest",
+    (
+        FieldSpec(
+            "csr_pem",
+            max_length=16384,
+            description="ブラウザで作成した証明書署名要求 / PKCS#10 CSR made on the client, PEM",
+        ),
+    ),
+)
+PASSWORD_LOGIN = BodySpec("PasswordLoginRequest", (_secret("login_password", "ログインパスワード / login password"),))
+REQUEST_TOKEN = BodySpec(
+    "RequestTokenRequest",
+    (
+        FieldSpec("mobile_email", max_length=320, description="携帯電話のメールアドレス / the phone's e-mail address"),
+        FieldSpec("mobile_email_confirmation", max_length=320, description="（確認） / the same again"),
+        _secret("usage_start_password", "利用開始パスワード / usage-start password (4-8 half-width digits)"),
+        _secret("usage_start_password_confirmation", "利用開始パスワード（確認） / the same again"),
+    ),
+)
+ACTIVATE_APP = BodySpec(
+    "ActivateAppRequest",
+    (
+        FieldSpec("service_id", description="メールに記載されたサービスID / the service ID from the mail"),
+        FieldSpec("user_id", description="メールに記載されたユーザID / the user ID from the mail"),
+        _secret("usage_start_password", "利用開始パスワード / usage-start password"),
+        FieldSpec("agreed", kind="boolean", description="「上記の内容に同意する」 / the user ticked I agree"),
+    ),
+)
+REGISTER_APP = BodySpec(
+    "RegisterAppRequest",
+    (
+        FieldSpec("service_id", description="サービスID / service ID"),
+        FieldSpec("user_id", description="ユーザID / user ID"),
+        FieldSpec("activation_id", description="the activation_id returned by POST /v1/app/activation"),
+    ),
+)
+VERIFY_FIRST_CODE = BodySpec(
+    "VerifyFirstCodeRequest",
+    (FieldSpec("otp", max_length=16, secret=True, description="アプリのワンタイムパスワード / the app's code"),),
+)
+
+STATES = (
+    "NOTICE_VERIFIED",
+    "PROFILE_SUBMITTED",
+    "REGISTERED",
+    "CERTIFICATE_ISSUED",
+    "CERTIFICATE_LOGGED_IN",
+    "PASSWORD_VERIFIED",
+    "TOKEN_REQUESTED",
+    "APP_ACTIVATED",
+    "APP_REGISTERED",
+    "COMPLETED",
+    "EXPIRED",
+    "LOCKED",
+    "CANCELLED",
+)
+"""STATES are the enrollment states as the API names them (the design's names)."""
+
+STEPS = (
+    "VERIFY_NOTICE",
+    "SUBMIT_PROFILE",
+    "CONFIRM_REGISTRATION",
+    "ISSUE_CERTIFICATE",
+    "CERTIFICATE_LOGIN",
+    "PASSWORD_LOGIN",
+    "REQUEST_TOKEN",
+    "ACTIVATE_APP",
+    "REGISTER_APP",
+    "VERIFY_FIRST_CODE",
+)
+"""STEPS are the names of the ten steps, in order; `next_step` is one of them or null."""
+
+_STRING = {"type": "string"}
+_ENROLLMENT_PROPERTIES: dict[str, Any] = {
+    "enrollment_id": _STRING,
+    "state": {"type": "string", "enum": list(STATES)},
+    "next_step": {
+        "type": ["string", "null"],
+        "enum": [*STEPS, None],
+        "description": "The step the enrollment expects next, by name (step 2 is SUBMIT_PROFILE); null once it "
+        "takes no more steps.",
+    },
+    "expires_at": {
+        "type": ["string", "null"],
+        "format": "date-time",
+        "description": "When the enrollment expires unless a step is taken (RFC 3339).",
+    },
+}
+_ENROLLMENT_REQUIRED = ["enrollment_id", "state", "next_step", "expires_at"]
+
+
+def _enrollment_with(extra: Mapping[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": description,
+        "properties": {**_ENROLLMENT_PROPERTIES, **extra},
+        "required": [*_ENROLLMENT_REQUIRED, *extra],
+    }
+
+
+RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Enrollment": _enrollment_with({}, "An enrollment's state, next step and expiry; never a secret."),
+    "VerifyNoticeResponse": _enrollment_with(
+        {"session_token": {"type": "string", "description": "Bearer token for steps 2-4; returned this once."}},
+        "Step 1's answer: the new enrollment and its session token.",
+    ),
+    "SubmitProfileResponse": _enrollment_with(
+        {
+            "summary": {
+                "type": "object",
+                "description": "What the user entered, for confirmation (step 9 of the procedure); no password.",
+                "properties": {"user_name": _STRING, "email": _STRING, "login_id": _STRING, "company_name": _STRING},
+                "required": ["user_name", "email", "login_id", "company_name"],
+            }
+        },
+        "Step 2's answer.",
+    ),
+    "ConfirmRegistrationResponse": _enrollment_with({"user_id": _STRING}, "Step 3's answer."),
+    "IssueCertificateResponse": _enrollment_with(
+        {
+            "certificate_pem": {"type": "string", "description": "The issued client certificate, PEM."},
+            "chain_pem": {"type": "string", "description": "The customer CA and the root, PEM."},
+            "serial_number": {"type": "string", "description": "Lowercase hexadecimal."},
+        },
+        "Step 4's answer.",
+    ),
+    "ActivateAppResponse": {
+        "type": "object",
+        "description": "The seed, delivered this once, with what an authenticator app needs.",
+        "properties": {
+            "otpauth_uri": {"type": "string", "description": "otpauth://totp/ Key URI for QR codes."},
+            "secret": {"type": "string", "description": "The seed, base32 without padding."},
+            "algorithm": {"type": "string", "enum": ["SHA1", "SHA256", "SHA512"]},
+            "digits": {"type": "integer"},
+            "period": {"type": "integer"},
+            "activation_id": {"type": "string"},
+        },
+        "required": ["otpauth_uri", "secret", "algorithm", "digits", "period", "activation_id"],
+    },
+    "RegisterAppResponse": {
+        "type": "object",
+        "properties": {
+            "state": {
+                "type": ["string", "null"],
+                "enum": [*STATES, None],
+                "description": "The enrollment's state after registration (null for a token made outside one).",
+            }
+        },
+        "required": ["state"],
+    },
+    "ClientCertificate": {
+        "type": "object",
+        "description": "The client certificate this connection presented, as the gateway verified it.",
+        "properties": {
+            "serial_number": {"type": "string", "description": "Lowercase hexadecimal."},
+            "fingerprint_sha256": {"type": "string", "description": "SHA-256 of the DER, lowercase hexadecimal."},
+            "subject": {"type": "string", "description": "RFC 4514, non-ASCII characters escaped."},
+            "not_after": {"type": "string", "format": "date-time"},
+        },
+        "required": ["serial_number", "fingerprint_sha256", "subject", "not_after"],
+    },
+    "Error": {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "code": {"type": "integer", "description": "The HTTP status code."},
+                    "reason": {"type": "string", "description": "Stable, machine-readable reason."},
+                    "message": {"type": "string", "description": "For people: Japanese, then English."},
+                    "fields": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                        "description": "Per-field messages: the field's name and the rule it broke.",
+                    },
+                },
+                "required": ["code", "reason", "message", "fields"],
+            }
+        },
+        "required": ["error"],
+    },
+}
+"""RESPONSE_SCHEMAS are the JSON Schemas of the answers, by component name."""
+
+Auth = Literal["none", "session", "certificate", "session_or_certificate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """Operation is one customer API route: method, path, name, how it authenticates, body, answer."""
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    auth: Auth
+    body: BodySpec | None
+    status: int
+    response: str
+    step: int | None = None
+
+    @property
+    def mutating(self) -> bool:
+        """Mutating routes take an Idempotency-Key."""
+        return self.method in ("POST", "PUT")
+
+
+ENROLLMENT = "/v1/enrollments/{id}"
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "POST", "/v1/enrollments", "verifyNotice", "⑦ 代表口座と通知書の仮パスワード / the notice", "none",
+        VERIFY_NOTICE, 201, "VerifyNoticeResponse", 1,
+    ),
+    Operation(
+        "PUT", ENROLLMENT + "/profile", "submitProfile", "⑧ 利用者情報の入力 / the profile", "session",
+        SUBMIT_PROFILE, 200, "SubmitProfileResponse", 2,
+    ),
+    Operation(
+        "POST", ENROLLMENT + "/registration", "confirmRegistration", "⑨ 登録 / register", "session",
+        EMPTY, 200, "ConfirmRegistrationResponse", 3,
+    ),
+    Operation(
+        "POST", ENROLLMENT + "/certificate", "issueCertificate", "⑩-⑬ 電子証明書発行 / issue the certificate",
+        "session", ISSUE_CERTIFICATE, 200, "IssueCertificateResponse", 4,
+    ),
+    Operation(
+        "POST", ENROLLMENT + "/certificate-login", "certificateLogin", "⑭-⑯ 電子証明書ログイン / certificate login",
+        "certificate", EMPTY, 200, "Enrollment", 5,
+    ),
+    Operation(
+        "POST", ENROLLMENT + "/password-login", "passwordLogin", "⑰ ログインパスワード / login password",
+        "certificate", PASSWORD_LOGIN, 200, "Enrollment", 6,
+    ),
+    Operation(
+        "POST", ENROLLMENT + "/token", "requestToken", "⑱ トークン発行 / issue the token (the IDs go by mail)",
+        "certificate", REQUEST_TOKEN, 200, "Enrollment", 7,
+    ),
+    Operation(
+        "POST", "/v1/app/activation", "activateApp", "⑳ アプリの利用登録 / activate the app (the seed, once)",
+        "none", ACTIVATE_APP, 200, "ActivateAppResponse", 8,
+    ),
+    Operation(
+        "POST", "/v1/app/registration", "registerApp", "㉑ アプリの登録 / the app stored the seed", "none",
+        REGISTER_APP, 200, "RegisterAppResponse", 9,
+    ),
+    Operation(
+        "POST", ENROLLMENT + "/otp", "verifyFirstCode", "㉓ ワンタイムパスワード認証確認 / the first code",
+        "certificate", VERIFY_FIRST_CODE, 200, "Enrollment", 10,
+    ),
+    Operation(
+        "GET", ENROLLMENT, "getEnrollment", "初期設定の状況 / an enrollment's state and next step",
+        "session_or_certificate", None, 200, "Enrollment",
+    ),
+    Operation(
+        "GET", "/v1/client-certificate", "getClientCertificate",
+        "選択した電子証明書 / the client certificate this connection presented", "certificate", None, 200,
+        "ClientCertificate",
+    ),
+)  # fmt: skip
+"""OPERATIONS are the customer API's routes; app.py serves exactly these and openapi.py documents them."""
+
+ERROR_STATUSES: dict[int, str] = {
+    400: "入力内容の誤り / invalid input: per-field messages in error.fields (malformed JSON and wrong types too)",
+    401: "認証情報がない・誤り / missing or invalid credential (session token, client certificate, password)",
+    403: "別の利用者 / the credential is valid but not for this enrollment or route",
+    404: "見つかりません / no such enrollment or route",
+    409: "手順の順序違い / not allowed in the current state: the message names the expected next step",
+    413: "送信データが大きすぎます / the body is larger than 64 KiB",
+    415: "application/json で送信してください / a body that is not application/json",
+    423: "ロック / locked after too many failures: only the bank unlocks it",
+    429: "回数制限 / throttled: retry later",
+    500: "システムエラー / internal error (no detail)",
+    503: "サービス停止中 / a backend service (or the revocation status) is unavailable: retry later",
+}
+"""ERROR_STATUSES are the error statuses every customer route may answer, with what each means."""
+
+
+def require(condition: bool, status: int, reason: str, message: str) -> None:
+    """Require raises HttpError(status, reason, message) unless `condition` holds."""
+    if not condition:
+        raise HttpError(status, reason, message)

@@ -1,0 +1,83 @@
+"""The gateway's settings: where it listens, its internal identity, the customer CA it trusts, its backends."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kagi.errors import InvalidArgument
+from kagi.runtime.settings import Environment, TlsFiles, is_loopback
+
+DEFAULT_HTTPS_PORT = 8443
+DEFAULT_HTTP_PORT = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """GatewaySettings is everything the gateway is configured with; built once in `main` and frozen.
+
+    `tls` is the gateway's internal identity (spiffe://kagi.internal/gateway): the HTTPS server certificate and
+    the client certificate it presents to the services. `customer_ca_file` is the bundle (root + customer CA)
+    that client certificates are verified against; when None it is fetched from the CA service at start.
+    `backend_tls` is None only in loopback plaintext development (KAGI_INSECURE_PLAINTEXT=1).
+    """
+
+    host: str
+    https_port: int
+    http_port: int | None
+    tls: TlsFiles
+    backend_tls: TlsFiles | None
+    customer_ca_file: Path | None
+    ca_target: str
+    otp_target: str
+    enrollment_target: str
+    workers: int = 1
+    backend_server_name: str = "localhost"
+    # How long a GetCertificateStatus answer is trusted while the revocation stream is down. Short, so that a
+    # revocation reaches this replica within the 2 seconds the design promises even without the stream.
+    status_cache_seconds: float = 1.0
+    call_timeout_seconds: float = 10.0
+    startup_timeout_seconds: float = 30.0
+    max_body_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        problems: dict[str, str] = {}
+        for name in ("https_port", "http_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 <= port <= 65535:
+                problems[name] = "must be between 0 and 65535"
+        if self.backend_tls is None:
+            for name in ("ca_target", "otp_target", "enrollment_target"):
+                if not is_loopback(getattr(self, name).rsplit(":", 1)[0]):
+                    problems[name] = "plaintext gRPC is for loopback targets only"
+        if not 0 < self.status_cache_seconds <= 1.5:
+            problems["status_cache_seconds"] = "must be above 0 and at most 1.5 (revocation must act within 2 s)"
+        if problems:
+            raise InvalidArgument("invalid gateway settings", fields=problems)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
+        """From_env reads the KAGI_GATEWAY_* and KAGI_*_TARGET variables and validates them."""
+        env = Environment(environ)
+        tls = TlsFiles(
+            cert_file=env.path("KAGI_GATEWAY_TLS_CERT"),
+            key_file=env.path("KAGI_GATEWAY_TLS_KEY"),
+            ca_file=env.path("KAGI_GATEWAY_TLS_CA"),
+        )
+        http_port = env.integer("KAGI_GATEWAY_HTTP_PORT", DEFAULT_HTTP_PORT, minimum=-1, maximum=65535)
+        customer_ca = env.optional("KAGI_GATEWAY_CUSTOMER_CA")
+        return cls(
+            host=env.text("KAGI_GATEWAY_HOST", "127.0.0.1"),
+            https_port=env.integer("KAGI_GATEWAY_PORT", DEFAULT_HTTPS_PORT, minimum=0, maximum=65535),
+            # -1 turns the plain-HTTP PKI port off (a deployment that publishes its PKI files elsewhere).
+            http_port=None if http_port < 0 else http_port,
+            tls=tls,
+            backend_tls=None if env.flag("KAGI_INSECURE_PLAINTEXT") else tls,
+            customer_ca_file=Path(customer_ca) if customer_ca else None,
+            ca_target=env.text("KAGI_CA_TARGET", "localhost:50051"),
+            otp_target=env.text("KAGI_OTP_TARGET", "localhost:50052"),
+            enrollment_target=env.text("KAGI_ENROLLMENT_TARGET", "localhost:50053"),
+            workers=env.integer("KAGI_GATEWAY_WORKERS", 1, minimum=1, maximum=64),
+            backend_server_name=env.text("KAGI_GATEWAY_BACKEND_SERVER_NAME", "localhost"),
+        )

@@ -1,0 +1,210 @@
+"""`kagi admin` commands for the CA: init-ca (local files), revoke and list-certificates (gRPC as the operator),
+verify-audit (reads the audit chain from the CA's store).
+
+The functions are click commands meant for the `admin` group: `init_ca_command`, `revoke_command`,
+`list_certificates_command`, `verify_audit_command` (all four in CA_COMMANDS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import click
+
+from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
+from kagi.cli.admin import AdminContext, run_call
+from kagi.errors import KagiError
+from kagi.runtime.settings import Environment
+from kagi.store import open_store
+from services.ca_service.app.journal import AuditReport, verify_stored_chain
+from services.ca_service.bootstrap import init_ca
+from services.ca_service.domain.keys import KeyAlgorithm, parse_key_algorithm
+from services.ca_service.domain.revocation import parse_revocation_reason
+from services.ca_service.domain.settings import PkiSettings
+
+_STATES = {
+    "active": ca_pb2.Certificate.STATE_ACTIVE,
+    "revoked": ca_pb2.Certificate.STATE_REVOKED,
+    "expired": ca_pb2.Certificate.STATE_EXPIRED,
+}
+_REASONS = (
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "certificateHold",
+    "privilegeWithdrawn",
+    "aACompromise",
+)
+
+
+@click.command(
+    "init-ca",
+    help=(
+        "Create the root, customer and internal CAs and their OCSP signers, once (never overwrites). "
+        "The key passphrase comes from KAGI_CA_KEY_PASSPHRASE_FILE (preferred) or KAGI_CA_KEY_PASSPHRASE."
+    ),
+)
+@click.option("--ca-dir", type=click.Path(path_type=Path), help="Where the CA lives (default: <state-dir>/ca).")
+@click.option(
+    "--key-algorithm",
+    type=click.Choice([a.value for a in KeyAlgorithm]),
+    default=KeyAlgorithm.EC_P256.value,
+    show_default=True,
+    help="Key type of the CAs and OCSP signers.",
+)
+@click.option(
+    "--base-url",
+    envvar="KAGI_PKI_BASE_URL",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    help="Public base URL of the PKI files, written into the intermediates (CRL DP, AIA).",
+)
+@click.pass_obj
+def init_ca_command(obj: AdminContext, ca_dir: Path | None, key_algorithm: str, base_url: str) -> None:
+    """init_ca_command is `kagi admin init-ca` (local files; refuses to overwrite a CA)."""
+    directory = ca_dir or obj.state_dir / "ca"
+    try:
+        passphrase = Environment(os.environ).required_secret("KAGI_CA_KEY_PASSPHRASE")
+        algorithm = parse_key_algorithm(key_algorithm)
+        loaded = init_ca(directory, passphrase, settings=PkiSettings(base_url=base_url, key_algorithm=algorithm))
+    except KagiError as exc:
+        raise click.ClickException(f"{exc.reason}: {exc}") from None
+    click.echo(f"CA created in {directory} ({key_algorithm})")
+    for ca in (loaded.hierarchy.root, loaded.hierarchy.customer, loaded.hierarchy.internal):
+        click.echo(f"  {ca.kind.value:<9} {ca.name.rfc4514_string()}  serial {ca.certificate.serial_number:x}")
+    for kind, delegate in loaded.delegates.items():
+        click.echo(f"  ocsp for {kind.value}: serial {delegate.certificate.serial_number:x}")
+
+
+@click.command(
+    "revoke",
+    help="Revoke one certificate over gRPC as the operator; revoking again changes nothing.",
+)
+@click.option("--serial", required=True, help="Serial number, hex (as listed) or decimal.")
+@click.option(
+    "--reason",
+    default="unspecified",
+    show_default=True,
+    help=f"RFC 5280 reason: {', '.join(_REASONS)} (or its number).",
+)
+@click.pass_obj
+def revoke_command(obj: AdminContext, serial: str, reason: str) -> None:
+    """revoke_command is `kagi admin revoke` (gRPC RevokeCertificate as the operator)."""
+    try:
+        code = int(parse_revocation_reason(reason))
+    except KagiError as exc:
+        raise click.BadParameter(str(exc), param_hint="--reason") from None
+
+    async def call() -> ca_pb2.RevokeCertificateResponse:
+        async with obj.channel("ca") as channel:
+            stub = ca_pb2_grpc.CertificateAuthorityServiceStub(channel)
+            reply: ca_pb2.RevokeCertificateResponse = await stub.RevokeCertificate(
+                ca_pb2.RevokeCertificateRequest(
+                    request_id=os.urandom(16).hex(),
+                    serial_number=serial,
+                    reason=code,  # type: ignore[arg-type]
+                ),
+                timeout=30,
+            )
+            return reply
+
+    reply = run_call(call)
+    click.echo(json.dumps(_certificate_json(reply.certificate), ensure_ascii=False))
+
+
+@click.command(
+    "list-certificates",
+    help="List certificates over gRPC, one JSON object per line.",
+)
+@click.option("--subject", default="", help="Only this subject (user id or service role).")
+@click.option("--state", type=click.Choice(sorted(_STATES)), help="Only certificates in this state.")
+@click.pass_obj
+def list_certificates_command(obj: AdminContext, subject: str, state: str | None) -> None:
+    """list_certificates_command is `kagi admin list-certificates` (gRPC, paged)."""
+
+    async def call() -> list[ca_pb2.Certificate]:
+        found: list[ca_pb2.Certificate] = []
+        async with obj.channel("ca") as channel:
+            stub = ca_pb2_grpc.CertificateAuthorityServiceStub(channel)
+            token = ""
+            while True:
+                page = await stub.ListCertificates(
+                    ca_pb2.ListCertificatesRequest(
+                        subject_id=subject,
+                        state=_STATES[state] if state else ca_pb2.Certificate.STATE_UNSPECIFIED,
+                        page_size=500,
+                        page_token=token,
+                    ),
+                    timeout=30,
+                )
+                found.extend(page.certificates)
+                token = page.next_page_token
+                if not token:
+                    return found
+
+    for certificate in run_call(call):
+        click.echo(json.dumps(_certificate_json(certificate), ensure_ascii=False))
+
+
+@click.command(
+    "verify-audit",
+    help="Verify the CA's hash-chained audit trail in its store; exit 1 naming the first bad record.",
+)
+@click.option(
+    "--store-url",
+    envvar="KAGI_STORE_URL",
+    default="sqlite:",
+    show_default=True,
+    help="The CA's store (sqlite: is <state-dir>/ca.db).",
+)
+@click.option("--namespace", default="ca", show_default=True, hidden=True, help="The CA's store namespace.")
+@click.pass_obj
+def verify_audit_command(obj: AdminContext, store_url: str, namespace: str) -> None:
+    """verify_audit_command is `kagi admin verify-audit` (reads the chain from the store)."""
+
+    async def verify() -> AuditReport:
+        store = open_store(store_url, namespace=namespace, state_dir=obj.state_dir)
+        try:
+            return await verify_stored_chain(store)
+        finally:
+            await store.close()
+
+    try:
+        report = asyncio.run(verify())
+    except KagiError as exc:
+        raise click.ClickException(f"{exc.reason}: {exc}") from None
+    if report.ok:
+        click.echo(f"audit chain OK: {report.checked} records")
+        return
+    click.echo(f"audit chain BROKEN at sequence {report.bad_sequence}: {report.problem}", err=True)
+    if report.bad_record is not None:
+        click.echo(report.bad_record.to_json().decode(), err=True)
+    raise SystemExit(1)
+
+
+CA_COMMANDS = (init_ca_command, revoke_command, list_certificates_command, verify_audit_command)
+"""CA_COMMANDS are the CA's admin commands, to be added to the `admin` group."""
+
+
+def _certificate_json(certificate: ca_pb2.Certificate) -> dict[str, object]:
+    body: dict[str, object] = {
+        "serial_number": certificate.serial_number,
+        "issuer": ca_pb2.Issuer.Name(certificate.issuer).removeprefix("ISSUER_").lower(),
+        "profile": certificate.profile,
+        "subject_id": certificate.subject_id,
+        "subject": certificate.subject,
+        "state": ca_pb2.Certificate.State.Name(certificate.state).removeprefix("STATE_").lower(),
+        "not_after": certificate.not_after.ToJsonString(),
+    }
+    if certificate.HasField("revoke_time"):
+        body["revoke_time"] = certificate.revoke_time.ToJsonString()
+        body["revocation_reason"] = (
+            ca_pb2.RevocationReason.Name(certificate.revocation_reason).removeprefix("REVOCATION_REASON_").lower()
+        )
+    return body

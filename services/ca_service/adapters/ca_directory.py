@@ -1,0 +1,219 @@
+"""The CA directory: the three CAs' and the OCSP signers' keys (encrypted PKCS#8) and certificates (PEM) on disk.
+
+Layout of the directory (mode 0700; keys 0600, certificates 0644):
+
+    root.pem, root-key.pem                  the root CA (its key is never opened by the running service)
+    customer.pem, customer-key.pem          the customer CA
+    internal.pem, internal-key.pem          the internal CA
+    <kind>-ocsp-<id>.pem, <kind>-ocsp-<id>-key.pem
+                                            delegated OCSP signers of the customer and internal CAs; the one
+                                            with the latest notAfter is used, older ones may be deleted
+
+Nothing here ever writes over an existing file: initialising twice fails instead of replacing a CA key.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from kagi.clock import Clock
+from kagi.errors import AlreadyExists
+from services.ca_service.adapters.file_signer import FileSigner, Passphrase
+from services.ca_service.domain.authority import CertificateAuthority
+from services.ca_service.domain.errors import CaKeyUnreadable
+from services.ca_service.domain.hierarchy import (
+    ISSUING_KINDS,
+    DelegatedOcspSigner,
+    Hierarchy,
+    build_intermediate,
+    build_root,
+    issue_ocsp_signer,
+)
+from services.ca_service.domain.keys import CaPublicKey, KeyAlgorithm
+from services.ca_service.domain.settings import CaKind, PkiSettings
+from services.ca_service.domain.signer import SignatureAlgorithm, signature_algorithm_for
+
+
+class OfflineKeySigner:
+    """OfflineKeySigner stands for a CA whose key stays closed (the root, in the running service): it refuses
+    to sign, but lets the CA's certificate be paired and checked."""
+
+    def __init__(self, public_key: CaPublicKey) -> None:
+        self._public_key = public_key
+        self._algorithm = signature_algorithm_for(public_key)
+
+    @property
+    def algorithm(self) -> SignatureAlgorithm:
+        """Algorithm is the signature algorithm of the key."""
+        return self._algorithm
+
+    def public_key(self) -> CaPublicKey:
+        """Public_key is the public half of the key."""
+        return self._public_key
+
+    def sign(self, data: bytes) -> bytes:
+        """Sign always refuses: this key is offline."""
+        raise CaKeyUnreadable("this CA's key is offline; it signs nothing in the running service")
+
+
+@dataclass(frozen=True)
+class LoadedCa:
+    """LoadedCa is the hierarchy and the current OCSP signers read from a CA directory."""
+
+    hierarchy: Hierarchy
+    delegates: dict[CaKind, DelegatedOcspSigner]
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise AlreadyExists(f"{path} exists already; refusing to overwrite it", reason="CA_FILE_EXISTS") from None
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+class CaDirectory:
+    """CaDirectory creates and reads the CA files under one directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def cert_path(self, name: str) -> Path:
+        """Cert_path is the certificate file of `name` (root, customer, internal, <kind>-ocsp-<id>)."""
+        return self.path / f"{name}.pem"
+
+    def key_path(self, name: str) -> Path:
+        """Key_path is the encrypted key file of `name`."""
+        return self.path / f"{name}-key.pem"
+
+    def initialized(self) -> bool:
+        """Initialized tells whether a CA already lives here (any of the CA files exists)."""
+        return any(self.cert_path(k.value).exists() or self.key_path(k.value).exists() for k in CaKind)
+
+    def create(
+        self,
+        passphrase: Passphrase,
+        *,
+        settings: PkiSettings,
+        clock: Clock,
+        algorithm: KeyAlgorithm | None = None,
+    ) -> LoadedCa:
+        """Create makes the root, the customer and internal CAs and an OCSP signer for each, once.
+
+        Raises AlreadyExists when a CA is already here; nothing existing is touched.
+        """
+        algorithm = algorithm or settings.key_algorithm
+        if self.initialized():
+            raise AlreadyExists(f"a CA already exists in {self.path}; refusing to overwrite it", reason="CA_EXISTS")
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path.chmod(0o700)
+        signers = {kind: FileSigner.create(self.key_path(kind.value), passphrase, algorithm) for kind in CaKind}
+        root = build_root(signers[CaKind.ROOT], settings=settings, clock=clock)
+        _write_new(self.cert_path("root"), root.pem, 0o644)
+        issuing: dict[CaKind, CertificateAuthority] = {}
+        for kind in ISSUING_KINDS:
+            issuing[kind] = build_intermediate(root, kind, signers[kind], settings=settings, clock=clock)
+            _write_new(self.cert_path(kind.value), issuing[kind].pem, 0o644)
+        hierarchy = Hierarchy(root=root, customer=issuing[CaKind.CUSTOMER], internal=issuing[CaKind.INTERNAL])
+        delegates = {}
+        for kind in ISSUING_KINDS:
+            signer, name = self.new_ocsp_signer(kind, passphrase, algorithm, clock)
+            delegate = issue_ocsp_signer(issuing[kind], signer, settings=settings, clock=clock)
+            self.write_ocsp_certificate(name, delegate.certificate)
+            delegates[kind] = delegate
+        return LoadedCa(hierarchy, delegates)
+
+    def load(self, passphrase: Passphrase, *, open_root_key: bool = False) -> LoadedCa:
+        """Load reads the hierarchy and the newest OCSP signer of each issuing CA, checking every pairing.
+
+        The root key stays closed unless `open_root_key` (only re-certifying intermediates needs it).
+        """
+        if not self.initialized():
+            raise CaKeyUnreadable(f"no CA in {self.path}: run `kagi admin init-ca` first", reason="CA_NOT_INITIALIZED")
+        root_cert = self._certificate(self.cert_path("root"))
+        root_signer = (
+            FileSigner.open(self.key_path("root"), passphrase)
+            if open_root_key
+            else OfflineKeySigner(_ca_public_key(root_cert))
+        )
+        root = CertificateAuthority(CaKind.ROOT, root_cert, root_signer)
+        issuing: dict[CaKind, CertificateAuthority] = {}
+        for kind in ISSUING_KINDS:
+            certificate = self._certificate(self.cert_path(kind.value))
+            _check_issued_by(certificate, root.certificate, f"the {kind.value} CA certificate")
+            issuing[kind] = CertificateAuthority(
+                kind, certificate, FileSigner.open(self.key_path(kind.value), passphrase)
+            )
+        hierarchy = Hierarchy(root=root, customer=issuing[CaKind.CUSTOMER], internal=issuing[CaKind.INTERNAL])
+        delegates = {kind: self.load_ocsp_signer(issuing[kind], passphrase) for kind in ISSUING_KINDS}
+        return LoadedCa(hierarchy, delegates)
+
+    def load_ocsp_signer(self, issuer: CertificateAuthority, passphrase: Passphrase) -> DelegatedOcspSigner:
+        """Load_ocsp_signer returns the OCSP signer of `issuer` with the latest notAfter whose key opens."""
+        candidates: list[tuple[datetime, Path, x509.Certificate]] = []
+        for path in self.path.glob(f"{issuer.kind.value}-ocsp-*.pem"):
+            if path.name.endswith("-key.pem") or not path.with_name(path.stem + "-key.pem").exists():
+                continue
+            certificate = self._certificate(path)
+            try:
+                _check_issued_by(certificate, issuer.certificate, "an OCSP signer")
+            except CaKeyUnreadable:
+                continue  # signed by an earlier key of this CA: not usable any more
+            candidates.append((certificate.not_valid_after_utc, path, certificate))
+        if not candidates:
+            raise CaKeyUnreadable(f"no OCSP signer for the {issuer.kind.value} CA in {self.path}")
+        _, path, certificate = max(candidates, key=lambda item: item[0])
+        signer = FileSigner.open(path.with_name(path.stem + "-key.pem"), passphrase)
+        return DelegatedOcspSigner(issuer=issuer, certificate=certificate, signer=signer)
+
+    def new_ocsp_signer(
+        self, kind: CaKind, passphrase: Passphrase, algorithm: KeyAlgorithm, clock: Clock
+    ) -> tuple[FileSigner, str]:
+        """New_ocsp_signer writes a fresh encrypted key for an OCSP signer of `kind`; returns it and its name."""
+        stamp = datetime.fromtimestamp(clock.now(), tz=UTC).strftime("%Y%m%d%H%M%S")
+        name = f"{kind.value}-ocsp-{stamp}-{secrets.token_hex(3)}"
+        return FileSigner.create(self.key_path(name), passphrase, algorithm), name
+
+    def write_ocsp_certificate(self, name: str, certificate: x509.Certificate) -> Path:
+        """Write_ocsp_certificate stores an OCSP signer's certificate beside its key."""
+        path = self.cert_path(name)
+        _write_new(path, _pem(certificate), 0o644)
+        return path
+
+    def _certificate(self, path: Path) -> x509.Certificate:
+        try:
+            return x509.load_pem_x509_certificate(path.read_bytes())
+        except OSError as exc:
+            raise CaKeyUnreadable(f"cannot read {path} ({exc.strerror})") from None
+        except ValueError:
+            raise CaKeyUnreadable(f"{path} is not a PEM certificate") from None
+
+
+def _ca_public_key(certificate: x509.Certificate) -> CaPublicKey:
+    key = certificate.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise CaKeyUnreadable("the CA certificate's key is neither EC nor RSA")
+    return key
+
+
+def _check_issued_by(certificate: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        raise CaKeyUnreadable(f"{what} was not issued by {issuer.subject.rfc4514_string()}") from None

@@ -1,0 +1,327 @@
+"""The CA's gRPC API: translates messages to use-case calls and back, and nothing more.
+
+Input is validated before the idempotency ledger is touched, so a bad request changes no state at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kagi.ca.v1 import ca_pb2 as pb
+from kagi.ca.v1 import ca_pb2_grpc
+from kagi.clock import Clock
+from kagi.errors import InvalidArgument
+from kagi.idempotency import IdempotencyLedger
+from kagi.runtime.grpc_idempotency import run_idempotent
+from kagi.runtime.grpc_server import ServiceBinding, current_caller
+from kagi.runtime.identity import Role, allow
+from services.ca_service.app.records import CertificateRecord, CertificateState
+from services.ca_service.app.repository import check_subject_id
+from services.ca_service.app.service import Actor, CertificateAuthorityService, parse_serial_field
+from services.ca_service.domain.errors import InvalidIdentity
+from services.ca_service.domain.identity import CustomerIdentity, Identity, ServiceIdentity
+from services.ca_service.domain.revocation import RevocationReason, parse_revocation_reason
+from services.ca_service.domain.settings import CaKind
+
+SERVICE_NAME = "kagi.ca.v1.CertificateAuthorityService"
+_READERS = allow(Role.GATEWAY, Role.ENROLLMENT, Role.FRONTEND, Role.OPERATOR)
+_MANAGERS = allow(Role.ENROLLMENT, Role.FRONTEND, Role.OPERATOR)
+ALLOWED_ROLES = {
+    # Which profile a caller may have issued is checked again per profile (service: operator only).
+    "IssueCertificate": allow(Role.ENROLLMENT, Role.OPERATOR),
+    "RenewCertificate": _MANAGERS,
+    "GetCertificate": _MANAGERS,
+    "ListCertificates": _MANAGERS,
+    "RevokeCertificate": _MANAGERS,
+    "RevokeSubjectCertificates": _MANAGERS,
+    "GetCrl": _READERS,
+    "GetCertificateStatus": _READERS,
+    "AnswerOcsp": _READERS,
+    "GetCaCertificates": _READERS,
+    "WatchRevocations": _READERS,
+}
+
+_ISSUERS = {pb.ISSUER_CUSTOMER: CaKind.CUSTOMER, pb.ISSUER_INTERNAL: CaKind.INTERNAL}
+_ISSUER_PB = {kind: value for value, kind in _ISSUERS.items()}
+_STATES = {
+    pb.Certificate.STATE_ACTIVE: CertificateState.ACTIVE,
+    pb.Certificate.STATE_REVOKED: CertificateState.REVOKED,
+    pb.Certificate.STATE_EXPIRED: CertificateState.EXPIRED,
+}
+_STATE_PB = {state: value for value, state in _STATES.items()}
+_OCSP_STATUS = {
+    "good": pb.GetCertificateStatusResponse.STATUS_GOOD,
+    "revoked": pb.GetCertificateStatusResponse.STATUS_REVOKED,
+    "unknown": pb.GetCertificateStatusResponse.STATUS_UNKNOWN,
+}
+_CUSTOMER_FIELDS = {
+    "user_id": "customer.user_id",
+    "login_id": "customer.login_id",
+    "user_name": "customer.user_name",
+    "company": "customer.company_name",
+}
+_SERVICE_FIELDS = {"role": "service.role", "dns_names": "service.dns_names", "ip_addresses": "service.ip_addresses"}
+
+Resp = TypeVar("Resp", bound=Message)
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromSeconds(int(seconds))
+    return stamp
+
+
+def _datetime_timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def actor() -> Actor:
+    """Actor is the caller of the current RPC as the use cases see it."""
+    caller = current_caller()
+    if caller.plaintext:
+        return Actor("plaintext-dev", None, unrestricted=True)
+    return Actor(caller.spiffe_id or "anonymous", caller.role)
+
+
+def issuer_kind(value: int, *, field: str = "issuer", required: bool = True) -> CaKind | None:
+    """issuer_kind maps the Issuer enum; UNSPECIFIED is an error when `required`, else None (any issuer)."""
+    if value == pb.ISSUER_UNSPECIFIED and not required:
+        return None
+    for key, kind in _ISSUERS.items():
+        if key == value:
+            return kind
+    raise InvalidArgument("invalid issuer", fields={field: "must be ISSUER_CUSTOMER or ISSUER_INTERNAL"})
+
+
+def revocation_reason(value: int) -> RevocationReason:
+    """revocation_reason maps the RevocationReason enum (values are RFC 5280 codes; 7, 8 and others refused)."""
+    return parse_revocation_reason(int(value))
+
+
+def identity_of(request: pb.IssueCertificateRequest) -> Identity | None:
+    """identity_of builds the identity a request names, with errors naming the request's own fields."""
+    which = request.WhichOneof("identity")
+    try:
+        if which == "customer":
+            customer = request.customer
+            return CustomerIdentity(
+                user_id=customer.user_id,
+                login_id=customer.login_id,
+                user_name=customer.user_name,
+                company=customer.company_name,
+            )
+        if which == "service":
+            service = request.service
+            return ServiceIdentity(
+                role=service.role, dns_names=tuple(service.dns_names), ip_addresses=tuple(service.ip_addresses)
+            )
+    except InvalidIdentity as exc:
+        names = _CUSTOMER_FIELDS if which == "customer" else _SERVICE_FIELDS
+        raise InvalidIdentity(exc.message, fields={names.get(k, k): v for k, v in exc.fields.items()}) from None
+    return None
+
+
+def certificate_message(record: CertificateRecord, now: float) -> pb.Certificate:
+    """certificate_message renders a certificate record for the API."""
+    message = pb.Certificate(
+        serial_number=record.serial_hex,
+        issuer=_ISSUER_PB.get(record.issuer, pb.ISSUER_UNSPECIFIED),
+        profile=record.profile,
+        subject_id=record.subject_id,
+        subject=record.subject,
+        state=_STATE_PB[record.current_state(now)],
+        certificate_pem=record.certificate_pem,
+        fingerprint_sha256=record.fingerprint_sha256,
+        not_before=_timestamp(record.not_before),
+        not_after=_timestamp(record.not_after),
+        create_time=_timestamp(record.created_at),
+    )
+    if record.revoked_at is not None:
+        message.revoke_time.CopyFrom(_timestamp(record.revoked_at))
+        message.revocation_reason = int(record.reason or 0)  # type: ignore[assignment]
+    return message
+
+
+class CaApi(ca_pb2_grpc.CertificateAuthorityServiceServicer):
+    """CaApi is the gRPC face of CertificateAuthorityService."""
+
+    def __init__(self, service: CertificateAuthorityService, ledger: IdempotencyLedger, clock: Clock) -> None:
+        self._service = service
+        self._ledger = ledger
+        self._clock = clock
+
+    async def _once(self, request: Message, action: Callable[[], Awaitable[Resp]], response_type: type[Resp]) -> Resp:
+        return await run_idempotent(self._ledger, request, action, response_type)
+
+    async def IssueCertificate(
+        self, request: pb.IssueCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.IssueCertificateResponse:
+        """IssueCertificate validates, authorises the profile for the caller, then issues once per request_id."""
+        caller = actor()
+        prepared = self._service.prepare(
+            csr=request.csr, identity=identity_of(request), profile=request.profile, actor=caller
+        )
+
+        async def act() -> pb.IssueCertificateResponse:
+            record = await self._service.issue(prepared, request_id=request.request_id, actor=caller)
+            return pb.IssueCertificateResponse(
+                certificate=certificate_message(record, self._clock.now()),
+                chain_pem=self._service.chain_pem(record.issuer).decode(),
+            )
+
+        return await self._once(request, act, pb.IssueCertificateResponse)
+
+    async def RenewCertificate(
+        self, request: pb.RenewCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RenewCertificateResponse:
+        """RenewCertificate issues for the identity of an existing certificate from a new CSR."""
+        caller = actor()
+        parse_serial_field(request.serial_number)
+        self._service.check_csr(request.csr)
+
+        async def act() -> pb.RenewCertificateResponse:
+            record = await self._service.renew(
+                request.serial_number,
+                request.csr,
+                revoke_previous=request.revoke_previous,
+                request_id=request.request_id,
+                actor=caller,
+            )
+            return pb.RenewCertificateResponse(
+                certificate=certificate_message(record, self._clock.now()),
+                chain_pem=self._service.chain_pem(record.issuer).decode(),
+            )
+
+        return await self._once(request, act, pb.RenewCertificateResponse)
+
+    async def GetCertificate(
+        self, request: pb.GetCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCertificateResponse:
+        """GetCertificate returns one issued certificate by serial."""
+        record = await self._service.get(request.serial_number)
+        return pb.GetCertificateResponse(certificate=certificate_message(record, self._clock.now()))
+
+    async def ListCertificates(
+        self, request: pb.ListCertificatesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCertificatesResponse:
+        """ListCertificates pages through certificates by subject and/or state."""
+        state: CertificateState | None = None
+        if request.state != pb.Certificate.STATE_UNSPECIFIED:
+            state = _STATES.get(request.state)
+            if state is None:
+                raise InvalidArgument("invalid state", fields={"state": "must be ACTIVE, REVOKED or EXPIRED"})
+        records, token = await self._service.list_certificates(
+            subject_id=request.subject_id, state=state, page_size=request.page_size, page_token=request.page_token
+        )
+        now = self._clock.now()
+        return pb.ListCertificatesResponse(
+            certificates=[certificate_message(r, now) for r in records], next_page_token=token
+        )
+
+    async def RevokeCertificate(
+        self, request: pb.RevokeCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RevokeCertificateResponse:
+        """RevokeCertificate revokes one certificate (idempotent)."""
+        caller = actor()
+        parse_serial_field(request.serial_number)
+        reason = revocation_reason(request.reason)
+
+        async def act() -> pb.RevokeCertificateResponse:
+            record, _ = await self._service.revoke(request.serial_number, reason, actor=caller)
+            return pb.RevokeCertificateResponse(certificate=certificate_message(record, self._clock.now()))
+
+        return await self._once(request, act, pb.RevokeCertificateResponse)
+
+    async def RevokeSubjectCertificates(
+        self, request: pb.RevokeSubjectCertificatesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RevokeSubjectCertificatesResponse:
+        """RevokeSubjectCertificates revokes every unexpired certificate of a subject."""
+        caller = actor()
+        check_subject_id(request.subject_id)
+        reason = revocation_reason(request.reason)
+
+        async def act() -> pb.RevokeSubjectCertificatesResponse:
+            records = await self._service.revoke_subject(request.subject_id, reason, actor=caller)
+            now = self._clock.now()
+            return pb.RevokeSubjectCertificatesResponse(certificates=[certificate_message(r, now) for r in records])
+
+        return await self._once(request, act, pb.RevokeSubjectCertificatesResponse)
+
+    async def GetCrl(self, request: pb.GetCrlRequest, context: grpc.aio.ServicerContext) -> pb.GetCrlResponse:
+        """GetCrl returns the CRL last published in the store for an issuing CA."""
+        kind = issuer_kind(request.issuer) or CaKind.CUSTOMER  # required: never None
+        crl = await self._service.crl(kind)
+        return pb.GetCrlResponse(
+            crl=crl.der,
+            crl_number=crl.number,
+            this_update=_timestamp(crl.this_update),
+            next_update=_timestamp(crl.next_update),
+        )
+
+    async def GetCertificateStatus(
+        self, request: pb.GetCertificateStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCertificateStatusResponse:
+        """GetCertificateStatus answers good, revoked or unknown (never good for an unknown serial)."""
+        answer = await self._service.status(request.serial_number, issuer_kind(request.issuer, required=False))
+        record = answer.record
+        if record is None:
+            return pb.GetCertificateStatusResponse(status=pb.GetCertificateStatusResponse.STATUS_UNKNOWN)
+        if record.revoked_at is None:
+            return pb.GetCertificateStatusResponse(status=pb.GetCertificateStatusResponse.STATUS_GOOD)
+        return pb.GetCertificateStatusResponse(
+            status=pb.GetCertificateStatusResponse.STATUS_REVOKED,
+            revoke_time=_timestamp(record.revoked_at),
+            revocation_reason=int(record.reason or 0),  # type: ignore[arg-type]
+        )
+
+    async def AnswerOcsp(
+        self, request: pb.AnswerOcspRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AnswerOcspResponse:
+        """AnswerOcsp answers a DER OCSP request; OCSP-level errors are OCSP responses, not gRPC errors."""
+        answer = await self._service.answer_ocsp(request.ocsp_request)
+        response = pb.AnswerOcspResponse(
+            ocsp_response=answer.der,
+            status=_OCSP_STATUS.get(answer.status, pb.GetCertificateStatusResponse.STATUS_UNSPECIFIED),
+        )
+        if answer.next_update is not None:
+            response.next_update.CopyFrom(_datetime_timestamp(answer.next_update))
+        return response
+
+    async def GetCaCertificates(
+        self, request: pb.GetCaCertificatesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCaCertificatesResponse:
+        """GetCaCertificates returns the root and both intermediates in PEM."""
+        root, customer, internal = self._service.ca_certificates()
+        return pb.GetCaCertificatesResponse(
+            root_pem=root.decode(), customer_ca_pem=customer.decode(), internal_ca_pem=internal.decode()
+        )
+
+    async def WatchRevocations(
+        self, request: pb.WatchRevocationsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchRevocationsResponse]:
+        """WatchRevocations streams revocations made on any replica."""
+        kind = issuer_kind(request.issuer, required=False)
+        async for notice in self._service.watch(kind):
+            yield pb.WatchRevocationsResponse(
+                serial_number=notice.serial_hex,
+                issuer=_ISSUER_PB[notice.issuer],
+                revoke_time=_timestamp(notice.revoked_at),
+                revocation_reason=int(notice.reason),  # type: ignore[arg-type]
+            )
+
+
+def binding(api: CaApi) -> ServiceBinding:
+    """Binding registers the CA service with its per-method allow-lists."""
+    return ServiceBinding(
+        name=SERVICE_NAME,
+        register=lambda server: ca_pb2_grpc.add_CertificateAuthorityServiceServicer_to_server(api, server),
+        allowed_roles=ALLOWED_ROLES,
+    )

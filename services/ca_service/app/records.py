@@ -1,0 +1,212 @@
+"""What the CA keeps about each certificate, and the compact form of a revoked entry the CRL is built from.
+
+A certificate record is written twice: first as a reservation (state RESERVED, nothing signed yet) created
+if absent under its serial, then, once signed, replaced (compare-and-swap on the reservation's version) by
+the issued record. Revocation replaces the issued record again, so the record's store version changes with
+every status change and keys the OCSP cache.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from kagi.errors import InvalidArgument
+from services.ca_service.domain.identity import CustomerIdentity, Identity, ServiceIdentity
+from services.ca_service.domain.revocation import CertificateStatus, Revocation, RevocationReason
+from services.ca_service.domain.serials import serial_hex
+from services.ca_service.domain.settings import CaKind
+
+OCSP_SIGNER_PROFILE = "ocsp-signer"
+"""OCSP_SIGNER_PROFILE names the records of delegated OCSP signer certificates (not an issuance profile)."""
+
+
+class RecordState(Enum):
+    """RecordState is how far a certificate got: a serial reserved before signing, or a signed certificate."""
+
+    RESERVED = "reserved"
+    ISSUED = "issued"
+
+
+class CertificateState(Enum):
+    """CertificateState is what a caller sees: active, revoked (hold included) or expired."""
+
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+def _ts(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _dt(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def identity_to_dict(identity: Identity) -> dict[str, Any]:
+    """identity_to_dict is the stored form of an identity (enough to re-issue for it on renewal)."""
+    if isinstance(identity, CustomerIdentity):
+        return {
+            "type": "customer",
+            "user_id": identity.user_id,
+            "login_id": identity.login_id,
+            "user_name": identity.user_name,
+            "company": identity.company,
+        }
+    return {
+        "type": "service",
+        "role": identity.role,
+        "dns_names": list(identity.dns_names),
+        "ip_addresses": list(identity.ip_addresses),
+    }
+
+
+def identity_from_dict(data: dict[str, Any]) -> Identity:
+    """identity_from_dict rebuilds an identity from its stored form."""
+    if data.get("type") == "customer":
+        return CustomerIdentity(
+            user_id=data["user_id"], login_id=data["login_id"], user_name=data["user_name"], company=data["company"]
+        )
+    return ServiceIdentity(
+        role=data["role"], dns_names=tuple(data.get("dns_names", ())), ip_addresses=tuple(data.get("ip_addresses", ()))
+    )
+
+
+def subject_id_of(identity: Identity) -> str:
+    """subject_id_of is the id certificates are listed by: the user id of a customer, the role of a service."""
+    return identity.user_id if isinstance(identity, CustomerIdentity) else identity.role
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRecord:
+    """CertificateRecord is one serial the CA reserved or issued, with its revocation once revoked.
+
+    Times are whole POSIX seconds. `identity` is None only for OCSP signer records.
+    """
+
+    serial: int
+    issuer: CaKind
+    profile: str
+    state: RecordState
+    subject_id: str
+    identity: Identity | None
+    not_before: int
+    not_after: int
+    created_at: int
+    request_id: str = ""
+    subject: str = ""
+    certificate_pem: str = ""
+    fingerprint_sha256: str = ""
+    revoked_at: int | None = None
+    reason: RevocationReason | None = None
+    replaces: str = ""
+
+    @property
+    def serial_hex(self) -> str:
+        """Serial_hex is the serial's canonical text (the store key)."""
+        return serial_hex(self.serial)
+
+    @property
+    def issued(self) -> bool:
+        """Issued tells whether a certificate was signed and recorded under this serial."""
+        return self.state is RecordState.ISSUED
+
+    @property
+    def revoked(self) -> bool:
+        """Revoked tells whether the certificate is revoked (or on hold)."""
+        return self.revoked_at is not None
+
+    def current_state(self, now: float) -> CertificateState:
+        """Current_state is revoked if revoked (even once expired), expired past notAfter, else active."""
+        if self.revoked:
+            return CertificateState.REVOKED
+        if now >= self.not_after:
+            return CertificateState.EXPIRED
+        return CertificateState.ACTIVE
+
+    def status(self, version: int) -> CertificateStatus:
+        """Status is the record as the domain's CRL and OCSP code need it, keyed by the store `version`."""
+        revocation = None
+        if self.revoked_at is not None:
+            revocation = Revocation(_dt(self.revoked_at), self.reason or RevocationReason.UNSPECIFIED)
+        return CertificateStatus(self.issuer, self.serial, _dt(self.not_after), revocation, version=version)
+
+    def with_revocation(self, status: CertificateStatus) -> CertificateRecord:
+        """With_revocation copies the revocation of a status the domain's `revoke` returned."""
+        if status.revocation is None:
+            return replace(self, revoked_at=None, reason=None)
+        return replace(self, revoked_at=_ts(status.revocation.revoked_at), reason=status.revocation.reason)
+
+    def to_json(self) -> bytes:
+        """To_json is the stored form."""
+        body: dict[str, Any] = {
+            "serial": self.serial_hex,
+            "issuer": self.issuer.value,
+            "profile": self.profile,
+            "state": self.state.value,
+            "subject_id": self.subject_id,
+            "identity": identity_to_dict(self.identity) if self.identity is not None else None,
+            "not_before": self.not_before,
+            "not_after": self.not_after,
+            "created_at": self.created_at,
+            "request_id": self.request_id,
+            "subject": self.subject,
+            "pem": self.certificate_pem,
+            "sha256": self.fingerprint_sha256,
+            "revoked_at": self.revoked_at,
+            "reason": None if self.reason is None else int(self.reason),
+            "replaces": self.replaces,
+        }
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> CertificateRecord:
+        """From_json reads a stored record."""
+        try:
+            raw = json.loads(data)
+            identity = raw.get("identity")
+            reason = raw.get("reason")
+            return cls(
+                serial=int(raw["serial"], 16),
+                issuer=CaKind(raw["issuer"]),
+                profile=str(raw["profile"]),
+                state=RecordState(raw["state"]),
+                subject_id=str(raw["subject_id"]),
+                identity=identity_from_dict(identity) if identity else None,
+                not_before=int(raw["not_before"]),
+                not_after=int(raw["not_after"]),
+                created_at=int(raw["created_at"]),
+                request_id=str(raw.get("request_id", "")),
+                subject=str(raw.get("subject", "")),
+                certificate_pem=str(raw.get("pem", "")),
+                fingerprint_sha256=str(raw.get("sha256", "")),
+                revoked_at=raw.get("revoked_at"),
+                reason=None if reason is None else RevocationReason(int(reason)),
+                replaces=str(raw.get("replaces", "")),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidArgument("certificate record cannot be decoded", reason="RECORD_MALFORMED") from exc
+
+
+def crl_entry(record: CertificateRecord) -> bytes:
+    """crl_entry is the compact form of a revoked certificate kept for CRL building: "notAfter,revokedAt,reason".
+
+    A CRL of 100k entries is built from 100k of these, so they are parsed with split, not JSON.
+    """
+    reason = int(record.reason or RevocationReason.UNSPECIFIED)
+    return f"{record.not_after},{record.revoked_at},{reason}".encode("ascii")
+
+
+def status_from_crl_entry(issuer: CaKind, serial_text: str, value: bytes) -> CertificateStatus:
+    """status_from_crl_entry reads a compact revoked entry back as a domain status."""
+    not_after, revoked_at, reason = value.split(b",")
+    return CertificateStatus(
+        issuer,
+        int(serial_text, 16),
+        _dt(int(not_after)),
+        Revocation(_dt(int(revoked_at)), RevocationReason(int(reason))),
+    )

@@ -1,0 +1,253 @@
+"""Creating a CA once (`kagi admin init-ca`), and the development PKI `kagi dev` runs on (`ensure_dev_pki`).
+
+`ensure_dev_pki` issues the dev service certificates through the CA's own use case on the CA's store, so they
+are reserved, recorded and audited like any other: the CA never signs a certificate it has no record of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from types import MappingProxyType
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from kagi.clock import Clock, SystemClock
+from kagi.runtime.settings import Secret, TlsFiles
+from services.ca_service.adapters.ca_directory import CaDirectory, LoadedCa
+from services.ca_service.adapters.file_signer import Passphrase
+from services.ca_service.app.service import BOOTSTRAP, CertificateAuthorityService
+from services.ca_service.domain.identity import ServiceIdentity
+from services.ca_service.domain.keys import KeyAlgorithm
+from services.ca_service.domain.revocation import RevocationReason
+from services.ca_service.domain.serials import serial_hex
+from services.ca_service.domain.settings import CaKind, PkiSettings
+from services.ca_service.main import open_runtime, record_ocsp_signers
+
+DEV_SERVICE_ROLES = ("ca", "otp", "enrollment", "gateway")
+"""DEV_SERVICE_ROLES are the components `kagi dev` runs, each with its own mTLS certificate."""
+
+DEV_RENEW_WITHIN = timedelta(days=7)
+"""DEV_RENEW_WITHIN: a dev certificate this close to expiry is replaced on the next start."""
+
+# tls/ca.pem is the root (what every client trusts), so the CA service's own certificate needs another name.
+_TLS_NAMES = {"ca": "ca-service", "operator": "developer"}
+
+PASSPHRASE_FILE = "ca-passphrase"
+"""PASSPHRASE_FILE is the name of the dev CA passphrase file under <state-dir>/secrets/."""
+
+
+def init_ca(
+    ca_dir: Path,
+    passphrase: Passphrase,
+    *,
+    settings: PkiSettings | None = None,
+    algorithm: KeyAlgorithm | None = None,
+    clock: Clock | None = None,
+) -> LoadedCa:
+    """init_ca creates the root, customer and internal CAs and their OCSP signers in `ca_dir`, once.
+
+    Raises AlreadyExists (and changes nothing) when a CA is there already.
+    """
+    settings = settings or PkiSettings()
+    return CaDirectory(ca_dir).create(
+        passphrase, settings=settings, clock=clock or SystemClock(), algorithm=algorithm or settings.key_algorithm
+    )
+
+
+@dataclass(frozen=True)
+class DevPki:
+    """DevPki is where `ensure_dev_pki` put everything: the CA, its passphrase file, and the mTLS files.
+
+    `services` maps ca, otp, enrollment and gateway to their TlsFiles (leaf + internal CA chain, key, root):
+    tls/<role>.pem and tls/<role>-key.pem, except the CA service's tls/ca-service.pem (tls/ca.pem is the
+    root); `operator` is the developer's operator identity (tls/developer.pem).
+    """
+
+    state_dir: Path
+    ca_dir: Path
+    passphrase_file: Path
+    root_file: Path
+    services: Mapping[str, TlsFiles]
+    operator: TlsFiles
+    created: bool
+
+    def tls(self, role: str) -> TlsFiles:
+        """Tls returns the mTLS files of a dev service role (or "operator")."""
+        return self.operator if role == "operator" else self.services[role]
+
+    def certificate(self, role: str) -> Path:
+        """Certificate is the leaf + internal CA chain file of a role."""
+        return self.tls(role).cert_file
+
+    def key(self, role: str) -> Path:
+        """Key is the (unencrypted, 0600) private key file of a role."""
+        return self.tls(role).key_file
+
+    @property
+    def root(self) -> Path:
+        """Root is tls/ca.pem, the root certificate every component trusts."""
+        return self.root_file
+
+
+def ensure_dev_pki(
+    state_dir: Path,
+    *,
+    store_url: str = "sqlite:",
+    algorithm: KeyAlgorithm = KeyAlgorithm.EC_P256,
+    settings: PkiSettings | None = None,
+    clock: Clock | None = None,
+) -> DevPki:
+    """ensure_dev_pki creates (first start) or reuses (later starts) the dev CA and mTLS certificates.
+
+    Callable from synchronous code and from inside a running event loop alike: the store work runs on its
+    own loop in a helper thread.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kagi-dev-pki") as pool:
+        future = pool.submit(
+            asyncio.run,
+            ensure_dev_pki_async(state_dir, store_url=store_url, algorithm=algorithm, settings=settings, clock=clock),
+        )
+        return future.result()
+
+
+async def ensure_dev_pki_async(
+    state_dir: Path,
+    *,
+    store_url: str = "sqlite:",
+    algorithm: KeyAlgorithm = KeyAlgorithm.EC_P256,
+    settings: PkiSettings | None = None,
+    clock: Clock | None = None,
+) -> DevPki:
+    """ensure_dev_pki_async is `ensure_dev_pki` for callers already on an event loop of their own."""
+    state_dir = Path(state_dir)
+    settings = settings or PkiSettings(key_algorithm=algorithm)
+    clock = clock or SystemClock()
+    passphrase_file = _ensure_passphrase(state_dir / "secrets")
+    passphrase = Secret(passphrase_file.read_bytes().strip())
+    directory = CaDirectory(state_dir / "ca")
+    created = not directory.initialized()
+    loaded = (
+        directory.create(passphrase, settings=settings, clock=clock, algorithm=algorithm)
+        if created
+        else directory.load(passphrase)
+    )
+    tls_dir = state_dir / "tls"
+    tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    root_file = tls_dir / "ca.pem"
+    _replace_file(root_file, loaded.hierarchy.root.pem, 0o644)
+    runtime = open_runtime(store_url, state_dir=state_dir, loaded=loaded, pki=settings, clock=clock)
+    try:
+        await record_ocsp_signers(runtime.service)
+        files = {}
+        for role in (*DEV_SERVICE_ROLES, "operator"):
+            name = _TLS_NAMES.get(role, role)
+            files[role] = TlsFiles(tls_dir / f"{name}.pem", tls_dir / f"{name}-key.pem", root_file)
+            await _ensure_leaf(runtime.service, role, files[role], clock)
+    finally:
+        await runtime.close()
+    operator = files.pop("operator")
+    return DevPki(
+        state_dir=state_dir,
+        ca_dir=directory.path,
+        passphrase_file=passphrase_file,
+        root_file=root_file,
+        services=MappingProxyType(files),
+        operator=operator,
+        created=created,
+    )
+
+
+def _ensure_passphrase(secrets_dir: Path) -> Path:
+    secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = secrets_dir / PASSPHRASE_FILE
+    if not path.exists():
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path  # another first start made it a moment ago
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    return path
+
+
+async def _ensure_leaf(service: CertificateAuthorityService, role: str, files: TlsFiles, clock: Clock) -> None:
+    internal = service.authorities.issuing(CaKind.INTERNAL)
+    current = _read_leaf(files)
+    if current is not None:
+        fresh = clock.now() + DEV_RENEW_WITHIN.total_seconds() < current.not_valid_after_utc.timestamp()
+        ours = current.issuer == internal.name and _issued_by(current, internal.certificate)
+        answer = await service.status(serial_hex(current.serial_number), CaKind.INTERNAL) if ours else None
+        if fresh and answer is not None and answer.record is not None and not answer.record.revoked:
+            return
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    identity = ServiceIdentity(role, dns_names=("localhost",), ip_addresses=("127.0.0.1", "::1"))
+    prepared = service.prepare(csr=csr, identity=identity, profile="service", actor=BOOTSTRAP)
+    record = await service.issue(prepared, request_id="", actor=BOOTSTRAP)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    _replace_file(files.key_file, key_pem, 0o600)
+    _replace_file(files.cert_file, record.certificate_pem.encode() + internal.pem, 0o644)
+    if current is not None:
+        # The replaced certificate is done with: revoke it so it cannot be reused from an old copy.
+        try:
+            await service.revoke(serial_hex(current.serial_number), RevocationReason.SUPERSEDED, actor=BOOTSTRAP)
+        except Exception:  # unknown to this store (a wiped store) or already revoked: nothing to do
+            return
+
+
+def _read_leaf(files: TlsFiles) -> x509.Certificate | None:
+    if not files.cert_file.exists() or not files.key_file.exists():
+        return None
+    try:
+        certificates = x509.load_pem_x509_certificates(files.cert_file.read_bytes())
+        key = serialization.load_pem_private_key(files.key_file.read_bytes(), password=None)
+    except ValueError:
+        return None
+    leaf = certificates[0] if certificates else None
+    if leaf is None or leaf.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+        return None
+    return leaf
+
+
+def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except Exception:  # wrong key type, wrong signature, wrong issuer: all mean "not ours"
+        return False
+    return True
+
+
+def _replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Write `data` to `path` atomically (temp file, fsync, rename) with `mode` from the first byte."""
+    if path.exists() and path.read_bytes() == data:
+        return
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

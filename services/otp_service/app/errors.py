@@ -1,0 +1,33 @@
+"""Errors the OTP use-case layer adds to the domain's: missing tokens, failed registration, lost races."""
+
+from __future__ import annotations
+
+from kagi.errors import Aborted, NotFound, Unauthenticated
+from services.otp_service.domain import OtpError
+
+REGISTRATION_FAILED_MESSAGE = (
+    "サービスID、ユーザID、またはアクティベーションIDが正しくありません"
+    " / the service ID, user ID or activation ID is incorrect"
+)
+"""REGISTRATION_FAILED_MESSAGE is the one answer to unknown IDs and to a wrong activation ID alike."""
+
+
+class TokenNotFound(OtpError, NotFound):
+    """TokenNotFound: no token has that token id."""
+
+    reason = "TOKEN_NOT_FOUND"
+
+
+class RegistrationFailed(OtpError, Unauthenticated):
+    """RegistrationFailed: step 9 named no activated token, or not with the activation ID activation returned.
+
+    Unknown IDs and a wrong activation ID give this same error, so the answer does not tell which IDs exist.
+    """
+
+    reason = "REGISTRATION_FAILED"
+
+
+class Contended(OtpError, Aborted):
+    """Contended: the token's records kept changing under this request; retrying later will succeed."""
+
+    reason = "CONTENDED"

@@ -1,0 +1,390 @@
+"""The OTP use cases: one method per operation of the design's steps 7-10 and of a token's later life.
+
+Each reads the records it needs with their versions, lets the domain decide, and writes everything that
+changed in one atomic commit conditioned on those versions; a lost race re-reads and re-decides (a bounded
+number of times, then ABORTED). Password hashing (argon2id, tens of milliseconds) runs in a worker thread so
+the event loop keeps serving verifications meanwhile. Verification itself lives in `verifier`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import structlog
+
+from kagi.clock import Clock
+from kagi.errors import InvalidArgument
+from kagi.passwords import PasswordHasher
+from kagi.store.base import MAX_PAGE_SIZE, Create, Delete, Entry, KeyExists, KeyValueStore, VersionMismatch
+from services.otp_service.app.cache import DEFAULT_CACHE_SIZE, TokenCache
+from services.otp_service.app.errors import REGISTRATION_FAILED_MESSAGE, Contended, RegistrationFailed, TokenNotFound
+from services.otp_service.app.repository import (
+    ACTIVATIONS,
+    TOKENS,
+    TokenRecords,
+    TokenRepository,
+    check_token_id,
+    create_ops,
+    write_ops,
+)
+from services.otp_service.app.verifier import VerifiedCode, Verifier
+from services.otp_service.domain import (
+    ActivationRequest,
+    Algorithm,
+    CorruptRecord,
+    NewToken,
+    OtpPolicy,
+    ProvisionedSeed,
+    SeedVault,
+    Token,
+    TokenEvent,
+    TotpParameters,
+    activate,
+    change_lifecycle,
+    create_token,
+)
+from services.otp_service.domain.ids import SYSTEM_RANDOM, RandomBytes, parse_app_user_id, parse_service_id
+from services.otp_service.domain.validation import validate_owner_id
+
+log = structlog.get_logger("kagi.otp")
+
+CAS_RETRIES = 20
+"""CAS_RETRIES bounds how often a use case re-reads and retries after losing a race."""
+DEFAULT_PAGE_SIZE = 50
+"""DEFAULT_PAGE_SIZE is the page size of ListTokens when none is asked for."""
+MAX_LIST_PAGE_SIZE = 100
+"""MAX_LIST_PAGE_SIZE is the largest page ListTokens returns (larger requests are cut to it)."""
+MAX_ACTIVATION_ID = 64
+"""MAX_ACTIVATION_ID is the longest activation ID accepted."""
+_ROTATION_PAGE = 200
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """Activation is step 8's answer, returned this once: the token, the seed, and the activation ID."""
+
+    token: Token
+    seed: ProvisionedSeed
+    activation_id: str
+
+
+def _digest(activation_id: str) -> bytes:
+    return hashlib.sha256(activation_id.encode("utf-8")).digest()
+
+
+def _check_activation_id(activation_id: object) -> str:
+    if (
+        not isinstance(activation_id, str)
+        or not 1 <= len(activation_id) <= MAX_ACTIVATION_ID
+        or not activation_id.isascii()
+        or not activation_id.isprintable()
+    ):
+        raise InvalidArgument(
+            "invalid activation_id: must be the activation ID returned by activation",
+            reason="INVALID_FIELD",
+            fields={"activation_id": f"must be the activation ID returned by activation (1-{MAX_ACTIVATION_ID} chars)"},
+        )
+    return activation_id
+
+
+def _page_size(page_size: int) -> int:
+    if page_size < 0:
+        raise InvalidArgument(
+            "invalid page_size: must not be negative",
+            reason="INVALID_FIELD",
+            fields={"page_size": f"must be 0 (default {DEFAULT_PAGE_SIZE}) to {MAX_LIST_PAGE_SIZE}"},
+        )
+    return min(page_size or DEFAULT_PAGE_SIZE, MAX_LIST_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+class OtpService:
+    """OtpService is the OTP service's use cases over one key-value store."""
+
+    def __init__(
+        self,
+        store: KeyValueStore,
+        *,
+        vault: SeedVault,
+        hasher: PasswordHasher,
+        policy: OtpPolicy,
+        clock: Clock,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        random: RandomBytes = SYSTEM_RANDOM,
+    ) -> None:
+        self._repo = TokenRepository(store)
+        self._cache = TokenCache(cache_size)
+        self._vault = vault
+        self._hasher = hasher
+        self._policy = policy
+        self._clock = clock
+        self._random = random
+        self._verifier = Verifier(self._repo, self._cache, vault=vault, policy=policy, clock=clock)
+
+    @property
+    def policy(self) -> OtpPolicy:
+        """Policy is the rules this service enforces."""
+        return self._policy
+
+    def now(self) -> float:
+        """Now is the service clock's reading (answers render remaining seconds with it)."""
+        return self._clock.now()
+
+    # -- step 7 -----------------------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        owner_id: str,
+        email: str,
+        usage_start_password: str,
+        algorithm: Algorithm | None = None,
+        digits: int | None = None,
+    ) -> Token:
+        """Create makes a pending token for a user (step 7); the usage-start password is kept only hashed."""
+        defaults = self._policy.token_parameters
+        params = TotpParameters(
+            algorithm=algorithm or defaults.algorithm, digits=digits or defaults.digits, period=defaults.period
+        )
+        for _ in range(CAS_RETRIES):
+            new = await self._new_token(owner_id, email, usage_start_password, params)
+            try:
+                entries = await self._repo.commit(create_ops(new))
+            except KeyExists:
+                continue  # a service ID (50 random bits) was taken: draw new IDs
+            self._remember_created(new, entries)
+            log.info("token created", token_id=new.token.token_id)
+            return new.token
+        raise Contended("could not allocate unique token identifiers; please retry")
+
+    async def _new_token(self, owner_id: str, email: str, password: str, params: TotpParameters) -> NewToken:
+        return await asyncio.to_thread(
+            create_token,
+            owner_id=owner_id,
+            email=email,
+            usage_start_password=password,
+            now=self._clock.now(),
+            policy=self._policy,
+            hasher=self._hasher,
+            params=params,
+            random=self._random,
+        )
+
+    def _remember_created(self, new: NewToken, entries: Sequence[Entry | None]) -> None:
+        """Cache a token just created by `create_ops`, whose commit reported `entries` (state entry first)."""
+        state_entry, token_entry = entries[0], entries[1]
+        if state_entry is not None and token_entry is not None:
+            self._cache.put(TokenRecords(new.token, token_entry.version, new.verification_state, state_entry.version))
+
+    # -- steps 8 and 9 ----------------------------------------------------------------------------------------
+
+    async def activate(
+        self, *, service_id: object, app_user_id: object, usage_start_password: object, consent: object
+    ) -> Activation:
+        """Activate checks step 8's entries and returns the seed, this once.
+
+        An unknown service ID, another user ID and a wrong password answer the same ActivationFailed; the
+        wrong password is counted first (the fifth locks the token).
+        """
+        request = ActivationRequest.parse(
+            service_id=service_id, user_id=app_user_id, usage_start_password=usage_start_password, consent=consent
+        )
+        for _ in range(CAS_RETRIES):
+            token_id = await self._repo.token_id_for_service(request.service_id)
+            records = await self._repo.records(token_id) if token_id is not None else None
+            result = await asyncio.to_thread(
+                activate,
+                records.token if records is not None else None,
+                request,
+                now=self._clock.now(),
+                policy=self._policy,
+                hasher=self._hasher,
+                vault=self._vault,
+                random=self._random,
+            )
+            activation_id = ""
+            if result.token is not None and records is not None:
+                ops = write_ops(records, result.token, records.state)
+                if result.seed is not None:
+                    activation_id = secrets.token_urlsafe(18)
+                    ops.append(Create(ACTIVATIONS, result.token.token_id, _digest(activation_id)))
+                try:
+                    entries = await self._repo.commit(ops)
+                except VersionMismatch:
+                    continue
+                self._cache.put(records.written(result.token, records.state, entries))
+            seed = result.unwrap()  # raises the refusal, now that its count is stored
+            if result.token is None:  # pragma: no cover - the domain returns a seed only with the activated token
+                raise CorruptRecord("activation returned a seed without a token")
+            log.info("token activated", token_id=result.token.token_id)
+            return Activation(token=result.token, seed=seed, activation_id=activation_id)
+        raise Contended("the token changed during activation; please retry")
+
+    async def confirm_registration(self, *, service_id: object, app_user_id: object, activation_id: object) -> Token:
+        """Confirm_registration records that the app stored the seed (step 9), given activation's activation ID."""
+        service = parse_service_id(service_id)
+        app_user = parse_app_user_id(app_user_id)
+        given = _digest(_check_activation_id(activation_id))
+        for _ in range(CAS_RETRIES):
+            token_id = await self._repo.token_id_for_service(service)
+            records = await self._repo.records(token_id) if token_id is not None else None
+            stored = await self._repo.activation_digest(token_id) if token_id is not None else None
+            if (
+                records is None
+                or stored is None
+                or not hmac.compare_digest(records.token.app_user_id.encode(), app_user.encode())
+                or not hmac.compare_digest(stored, given)
+            ):
+                raise RegistrationFailed(REGISTRATION_FAILED_MESSAGE)
+            try:
+                return await self._apply(records, TokenEvent.REGISTER)
+            except VersionMismatch:
+                continue
+        raise Contended("the token changed during registration; please retry")
+
+    # -- step 10 and every later login ------------------------------------------------------------------------
+
+    async def verify(self, token_id: str, code: str, *, request_id: str = "") -> VerifiedCode:
+        """Verify checks a code (see verifier); the result says whether it was accepted and why not."""
+        return await self._verifier.verify(token_id, code, request_id=request_id)
+
+    # -- reading ----------------------------------------------------------------------------------------------
+
+    async def get(self, token_id: str) -> Token:
+        """Get reads a token (never its seed: callers render `Token.info` and the IDs only)."""
+        token = await self._repo.token(check_token_id(token_id))
+        if token is None:
+            raise TokenNotFound("no such token", metadata={"token_id": token_id})
+        return token
+
+    async def list_for_user(
+        self, owner_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Token], str]:
+        """List_for_user returns one page of a user's tokens, oldest first, and the next page's token."""
+        validate_owner_id(owner_id)
+        ids, next_token = await self._repo.user_token_ids(owner_id, _page_size(page_size), page_token)
+        tokens = await asyncio.gather(*(self._repo.token(token_id) for token_id in ids))
+        return [t for t in tokens if t is not None], next_token
+
+    # -- later life -------------------------------------------------------------------------------------------
+
+    async def disable(self, token_id: str) -> Token:
+        """Disable stops a token from verifying (a phone was lost); ENABLE is not exposed, reissue instead."""
+        return await self._lifecycle(token_id, TokenEvent.DISABLE)
+
+    async def unlock(self, token_id: str) -> Token:
+        """Unlock clears a lockout (operators only): counters reset, the replay floor kept."""
+        return await self._lifecycle(token_id, TokenEvent.UNLOCK)
+
+    async def reissue(self, token_id: str, *, email: str, usage_start_password: str) -> Token:
+        """Reissue revokes a token and creates a new pending one for the same user, in one commit.
+
+        An empty `email` keeps the old token's delivery address; the token parameters are kept too.
+        """
+        check_token_id(token_id)
+        old = await self._records(token_id)
+        # Fail on an illegal state before paying for a password hash.
+        change_lifecycle(old.token, old.state, TokenEvent.REVOKE, now=self._clock.now(), policy=self._policy)
+        new = await self._new_token(
+            old.token.owner_id, email or old.token.email, usage_start_password, old.token.params
+        )
+        for _ in range(CAS_RETRIES):
+            revoked = change_lifecycle(
+                old.token, old.state, TokenEvent.REVOKE, now=self._clock.now(), policy=self._policy
+            )
+            ops = [
+                *write_ops(old, revoked.token, revoked.verification_state),
+                Delete(ACTIVATIONS, token_id),
+                *create_ops(new),
+            ]
+            try:
+                entries = await self._repo.commit(ops)
+            except VersionMismatch:
+                old = await self._records(token_id)
+                continue
+            except KeyExists:
+                new = await self._new_token(new.token.owner_id, new.token.email, usage_start_password, new.token.params)
+                continue
+            self._cache.put(old.written(revoked.token, revoked.verification_state, entries))
+            self._remember_created(new, entries[3:])
+            log.info("token reissued", token_id=token_id, replacement=new.token.token_id)
+            return new.token
+        raise Contended("the token changed during reissue; please retry")
+
+    async def rotate_keys(self) -> int:
+        """Rotate_keys re-seals every seed not sealed under the current KEK; returns how many it re-sealed.
+
+        Run it after every replica holds the new KEK as current and the old one as an older key; afterwards
+        the old key can be removed from the configuration.
+        """
+        resealed = 0
+        page_token = ""
+        while True:
+            page = await self._repo.store.list(TOKENS, page_size=_ROTATION_PAGE, page_token=page_token)
+            for entry in page.entries:
+                token = Token.from_bytes(entry.value)
+                if token.sealed_seed is not None and self._vault.needs_reseal(token.sealed_seed):
+                    resealed += await self._reseal(token.token_id)
+            if not page.next_page_token:
+                break
+            page_token = page.next_page_token
+        log.info("seeds re-sealed", count=resealed, key_id=self._vault.current_key_id)
+        return resealed
+
+    async def _reseal(self, token_id: str) -> int:
+        for _ in range(CAS_RETRIES):
+            records = await self._repo.records(token_id)
+            sealed = None if records is None else records.token.sealed_seed
+            if records is None or sealed is None or not self._vault.needs_reseal(sealed):
+                return 0
+            token = dataclasses.replace(
+                records.token, sealed_seed=self._vault.reseal(token_id, sealed), updated_at=self._clock.now()
+            )
+            try:
+                entries = await self._repo.commit(write_ops(records, token, records.state))
+            except VersionMismatch:
+                continue
+            self._cache.put(records.written(token, records.state, entries))
+            return 1
+        raise Contended("a token kept changing during key rotation; run the rotation again")
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+
+    async def _records(self, token_id: str) -> TokenRecords:
+        records = await self._repo.records(token_id)
+        if records is None:
+            raise TokenNotFound("no such token", metadata={"token_id": token_id})
+        return records
+
+    async def _lifecycle(self, token_id: str, event: TokenEvent) -> Token:
+        check_token_id(token_id)
+        return await self._retrying(lambda: self._lifecycle_once(token_id, event))
+
+    async def _lifecycle_once(self, token_id: str, event: TokenEvent) -> Token:
+        return await self._apply(await self._records(token_id), event)
+
+    async def _apply(self, records: TokenRecords, event: TokenEvent) -> Token:
+        """Apply one lifecycle event to both records and swap them (VersionMismatch on a lost race)."""
+        change = change_lifecycle(records.token, records.state, event, now=self._clock.now(), policy=self._policy)
+        entries = await self._repo.commit(write_ops(records, change.token, change.verification_state))
+        self._cache.put(records.written(change.token, change.verification_state, entries))
+        log.info(
+            "token state changed", token_id=change.token.token_id, change=event.value, state=change.token.state.value
+        )
+        return change.token
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        for _ in range(CAS_RETRIES):
+            try:
+                return await attempt()
+            except VersionMismatch:
+                continue
+        raise Contended("the token kept changing; please retry")

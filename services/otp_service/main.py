@@ -1,0 +1,174 @@
+"""Wiring of the OTP service: settings from the environment, then store, seed vault, use cases, gRPC server.
+
+Environment (secrets also as NAME_FILE, which keeps them out of the process table):
+
+    KAGI_OTP_HOST / KAGI_OTP_PORT / KAGI_OTP_WORKERS   where to listen (127.0.0.1, 50052, 1 process)
+    KAGI_OTP_TLS_CERT / _KEY / _CA                      mTLS files (KAGI_INSECURE_PLAINTEXT=1: loopback only)
+    KAGI_STORE_URL / KAGI_STATE_DIR                     the store ("sqlite:", ".kagi")
+    KAGI_OTP_PEPPER                                     HMAC pepper for usage-start passwords, >= 32 bytes
+    KAGI_OTP_KEK / KAGI_OTP_KEK_ID                      the current key-encryption key (base64 of 32 bytes), "k1"
+    KAGI_OTP_KEK_OLD                                    older KEKs that only open: "id:base64,id:base64"
+    KAGI_OTP_ISSUER                                     the issuer authenticator apps show ("kagi")
+    KAGI_OTP_CACHE_SIZE                                 tokens cached per process (20000; 0 disables)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kagi.clock import Clock, SystemClock
+from kagi.errors import InvalidArgument
+from kagi.idempotency import IdempotencyLedger
+from kagi.passwords import MIN_PEPPER_BYTES, PasswordHasher, Pepper
+from kagi.runtime.grpc_server import GrpcServer
+from kagi.runtime.settings import Environment, ListenSettings, Secret, tls_files_from_env
+from kagi.store import KeyValueStore, open_store
+from services.otp_service.api import OtpApi, binding
+from services.otp_service.app.cache import DEFAULT_CACHE_SIZE
+from services.otp_service.app.use_cases import OtpService
+from services.otp_service.domain import KeyEncryptionKey, OtpError, OtpPolicy, Seed, SeedVault, TotpParameters
+from services.otp_service.domain.uri import key_uri
+
+DEFAULT_PORT = 50052
+"""DEFAULT_PORT is the OTP service's gRPC port."""
+STORE_NAMESPACE = "otp"
+"""STORE_NAMESPACE is the store namespace the OTP service keeps its records under."""
+
+
+def _kek(name: str, key_id: str, encoded: str) -> KeyEncryptionKey:
+    try:
+        return KeyEncryptionKey.from_base64(key_id, encoded)
+    except ValueError as exc:
+        # The message says what is wrong with the key, never the key.
+        raise InvalidArgument(f"{name} is not a valid key-encryption key", fields={name: str(exc)}) from None
+
+
+def _older_keks(env: Environment) -> tuple[KeyEncryptionKey, ...]:
+    secret = env.secret("KAGI_OTP_KEK_OLD", required=False)
+    if secret is None:
+        return ()
+    keys = []
+    for item in secret.reveal_text().split(","):
+        key_id, sep, encoded = item.strip().partition(":")
+        if not sep:
+            raise InvalidArgument(
+                "KAGI_OTP_KEK_OLD is malformed", fields={"KAGI_OTP_KEK_OLD": "must be id:base64 pairs, comma-separated"}
+            )
+        keys.append(_kek("KAGI_OTP_KEK_OLD", key_id, encoded))
+    return tuple(keys)
+
+
+@dataclass(frozen=True)
+class OtpSettings:
+    """OtpSettings is everything the OTP service is configured with; keys and pepper never print."""
+
+    listen: ListenSettings
+    store_url: str
+    state_dir: Path
+    pepper: Secret
+    kek: KeyEncryptionKey
+    older_keks: tuple[KeyEncryptionKey, ...] = ()
+    policy: OtpPolicy = field(default_factory=OtpPolicy)
+    cache_size: int = DEFAULT_CACHE_SIZE
+    namespace: str = STORE_NAMESPACE
+
+    def __post_init__(self) -> None:
+        if len(self.pepper.reveal()) < MIN_PEPPER_BYTES:
+            raise InvalidArgument(
+                "KAGI_OTP_PEPPER is too short", fields={"KAGI_OTP_PEPPER": f"must be at least {MIN_PEPPER_BYTES} bytes"}
+            )
+        if self.kek.key_id in {k.key_id for k in self.older_keks}:
+            raise InvalidArgument(
+                "KAGI_OTP_KEK_OLD repeats the current key id", fields={"KAGI_OTP_KEK_OLD": "key ids must be unique"}
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> OtpSettings:
+        """From_env reads the KAGI_* variables listed in the module docstring and validates them."""
+        env = Environment(environ)
+        key_id = env.text("KAGI_OTP_KEK_ID", "k1")
+        issuer = env.text("KAGI_OTP_ISSUER", "kagi")
+        try:
+            # The domain checks the issuer only when it builds a key URI; check it once here, with its own rule.
+            key_uri(Seed(bytes(20)), TotpParameters(), issuer=issuer, account="check")
+        except OtpError as exc:
+            raise InvalidArgument(
+                "KAGI_OTP_ISSUER is invalid", fields={"KAGI_OTP_ISSUER": exc.fields.get("issuer", exc.message)}
+            ) from None
+        policy = OtpPolicy(issuer=issuer)
+        return cls(
+            listen=ListenSettings(
+                env.text("KAGI_OTP_HOST", "127.0.0.1"),
+                env.integer("KAGI_OTP_PORT", DEFAULT_PORT, minimum=0, maximum=65535),
+                tls_files_from_env(env, "KAGI_OTP"),
+                env.integer("KAGI_OTP_WORKERS", 1, minimum=1, maximum=64),
+            ),
+            store_url=env.text("KAGI_STORE_URL", "sqlite:"),
+            state_dir=env.path("KAGI_STATE_DIR", ".kagi"),
+            pepper=env.required_secret("KAGI_OTP_PEPPER"),
+            kek=_kek("KAGI_OTP_KEK", key_id, env.required_secret("KAGI_OTP_KEK").reveal_text()),
+            older_keks=_older_keks(env),
+            policy=policy,
+            cache_size=env.integer("KAGI_OTP_CACHE_SIZE", DEFAULT_CACHE_SIZE, minimum=0, maximum=10_000_000),
+        )
+
+    def vault(self) -> SeedVault:
+        """Vault is the seed vault: seals under `kek`, opens under it and every older key."""
+        return SeedVault(self.kek, self.older_keks)
+
+    def open_store(self, clock: Clock | None = None) -> KeyValueStore:
+        """Open_store opens (lazily) the store these settings name, under the OTP namespace."""
+        return open_store(self.store_url, namespace=self.namespace, state_dir=self.state_dir, clock=clock)
+
+
+def build_service(
+    settings: OtpSettings, store: KeyValueStore, *, clock: Clock, hasher: PasswordHasher | None = None
+) -> OtpService:
+    """build_service wires the use cases over an open store (the server, `kagi admin` and benchmarks share it)."""
+    return OtpService(
+        store,
+        vault=settings.vault(),
+        hasher=hasher or PasswordHasher([Pepper("p1", settings.pepper.reveal())]),
+        policy=settings.policy,
+        clock=clock,
+        cache_size=settings.cache_size,
+    )
+
+
+class OtpComponent:
+    """OtpComponent is a running OTP service: its gRPC server, use cases and store."""
+
+    def __init__(self, server: GrpcServer, service: OtpService, store: KeyValueStore) -> None:
+        self.server = server
+        self.service = service
+        self._store = store
+
+    @property
+    def port(self) -> int:
+        """Port is where the gRPC server listens."""
+        return self.server.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop ends the server gracefully (calls in flight get `grace` seconds), then closes the store."""
+        await self.server.stop(grace)
+        await self._store.close()
+
+
+async def start_otp(
+    settings: OtpSettings, *, clock: Clock | None = None, hasher: PasswordHasher | None = None
+) -> OtpComponent:
+    """start_otp builds the OTP service from its settings and starts serving; health turns SERVING once the
+    store answers."""
+    clock = clock or SystemClock()
+    store = settings.open_store(clock)
+    service = build_service(settings, store, clock=clock, hasher=hasher)
+    api = OtpApi(service, IdempotencyLedger(store))
+    server = GrpcServer(settings.listen, [binding(api)], domain="otp.kagi", readiness=store.ping)
+    try:
+        await server.start()
+    except BaseException:
+        await store.close()
+        raise
+    return OtpComponent(server, service, store)
