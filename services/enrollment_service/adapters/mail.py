@@ -32,7 +32,8 @@ def build_message(mail: Mail, *, sender: str, now: float) -> EmailMessage:
     message["Subject"] = mail.subject
     message["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
     message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or "kagi.invalid")
-    message.set_content(mail.body, charset="utf-8")
+    # Quoted-printable keeps the ASCII lines (the IDs) readable in the raw message, unlike base64.
+    message.set_content(mail.body, charset="utf-8", cte="quoted-printable")
     return message
 
 
