@@ -613,6 +613,12 @@ def main() -> None:
     parser.add_argument(
         "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="server event loop (uvloop: comparison)"
     )
+    parser.add_argument(
+        "--group-commit",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="KAGI_OTP_GROUP_COMMIT (auto: on for SQLite, off for Redis)",
+    )
     parser.add_argument("--only", choices=["redis", "sqlite", "none"], help="run one store only (none: no kagi rows)")
     parser.add_argument("--privacyidea", default="", help="base URL of a running privacyIDEA to compare with")
     parser.add_argument("--privacyidea-admin", default="admin:benchadmin", help="its admin user:password")
@@ -650,6 +656,7 @@ def main() -> None:
                     pepper=Secret(PEPPER),
                     kek=KEK,
                     policy=OtpPolicy(issuer="Bench"),
+                    group_commit={"auto": None, "on": True, "off": False}[args.group_commit],
                 )
                 t0 = time.perf_counter()
                 tokens = asyncio.run(create_tokens(settings, args.tokens))
@@ -674,7 +681,10 @@ def main() -> None:
 
     print(f"Python {platform.python_version()}, grpcio {grpc.__version__}, {os.cpu_count()} CPUs, {platform.machine()}")
     print(f"Redis persistence: {'AOF appendfsync always' if args.aof_always else 'off'}; SQLite WAL synchronous=FULL")
-    print(f"{args.inflight} calls in flight; {args.tokens} tokens per store; server loop: {args.loop}")
+    print(
+        f"{args.inflight} calls in flight; {args.tokens} tokens per store; server loop: {args.loop};"
+        f" group commit: {args.group_commit}"
+    )
     print()
     print(
         "| store | workers | calls | ok | failed | per second | p50 ms | p99 ms | store calls/call | Redis cmds/call"

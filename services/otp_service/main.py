@@ -10,6 +10,9 @@ Environment (secrets also as NAME_FILE, which keeps them out of the process tabl
     KAGI_OTP_KEK_OLD                                    older KEKs that only open: "id:base64,id:base64"
     KAGI_OTP_ISSUER                                     the issuer authenticator apps show ("kagi")
     KAGI_OTP_CACHE_SIZE                                 tokens cached per process (20000; 0 disables)
+    KAGI_OTP_GROUP_COMMIT                               share store rounds among concurrent commits (default:
+                                                        on for SQLite, where it saves an fsync per verification;
+                                                        off for Redis, where it measured no gain)
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from kagi.passwords import MIN_PEPPER_BYTES, PasswordHasher, Pepper
 from kagi.runtime.grpc_server import GrpcServer
 from kagi.runtime.settings import Environment, ListenSettings, Secret, tls_files_from_env
 from kagi.store import KeyValueStore, open_store
+from services.otp_service.adapters.group_commit import GroupCommitStore
 from services.otp_service.api import OtpApi, binding
 from services.otp_service.app.cache import DEFAULT_CACHE_SIZE
 from services.otp_service.app.use_cases import OtpService
@@ -72,6 +76,7 @@ class OtpSettings:
     older_keks: tuple[KeyEncryptionKey, ...] = ()
     policy: OtpPolicy = field(default_factory=OtpPolicy)
     cache_size: int = DEFAULT_CACHE_SIZE
+    group_commit: bool | None = None  # None: on for SQLite, off for Redis (see the module docstring)
     namespace: str = STORE_NAMESPACE
 
     def __post_init__(self) -> None:
@@ -112,7 +117,14 @@ class OtpSettings:
             older_keks=_older_keks(env),
             policy=policy,
             cache_size=env.integer("KAGI_OTP_CACHE_SIZE", DEFAULT_CACHE_SIZE, minimum=0, maximum=10_000_000),
+            group_commit=env.flag("KAGI_OTP_GROUP_COMMIT") if env.optional("KAGI_OTP_GROUP_COMMIT") else None,
         )
+
+    def groups_commits(self) -> bool:
+        """Groups_commits says whether concurrent commits share store rounds (adapters.group_commit)."""
+        if self.group_commit is not None:
+            return self.group_commit
+        return self.store_url.partition(":")[0].lower() == "sqlite"
 
     def vault(self) -> SeedVault:
         """Vault is the seed vault: seals under `kek`, opens under it and every older key."""
@@ -126,9 +138,13 @@ class OtpSettings:
 def build_service(
     settings: OtpSettings, store: KeyValueStore, *, clock: Clock, hasher: PasswordHasher | None = None
 ) -> OtpService:
-    """build_service wires the use cases over an open store (the server, `kagi admin` and benchmarks share it)."""
+    """build_service wires the use cases over an open store (the server, `kagi admin` and benchmarks share it).
+
+    When `settings.groups_commits()`, concurrent commits share store rounds (see adapters.group_commit);
+    closing `store` remains the caller's job.
+    """
     return OtpService(
-        store,
+        GroupCommitStore(store) if settings.groups_commits() else store,
         vault=settings.vault(),
         hasher=hasher or PasswordHasher([Pepper("p1", settings.pepper.reveal())]),
         policy=settings.policy,

@@ -288,8 +288,8 @@ class Customer:
             await self.stack.deliver_mail()
             for message in self.stack.smtp.inbox.messages[self.mail_seen :]:
                 body = message.get_content()
-                service = re.search(r"^Service ID: (\S+)$", body, re.M)
-                user = re.search(r"^User ID: (\S+)$", body, re.M)
+                service = re.search(r"^Service ID: (\S+)\r?$", body, re.M)
+                user = re.search(r"^User ID: (\S+)\r?$", body, re.M)
                 if service and user and message["To"] == self.mobile_email:
                     self.service_id, self.app_user_id = service.group(1), user.group(1)
             if self.service_id:

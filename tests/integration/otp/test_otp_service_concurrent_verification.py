@@ -24,15 +24,17 @@ def _calls(stubs: list[otp_pb2_grpc.OtpServiceStub], token_id: str, code: str, n
     ]
 
 
-@pytest.mark.parametrize("cache_size", [20_000, 0], ids=["cached", "uncached"])
+@pytest.mark.parametrize(
+    ("cache_size", "group_commit"), [(20_000, None), (0, None), (20_000, True)], ids=["cached", "uncached", "grouped"]
+)
 async def test_fifty_concurrent_verifications_of_one_code_accept_exactly_one(
-    cluster: OtpCluster, clock: FakeClock, cache_size: int
+    cluster: OtpCluster, clock: FakeClock, cache_size: int, group_commit: bool | None
 ) -> None:
     """50 concurrent VerifyCode calls (distinct request ids) with the same valid code: exactly one OK and 49
-    REPLAYED, with the token cache and without it. Lockout and rate limit are raised above 50 here so that
-    every loser is reported as what it is."""
+    REPLAYED, with the token cache and without it, and with commits grouped into shared store rounds.
+    Lockout and rate limit are raised above 50 here so that every loser is reported as what it is."""
     settings = with_policy(cluster.settings(), max_failures=100, rate_limit_failures=100)
-    server = await cluster.start(dataclasses.replace(settings, cache_size=cache_size))
+    server = await cluster.start(dataclasses.replace(settings, cache_size=cache_size, group_commit=group_commit))
     token = await provision(cluster)
     code = await oathtool_code(token.secret, clock.now())
     stubs = [cluster.stub("gateway", server) for _ in range(4)]

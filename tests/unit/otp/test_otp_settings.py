@@ -38,6 +38,21 @@ def test_defaults() -> None:
     assert settings.policy.issuer == "kagi"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "grouped"),
+    [
+        ({}, True),
+        ({"KAGI_STORE_URL": "redis://127.0.0.1:6379/0"}, False),
+        ({"KAGI_STORE_URL": "redis://127.0.0.1:6379/0", "KAGI_OTP_GROUP_COMMIT": "true"}, True),
+        ({"KAGI_OTP_GROUP_COMMIT": "false"}, False),
+    ],
+)
+def test_group_commit_defaults_to_the_store(overrides: dict[str, str], grouped: bool) -> None:
+    """Commits are grouped by default on SQLite (an fsync saved per verification), not on Redis; the variable
+    overrides either way."""
+    assert OtpSettings.from_env(env(**overrides)).groups_commits() is grouped
+
+
 def test_older_keys_open_what_they_sealed() -> None:
     """KAGI_OTP_KEK_OLD lists id:base64 pairs; a seal made under an old key opens in the new settings' vault."""
     old = OtpSettings.from_env(env(KAGI_OTP_KEK_ID="k0", KAGI_OTP_KEK=base64.b64encode(KEY_0).decode()))
