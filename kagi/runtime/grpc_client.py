@@ -13,6 +13,7 @@ from grpc_status.rpc_status import GRPC_DETAILS_METADATA_KEY
 
 from kagi.errors import KagiError, Unavailable
 from kagi.runtime.grpc_errors import KIND_FOR_STATUS, error_from_status
+from kagi.runtime.grpc_server import MAX_MESSAGE_BYTES
 from kagi.runtime.logging import REQUEST_ID_HEADER, new_request_id, request_id_var
 from kagi.runtime.settings import TlsFiles, is_loopback
 
@@ -39,7 +40,7 @@ def open_channel(target: str, tls: TlsFiles | None, *, server_name: str | None =
     """open_channel connects to a kagi service: mTLS with `tls`, or plaintext only to a loopback target."""
     options: list[tuple[str, Any]] = [
         ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ]
     interceptors = [RequestIdInterceptor()]
     if tls is None:

@@ -38,7 +38,8 @@ _CLIENT_CERT_RELAYS = frozenset({Role.GATEWAY, Role.FRONTEND})
 # Health and reflection are open to any caller that passed the TLS handshake: operators and probes use them.
 _OPEN_SERVICES = frozenset({"grpc.health.v1.Health", reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"})
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A CRL of 100k revoked certificates is about 5 MB of DER; requests stay small (the CA caps CSRs itself).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def current_caller() -> Caller:
