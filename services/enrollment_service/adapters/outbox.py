@@ -23,6 +23,7 @@ log = structlog.get_logger("kagi.enrollment.outbox")
 COLLECTION = "outbox"
 MAX_BACKOFF_SECONDS = 300.0
 MAX_ATTEMPTS = 100
+PARALLEL_SENDS = 8
 
 
 def outbox_entry(mail: Mail, now: float) -> Create:
@@ -45,10 +46,16 @@ class OutboxSender:
         """Deliver_due sends every mail whose time has come and returns how many were delivered."""
         delivered = 0
         token = ""
+        # Mails go out side by side (a slow mail server must not hold the whole queue), a few at a time.
+        gate = asyncio.Semaphore(PARALLEL_SENDS)
+
+        async def deliver(entry: Entry) -> int:
+            async with gate:
+                return await self._deliver(entry)
+
         while True:
             page = await self.store.list(COLLECTION, page_size=100, page_token=token)
-            for entry in page.entries:
-                delivered += await self._deliver(entry)
+            delivered += sum(await asyncio.gather(*(deliver(entry) for entry in page.entries)))
             token = page.next_page_token
             if not token:
                 return delivered
