@@ -473,6 +473,7 @@ def frame(metrics: GatewayMetrics, *, https: bool) -> Middleware:
             headers = response.headers
             headers["X-Request-Id"] = request_id
             headers["X-Content-Type-Options"] = "nosniff"
+            headers["Server"] = "kagi"  # not aiohttp's default, which names the Python and aiohttp versions
             if https:
                 headers["Strict-Transport-Security"] = "max-age=31536000"
             if request.path.startswith("/v1/"):

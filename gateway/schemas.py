@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.errors import HttpError, invalid_input
+from gateway.errors import invalid_input
 
 MSG_REQUIRED = "入力してください / required"
 MSG_STRING = "文字列で入力してください / must be a string"
@@ -446,9 +446,3 @@ ERROR_STATUSES: dict[int, str] = {
     503: "サービス停止中 / a backend service (or the revocation status) is unavailable: retry later",
 }
 """ERROR_STATUSES are the error statuses every customer route may answer, with what each means."""
-
-
-def require(condition: bool, status: int, reason: str, message: str) -> None:
-    """Require raises HttpError(status, reason, message) unless `condition` holds."""
-    if not condition:
-        raise HttpError(status, reason, message)

@@ -1,0 +1,419 @@
+"""The gateway's test stack: real CA, OTP and enrollment services and the gateway, in-process on free ports with
+real mTLS and a real SMTP server; an HTTPS client with a real ssl context; a customer who walks the steps."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import re
+import secrets
+import socket
+import ssl
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+from multidict import CIMultiDict
+
+from gateway.main import GatewayComponent, GatewaySettings, start_gateway
+from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
+from kagi.enrollment.v1 import enrollment_pb2 as pb
+from kagi.enrollment.v1 import enrollment_pb2_grpc
+from kagi.runtime.grpc_client import open_channel
+from kagi.runtime.settings import ListenSettings, Secret, TlsFiles
+from services.ca_service.bootstrap import DevPki, ensure_dev_pki_async
+from services.ca_service.domain.settings import PkiSettings
+from services.ca_service.main import CaSettings, start_ca
+from services.enrollment_service.app.use_cases import EnrollmentPolicy
+from services.enrollment_service.main import EnrollmentSettings, start_enrollment
+from services.otp_service.domain import KeyEncryptionKey
+from services.otp_service.main import OtpSettings, start_otp
+from tests.support.smtp import SmtpServer
+from tests.support.tools import run, tool
+
+PROFILE = {
+    "user_name": "山田 太郎",
+    "email": "taro@example.co.jp",
+    "email_confirmation": "taro@example.co.jp",
+    "login_password": "Passw0rd",
+    "login_password_confirmation": "Passw0rd",
+    "confirmation_password": "Kakunin9",
+    "confirmation_password_confirmation": "Kakunin9",
+}
+USAGE_START_PASSWORD = "4831"
+MOBILE = "phone@example.jp"
+
+
+@dataclass
+class Answer:
+    """Answer is one HTTP response: status, headers and the JSON body (None when it is not JSON)."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: Any
+    raw: bytes = b""
+
+    @property
+    def reason(self) -> str:
+        """Reason is error.reason of a JSON error body."""
+        return str(self.body["error"]["reason"])
+
+
+@dataclass
+class GatewayStack:
+    """GatewayStack is the running services, the gateway in front of them, and the files clients need."""
+
+    pki: DevPki
+    components: dict[str, Any]
+    smtp: SmtpServer
+    workdir: Path
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+    ca_settings: CaSettings | None = None
+
+    @property
+    def gateway(self) -> GatewayComponent:
+        """Gateway is the running gateway component."""
+        component: GatewayComponent = self.components["gateway"]
+        return component
+
+    def target(self, service: str) -> str:
+        """Target is host:port of a service's gRPC port."""
+        return f"localhost:{self.components[service].port}"
+
+    @property
+    def https_url(self) -> str:
+        """Https_url is the gateway's HTTPS base URL (by name: the certificate is for localhost)."""
+        return f"https://localhost:{self.gateway.https_port}"
+
+    @property
+    def http_url(self) -> str:
+        """Http_url is the gateway's plain-HTTP (PKI) base URL."""
+        return f"http://127.0.0.1:{self.gateway.http_port}"
+
+    @property
+    def root_file(self) -> Path:
+        """Root_file is the root CA certificate clients trust."""
+        return self.pki.root_file
+
+    def identity(self, role: str) -> TlsFiles:
+        """Identity is an internal certificate of the stack (developer is the operator)."""
+        return self.pki.tls("operator" if role == "developer" else role)
+
+    def _channel(self, service: str, role: str) -> grpc.aio.Channel:
+        channel = open_channel(self.target(service), self.identity(role), server_name="localhost")
+        self.channels.append(channel)
+        return channel
+
+    def ca(self, role: str = "developer") -> ca_pb2_grpc.CertificateAuthorityServiceStub:
+        """Ca is a CA stub as the operator."""
+        return ca_pb2_grpc.CertificateAuthorityServiceStub(self._channel("ca", role))
+
+    def enrollment(self, role: str = "developer") -> enrollment_pb2_grpc.EnrollmentServiceStub:
+        """Enrollment is an enrollment stub as the operator."""
+        return enrollment_pb2_grpc.EnrollmentServiceStub(self._channel("enrollment", role))
+
+    async def revoke(self, serial_hex: str) -> None:
+        """Revoke revokes a certificate at the CA as the operator (key compromise: a lost PC)."""
+        await self.ca().RevokeCertificate(
+            ca_pb2.RevokeCertificateRequest(
+                request_id=uuid.uuid4().hex,
+                serial_number=serial_hex,
+                reason=ca_pb2.REVOCATION_REASON_KEY_COMPROMISE,
+            )
+        )
+
+    async def register_application(self) -> tuple[dict[str, str], pb.RegisterApplicationResponse]:
+        """Register_application is the bank registering a company: the step-1 entries and the notice."""
+        account = f"{uuid.uuid4().int % 10**7:07d}"
+        notice: pb.RegisterApplicationResponse = await self.enrollment().RegisterApplication(
+            pb.RegisterApplicationRequest(
+                request_id=uuid.uuid4().hex,
+                company_name="株式会社サンプル",
+                branch_code="001",
+                account_type=pb.ACCOUNT_TYPE_ORDINARY,
+                account_number=account,
+            )
+        )
+        entries = {
+            "branch_code": "001",
+            "account_type": "ordinary",
+            "account_number": account,
+            "temporary_login_password": notice.temporary_login_password,
+            "temporary_confirmation_password": notice.temporary_confirmation_password,
+        }
+        return entries, notice
+
+    async def mail_ids(self, to: str = MOBILE) -> tuple[str, str]:
+        """Mail_ids reads the service ID and user ID from the step-7 mail the SMTP server received."""
+        for _ in range(100):
+            await self.components["enrollment"].deliver_mail_now()
+            for message in reversed(self.smtp.inbox.messages):
+                body = message.get_content()
+                service = re.search(r"^Service ID: (\S+)\r?$", body, re.M)
+                user = re.search(r"^User ID: (\S+)\r?$", body, re.M)
+                if service and user and message["To"] == to:
+                    return service.group(1), user.group(1)
+            await asyncio.sleep(0.05)
+        raise AssertionError("the step-7 mail did not arrive")
+
+    def client(self, cert: TlsFiles | None = None, **kwargs: Any) -> HttpsClient:
+        """Client is an HTTPS client trusting the root, presenting `cert` when given."""
+        return HttpsClient(self.https_url, client_context(self.root_file, cert), **kwargs)
+
+    async def stop(self, name: str) -> None:
+        """Stop stops one component (a test taking a backend down)."""
+        component = self.components.pop(name, None)
+        if component is not None:
+            await component.stop(0)
+
+    async def restart_ca(self) -> None:
+        """Restart_ca starts the CA again with the settings it first ran with (same port, same store)."""
+        assert self.ca_settings is not None
+        assert self.ca_settings.listen.port != 0, "needs a fixed ca_port"
+        self.components["ca"] = await start_ca(self.ca_settings)
+
+    async def close(self) -> None:
+        """Close closes the stubs and stops every component, the front first, and the SMTP server."""
+        for channel in self.channels:
+            await channel.close()
+        for name in ("gateway", "enrollment", "otp", "ca"):
+            await self.stop(name)
+        self.smtp.stop()
+
+
+def stable_port() -> int:
+    """stable_port is a free loopback port below the kernel's ephemeral range.
+
+    A port that must stay free for a while (the CA writes the PKI URL into certificates before the gateway
+    binds it; a restarted CA must get its port back) cannot come from the ephemeral range, where every
+    outgoing connection may take it meanwhile.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no free port below the ephemeral range")
+
+
+def gateway_settings(stack: GatewayStack, **changes: Any) -> GatewaySettings:
+    """Gateway_settings are the settings of a gateway in front of `stack`'s services (as built in `main`)."""
+    tls = stack.pki.tls("gateway")
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "https_port": 0,
+        "http_port": 0,
+        "tls": tls,
+        "backend_tls": tls,
+        "customer_ca_file": None,
+        "ca_target": stack.target("ca"),
+        "otp_target": stack.target("otp"),
+        "enrollment_target": stack.target("enrollment"),
+    }
+    values.update(changes)
+    return GatewaySettings(**values)
+
+
+async def open_gateway_stack(directory: Path, *, ca_port: int = 0, **gateway_changes: Any) -> GatewayStack:
+    """open_gateway_stack starts CA, OTP, enrollment and the gateway on free ports, settings built directly.
+
+    The CA is created with PKI URLs pointing at the gateway's plain-HTTP port, as a deployment would. A fixed
+    `ca_port` lets a test stop the CA and start it again where the gateway expects it (`restart_ca`).
+    """
+    state = directory / "state"
+    http_port = stable_port()
+    pki_settings = PkiSettings(base_url=f"http://127.0.0.1:{http_port}")
+    pki = await ensure_dev_pki_async(state, settings=pki_settings)
+    smtp = SmtpServer().start()
+    workdir = directory / "client"
+    workdir.mkdir(parents=True, exist_ok=True)
+    stack = GatewayStack(pki, {}, smtp, workdir)
+    pepper = Secret(secrets.token_urlsafe(48))
+    stack.ca_settings = CaSettings(
+        listen=ListenSettings("127.0.0.1", ca_port, pki.tls("ca")),
+        store_url="sqlite:",
+        state_dir=state,
+        ca_dir=pki.ca_dir,
+        passphrase=Secret(pki.passphrase_file.read_bytes().strip()),
+        pki=pki_settings,
+    )
+    try:
+        stack.components["ca"] = await start_ca(stack.ca_settings)
+        stack.components["otp"] = await start_otp(
+            OtpSettings(
+                listen=ListenSettings("127.0.0.1", 0, pki.tls("otp")),
+                store_url="sqlite:",
+                state_dir=state,
+                pepper=Secret(secrets.token_urlsafe(48)),
+                kek=KeyEncryptionKey.from_base64("k1", base64.b64encode(secrets.token_bytes(32)).decode()),
+            )
+        )
+        stack.components["enrollment"] = await start_enrollment(
+            EnrollmentSettings(
+                listen=ListenSettings("127.0.0.1", 0, pki.tls("enrollment")),
+                store_url="sqlite:",
+                state_dir=state,
+                ca_target=stack.target("ca"),
+                otp_target=stack.target("otp"),
+                client_tls=pki.tls("enrollment"),
+                pepper=pepper,
+                smtp_url=Secret(f"smtp://127.0.0.1:{smtp.port}"),
+                mail_from="no-reply@bank.example",
+                policy=EnrollmentPolicy(app_url="https://localhost/app"),
+            )
+        )
+        gateway_changes.setdefault("http_port", http_port)
+        stack.components["gateway"] = await start_gateway(gateway_settings(stack, **gateway_changes))
+    except BaseException:
+        await stack.close()
+        raise
+    return stack
+
+
+def client_context(root: Path, cert: TlsFiles | None = None) -> ssl.SSLContext:
+    """client_context is a client ssl context trusting `root`, with `cert` as the client certificate."""
+    context = ssl.create_default_context(cafile=str(root))
+    if cert is not None:
+        context.load_cert_chain(cert.cert_file, cert.key_file)
+    return context
+
+
+class HttpsClient:
+    """HttpsClient is an aiohttp client with a real ssl context, keeping connections alive between requests."""
+
+    def __init__(self, base: str, context: ssl.SSLContext, *, force_close: bool = False) -> None:
+        self.base = base
+        self.context = context
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=context, force_close=force_close, limit=4)
+        )
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """Session is the underlying aiohttp session (for requests `request` cannot express)."""
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        bearer: str | None = None,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+    ) -> Answer:
+        """Request sends one request (`body` as JSON) and reads the whole answer."""
+        sent = dict(headers or {})
+        if bearer is not None:
+            sent["Authorization"] = f"Bearer {bearer}"
+        if body is not None:
+            data = json.dumps(body).encode()
+            sent.setdefault("Content-Type", "application/json")
+        async with self._session.request(method, self.base + path, data=data, headers=sent) as response:
+            raw = await response.read()
+            try:
+                parsed = json.loads(raw) if raw and "json" in response.content_type else None
+            except ValueError:
+                parsed = None
+            return Answer(response.status, CIMultiDict(response.headers), parsed, raw)
+
+    async def close(self) -> None:
+        """Close closes the connections."""
+        await self._session.close()
+
+    async def __aenter__(self) -> HttpsClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def make_key_and_csr(directory: Path) -> tuple[str, Path]:
+    """make_key_and_csr has openssl make a P-256 key and a CSR, as the browser does in step 4."""
+    name = uuid.uuid4().hex[:8]
+    key, csr = directory / f"customer-{name}-key.pem", directory / f"customer-{name}.csr"
+    subprocess.run(
+        [tool("openssl"), "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(key), "-out", str(csr), "-subj", "/CN=ignored by the CA"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return csr.read_text(), key
+
+
+@dataclass
+class Customer:
+    """Customer is one enrollment driven through the gateway's API."""
+
+    stack: GatewayStack
+    enrollment_id: str = ""
+    session: str = ""
+    certificate: TlsFiles | None = None
+    serial_hex: str = ""
+
+    async def through_step4(self) -> Customer:
+        """Through_step4 takes steps 1-4 with the session token; the certificate files are then ready."""
+        entries, _notice = await self.stack.register_application()
+        login_id = f"user{uuid.uuid4().hex[:6]}1"
+        async with self.stack.client() as client:
+            answer = await client.request("POST", "/v1/enrollments", entries)
+            assert answer.status == 201, answer.body
+            self.enrollment_id, self.session = answer.body["enrollment_id"], answer.body["session_token"]
+            path = f"/v1/enrollments/{self.enrollment_id}"
+            profile = {**PROFILE, "login_id": login_id, "login_id_confirmation": login_id}
+            answer = await client.request("PUT", path + "/profile", profile, bearer=self.session)
+            assert answer.status == 200, answer.body
+            answer = await client.request("POST", path + "/registration", {}, bearer=self.session)
+            assert answer.status == 200, answer.body
+            csr, key = make_key_and_csr(self.stack.workdir)
+            answer = await client.request("POST", path + "/certificate", {"csr_pem": csr}, bearer=self.session)
+            assert answer.status == 200, answer.body
+        cert_file = key.with_name(key.name.replace("-key.pem", ".pem"))
+        cert_file.write_text(answer.body["certificate_pem"] + answer.body["chain_pem"])
+        self.certificate = TlsFiles(cert_file, key, self.stack.root_file)
+        self.serial_hex = answer.body["serial_number"]
+        return self
+
+
+async def curl(
+    stack: GatewayStack,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    bearer: str | None = None,
+    cert: TlsFiles | None = None,
+    headers: dict[str, str] | None = None,
+) -> Answer:
+    """Curl sends one request with the real curl (a new TLS connection each time) and reads the answer."""
+    name = uuid.uuid4().hex[:8]
+    body_file, header_file = stack.workdir / f"curl-{name}.body", stack.workdir / f"curl-{name}.headers"
+    argv = [tool("curl"), "-sS", "--cacert", str(stack.root_file), "-X", method, "-o", str(body_file)]
+    argv += ["-D", str(header_file), "-w", "%{http_code}", stack.https_url + path]
+    if body is not None:
+        argv += ["--json", json.dumps(body)]
+    if bearer is not None:
+        argv += ["-H", f"Authorization: Bearer {bearer}"]
+    for key, value in (headers or {}).items():
+        argv += ["-H", f"{key}: {value}"]
+    if cert is not None:
+        argv += ["--cert", str(cert.cert_file), "--key", str(cert.key_file)]
+    status = int((await run(argv)).strip())
+    raw = body_file.read_bytes()
+    received: CIMultiDict[str] = CIMultiDict()
+    for line in header_file.read_text().splitlines()[1:]:
+        key, sep, value = line.partition(":")
+        if sep:
+            received[key.strip()] = value.strip()
+    parsed = json.loads(raw) if raw and "json" in received.get("content-type", "") else None
+    return Answer(status, received, parsed, raw)
