@@ -61,3 +61,27 @@ async def run_idempotent(
 
     codec = Codec[Resp](dump=dump, load=response_type.FromString)
     return await ledger.run(scope, request_id, print_, action, codec)
+
+
+class IdempotentApi:
+    """IdempotentApi gives a gRPC servicer `_once`: each mutation runs once per request_id through `_ledger`."""
+
+    _ledger: IdempotencyLedger
+
+    async def _once(
+        self,
+        request: Message,
+        action: Callable[[], Awaitable[Resp]],
+        response_type: type[Resp],
+        *,
+        secret_request: tuple[str, ...] = (),
+        secret_response: tuple[str, ...] = (),
+    ) -> Resp:
+        return await run_idempotent(
+            self._ledger,
+            request,
+            action,
+            response_type,
+            secret_request_fields=secret_request,
+            secret_response_fields=secret_response,
+        )

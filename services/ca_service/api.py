@@ -5,7 +5,7 @@ Input is validated before the idempotency ledger is touched, so a bad request ch
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TypeVar
 
@@ -18,7 +18,7 @@ from kagi.ca.v1 import ca_pb2_grpc
 from kagi.clock import Clock
 from kagi.errors import InvalidArgument
 from kagi.idempotency import IdempotencyLedger
-from kagi.runtime.grpc_idempotency import run_idempotent
+from kagi.runtime.grpc_idempotency import IdempotentApi
 from kagi.runtime.grpc_server import ServiceBinding, current_caller
 from kagi.runtime.identity import Role, allow
 from services.ca_service.app.records import CertificateRecord, CertificateState
@@ -150,16 +150,13 @@ def certificate_message(record: CertificateRecord, now: float) -> pb.Certificate
     return message
 
 
-class CaApi(ca_pb2_grpc.CertificateAuthorityServiceServicer):
+class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
     """CaApi is the gRPC face of CertificateAuthorityService."""
 
     def __init__(self, service: CertificateAuthorityService, ledger: IdempotencyLedger, clock: Clock) -> None:
         self._service = service
         self._ledger = ledger
         self._clock = clock
-
-    async def _once(self, request: Message, action: Callable[[], Awaitable[Resp]], response_type: type[Resp]) -> Resp:
-        return await run_idempotent(self._ledger, request, action, response_type)
 
     async def IssueCertificate(
         self, request: pb.IssueCertificateRequest, context: grpc.aio.ServicerContext

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
@@ -14,7 +14,7 @@ from kagi.enrollment.v1 import enrollment_pb2 as pb
 from kagi.enrollment.v1 import enrollment_pb2_grpc
 from kagi.errors import InvalidArgument
 from kagi.idempotency import IdempotencyLedger
-from kagi.runtime.grpc_idempotency import run_idempotent
+from kagi.runtime.grpc_idempotency import IdempotentApi
 from kagi.runtime.grpc_server import ServiceBinding, relayed_client_certificate
 from kagi.runtime.identity import Role, allow
 from services.enrollment_service.app.use_cases import ClientCertificate, EnrollmentService
@@ -114,31 +114,13 @@ def _certificate() -> ClientCertificate:
     return ClientCertificate(relayed.serial_number, relayed.fingerprint_sha256)
 
 
-class EnrollmentApi(enrollment_pb2_grpc.EnrollmentServiceServicer):
+class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer):
     """EnrollmentApi is the gRPC face of EnrollmentService."""
 
     def __init__(self, service: EnrollmentService, ledger: IdempotencyLedger, now: Callable[[], float]) -> None:
         self._service = service
         self._ledger = ledger
         self._now = now
-
-    async def _once(
-        self,
-        request: Message,
-        action: Callable[[], Awaitable[Resp]],
-        response_type: type[Resp],
-        *,
-        secret_request: tuple[str, ...] = (),
-        secret_response: tuple[str, ...] = (),
-    ) -> Resp:
-        return await run_idempotent(
-            self._ledger,
-            request,
-            action,
-            response_type,
-            secret_request_fields=secret_request,
-            secret_response_fields=secret_response,
-        )
 
     async def RegisterApplication(
         self, request: pb.RegisterApplicationRequest, context: grpc.aio.ServicerContext

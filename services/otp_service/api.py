@@ -12,7 +12,7 @@ request's fields (`delivery_email`, `user_id`, `app_user_id`) so a caller is tol
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TypeVar
 
 import grpc
@@ -24,7 +24,7 @@ from kagi.errors import InvalidArgument, KagiError
 from kagi.idempotency import IdempotencyLedger, check_request_id
 from kagi.otp.v1 import otp_pb2 as pb
 from kagi.otp.v1 import otp_pb2_grpc
-from kagi.runtime.grpc_idempotency import run_idempotent
+from kagi.runtime.grpc_idempotency import IdempotentApi
 from kagi.runtime.grpc_server import ServiceBinding
 from kagi.runtime.identity import Role, allow
 from services.otp_service.app.use_cases import OtpService
@@ -122,7 +122,7 @@ def _request_fields(rename: Mapping[str, str]) -> Iterator[None]:
         raise
 
 
-class OtpApi(otp_pb2_grpc.OtpServiceServicer):
+class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
     """OtpApi is the gRPC face of OtpService."""
 
     def __init__(self, service: OtpService, ledger: IdempotencyLedger) -> None:
@@ -131,24 +131,6 @@ class OtpApi(otp_pb2_grpc.OtpServiceServicer):
 
     def _token(self, token: Token) -> pb.Token:
         return token_message(token, self._service.now())
-
-    async def _once(
-        self,
-        request: Message,
-        action: Callable[[], Awaitable[Resp]],
-        response_type: type[Resp],
-        *,
-        secret_request: tuple[str, ...] = (),
-        secret_response: tuple[str, ...] = (),
-    ) -> Resp:
-        return await run_idempotent(
-            self._ledger,
-            request,
-            action,
-            response_type,
-            secret_request_fields=secret_request,
-            secret_response_fields=secret_response,
-        )
 
     async def CreateToken(
         self, request: pb.CreateTokenRequest, context: grpc.aio.ServicerContext
