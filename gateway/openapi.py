@@ -124,7 +124,7 @@ def _public_paths() -> dict[str, Any]:
             f"The {ca} CA certificate in DER: what the certificates' AIA caIssuers URL points at.",
             _binary("application/pkix-cert", "The certificate, DER."),
         )
-    for ca in ("customer", "internal"):
+    for ca in ("root", "customer", "internal"):
         files[f"/pki/crl/{ca}.crl"] = (
             f"get{ca.capitalize()}Crl",
             f"The {ca} CA's current CRL in DER: what its certificates' CRL distribution point names.",

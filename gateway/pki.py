@@ -41,7 +41,7 @@ CRL_TTL_LIVE = 60.0
 CRL_TTL_BLIND = 1.0
 CRL_MAX_AGE = 60
 
-_CRL_ISSUERS = {"customer": ca_pb2.ISSUER_CUSTOMER, "internal": ca_pb2.ISSUER_INTERNAL}
+_CRL_ISSUERS = {"root": ca_pb2.ISSUER_ROOT, "customer": ca_pb2.ISSUER_CUSTOMER, "internal": ca_pb2.ISSUER_INTERNAL}
 _OCSP_MALFORMED = ocsp.OCSPResponseBuilder.build_unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST).public_bytes(
     serialization.Encoding.DER
 )
@@ -127,7 +127,7 @@ class PkiFiles:
             web.get("/pki/customer-ca.pem", self._pem("customer")),
             web.get("/pki/internal-ca.pem", self._pem("internal")),
             web.get("/pki/{ca:root|customer|internal}-ca.crt", self.ca_der),
-            web.get("/pki/crl/{ca:customer|internal}.crl", self.crl),
+            web.get("/pki/crl/{ca:root|customer|internal}.crl", self.crl),
             web.post("/pki/ocsp", self.ocsp_post),
             web.get("/pki/ocsp/{request:[\\s\\S]+}", self.ocsp_get),
         ]

@@ -1,8 +1,8 @@
-"""`kagi admin` commands for the CA: init-ca (local files), revoke and list-certificates (gRPC as the operator),
-verify-audit (reads the audit chain from the CA's store).
+"""`kagi admin` commands for the CA: init-ca and sign-root-crl (local files), revoke and list-certificates
+(gRPC as the operator), verify-audit (reads the audit chain from the CA's store).
 
 The functions are click commands meant for the `admin` group: `init_ca_command`, `revoke_command`,
-`list_certificates_command`, `verify_audit_command` (all four in CA_COMMANDS).
+`list_certificates_command`, `verify_audit_command`, `sign_root_crl_command` (all in CA_COMMANDS).
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import click
 
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
 from kagi.cli.admin import AdminContext, run_call
+from kagi.clock import SystemClock
 from kagi.errors import KagiError
 from kagi.runtime.settings import Environment
 from kagi.store import open_store
+from services.ca_service.adapters.ca_directory import CaDirectory
 from services.ca_service.app.journal import AuditReport, verify_stored_chain
 from services.ca_service.bootstrap import init_ca
 from services.ca_service.domain.keys import KeyAlgorithm, parse_key_algorithm
@@ -188,10 +190,6 @@ def verify_audit_command(obj: AdminContext, store_url: str, namespace: str) -> N
     raise SystemExit(1)
 
 
-CA_COMMANDS = (init_ca_command, revoke_command, list_certificates_command, verify_audit_command)
-"""CA_COMMANDS are the CA's admin commands, to be added to the `admin` group."""
-
-
 def _certificate_json(certificate: ca_pb2.Certificate) -> dict[str, object]:
     body: dict[str, object] = {
         "serial_number": certificate.serial_number,
@@ -208,3 +206,39 @@ def _certificate_json(certificate: ca_pb2.Certificate) -> dict[str, object]:
             ca_pb2.RevocationReason.Name(certificate.revocation_reason).removeprefix("REVOCATION_REASON_").lower()
         )
     return body
+
+
+@click.command(
+    "sign-root-crl",
+    help=(
+        "Sign the root's next CRL with the root key (the ceremony the service never performs: it keeps the root "
+        "key closed). Run it before the current root CRL's nextUpdate; the service serves the new one at once."
+    ),
+)
+@click.option("--ca-dir", type=click.Path(path_type=Path), help="Where the CA lives (default: <state-dir>/ca).")
+@click.option(
+    "--base-url",
+    envvar="KAGI_PKI_BASE_URL",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    help="Public base URL of the PKI files (as given to init-ca).",
+)
+@click.pass_obj
+def sign_root_crl_command(obj: AdminContext, ca_dir: Path | None, base_url: str) -> None:
+    """sign_root_crl_command is `kagi admin sign-root-crl` (local files, opens the root key)."""
+    directory = CaDirectory(ca_dir or obj.state_dir / "ca")
+    try:
+        passphrase = Environment(os.environ).required_secret("KAGI_CA_KEY_PASSPHRASE")
+        loaded = directory.load(passphrase, open_root_key=True)
+        signed = directory.sign_root_crl(
+            loaded.hierarchy.root, settings=PkiSettings(base_url=base_url), clock=SystemClock()
+        )
+    except KagiError as exc:
+        raise click.ClickException(f"{exc.reason}: {exc}") from None
+    click.echo(
+        f"root CRL {signed.number} signed, valid until {signed.next_update.isoformat()}: {directory.root_crl_path}"
+    )
+
+
+CA_COMMANDS = (init_ca_command, revoke_command, list_certificates_command, verify_audit_command, sign_root_crl_command)
+"""CA_COMMANDS are the CA's admin commands, to be added to the `admin` group."""

@@ -5,18 +5,19 @@ Input is validated before the idempotency ledger is touched, so a bad request ch
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import TypeVar
 
 import grpc
+from cryptography import x509
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kagi.ca.v1 import ca_pb2 as pb
 from kagi.ca.v1 import ca_pb2_grpc
 from kagi.clock import Clock
-from kagi.errors import InvalidArgument
+from kagi.errors import InvalidArgument, NotFound
 from kagi.idempotency import IdempotencyLedger
 from kagi.runtime.grpc_idempotency import IdempotentApi
 from kagi.runtime.grpc_server import ServiceBinding, current_caller
@@ -153,10 +154,17 @@ def certificate_message(record: CertificateRecord, now: float) -> pb.Certificate
 class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
     """CaApi is the gRPC face of CertificateAuthorityService."""
 
-    def __init__(self, service: CertificateAuthorityService, ledger: IdempotencyLedger, clock: Clock) -> None:
+    def __init__(
+        self,
+        service: CertificateAuthorityService,
+        ledger: IdempotencyLedger,
+        clock: Clock,
+        root_crl: Callable[[], bytes | None] = lambda: None,
+    ) -> None:
         self._service = service
         self._ledger = ledger
         self._clock = clock
+        self._root_crl = root_crl
 
     async def IssueCertificate(
         self, request: pb.IssueCertificateRequest, context: grpc.aio.ServicerContext
@@ -253,7 +261,9 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
         return await self._once(request, act, pb.RevokeSubjectCertificatesResponse)
 
     async def GetCrl(self, request: pb.GetCrlRequest, context: grpc.aio.ServicerContext) -> pb.GetCrlResponse:
-        """GetCrl returns the CRL last published in the store for an issuing CA."""
+        """GetCrl returns the CRL last published in the store for an issuing CA, or the root's offline CRL."""
+        if request.issuer == pb.ISSUER_ROOT:
+            return self._root_crl_message()
         kind = issuer_kind(request.issuer) or CaKind.CUSTOMER  # required: never None
         crl = await self._service.crl(kind)
         return pb.GetCrlResponse(
@@ -261,6 +271,20 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
             crl_number=crl.number,
             this_update=_timestamp(crl.this_update),
             next_update=_timestamp(crl.next_update),
+        )
+
+    def _root_crl_message(self) -> pb.GetCrlResponse:
+        der = self._root_crl()
+        if der is None:
+            raise NotFound("the root has no CRL yet: run `kagi admin sign-root-crl`", reason="ROOT_CRL_MISSING")
+        crl = x509.load_der_x509_crl(der)
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        next_update = crl.next_update_utc or crl.last_update_utc
+        return pb.GetCrlResponse(
+            crl=der,
+            crl_number=number,
+            this_update=_timestamp(crl.last_update_utc.timestamp()),
+            next_update=_timestamp(next_update.timestamp()),
         )
 
     async def GetCertificateStatus(

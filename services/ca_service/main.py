@@ -235,7 +235,7 @@ async def start_ca(settings: CaSettings, *, clock: Clock | None = None) -> CaCom
     try:
         await record_ocsp_signers(runtime.service)
         await renew_ocsp_signers(runtime.service, runtime.store, directory, settings.passphrase, clock)
-        api = CaApi(runtime.service, IdempotencyLedger(runtime.store), clock)
+        api = CaApi(runtime.service, IdempotencyLedger(runtime.store), clock, root_crl=directory.root_crl)
         server = GrpcServer(settings.listen, [binding(api)], domain="ca.kagi", readiness=runtime.store.ping)
         await server.start()
     except BaseException:

@@ -22,7 +22,7 @@ def tool(name: str) -> str:
     return found
 
 
-async def run(argv: list[str], *, stdin: bytes | None = None) -> str:
+async def run(argv: list[str], *, stdin: bytes | None = None, env: dict[str, str] | None = None) -> str:
     """Run executes a program without blocking the event loop (the servers under test share it).
 
     Returns its stdout; a non-zero exit fails with the program's stderr.
@@ -32,6 +32,7 @@ async def run(argv: list[str], *, stdin: bytes | None = None) -> str:
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     async with asyncio.timeout(60):
         out, err = await process.communicate(stdin)

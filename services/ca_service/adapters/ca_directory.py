@@ -14,6 +14,7 @@ Nothing here ever writes over an existing file: initialising twice fails instead
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from kagi.clock import Clock
 from kagi.errors import AlreadyExists
 from services.ca_service.adapters.file_signer import FileSigner, Passphrase
 from services.ca_service.domain.authority import CertificateAuthority
+from services.ca_service.domain.crl import SignedCrl, build_crl
 from services.ca_service.domain.errors import CaKeyUnreadable
 from services.ca_service.domain.hierarchy import (
     ISSUING_KINDS,
@@ -126,6 +128,7 @@ class CaDirectory:
         signers = {kind: FileSigner.create(self.key_path(kind.value), passphrase, algorithm) for kind in CaKind}
         root = build_root(signers[CaKind.ROOT], settings=settings, clock=clock)
         _write_new(self.cert_path("root"), root.pem, 0o644)
+        self.sign_root_crl(root, settings=settings, clock=clock)
         issuing: dict[CaKind, CertificateAuthority] = {}
         for kind in ISSUING_KINDS:
             issuing[kind] = build_intermediate(root, kind, signers[kind], settings=settings, clock=clock)
@@ -163,6 +166,34 @@ class CaDirectory:
         hierarchy = Hierarchy(root=root, customer=issuing[CaKind.CUSTOMER], internal=issuing[CaKind.INTERNAL])
         delegates = {kind: self.load_ocsp_signer(issuing[kind], passphrase) for kind in ISSUING_KINDS}
         return LoadedCa(hierarchy, delegates)
+
+    @property
+    def root_crl_path(self) -> Path:
+        """Root_crl_path is the root's CRL (DER), signed offline and served as it is."""
+        return self.path / "root.crl"
+
+    def root_crl(self) -> bytes | None:
+        """Root_crl is the root's current CRL (DER), or None when none was ever signed."""
+        try:
+            return self.root_crl_path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def sign_root_crl(self, root: CertificateAuthority, *, settings: PkiSettings, clock: Clock) -> SignedCrl:
+        """Sign_root_crl signs the root's next CRL with its open key; it lists nothing, as no intermediate is
+        revoked, and is valid for `root_crl_validity`, since the root key is opened only at a ceremony."""
+        previous = self.root_crl()
+        number = 1
+        if previous is not None:
+            extension = x509.load_der_x509_crl(previous).extensions.get_extension_for_class(x509.CRLNumber)
+            number = extension.value.crl_number + 1
+        offline = dataclasses.replace(settings, crl_validity=settings.root_crl_validity)
+        signed = build_crl(root, [], crl_number=number, settings=offline, clock=clock)
+        temporary = self.root_crl_path.with_suffix(".crl.tmp")
+        temporary.write_bytes(signed.der)
+        temporary.chmod(0o644)
+        temporary.replace(self.root_crl_path)
+        return signed
 
     def load_ocsp_signer(self, issuer: CertificateAuthority, passphrase: Passphrase) -> DelegatedOcspSigner:
         """Load_ocsp_signer returns the OCSP signer of `issuer` with the latest notAfter whose key opens."""

@@ -48,6 +48,8 @@ class PkiSettings:
     ocsp_signer_validity: timedelta = timedelta(days=30)
     ocsp_signer_renew_before: timedelta = timedelta(days=10)
     crl_validity: timedelta = timedelta(days=1)
+    # The root's CRL is signed offline (the root key stays closed), so it is valid for long.
+    root_crl_validity: timedelta = timedelta(days=365)
     ocsp_response_validity: timedelta = timedelta(hours=1)
     backdate: timedelta = MAX_BACKDATE
 
@@ -73,6 +75,7 @@ class PkiSettings:
             "intermediate_validity",
             "ocsp_signer_validity",
             "crl_validity",
+            "root_crl_validity",
             "ocsp_response_validity",
         ):
             if getattr(self, name) <= timedelta(0):

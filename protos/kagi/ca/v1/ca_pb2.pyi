@@ -31,6 +31,10 @@ class _IssuerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Issuer.ValueTy
     """The customer CA: client certificates for people."""
     ISSUER_INTERNAL: _Issuer.ValueType  # 2
     """The internal CA: certificates for kagi's services and the bank's front-ends."""
+    ISSUER_ROOT: _Issuer.ValueType  # 3
+    """The root: it certifies only the two CAs above, so only its CRL (an authority revocation list, signed
+    offline with `kagi admin sign-root-crl`) is published; GetCrl is the one call that takes it.
+    """
 
 class Issuer(_Issuer, metaclass=_IssuerEnumTypeWrapper):
     """Issuer names an issuing CA of the hierarchy."""
@@ -40,6 +44,10 @@ ISSUER_CUSTOMER: Issuer.ValueType  # 1
 """The customer CA: client certificates for people."""
 ISSUER_INTERNAL: Issuer.ValueType  # 2
 """The internal CA: certificates for kagi's services and the bank's front-ends."""
+ISSUER_ROOT: Issuer.ValueType  # 3
+"""The root: it certifies only the two CAs above, so only its CRL (an authority revocation list, signed
+offline with `kagi admin sign-root-crl`) is published; GetCrl is the one call that takes it.
+"""
 Global___Issuer: _TypeAlias = Issuer  # noqa: Y015
 
 class _RevocationReason:
