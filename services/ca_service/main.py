@@ -203,7 +203,12 @@ class CaComponent:
         self._renewal.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._renewal
-        await self.runtime.close()
+        # A stop is bounded: background work cut off mid-write must not keep the process from exiting.
+        try:
+            async with asyncio.timeout(grace + 5):
+                await self.runtime.close()
+        except TimeoutError:
+            log.warning("the CA's background work did not stop in time; leaving it to the process exit")
 
 
 async def _renew_periodically(runtime: CaRuntime, directory: CaDirectory, passphrase: Secret, clock: Clock) -> None:
