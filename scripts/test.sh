@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in redis-server:redis-server openssl:openssl oathtool:oathtool; do
+for tool in redis-server:redis-server openssl:openssl oathtool:oathtool curl:curl; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
