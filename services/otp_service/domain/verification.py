@@ -9,8 +9,10 @@ REPLAYED. The rule, in the order it is applied:
 1. locked                                  -> TOKEN_LOCKED, state unchanged (even for a correct code)
 2. rate window full (>= N failures in W s) -> RATE_LIMITED, state unchanged, code never evaluated
 3. code matched step s and s > last_step   -> ACCEPTED: last_step = s, all failure counters cleared
-4. otherwise (s <= last_step: REPLAYED; no match: WRONG_CODE or STEP_EXPIRED)
-                                           -> failures += 1, rate-window count += 1,
+4. code matched step s and s <= last_step  -> REPLAYED, state unchanged: a code that was already good is no
+                                              guess (it tells its sender nothing new), so a double submit or
+                                              a burst of retries never locks the user out
+5. no match (WRONG_CODE or STEP_EXPIRED)   -> failures += 1, rate-window count += 1,
                                               locked = failures >= max_failures
 
 Step 3 is privacyIDEA's rule: no step at or before the last accepted one is ever accepted again, so a code is
@@ -130,11 +132,10 @@ def decide(state: VerificationState, match: CodeMatch, *, now: float, policy: Ot
         accepted = VerificationState(last_step=match.step)
         return Decision(Verdict.ACCEPTED, accepted, changed=True, step=match.step)
     if match.step is not None:
-        verdict = Verdict.REPLAYED
-    elif match.failure is not None:
-        verdict = Verdict(match.failure.value)
-    else:
+        return Decision(Verdict.REPLAYED, state, changed=False)
+    if match.failure is None:
         raise ValueError("a CodeMatch has a step or a failure")
+    verdict = Verdict(match.failure.value)
     failures = state.failures + 1
     if now >= state.rate_window_start + policy.rate_limit_seconds:
         window_start, window_failures = now, 1

@@ -134,8 +134,9 @@ async def test_retried_verification_returns_the_first_answer_and_counts_once(
     cluster: OtpCluster, clock: FakeClock
 ) -> None:
     """A VerifyCode retried with its request_id gets its first answer back: an accepted code stays accepted for
-    the retry (and is spent for everyone else), a wrong code is counted once however often it is retried, and
-    the same request_id with another code is refused as a reused id."""
+    the retry (and is spent for everyone else, who is told REPLAYED without it counting as a failure), a wrong
+    code is counted once however often it is retried, and the same request_id with another code is refused as
+    a reused id."""
     await cluster.start()
     token = await provision(cluster)
     stub = cluster.stub("gateway")
@@ -148,14 +149,14 @@ async def test_retried_verification_returns_the_first_answer_and_counts_once(
         stub.VerifyCode(pb.VerifyCodeRequest(request_id="login-2", token_id=token.token_id, code=code))
     )
     assert other.reason == "REPLAYED"
-    assert other.metadata["attempts_remaining"] == "4"
+    assert other.metadata["attempts_remaining"] == "5"
 
     bad = "000000" if code != "000000" else "111111"
     answers = [
         await failing(stub.VerifyCode(pb.VerifyCodeRequest(request_id="login-3", token_id=token.token_id, code=bad)))
         for _ in range(3)
     ]
-    assert {(a.reason, a.metadata["attempts_remaining"]) for a in answers} == {("WRONG_CODE", "3")}
+    assert {(a.reason, a.metadata["attempts_remaining"]) for a in answers} == {("WRONG_CODE", "4")}
 
     reused = await failing(
         stub.VerifyCode(pb.VerifyCodeRequest(request_id="login-1", token_id=token.token_id, code=bad))

@@ -46,11 +46,13 @@ def test_decide_accepts_a_newer_step_and_clears_failures() -> None:
 
 @pytest.mark.parametrize("step", [10, 9])
 def test_decide_refuses_a_step_at_or_before_the_last_one(step: int) -> None:
-    """A match at or below last_step is REPLAYED and counted as a failure; last_step does not move."""
-    decision = decide(VerificationState(last_step=10), CodeMatch.at(step), now=100.0, policy=NO_RATE_LIMIT)
+    """A match at or below last_step is REPLAYED and changes nothing: last_step stays, and a code that was
+    already good counts toward neither the lockout nor the rate limit."""
+    state = VerificationState(last_step=10, failures=2)
+    decision = decide(state, CodeMatch.at(step), now=100.0, policy=NO_RATE_LIMIT)
     assert decision.verdict is Verdict.REPLAYED
-    assert decision.state.last_step == 10
-    assert decision.state.failures == 1
+    assert not decision.changed
+    assert decision.state == state
 
 
 def test_decide_locks_at_the_fifth_consecutive_failure() -> None:
