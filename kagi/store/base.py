@@ -136,6 +136,9 @@ def check_key(key: str) -> str:
     """
     if not isinstance(key, str) or not key:
         raise InvalidKey("invalid key", fields={"key": "must not be empty"})
+    # The common case, checked in C: printable ASCII (no control character, no DEL) of at most 512 characters.
+    if len(key) <= MAX_KEY_BYTES and key.isascii() and key.isprintable():
+        return key
     if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise InvalidKey("invalid key", fields={"key": f"must be at most {MAX_KEY_BYTES} bytes"})
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
