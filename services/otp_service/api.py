@@ -54,10 +54,10 @@ _STATE_PB: dict[TokenState, pb.Token.State.ValueType] = {
     TokenState.ACTIVATED: pb.Token.STATE_ACTIVATED,
     TokenState.REGISTERED: pb.Token.STATE_REGISTERED,
     TokenState.ACTIVE: pb.Token.STATE_ACTIVE,
-    TokenState.ACTIVATION_LOCKED: pb.Token.STATE_LOCKED,
+    TokenState.ACTIVATION_LOCKED: pb.Token.STATE_ACTIVATION_LOCKED,
     TokenState.LOCKED: pb.Token.STATE_LOCKED,
     TokenState.DISABLED: pb.Token.STATE_DISABLED,
-    TokenState.EXPIRED: pb.Token.STATE_PENDING_ACTIVATION,
+    TokenState.EXPIRED: pb.Token.STATE_EXPIRED,
     TokenState.REVOKED: pb.Token.STATE_REVOKED,
 }
 _ALGORITHM_PB: dict[Algorithm, common_pb2.OtpAlgorithm.ValueType] = {

@@ -76,7 +76,8 @@ async def test_unlock_keeps_the_replay_floor(cluster: OtpCluster, clock: FakeClo
 
 async def test_five_wrong_usage_start_passwords_lock_activation(cluster: OtpCluster) -> None:
     """Wrong usage-start passwords are counted: the first four answer ACTIVATION_FAILED, the fifth locks the
-    token (TOKEN_LOCKED), after which even the right password is refused until an operator unlocks it."""
+    token (TOKEN_LOCKED, shown as ACTIVATION_LOCKED), after which even the right password is refused until an
+    operator unlocks it."""
     await cluster.start()
     enrollment, gateway, operator = cluster.stub("enrollment"), cluster.stub("gateway"), cluster.stub("operator")
     token = (
@@ -93,6 +94,8 @@ async def test_five_wrong_usage_start_passwords_lock_activation(cluster: OtpClus
     reasons = [(await failing(gateway.ActivateToken(activation("9999")))).reason for _ in range(5)]
     assert reasons == ["ACTIVATION_FAILED"] * 4 + ["TOKEN_LOCKED"]
     assert (await failing(gateway.ActivateToken(activation("1234")))).reason == "TOKEN_LOCKED"
+    shown = await operator.GetToken(pb.GetTokenRequest(token_id=token.token_id))
+    assert shown.token.state == pb.Token.STATE_ACTIVATION_LOCKED
     await operator.UnlockToken(pb.UnlockTokenRequest(token_id=token.token_id))
     assert (await gateway.ActivateToken(activation("1234"))).activation.secret
 
@@ -117,3 +120,25 @@ async def test_an_unlock_on_one_replica_is_seen_at_once_by_another(cluster: OtpC
 
     reply = await user.VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=code))
     assert reply.token.state == pb.Token.STATE_ACTIVE
+
+
+async def test_a_token_not_activated_in_time_expires(cluster: OtpCluster, clock: FakeClock) -> None:
+    """A pending token left 24 hours is shown EXPIRED and refuses activation even with the right password."""
+    await cluster.start()
+    enrollment, gateway = cluster.stub("enrollment"), cluster.stub("gateway")
+    token = (
+        await enrollment.CreateToken(
+            pb.CreateTokenRequest(user_id="user-8", delivery_email="b@example.jp", usage_start_password="1234")
+        )
+    ).token
+    clock.advance(24 * 3600 + 1)
+    refused = await failing(
+        gateway.ActivateToken(
+            pb.ActivateTokenRequest(
+                service_id=token.service_id, app_user_id=token.app_user_id, usage_start_password="1234", consent=True
+            )
+        )
+    )
+    assert refused.reason == "ACTIVATION_EXPIRED"
+    shown = await enrollment.GetToken(pb.GetTokenRequest(token_id=token.token_id))
+    assert shown.token.state == pb.Token.STATE_EXPIRED

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kagi.common.v1 import common_pb2 as kagi_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15kagi/otp/v1/otp.proto\x12\x0bkagi.otp.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bkagi/common/v1/common.proto\"\x8a\x04\n\x05Token\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.kagi.otp.v1.Token.State\x12/\n\talgorithm\x18\x04 \x01(\x0e\x32\x1c.kagi.common.v1.OtpAlgorithm\x12\x0e\n\x06\x64igits\x18\x05 \x01(\x05\x12\x0e\n\x06period\x18\x06 \x01(\x05\x12\x19\n\x11remaining_seconds\x18\x07 \x01(\x05\x12\x12\n\nservice_id\x18\x08 \x01(\t\x12\x13\n\x0b\x61pp_user_id\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x16\x61\x63tivation_expire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb2\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18STATE_PENDING_ACTIVATION\x10\x01\x12\x13\n\x0fSTATE_ACTIVATED\x10\x02\x12\x14\n\x10STATE_REGISTERED\x10\x03\x12\x10\n\x0cSTATE_ACTIVE\x10\x04\x12\x10\n\x0cSTATE_LOCKED\x10\x05\x12\x12\n\x0eSTATE_DISABLED\x10\x06\x12\x11\n\rSTATE_REVOKED\x10\x07\"\xb0\x01\n\x12\x43reateTokenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65livery_email\x18\x03 \x01(\t\x12\x1c\n\x14usage_start_password\x18\x04 \x01(\t\x12/\n\talgorithm\x18\x05 \x01(\x0e\x32\x1c.kagi.common.v1.OtpAlgorithm\x12\x0e\n\x06\x64igits\x18\x06 \x01(\x05\"8\n\x13\x43reateTokenResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token\"\x82\x01\n\x14\x41\x63tivateTokenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61pp_user_id\x18\x03 \x01(\t\x12\x1c\n\x14usage_start_password\x18\x04 \x01(\t\x12\x0f\n\x07\x63onsent\x18\x05 \x01(\x08\"m\n\x15\x41\x63tivateTokenResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token\x12\x31\n\nactivation\x18\x02 \x01(\x0b\x32\x1d.kagi.common.v1.AppActivation\"p\n\x1a\x43onfirmRegistrationRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61pp_user_id\x18\x03 \x01(\t\x12\x15\n\ractivation_id\x18\x04 \x01(\t\"@\n\x1b\x43onfirmRegistrationResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token\"G\n\x11VerifyCodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\"7\n\x12VerifyCodeResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token\"#\n\x0fGetTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"5\n\x10GetTokenResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token\"K\n\x11ListTokensRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Q\n\x12ListTokensResponse\x12\"\n\x06tokens\x18\x01 \x03(\x0b\x32\x12.kagi.otp.v1.Token\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x13\x44isableTokenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\"9\n\x14\x44isableTokenResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token\":\n\x12UnlockTokenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\"8\n\x13UnlockTokenResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token\"q\n\x13ReissueTokenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65livery_email\x18\x03 \x01(\t\x12\x1c\n\x14usage_start_password\x18\x04 \x01(\t\"9\n\x14ReissueTokenResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token2\x83\x06\n\nOtpService\x12P\n\x0b\x43reateToken\x12\x1f.kagi.otp.v1.CreateTokenRequest\x1a .kagi.otp.v1.CreateTokenResponse\x12V\n\rActivateToken\x12!.kagi.otp.v1.ActivateTokenRequest\x1a\".kagi.otp.v1.ActivateTokenResponse\x12h\n\x13\x43onfirmRegistration\x12\'.kagi.otp.v1.ConfirmRegistrationRequest\x1a(.kagi.otp.v1.ConfirmRegistrationResponse\x12M\n\nVerifyCode\x12\x1e.kagi.otp.v1.VerifyCodeRequest\x1a\x1f.kagi.otp.v1.VerifyCodeResponse\x12G\n\x08GetToken\x12\x1c.kagi.otp.v1.GetTokenRequest\x1a\x1d.kagi.otp.v1.GetTokenResponse\x12M\n\nListTokens\x12\x1e.kagi.otp.v1.ListTokensRequest\x1a\x1f.kagi.otp.v1.ListTokensResponse\x12S\n\x0c\x44isableToken\x12 .kagi.otp.v1.DisableTokenRequest\x1a!.kagi.otp.v1.DisableTokenResponse\x12P\n\x0bUnlockToken\x12\x1f.kagi.otp.v1.UnlockTokenRequest\x1a .kagi.otp.v1.UnlockTokenResponse\x12S\n\x0cReissueToken\x12 .kagi.otp.v1.ReissueTokenRequest\x1a!.kagi.otp.v1.ReissueTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15kagi/otp/v1/otp.proto\x12\x0bkagi.otp.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bkagi/common/v1/common.proto\"\xba\x04\n\x05Token\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.kagi.otp.v1.Token.State\x12/\n\talgorithm\x18\x04 \x01(\x0e\x32\x1c.kagi.common.v1.OtpAlgorithm\x12\x0e\n\x06\x64igits\x18\x05 \x01(\x05\x12\x0e\n\x06period\x18\x06 \x01(\x05\x12\x19\n\x11remaining_seconds\x18\x07 \x01(\x05\x12\x12\n\nservice_id\x18\x08 \x01(\t\x12\x13\n\x0b\x61pp_user_id\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x16\x61\x63tivation_expire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe2\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18STATE_PENDING_ACTIVATION\x10\x01\x12\x13\n\x0fSTATE_ACTIVATED\x10\x02\x12\x14\n\x10STATE_REGISTERED\x10\x03\x12\x10\n\x0cSTATE_ACTIVE\x10\x04\x12\x10\n\x0cSTATE_LOCKED\x10\x05\x12\x12\n\x0eSTATE_DISABLED\x10\x06\x12\x11\n\rSTATE_REVOKED\x10\x07\x12\x11\n\rSTATE_EXPIRED\x10\x08\x12\x1b\n\x17STATE_ACTIVATION_LOCKED\x10\t\"\xb0\x01\n\x12\x43reateTokenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65livery_email\x18\x03 \x01(\t\x12\x1c\n\x14usage_start_password\x18\x04 \x01(\t\x12/\n\talgorithm\x18\x05 \x01(\x0e\x32\x1c.kagi.common.v1.OtpAlgorithm\x12\x0e\n\x06\x64igits\x18\x06 \x01(\x05\"8\n\x13\x43reateTokenResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token\"\x82\x01\n\x14\x41\x63tivateTokenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61pp_user_id\x18\x03 \x01(\t\x12\x1c\n\x14usage_start_password\x18\x04 \x01(\t\x12\x0f\n\x07\x63onsent\x18\x05 \x01(\x08\"m\n\x15\x41\x63tivateTokenResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token\x12\x31\n\nactivation\x18\x02 \x01(\x0b\x32\x1d.kagi.common.v1.AppActivation\"p\n\x1a\x43onfirmRegistrationRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61pp_user_id\x18\x03 \x01(\t\x12\x15\n\ractivation_id\x18\x04 \x01(\t\"@\n\x1b\x43onfirmRegistrationResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token\"G\n\x11VerifyCodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\"7\n\x12VerifyCodeResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token\"#\n\x0fGetTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"5\n\x10GetTokenResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token\"K\n\x11ListTokensRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Q\n\x12ListTokensResponse\x12\"\n\x06tokens\x18\x01 \x03(\x0b\x32\x12.kagi.otp.v1.Token\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x13\x44isableTokenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\"9\n\x14\x44isableTokenResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token\":\n\x12UnlockTokenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\"8\n\x13UnlockTokenResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token\"q\n\x13ReissueTokenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65livery_email\x18\x03 \x01(\t\x12\x1c\n\x14usage_start_password\x18\x04 \x01(\t\"9\n\x14ReissueTokenResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.kagi.otp.v1.Token2\x83\x06\n\nOtpService\x12P\n\x0b\x43reateToken\x12\x1f.kagi.otp.v1.CreateTokenRequest\x1a .kagi.otp.v1.CreateTokenResponse\x12V\n\rActivateToken\x12!.kagi.otp.v1.ActivateTokenRequest\x1a\".kagi.otp.v1.ActivateTokenResponse\x12h\n\x13\x43onfirmRegistration\x12\'.kagi.otp.v1.ConfirmRegistrationRequest\x1a(.kagi.otp.v1.ConfirmRegistrationResponse\x12M\n\nVerifyCode\x12\x1e.kagi.otp.v1.VerifyCodeRequest\x1a\x1f.kagi.otp.v1.VerifyCodeResponse\x12G\n\x08GetToken\x12\x1c.kagi.otp.v1.GetTokenRequest\x1a\x1d.kagi.otp.v1.GetTokenResponse\x12M\n\nListTokens\x12\x1e.kagi.otp.v1.ListTokensRequest\x1a\x1f.kagi.otp.v1.ListTokensResponse\x12S\n\x0c\x44isableToken\x12 .kagi.otp.v1.DisableTokenRequest\x1a!.kagi.otp.v1.DisableTokenResponse\x12P\n\x0bUnlockToken\x12\x1f.kagi.otp.v1.UnlockTokenRequest\x1a .kagi.otp.v1.UnlockTokenResponse\x12S\n\x0cReissueToken\x12 .kagi.otp.v1.ReissueTokenRequest\x1a!.kagi.otp.v1.ReissueTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,45 +34,45 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kagi.otp.v1.otp_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TOKEN']._serialized_start=101
-  _globals['_TOKEN']._serialized_end=623
+  _globals['_TOKEN']._serialized_end=671
   _globals['_TOKEN_STATE']._serialized_start=445
-  _globals['_TOKEN_STATE']._serialized_end=623
-  _globals['_CREATETOKENREQUEST']._serialized_start=626
-  _globals['_CREATETOKENREQUEST']._serialized_end=802
-  _globals['_CREATETOKENRESPONSE']._serialized_start=804
-  _globals['_CREATETOKENRESPONSE']._serialized_end=860
-  _globals['_ACTIVATETOKENREQUEST']._serialized_start=863
-  _globals['_ACTIVATETOKENREQUEST']._serialized_end=993
-  _globals['_ACTIVATETOKENRESPONSE']._serialized_start=995
-  _globals['_ACTIVATETOKENRESPONSE']._serialized_end=1104
-  _globals['_CONFIRMREGISTRATIONREQUEST']._serialized_start=1106
-  _globals['_CONFIRMREGISTRATIONREQUEST']._serialized_end=1218
-  _globals['_CONFIRMREGISTRATIONRESPONSE']._serialized_start=1220
-  _globals['_CONFIRMREGISTRATIONRESPONSE']._serialized_end=1284
-  _globals['_VERIFYCODEREQUEST']._serialized_start=1286
-  _globals['_VERIFYCODEREQUEST']._serialized_end=1357
-  _globals['_VERIFYCODERESPONSE']._serialized_start=1359
-  _globals['_VERIFYCODERESPONSE']._serialized_end=1414
-  _globals['_GETTOKENREQUEST']._serialized_start=1416
-  _globals['_GETTOKENREQUEST']._serialized_end=1451
-  _globals['_GETTOKENRESPONSE']._serialized_start=1453
-  _globals['_GETTOKENRESPONSE']._serialized_end=1506
-  _globals['_LISTTOKENSREQUEST']._serialized_start=1508
-  _globals['_LISTTOKENSREQUEST']._serialized_end=1583
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=1585
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=1666
-  _globals['_DISABLETOKENREQUEST']._serialized_start=1668
-  _globals['_DISABLETOKENREQUEST']._serialized_end=1727
-  _globals['_DISABLETOKENRESPONSE']._serialized_start=1729
-  _globals['_DISABLETOKENRESPONSE']._serialized_end=1786
-  _globals['_UNLOCKTOKENREQUEST']._serialized_start=1788
-  _globals['_UNLOCKTOKENREQUEST']._serialized_end=1846
-  _globals['_UNLOCKTOKENRESPONSE']._serialized_start=1848
-  _globals['_UNLOCKTOKENRESPONSE']._serialized_end=1904
-  _globals['_REISSUETOKENREQUEST']._serialized_start=1906
-  _globals['_REISSUETOKENREQUEST']._serialized_end=2019
-  _globals['_REISSUETOKENRESPONSE']._serialized_start=2021
-  _globals['_REISSUETOKENRESPONSE']._serialized_end=2078
-  _globals['_OTPSERVICE']._serialized_start=2081
-  _globals['_OTPSERVICE']._serialized_end=2852
+  _globals['_TOKEN_STATE']._serialized_end=671
+  _globals['_CREATETOKENREQUEST']._serialized_start=674
+  _globals['_CREATETOKENREQUEST']._serialized_end=850
+  _globals['_CREATETOKENRESPONSE']._serialized_start=852
+  _globals['_CREATETOKENRESPONSE']._serialized_end=908
+  _globals['_ACTIVATETOKENREQUEST']._serialized_start=911
+  _globals['_ACTIVATETOKENREQUEST']._serialized_end=1041
+  _globals['_ACTIVATETOKENRESPONSE']._serialized_start=1043
+  _globals['_ACTIVATETOKENRESPONSE']._serialized_end=1152
+  _globals['_CONFIRMREGISTRATIONREQUEST']._serialized_start=1154
+  _globals['_CONFIRMREGISTRATIONREQUEST']._serialized_end=1266
+  _globals['_CONFIRMREGISTRATIONRESPONSE']._serialized_start=1268
+  _globals['_CONFIRMREGISTRATIONRESPONSE']._serialized_end=1332
+  _globals['_VERIFYCODEREQUEST']._serialized_start=1334
+  _globals['_VERIFYCODEREQUEST']._serialized_end=1405
+  _globals['_VERIFYCODERESPONSE']._serialized_start=1407
+  _globals['_VERIFYCODERESPONSE']._serialized_end=1462
+  _globals['_GETTOKENREQUEST']._serialized_start=1464
+  _globals['_GETTOKENREQUEST']._serialized_end=1499
+  _globals['_GETTOKENRESPONSE']._serialized_start=1501
+  _globals['_GETTOKENRESPONSE']._serialized_end=1554
+  _globals['_LISTTOKENSREQUEST']._serialized_start=1556
+  _globals['_LISTTOKENSREQUEST']._serialized_end=1631
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=1633
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=1714
+  _globals['_DISABLETOKENREQUEST']._serialized_start=1716
+  _globals['_DISABLETOKENREQUEST']._serialized_end=1775
+  _globals['_DISABLETOKENRESPONSE']._serialized_start=1777
+  _globals['_DISABLETOKENRESPONSE']._serialized_end=1834
+  _globals['_UNLOCKTOKENREQUEST']._serialized_start=1836
+  _globals['_UNLOCKTOKENREQUEST']._serialized_end=1894
+  _globals['_UNLOCKTOKENRESPONSE']._serialized_start=1896
+  _globals['_UNLOCKTOKENRESPONSE']._serialized_end=1952
+  _globals['_REISSUETOKENREQUEST']._serialized_start=1954
+  _globals['_REISSUETOKENREQUEST']._serialized_end=2067
+  _globals['_REISSUETOKENRESPONSE']._serialized_start=2069
+  _globals['_REISSUETOKENRESPONSE']._serialized_end=2126
+  _globals['_OTPSERVICE']._serialized_start=2129
+  _globals['_OTPSERVICE']._serialized_end=2900
 # @@protoc_insertion_point(module_scope)

@@ -43,9 +43,13 @@ class Token(_message.Message):
         STATE_ACTIVE: Token._State.ValueType  # 4
         """The first code was verified; in use."""
         STATE_LOCKED: Token._State.ValueType  # 5
-        """Too many failures; only an operator unlocks it."""
+        """Five failed codes; only an operator unlocks it."""
         STATE_DISABLED: Token._State.ValueType  # 6
         STATE_REVOKED: Token._State.ValueType  # 7
+        STATE_EXPIRED: Token._State.ValueType  # 8
+        """Not activated within its activation window; reissue it."""
+        STATE_ACTIVATION_LOCKED: Token._State.ValueType  # 9
+        """Five wrong usage-start passwords at activation; only an operator unlocks it (back to pending)."""
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
         """State of a token; output only, changed by the verb RPCs."""
@@ -60,9 +64,13 @@ class Token(_message.Message):
     STATE_ACTIVE: Token.State.ValueType  # 4
     """The first code was verified; in use."""
     STATE_LOCKED: Token.State.ValueType  # 5
-    """Too many failures; only an operator unlocks it."""
+    """Five failed codes; only an operator unlocks it."""
     STATE_DISABLED: Token.State.ValueType  # 6
     STATE_REVOKED: Token.State.ValueType  # 7
+    STATE_EXPIRED: Token.State.ValueType  # 8
+    """Not activated within its activation window; reissue it."""
+    STATE_ACTIVATION_LOCKED: Token.State.ValueType  # 9
+    """Five wrong usage-start passwords at activation; only an operator unlocks it (back to pending)."""
 
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
