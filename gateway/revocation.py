@@ -38,6 +38,8 @@ BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
 # Well under the CA's two-second replay window for new subscribers (see _subscribed).
 SUBSCRIBE_GRACE = 0.3
+# Three missed heartbeats (the CA sends one every quiet second) and the stream counts as dead.
+STREAM_SILENCE_LIMIT = 3.0
 _STATUS_CACHE_LIMIT = 65536
 
 
@@ -193,12 +195,20 @@ class RevocationRegistry:
                 self._set_live(True)
                 backoff = BACKOFF_INITIAL
                 log.info("revocation stream connected", revoked=len(self._revoked))
-                async for event in call:
-                    self._revoked_now(event)
+                while True:
+                    # The CA sends a heartbeat every quiet second: silence means a dead connection.
+                    event = await asyncio.wait_for(call.read(), STREAM_SILENCE_LIMIT)
+                    if event is grpc.aio.EOF:
+                        break
+                    if not event.heartbeat:
+                        self._revoked_now(event)
                 log.warning("revocation stream ended by the CA")
             except asyncio.CancelledError:
                 call.cancel()
                 raise
+            except TimeoutError:
+                self._metrics.backend_errors.labels("ca", "STREAM_SILENT").inc()
+                log.warning("revocation stream silent; reconnecting", silent_seconds=STREAM_SILENCE_LIMIT)
             except grpc.aio.AioRpcError as exc:
                 self._metrics.backend_errors.labels("ca", exc.code().name).inc()
                 log.warning("revocation stream down", grpc_code=exc.code().name, retry_in=round(backoff, 2))
@@ -215,10 +225,9 @@ class RevocationRegistry:
     async def _subscribed(call: grpc.aio.UnaryStreamCall) -> None:
         """_subscribed gives the CA a moment to register the subscription before the CRL is loaded.
 
-        The CA sends nothing until the first revocation, so there is no acknowledgement to wait for; instead
-        the CA replays the revocations of the last two seconds to a new subscriber, which covers whatever
-        committed between this moment and the subscription. Initial metadata, if the CA ever sends it on
-        subscribing, ends the wait at once; a call that already failed raises here.
+        The CA sends initial metadata once the subscription is registered, which ends the wait at once; the
+        CA also replays the revocations of the last two seconds to a new subscriber, which covers whatever
+        committed between this moment and the subscription. A call that already failed raises here.
         """
         headers = asyncio.ensure_future(call.initial_metadata())
         await asyncio.wait({headers}, timeout=SUBSCRIBE_GRACE)

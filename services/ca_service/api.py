@@ -5,6 +5,8 @@ Input is validated before the idempotency ledger is touched, so a bad request ch
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import TypeVar
@@ -29,6 +31,8 @@ from services.ca_service.domain.errors import InvalidIdentity
 from services.ca_service.domain.identity import CustomerIdentity, Identity, ServiceIdentity
 from services.ca_service.domain.revocation import RevocationReason, parse_revocation_reason
 from services.ca_service.domain.settings import CaKind
+
+WATCH_HEARTBEAT_SECONDS = 1.0
 
 SERVICE_NAME = "kagi.ca.v1.CertificateAuthorityService"
 _READERS = allow(Role.GATEWAY, Role.ENROLLMENT, Role.FRONTEND, Role.OPERATOR)
@@ -328,15 +332,31 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
     async def WatchRevocations(
         self, request: pb.WatchRevocationsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchRevocationsResponse]:
-        """WatchRevocations streams revocations made on any replica."""
+        """WatchRevocations streams revocations made on any replica, with a heartbeat every quiet second."""
         kind = issuer_kind(request.issuer, required=False)
-        async for notice in self._service.watch(kind):
-            yield pb.WatchRevocationsResponse(
-                serial_number=notice.serial_hex,
-                issuer=_ISSUER_PB[notice.issuer],
-                revoke_time=_timestamp(notice.revoked_at),
-                revocation_reason=int(notice.reason),  # type: ignore[arg-type]
-            )
+        notices = aiter(self._service.watch(kind))
+        upcoming = asyncio.ensure_future(anext(notices))
+        try:
+            await asyncio.sleep(0)  # the first step of the watch registers the subscription
+            await context.send_initial_metadata((("x-kagi-subscribed", "1"),))
+            while True:
+                done, _ = await asyncio.wait({upcoming}, timeout=WATCH_HEARTBEAT_SECONDS)
+                if not done:
+                    yield pb.WatchRevocationsResponse(heartbeat=True)
+                    continue
+                notice = upcoming.result()
+                upcoming = asyncio.ensure_future(anext(notices))
+                yield pb.WatchRevocationsResponse(
+                    serial_number=notice.serial_hex,
+                    issuer=_ISSUER_PB[notice.issuer],
+                    revoke_time=_timestamp(notice.revoked_at),
+                    revocation_reason=int(notice.reason),  # type: ignore[arg-type]
+                )
+        finally:
+            upcoming.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+                await upcoming
+            await notices.aclose()  # type: ignore[attr-defined]
 
 
 def binding(api: CaApi) -> ServiceBinding:

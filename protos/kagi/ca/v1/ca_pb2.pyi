@@ -772,15 +772,23 @@ Global___WatchRevocationsRequest: _TypeAlias = WatchRevocationsRequest  # noqa: 
 
 @_typing.final
 class WatchRevocationsResponse(_message.Message):
+    """WatchRevocationsResponse is one revocation, or a heartbeat. The CA sends initial metadata as soon as the
+    subscription is registered and a heartbeat every second without revocations, so a watcher can tell a quiet
+    stream from a dead one within seconds.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SERIAL_NUMBER_FIELD_NUMBER: _builtins.int
     ISSUER_FIELD_NUMBER: _builtins.int
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
     REVOCATION_REASON_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     serial_number: _builtins.str
     issuer: Global___Issuer.ValueType
     revocation_reason: Global___RevocationReason.ValueType
+    heartbeat: _builtins.bool
+    """True on a heartbeat, which carries no revocation."""
     @_builtins.property
     def revoke_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -790,10 +798,11 @@ class WatchRevocationsResponse(_message.Message):
         issuer: Global___Issuer.ValueType = ...,
         revoke_time: _timestamp_pb2.Timestamp | None = ...,
         revocation_reason: Global___RevocationReason.ValueType = ...,
+        heartbeat: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["revoke_time", b"revoke_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["issuer", b"issuer", "revocation_reason", b"revocation_reason", "revoke_time", b"revoke_time", "serial_number", b"serial_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "issuer", b"issuer", "revocation_reason", b"revocation_reason", "revoke_time", b"revoke_time", "serial_number", b"serial_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
