@@ -19,7 +19,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from kagi.errors import KagiError, Unauthenticated
+from kagi.errors import KagiError, PermissionDenied, Unauthenticated
 from kagi.runtime.grpc_errors import internal_status, to_status
 from kagi.runtime.identity import ANONYMOUS, PLAINTEXT_CALLER, Caller, Role, caller_from_pem
 from kagi.runtime.logging import REQUEST_ID_HEADER, new_request_id, request_id_var
@@ -33,7 +33,10 @@ metadata_var: ContextVar[Mapping[str, str]] = ContextVar("kagi_metadata", defaul
 CLIENT_CERT_SERIAL_HEADER = "x-kagi-client-cert-serial"
 CLIENT_CERT_SHA256_HEADER = "x-kagi-client-cert-sha256"
 CLIENT_CERT_SUBJECT_HEADER = "x-kagi-client-cert-subject"
-_CLIENT_CERT_RELAYS = frozenset({Role.GATEWAY, Role.FRONTEND})
+_RELAYED_HEADERS = (CLIENT_CERT_SERIAL_HEADER, CLIENT_CERT_SHA256_HEADER, CLIENT_CERT_SUBJECT_HEADER)
+# Only the kagi gateway terminates customers' mTLS and relays what it verified; a bank front-end passes the
+# certificate itself in the request (UserService), where the enrollment service checks it.
+_CLIENT_CERT_RELAYS = frozenset({Role.GATEWAY})
 
 # Health and reflection are open to any caller that passed the TLS handshake: operators and probes use them.
 _OPEN_SERVICES = frozenset({"grpc.health.v1.Health", reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"})
@@ -59,21 +62,24 @@ class RelayedCertificate:
 def relayed_client_certificate() -> RelayedCertificate:
     """relayed_client_certificate returns the customer certificate the gateway verified for this request.
 
-    The metadata is trusted only when the caller is the gateway (or a bank front-end); anyone else sending it
-    is refused, so a service never believes a certificate it did not see verified.
+    The metadata is trusted only when the caller is the gateway; anyone else sending it is refused, so a
+    service never believes a certificate it did not see verified.
     """
-    caller = current_caller()
-    if not caller.plaintext and caller.role not in _CLIENT_CERT_RELAYS:
-        raise Unauthenticated(
-            "a client certificate is only accepted as relayed by the gateway",
-            reason="CLIENT_CERT_NOT_RELAYED",
-        )
+    _check_relay(current_caller())
     metadata = metadata_var.get()
     serial = metadata.get(CLIENT_CERT_SERIAL_HEADER, "")
     fingerprint = metadata.get(CLIENT_CERT_SHA256_HEADER, "")
     if not serial or not fingerprint:
         raise Unauthenticated("this step needs the client certificate", reason="CLIENT_CERT_REQUIRED")
     return RelayedCertificate(serial.lower(), fingerprint.lower(), metadata.get(CLIENT_CERT_SUBJECT_HEADER, ""))
+
+
+def _check_relay(caller: Caller) -> None:
+    if not caller.plaintext and caller.role not in _CLIENT_CERT_RELAYS:
+        raise PermissionDenied(
+            "a client certificate is only accepted as relayed by the kagi gateway",
+            reason="CLIENT_CERT_NOT_RELAYED",
+        )
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,9 @@ class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         caller_var.set(caller)
         if allowed is not None:
             caller.require(allowed, method.rsplit("/", 1)[-1])
+        if any(header in metadata for header in _RELAYED_HEADERS):
+            # Refused, not ignored: a caller that sends a customer's identity it may not relay is probing.
+            _check_relay(caller)
 
     def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
         if self._plaintext:

@@ -35,8 +35,11 @@ from services.ca_service.domain.settings import CaKind
 WATCH_HEARTBEAT_SECONDS = 1.0
 
 SERVICE_NAME = "kagi.ca.v1.CertificateAuthorityService"
-_READERS = allow(Role.GATEWAY, Role.ENROLLMENT, Role.FRONTEND, Role.OPERATOR)
-_MANAGERS = allow(Role.ENROLLMENT, Role.FRONTEND, Role.OPERATOR)
+# Public readers: what the CA also publishes over plain HTTP (CRLs, OCSP, CA certificates), so every internal
+# identity may read it. Everything that changes or lists certificates is the enrollment service's and the
+# operator's alone (DESIGN.md section 3): a front-end never issues, renews, revokes or lists.
+_READERS = allow(*Role)
+_MANAGERS = allow(Role.ENROLLMENT, Role.OPERATOR)
 ALLOWED_ROLES = {
     # Which profile a caller may have issued is checked again per profile (service: operator only).
     "IssueCertificate": allow(Role.ENROLLMENT, Role.OPERATOR),

@@ -21,12 +21,14 @@ from services.enrollment_service.app.use_cases import ClientCertificate, Enrollm
 from services.enrollment_service.domain.records import AccountType, Application, ApplicationState, Enrollment
 
 SERVICE_NAME = "kagi.enrollment.v1.EnrollmentService"
-_CUSTOMER_FACING = allow(Role.GATEWAY, Role.FRONTEND)
+# The setup steps are the customer's, reached only through the kagi gateway, which proves possession of the
+# client certificate itself; a bank front-end has UserService and nothing here (DESIGN.md section 3).
 ALLOWED_ROLES = {
     "RegisterApplication": allow(Role.OPERATOR),
     "UnlockApplication": allow(Role.OPERATOR),
     "ListApplications": allow(Role.OPERATOR),
-    "GetEnrollment": allow(Role.GATEWAY, Role.FRONTEND, Role.OPERATOR),
+    "GetEnrollment": allow(Role.GATEWAY, Role.OPERATOR),
+    "GetCurrentEnrollment": allow(Role.GATEWAY),
     **dict.fromkeys(
         (
             "VerifyNotice",
@@ -41,7 +43,7 @@ ALLOWED_ROLES = {
             "VerifyFirstCode",
             "CancelEnrollment",
         ),
-        _CUSTOMER_FACING,
+        allow(Role.GATEWAY),
     ),
 }
 

@@ -35,14 +35,16 @@ SERVICE_NAME = "kagi.otp.v1.OtpService"
 """SERVICE_NAME is the full gRPC name of the service."""
 
 ALLOWED_ROLES = {
+    # Only the enrollment service drives a token and checks codes; front-ends and the gateway reach tokens
+    # through it, bound to the customer's proof (DESIGN.md section 3). Operators manage, never verify.
     "CreateToken": allow(Role.ENROLLMENT),
-    "ActivateToken": allow(Role.ENROLLMENT, Role.GATEWAY),
-    "ConfirmRegistration": allow(Role.ENROLLMENT, Role.GATEWAY),
-    "VerifyCode": allow(Role.ENROLLMENT, Role.GATEWAY, Role.FRONTEND),
-    "GetToken": allow(Role.ENROLLMENT, Role.GATEWAY, Role.FRONTEND, Role.OPERATOR),
-    "ListTokens": allow(Role.ENROLLMENT, Role.FRONTEND, Role.OPERATOR),
-    "DisableToken": allow(Role.ENROLLMENT, Role.FRONTEND, Role.OPERATOR),
-    "ReissueToken": allow(Role.ENROLLMENT, Role.FRONTEND, Role.OPERATOR),
+    "ActivateToken": allow(Role.ENROLLMENT),
+    "ConfirmRegistration": allow(Role.ENROLLMENT),
+    "VerifyCode": allow(Role.ENROLLMENT),
+    "GetToken": allow(Role.ENROLLMENT, Role.OPERATOR),
+    "ListTokens": allow(Role.ENROLLMENT, Role.OPERATOR),
+    "DisableToken": allow(Role.ENROLLMENT, Role.OPERATOR),
+    "ReissueToken": allow(Role.ENROLLMENT, Role.OPERATOR),
     "UnlockToken": allow(Role.OPERATOR),
 }
 """ALLOWED_ROLES is, per RPC, the caller roles that may call it; any other role is PERMISSION_DENIED."""

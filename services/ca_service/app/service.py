@@ -80,7 +80,7 @@ ISSUE_ROLES: Mapping[str, frozenset[Role]] = {
 """ISSUE_ROLES says who may have a certificate of each profile issued: service identities only the operator."""
 
 MANAGE_ROLES: Mapping[str, frozenset[Role]] = {
-    "customer": allow(Role.ENROLLMENT, Role.FRONTEND, Role.OPERATOR),
+    "customer": allow(Role.ENROLLMENT, Role.OPERATOR),
     "service": allow(Role.OPERATOR),
     OCSP_SIGNER_PROFILE: allow(Role.OPERATOR),
 }

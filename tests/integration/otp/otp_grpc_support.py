@@ -259,7 +259,7 @@ async def create_pending(cluster: OtpCluster, *, user_id: str = "user-0001") -> 
 
 async def provision(cluster: OtpCluster, *, user_id: str = "user-0001", register: bool = True) -> Provisioned:
     """Provision creates (enrollment), activates (gateway, for the app) and registers a token over gRPC."""
-    gateway = cluster.stub("gateway")
+    gateway = cluster.stub("enrollment")
     token = await create_pending(cluster, user_id=user_id)
     activated = await gateway.ActivateToken(
         pb.ActivateTokenRequest(

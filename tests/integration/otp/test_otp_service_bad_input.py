@@ -106,7 +106,7 @@ async def test_full_width_digits_are_refused_with_a_message_that_says_so(cluster
     await cluster.start()
     token = await provision(cluster)
     failure = await failing(
-        cluster.stub("frontend").VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code="１２３４５６"))
+        cluster.stub("enrollment").VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code="１２３４５６"))
     )
     assert "全角数字は使えません" in failure.message
     assert "full-width digits are not accepted" in failure.message
@@ -120,7 +120,7 @@ async def test_unknown_service_id_is_answered_exactly_like_a_wrong_password(
     await cluster.start()
     token = await provision(cluster, register=False)
     pending = await create_pending(cluster, user_id="user-0002")
-    gateway = cluster.stub("gateway")
+    gateway = cluster.stub("enrollment")
     unknown_service = "Z" * 10 if pending.service_id != "Z" * 10 else "Y" * 10
 
     unknown = await failing(

@@ -37,7 +37,7 @@ async def test_fifty_concurrent_verifications_of_one_code_accept_exactly_one(
     server = await cluster.start(dataclasses.replace(settings, cache_size=cache_size, group_commit=group_commit))
     token = await provision(cluster)
     code = await oathtool_code(token.secret, clock.now())
-    stubs = [cluster.stub("gateway", server) for _ in range(4)]
+    stubs = [cluster.stub("enrollment", server) for _ in range(4)]
 
     outcomes = await gather_outcomes(_calls(stubs, token.token_id, code, 50, "same-code"))
 
@@ -52,7 +52,7 @@ async def test_with_the_default_policy_the_losers_are_all_replayed(cluster: OtpC
     await cluster.start()
     token = await provision(cluster)
     code = await oathtool_code(token.secret, clock.now())
-    stubs = [cluster.stub("frontend") for _ in range(4)]
+    stubs = [cluster.stub("enrollment") for _ in range(4)]
 
     outcomes = await gather_outcomes(_calls(stubs, token.token_id, code, 50, "burst"))
 
@@ -73,8 +73,8 @@ async def test_replicas_sharing_the_store_accept_a_code_once_whatever_their_cach
     a = await cluster.start(settings)
     b = await cluster.start(dataclasses.replace(settings))
     token = await provision(cluster)
-    stubs_a = [cluster.stub("gateway", a) for _ in range(2)]
-    stubs_b = [cluster.stub("gateway", b) for _ in range(2)]
+    stubs_a = [cluster.stub("enrollment", a) for _ in range(2)]
+    stubs_b = [cluster.stub("enrollment", b) for _ in range(2)]
 
     first = await oathtool_code(token.secret, clock.now())
     await stubs_a[0].VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=first))

@@ -11,13 +11,13 @@ from tests.integration.otp.otp_grpc_support import ROLES, OtpCluster, failing
 
 ALLOWED = {
     "CreateToken": {"enrollment"},
-    "ActivateToken": {"enrollment", "gateway"},
-    "ConfirmRegistration": {"enrollment", "gateway"},
-    "VerifyCode": {"enrollment", "gateway", "frontend"},
-    "GetToken": {"enrollment", "gateway", "frontend", "operator"},
-    "ListTokens": {"enrollment", "frontend", "operator"},
-    "DisableToken": {"enrollment", "frontend", "operator"},
-    "ReissueToken": {"enrollment", "frontend", "operator"},
+    "ActivateToken": {"enrollment"},
+    "ConfirmRegistration": {"enrollment"},
+    "VerifyCode": {"enrollment"},
+    "GetToken": {"enrollment", "operator"},
+    "ListTokens": {"enrollment", "operator"},
+    "DisableToken": {"enrollment", "operator"},
+    "ReissueToken": {"enrollment", "operator"},
     "UnlockToken": {"operator"},
 }
 REQUESTS = {

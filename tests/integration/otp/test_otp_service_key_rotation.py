@@ -89,7 +89,7 @@ async def test_rotation_reseals_every_seed_and_codes_still_verify(
     old_server = await cluster.start()
     first = await provision(cluster)
     second = await provision(cluster, user_id="user-0002")
-    stub = cluster.stub("frontend", old_server)
+    stub = cluster.stub("enrollment", old_server)
     await stub.VerifyCode(
         pb.VerifyCodeRequest(token_id=first.token_id, code=await oathtool_code(first.secret, clock.now()))
     )
@@ -113,7 +113,7 @@ async def test_rotation_reseals_every_seed_and_codes_still_verify(
     await cluster.stop(old_server)
 
     new_server = await cluster.start(cluster.settings(kek=KEK_2))
-    stub = cluster.stub("frontend", new_server)
+    stub = cluster.stub("enrollment", new_server)
     for token in (first, second):
         code = await oathtool_code(token.secret, clock.now())
         reply = await stub.VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=code))

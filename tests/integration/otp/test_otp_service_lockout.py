@@ -19,7 +19,7 @@ async def test_sixth_code_on_a_locked_token_is_refused_until_an_operator_unlocks
     REGISTERED and a new correct code makes it ACTIVE again."""
     await cluster.start()
     token = await provision(cluster)
-    user, operator, gateway = cluster.stub("frontend"), cluster.stub("operator"), cluster.stub("gateway")
+    user, operator, gateway = cluster.stub("enrollment"), cluster.stub("operator"), cluster.stub("gateway")
     await user.VerifyCode(
         pb.VerifyCodeRequest(token_id=token.token_id, code=await oathtool_code(token.secret, clock.now()))
     )
@@ -61,7 +61,7 @@ async def test_unlock_keeps_the_replay_floor(cluster: OtpCluster, clock: FakeClo
     """A code accepted before the lockout is REPLAYED after the unlock: unlocking clears counters, not history."""
     await cluster.start()
     token = await provision(cluster)
-    user, operator = cluster.stub("frontend"), cluster.stub("operator")
+    user, operator = cluster.stub("enrollment"), cluster.stub("operator")
     accepted = await oathtool_code(token.secret, clock.now())
     await user.VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=accepted))
     for _ in range(5):
@@ -79,7 +79,7 @@ async def test_five_wrong_usage_start_passwords_lock_activation(cluster: OtpClus
     token (TOKEN_LOCKED, shown as ACTIVATION_LOCKED), after which even the right password is refused until an
     operator unlocks it."""
     await cluster.start()
-    enrollment, gateway, operator = cluster.stub("enrollment"), cluster.stub("gateway"), cluster.stub("operator")
+    enrollment, operator = cluster.stub("enrollment"), cluster.stub("operator")
     token = (
         await enrollment.CreateToken(
             pb.CreateTokenRequest(user_id="user-7", delivery_email="a@example.jp", usage_start_password="1234")
@@ -91,13 +91,13 @@ async def test_five_wrong_usage_start_passwords_lock_activation(cluster: OtpClus
             service_id=token.service_id, app_user_id=token.app_user_id, usage_start_password=password, consent=True
         )
 
-    reasons = [(await failing(gateway.ActivateToken(activation("9999")))).reason for _ in range(5)]
+    reasons = [(await failing(enrollment.ActivateToken(activation("9999")))).reason for _ in range(5)]
     assert reasons == ["ACTIVATION_FAILED"] * 4 + ["TOKEN_LOCKED"]
-    assert (await failing(gateway.ActivateToken(activation("1234")))).reason == "TOKEN_LOCKED"
+    assert (await failing(enrollment.ActivateToken(activation("1234")))).reason == "TOKEN_LOCKED"
     shown = await operator.GetToken(pb.GetTokenRequest(token_id=token.token_id))
     assert shown.token.state == pb.Token.STATE_ACTIVATION_LOCKED
     await operator.UnlockToken(pb.UnlockTokenRequest(token_id=token.token_id))
-    assert (await gateway.ActivateToken(activation("1234"))).activation.secret
+    assert (await enrollment.ActivateToken(activation("1234"))).activation.secret
 
 
 async def test_an_unlock_on_one_replica_is_seen_at_once_by_another(cluster: OtpCluster, clock: FakeClock) -> None:
@@ -106,7 +106,7 @@ async def test_an_unlock_on_one_replica_is_seen_at_once_by_another(cluster: OtpC
     a = await cluster.start()
     b = await cluster.start()
     token = await provision(cluster)
-    user = cluster.stub("frontend", a)
+    user = cluster.stub("enrollment", a)
     for _ in range(5):
         clock.advance(30)  # two failures per minute stay under the rate limit
         await failing(
@@ -125,7 +125,7 @@ async def test_an_unlock_on_one_replica_is_seen_at_once_by_another(cluster: OtpC
 async def test_a_token_not_activated_in_time_expires(cluster: OtpCluster, clock: FakeClock) -> None:
     """A pending token left 24 hours is shown EXPIRED and refuses activation even with the right password."""
     await cluster.start()
-    enrollment, gateway = cluster.stub("enrollment"), cluster.stub("gateway")
+    enrollment = cluster.stub("enrollment")
     token = (
         await enrollment.CreateToken(
             pb.CreateTokenRequest(user_id="user-8", delivery_email="b@example.jp", usage_start_password="1234")
@@ -133,7 +133,7 @@ async def test_a_token_not_activated_in_time_expires(cluster: OtpCluster, clock:
     ).token
     clock.advance(24 * 3600 + 1)
     refused = await failing(
-        gateway.ActivateToken(
+        enrollment.ActivateToken(
             pb.ActivateTokenRequest(
                 service_id=token.service_id, app_user_id=token.app_user_id, usage_start_password="1234", consent=True
             )

@@ -22,7 +22,7 @@ async def test_the_store_never_holds_the_seed_in_clear(cluster: OtpCluster, back
     """The raw store holds neither the base32 seed (either case) nor the raw seed bytes (nor their hex or base64),
     and does hold the sealed seed's `v1:k1:` marker, so the scan looked where the token record is."""
     await cluster.start()
-    gateway = cluster.stub("gateway")
+    gateway = cluster.stub("enrollment")
     pending = await create_pending(cluster)
     request = pb.ActivateTokenRequest(
         request_id="activate-once",

@@ -24,7 +24,7 @@ async def test_create_activate_confirm_verify_makes_the_token_active(cluster: Ot
     the wrong activation ID is refused, oathtool's code for now makes the token ACTIVE and is then spent, and
     codes three steps away are refused as expired (past) or wrong (future)."""
     await cluster.start()
-    enrollment, gateway, frontend = cluster.stub("enrollment"), cluster.stub("gateway"), cluster.stub("frontend")
+    enrollment = cluster.stub("enrollment")
 
     created = await enrollment.CreateToken(
         pb.CreateTokenRequest(
@@ -48,7 +48,7 @@ async def test_create_activate_confirm_verify_makes_the_token_active(cluster: Ot
         usage_start_password=USAGE_START_PASSWORD,
         consent=True,
     )
-    first = await gateway.ActivateToken(activate)
+    first = await enrollment.ActivateToken(activate)
     secret = first.activation.secret
     assert len(secret) == 32  # 160-bit SHA-1 seed, unpadded base32
     assert f"secret={secret}" in first.activation.otpauth_uri
@@ -56,27 +56,27 @@ async def test_create_activate_confirm_verify_makes_the_token_active(cluster: Ot
     assert first.activation.activation_id
     assert first.token.state == pb.Token.STATE_ACTIVATED
 
-    replay = await gateway.ActivateToken(activate)
+    replay = await enrollment.ActivateToken(activate)
     assert replay.activation.secret == ""
     assert replay.activation.otpauth_uri == ""
     assert replay.activation.activation_id == first.activation.activation_id
     assert replay.token.token_id == token.token_id
 
     activate.request_id = "activate-2"
-    again = await failing(gateway.ActivateToken(activate))
+    again = await failing(enrollment.ActivateToken(activate))
     assert again.code == grpc.StatusCode.FAILED_PRECONDITION
     assert again.reason == "ILLEGAL_TRANSITION"
     assert secret not in again.message
 
     wrong_id = await failing(
-        gateway.ConfirmRegistration(
+        enrollment.ConfirmRegistration(
             pb.ConfirmRegistrationRequest(
                 service_id=token.service_id, app_user_id=token.app_user_id, activation_id="not-the-activation-id"
             )
         )
     )
     assert (wrong_id.code, wrong_id.reason) == (grpc.StatusCode.UNAUTHENTICATED, "REGISTRATION_FAILED")
-    confirmed = await gateway.ConfirmRegistration(
+    confirmed = await enrollment.ConfirmRegistration(
         pb.ConfirmRegistrationRequest(
             request_id="confirm-1",
             service_id=token.service_id,
@@ -87,11 +87,11 @@ async def test_create_activate_confirm_verify_makes_the_token_active(cluster: Ot
     assert confirmed.token.state == pb.Token.STATE_REGISTERED
 
     expired = await failing(
-        gateway.VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=await oathtool_code(secret, NOW - 180)))
+        enrollment.VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=await oathtool_code(secret, NOW - 180)))
     )
     assert (expired.code, expired.reason) == (grpc.StatusCode.UNAUTHENTICATED, "STEP_EXPIRED")
     future = await failing(
-        gateway.VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=await oathtool_code(secret, NOW + 180)))
+        enrollment.VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=await oathtool_code(secret, NOW + 180)))
     )
     assert (future.code, future.reason) == (grpc.StatusCode.UNAUTHENTICATED, "WRONG_CODE")
 
@@ -100,15 +100,15 @@ async def test_create_activate_confirm_verify_makes_the_token_active(cluster: Ot
     assert verified.token.state == pb.Token.STATE_ACTIVE
 
     spent = await failing(
-        frontend.VerifyCode(pb.VerifyCodeRequest(request_id="v-2", token_id=token.token_id, code=code))
+        enrollment.VerifyCode(pb.VerifyCodeRequest(request_id="v-2", token_id=token.token_id, code=code))
     )
     assert (spent.code, spent.reason) == (grpc.StatusCode.UNAUTHENTICATED, "REPLAYED")
 
-    info = (await frontend.GetToken(pb.GetTokenRequest(token_id=token.token_id))).token
+    info = (await enrollment.GetToken(pb.GetTokenRequest(token_id=token.token_id))).token
     assert info.state == pb.Token.STATE_ACTIVE
     assert info.remaining_seconds == 30  # NOW is the middle of a 60-second step
     clock.advance(25)
-    info = (await frontend.GetToken(pb.GetTokenRequest(token_id=token.token_id))).token
+    info = (await enrollment.GetToken(pb.GetTokenRequest(token_id=token.token_id))).token
     assert info.remaining_seconds == 5
 
 
@@ -117,7 +117,7 @@ async def test_next_steps_code_verifies_and_an_older_one_never_again(cluster: Ot
     refused as REPLAYED although it is still inside the window: no step at or below the last one counts again."""
     await cluster.start()
     token = await provision(cluster)
-    stub = cluster.stub("frontend")
+    stub = cluster.stub("enrollment")
     now_code = await oathtool_code(token.secret, clock.now())
     next_code = await oathtool_code(token.secret, clock.now() + 60)
     await stub.VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=next_code))
@@ -139,7 +139,7 @@ async def test_retried_verification_returns_the_first_answer_and_counts_once(
     a reused id."""
     await cluster.start()
     token = await provision(cluster)
-    stub = cluster.stub("gateway")
+    stub = cluster.stub("enrollment")
     code = await oathtool_code(token.secret, clock.now())
 
     first = await stub.VerifyCode(pb.VerifyCodeRequest(request_id="login-1", token_id=token.token_id, code=code))

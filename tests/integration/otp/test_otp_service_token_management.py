@@ -58,7 +58,7 @@ async def test_disabled_token_verifies_nothing(cluster: OtpCluster, clock: FakeC
     DISABLED; disabling again is an illegal transition."""
     await cluster.start()
     token = await provision(cluster)
-    frontend = cluster.stub("frontend")
+    frontend = cluster.stub("enrollment")
     disabled = await frontend.DisableToken(pb.DisableTokenRequest(request_id="lost-phone", token_id=token.token_id))
     assert disabled.token.state == pb.Token.STATE_DISABLED
     code = await oathtool_code(token.secret, clock.now())
@@ -76,7 +76,7 @@ async def test_reissue_revokes_the_old_token_and_creates_a_new_pending_one(
     nothing and cannot be reissued twice; the new one activates with the new password and its own seed."""
     await cluster.start()
     old = await provision(cluster)
-    frontend, gateway = cluster.stub("frontend"), cluster.stub("gateway")
+    frontend, gateway = cluster.stub("enrollment"), cluster.stub("enrollment")
 
     reissued = await frontend.ReissueToken(
         pb.ReissueTokenRequest(request_id="reissue-1", token_id=old.token_id, usage_start_password="97531")

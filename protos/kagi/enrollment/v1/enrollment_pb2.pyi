@@ -912,6 +912,41 @@ class GetEnrollmentResponse(_message.Message):
 Global___GetEnrollmentResponse: _TypeAlias = GetEnrollmentResponse  # noqa: Y015
 
 @_typing.final
+class GetCurrentEnrollmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCurrentEnrollmentRequest: _TypeAlias = GetCurrentEnrollmentRequest  # noqa: Y015
+
+@_typing.final
+class GetCurrentEnrollmentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENROLLMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def enrollment(self) -> Global___Enrollment: ...
+    def __init__(
+        self,
+        *,
+        enrollment: Global___Enrollment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["enrollment", b"enrollment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrollment", b"enrollment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCurrentEnrollmentResponse: _TypeAlias = GetCurrentEnrollmentResponse  # noqa: Y015
+
+@_typing.final
 class CancelEnrollmentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -100,6 +100,11 @@ class EnrollmentServiceStub:
                 request_serializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.GetEnrollmentRequest.SerializeToString,
                 response_deserializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.GetEnrollmentResponse.FromString,
                 _registered_method=True)
+        self.GetCurrentEnrollment = channel.unary_unary(
+                '/kagi.enrollment.v1.EnrollmentService/GetCurrentEnrollment',
+                request_serializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.GetCurrentEnrollmentRequest.SerializeToString,
+                response_deserializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.GetCurrentEnrollmentResponse.FromString,
+                _registered_method=True)
         self.CancelEnrollment = channel.unary_unary(
                 '/kagi.enrollment.v1.EnrollmentService/CancelEnrollment',
                 request_serializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.CancelEnrollmentRequest.SerializeToString,
@@ -211,6 +216,14 @@ class EnrollmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCurrentEnrollment(self, request, context):
+        """GetCurrentEnrollment finds the enrollment the relayed client certificate was issued for (the customer
+        closed the browser after step 4 and need not remember the enrollment id). Caller: gateway.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelEnrollment(self, request, context):
         """CancelEnrollment ends an enrollment before completion.
         """
@@ -294,6 +307,11 @@ def add_EnrollmentServiceServicer_to_server(servicer, server):
                     servicer.GetEnrollment,
                     request_deserializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.GetEnrollmentRequest.FromString,
                     response_serializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.GetEnrollmentResponse.SerializeToString,
+            ),
+            'GetCurrentEnrollment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCurrentEnrollment,
+                    request_deserializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.GetCurrentEnrollmentRequest.FromString,
+                    response_serializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.GetCurrentEnrollmentResponse.SerializeToString,
             ),
             'CancelEnrollment': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelEnrollment,
@@ -641,6 +659,33 @@ class EnrollmentService:
             '/kagi.enrollment.v1.EnrollmentService/GetEnrollment',
             kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.GetEnrollmentRequest.SerializeToString,
             kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.GetEnrollmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCurrentEnrollment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kagi.enrollment.v1.EnrollmentService/GetCurrentEnrollment',
+            kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.GetCurrentEnrollmentRequest.SerializeToString,
+            kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.GetCurrentEnrollmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,10 @@ class EnrollmentServiceStub:
     """VerifyFirstCode is step 10: the first code from the app; completes the enrollment."""
     GetEnrollment: _grpc.UnaryUnaryMultiCallable[_enrollment_pb2.GetEnrollmentRequest, _enrollment_pb2.GetEnrollmentResponse]
     """GetEnrollment returns an enrollment's state, next step and expiry; never a secret."""
+    GetCurrentEnrollment: _grpc.UnaryUnaryMultiCallable[_enrollment_pb2.GetCurrentEnrollmentRequest, _enrollment_pb2.GetCurrentEnrollmentResponse]
+    """GetCurrentEnrollment finds the enrollment the relayed client certificate was issued for (the customer
+    closed the browser after step 4 and need not remember the enrollment id). Caller: gateway.
+    """
     CancelEnrollment: _grpc.UnaryUnaryMultiCallable[_enrollment_pb2.CancelEnrollmentRequest, _enrollment_pb2.CancelEnrollmentResponse]
     """CancelEnrollment ends an enrollment before completion."""
     UnlockApplication: _grpc.UnaryUnaryMultiCallable[_enrollment_pb2.UnlockApplicationRequest, _enrollment_pb2.UnlockApplicationResponse]
@@ -109,6 +113,10 @@ class EnrollmentServiceAsyncStub(EnrollmentServiceStub):
     """VerifyFirstCode is step 10: the first code from the app; completes the enrollment."""
     GetEnrollment: _aio.UnaryUnaryMultiCallable[_enrollment_pb2.GetEnrollmentRequest, _enrollment_pb2.GetEnrollmentResponse]  # type: ignore[assignment]
     """GetEnrollment returns an enrollment's state, next step and expiry; never a secret."""
+    GetCurrentEnrollment: _aio.UnaryUnaryMultiCallable[_enrollment_pb2.GetCurrentEnrollmentRequest, _enrollment_pb2.GetCurrentEnrollmentResponse]  # type: ignore[assignment]
+    """GetCurrentEnrollment finds the enrollment the relayed client certificate was issued for (the customer
+    closed the browser after step 4 and need not remember the enrollment id). Caller: gateway.
+    """
     CancelEnrollment: _aio.UnaryUnaryMultiCallable[_enrollment_pb2.CancelEnrollmentRequest, _enrollment_pb2.CancelEnrollmentResponse]  # type: ignore[assignment]
     """CancelEnrollment ends an enrollment before completion."""
     UnlockApplication: _aio.UnaryUnaryMultiCallable[_enrollment_pb2.UnlockApplicationRequest, _enrollment_pb2.UnlockApplicationResponse]  # type: ignore[assignment]
@@ -222,6 +230,16 @@ class EnrollmentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_enrollment_pb2.GetEnrollmentResponse, _abc.Awaitable[_enrollment_pb2.GetEnrollmentResponse]]:
         """GetEnrollment returns an enrollment's state, next step and expiry; never a secret."""
+
+    @_abc_1.abstractmethod
+    def GetCurrentEnrollment(
+        self,
+        request: _enrollment_pb2.GetCurrentEnrollmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_enrollment_pb2.GetCurrentEnrollmentResponse, _abc.Awaitable[_enrollment_pb2.GetCurrentEnrollmentResponse]]:
+        """GetCurrentEnrollment finds the enrollment the relayed client certificate was issued for (the customer
+        closed the browser after step 4 and need not remember the enrollment id). Caller: gateway.
+        """
 
     @_abc_1.abstractmethod
     def CancelEnrollment(
