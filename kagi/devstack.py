@@ -80,8 +80,11 @@ def stack_environment(
     pki: DevPki, ports: Mapping[str, int], store_url: str, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """stack_environment is the KAGI_* configuration of every component of the stack, as `kagi serve` reads it."""
+    from services.enrollment_service.adapters.signing_keys import DEV_PASSPHRASE_FILE, ensure_dev_signing_key
+
     state_dir = pki.state_dir
     secret_files = ensure_secrets(state_dir)
+    signing_keys, _ = ensure_dev_signing_key(state_dir)
     env = {
         "KAGI_STATE_DIR": str(state_dir),
         "KAGI_STORE_URL": store_url,
@@ -92,6 +95,9 @@ def stack_environment(
         "KAGI_PKI_BASE_URL": f"http://127.0.0.1:{ports['gateway_http']}",
         "KAGI_APP_URL": f"https://localhost:{ports['gateway']}/app",
         "KAGI_GATEWAY_HTTP_PORT": str(ports["gateway_http"]),
+        "KAGI_ENROLLMENT_SIGNING_KEY_FILE": str(signing_keys),
+        "KAGI_ENROLLMENT_SIGNING_KEY_PASSPHRASE_FILE": str(state_dir / "secrets" / DEV_PASSPHRASE_FILE),
+        "KAGI_TOKEN_ISSUER": f"https://localhost:{ports['gateway']}",
     }
     for role in ("ca", "otp", "enrollment", "gateway"):
         prefix = f"KAGI_{role.upper()}"

@@ -18,10 +18,10 @@ from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
 from kagi.cli.admin import AdminContext, run_call
 from kagi.clock import SystemClock
 from kagi.errors import KagiError
+from kagi.journal import AuditReport, verify_stored_chain
 from kagi.runtime.settings import Environment
 from kagi.store import open_store
 from services.ca_service.adapters.ca_directory import CaDirectory
-from services.ca_service.app.journal import AuditReport, verify_stored_chain
 from services.ca_service.bootstrap import init_ca
 from services.ca_service.domain.keys import KeyAlgorithm, parse_key_algorithm
 from services.ca_service.domain.revocation import parse_revocation_reason

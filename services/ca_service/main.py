@@ -14,6 +14,7 @@ import structlog
 from kagi.clock import Clock, SystemClock
 from kagi.errors import InvalidArgument
 from kagi.idempotency import IdempotencyLedger
+from kagi.journal import Journal
 from kagi.runtime.grpc_server import GrpcServer
 from kagi.runtime.settings import Environment, ListenSettings, Secret, tls_files_from_env
 from kagi.store import KeyExists, KeyValueStore, open_store
@@ -23,9 +24,8 @@ from services.ca_service.api import CaApi, binding
 from services.ca_service.app.authorities import Authorities
 from services.ca_service.app.crls import CrlPublisher
 from services.ca_service.app.feed import RevocationFeed
-from services.ca_service.app.journal import Journal
 from services.ca_service.app.records import OCSP_SIGNER_PROFILE
-from services.ca_service.app.repository import LOCKS
+from services.ca_service.app.repository import LOCKS, REVOCATION_EVENTS
 from services.ca_service.app.service import BOOTSTRAP, CertificateAuthorityService
 from services.ca_service.domain.hierarchy import ISSUING_KINDS, ocsp_signer_needs_renewal
 from services.ca_service.domain.keys import key_algorithm_of
@@ -126,7 +126,7 @@ def open_runtime(
     """open_runtime wires the use cases on the store `store_url` names (writes group-committed)."""
     store = BatchingStore(open_store(store_url, namespace=namespace, state_dir=state_dir, clock=clock))
     authorities = Authorities(loaded.hierarchy, loaded.delegates)
-    journal = Journal(store, clock)
+    journal = Journal(store, clock, feed_collection=REVOCATION_EVENTS)
     feed = RevocationFeed(store, clock)
     crls = CrlPublisher(
         store, authorities.issuing_cas, pki, clock, debounce=crl_debounce, check_interval=crl_check_interval

@@ -17,7 +17,8 @@ from kagi.idempotency import IdempotencyLedger
 from kagi.runtime.grpc_idempotency import IdempotentApi
 from kagi.runtime.grpc_server import ServiceBinding, relayed_client_certificate
 from kagi.runtime.identity import Role, allow
-from services.enrollment_service.app.use_cases import ClientCertificate, EnrollmentService
+from services.enrollment_service.app.use_cases import EnrollmentService
+from services.enrollment_service.domain.client_certificates import ClientCertificate
 from services.enrollment_service.domain.records import AccountType, Application, ApplicationState, Enrollment
 
 SERVICE_NAME = "kagi.enrollment.v1.EnrollmentService"
@@ -111,7 +112,8 @@ def application_message(application: Application, now: float) -> pb.Application:
     )
 
 
-def _certificate() -> ClientCertificate:
+def relayed_certificate() -> ClientCertificate:
+    """Return the customer certificate the gateway verified and relayed for this call."""
     relayed = relayed_client_certificate()
     return ClientCertificate(relayed.serial_number, relayed.fingerprint_sha256)
 
@@ -238,7 +240,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     async def CertificateLogin(
         self, request: pb.CertificateLoginRequest, context: grpc.aio.ServicerContext
     ) -> pb.CertificateLoginResponse:
-        certificate = _certificate()
+        certificate = relayed_certificate()
 
         async def act() -> pb.CertificateLoginResponse:
             enrollment = await self._service.certificate_login(request.enrollment_id, certificate)
@@ -249,7 +251,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     async def PasswordLogin(
         self, request: pb.PasswordLoginRequest, context: grpc.aio.ServicerContext
     ) -> pb.PasswordLoginResponse:
-        certificate = _certificate()
+        certificate = relayed_certificate()
 
         async def act() -> pb.PasswordLoginResponse:
             enrollment = await self._service.password_login(request.enrollment_id, certificate, request.login_password)
@@ -260,7 +262,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     async def RequestToken(
         self, request: pb.RequestTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.RequestTokenResponse:
-        certificate = _certificate()
+        certificate = relayed_certificate()
 
         async def act() -> pb.RequestTokenResponse:
             enrollment = await self._service.request_token(
@@ -333,7 +335,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     async def VerifyFirstCode(
         self, request: pb.VerifyFirstCodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.VerifyFirstCodeResponse:
-        certificate = _certificate()
+        certificate = relayed_certificate()
 
         async def act() -> pb.VerifyFirstCodeResponse:
             enrollment = await self._service.verify_first_code(
@@ -346,11 +348,17 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     async def GetEnrollment(
         self, request: pb.GetEnrollmentRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetEnrollmentResponse:
-        certificate = None if request.session_token else _certificate()
+        certificate = None if request.session_token else relayed_certificate()
         enrollment = await self._service.get(
             request.enrollment_id, session=request.session_token, certificate=certificate
         )
         return pb.GetEnrollmentResponse(enrollment=enrollment_message(enrollment, self._now()))
+
+    async def GetCurrentEnrollment(
+        self, request: pb.GetCurrentEnrollmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCurrentEnrollmentResponse:
+        enrollment = await self._service.current_for_certificate(relayed_certificate())
+        return pb.GetCurrentEnrollmentResponse(enrollment=enrollment_message(enrollment, self._now()))
 
     async def CancelEnrollment(
         self, request: pb.CancelEnrollmentRequest, context: grpc.aio.ServicerContext

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from kagi.clock import Clock, SystemClock
 from kagi.idempotency import IdempotencyLedger
+from kagi.journal import Journal
 from kagi.passwords import PasswordHasher, Pepper
 from kagi.runtime.failpoints import arm
 from kagi.runtime.grpc_client import open_channel
@@ -21,11 +22,16 @@ from kagi.store import KeyValueStore, open_store
 from services.enrollment_service.adapters.clients import GrpcCertificateAuthority, GrpcTokenService
 from services.enrollment_service.adapters.mail import transport_from_settings
 from services.enrollment_service.adapters.outbox import OutboxSender
+from services.enrollment_service.adapters.signing_keys import JwsSigner, ensure_dev_signing_key
 from services.enrollment_service.api import EnrollmentApi, binding
 from services.enrollment_service.app.repository import EnrollmentRepository
 from services.enrollment_service.app.use_cases import EnrollmentPolicy, EnrollmentService
+from services.enrollment_service.app.users import SessionPolicy, UserSessions
+from services.enrollment_service.domain.sessions import MAX_ACCESS_TOKEN_SECONDS
+from services.enrollment_service.user_api import UserApi, user_binding
 
 DEFAULT_PORT = 50053
+DEFAULT_TOKEN_ISSUER = "https://localhost:8443"
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,12 @@ class EnrollmentSettings:
     idempotency_pending_seconds: int = 30
     failpoints: str = ""
     mail_poll_seconds: float = 1.0
+    # The token signing key ring and its passphrase; when not given (tests, kagi dev), one is made under
+    # <state>/secrets on first start. `from_env` requires both.
+    signing_key_file: Path | None = None
+    signing_key_passphrase: Secret | None = None
+    token_issuer: str = DEFAULT_TOKEN_ISSUER
+    sessions: SessionPolicy = field(default_factory=SessionPolicy)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> EnrollmentSettings:
@@ -74,6 +86,14 @@ class EnrollmentSettings:
             idempotency_pending_seconds=env.integer("KAGI_IDEMPOTENCY_PENDING_SECONDS", 30, minimum=1, maximum=3600),
             failpoints=env.text("KAGI_FAILPOINTS", ""),
             mail_poll_seconds=env.integer("KAGI_MAIL_POLL_MS", 1000, minimum=10, maximum=600_000) / 1000,
+            signing_key_file=env.path("KAGI_ENROLLMENT_SIGNING_KEY_FILE"),
+            signing_key_passphrase=env.required_secret("KAGI_ENROLLMENT_SIGNING_KEY_PASSPHRASE"),
+            token_issuer=env.text("KAGI_TOKEN_ISSUER", DEFAULT_TOKEN_ISSUER),
+            sessions=SessionPolicy(
+                access_token_seconds=env.integer(
+                    "KAGI_ACCESS_TOKEN_SECONDS", 900, minimum=60, maximum=MAX_ACCESS_TOKEN_SECONDS
+                ),
+            ),
         )
 
 
@@ -128,17 +148,31 @@ async def start_enrollment(
     hasher = hasher or PasswordHasher([Pepper("p1", settings.pepper.reveal())])
     ca_channel = open_channel(settings.ca_target, settings.client_tls, server_name="localhost")
     otp_channel = open_channel(settings.otp_target, settings.client_tls, server_name="localhost")
-    service = EnrollmentService(
-        EnrollmentRepository(store),
-        GrpcCertificateAuthority(ca_channel),
-        GrpcTokenService(otp_channel),
-        hasher,
-        clock,
-        settings.policy,
-    )
+    repository = EnrollmentRepository(store)
+    ca, otp = GrpcCertificateAuthority(ca_channel), GrpcTokenService(otp_channel)
+    service = EnrollmentService(repository, ca, otp, hasher, clock, settings.policy)
     ledger = IdempotencyLedger(store, pending_ttl=settings.idempotency_pending_seconds)
     api = EnrollmentApi(service, ledger, clock.now)
-    server = GrpcServer(settings.listen, [binding(api)], domain="enrollment.kagi", readiness=store.ping)
+    key_file, passphrase = settings.signing_key_file, settings.signing_key_passphrase
+    if key_file is None or passphrase is None:
+        key_file, passphrase = ensure_dev_signing_key(settings.state_dir)
+    signer = JwsSigner(key_file, passphrase.reveal(), issuer=settings.token_issuer, now=clock.now)
+    sessions = UserSessions(
+        repository,
+        Journal(store, clock),
+        ca,
+        otp,
+        hasher,
+        signer,
+        clock,
+        settings.sessions,
+    )
+    server = GrpcServer(
+        settings.listen,
+        [binding(api), user_binding(UserApi(sessions, ledger))],
+        domain="enrollment.kagi",
+        readiness=store.ping,
+    )
     await server.start()
     transport = transport_from_settings(
         settings.smtp_url.reveal_text() if settings.smtp_url else None, settings.state_dir / "mail"

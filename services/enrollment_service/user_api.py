@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kagi.enrollment.v1 import user_pb2 as upb
+from kagi.enrollment.v1 import user_pb2_grpc
+from kagi.errors import InvalidArgument
+from kagi.idempotency import IdempotencyLedger, check_request_id
+from kagi.runtime.grpc_idempotency import IdempotentApi
+from kagi.runtime.grpc_server import ServiceBinding, current_caller
 from kagi.runtime.identity import Role, allow
+from services.enrollment_service.api import relayed_certificate
+from services.enrollment_service.app.ports import TokenState
+from services.enrollment_service.app.users import UserSessions, UserView
+from services.enrollment_service.domain.client_certificates import ClientCertificate
+from services.enrollment_service.domain.users import LockReason, UserState
 
 USER_SERVICE_NAME = "kagi.enrollment.v1.UserService"
 
@@ -21,3 +35,186 @@ USER_ALLOWED_ROLES = {
     "LockUser": allow(Role.OPERATOR),
     "UnlockUser": allow(Role.OPERATOR),
 }
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+_USER_STATE_PB = {
+    UserState.SETTING_UP: upb.User.STATE_SETTING_UP,
+    UserState.ACTIVE: upb.User.STATE_ACTIVE,
+    UserState.LOCKED: upb.User.STATE_LOCKED,
+}
+_LOCK_REASON_PB = {
+    LockReason.NONE: upb.User.LOCK_REASON_UNSPECIFIED,
+    LockReason.LOGIN_PASSWORD: upb.User.LOCK_REASON_LOGIN_PASSWORD,
+    LockReason.CONFIRMATION_PASSWORD: upb.User.LOCK_REASON_CONFIRMATION_PASSWORD,
+    LockReason.OPERATOR: upb.User.LOCK_REASON_OPERATOR,
+}
+_TOKEN_STATE_PB = {
+    TokenState.NONE: upb.User.TOKEN_STATE_NONE,
+    TokenState.PENDING: upb.User.TOKEN_STATE_PENDING,
+    TokenState.ACTIVE: upb.User.TOKEN_STATE_ACTIVE,
+    TokenState.LOCKED: upb.User.TOKEN_STATE_LOCKED,
+    TokenState.DISABLED: upb.User.TOKEN_STATE_DISABLED,
+}
+
+
+def user_message(view: UserView) -> upb.User:
+    """Render a user for the API (never a password hash)."""
+    user = view.user
+    return upb.User(
+        user_id=user.user_id,
+        login_id=user.login_id,
+        user_name=user.user_name,
+        company_name=user.company_name,
+        state=_USER_STATE_PB[user.state],
+        token_state=_TOKEN_STATE_PB[view.token_state],
+        lock_reason=_LOCK_REASON_PB[user.lock_reason],
+        application_id=user.application_id,
+        enrollment_id=user.enrollment_id,
+        token_id=user.token_id,
+        create_time=_timestamp(user.created_at),
+    )
+
+
+def _actor() -> str:
+    caller = current_caller()
+    return "plaintext-dev" if caller.plaintext else caller.spiffe_id or "anonymous"
+
+
+def _relaying_caller() -> bool:
+    caller = current_caller()
+    return caller.plaintext or caller.role is Role.GATEWAY
+
+
+def _session_certificate() -> ClientCertificate | None:
+    # The gateway relays the certificate of every customer request: a token must be used with its own.
+    return relayed_certificate() if _relaying_caller() else None
+
+
+class UserApi(IdempotentApi, user_pb2_grpc.UserServiceServicer):
+    """UserApi is the gRPC face of UserSessions."""
+
+    def __init__(self, sessions: UserSessions, ledger: IdempotencyLedger) -> None:
+        self._sessions = sessions
+        self._ledger = ledger
+
+    async def _customer_certificate(self, pem: str) -> ClientCertificate:
+        if pem:
+            return await self._sessions.certificate_from_pem(pem)
+        if _relaying_caller():
+            return relayed_certificate()
+        raise InvalidArgument(
+            "a client certificate is required",
+            fields={"client_certificate_pem": "required: the certificate the customer presented, PEM"},
+        )
+
+    async def Authenticate(
+        self, request: upb.AuthenticateRequest, context: grpc.aio.ServicerContext
+    ) -> upb.AuthenticateResponse:
+        certificate = await self._customer_certificate(request.client_certificate_pem)
+        view, session = await self._sessions.authenticate(
+            certificate, request.login_id, request.login_password, actor=_actor()
+        )
+        return upb.AuthenticateResponse(
+            user=user_message(view),
+            access_token=session.access_token,
+            token_type="Bearer",  # noqa: S106 - the RFC 6750 token type, not a secret
+            expires_in=session.expires_in,
+        )
+
+    async def VerifyOtp(
+        self, request: upb.VerifyOtpRequest, context: grpc.aio.ServicerContext
+    ) -> upb.VerifyOtpResponse:
+        if request.purpose not in (upb.OTP_PURPOSE_STEP_UP, upb.OTP_PURPOSE_CHECK):
+            raise InvalidArgument(
+                "the purpose is required", fields={"purpose": "OTP_PURPOSE_STEP_UP or OTP_PURPOSE_CHECK"}
+            )
+        check_request_id(request.request_id)
+        session = await self._sessions.verify_otp(
+            request.user_id,
+            request.otp,
+            request_id=request.request_id,
+            step_up=request.purpose == upb.OTP_PURPOSE_STEP_UP,
+            access_token=request.access_token,
+            certificate=_session_certificate(),
+            actor=_actor(),
+        )
+        if session is None:
+            return upb.VerifyOtpResponse()
+        return upb.VerifyOtpResponse(access_token=session.access_token, expires_in=session.expires_in)
+
+    async def ConfirmTransaction(
+        self, request: upb.ConfirmTransactionRequest, context: grpc.aio.ServicerContext
+    ) -> upb.ConfirmTransactionResponse:
+        certificate = _session_certificate()
+        if certificate is not None and not request.access_token:
+            raise InvalidArgument("the access token is required", fields={"access_token": "required"})
+        confirmation = await self._sessions.confirm(
+            request.user_id,
+            transaction_id=request.transaction_id,
+            summary=request.transaction_summary,
+            confirmation_password=request.confirmation_password,
+            otp=request.otp,
+            access_token=request.access_token,
+            certificate=certificate,
+            actor=_actor(),
+        )
+        return upb.ConfirmTransactionResponse(
+            confirmation=upb.Confirmation(
+                confirmation_id=confirmation.confirmation_id,
+                transaction_id=confirmation.transaction_id,
+                txn_digest=confirmation.txn_digest,
+                confirm_time=_timestamp(confirmation.confirmed_at),
+                methods=list(confirmation.methods),
+            ),
+            confirmation_token=confirmation.token,
+        )
+
+    async def EndSession(
+        self, request: upb.EndSessionRequest, context: grpc.aio.ServicerContext
+    ) -> upb.EndSessionResponse:
+        await self._sessions.end_session(request.access_token, actor=_actor(), certificate=_session_certificate())
+        return upb.EndSessionResponse()
+
+    async def GetJwks(self, request: upb.GetJwksRequest, context: grpc.aio.ServicerContext) -> upb.GetJwksResponse:
+        return upb.GetJwksResponse(jwks_json=self._sessions.jwks_json())
+
+    async def GetUser(self, request: upb.GetUserRequest, context: grpc.aio.ServicerContext) -> upb.GetUserResponse:
+        return upb.GetUserResponse(user=user_message(await self._sessions.get(request.user_id)))
+
+    async def ListUsers(
+        self, request: upb.ListUsersRequest, context: grpc.aio.ServicerContext
+    ) -> upb.ListUsersResponse:
+        views, token = await self._sessions.list(
+            request.page_size, request.page_token, company=request.company_name, account=request.account
+        )
+        return upb.ListUsersResponse(users=[user_message(v) for v in views], next_page_token=token)
+
+    async def LockUser(self, request: upb.LockUserRequest, context: grpc.aio.ServicerContext) -> upb.LockUserResponse:
+        async def act() -> upb.LockUserResponse:
+            return upb.LockUserResponse(user=user_message(await self._sessions.lock(request.user_id, actor=_actor())))
+
+        return await self._once(request, act, upb.LockUserResponse)
+
+    async def UnlockUser(
+        self, request: upb.UnlockUserRequest, context: grpc.aio.ServicerContext
+    ) -> upb.UnlockUserResponse:
+        async def act() -> upb.UnlockUserResponse:
+            view = await self._sessions.unlock(request.user_id, actor=_actor())
+            return upb.UnlockUserResponse(user=user_message(view))
+
+        return await self._once(request, act, upb.UnlockUserResponse)
+
+
+def user_binding(api: UserApi) -> ServiceBinding:
+    """Register UserService on a server with its per-method allow-list."""
+    return ServiceBinding(
+        name=USER_SERVICE_NAME,
+        register=lambda server: user_pb2_grpc.add_UserServiceServicer_to_server(api, server),
+        allowed_roles=USER_ALLOWED_ROLES,
+    )

@@ -21,7 +21,8 @@ from kagi.ca.v1 import ca_pb2_grpc
 from kagi.clock import Clock
 from kagi.devstack import DevStack, start_stack
 from kagi.enrollment.v1 import enrollment_pb2 as pb
-from kagi.enrollment.v1 import enrollment_pb2_grpc
+from kagi.enrollment.v1 import enrollment_pb2_grpc, user_pb2_grpc
+from kagi.enrollment.v1 import user_pb2 as upb
 from kagi.otp.v1 import otp_pb2_grpc
 from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.grpc_server import CLIENT_CERT_SERIAL_HEADER, CLIENT_CERT_SHA256_HEADER
@@ -333,6 +334,28 @@ class Customer:
                 enrollment_id=self.enrollment_id,
                 otp=code_for(self.secret, now),
             ),
+            metadata=self.cert_metadata,
+        )
+        return reply
+
+    async def complete(self, now: float) -> Customer:
+        """Complete takes all ten steps, the first code being the app's code at `now`."""
+        await self.register_application()
+        for step in (self.step1, self.step2, self.step3, self.step4, self.step5, self.step6, self.step7):
+            await step()
+        await self.step8()
+        await self.step9()
+        await self.step10(now)
+        return self
+
+    def users(self, role: str = "gateway") -> user_pb2_grpc.UserServiceStub:
+        """Users is a UserService stub as `role` (the gateway by default)."""
+        return user_pb2_grpc.UserServiceStub(self.stack._channel("enrollment", role))
+
+    async def login(self, password: str = "Passw0rd", *, login_id: str = "") -> upb.AuthenticateResponse:
+        """Login is the gateway's Authenticate with this customer's certificate relayed."""
+        reply: upb.AuthenticateResponse = await self.users().Authenticate(
+            upb.AuthenticateRequest(login_id=login_id or self.login_id, login_password=password),
             metadata=self.cert_metadata,
         )
         return reply

@@ -29,9 +29,6 @@ CERTIFICATES = "certificates"
 ACTIVE = "by-state/active"
 REQUESTS = "requests"
 REVOCATION_EVENTS = "revocation-events"
-AUDIT = "audit"
-AUDIT_HEAD = "audit-head"
-AUDIT_HEAD_KEY = "head"
 CRL = "crl"
 CRL_NUMBERS = "crl-numbers"
 LOCKS = "locks"
@@ -71,11 +68,6 @@ def crl_parts(issuer: CaKind) -> str:
 def request_key(kind: str, request_id: str) -> str:
     """request_key names an issuance (or renewal) by the caller's request id."""
     return f"{kind}:{request_id}"
-
-
-def audit_key(sequence: int) -> str:
-    """audit_key is the key of the audit record with `sequence`; zero-padded so key order is chain order."""
-    return f"{sequence:016d}"
 
 
 class CertificateRepository:

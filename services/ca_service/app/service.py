@@ -19,6 +19,7 @@ from cryptography.x509 import ocsp
 
 from kagi.clock import Clock
 from kagi.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from kagi.journal import AuditEvent, Change, FeedEvent, Journal
 from kagi.runtime.identity import Role, allow
 from kagi.store.base import (
     Create,
@@ -33,7 +34,6 @@ from kagi.store.base import (
 from services.ca_service.app.authorities import Authorities
 from services.ca_service.app.crls import CrlPublisher, PublishedCrl
 from services.ca_service.app.feed import RevocationFeed, RevocationNotice
-from services.ca_service.app.journal import AuditEvent, Change, FeedEvent, Journal
 from services.ca_service.app.records import (
     OCSP_SIGNER_PROFILE,
     CertificateRecord,

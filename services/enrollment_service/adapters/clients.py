@@ -17,12 +17,21 @@ from services.enrollment_service.app.ports import (
     CertificateStatus,
     IssuedCertificate,
     PendingToken,
+    TokenState,
 )
 
 CALL_TIMEOUT = 15.0
 _STATUS = {
     ca_pb2.GetCertificateStatusResponse.STATUS_GOOD: CertificateStatus.GOOD,
     ca_pb2.GetCertificateStatusResponse.STATUS_REVOKED: CertificateStatus.REVOKED,
+}
+_TOKEN_STATE = {
+    otp_pb2.Token.STATE_PENDING_ACTIVATION: TokenState.PENDING,
+    otp_pb2.Token.STATE_ACTIVATED: TokenState.PENDING,
+    otp_pb2.Token.STATE_REGISTERED: TokenState.PENDING,
+    otp_pb2.Token.STATE_ACTIVE: TokenState.ACTIVE,
+    otp_pb2.Token.STATE_LOCKED: TokenState.LOCKED,
+    otp_pb2.Token.STATE_ACTIVATION_LOCKED: TokenState.LOCKED,
 }
 _ALGORITHM = {
     common_pb2.OTP_ALGORITHM_SHA1: "SHA1",
@@ -47,6 +56,7 @@ class GrpcCertificateAuthority:
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = ca_pb2_grpc.CertificateAuthorityServiceStub(channel)
+        self._customer_ca: bytes | None = None
 
     async def issue_customer_certificate(
         self, *, request_id: str, csr_pem: str, user_id: str, company_name: str, user_name: str, login_id: str
@@ -76,6 +86,14 @@ class GrpcCertificateAuthority:
         async with _translated():
             response = await self._stub.GetCertificateStatus(request, timeout=CALL_TIMEOUT)
         return _STATUS.get(response.status, CertificateStatus.UNKNOWN)
+
+    async def customer_ca_pem(self) -> bytes:
+        """Customer_ca_pem asks the CA for the customer CA's certificate once, then answers from memory."""
+        if self._customer_ca is None:
+            async with _translated():
+                response = await self._stub.GetCaCertificates(ca_pb2.GetCaCertificatesRequest(), timeout=CALL_TIMEOUT)
+            self._customer_ca = response.customer_ca_pem.encode()
+        return self._customer_ca
 
 
 class GrpcTokenService:
@@ -140,3 +158,11 @@ class GrpcTokenService:
         request = otp_pb2.VerifyCodeRequest(request_id=request_id, token_id=token_id, code=code)
         async with _translated({"code": "otp"}):
             await self._stub.VerifyCode(request, timeout=CALL_TIMEOUT)
+
+    async def token_state(self, token_id: str) -> TokenState:
+        """Token_state reads a token's state (disabled, revoked and expired all show as DISABLED)."""
+        if not token_id:
+            return TokenState.NONE
+        async with _translated():
+            response = await self._stub.GetToken(otp_pb2.GetTokenRequest(token_id=token_id), timeout=CALL_TIMEOUT)
+        return _TOKEN_STATE.get(response.token.state, TokenState.DISABLED)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,10 @@ class CertificateAuthority(Protocol):
     ) -> IssuedCertificate: ...
 
     async def status(self, serial_number: str) -> CertificateStatus: ...
+
+    async def customer_ca_pem(self) -> bytes:
+        """Return the customer CA's certificate (PEM), which every customer certificate chains to."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -73,3 +77,29 @@ class TokenService(Protocol):
     ) -> str: ...
 
     async def verify(self, *, request_id: str, token_id: str, code: str) -> None: ...
+
+    async def token_state(self, token_id: str) -> TokenState:
+        """Return the state of a token as the OTP service reports it."""
+        ...
+
+
+class TokenState(Enum):
+    """TokenState is a user's token as the front-end boundary shows it."""
+
+    NONE = "NONE"
+    PENDING = "PENDING"
+    ACTIVE = "ACTIVE"
+    LOCKED = "LOCKED"
+    DISABLED = "DISABLED"
+
+
+class TokenSigner(Protocol):
+    """TokenSigner signs and verifies kagi's JWTs (access and confirmation tokens) and publishes the JWKS."""
+
+    issuer: str
+
+    def sign(self, claims: dict[str, Any]) -> str: ...
+
+    def verify(self, token: str) -> dict[str, Any]: ...
+
+    def jwks_json(self) -> str: ...

@@ -1,7 +1,24 @@
-"""Where enrollment records live in the key-value store: collections, indexes, and versioned reads."""
+"""Where the enrollment service's records live in the key-value store: collections, indexes, versioned reads.
+
+collection                  key                         value
+applications                <application id>            Application JSON
+applications-by-account     <branch-type-number>        newest application id
+enrollments                 <enrollment id>             Enrollment JSON
+enrollments-by-app          <service id>/<app user id>  enrollment id (steps 8-9)
+users                       <user id>                   User JSON (password hashes only)
+login-ids                   <login id>                  user id (the login ID's reservation)
+users-by-company/<sha256>   <user id>                   "" (ListUsers by company)
+users-by-account/<account>  <user id>                   "" (ListUsers by representative account)
+user-certificates           <sha-256 fingerprint hex>   {"user_id", "enrollment_id", "serial"}
+confirmations               <user id>/<transaction id>  Confirmation JSON
+ended-sessions              <session id>                "" (transient: until its last token expires)
+login-refusals              <fingerprint hex>           counter (fixed window)
+audit, audit-head                                       the hash-chained audit trail (kagi.journal)
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +33,7 @@ from services.enrollment_service.domain.records import (
     load_application,
     load_enrollment,
 )
+from services.enrollment_service.domain.users import User, dump_user, load_user
 
 APPLICATIONS = "applications"
 APPLICATIONS_BY_ACCOUNT = "applications-by-account"
@@ -23,6 +41,10 @@ ENROLLMENTS = "enrollments"
 ENROLLMENTS_BY_APP = "enrollments-by-app"
 USERS = "users"
 LOGIN_IDS = "login-ids"
+USER_CERTIFICATES = "user-certificates"
+CONFIRMATIONS = "confirmations"
+ENDED_SESSIONS = "ended-sessions"
+LOGIN_REFUSALS = "login-refusals"
 
 T = TypeVar("T")
 
@@ -33,6 +55,30 @@ class Versioned(Generic[T]):
 
     record: T
     version: int
+
+
+def users_by_company(company_name: str) -> str:
+    """users_by_company is the collection indexing one company's users (named by a digest of the name)."""
+    return "users-by-company/" + hashlib.sha256(company_name.encode("utf-8")).hexdigest()[:40]
+
+
+def users_by_account(account: str) -> str:
+    """users_by_account is the collection indexing the users of one representative account."""
+    return f"users-by-account/{account}"
+
+
+def confirmation_key(user_id: str, transaction_id: str) -> str:
+    """confirmation_key names a user's confirmation of one transaction (transaction ids are per user)."""
+    return f"{user_id}/{transaction_id}"
+
+
+@dataclass(frozen=True)
+class CertificateOwner:
+    """CertificateOwner is whom a customer certificate was issued to, found by its fingerprint."""
+
+    user_id: str
+    enrollment_id: str
+    serial_number: str
 
 
 def app_key(service_id: str, app_user_id: str) -> str:
@@ -83,6 +129,37 @@ class EnrollmentRepository:
         """Login_id_taken tells whether a user already holds the login ID (advisory; step 3 decides)."""
         return await self.store.get(LOGIN_IDS, login_id) is not None
 
+    async def user(self, user_id: str) -> Versioned[User]:
+        """User reads one user or raises NotFound."""
+        entry = await self.store.get(USERS, user_id)
+        if entry is None:
+            raise NotFound("no such user", reason="USER_NOT_FOUND")
+        return Versioned(load_user(entry.value), entry.version)
+
+    async def user_for_login(self, login_id: str) -> Versioned[User] | None:
+        """User_for_login finds the user holding a login ID, or None."""
+        entry = await self.store.get(LOGIN_IDS, login_id)
+        if entry is None:
+            return None
+        found = await self.store.get(USERS, entry.value.decode())
+        return Versioned(load_user(found.value), found.version) if found is not None else None
+
+    async def users(self, collection: str, page_size: int, page_token: str) -> tuple[list[User], str]:
+        """Users lists users a page at a time: all of them (USERS) or those of an index collection."""
+        page = await self.store.list(collection, page_size=page_size, page_token=page_token)
+        if collection == USERS:
+            return [load_user(e.value) for e in page.entries], page.next_page_token
+        found = [await self.store.get(USERS, e.key) for e in page.entries]
+        return [load_user(e.value) for e in found if e is not None], page.next_page_token
+
+    async def certificate_owner(self, fingerprint_sha256: str) -> CertificateOwner | None:
+        """Certificate_owner finds whom a customer certificate was issued to, by its SHA-256 fingerprint."""
+        entry = await self.store.get(USER_CERTIFICATES, fingerprint_sha256.lower())
+        if entry is None:
+            return None
+        body = json.loads(entry.value)
+        return CertificateOwner(body["user_id"], body["enrollment_id"], body["serial"])
+
     async def commit(self, operations: Sequence[Operation]) -> None:
         """Commit writes all operations atomically (KeyExists / VersionMismatch when a condition fails)."""
         await self.store.commit(operations)
@@ -104,17 +181,22 @@ def put_enrollment(enrollment: Enrollment, version: int | None) -> Operation:
     return Replace(ENROLLMENTS, enrollment.enrollment_id, data, version)
 
 
-def user_record(enrollment: Enrollment, company_name: str) -> Operation:
-    """user_record creates the user made at step 3 (passwords as hashes only)."""
-    body = {
-        "user_id": enrollment.user_id,
-        "login_id": enrollment.login_id,
-        "user_name": enrollment.user_name,
-        "email": enrollment.email,
-        "company_name": company_name,
-        "application_id": enrollment.application_id,
-        "enrollment_id": enrollment.enrollment_id,
-        "login_password_hash": enrollment.login_password_hash,
-        "confirmation_password_hash": enrollment.confirmation_password_hash,
-    }
-    return Create(USERS, enrollment.user_id, json.dumps(body).encode())
+def put_user(user: User, version: int | None) -> Operation:
+    """put_user writes a user: created when `version` is None, else compare-and-swap."""
+    if version is None:
+        return Create(USERS, user.user_id, dump_user(user))
+    return Replace(USERS, user.user_id, dump_user(user), version)
+
+
+def user_indexes(user: User) -> list[Operation]:
+    """user_indexes are the listing index entries of a new user (by company and by account)."""
+    operations: list[Operation] = [Create(users_by_company(user.company_name), user.user_id, b"")]
+    if user.account:
+        operations.append(Create(users_by_account(user.account), user.user_id, b""))
+    return operations
+
+
+def certificate_owner_record(fingerprint_sha256: str, owner: CertificateOwner) -> Operation:
+    """certificate_owner_record indexes a customer certificate by fingerprint to its user and enrollment."""
+    body = {"user_id": owner.user_id, "enrollment_id": owner.enrollment_id, "serial": owner.serial_number}
+    return Create(USER_CERTIFICATES, fingerprint_sha256.lower(), json.dumps(body).encode())

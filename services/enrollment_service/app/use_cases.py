@@ -16,6 +16,7 @@ from kagi.errors import (
     Aborted,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
@@ -35,13 +36,17 @@ from services.enrollment_service.app.repository import (
     APPLICATIONS_BY_ACCOUNT,
     ENROLLMENTS_BY_APP,
     LOGIN_IDS,
+    CertificateOwner,
     EnrollmentRepository,
     Versioned,
     app_key,
+    certificate_owner_record,
     put_application,
     put_enrollment,
-    user_record,
+    put_user,
+    user_indexes,
 )
+from services.enrollment_service.domain.client_certificates import ClientCertificate
 from services.enrollment_service.domain.credentials import (
     session_token,
     temporary_password,
@@ -65,6 +70,7 @@ from services.enrollment_service.domain.rules import (
     validate_token_request,
 )
 from services.enrollment_service.domain.states import Event, State, Step, transition
+from services.enrollment_service.domain.users import User
 
 NOTICE_MISMATCH = "口座情報または仮パスワードが正しくありません / the account or the temporary passwords do not match"
 _CAS_RETRIES = 20
@@ -77,14 +83,6 @@ class EnrollmentPolicy:
     idle_seconds: float = 60 * 60
     application_ttl_seconds: float = 30 * 24 * 3600
     app_url: str = "https://www.example.com/kagi-token-app"
-
-
-@dataclass(frozen=True)
-class ClientCertificate:
-    """ClientCertificate is the customer certificate the gateway verified for this request."""
-
-    serial_number: str
-    fingerprint_sha256: str
 
 
 @dataclass(frozen=True)
@@ -292,12 +290,28 @@ class EnrollmentService:
         transition(enrollment.state, Step.CONFIRM_REGISTRATION)
         application = await self._repo.application(enrollment.application_id)
         self._check_application_open(application.record)
+        now = self._clock.now()
         advanced = enrollment.advanced(
-            Step.CONFIRM_REGISTRATION, self._clock.now(), self._policy.idle_seconds, user_id=uuid.uuid4().hex
+            Step.CONFIRM_REGISTRATION, now, self._policy.idle_seconds, user_id=uuid.uuid4().hex
+        )
+        record = application.record
+        user = User(
+            user_id=advanced.user_id,
+            login_id=advanced.login_id,
+            user_name=advanced.user_name,
+            email=advanced.email,
+            company_name=record.company_name,
+            application_id=record.application_id,
+            enrollment_id=advanced.enrollment_id,
+            login_password_hash=advanced.login_password_hash,
+            confirmation_password_hash=advanced.confirmation_password_hash,
+            account=account_key(record.branch_code, record.account_type, record.account_number),
+            created_at=now,
         )
         operations: list[Operation] = [
             Create(LOGIN_IDS, advanced.login_id, advanced.user_id.encode()),
-            user_record(advanced, application.record.company_name),
+            put_user(user, None),
+            *user_indexes(user),
             put_application(application.record.spent(enrollment.enrollment_id), application.version),
             put_enrollment(advanced, current.version),
         ]
@@ -341,7 +355,13 @@ class EnrollmentService:
             certificate_serial=certificate.serial_number.lower(),
             certificate_fingerprint=certificate.fingerprint_sha256.lower(),
         )
-        await self._write([put_enrollment(advanced, current.version)])
+        owner = CertificateOwner(enrollment.user_id, enrollment.enrollment_id, advanced.certificate_serial)
+        await self._write(
+            [
+                put_enrollment(advanced, current.version),
+                certificate_owner_record(advanced.certificate_fingerprint, owner),
+            ]
+        )
         return advanced, certificate
 
     # -- steps 5-7 and 10: the client certificate -------------------------------------------------------------
@@ -478,11 +498,29 @@ class EnrollmentService:
         )
         now = self._clock.now()
         advanced = enrollment.advanced(Step.VERIFY_FIRST_CODE, now, self._policy.idle_seconds)
+        user = await self._repo.user(enrollment.user_id)
         mail = completion_mail(to=enrollment.email, user_name=enrollment.user_name, login_id=enrollment.login_id)
-        await self._write([put_enrollment(advanced, current.version), outbox_entry(mail, now)])
+        await self._write(
+            [
+                put_enrollment(advanced, current.version),
+                put_user(user.record.completed(enrollment.token_id), user.version),
+                outbox_entry(mail, now),
+            ]
+        )
         return advanced
 
     # -- reading and cancelling -------------------------------------------------------------------------------
+
+    async def current_for_certificate(self, certificate: ClientCertificate) -> Enrollment:
+        """Current_for_certificate finds the enrollment a customer certificate was issued in (step 4)."""
+        owner = await self._repo.certificate_owner(certificate.fingerprint_sha256)
+        if owner is None:
+            raise NotFound(
+                "この電子証明書の初期設定は見つかりません / no enrollment for this certificate",
+                reason="ENROLLMENT_NOT_FOUND",
+            )
+        current = await self._certificate_enrollment(owner.enrollment_id, certificate)
+        return current.record
 
     async def get(
         self, enrollment_id: str, *, session: str = "", certificate: ClientCertificate | None = None

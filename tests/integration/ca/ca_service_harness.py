@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
+from kagi.journal import AuditReport, audit_records, verify_stored_chain
 from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.settings import ListenSettings, Secret
 from kagi.store import KeyValueStore, open_store
-from services.ca_service.app.journal import AuditReport, audit_records, verify_stored_chain
 from services.ca_service.app.repository import CERTIFICATES
 from services.ca_service.bootstrap import DevPki, ensure_dev_pki
 from services.ca_service.domain.settings import PkiSettings

@@ -18,8 +18,8 @@ from kagi.ca.v1 import ca_pb2
 from kagi.cli.admin import AdminContext
 from kagi.cli.admin_ca import init_ca_command, list_certificates_command, revoke_command
 from kagi.clock import FakeClock
+from kagi.journal import verify_stored_chain
 from kagi.store import open_store
-from services.ca_service.app.journal import verify_stored_chain
 from services.ca_service.bootstrap import DEV_SERVICE_ROLES, ensure_dev_pki
 from services.ca_service.domain.settings import CaKind
 from services.ca_service.main import start_ca

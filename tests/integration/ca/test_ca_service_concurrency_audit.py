@@ -11,8 +11,7 @@ from click.testing import CliRunner
 from kagi.ca.v1 import ca_pb2
 from kagi.cli.admin import AdminContext
 from kagi.cli.admin_ca import verify_audit_command
-from services.ca_service.app.journal import audit_records
-from services.ca_service.app.repository import AUDIT, audit_key
+from kagi.journal import AUDIT, audit_key, audit_records
 from tests.integration.ca.ca_service_harness import RunningCa, issue_request, running_ca, snapshot, verify_audit
 
 

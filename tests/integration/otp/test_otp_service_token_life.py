@@ -87,11 +87,15 @@ async def test_create_activate_confirm_verify_makes_the_token_active(cluster: Ot
     assert confirmed.token.state == pb.Token.STATE_REGISTERED
 
     expired = await failing(
-        enrollment.VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=await oathtool_code(secret, NOW - 180)))
+        enrollment.VerifyCode(
+            pb.VerifyCodeRequest(token_id=token.token_id, code=await oathtool_code(secret, NOW - 180))
+        )
     )
     assert (expired.code, expired.reason) == (grpc.StatusCode.UNAUTHENTICATED, "STEP_EXPIRED")
     future = await failing(
-        enrollment.VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=await oathtool_code(secret, NOW + 180)))
+        enrollment.VerifyCode(
+            pb.VerifyCodeRequest(token_id=token.token_id, code=await oathtool_code(secret, NOW + 180))
+        )
     )
     assert (future.code, future.reason) == (grpc.StatusCode.UNAUTHENTICATED, "WRONG_CODE")
 

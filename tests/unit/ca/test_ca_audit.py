@@ -7,13 +7,13 @@ import itertools
 
 import pytest
 
-from kagi.errors import InvalidArgument
-from services.ca_service.domain.audit import (
+from kagi.audit import (
     GENESIS_HASH,
     AuditRecord,
     next_audit_record,
     verify_audit_chain,
 )
+from kagi.errors import InvalidArgument
 
 
 @pytest.fixture

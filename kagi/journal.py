@@ -1,6 +1,7 @@
-"""The CA's journal: every state change commits together with its hash-chained audit record, group-committed.
+"""A service's journal: every state change commits together with its hash-chained audit record, group-committed.
 
-A change (an issuance, a revocation) is a list of store operations plus the audit events that describe it.
+The CA and the enrollment service keep their audit trails this way, each in its own store. A change (an
+issuance, a revocation, a login) is a list of store operations plus the audit events that describe it.
 The journal appends them to the chain in one `commit` per round: the chain head is replaced with
 compare-and-swap, the new audit records are created, and every change's operations ride along. So a
 certificate is never recorded without its audit record, and two replicas appending at once can never fork
@@ -19,6 +20,7 @@ import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from kagi.audit import AuditRecord, AuditVerification, next_audit_record, verify_audit_chain
 from kagi.clock import Clock
 from kagi.errors import KagiError
 from kagi.store.base import (
@@ -30,8 +32,12 @@ from kagi.store.base import (
     Replace,
     VersionMismatch,
 )
-from services.ca_service.app.repository import AUDIT, AUDIT_HEAD, AUDIT_HEAD_KEY, REVOCATION_EVENTS, audit_key
-from services.ca_service.domain.audit import AuditRecord, AuditVerification, next_audit_record, verify_audit_chain
+
+AUDIT = "audit"
+"""AUDIT is the collection of audit records, keyed by zero-padded sequence (key order is chain order)."""
+AUDIT_HEAD = "audit-head"
+"""AUDIT_HEAD holds the chain's tip (sequence and hash) under AUDIT_HEAD_KEY: the compare-and-swap point."""
+AUDIT_HEAD_KEY = "head"
 
 MAX_ROUND = 128
 """MAX_ROUND is the most changes one commit carries."""
@@ -51,7 +57,7 @@ class AuditEvent:
 
 @dataclass(frozen=True, slots=True)
 class FeedEvent:
-    """FeedEvent is a revocation to publish on the feed; the journal stamps its key at commit time."""
+    """FeedEvent is an event to publish on the journal's feed (the CA's revocations); keyed at commit time."""
 
     serial_hex: str
     body: Mapping[str, object]
@@ -79,8 +85,11 @@ class _Pending:
 class Journal:
     """Journal commits Changes with their audit records in rounds, chained from the head kept in the store."""
 
-    def __init__(self, store: KeyValueStore, clock: Clock, *, max_round: int = MAX_ROUND) -> None:
+    def __init__(
+        self, store: KeyValueStore, clock: Clock, *, max_round: int = MAX_ROUND, feed_collection: str = ""
+    ) -> None:
         self._store = store
+        self._feed_collection = feed_collection
         self._clock = clock
         self._max_round = max_round
         self._queue: list[_Pending] = []
@@ -205,7 +214,7 @@ class Journal:
                 self._feed_sequence = (self._feed_sequence + 1) % 10_000
                 key = f"{now_ns:020d}-{self._feed_sequence:04d}-{feed.serial_hex}"
                 body = json.dumps({**feed.body, "at_ns": now_ns}, separators=(",", ":")).encode()
-                feed_ops.append(Create(REVOCATION_EVENTS, key, body))
+                feed_ops.append(Create(self._feed_collection, key, body))
         head_at = len(operations)
         if tip is not None:
             head_value = json.dumps({"sequence": tip.sequence, "hash": tip.hash}).encode()
@@ -217,6 +226,11 @@ class Journal:
         operations += audit_ops + feed_ops
         owners += [None] * (len(audit_ops) + len(feed_ops))
         return operations, owners, tip, head_at
+
+
+def audit_key(sequence: int) -> str:
+    """audit_key is the key of the audit record with `sequence`; zero-padded so key order is chain order."""
+    return f"{sequence:016d}"
 
 
 class ChainBroken(KagiError):
