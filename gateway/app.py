@@ -3,6 +3,7 @@ every request passes through (request id, errors as JSON, security headers, metr
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -23,12 +24,15 @@ from gateway.pki import PkiFiles
 from gateway.revocation import RevocationRegistry, RevocationUnavailable, Status
 from gateway.schemas import (
     ACTIVATE_APP,
+    CONFIRM_TRANSACTION,
     EMPTY,
     ISSUE_CERTIFICATE,
+    LOGIN,
     OPERATIONS,
     PASSWORD_LOGIN,
     REGISTER_APP,
     REQUEST_TOKEN,
+    STEP_UP,
     SUBMIT_PROFILE,
     VERIFY_FIRST_CODE,
     VERIFY_NOTICE,
@@ -37,6 +41,7 @@ from gateway.schemas import (
 from gateway.tls import CustomerCertificate, CustomerCertificateVerifier, peer_certificate
 from kagi.common.v1 import common_pb2
 from kagi.enrollment.v1 import enrollment_pb2 as pb
+from kagi.enrollment.v1 import user_pb2 as upb
 from kagi.runtime.logging import new_request_id, request_id_var
 
 log = structlog.get_logger("kagi.gateway")
@@ -47,6 +52,8 @@ _ID = re.compile(ID_PATTERN)
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _SESSION_TOKEN = re.compile(r"[\x21-\x7e]{1,512}")
+# A compact JWS: three base64url parts (RFC 7515 section 7.1).
+_ACCESS_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,2048}\.[A-Za-z0-9_-]{1,4096}\.[A-Za-z0-9_-]{1,512}")
 _ACCOUNT_TYPES = {"ordinary": pb.ACCOUNT_TYPE_ORDINARY, "current": pb.ACCOUNT_TYPE_CURRENT}
 
 MSG_SESSION_REQUIRED = (
@@ -68,6 +75,12 @@ MSG_STATUS_UNAVAILABLE = (
     " / the certificate's revocation status cannot be checked right now: retry shortly"
 )
 _BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="kagi"'}
+MSG_ACCESS_TOKEN_REQUIRED = (
+    "ログインしてください / this needs the access token from POST /v1/sessions (Authorization: Bearer <access_token>)"
+)
+_USER_STATES = {v: k.removeprefix("STATE_") for k, v in upb.User.State.items()}
+_TOKEN_STATES = {v: k.removeprefix("TOKEN_STATE_") for k, v in upb.User.TokenState.items()}
+JWKS_CACHE_SECONDS = 10.0
 
 
 @dataclass
@@ -145,6 +158,25 @@ def _session(request: web.Request) -> str:
     return token
 
 
+def _access_token(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not _ACCESS_TOKEN.fullmatch(token):
+        raise HttpError(401, "ACCESS_TOKEN_REQUIRED", MSG_ACCESS_TOKEN_REQUIRED, headers=_BEARER_CHALLENGE)
+    return token
+
+
+def _user_view(user: upb.User) -> dict[str, Any]:
+    return {
+        "user_id": user.user_id,
+        "login_id": user.login_id,
+        "user_name": user.user_name,
+        "company_name": user.company_name,
+        "state": _USER_STATES.get(user.state, "UNSPECIFIED"),
+        "token_state": _TOKEN_STATES.get(user.token_state, "UNSPECIFIED"),
+    }
+
+
 def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or (
         content_type.startswith("application/") and content_type.endswith("+json")
@@ -159,6 +191,8 @@ class CustomerApi:
         self._ctx = context
         self._backends = context.backends
         self._stub = context.backends.enrollment
+        self._users = context.backends.users
+        self._jwks: tuple[float, str] | None = None
 
     def routes(self) -> list[web.RouteDef]:
         """Routes are the customer API's routes, one per entry of schemas.OPERATIONS."""
@@ -175,6 +209,12 @@ class CustomerApi:
             "verifyFirstCode": self.verify_first_code,
             "getEnrollment": self.get_enrollment,
             "getClientCertificate": self.client_certificate,
+            "getCurrentEnrollment": self.current_enrollment,
+            "login": self.login,
+            "stepUp": self.step_up,
+            "logout": self.logout,
+            "confirmTransaction": self.confirm_transaction,
+            "getJwks": self.jwks,
         }
         return [web.route(op.method, op.path, handlers[op.operation_id]) for op in OPERATIONS]
 
@@ -400,6 +440,126 @@ class CustomerApi:
                 "subject": certificate.subject,
                 "not_after": not_after,
             }
+        )
+
+    async def current_enrollment(self, request: web.Request) -> web.Response:
+        """Current_enrollment finds the enrollment this certificate was issued in (the browser was closed)."""
+        certificate = await self.certificate(request)
+        reply = await self._backends.call(
+            "enrollment",
+            self._stub.GetCurrentEnrollment,
+            pb.GetCurrentEnrollmentRequest(),
+            metadata=certificate.metadata,
+        )
+        return _json(enrollment_view(reply.enrollment))
+
+    # -- after the setup: sessions and confirmations ------------------------------------------------------
+
+    async def login(self, request: web.Request) -> web.Response:
+        """Login: the client certificate, the login ID and the login password; answers an access token."""
+        certificate = await self.certificate(request)
+        body = await self._body(request, LOGIN)
+        reply = await self._backends.call(
+            "enrollment",
+            self._users.Authenticate,
+            upb.AuthenticateRequest(login_id=body["login_id"], login_password=body["login_password"]),
+            metadata=certificate.metadata,
+        )
+        return _json(
+            {
+                "access_token": reply.access_token,
+                "token_type": reply.token_type,
+                "expires_in": reply.expires_in,
+                "user": _user_view(reply.user),
+            },
+            201,
+        )
+
+    async def step_up(self, request: web.Request) -> web.Response:
+        """Step_up: a one-time password raises the session; answers the stepped-up access token."""
+        certificate = await self.certificate(request)
+        token = _access_token(request)
+        body = await self._body(request, STEP_UP)
+        claims_user = await self._token_user(token)
+        reply = await self._backends.call(
+            "enrollment",
+            self._users.VerifyOtp,
+            upb.VerifyOtpRequest(
+                user_id=claims_user,
+                otp=body["otp"],
+                purpose=upb.OTP_PURPOSE_STEP_UP,
+                access_token=token,
+            ),
+            metadata=certificate.metadata,
+        )
+        return _json({"access_token": reply.access_token, "token_type": "Bearer", "expires_in": reply.expires_in})
+
+    async def logout(self, request: web.Request) -> web.Response:
+        """Logout ends the session: the token and every token of its session are refused from now on."""
+        certificate = await self.certificate(request)
+        token = _access_token(request)
+        await self._backends.call(
+            "enrollment",
+            self._users.EndSession,
+            upb.EndSessionRequest(access_token=token),
+            metadata=certificate.metadata,
+        )
+        return web.Response(status=204)
+
+    async def confirm_transaction(self, request: web.Request) -> web.Response:
+        """Confirm_transaction: the confirmation password and a code confirm one transaction."""
+        certificate = await self.certificate(request)
+        token = _access_token(request)
+        body = await self._body(request, CONFIRM_TRANSACTION)
+        reply = await self._backends.call(
+            "enrollment",
+            self._users.ConfirmTransaction,
+            upb.ConfirmTransactionRequest(
+                user_id=await self._token_user(token),
+                transaction_id=body["transaction_id"],
+                transaction_summary=body["transaction_summary"],
+                confirmation_password=body["confirmation_password"],
+                otp=body["otp"],
+                access_token=token,
+            ),
+            metadata=certificate.metadata,
+        )
+        confirmation = reply.confirmation
+        return _json(
+            {
+                "confirmation_id": confirmation.confirmation_id,
+                "transaction_id": confirmation.transaction_id,
+                "txn_digest": confirmation.txn_digest,
+                "confirmed_at": _timestamp(confirmation.confirm_time),
+                "methods": list(confirmation.methods),
+                "confirmation_token": reply.confirmation_token,
+            },
+            201,
+            {"Location": f"/v1/confirmations/{confirmation.confirmation_id}"},
+        )
+
+    async def _token_user(self, token: str) -> str:
+        # The subject only routes the call; the enrollment service verifies the whole token and its binding.
+        try:
+            payload = token.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            subject = claims["sub"]
+        except (ValueError, KeyError, TypeError, IndexError):
+            subject = None
+        if not isinstance(subject, str) or not subject:
+            raise HttpError(401, "ACCESS_TOKEN_INVALID", MSG_ACCESS_TOKEN_REQUIRED, headers=_BEARER_CHALLENGE)
+        return subject
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        """Jwks: the public keys that verify access and confirmation tokens, cached for a few seconds."""
+        now = time.monotonic()
+        if self._jwks is None or now - self._jwks[0] > JWKS_CACHE_SECONDS:
+            reply = await self._backends.call("enrollment", self._users.GetJwks, upb.GetJwksRequest())
+            self._jwks = (now, reply.jwks_json)
+        return web.Response(
+            text=self._jwks[1],
+            content_type="application/json",
+            headers={"Cache-Control": f"public, max-age={int(JWKS_CACHE_SECONDS)}"},
         )
 
 

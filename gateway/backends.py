@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.errors import http_error_from_rpc
 from gateway.metrics import GatewayMetrics
 from kagi.ca.v1 import ca_pb2_grpc
-from kagi.enrollment.v1 import enrollment_pb2_grpc
+from kagi.enrollment.v1 import enrollment_pb2_grpc, user_pb2_grpc
 from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.settings import TlsFiles
 
@@ -33,10 +33,12 @@ class Backends:
     call_timeout: float
     ca: ca_pb2_grpc.CertificateAuthorityServiceStub = field(init=False)
     enrollment: enrollment_pb2_grpc.EnrollmentServiceStub = field(init=False)
+    users: user_pb2_grpc.UserServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.ca = ca_pb2_grpc.CertificateAuthorityServiceStub(self.channels["ca"])
         self.enrollment = enrollment_pb2_grpc.EnrollmentServiceStub(self.channels["enrollment"])
+        self.users = user_pb2_grpc.UserServiceStub(self.channels["enrollment"])
 
     @classmethod
     def open(

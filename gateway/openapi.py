@@ -21,7 +21,10 @@ enrollment expects next (in order: {steps}), or null once it takes no more steps
 
 Authentication: steps 2-4 take `Authorization: Bearer <session_token>` from step 1; steps 5-7 and 10 take the client
 certificate issued in step 4 (TLS client authentication: it must be issued by the customer CA, valid, and not
-revoked; it is checked on every request); steps 1, 8 and 9 take none. Every POST and PUT accepts an
+revoked; it is checked on every request); steps 1, 8 and 9 take none. After the setup, `POST /v1/sessions` logs
+in with that certificate and the login password and answers an access token (a JWT bound to the certificate); the
+session routes take it as `Authorization: Bearer <access_token>` together with the same certificate. Every POST
+and PUT accepts an
 `Idempotency-Key` (1-128 visible ASCII characters): a retry with the same key gets the first answer (secrets such
 as the session token and the seed are returned only the first time). Errors are
 `{{"error": {{"code", "reason", "message", "fields"}}}}` with `fields` naming each offending field.
@@ -42,6 +45,7 @@ def _security(operation: Operation) -> list[dict[str, list[str]]]:
         "session": [{"session": []}],
         "certificate": [{"clientCertificate": []}],
         "session_or_certificate": [{"session": []}, {"clientCertificate": []}],
+        "certificate_and_access_token": [{"clientCertificate": [], "accessToken": []}],
     }
     return schemes[operation.auth]
 
@@ -79,10 +83,11 @@ def _operation(operation: Operation) -> dict[str, Any]:
         }
     )
     responses: dict[str, Any] = {
-        str(operation.status): {
-            "description": "Created" if operation.status == 201 else "OK",
-            "content": _json(_ref(operation.response)),
-        }
+        str(operation.status): (
+            {"description": "Created" if operation.status == 201 else "OK", "content": _json(_ref(operation.response))}
+            if operation.response
+            else {"description": "No Content"}
+        )
     }
     for status, meaning in ERROR_STATUSES.items():
         if status == 415 and operation.body is None:
@@ -91,7 +96,7 @@ def _operation(operation: Operation) -> dict[str, Any]:
     result: dict[str, Any] = {
         "operationId": operation.operation_id,
         "summary": operation.summary,
-        "tags": ["enrollment" if operation.step is None or operation.step not in (8, 9) else "app"],
+        "tags": [operation.tag if operation.step is None or operation.step not in (8, 9) else "app"],
         "parameters": parameters,
         "security": _security(operation),
         "responses": responses,
@@ -253,6 +258,13 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
                     "scheme": "bearer",
                     "description": "The session_token step 1 returned; valid for steps 2-4 until the enrollment "
                     "expires.",
+                },
+                "accessToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "The access_token POST /v1/sessions returned, with the same client certificate "
+                    "it is bound to (RFC 8705).",
                 },
                 "clientCertificate": {
                     "type": "mutualTLS",

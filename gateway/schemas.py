@@ -212,6 +212,35 @@ VERIFY_FIRST_CODE = BodySpec(
     (FieldSpec("otp", max_length=16, secret=True, description="アプリのワンタイムパスワード / the app's code"),),
 )
 
+LOGIN = BodySpec(
+    "LoginRequest",
+    (
+        FieldSpec("login_id", description="ログインID / login ID"),
+        _secret("login_password", "ログインパスワード / login password"),
+    ),
+)
+STEP_UP = BodySpec(
+    "StepUpRequest",
+    (FieldSpec("otp", max_length=16, secret=True, description="アプリのワンタイムパスワード / the app's code"),),
+)
+CONFIRM_TRANSACTION = BodySpec(
+    "ConfirmTransactionRequest",
+    (
+        FieldSpec(
+            "transaction_id",
+            max_length=128,
+            description="The front-end's transaction id, unique per user: 1-128 of A-Z a-z 0-9 . _ : -",
+        ),
+        FieldSpec(
+            "transaction_summary",
+            max_length=1024,
+            description="取引内容 / what the customer confirms: UTF-8 text of at most 1 KiB",
+        ),
+        _secret("confirmation_password", "確認用パスワード / confirmation password"),
+        FieldSpec("otp", max_length=16, secret=True, description="アプリのワンタイムパスワード / the app's code"),
+    ),
+)
+
 STATES = (
     "NOTICE_VERIFIED",
     "PROFILE_SUBMITTED",
@@ -332,6 +361,56 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
         },
         "required": ["serial_number", "fingerprint_sha256", "subject", "not_after"],
     },
+    "Session": {
+        "type": "object",
+        "description": "An access token: a JWT (ES256) bound to the client certificate (RFC 8705 cnf.x5t#S256), "
+        "verifiable with /.well-known/jwks.json; send it as Authorization: Bearer with the same certificate.",
+        "properties": {
+            "access_token": {"type": "string"},
+            "token_type": {"type": "string", "enum": ["Bearer"]},
+            "expires_in": {"type": "integer", "description": "Seconds until it expires (at most 900)."},
+            "user": {
+                "type": "object",
+                "properties": {
+                    "user_id": _STRING,
+                    "login_id": _STRING,
+                    "user_name": _STRING,
+                    "company_name": _STRING,
+                    "state": {"type": "string", "enum": ["SETTING_UP", "ACTIVE", "LOCKED"]},
+                    "token_state": {"type": "string", "enum": ["NONE", "PENDING", "ACTIVE", "LOCKED", "DISABLED"]},
+                },
+                "required": ["user_id", "login_id", "user_name", "company_name", "state", "token_state"],
+            },
+        },
+        "required": ["access_token", "token_type", "expires_in"],
+    },
+    "ConfirmationResponse": {
+        "type": "object",
+        "description": "A confirmed transaction and its confirmation token: a JWT (ES256) with txn and txn_digest "
+        "(SHA-256 of the summary's UTF-8 bytes, base64url), verifiable offline with /.well-known/jwks.json.",
+        "properties": {
+            "confirmation_id": _STRING,
+            "transaction_id": _STRING,
+            "txn_digest": _STRING,
+            "confirmed_at": {"type": "string", "format": "date-time"},
+            "methods": {"type": "array", "items": _STRING},
+            "confirmation_token": _STRING,
+        },
+        "required": [
+            "confirmation_id",
+            "transaction_id",
+            "txn_digest",
+            "confirmed_at",
+            "methods",
+            "confirmation_token",
+        ],
+    },
+    "Jwks": {
+        "type": "object",
+        "description": "The JWK Set (RFC 7517) of the keys that sign access and confirmation tokens.",
+        "properties": {"keys": {"type": "array", "items": {"type": "object"}}},
+        "required": ["keys"],
+    },
     "Error": {
         "type": "object",
         "properties": {
@@ -355,7 +434,7 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 """RESPONSE_SCHEMAS are the JSON Schemas of the answers, by component name."""
 
-Auth = Literal["none", "session", "certificate", "session_or_certificate"]
+Auth = Literal["none", "session", "certificate", "session_or_certificate", "certificate_and_access_token"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,15 +450,22 @@ class Operation:
     status: int
     response: str
     step: int | None = None
+    tag: str = "enrollment"
 
     @property
     def mutating(self) -> bool:
-        """Mutating routes take an Idempotency-Key."""
-        return self.method in ("POST", "PUT")
+        """Mutating setup routes take an Idempotency-Key (a session route mints anew, or is keyed by its body)."""
+        return self.method in ("POST", "PUT") and self.tag != "sessions"
 
 
 ENROLLMENT = "/v1/enrollments/{id}"
 OPERATIONS: tuple[Operation, ...] = (
+    # Before /v1/enrollments/{id}: the router takes the first route that matches.
+    Operation(
+        "GET", "/v1/enrollments/current", "getCurrentEnrollment",
+        "⑭ この電子証明書の初期設定 / the enrollment this client certificate was issued in", "certificate", None,
+        200, "Enrollment",
+    ),
     Operation(
         "POST", "/v1/enrollments", "verifyNotice", "⑦ 代表口座と通知書の仮パスワード / the notice", "none",
         VERIFY_NOTICE, 201, "VerifyNoticeResponse", 1,
@@ -428,6 +514,28 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET", "/v1/client-certificate", "getClientCertificate",
         "選択した電子証明書 / the client certificate this connection presented", "certificate", None, 200,
         "ClientCertificate",
+    ),
+    Operation(
+        "POST", "/v1/sessions", "login", "ログイン / log in: client certificate + login ID + login password",
+        "certificate", LOGIN, 201, "Session", tag="sessions",
+    ),
+    Operation(
+        "POST", "/v1/sessions/current/otp", "stepUp",
+        "ワンタイムパスワード認証 / step up the session with a one-time password (amr adds otp, mfa)",
+        "certificate_and_access_token", STEP_UP, 200, "Session", tag="sessions",
+    ),
+    Operation(
+        "DELETE", "/v1/sessions/current", "logout", "ログアウト / end the session: its tokens are refused",
+        "certificate_and_access_token", None, 204, "", tag="sessions",
+    ),
+    Operation(
+        "POST", "/v1/confirmations", "confirmTransaction",
+        "取引の確認 / confirm a transaction: confirmation password + one-time password (a code confirms one)",
+        "certificate_and_access_token", CONFIRM_TRANSACTION, 201, "ConfirmationResponse", tag="sessions",
+    ),
+    Operation(
+        "GET", "/.well-known/jwks.json", "getJwks", "The public keys of access and confirmation tokens (JWKS)",
+        "none", None, 200, "Jwks", tag="sessions",
     ),
 )  # fmt: skip
 """OPERATIONS are the customer API's routes; app.py serves exactly these and openapi.py documents them."""

@@ -198,9 +198,10 @@ def list_applications(obj: AdminContext) -> None:
 def _attach_service_commands() -> None:
     # The CA's and the OTP service's commands live beside their services' wiring; they join the group here.
     from kagi.cli.admin_ca import CA_COMMANDS
+    from kagi.cli.admin_credentials import issue_credential_command
     from kagi.cli.admin_otp import rotate_otp_key
 
-    for command in (*CA_COMMANDS, rotate_otp_key):
+    for command in (*CA_COMMANDS, issue_credential_command, rotate_otp_key):
         admin.add_command(command)
 
 

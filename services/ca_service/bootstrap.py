@@ -7,6 +7,7 @@ are reserved, recorded and audited like any other: the CA never signs a certific
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import secrets
 from collections.abc import Mapping
@@ -20,11 +21,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kagi.clock import Clock, SystemClock
+from kagi.clock import Clock, SystemClock, utc_datetime
+from kagi.runtime.identity import Role
 from kagi.runtime.settings import Secret, TlsFiles
 from services.ca_service.adapters.ca_directory import CaDirectory, LoadedCa
 from services.ca_service.adapters.file_signer import Passphrase
-from services.ca_service.app.service import BOOTSTRAP, CertificateAuthorityService
+from services.ca_service.app.records import CertificateRecord
+from services.ca_service.app.service import BOOTSTRAP, Actor, CertificateAuthorityService
 from services.ca_service.domain.identity import ServiceIdentity
 from services.ca_service.domain.keys import KeyAlgorithm
 from services.ca_service.domain.revocation import RevocationReason
@@ -251,3 +254,44 @@ def _replace_file(path: Path, data: bytes, mode: int) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+async def issue_service_certificate(
+    loaded: LoadedCa,
+    csr: bytes,
+    identity: ServiceIdentity,
+    *,
+    state_dir: Path,
+    store_url: str = "sqlite:",
+    namespace: str = "ca",
+    settings: PkiSettings | None = None,
+    lifetime: timedelta | None = None,
+    request_id: str = "",
+    actor_name: str = "operator-offline",
+    clock: Clock | None = None,
+) -> CertificateRecord:
+    """issue_service_certificate issues an internal (service profile) certificate from the CA's key files
+    without the CA service running (`kagi admin issue-credential --offline`).
+
+    It opens the CA's own store (the same `store_url`, `state_dir` and `namespace` the CA uses) and goes through
+    the CA's use case, so the certificate is reserved, recorded and audited exactly as an online issuance: the
+    CA lists and revokes it as soon as it runs on that store. The audit record names `actor_name`, with the
+    operator role. `lifetime` (default: the service profile's 90 days) is kept inside the internal CA's own
+    validity.
+    """
+    settings = settings or PkiSettings()
+    clock = clock or SystemClock()
+    actor = Actor(actor_name, Role.OPERATOR)
+    runtime = open_runtime(
+        store_url, state_dir=state_dir, loaded=loaded, pki=settings, clock=clock, namespace=namespace
+    )
+    try:
+        prepared = runtime.service.prepare(csr=csr, identity=identity, profile="service", actor=actor)
+        if lifetime is not None:
+            internal = runtime.service.authorities.issuing(CaKind.INTERNAL)
+            now = utc_datetime(clock).replace(microsecond=0)
+            not_before, not_after = internal.validity_for(now, lifetime, settings.backdate)
+            prepared = dataclasses.replace(prepared, not_before=not_before, not_after=not_after)
+        return await runtime.service.issue(prepared, request_id=request_id, actor=actor)
+    finally:
+        await runtime.close()
