@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 
 from gateway.main import GatewayComponent, GatewaySettings, start_gateway
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
+from kagi.clock import Clock
 from kagi.enrollment.v1 import enrollment_pb2 as pb
 from kagi.enrollment.v1 import enrollment_pb2_grpc
 from kagi.runtime.grpc_client import open_channel
@@ -224,16 +225,19 @@ def gateway_settings(stack: GatewayStack, **changes: Any) -> GatewaySettings:
     return GatewaySettings(**values)
 
 
-async def open_gateway_stack(directory: Path, *, ca_port: int = 0, **gateway_changes: Any) -> GatewayStack:
+async def open_gateway_stack(
+    directory: Path, *, ca_port: int = 0, clock: Clock | None = None, **gateway_changes: Any
+) -> GatewayStack:
     """open_gateway_stack starts CA, OTP, enrollment and the gateway on free ports, settings built directly.
 
     The CA is created with PKI URLs pointing at the gateway's plain-HTTP port, as a deployment would. A fixed
-    `ca_port` lets a test stop the CA and start it again where the gateway expects it (`restart_ca`).
+    `ca_port` lets a test stop the CA and start it again where the gateway expects it (`restart_ca`); a `clock`
+    (a FakeClock near the real time) lets a test step one-time-password windows instead of sleeping them out.
     """
     state = directory / "state"
     http_port = stable_port()
     pki_settings = PkiSettings(base_url=f"http://127.0.0.1:{http_port}")
-    pki = await ensure_dev_pki_async(state, settings=pki_settings)
+    pki = await ensure_dev_pki_async(state, settings=pki_settings, clock=clock)
     smtp = SmtpServer().start()
     workdir = directory / "client"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -248,7 +252,7 @@ async def open_gateway_stack(directory: Path, *, ca_port: int = 0, **gateway_cha
         pki=pki_settings,
     )
     try:
-        stack.components["ca"] = await start_ca(stack.ca_settings)
+        stack.components["ca"] = await start_ca(stack.ca_settings, clock=clock)
         stack.components["otp"] = await start_otp(
             OtpSettings(
                 listen=ListenSettings("127.0.0.1", 0, pki.tls("otp")),
@@ -256,7 +260,8 @@ async def open_gateway_stack(directory: Path, *, ca_port: int = 0, **gateway_cha
                 state_dir=state,
                 pepper=Secret(secrets.token_urlsafe(48)),
                 kek=KeyEncryptionKey.from_base64("k1", base64.b64encode(secrets.token_bytes(32)).decode()),
-            )
+            ),
+            clock=clock,
         )
         stack.components["enrollment"] = await start_enrollment(
             EnrollmentSettings(
@@ -270,7 +275,8 @@ async def open_gateway_stack(directory: Path, *, ca_port: int = 0, **gateway_cha
                 smtp_url=Secret(f"smtp://127.0.0.1:{smtp.port}"),
                 mail_from="no-reply@bank.example",
                 policy=EnrollmentPolicy(app_url="https://localhost/app"),
-            )
+            ),
+            clock=clock,
         )
         gateway_changes.setdefault("http_port", http_port)
         stack.components["gateway"] = await start_gateway(gateway_settings(stack, **gateway_changes))
@@ -360,11 +366,12 @@ class Customer:
     session: str = ""
     certificate: TlsFiles | None = None
     serial_hex: str = ""
+    login_id: str = ""
 
     async def through_step4(self) -> Customer:
         """Through_step4 takes steps 1-4 with the session token; the certificate files are then ready."""
         entries, _notice = await self.stack.register_application()
-        login_id = f"user{uuid.uuid4().hex[:6]}1"
+        login_id = self.login_id = f"user{uuid.uuid4().hex[:6]}1"
         async with self.stack.client() as client:
             answer = await client.request("POST", "/v1/enrollments", entries)
             assert answer.status == 201, answer.body

@@ -245,7 +245,9 @@ class VerifyOtpRequest(_message.Message):
     PURPOSE_FIELD_NUMBER: _builtins.int
     ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Retries with the same request_id return the first answer (without a new token)."""
+    """Makes a retry safe: the code is checked once per request_id (a retry with the same id and code succeeds
+    again and answers a fresh token; another code with the same id is refused).
+    """
     user_id: _builtins.str
     otp: _builtins.str
     """The code the app shows: 6-8 half-width digits."""
