@@ -200,8 +200,9 @@ def _attach_service_commands() -> None:
     from kagi.cli.admin_ca import CA_COMMANDS
     from kagi.cli.admin_credentials import issue_credential_command
     from kagi.cli.admin_otp import rotate_otp_key
+    from kagi.cli.admin_users import USER_COMMANDS
 
-    for command in (*CA_COMMANDS, issue_credential_command, rotate_otp_key):
+    for command in (*CA_COMMANDS, issue_credential_command, rotate_otp_key, *USER_COMMANDS):
         admin.add_command(command)
 
 

@@ -156,38 +156,53 @@ def list_certificates_command(obj: AdminContext, subject: str, state: str | None
 
 @click.command(
     "verify-audit",
-    help="Verify the CA's hash-chained audit trail in its store; exit 1 naming the first bad record.",
+    help=(
+        "Verify the hash-chained audit trails in the services' stores (the CA's: issuance, revocation; the "
+        "enrollment service's: logins, confirmations, locks); exit 1 naming the first bad record."
+    ),
 )
 @click.option(
     "--store-url",
     envvar="KAGI_STORE_URL",
     default="sqlite:",
     show_default=True,
-    help="The CA's store (sqlite: is <state-dir>/ca.db).",
+    help="The services' store (sqlite: is <state-dir>/<service>.db).",
 )
-@click.option("--namespace", default="ca", show_default=True, hidden=True, help="The CA's store namespace.")
+@click.option(
+    "--service",
+    "services",
+    type=click.Choice(["ca", "enrollment"]),
+    multiple=True,
+    help="Only this service's trail (repeatable; default: both).",
+)
+@click.option("--namespace", default="", hidden=True, help="A store namespace (tests).")
 @click.pass_obj
-def verify_audit_command(obj: AdminContext, store_url: str, namespace: str) -> None:
-    """verify_audit_command is `kagi admin verify-audit` (reads the chain from the store)."""
+def verify_audit_command(obj: AdminContext, store_url: str, services: tuple[str, ...], namespace: str) -> None:
+    """verify_audit_command is `kagi admin verify-audit` (reads each chain from its store)."""
 
-    async def verify() -> AuditReport:
-        store = open_store(store_url, namespace=namespace, state_dir=obj.state_dir)
+    async def verify(name: str) -> AuditReport:
+        store = open_store(store_url, namespace=name, state_dir=obj.state_dir)
         try:
             return await verify_stored_chain(store)
         finally:
             await store.close()
 
-    try:
-        report = asyncio.run(verify())
-    except KagiError as exc:
-        raise click.ClickException(f"{exc.reason}: {exc}") from None
-    if report.ok:
-        click.echo(f"audit chain OK: {report.checked} records")
-        return
-    click.echo(f"audit chain BROKEN at sequence {report.bad_sequence}: {report.problem}", err=True)
-    if report.bad_record is not None:
-        click.echo(report.bad_record.to_json().decode(), err=True)
-    raise SystemExit(1)
+    names = [namespace] if namespace else list(services or ("ca", "enrollment"))
+    broken = False
+    for name in names:
+        try:
+            report = asyncio.run(verify(name))
+        except KagiError as exc:
+            raise click.ClickException(f"{name}: {exc.reason}: {exc}") from None
+        if report.ok:
+            click.echo(f"{name}: audit chain OK: {report.checked} records")
+            continue
+        broken = True
+        click.echo(f"{name}: audit chain BROKEN at sequence {report.bad_sequence}: {report.problem}", err=True)
+        if report.bad_record is not None:
+            click.echo(report.bad_record.to_json().decode(), err=True)
+    if broken:
+        raise SystemExit(1)
 
 
 def _certificate_json(certificate: ca_pb2.Certificate) -> dict[str, object]:

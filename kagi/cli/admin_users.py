@@ -1,0 +1,243 @@
+"""`kagi admin` commands for users after the setup: list-users, show-user, lock-user, unlock-user, unlock-token
+(gRPC as the operator), and rotate-signing-key (the enrollment service's token key ring, a file).
+
+People get a table; scripts pass --json and get one JSON document (a list for list-users).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kagi.cli.admin import AdminContext, run_call
+from kagi.enrollment.v1 import user_pb2, user_pb2_grpc
+from kagi.errors import KagiError
+from kagi.otp.v1 import otp_pb2, otp_pb2_grpc
+from kagi.runtime.settings import Environment
+from services.enrollment_service.adapters.signing_keys import (
+    ACTIVATION_DELAY_SECONDS,
+    rotate_key_ring,
+)
+
+_ACCOUNT_TYPES = {"ordinary": "ORDINARY", "current": "CURRENT"}
+_COLUMNS = ("user_id", "login_id", "user_name", "company_name", "state", "token_state", "lock_reason")
+
+
+def user_json(user: user_pb2.User) -> dict[str, Any]:
+    """Return what an operator sees of a user (never a password or its hash)."""
+    return {
+        "user_id": user.user_id,
+        "login_id": user.login_id,
+        "user_name": user.user_name,
+        "company_name": user.company_name,
+        "state": user_pb2.User.State.Name(user.state).removeprefix("STATE_"),
+        "token_state": user_pb2.User.TokenState.Name(user.token_state).removeprefix("TOKEN_STATE_"),
+        "lock_reason": user_pb2.User.LockReason.Name(user.lock_reason)
+        .removeprefix("LOCK_REASON_")
+        .replace("UNSPECIFIED", ""),
+        "application_id": user.application_id,
+        "enrollment_id": user.enrollment_id,
+        "token_id": user.token_id,
+        "created_at": user.create_time.ToJsonString(),
+    }
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Return rows as a plain text table with a header, columns as wide as their widest cell."""
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _show(users: Sequence[dict[str, Any]], as_json: bool, *, many: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(list(users) if many else users[0], ensure_ascii=False, indent=None if many else 2))
+        return
+    if many:
+        click.echo(table(users, _COLUMNS) if users else "no users")
+        return
+    width = max(len(k) for k in users[0])
+    for key, value in users[0].items():
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+def _account(value: str) -> str:
+    """Turn 001-ordinary-1234567 into the API's 001-ORDINARY-1234567, or raise a usage error."""
+    parts = value.split("-")
+    if len(parts) != 3 or parts[1].lower() not in _ACCOUNT_TYPES or not (parts[0].isdigit() and parts[2].isdigit()):
+        raise click.BadParameter("must be BRANCH-TYPE-NUMBER, e.g. 001-ordinary-1234567", param_hint="--account")
+    return f"{parts[0]}-{_ACCOUNT_TYPES[parts[1].lower()]}-{parts[2]}"
+
+
+@click.command("list-users")
+@click.option("--company", default="", help="Only this company's users (its exact name).")
+@click.option("--account", default="", help="Only the users of this representative account: 001-ordinary-1234567.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@click.pass_obj
+def list_users_command(obj: AdminContext, company: str, account: str, as_json: bool) -> None:
+    """List users (all, one company's or one account's) with their state and their token's state."""
+    if company and account:
+        raise click.UsageError("give --company or --account, not both")
+    wanted = _account(account) if account else ""
+
+    async def call() -> list[user_pb2.User]:
+        found: list[user_pb2.User] = []
+        async with obj.channel("enrollment") as channel:
+            stub = user_pb2_grpc.UserServiceStub(channel)
+            token = ""
+            while True:
+                page = await stub.ListUsers(
+                    user_pb2.ListUsersRequest(page_size=100, page_token=token, company_name=company, account=wanted),
+                    timeout=30,
+                )
+                found.extend(page.users)
+                token = page.next_page_token
+                if not token:
+                    return found
+
+    _show([user_json(u) for u in run_call(call)], as_json, many=True)
+
+
+def _user_call(obj: AdminContext, method: str, user_id: str) -> user_pb2.User:
+    async def call() -> user_pb2.User:
+        async with obj.channel("enrollment") as channel:
+            stub = user_pb2_grpc.UserServiceStub(channel)
+            if method == "GetUser":
+                reply: Any = await stub.GetUser(user_pb2.GetUserRequest(user_id=user_id), timeout=30)
+            elif method == "LockUser":
+                request_id = os.urandom(16).hex()
+                reply = await stub.LockUser(
+                    user_pb2.LockUserRequest(request_id=request_id, user_id=user_id), timeout=30
+                )
+            else:
+                request_id = os.urandom(16).hex()
+                reply = await stub.UnlockUser(
+                    user_pb2.UnlockUserRequest(request_id=request_id, user_id=user_id), timeout=30
+                )
+            user: user_pb2.User = reply.user
+            return user
+
+    return run_call(call)
+
+
+@click.command("show-user")
+@click.option("--user", "user_id", required=True, help="The user id.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def show_user_command(obj: AdminContext, user_id: str, as_json: bool) -> None:
+    """Show one user: login ID, company, state, lock reason, token and its state."""
+    _show([user_json(_user_call(obj, "GetUser", user_id))], as_json, many=False)
+
+
+@click.command("lock-user")
+@click.option("--user", "user_id", required=True, help="The user id.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def lock_user_command(obj: AdminContext, user_id: str, yes: bool, as_json: bool) -> None:
+    """Lock a user: no login and no confirmation, and every live session ends at once."""
+    if not yes:
+        click.confirm(f"Lock user {user_id} and end all of their sessions?", abort=True)
+    _show([user_json(_user_call(obj, "LockUser", user_id))], as_json, many=False)
+
+
+@click.command("unlock-user")
+@click.option("--user", "user_id", required=True, help="The user id.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def unlock_user_command(obj: AdminContext, user_id: str, as_json: bool) -> None:
+    """Unlock a user (five wrong login or confirmation passwords, or an operator's lock)."""
+    _show([user_json(_user_call(obj, "UnlockUser", user_id))], as_json, many=False)
+
+
+@click.command("unlock-token")
+@click.option("--user", "user_id", default="", help="The user whose token to unlock.")
+@click.option("--token", "token_id", default="", help="Or the token id.")
+@click.pass_obj
+def unlock_token_command(obj: AdminContext, user_id: str, token_id: str) -> None:
+    """Unlock a one-time-password token locked after too many wrong codes."""
+    if bool(user_id) == bool(token_id):
+        raise click.UsageError("give exactly one of --user and --token")
+    if user_id:
+        token_id = _user_call(obj, "GetUser", user_id).token_id
+        if not token_id:
+            raise click.ClickException(f"user {user_id} has no token yet")
+
+    async def call() -> otp_pb2.Token:
+        async with obj.channel("otp") as channel:
+            stub = otp_pb2_grpc.OtpServiceStub(channel)
+            reply = await stub.UnlockToken(
+                otp_pb2.UnlockTokenRequest(request_id=os.urandom(16).hex(), token_id=token_id), timeout=30
+            )
+            token: otp_pb2.Token = reply.token
+            return token
+
+    token = run_call(call)
+    click.echo(f"unlocked token {token.token_id}: {otp_pb2.Token.State.Name(token.state).removeprefix('STATE_')}")
+
+
+@click.command("rotate-signing-key")
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="KAGI_ENROLLMENT_SIGNING_KEY_FILE",
+    help="The enrollment service's key ring (default: <state-dir>/secrets/signing-keys.pem of kagi dev).",
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The key ring's passphrase (default: KAGI_ENROLLMENT_SIGNING_KEY_PASSPHRASE[_FILE], or kagi dev's).",
+)
+@click.option(
+    "--activate-in",
+    type=click.IntRange(0, 24 * 3600),
+    default=ACTIVATION_DELAY_SECONDS,
+    show_default=True,
+    help="Seconds before the new key signs: every replica reloads the file and publishes it first.",
+)
+@click.pass_obj
+def rotate_signing_key_command(
+    obj: AdminContext, key_file: Path | None, passphrase_file: Path | None, activate_in: int
+) -> None:
+    """Add a new token signing key; old keys stay in the JWKS until the last token they signed has expired."""
+    secrets_dir = obj.state_dir / "secrets"
+    path = key_file or secrets_dir / "signing-keys.pem"
+    if passphrase_file is not None:
+        passphrase = passphrase_file.read_bytes().strip()
+    else:
+        env = Environment(dict(os.environ))
+        secret = env.secret("KAGI_ENROLLMENT_SIGNING_KEY_PASSPHRASE", required=False)
+        dev_file = secrets_dir / "signing-key-passphrase"
+        if secret is not None:
+            passphrase = secret.reveal()
+        elif dev_file.exists():
+            passphrase = dev_file.read_bytes().strip()
+        else:
+            raise click.UsageError("no passphrase: give --passphrase-file or KAGI_ENROLLMENT_SIGNING_KEY_PASSPHRASE")
+    try:
+        new, dropped = rotate_key_ring(path, passphrase, now=time.time(), activate_after=activate_in)
+    except KagiError as exc:
+        raise click.ClickException(f"{exc.reason}: {exc}") from None
+    click.echo(
+        f"added key {new.kid} to {path}; it signs from {time.strftime('%H:%M:%S', time.localtime(new.not_before))}"
+    )
+    for kid in dropped:
+        click.echo(f"dropped retired key {kid}")
+
+
+USER_COMMANDS = (
+    list_users_command,
+    show_user_command,
+    lock_user_command,
+    unlock_user_command,
+    unlock_token_command,
+    rotate_signing_key_command,
+)
