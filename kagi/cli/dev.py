@@ -28,6 +28,7 @@ def banner(stack: DevStack) -> str:
             f"kagi dev is running; state in {stack.state_dir}",
             f"  gateway      https://localhost:{stack.ports['gateway']}   (trust {tls / 'ca.pem'})",
             f"  public PKI   http://127.0.0.1:{stack.ports['gateway_http']}/pki/ca.pem",
+            f"  token keys   https://localhost:{stack.ports['gateway']}/.well-known/jwks.json",
             f"  gRPC         CA {stack.target('ca')}   OTP {stack.target('otp')}   "
             f"enrollment {stack.target('enrollment')}",
             f"  mail         {stack.state_dir / 'mail'} (a Maildir)",
@@ -35,6 +36,8 @@ def banner(stack: DevStack) -> str:
             "",
             "Explore the services:",
             f"  {grpcurl}",
+            "A front-end's credential (then UserService/Authenticate with grpcurl, see the README):",
+            f"  kagi admin --state-dir {state} issue-credential --role frontend --name web01 --out creds",
             "Next, register an application and get its notice:",
             f"  kagi admin --state-dir {state} register-application --branch 001 --account-type ordinary "
             '--account-number 1234567 --company "株式会社サンプル"',

@@ -9,6 +9,7 @@ Failures that count toward a lock are written before the caller hears of them; n
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
@@ -228,18 +229,33 @@ class UserSessions:
         claims = SessionClaims.parse(self._signer.verify(access_token))
         if user_id and claims.user_id != user_id:
             raise AccessTokenInvalid(MSG_TOKEN_INVALID)
-        if certificate is not None and not hmac.compare_digest(
-            claims.thumbprint, certificate_thumbprint(certificate.fingerprint_sha256)
-        ):
-            raise AccessTokenInvalid(MSG_TOKEN_INVALID, metadata={"why": "bound to another certificate"})
-        current, ended = await asyncio.gather(
-            self._repo.user(claims.user_id), self._repo.store.get(ENDED_SESSIONS, claims.session_id)
+        if certificate is not None:
+            # The gateway relays the certificate it just verified (and checked for revocation) on this request.
+            if not hmac.compare_digest(claims.thumbprint, certificate_thumbprint(certificate.fingerprint_sha256)):
+                raise AccessTokenInvalid(MSG_TOKEN_INVALID, metadata={"why": "bound to another certificate"})
+            good: Any = asyncio.sleep(0, CertificateStatus.GOOD)
+        else:
+            # A front-end passes no certificate with the token: the bound one must still be GOOD at the CA, so a
+            # revocation ends its sessions at once.
+            good = self._bound_certificate_status(claims.thumbprint)
+        current, ended, status = await asyncio.gather(
+            self._repo.user(claims.user_id), self._repo.store.get(ENDED_SESSIONS, claims.session_id), good
         )
-        if ended is not None or current.record.session_epoch != claims.epoch:
+        if ended is not None or current.record.session_epoch != claims.epoch or status is not CertificateStatus.GOOD:
             raise AccessTokenInvalid(MSG_TOKEN_INVALID)
         if current.record.lock_reason.value:
             raise UserLocked(MSG_LOCKED, metadata={"lock_reason": current.record.lock_reason.value})
         return claims, current
+
+    async def _bound_certificate_status(self, thumbprint: str) -> CertificateStatus:
+        try:
+            fingerprint = base64.urlsafe_b64decode(thumbprint + "=" * (-len(thumbprint) % 4)).hex()
+        except ValueError:
+            return CertificateStatus.UNKNOWN
+        owner = await self._repo.certificate_owner(fingerprint)
+        if owner is None:
+            return CertificateStatus.UNKNOWN
+        return await self._ca.status(owner.serial_number)
 
     async def end_session(self, access_token: str, *, actor: str, certificate: ClientCertificate | None) -> None:
         """End the token's session: every token of it is refused from now on."""
