@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from cryptography import x509
@@ -49,9 +49,12 @@ async def running_stack(state_dir: Path, clock: FakeClock) -> AsyncIterator[Stac
 
 async def completed(stack: Stack, workdir: Path, clock: FakeClock) -> Customer:
     """Completed is a customer who took all ten steps (the first code was the app's code at the clock's now)."""
-    directory = workdir / uuid.uuid4().hex[:8]
-    directory.mkdir(parents=True)
-    return await Customer(stack, directory).complete(clock.now())
+    return await Customer(stack, _new_directory(workdir / uuid.uuid4().hex[:8])).complete(clock.now())
+
+
+def _new_directory(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 def next_code(customer: Customer, clock: FakeClock) -> str:
@@ -111,16 +114,22 @@ async def issue_frontend(stack: Stack, directory: Path) -> Frontend:
             service=ca_pb2.ServiceIdentity(role=FRONTEND, dns_names=["localhost"]),
         )
     )
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_file, key_file = directory / "frontend.pem", directory / "frontend-key.pem"
-    cert_file.write_text(reply.certificate.certificate_pem + reply.chain_pem)
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    key_file.chmod(0o600)
-    tls = TlsFiles(cert_file, key_file, stack.tls_dir / "ca.pem")
+    tls = _write_identity(directory, reply.certificate.certificate_pem + reply.chain_pem, key_pem, stack.tls_dir)
     stack.channels[("enrollment", FRONTEND)] = open_channel(stack.targets["enrollment"], tls, server_name="localhost")
     return Frontend(tls, reply.certificate.certificate_pem)
+
+
+def _write_identity(directory: Path, chain_pem: str, key_pem: bytes, tls_dir: Path) -> TlsFiles:
+    """The front-end's certificate chain and key as the mTLS files a channel reads (the root from the stack)."""
+    _new_directory(directory)
+    cert_file, key_file = directory / "frontend.pem", directory / "frontend-key.pem"
+    cert_file.write_text(chain_pem)
+    key_file.write_bytes(key_pem)
+    key_file.chmod(0o600)
+    return TlsFiles(cert_file, key_file, tls_dir / "ca.pem")
 
 
 def frontend_users(stack: Stack) -> user_pb2_grpc.UserServiceStub:
@@ -186,7 +195,7 @@ async def jwks(stack: Stack, role: str = "gateway") -> dict[str, Any]:
 def verify_token(token: str, jwk_set: dict[str, Any], now: float) -> VerifiedToken:
     """Verify_token checks a kagi JWT with joserfc (not the server's PyJWT): ES256 only, signed by the key its
     `kid` names (whose RFC 7638 thumbprint is that kid), `aud` kagi, and not expired at `now`."""
-    keys = KeySet.import_key_set(jwk_set)
+    keys = KeySet.import_key_set(cast(Any, jwk_set))
     decoded = jwt.decode(token, keys, algorithms=["ES256"])
     header, claims = dict(decoded.header), dict(decoded.claims)
     assert header["alg"] == "ES256"

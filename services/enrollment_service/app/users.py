@@ -298,7 +298,9 @@ class UserSessions:
         user.check_usable()
         try:
             await self._otp.verify(
-                request_id=f"user/{user_id}/otp/{request_id or uuid.uuid4().hex}", token_id=user.token_id, code=otp
+                request_id=_otp_request_id("otp", user_id, request_id or uuid.uuid4().hex),
+                token_id=user.token_id,
+                code=otp,
             )
         except KagiError as exc:
             await self._audit(actor, "otp.refused", user_id, {"why": exc.reason})
@@ -351,8 +353,10 @@ class UserSessions:
         if existing is not None:
             return self._replayed(existing.value, entry.digest, otp)
         try:
+            # Keyed by the code too: a mistyped code's refusal must not stand for the transaction's next try,
+            # while a retry with the same code after a crash finds the code's first (successful) answer.
             await self._otp.verify(
-                request_id=f"user/{user_id}/confirm/{transaction_id}", token_id=user.token_id, code=otp
+                request_id=_otp_request_id("confirm", user_id, transaction_id, otp), token_id=user.token_id, code=otp
             )
         except KagiError as exc:
             await self._audit(
@@ -371,13 +375,15 @@ class UserSessions:
             "code_digest": _code_digest(confirmation_id, otp),
             "thumbprint": thumbprint,
         }
-        operations: list[Operation] = [Create(CONFIRMATIONS, key, json.dumps(record).encode())]
+        create = Create(CONFIRMATIONS, key, json.dumps(record).encode())
+        operations: list[Operation]
         audit = AuditEvent(
             actor, "confirmation", user_id, {"transaction": transaction_id, "confirmation": confirmation_id}
         )
         for _ in range(_CAS_RETRIES):
+            operations = [create]
             if user.confirmation_failures:
-                operations = [operations[0], put_user(user.with_confirmation_success(), current.version)]
+                operations.append(put_user(user.with_confirmation_success(), current.version))
             try:
                 await self._journal.submit(Change(operations, [audit]))
             except KeyExists:
@@ -481,6 +487,12 @@ def _lock_details(before: User, after: User) -> dict[str, str]:
     if after.lock_reason is not before.lock_reason:
         return {"lock": after.lock_reason.value or "lifted"}
     return {}
+
+
+def _otp_request_id(purpose: str, *parts: str) -> str:
+    # A digest keeps the OTP service's request id within its 128 characters whatever the caller's ids are.
+    digest = hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
+    return f"user-{purpose}/{digest}"
 
 
 def _code_digest(confirmation_id: str, otp: str) -> str:

@@ -15,7 +15,17 @@ import pytest
 from kagi.clock import FakeClock
 from kagi.enrollment.v1 import user_pb2 as upb
 from tests.support.enrollment_flow import Customer, Stack
-from tests.support.frontend import b64url, completed, jwks, next_code, refused, running_stack, verify_token, x5t_s256
+from tests.support.frontend import (
+    b64url,
+    completed,
+    jwks,
+    next_code,
+    refused,
+    running_stack,
+    verify_token,
+    wrong_code,
+    x5t_s256,
+)
 
 CONFIRMATION_PASSWORD = "Kakunin9"
 SUMMARY = "振込先: 株式会社テスト 普通 1234567 / 金額: 1,000,000円"
@@ -142,12 +152,18 @@ async def test_bad_confirmation_input_is_refused_naming_the_field_and_changes_no
     assert confirmed.confirmation.txn_digest == digest(exactly)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the OTP request_id user/<user_id>/confirm/<transaction_id> exceeds 128 characters for ids over 82",
-)
 async def test_a_transaction_id_of_128_characters_confirms(stack: Stack, workdir: Path, clock: FakeClock) -> None:
     """A transaction id of 128 characters (the longest user.proto allows) confirms like a short one."""
     confirm = await logged_in(stack, workdir, clock)
     confirmed = await confirm("x" * 128, SUMMARY, next_code(confirm.customer, clock))
     assert confirmed.confirmation.transaction_id == "x" * 128
+
+
+async def test_a_mistyped_code_does_not_block_the_transaction(stack: Stack, workdir: Path, clock: FakeClock) -> None:
+    """After a confirmation refused WRONG_CODE (a mistyped code), the same transaction id confirms with the
+    right code."""
+    confirm = await logged_in(stack, workdir, clock)
+    mistyped = await refused(confirm("txn-typo", SUMMARY, wrong_code(confirm.customer, clock)))
+    assert mistyped.reason == "WRONG_CODE"
+    confirmed = await confirm("txn-typo", SUMMARY, next_code(confirm.customer, clock))
+    assert confirmed.confirmation.transaction_id == "txn-typo"

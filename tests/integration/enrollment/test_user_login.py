@@ -79,7 +79,7 @@ async def test_login_answers_the_user_and_a_certificate_bound_token_that_joserfc
     with pytest.raises(ExpiredTokenError):
         verify_token(reply.access_token, key_set, claims["exp"])
     head, body, signature = reply.access_token.split(".")
-    forged = f"{head}.{body}.{signature[:-4]}{'AAAA' if signature[-4:] != 'AAAA' else 'BBBB'}"
+    forged = f"{head}.{body}.{signature[:-4]}{'AAAA' if signature[-4:] != 'AAAA' else 'QQQQ'}"
     with pytest.raises(BadSignatureError):
         verify_token(forged, key_set, clock.now())
 
