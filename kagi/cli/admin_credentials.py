@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
 from kagi.cli.admin import AdminContext, run_call
 from kagi.errors import KagiError
+from kagi.files import write_file
 from kagi.runtime.identity import Role
 from kagi.runtime.settings import Environment, Secret
 from services.ca_service.adapters.ca_directory import CaDirectory
@@ -142,29 +143,11 @@ class _Files:
 
 
 def _write_atomically(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
-    """Write `data` to a temporary file with `mode`, fsync it, then put it at `path`: replacing what is there only
-    when `replace`, otherwise failing if `path` appeared meanwhile (a hard link never overwrites)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    """Write `data` at `path` with exactly `mode`: replacing what is there only when `replace`."""
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)  # exactly `mode`, whatever the umask
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if replace:
-            os.replace(temporary, path)
-            return
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            raise click.ClickException(f"{path} appeared while the credential was issued; it was left alone") from None
-        except OSError:  # a file system without hard links: check, then rename
-            if path.exists():
-                raise click.ClickException(f"{path} exists already; it was left alone") from None
-            os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+        write_file(path, data, mode, replace=replace)
+    except FileExistsError:
+        raise click.ClickException(f"{path} appeared while the credential was issued; it was left alone") from None
 
 
 def _check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kagi.errors import InvalidArgument, NotFound, Unauthenticated
+from kagi.files import write_file
 
 FORMAT = "kagi-soft-token-v1"
 _AAD = FORMAT.encode()
@@ -68,13 +69,7 @@ def save(path: Path, token: SoftToken, password: str) -> None:
         "ciphertext": _b64(ciphertext),
     }
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        json.dump(document, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)
+    write_file(path, json.dumps(document).encode(), 0o600)
 
 
 def load(path: Path, password: str) -> SoftToken:

@@ -7,8 +7,8 @@ are reserved, recorded and audited like any other: the CA never signs a certific
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-import os
 import secrets
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from kagi.clock import Clock, SystemClock, utc_datetime
+from kagi.files import write_file
 from kagi.runtime.identity import Role
 from kagi.runtime.settings import Secret, TlsFiles
 from services.ca_service.adapters.ca_directory import CaDirectory, LoadedCa
@@ -173,14 +174,8 @@ def _ensure_passphrase(secrets_dir: Path) -> Path:
     secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = secrets_dir / PASSPHRASE_FILE
     if not path.exists():
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path  # another first start made it a moment ago
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_urlsafe(32) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):  # another first start made it a moment ago
+            write_file(path, (secrets.token_urlsafe(32) + "\n").encode(), 0o600, replace=False)
     return path
 
 
@@ -241,19 +236,10 @@ def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def _replace_file(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to `path` atomically (temp file, fsync, rename) with `mode` from the first byte."""
+    """Write `data` to `path` atomically with `mode`, unless it holds exactly that already."""
     if path.exists() and path.read_bytes() == data:
         return
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_file(path, data, mode)
 
 
 async def issue_service_certificate(

@@ -15,7 +15,6 @@ Nothing here ever writes over an existing file: initialising twice fails instead
 from __future__ import annotations
 
 import dataclasses
-import os
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from kagi.clock import Clock
 from kagi.errors import AlreadyExists
+from kagi.files import write_file
 from services.ca_service.adapters.file_signer import FileSigner, Passphrase
 from services.ca_service.domain.authority import CertificateAuthority
 from services.ca_service.domain.crl import SignedCrl, build_crl
@@ -77,13 +77,9 @@ class LoadedCa:
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        write_file(path, data, mode, replace=False)
     except FileExistsError:
         raise AlreadyExists(f"{path} exists already; refusing to overwrite it", reason="CA_FILE_EXISTS") from None
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _pem(certificate: x509.Certificate) -> bytes:

@@ -6,7 +6,6 @@ refuses an unencrypted key. No repr, str or error message shows key material or 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -14,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from kagi.errors import AlreadyExists
+from kagi.files import write_file
 from services.ca_service.domain.errors import CaKeyUnreadable
 from services.ca_service.domain.keys import (
     CaPrivateKey,
@@ -152,18 +152,8 @@ def write_key_file(path: Path, encrypted_pem: bytes) -> None:
     """write_key_file writes an encrypted key atomically with mode 0600, refusing to replace an existing key."""
     if _ENCRYPTED_PEM_HEADER not in encrypted_pem:
         raise CaKeyUnreadable("refusing to write a CA key that is not encrypted PKCS#8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Never replaced: two initialisations racing cannot overwrite a CA key.
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(encrypted_pem)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # link() fails if the target exists, so two initialisations racing cannot overwrite a CA key.
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            raise AlreadyExists(f"a CA key file already exists at {path}", reason="CA_KEY_EXISTS") from None
-    finally:
-        temporary.unlink(missing_ok=True)
+        write_file(path, encrypted_pem, 0o600, replace=False)
+    except FileExistsError:
+        raise AlreadyExists(f"a CA key file already exists at {path}", reason="CA_KEY_EXISTS") from None

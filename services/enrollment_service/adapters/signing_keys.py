@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import secrets
 import time
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from kagi.errors import InvalidArgument, KagiError
+from kagi.files import write_file
 from kagi.runtime.settings import Secret
 from services.enrollment_service.domain.sessions import (
     AUDIENCE,
@@ -159,22 +159,8 @@ def rotate_key_ring(
         + key.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
         for key in kept
     )
-    _write_private(path, text)
+    write_file(path, text, 0o600)
     return new, dropped
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 DEV_KEY_FILE = "signing-keys.pem"
@@ -187,7 +173,7 @@ def ensure_dev_signing_key(state_dir: Path) -> tuple[Path, Secret]:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     passphrase_file, key_file = directory / DEV_PASSPHRASE_FILE, directory / DEV_KEY_FILE
     if not passphrase_file.exists():
-        _write_private(passphrase_file, secrets.token_urlsafe(32).encode())
+        write_file(passphrase_file, secrets.token_urlsafe(32).encode(), 0o600)
     passphrase = Secret(passphrase_file.read_bytes().strip())
     if not key_file.exists():
         rotate_key_ring(key_file, passphrase.reveal(), now=time.time())

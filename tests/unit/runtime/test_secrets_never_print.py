@@ -73,6 +73,9 @@ def test_configured_logger_writes_json_with_request_id_and_no_secret(capsys: pyt
         structlog.get_logger("t").info("activated", secret="JBSWY3DPEHPK3PXP", session_token="s3cr3t")
     finally:
         request_id_var.reset(token)
+        # The logger wrote to this test's captured stderr, which closes with it: later tests get the defaults.
+        structlog.reset_defaults()
+        structlog.contextvars.clear_contextvars()
     line = capsys.readouterr().err.strip().splitlines()[-1]
     record = json.loads(line)
     assert record["request_id"] == "rid-42"
