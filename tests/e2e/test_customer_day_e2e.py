@@ -20,7 +20,6 @@ from joserfc.jwk import KeySet
 from kagi.clock import FakeClock
 from kagi.runtime.settings import TlsFiles
 from tests.integration.gateway.gateway_support import (
-    MOBILE,
     USAGE_START_PASSWORD,
     Customer,
     GatewayStack,
@@ -44,25 +43,10 @@ async def _oathtool(secret: str, at: float) -> str:
 
 async def _set_up(stack: GatewayStack, clock: FakeClock) -> tuple[Customer, str]:
     """Take the ten steps (1-4 with the session token, 5-10 with curl and the certificate); return the seed."""
-    customer = await Customer(stack).through_step4()
+    customer = Customer(stack)
+    service_id, app_user_id = await customer.through_step7()
     assert customer.certificate is not None
     path = f"/v1/enrollments/{customer.enrollment_id}"
-    for step, body in (
-        ("/certificate-login", {}),
-        ("/password-login", {"login_password": "Passw0rd"}),
-        (
-            "/token",
-            {
-                "mobile_email": MOBILE,
-                "mobile_email_confirmation": MOBILE,
-                "usage_start_password": USAGE_START_PASSWORD,
-                "usage_start_password_confirmation": USAGE_START_PASSWORD,
-            },
-        ),
-    ):
-        answer = await curl(stack, "POST", path + step, body, cert=customer.certificate)
-        assert answer.status == 200, answer.body
-    service_id, app_user_id = await stack.mail_ids()
     activation = {"service_id": service_id, "user_id": app_user_id, "usage_start_password": USAGE_START_PASSWORD}
     seed = await curl(stack, "POST", "/v1/app/activation", {**activation, "agreed": True})
     assert seed.status == 200, seed.body

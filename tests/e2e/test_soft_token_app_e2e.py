@@ -7,32 +7,17 @@ import stat
 
 import pytest
 
-from tests.integration.gateway.gateway_support import MOBILE, USAGE_START_PASSWORD, Customer, GatewayStack, curl
+from tests.integration.gateway.gateway_support import USAGE_START_PASSWORD, Customer, GatewayStack, curl
 from tests.support.tools import run, tool
 
 
 async def test_kagi_token_activates_registers_and_shows_the_code_that_completes(stack: GatewayStack) -> None:
     """After step 7 the app activates with the IDs from the mail, stores the seed in a 0600 file encrypted
     under the usage-start password, registers (APP_REGISTERED), and its code makes the enrollment COMPLETED."""
-    customer = await Customer(stack).through_step4()
+    customer = Customer(stack)
+    service_id, app_user_id = await customer.through_step7()
     assert customer.certificate is not None
     path = f"/v1/enrollments/{customer.enrollment_id}"
-    for route, body in (
-        ("/certificate-login", {}),
-        ("/password-login", {"login_password": "Passw0rd"}),
-        (
-            "/token",
-            {
-                "mobile_email": MOBILE,
-                "mobile_email_confirmation": MOBILE,
-                "usage_start_password": USAGE_START_PASSWORD,
-                "usage_start_password_confirmation": USAGE_START_PASSWORD,
-            },
-        ),
-    ):
-        answer = await curl(stack, "POST", path + route, body, cert=customer.certificate)
-        assert answer.status == 200, answer.body
-    service_id, app_user_id = await stack.mail_ids()
 
     token_file = stack.workdir / "app" / "token.json"
     kagi = tool("kagi")

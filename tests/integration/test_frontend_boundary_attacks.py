@@ -13,9 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import Message
 
 from gateway.tls import ascii_rfc4514
@@ -27,6 +25,7 @@ from kagi.runtime.grpc_server import CLIENT_CERT_SERIAL_HEADER, CLIENT_CERT_SHA2
 from kagi.runtime.settings import TlsFiles
 from tests.integration.gateway.gateway_support import MOBILE, USAGE_START_PASSWORD, Customer, GatewayStack
 from tests.integration.gateway.gateway_support import open_gateway_stack as open_stack
+from tests.support.identities import issue_internal_identity, make_key_and_csr
 
 ATTACKER_MAIL = "attacker@evil.example"
 
@@ -39,43 +38,9 @@ async def stack(tmp_path: Path) -> AsyncIterator[GatewayStack]:
     await running.close()
 
 
-def make_key_and_csr() -> tuple[bytes, bytes]:
-    """make_key_and_csr is a fresh P-256 key (PKCS#8 PEM) and a CSR for it (PEM): the attacker's own key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attacker")]))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
-
-
-def write_identity(directory: Path, chain_pem: str, key_pem: bytes, root: Path) -> TlsFiles:
-    """write_identity saves the front-end's certificate chain and key as the mTLS files a channel reads."""
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_file, key_file = directory / "frontend.pem", directory / "frontend-key.pem"
-    cert_file.write_text(chain_pem)
-    key_file.write_bytes(key_pem)
-    key_file.chmod(0o600)
-    return TlsFiles(cert_file, key_file, root)
-
-
 async def issue_frontend(stack: GatewayStack) -> TlsFiles:
     """Issue_frontend is a bank front-end's mTLS identity: a new key, certified by the CA at the operator's request."""
-    key_pem, csr_pem = make_key_and_csr()
-    reply = await stack.ca("operator").IssueCertificate(
-        ca_pb2.IssueCertificateRequest(
-            request_id=uuid.uuid4().hex,
-            csr=csr_pem,
-            profile="service",
-            service=ca_pb2.ServiceIdentity(role="frontend", dns_names=["localhost"]),
-        )
-    )
-    chain = reply.certificate.certificate_pem + reply.chain_pem
-    return write_identity(stack.workdir / "frontend", chain, key_pem, stack.root_file)
+    return await issue_internal_identity(stack.ca("operator"), "frontend", stack.workdir / "frontend", stack.root_file)
 
 
 def channel_as(stack: GatewayStack, tls: TlsFiles, component: str) -> grpc.aio.Channel:
@@ -125,7 +90,7 @@ async def test_frontend_cannot_renew_a_victims_certificate_onto_its_own_key(stac
     before = await operator.ListCertificates(ca_pb2.ListCertificatesRequest(subject_id=user_id))
     assert [c.serial_number for c in before.certificates] == [victim.serial_hex]
 
-    _key, attacker_csr = make_key_and_csr()
+    _key, attacker_csr = make_key_and_csr("attacker")
     ca = ca_pb2_grpc.CertificateAuthorityServiceStub(channel_as(stack, await issue_frontend(stack), "ca"))
     renewal = ca_pb2.RenewCertificateRequest(
         request_id=uuid.uuid4().hex, serial_number=victim.serial_hex, csr=attacker_csr, revoke_previous=True

@@ -9,17 +9,12 @@ decided here fails the test until someone writes down who may call it.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
@@ -30,6 +25,7 @@ from kagi.runtime.grpc_client import error_from_rpc, open_channel
 from kagi.runtime.identity import Role
 from kagi.runtime.settings import TlsFiles
 from tests.integration.gateway.gateway_support import Customer, GatewayStack, open_gateway_stack
+from tests.support.identities import issue_internal_identity
 
 CA = "kagi.ca.v1.CertificateAuthorityService"
 OTP = "kagi.otp.v1.OtpService"
@@ -117,45 +113,6 @@ class Outcome:
         return f"{self.code}/{self.reason}" if self.reason else self.code
 
 
-def make_key_and_csr() -> tuple[bytes, bytes]:
-    """make_key_and_csr is a fresh P-256 key (PKCS#8 PEM) and a CSR for it (PEM), made with `cryptography`."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ignored by the CA")]))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
-
-
-def write_identity(directory: Path, name: str, chain_pem: str, key_pem: bytes, root: Path) -> TlsFiles:
-    """write_identity saves a certificate chain and its key as the mTLS files a channel reads."""
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_file, key_file = directory / f"{name}.pem", directory / f"{name}-key.pem"
-    cert_file.write_text(chain_pem)
-    key_file.write_bytes(key_pem)
-    key_file.chmod(0o600)
-    return TlsFiles(cert_file, key_file, root)
-
-
-async def issue_internal_identity(stack: GatewayStack, role: str, directory: Path) -> TlsFiles:
-    """issue_internal_identity has the operator ask the CA for an internal certificate of `role` (a new key)."""
-    key_pem, csr_pem = make_key_and_csr()
-    reply = await stack.ca("operator").IssueCertificate(
-        ca_pb2.IssueCertificateRequest(
-            request_id=uuid.uuid4().hex,
-            csr=csr_pem,
-            profile="service",
-            service=ca_pb2.ServiceIdentity(role=role, dns_names=["localhost"]),
-        )
-    )
-    chain = reply.certificate.certificate_pem + reply.chain_pem
-    return write_identity(directory, role, chain, key_pem, stack.root_file)
-
-
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[GatewayStack]:
     """Stack is the real CA, OTP and enrollment services (and the gateway) with mTLS on free loopback ports."""
@@ -171,7 +128,9 @@ async def callers(stack: GatewayStack, directory: Path) -> dict[str, dict[str, g
         if role.value in DEV_ROLES:
             credentials[role.value] = stack.pki.tls(role.value)
         else:
-            credentials[role.value] = await issue_internal_identity(stack, role.value, directory)
+            credentials[role.value] = await issue_internal_identity(
+                stack.ca("operator"), role.value, directory, stack.root_file
+            )
     customer = await Customer(stack).through_step4()
     assert customer.certificate is not None
     credentials[CUSTOMER] = customer.certificate

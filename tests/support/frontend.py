@@ -24,13 +24,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from kagi.ca.v1 import ca_pb2
 from kagi.clock import FakeClock
 from kagi.enrollment.v1 import user_pb2 as upb
 from kagi.enrollment.v1 import user_pb2_grpc
 from kagi.runtime.grpc_client import error_from_rpc, open_channel
 from kagi.runtime.settings import TlsFiles
 from tests.support.enrollment_flow import Customer, Stack, code_for, open_stack
+from tests.support.identities import issue_internal_identity
 
 FRONTEND = "frontend"
 """FRONTEND is the role name a bank front-end's stub is cached under (`customer.users(FRONTEND)`)."""
@@ -100,26 +100,10 @@ class Frontend:
 async def issue_frontend(stack: Stack, directory: Path) -> Frontend:
     """Issue_frontend has the operator certify a new key as `frontend` (internal CA) and caches a UserService
     channel with it on the stack, so `customer.users(FRONTEND)` calls as the front-end (closed with the stack)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bank front-end")]))
-        .sign(key, hashes.SHA256())
-    )
-    reply = await stack.ca().IssueCertificate(
-        ca_pb2.IssueCertificateRequest(
-            request_id=uuid.uuid4().hex,
-            csr=csr.public_bytes(serialization.Encoding.PEM),
-            profile="service",
-            service=ca_pb2.ServiceIdentity(role=FRONTEND, dns_names=["localhost"]),
-        )
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    tls = _write_identity(directory, reply.certificate.certificate_pem + reply.chain_pem, key_pem, stack.tls_dir)
+    tls = await issue_internal_identity(stack.ca(), FRONTEND, directory, stack.tls_dir / "ca.pem")
     stack.channels[("enrollment", FRONTEND)] = open_channel(stack.targets["enrollment"], tls, server_name="localhost")
-    return Frontend(tls, reply.certificate.certificate_pem)
+    leaf = x509.load_pem_x509_certificates(tls.cert_file.read_bytes())[0]
+    return Frontend(tls, leaf.public_bytes(serialization.Encoding.PEM).decode())
 
 
 def _write_identity(directory: Path, chain_pem: str, key_pem: bytes, tls_dir: Path) -> TlsFiles:

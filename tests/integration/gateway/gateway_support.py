@@ -391,6 +391,26 @@ class Customer:
         self.serial_hex = answer.body["serial_number"]
         return self
 
+    async def through_step7(self) -> tuple[str, str]:
+        """Through_step7 takes steps 1-7 (5-7 with curl and the certificate); returns the mailed IDs."""
+        await self.through_step4()
+        assert self.certificate is not None
+        path = f"/v1/enrollments/{self.enrollment_id}"
+        token_request = {
+            "mobile_email": MOBILE,
+            "mobile_email_confirmation": MOBILE,
+            "usage_start_password": USAGE_START_PASSWORD,
+            "usage_start_password_confirmation": USAGE_START_PASSWORD,
+        }
+        for route, body in (
+            ("/certificate-login", {}),
+            ("/password-login", {"login_password": PROFILE["login_password"]}),
+            ("/token", token_request),
+        ):
+            answer = await curl(self.stack, "POST", path + route, body, cert=self.certificate)
+            assert answer.status == 200, answer.body
+        return await self.stack.mail_ids()
+
 
 async def curl(
     stack: GatewayStack,

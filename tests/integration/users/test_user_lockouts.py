@@ -5,34 +5,20 @@ an operator's lock ends every live session for good."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-import pytest
 
 from kagi.clock import FakeClock
 from kagi.enrollment.v1 import user_pb2 as upb
 from kagi.otp.v1 import otp_pb2
 from tests.support.enrollment_flow import Customer, Stack
-from tests.support.frontend import completed, next_code, refused, running_stack, wrong_code
+from tests.support.frontend import completed, next_code, refused, wrong_code
 
 PASSWORD = "Passw0rd"
 CONFIRMATION_PASSWORD = "Kakunin9"
 SUMMARY = "振込 株式会社テスト 100,000円"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(time.time())
-
-
-@pytest.fixture
-async def stack(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Stack]:
-    async with running_stack(tmp_path / "kagi", clock) as running:
-        yield running
 
 
 async def get_user(customer: Customer, user_id: str) -> upb.User:

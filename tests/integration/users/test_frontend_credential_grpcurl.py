@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
 from kagi.clock import FakeClock
-from tests.support.enrollment_flow import Customer, Stack, open_stack
+from tests.support.enrollment_flow import Customer, Stack
 from tests.support.tools import run, tool
 
 
@@ -27,26 +23,15 @@ async def _refused(argv: list[str]) -> str:
     return out.decode() + err.decode()
 
 
-@pytest.fixture
-async def timed(tmp_path: Path) -> AsyncIterator[tuple[Stack, FakeClock]]:
-    clock = FakeClock(time.time())
-    stack = await open_stack(tmp_path / "kagi", clock=clock)
-    yield stack, clock
-    await stack.close()
-    stack.smtp.stop()
-
-
 async def test_grpcurl_authenticates_a_customer_with_an_issued_frontend_credential(
-    timed: tuple[Stack, FakeClock], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, clock: FakeClock, workdir: Path
 ) -> None:
     """issue-credential writes the front-end's certificate, key and root; with them grpcurl lists UserService,
     Authenticate answers the user and an access token for the customer's certificate, a wrong password is
     UNAUTHENTICATED LOGIN_FAILED, and the same credential may not call a setup step (PERMISSION_DENIED)."""
-    stack, clock = timed
     assert stack.dev is not None
-    monkeypatch.setenv("KAGI_CA_TARGET", stack.targets["ca"])
-    customer = await Customer(stack, tmp_path).complete(clock.now())
-    out = tmp_path / "frontend-team"
+    customer = await Customer(stack, workdir).complete(clock.now())
+    out = workdir / "frontend-team"
     await run(
         [tool("kagi"), "admin", "--state-dir", str(stack.dev.state_dir), "issue-credential", "--role", "frontend",
          "--name", "web-banking", "--dns", "web-banking.bank.example", "--out", str(out)]

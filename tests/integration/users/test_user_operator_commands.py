@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 import grpc
@@ -16,17 +15,8 @@ import pytest
 
 from kagi.clock import FakeClock
 from kagi.enrollment.v1 import user_pb2 as upb
-from tests.support.enrollment_flow import Customer, Stack, code_for, open_stack
+from tests.support.enrollment_flow import Customer, Stack, code_for
 from tests.support.tools import run, tool
-
-
-@pytest.fixture
-async def timed(tmp_path: Path) -> tuple[Stack, FakeClock]:
-    clock = FakeClock(time.time())
-    stack = await open_stack(tmp_path / "kagi", clock=clock)
-    yield stack, clock  # type: ignore[misc]
-    await stack.close()
-    stack.smtp.stop()
 
 
 def _admin(stack: Stack, *args: str) -> list[str]:
@@ -34,19 +24,11 @@ def _admin(stack: Stack, *args: str) -> list[str]:
     return [tool("kagi"), "admin", "--state-dir", str(stack.dev.state_dir), *args]
 
 
-@pytest.fixture(autouse=True)
-def _targets(timed: tuple[Stack, FakeClock], monkeypatch: pytest.MonkeyPatch) -> None:
-    stack, _clock = timed
-    for name in ("ca", "otp", "enrollment"):
-        monkeypatch.setenv(f"KAGI_{name.upper()}_TARGET", stack.targets[name])
-
-
-async def test_list_show_lock_and_unlock_a_user(timed: tuple[Stack, FakeClock], tmp_path: Path) -> None:
+async def test_list_show_lock_and_unlock_a_user(stack: Stack, clock: FakeClock, workdir: Path) -> None:
     """list-users finds the user in a table and as JSON, by company and by account; show-user shows it ACTIVE;
     after lock-user --yes the user's login answers USER_LOCKED and show-user says LOCKED (OPERATOR); after
     unlock-user the login works; verify-audit accepts both trails, with the lock and unlock recorded."""
-    stack, clock = timed
-    customer = await Customer(stack, tmp_path).complete(clock.now())
+    customer = await Customer(stack, workdir).complete(clock.now())
     user_id = (await customer.login()).user.user_id
 
     table = await run(_admin(stack, "list-users"))
@@ -77,12 +59,11 @@ async def test_list_show_lock_and_unlock_a_user(timed: tuple[Stack, FakeClock], 
     assert "enrollment: audit chain OK" in audit
 
 
-async def test_unlock_token_after_five_wrong_codes(timed: tuple[Stack, FakeClock], tmp_path: Path) -> None:
+async def test_unlock_token_after_five_wrong_codes(stack: Stack, clock: FakeClock, workdir: Path) -> None:
     """Five wrong codes lock the user's token (show-user: token_state LOCKED); unlock-token --user lifts it and
     the next right code steps the session up. (The OTP service throttles three failures a minute, so the
     clock moves a minute between tries.)"""
-    stack, clock = timed
-    customer = await Customer(stack, tmp_path).complete(clock.now())
+    customer = await Customer(stack, workdir).complete(clock.now())
     session = await customer.login()
     user_id = session.user.user_id
     for _ in range(5):
@@ -112,12 +93,11 @@ async def test_unlock_token_after_five_wrong_codes(timed: tuple[Stack, FakeClock
 
 
 async def test_rotate_signing_key_publishes_the_new_key_and_keeps_the_old(
-    timed: tuple[Stack, FakeClock], tmp_path: Path
+    stack: Stack, clock: FakeClock, workdir: Path
 ) -> None:
     """After rotate-signing-key the JWKS holds two keys (the service reloads the file); a token signed before
     the rotation still verifies against the JWKS, and the new key signs once its activation time has come."""
-    stack, clock = timed
-    customer = await Customer(stack, tmp_path).complete(clock.now())
+    customer = await Customer(stack, workdir).complete(clock.now())
     before = await customer.login()
     old_kid = jwt.get_unverified_header(before.access_token)["kid"]
     out = await run(_admin(stack, "rotate-signing-key", "--activate-in", "60"))

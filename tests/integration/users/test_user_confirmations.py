@@ -4,13 +4,10 @@ code per transaction, retries that answer the first confirmation, and bad input 
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-import pytest
 
 from kagi.clock import FakeClock
 from kagi.enrollment.v1 import user_pb2 as upb
@@ -21,7 +18,6 @@ from tests.support.frontend import (
     jwks,
     next_code,
     refused,
-    running_stack,
     verify_token,
     wrong_code,
     x5t_s256,
@@ -29,17 +25,6 @@ from tests.support.frontend import (
 
 CONFIRMATION_PASSWORD = "Kakunin9"
 SUMMARY = "振込先: 株式会社テスト 普通 1234567 / 金額: 1,000,000円"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(time.time())
-
-
-@pytest.fixture
-async def stack(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Stack]:
-    async with running_stack(tmp_path / "kagi", clock) as running:
-        yield running
 
 
 class Confirmer:

@@ -6,40 +6,21 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-import pytest
 
 from kagi.clock import FakeClock
 from kagi.enrollment.v1 import user_pb2 as upb
 from kagi.journal import audit_records, verify_stored_chain
 from kagi.store import open_store
 from tests.support.enrollment_flow import Customer, Stack
-from tests.support.frontend import completed, jwks, next_code, refused, running_stack, spiffe_id, verify_token
+from tests.support.frontend import completed, jwks, next_code, refused, spiffe_id, verify_token
 from tests.support.tools import run, tool
 
 CONFIRMATION_PASSWORD = "Kakunin9"
 SUMMARY = "振込 株式会社テスト 50,000円"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(time.time())
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "kagi"
-
-
-@pytest.fixture
-async def stack(state_dir: Path, clock: FakeClock) -> AsyncIterator[Stack]:
-    async with running_stack(state_dir, clock) as running:
-        yield running
 
 
 def verify_otp(

@@ -5,9 +5,7 @@ certificate finds."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -26,24 +24,12 @@ from tests.support.frontend import (
     issue_frontend,
     jwks,
     refused,
-    running_stack,
     self_signed_client_certificate,
     verify_token,
     x5t_s256,
 )
 
 PASSWORD = "Passw0rd"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(time.time())
-
-
-@pytest.fixture
-async def stack(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Stack]:
-    async with running_stack(tmp_path / "kagi", clock) as running:
-        yield running
 
 
 async def test_login_answers_the_user_and_a_certificate_bound_token_that_joserfc_verifies(
