@@ -44,10 +44,10 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 """NAME_RE is what a credential's NAME may be: it names files, so no path separators and no leading dot."""
 
 DEFAULT_DAYS = SERVICE_PROFILE.validity.days
-"""DEFAULT_DAYS is the service profile's lifetime (90 days): what the running CA always issues."""
+"""DEFAULT_DAYS is the service profile's lifetime (90 days): what the CA issues unless told otherwise."""
 
 MAX_DAYS = 825
-"""MAX_DAYS bounds --days (offline): the longest lifetime TLS certificates were ever allowed in the Web PKI."""
+"""MAX_DAYS bounds --days: the longest lifetime TLS certificates were ever allowed in the Web PKI."""
 
 _OPTION_OF_FIELD = {"role": "--role", "dns_names": "--dns", "ip_addresses": "--ip"}
 
@@ -62,7 +62,7 @@ Writes, in --out DIR:
 
 By default the running CA issues it (IssueCertificate, profile "service") to the operator, whose mTLS files come
 from --state-dir (tls/developer.pem, or KAGI_ADMIN_TLS_CERT/_KEY/_CA) and which is reached at KAGI_CA_TARGET. It
-is valid {DEFAULT_DAYS} days, the service profile's lifetime.
+is valid {DEFAULT_DAYS} days (the service profile's lifetime) unless --days says otherwise.
 
 With --offline (for bootstrapping before the CA runs) the certificate is signed from the internal CA's key files
 in --ca-dir (default <state-dir>/ca), the key passphrase coming from --passphrase-file, KAGI_CA_KEY_PASSPHRASE_FILE
@@ -70,8 +70,7 @@ or KAGI_CA_KEY_PASSPHRASE (or, for `kagi dev`'s layout, <state-dir>/secrets/ca-p
 once in the CA's own store (--store-url / KAGI_STORE_URL; sqlite: is <state-dir>/ca.db), through the same use case
 as an online issuance: serial reserved, certificate recorded, audit record written. The CA lists it (`kagi admin
 list-certificates --subject ROLE`) and revokes it (`kagi admin revoke`) as soon as it runs on that store. Give the
-same --state-dir, KAGI_STORE_URL and KAGI_PKI_BASE_URL as the CA's. --days (1-{MAX_DAYS}) sets the lifetime
-offline only.
+same --state-dir, KAGI_STORE_URL and KAGI_PKI_BASE_URL as the CA's.
 
 No key material is ever printed."""
 
@@ -207,7 +206,12 @@ def _store_location(url: str, state_dir: Path, namespace: str) -> tuple[str, Pat
 
 
 def _issue_online(
-    obj: AdminContext, csr: bytes, identity: ServiceIdentity, request_id: str, check_root: Callable[[bytes], None]
+    obj: AdminContext,
+    csr: bytes,
+    identity: ServiceIdentity,
+    request_id: str,
+    check_root: Callable[[bytes], None],
+    days: int | None,
 ) -> _Issued:
     async def call() -> _Issued:
         async with obj.channel("ca") as channel:
@@ -223,6 +227,7 @@ def _issue_online(
                     service=ca_pb2.ServiceIdentity(
                         role=identity.role, dns_names=identity.dns_names, ip_addresses=identity.ip_addresses
                     ),
+                    validity_days=days or 0,
                 ),
                 timeout=30,
             )
@@ -343,7 +348,7 @@ def _utc(moment: datetime) -> str:
 @click.option(
     "--days",
     type=click.IntRange(1, MAX_DAYS),
-    help=f"Lifetime in days, 1-{MAX_DAYS} (default {DEFAULT_DAYS}; other values only with --offline).",
+    help=f"Lifetime in days, 1-{MAX_DAYS} (default {DEFAULT_DAYS}), inside the internal CA's own validity.",
 )
 @click.option(
     "--out",
@@ -404,12 +409,6 @@ def issue_credential_command(
         for option, param in (("--ca-dir", "ca_dir"), ("--passphrase-file", "passphrase_file")):
             if ctx.get_parameter_source(param) is click.core.ParameterSource.COMMANDLINE:
                 raise click.UsageError(f"{option} is only used with --offline")
-        if days is not None and days != DEFAULT_DAYS:
-            raise click.BadParameter(
-                f"the running CA issues service certificates for {DEFAULT_DAYS} days (its service profile); "
-                "another lifetime needs --offline",
-                param_hint="'--days'",
-            )
     lifetime = timedelta(days=days if days is not None else DEFAULT_DAYS)
     identity = _identity(role, dns_names, ip_addresses)
     spiffe_id = Role(identity.role).spiffe_id
@@ -440,7 +439,7 @@ def issue_credential_command(
     if settings_offline is not None:
         issued = _issue_offline(obj, settings_offline, csr, identity, request_id, check_root)
     else:
-        issued = _issue_online(obj, csr, identity, request_id, check_root)
+        issued = _issue_online(obj, csr, identity, request_id, check_root, days)
     leaf = _checked_leaf(issued, key, spiffe_id)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

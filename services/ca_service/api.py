@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import grpc
@@ -178,8 +178,14 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
     ) -> pb.IssueCertificateResponse:
         """IssueCertificate validates, authorises the profile for the caller, then issues once per request_id."""
         caller = actor()
+        if request.validity_days < 0:
+            raise InvalidArgument("invalid lifetime", fields={"validity_days": "0 (the profile's) or 1-825 days"})
         prepared = self._service.prepare(
-            csr=request.csr, identity=identity_of(request), profile=request.profile, actor=caller
+            csr=request.csr,
+            identity=identity_of(request),
+            profile=request.profile,
+            actor=caller,
+            lifetime=timedelta(days=request.validity_days) if request.validity_days else None,
         )
 
         async def act() -> pb.IssueCertificateResponse:

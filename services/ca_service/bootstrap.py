@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import secrets
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kagi.clock import Clock, SystemClock, utc_datetime
+from kagi.clock import Clock, SystemClock
 from kagi.files import write_file
 from kagi.runtime.identity import Role
 from kagi.runtime.settings import Secret, TlsFiles
@@ -272,12 +271,9 @@ async def issue_service_certificate(
         store_url, state_dir=state_dir, loaded=loaded, pki=settings, clock=clock, namespace=namespace
     )
     try:
-        prepared = runtime.service.prepare(csr=csr, identity=identity, profile="service", actor=actor)
-        if lifetime is not None:
-            internal = runtime.service.authorities.issuing(CaKind.INTERNAL)
-            now = utc_datetime(clock).replace(microsecond=0)
-            not_before, not_after = internal.validity_for(now, lifetime, settings.backdate)
-            prepared = dataclasses.replace(prepared, not_before=not_before, not_after=not_after)
+        prepared = runtime.service.prepare(
+            csr=csr, identity=identity, profile="service", actor=actor, lifetime=lifetime
+        )
         return await runtime.service.issue(prepared, request_id=request_id, actor=actor)
     finally:
         await runtime.close()

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from kagi.clock import Clock
+from kagi.clock import Clock, utc_datetime
 from kagi.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from kagi.journal import AuditEvent, Change, FeedEvent, Journal
 from kagi.runtime.identity import Role, allow
@@ -87,6 +88,9 @@ MANAGE_ROLES: Mapping[str, frozenset[Role]] = {
 """MANAGE_ROLES says who may renew or revoke a certificate of each profile: kagi's own ones only the operator."""
 
 MAX_LIST_PAGE = 1000
+MIN_SERVICE_LIFETIME = timedelta(days=1)
+MAX_SERVICE_LIFETIME = timedelta(days=825)
+"""MAX_SERVICE_LIFETIME: the longest lifetime TLS certificates were ever allowed in the Web PKI."""
 _SCAN_PAGES = 5
 
 
@@ -189,12 +193,33 @@ class CertificateAuthorityService:
         """Check_csr validates a CSR without touching the store (field "csr" on failure)."""
         return parse_csr(csr)
 
-    def prepare(self, *, csr: bytes, identity: Identity | None, profile: str, actor: Actor) -> PreparedIssuance:
-        """Prepare validates and authorises an issuance and draws its serial; nothing is stored or signed."""
+    def prepare(
+        self,
+        *,
+        csr: bytes,
+        identity: Identity | None,
+        profile: str,
+        actor: Actor,
+        lifetime: timedelta | None = None,
+    ) -> PreparedIssuance:
+        """Prepare validates and authorises an issuance and draws its serial; nothing is stored or signed.
+
+        `lifetime` replaces the profile's for service certificates (1-825 days), inside the CA's own validity.
+        """
         chosen = get_profile(profile)
         actor.require(ISSUE_ROLES.get(chosen.name, frozenset()), f"have {chosen.name} certificates issued")
         ca = self.authorities.issuing(chosen.issuer)
-        return prepare_issuance(ca, csr, identity, chosen.name, settings=self._settings, clock=self._clock)
+        prepared = prepare_issuance(ca, csr, identity, chosen.name, settings=self._settings, clock=self._clock)
+        if lifetime is None:
+            return prepared
+        if chosen.name != "service" or not MIN_SERVICE_LIFETIME <= lifetime <= MAX_SERVICE_LIFETIME:
+            raise InvalidArgument(
+                "invalid lifetime",
+                fields={"validity_days": "1-825 days, and only for the service profile"},
+            )
+        now = utc_datetime(self._clock).replace(microsecond=0)
+        not_before, not_after = ca.validity_for(now, lifetime, self._settings.backdate)
+        return dataclasses.replace(prepared, not_before=not_before, not_after=not_after)
 
     async def issue(self, prepared: PreparedIssuance, *, request_id: str, actor: Actor) -> CertificateRecord:
         """Issue reserves the serial, signs, and records the certificate with its audit record.

@@ -119,9 +119,9 @@ async def test_online_credential_is_recorded_verifies_and_authenticates_as_its_r
 ) -> None:
     """Online, the running CA issues a `frontend` credential to the operator: NAME.pem (leaf + internal CA, 0644),
     NAME-key.pem (EC P-256, 0600), ca.pem (the root); the leaf carries spiffe://kagi.internal/frontend and the
-    DNS and IP names asked for, lives 90 days, and openssl verifies its chain for client auth; the CA lists it
-    as an active service certificate and audits it with the credential's name. With it grpcurl calls
-    GetCaCertificates over mTLS, while IssueCertificate is PERMISSION_DENIED to a front-end."""
+    DNS and IP names asked for, lives 90 days (30 with --days 30), and openssl verifies its chain for client
+    auth; the CA lists it as an active service certificate and audits it with the credential's name. With it
+    grpcurl calls GetCaCertificates over mTLS, while IssueCertificate is PERMISSION_DENIED to a front-end."""
     out = tmp_path / "creds"
     reply = await run(
         _admin(ca.dev.state_dir, "issue-credential", "--role", "frontend", "--name", "web01",
@@ -137,6 +137,18 @@ async def test_online_credential_is_recorded_verifies_and_authenticates_as_its_r
     lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
     assert timedelta(days=90) <= lifetime <= timedelta(days=90, minutes=5)
     await _openssl_verifies(out, "web01")
+
+    shorter = json.loads(
+        await run(
+            _admin(ca.dev.state_dir, "issue-credential", "--role", "frontend", "--name", "web02", "--days", "30",
+                   "--out", str(out), "--json"),
+            env=_env(KAGI_CA_TARGET=ca.address),
+        )
+    )  # fmt: skip
+    assert shorter["mode"] == "online"
+    leaf = x509.load_pem_x509_certificates((out / "web02.pem").read_bytes())[0]
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    assert timedelta(days=30) <= lifetime <= timedelta(days=30, minutes=5)
 
     serial = str(summary["serial_number"])
     listed = await _listed(ca.dev.state_dir, ca.address, "frontend")
@@ -254,7 +266,6 @@ def _with(*changes: str) -> list[str]:
         (_with("--name", "ca"), "--name", "collide with ca.pem", {}),
         (_with("--days", "0"), "--days", "1<=x<=825", {}),
         (_with("--days", "826"), "--days", "1<=x<=825", {}),
-        (_with("--online", "--days", "30"), "--days", "needs --offline", {}),
         (_with("--online", "--ca-dir", "some-ca"), "--ca-dir", "only used with --offline", {}),
         (_with("--dns", "bad_host!"), "--dns", "is not a DNS host name", {}),
         (_with("--ip", "999.1.1.1"), "--ip", "is not an IP address", {}),
@@ -269,7 +280,6 @@ def _with(*changes: str) -> list[str]:
         "name-ca",
         "days-0",
         "days-826",
-        "days-online",
         "ca-dir-online",
         "bad-dns",
         "bad-ip",

@@ -93,6 +93,30 @@ async def test_bad_issue_request_is_invalid_argument_and_stores_nothing(
     await _refused(ca, lambda: stub.IssueCertificate(request), reason, field)
 
 
+@pytest.mark.parametrize(
+    ("profile", "days"),
+    [("customer", 30), ("service", 826), ("service", -1)],
+    ids=["customer-certificate", "over-825-days", "negative"],
+)
+async def test_a_lifetime_only_for_service_certificates_within_825_days(ca: RunningCa, profile: str, days: int) -> None:
+    """validity_days is for the service profile only, 1-825 days: a customer certificate's lifetime, 826 days or a
+    negative number is INVALID_ARGUMENT naming validity_days; nothing is stored."""
+    identity: dict[str, object] = (
+        {"customer": customer_identity()}
+        if profile == "customer"
+        else {"service": ca_pb2.ServiceIdentity(role="gateway")}
+    )
+    request = ca_pb2.IssueCertificateRequest(
+        request_id="days",
+        csr=make_csr(),
+        profile=profile,
+        validity_days=days,
+        **identity,  # type: ignore[arg-type]
+    )
+    stub = ca.stub("operator")
+    await _refused(ca, lambda: stub.IssueCertificate(request), "INVALID_ARGUMENT", "validity_days")
+
+
 @pytest.mark.parametrize("reason_code", [7, 8, 11, -1])
 async def test_revocation_reason_out_of_range_is_refused(ca: RunningCa, reason_code: int) -> None:
     """Reasons 7 (unassigned), 8 (removeFromCRL), 11 and -1 are INVALID_ARGUMENT naming "reason"; nothing changes."""

@@ -248,12 +248,17 @@ class IssueCertificateRequest(_message.Message):
     PROFILE_FIELD_NUMBER: _builtins.int
     CUSTOMER_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
+    VALIDITY_DAYS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key: a retry with the same request_id returns the first answer and issues nothing new."""
     csr: _builtins.bytes
     """PKCS#10 CSR, PEM or DER. Proves possession of the key; its subject and extensions are ignored."""
     profile: _builtins.str
     """The profile: "customer" (needs a customer identity) or "service" (needs a service identity)."""
+    validity_days: _builtins.int
+    """Lifetime in days, 1-825, for the service profile only (kagi's own and the bank's front-ends'
+    credentials); 0 means the profile's (90 days). Always kept inside the issuing CA's own validity.
+    """
     @_builtins.property
     def customer(self) -> Global___CustomerIdentity: ...
     @_builtins.property
@@ -266,10 +271,11 @@ class IssueCertificateRequest(_message.Message):
         profile: _builtins.str = ...,
         customer: Global___CustomerIdentity | None = ...,
         service: Global___ServiceIdentity | None = ...,
+        validity_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["customer", b"customer", "identity", b"identity", "service", b"service"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr", "customer", b"customer", "identity", b"identity", "profile", b"profile", "request_id", b"request_id", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr", "customer", b"customer", "identity", b"identity", "profile", b"profile", "request_id", b"request_id", "service", b"service", "validity_days", b"validity_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_identity: _TypeAlias = _typing.Literal["customer", "service"]  # noqa: Y015
     _WhichOneofArgType_identity: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
