@@ -34,6 +34,14 @@ USER_ALLOWED_ROLES = {
     "ListUsers": allow(Role.OPERATOR),
     "LockUser": allow(Role.OPERATOR),
     "UnlockUser": allow(Role.OPERATOR),
+    "ChangePassword": _CUSTOMER,
+    # What mints or replaces a credential is the gateway's alone: it proves possession of the certificate.
+    "ResetPassword": allow(Role.GATEWAY),
+    "RenewCertificate": allow(Role.GATEWAY),
+    "ReissueToken": allow(Role.GATEWAY),
+    "IssuePasswordReset": allow(Role.OPERATOR),
+    "AllowTokenReissue": allow(Role.OPERATOR),
+    "DisableUserToken": allow(Role.OPERATOR),
 }
 
 

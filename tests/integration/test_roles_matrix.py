@@ -86,10 +86,16 @@ POLICY: dict[str, dict[str, frozenset[str]]] = {
     },
     USER: {
         **dict.fromkeys(
-            ("Authenticate", "VerifyOtp", "ConfirmTransaction", "EndSession"), frozenset({"gateway", "frontend"})
+            ("Authenticate", "VerifyOtp", "ConfirmTransaction", "EndSession", "ChangePassword"),
+            frozenset({"gateway", "frontend"}),
         ),
         **dict.fromkeys(("GetJwks", "GetUser"), frozenset({"gateway", "frontend", "operator"})),
-        **dict.fromkeys(("ListUsers", "LockUser", "UnlockUser"), frozenset({"operator"})),
+        # What mints or replaces a credential: the gateway (which proves possession of the certificate) only.
+        **dict.fromkeys(("ResetPassword", "RenewCertificate", "ReissueToken"), frozenset({"gateway"})),
+        **dict.fromkeys(
+            ("ListUsers", "LockUser", "UnlockUser", "IssuePasswordReset", "AllowTokenReissue", "DisableUserToken"),
+            frozenset({"operator"}),
+        ),
     },
 }
 

@@ -42,6 +42,28 @@ OTP_PURPOSE_CHECK: OtpPurpose.ValueType  # 2
 """A check of the front-end's own, with no session to raise."""
 Global___OtpPurpose: _TypeAlias = OtpPurpose  # noqa: Y015
 
+class _PasswordKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PasswordKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PasswordKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PASSWORD_KIND_UNSPECIFIED: _PasswordKind.ValueType  # 0
+    PASSWORD_KIND_LOGIN: _PasswordKind.ValueType  # 1
+    """ログインパスワード"""
+    PASSWORD_KIND_CONFIRMATION: _PasswordKind.ValueType  # 2
+    """確認用パスワード"""
+
+class PasswordKind(_PasswordKind, metaclass=_PasswordKindEnumTypeWrapper):
+    """PasswordKind names which of the user's passwords."""
+
+PASSWORD_KIND_UNSPECIFIED: PasswordKind.ValueType  # 0
+PASSWORD_KIND_LOGIN: PasswordKind.ValueType  # 1
+"""ログインパスワード"""
+PASSWORD_KIND_CONFIRMATION: PasswordKind.ValueType  # 2
+"""確認用パスワード"""
+Global___PasswordKind: _TypeAlias = PasswordKind  # noqa: Y015
+
 @_typing.final
 class User(_message.Message):
     """User is a customer created by an enrollment's step 3; never holds a password or its hash."""
@@ -640,3 +662,377 @@ class UnlockUserResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnlockUserResponse: _TypeAlias = UnlockUserResponse  # noqa: Y015
+
+@_typing.final
+class ChangePasswordRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CURRENT_PASSWORD_FIELD_NUMBER: _builtins.int
+    NEW_PASSWORD_FIELD_NUMBER: _builtins.int
+    NEW_PASSWORD_CONFIRMATION_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    access_token: _builtins.str
+    """The session's access token; the gateway always sends it, a front-end may."""
+    kind: Global___PasswordKind.ValueType
+    current_password: _builtins.str
+    new_password: _builtins.str
+    new_password_confirmation: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        access_token: _builtins.str = ...,
+        kind: Global___PasswordKind.ValueType = ...,
+        current_password: _builtins.str = ...,
+        new_password: _builtins.str = ...,
+        new_password_confirmation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "current_password", b"current_password", "kind", b"kind", "new_password", b"new_password", "new_password_confirmation", b"new_password_confirmation", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePasswordRequest: _TypeAlias = ChangePasswordRequest  # noqa: Y015
+
+@_typing.final
+class ChangePasswordResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___User: ...
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePasswordResponse: _TypeAlias = ChangePasswordResponse  # noqa: Y015
+
+@_typing.final
+class IssuePasswordResetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    user_id: _builtins.str
+    kind: Global___PasswordKind.ValueType
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        kind: Global___PasswordKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssuePasswordResetRequest: _TypeAlias = IssuePasswordResetRequest  # noqa: Y015
+
+@_typing.final
+class IssuePasswordResetResponse(_message.Message):
+    """IssuePasswordResetResponse is the reset notice. The temporary password appears here once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    TEMPORARY_PASSWORD_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    kind: Global___PasswordKind.ValueType
+    temporary_password: _builtins.str
+    @_builtins.property
+    def user(self) -> Global___User: ...
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+        kind: Global___PasswordKind.ValueType = ...,
+        temporary_password: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "kind", b"kind", "temporary_password", b"temporary_password", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssuePasswordResetResponse: _TypeAlias = IssuePasswordResetResponse  # noqa: Y015
+
+@_typing.final
+class ResetPasswordRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    TEMPORARY_PASSWORD_FIELD_NUMBER: _builtins.int
+    NEW_PASSWORD_FIELD_NUMBER: _builtins.int
+    NEW_PASSWORD_CONFIRMATION_FIELD_NUMBER: _builtins.int
+    kind: Global___PasswordKind.ValueType
+    temporary_password: _builtins.str
+    new_password: _builtins.str
+    new_password_confirmation: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: Global___PasswordKind.ValueType = ...,
+        temporary_password: _builtins.str = ...,
+        new_password: _builtins.str = ...,
+        new_password_confirmation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "new_password", b"new_password", "new_password_confirmation", b"new_password_confirmation", "temporary_password", b"temporary_password"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetPasswordRequest: _TypeAlias = ResetPasswordRequest  # noqa: Y015
+
+@_typing.final
+class ResetPasswordResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___User: ...
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResetPasswordResponse: _TypeAlias = ResetPasswordResponse  # noqa: Y015
+
+@_typing.final
+class RenewCertificateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    CSR_PEM_FIELD_NUMBER: _builtins.int
+    LOGIN_PASSWORD_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    access_token: _builtins.str
+    csr_pem: _builtins.str
+    """PKCS#10 CSR for a NEW key made on the client, PEM."""
+    login_password: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        access_token: _builtins.str = ...,
+        csr_pem: _builtins.str = ...,
+        login_password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "csr_pem", b"csr_pem", "login_password", b"login_password", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewCertificateRequest: _TypeAlias = RenewCertificateRequest  # noqa: Y015
+
+@_typing.final
+class RenewCertificateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    CHAIN_PEM_FIELD_NUMBER: _builtins.int
+    SERIAL_NUMBER_FIELD_NUMBER: _builtins.int
+    certificate_pem: _builtins.str
+    chain_pem: _builtins.str
+    """The customer CA's certificate and the root, PEM."""
+    serial_number: _builtins.str
+    """Lowercase hexadecimal."""
+    def __init__(
+        self,
+        *,
+        certificate_pem: _builtins.str = ...,
+        chain_pem: _builtins.str = ...,
+        serial_number: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "chain_pem", b"chain_pem", "serial_number", b"serial_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewCertificateResponse: _TypeAlias = RenewCertificateResponse  # noqa: Y015
+
+@_typing.final
+class ReissueTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    MOBILE_EMAIL_FIELD_NUMBER: _builtins.int
+    MOBILE_EMAIL_CONFIRMATION_FIELD_NUMBER: _builtins.int
+    USAGE_START_PASSWORD_FIELD_NUMBER: _builtins.int
+    USAGE_START_PASSWORD_CONFIRMATION_FIELD_NUMBER: _builtins.int
+    CONFIRMATION_PASSWORD_FIELD_NUMBER: _builtins.int
+    LOGIN_ID_FIELD_NUMBER: _builtins.int
+    LOGIN_PASSWORD_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    access_token: _builtins.str
+    """The session's access token (the old token's step-up is not needed); may be empty only when an operator
+    allowed a reissue without the old token (AllowTokenReissue), with the login password then.
+    """
+    mobile_email: _builtins.str
+    mobile_email_confirmation: _builtins.str
+    usage_start_password: _builtins.str
+    """4-8 half-width digits."""
+    usage_start_password_confirmation: _builtins.str
+    confirmation_password: _builtins.str
+    login_id: _builtins.str
+    """Needed when there is no access token."""
+    login_password: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        access_token: _builtins.str = ...,
+        mobile_email: _builtins.str = ...,
+        mobile_email_confirmation: _builtins.str = ...,
+        usage_start_password: _builtins.str = ...,
+        usage_start_password_confirmation: _builtins.str = ...,
+        confirmation_password: _builtins.str = ...,
+        login_id: _builtins.str = ...,
+        login_password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "confirmation_password", b"confirmation_password", "login_id", b"login_id", "login_password", b"login_password", "mobile_email", b"mobile_email", "mobile_email_confirmation", b"mobile_email_confirmation", "request_id", b"request_id", "usage_start_password", b"usage_start_password", "usage_start_password_confirmation", b"usage_start_password_confirmation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReissueTokenRequest: _TypeAlias = ReissueTokenRequest  # noqa: Y015
+
+@_typing.final
+class ReissueTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___User:
+        """The new token's state (pending activation); its IDs go by mail only."""
+
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReissueTokenResponse: _TypeAlias = ReissueTokenResponse  # noqa: Y015
+
+@_typing.final
+class AllowTokenReissueRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllowTokenReissueRequest: _TypeAlias = AllowTokenReissueRequest  # noqa: Y015
+
+@_typing.final
+class AllowTokenReissueResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___User: ...
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllowTokenReissueResponse: _TypeAlias = AllowTokenReissueResponse  # noqa: Y015
+
+@_typing.final
+class DisableUserTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    user_id: _builtins.str
+    reason: _builtins.str
+    """Why, for the audit trail: e.g. "lost phone"."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisableUserTokenRequest: _TypeAlias = DisableUserTokenRequest  # noqa: Y015
+
+@_typing.final
+class DisableUserTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___User: ...
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisableUserTokenResponse: _TypeAlias = DisableUserTokenResponse  # noqa: Y015

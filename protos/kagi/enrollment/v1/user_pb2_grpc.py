@@ -105,6 +105,41 @@ class UserServiceStub:
                 request_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.UnlockUserRequest.SerializeToString,
                 response_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.UnlockUserResponse.FromString,
                 _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/kagi.enrollment.v1.UserService/ChangePassword',
+                request_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
+        self.IssuePasswordReset = channel.unary_unary(
+                '/kagi.enrollment.v1.UserService/IssuePasswordReset',
+                request_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.IssuePasswordResetRequest.SerializeToString,
+                response_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.IssuePasswordResetResponse.FromString,
+                _registered_method=True)
+        self.ResetPassword = channel.unary_unary(
+                '/kagi.enrollment.v1.UserService/ResetPassword',
+                request_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.ResetPasswordRequest.SerializeToString,
+                response_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.ResetPasswordResponse.FromString,
+                _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/kagi.enrollment.v1.UserService/RenewCertificate',
+                request_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.RenewCertificateResponse.FromString,
+                _registered_method=True)
+        self.ReissueToken = channel.unary_unary(
+                '/kagi.enrollment.v1.UserService/ReissueToken',
+                request_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.ReissueTokenRequest.SerializeToString,
+                response_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.ReissueTokenResponse.FromString,
+                _registered_method=True)
+        self.AllowTokenReissue = channel.unary_unary(
+                '/kagi.enrollment.v1.UserService/AllowTokenReissue',
+                request_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.AllowTokenReissueRequest.SerializeToString,
+                response_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.AllowTokenReissueResponse.FromString,
+                _registered_method=True)
+        self.DisableUserToken = channel.unary_unary(
+                '/kagi.enrollment.v1.UserService/DisableUserToken',
+                request_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.DisableUserTokenRequest.SerializeToString,
+                response_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.DisableUserTokenResponse.FromString,
+                _registered_method=True)
 
 
 class UserServiceServicer:
@@ -205,6 +240,65 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangePassword(self, request, context):
+        """ChangePassword changes the login or the confirmation password with the current one (the setup's rules:
+        6-12 half-width letters and digits mixed, none equal to the login ID or the other password); every session
+        of the user ends and a mail tells the user. Callers: gateway, frontend.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssuePasswordReset(self, request, context):
+        """IssuePasswordReset makes a temporary password for a forgotten login or confirmation password and returns
+        it once, for the reset notice; every session ends. Caller: operator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetPassword(self, request, context):
+        """ResetPassword sets a new password with the reset notice's temporary password and the user's client
+        certificate (relayed by the gateway: no session is needed); five wrong temporary passwords spend the
+        notice. Caller: gateway.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewCertificate(self, request, context):
+        """RenewCertificate issues a new certificate for a new key from the current one, within the renewal window
+        before its expiry, with the login password; the old one is revoked (superseded) once the new one is first
+        used for a session, or seven days later. Caller: gateway (which proves possession of the current one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReissueToken(self, request, context):
+        """ReissueToken replaces the user's token for a new phone: the old one is revoked, a new one is pending and
+        its service ID and user ID go by mail; the app then takes steps 8-10. Needs the confirmation password,
+        and the current session's access token unless an operator allowed a reissue without it. Caller: gateway.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AllowTokenReissue(self, request, context):
+        """AllowTokenReissue revokes the user's token (a lost phone) and lets the user reissue one without it.
+        Caller: operator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableUserToken(self, request, context):
+        """DisableUserToken disables the user's token with a reason (lost phone, lost PC). Caller: operator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +346,41 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.UnlockUser,
                     request_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.UnlockUserRequest.FromString,
                     response_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.UnlockUserResponse.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'IssuePasswordReset': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssuePasswordReset,
+                    request_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.IssuePasswordResetRequest.FromString,
+                    response_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.IssuePasswordResetResponse.SerializeToString,
+            ),
+            'ResetPassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetPassword,
+                    request_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.ResetPasswordRequest.FromString,
+                    response_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.ResetPasswordResponse.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.RenewCertificateResponse.SerializeToString,
+            ),
+            'ReissueToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReissueToken,
+                    request_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.ReissueTokenRequest.FromString,
+                    response_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.ReissueTokenResponse.SerializeToString,
+            ),
+            'AllowTokenReissue': grpc.unary_unary_rpc_method_handler(
+                    servicer.AllowTokenReissue,
+                    request_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.AllowTokenReissueRequest.FromString,
+                    response_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.AllowTokenReissueResponse.SerializeToString,
+            ),
+            'DisableUserToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableUserToken,
+                    request_deserializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.DisableUserTokenRequest.FromString,
+                    response_serializer=kagi_dot_enrollment_dot_v1_dot_user__pb2.DisableUserTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -523,6 +652,195 @@ class UserService:
             '/kagi.enrollment.v1.UserService/UnlockUser',
             kagi_dot_enrollment_dot_v1_dot_user__pb2.UnlockUserRequest.SerializeToString,
             kagi_dot_enrollment_dot_v1_dot_user__pb2.UnlockUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kagi.enrollment.v1.UserService/ChangePassword',
+            kagi_dot_enrollment_dot_v1_dot_user__pb2.ChangePasswordRequest.SerializeToString,
+            kagi_dot_enrollment_dot_v1_dot_user__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssuePasswordReset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kagi.enrollment.v1.UserService/IssuePasswordReset',
+            kagi_dot_enrollment_dot_v1_dot_user__pb2.IssuePasswordResetRequest.SerializeToString,
+            kagi_dot_enrollment_dot_v1_dot_user__pb2.IssuePasswordResetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetPassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kagi.enrollment.v1.UserService/ResetPassword',
+            kagi_dot_enrollment_dot_v1_dot_user__pb2.ResetPasswordRequest.SerializeToString,
+            kagi_dot_enrollment_dot_v1_dot_user__pb2.ResetPasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kagi.enrollment.v1.UserService/RenewCertificate',
+            kagi_dot_enrollment_dot_v1_dot_user__pb2.RenewCertificateRequest.SerializeToString,
+            kagi_dot_enrollment_dot_v1_dot_user__pb2.RenewCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReissueToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kagi.enrollment.v1.UserService/ReissueToken',
+            kagi_dot_enrollment_dot_v1_dot_user__pb2.ReissueTokenRequest.SerializeToString,
+            kagi_dot_enrollment_dot_v1_dot_user__pb2.ReissueTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AllowTokenReissue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kagi.enrollment.v1.UserService/AllowTokenReissue',
+            kagi_dot_enrollment_dot_v1_dot_user__pb2.AllowTokenReissueRequest.SerializeToString,
+            kagi_dot_enrollment_dot_v1_dot_user__pb2.AllowTokenReissueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableUserToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kagi.enrollment.v1.UserService/DisableUserToken',
+            kagi_dot_enrollment_dot_v1_dot_user__pb2.DisableUserTokenRequest.SerializeToString,
+            kagi_dot_enrollment_dot_v1_dot_user__pb2.DisableUserTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

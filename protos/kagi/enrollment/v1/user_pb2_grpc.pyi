@@ -89,6 +89,36 @@ class UserServiceStub:
     """UnlockUser lifts a lock (an operator's, or five wrong passwords) and resets the failure counts.
     Caller: operator.
     """
+    ChangePassword: _grpc.UnaryUnaryMultiCallable[_user_pb2.ChangePasswordRequest, _user_pb2.ChangePasswordResponse]
+    """ChangePassword changes the login or the confirmation password with the current one (the setup's rules:
+    6-12 half-width letters and digits mixed, none equal to the login ID or the other password); every session
+    of the user ends and a mail tells the user. Callers: gateway, frontend.
+    """
+    IssuePasswordReset: _grpc.UnaryUnaryMultiCallable[_user_pb2.IssuePasswordResetRequest, _user_pb2.IssuePasswordResetResponse]
+    """IssuePasswordReset makes a temporary password for a forgotten login or confirmation password and returns
+    it once, for the reset notice; every session ends. Caller: operator.
+    """
+    ResetPassword: _grpc.UnaryUnaryMultiCallable[_user_pb2.ResetPasswordRequest, _user_pb2.ResetPasswordResponse]
+    """ResetPassword sets a new password with the reset notice's temporary password and the user's client
+    certificate (relayed by the gateway: no session is needed); five wrong temporary passwords spend the
+    notice. Caller: gateway.
+    """
+    RenewCertificate: _grpc.UnaryUnaryMultiCallable[_user_pb2.RenewCertificateRequest, _user_pb2.RenewCertificateResponse]
+    """RenewCertificate issues a new certificate for a new key from the current one, within the renewal window
+    before its expiry, with the login password; the old one is revoked (superseded) once the new one is first
+    used for a session, or seven days later. Caller: gateway (which proves possession of the current one).
+    """
+    ReissueToken: _grpc.UnaryUnaryMultiCallable[_user_pb2.ReissueTokenRequest, _user_pb2.ReissueTokenResponse]
+    """ReissueToken replaces the user's token for a new phone: the old one is revoked, a new one is pending and
+    its service ID and user ID go by mail; the app then takes steps 8-10. Needs the confirmation password,
+    and the current session's access token unless an operator allowed a reissue without it. Caller: gateway.
+    """
+    AllowTokenReissue: _grpc.UnaryUnaryMultiCallable[_user_pb2.AllowTokenReissueRequest, _user_pb2.AllowTokenReissueResponse]
+    """AllowTokenReissue revokes the user's token (a lost phone) and lets the user reissue one without it.
+    Caller: operator.
+    """
+    DisableUserToken: _grpc.UnaryUnaryMultiCallable[_user_pb2.DisableUserTokenRequest, _user_pb2.DisableUserTokenResponse]
+    """DisableUserToken disables the user's token with a reason (lost phone, lost PC). Caller: operator."""
 
 @_typing.type_check_only
 class UserServiceAsyncStub(UserServiceStub):
@@ -151,6 +181,36 @@ class UserServiceAsyncStub(UserServiceStub):
     """UnlockUser lifts a lock (an operator's, or five wrong passwords) and resets the failure counts.
     Caller: operator.
     """
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_user_pb2.ChangePasswordRequest, _user_pb2.ChangePasswordResponse]  # type: ignore[assignment]
+    """ChangePassword changes the login or the confirmation password with the current one (the setup's rules:
+    6-12 half-width letters and digits mixed, none equal to the login ID or the other password); every session
+    of the user ends and a mail tells the user. Callers: gateway, frontend.
+    """
+    IssuePasswordReset: _aio.UnaryUnaryMultiCallable[_user_pb2.IssuePasswordResetRequest, _user_pb2.IssuePasswordResetResponse]  # type: ignore[assignment]
+    """IssuePasswordReset makes a temporary password for a forgotten login or confirmation password and returns
+    it once, for the reset notice; every session ends. Caller: operator.
+    """
+    ResetPassword: _aio.UnaryUnaryMultiCallable[_user_pb2.ResetPasswordRequest, _user_pb2.ResetPasswordResponse]  # type: ignore[assignment]
+    """ResetPassword sets a new password with the reset notice's temporary password and the user's client
+    certificate (relayed by the gateway: no session is needed); five wrong temporary passwords spend the
+    notice. Caller: gateway.
+    """
+    RenewCertificate: _aio.UnaryUnaryMultiCallable[_user_pb2.RenewCertificateRequest, _user_pb2.RenewCertificateResponse]  # type: ignore[assignment]
+    """RenewCertificate issues a new certificate for a new key from the current one, within the renewal window
+    before its expiry, with the login password; the old one is revoked (superseded) once the new one is first
+    used for a session, or seven days later. Caller: gateway (which proves possession of the current one).
+    """
+    ReissueToken: _aio.UnaryUnaryMultiCallable[_user_pb2.ReissueTokenRequest, _user_pb2.ReissueTokenResponse]  # type: ignore[assignment]
+    """ReissueToken replaces the user's token for a new phone: the old one is revoked, a new one is pending and
+    its service ID and user ID go by mail; the app then takes steps 8-10. Needs the confirmation password,
+    and the current session's access token unless an operator allowed a reissue without it. Caller: gateway.
+    """
+    AllowTokenReissue: _aio.UnaryUnaryMultiCallable[_user_pb2.AllowTokenReissueRequest, _user_pb2.AllowTokenReissueResponse]  # type: ignore[assignment]
+    """AllowTokenReissue revokes the user's token (a lost phone) and lets the user reissue one without it.
+    Caller: operator.
+    """
+    DisableUserToken: _aio.UnaryUnaryMultiCallable[_user_pb2.DisableUserTokenRequest, _user_pb2.DisableUserTokenResponse]  # type: ignore[assignment]
+    """DisableUserToken disables the user's token with a reason (lost phone, lost PC). Caller: operator."""
 
 class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     """UserService logs customers in, raises their sessions with a one-time password, confirms their transactions
@@ -264,5 +324,77 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         """UnlockUser lifts a lock (an operator's, or five wrong passwords) and resets the failure counts.
         Caller: operator.
         """
+
+    @_abc_1.abstractmethod
+    def ChangePassword(
+        self,
+        request: _user_pb2.ChangePasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_pb2.ChangePasswordResponse, _abc.Awaitable[_user_pb2.ChangePasswordResponse]]:
+        """ChangePassword changes the login or the confirmation password with the current one (the setup's rules:
+        6-12 half-width letters and digits mixed, none equal to the login ID or the other password); every session
+        of the user ends and a mail tells the user. Callers: gateway, frontend.
+        """
+
+    @_abc_1.abstractmethod
+    def IssuePasswordReset(
+        self,
+        request: _user_pb2.IssuePasswordResetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_pb2.IssuePasswordResetResponse, _abc.Awaitable[_user_pb2.IssuePasswordResetResponse]]:
+        """IssuePasswordReset makes a temporary password for a forgotten login or confirmation password and returns
+        it once, for the reset notice; every session ends. Caller: operator.
+        """
+
+    @_abc_1.abstractmethod
+    def ResetPassword(
+        self,
+        request: _user_pb2.ResetPasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_pb2.ResetPasswordResponse, _abc.Awaitable[_user_pb2.ResetPasswordResponse]]:
+        """ResetPassword sets a new password with the reset notice's temporary password and the user's client
+        certificate (relayed by the gateway: no session is needed); five wrong temporary passwords spend the
+        notice. Caller: gateway.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewCertificate(
+        self,
+        request: _user_pb2.RenewCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_pb2.RenewCertificateResponse, _abc.Awaitable[_user_pb2.RenewCertificateResponse]]:
+        """RenewCertificate issues a new certificate for a new key from the current one, within the renewal window
+        before its expiry, with the login password; the old one is revoked (superseded) once the new one is first
+        used for a session, or seven days later. Caller: gateway (which proves possession of the current one).
+        """
+
+    @_abc_1.abstractmethod
+    def ReissueToken(
+        self,
+        request: _user_pb2.ReissueTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_pb2.ReissueTokenResponse, _abc.Awaitable[_user_pb2.ReissueTokenResponse]]:
+        """ReissueToken replaces the user's token for a new phone: the old one is revoked, a new one is pending and
+        its service ID and user ID go by mail; the app then takes steps 8-10. Needs the confirmation password,
+        and the current session's access token unless an operator allowed a reissue without it. Caller: gateway.
+        """
+
+    @_abc_1.abstractmethod
+    def AllowTokenReissue(
+        self,
+        request: _user_pb2.AllowTokenReissueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_pb2.AllowTokenReissueResponse, _abc.Awaitable[_user_pb2.AllowTokenReissueResponse]]:
+        """AllowTokenReissue revokes the user's token (a lost phone) and lets the user reissue one without it.
+        Caller: operator.
+        """
+
+    @_abc_1.abstractmethod
+    def DisableUserToken(
+        self,
+        request: _user_pb2.DisableUserTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_user_pb2.DisableUserTokenResponse, _abc.Awaitable[_user_pb2.DisableUserTokenResponse]]:
+        """DisableUserToken disables the user's token with a reason (lost phone, lost PC). Caller: operator."""
 
 def add_UserServiceServicer_to_server(servicer: UserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
