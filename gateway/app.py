@@ -24,6 +24,7 @@ from gateway.pki import PkiFiles
 from gateway.revocation import RevocationRegistry, RevocationUnavailable, Status
 from gateway.schemas import (
     ACTIVATE_APP,
+    CHANGE_PASSWORD,
     CONFIRM_TRANSACTION,
     EMPTY,
     ISSUE_CERTIFICATE,
@@ -31,7 +32,10 @@ from gateway.schemas import (
     OPERATIONS,
     PASSWORD_LOGIN,
     REGISTER_APP,
+    REISSUE_TOKEN,
+    RENEW_CERTIFICATE,
     REQUEST_TOKEN,
+    RESET_PASSWORD,
     STEP_UP,
     SUBMIT_PROFILE,
     VERIFY_FIRST_CODE,
@@ -81,6 +85,7 @@ MSG_ACCESS_TOKEN_REQUIRED = (
 _USER_STATES = {v: k.removeprefix("STATE_") for k, v in upb.User.State.items()}
 _TOKEN_STATES = {v: k.removeprefix("TOKEN_STATE_") for k, v in upb.User.TokenState.items()}
 JWKS_CACHE_SECONDS = 10.0
+_PASSWORD_KINDS = {"login": upb.PASSWORD_KIND_LOGIN, "confirmation": upb.PASSWORD_KIND_CONFIRMATION}
 
 
 @dataclass
@@ -215,6 +220,10 @@ class CustomerApi:
             "logout": self.logout,
             "confirmTransaction": self.confirm_transaction,
             "getJwks": self.jwks,
+            "changePassword": self.change_password,
+            "resetPassword": self.reset_password,
+            "renewCertificate": self.renew_certificate,
+            "reissueToken": self.reissue_token,
         }
         return [web.route(op.method, op.path, handlers[op.operation_id]) for op in OPERATIONS]
 
@@ -537,6 +546,85 @@ class CustomerApi:
             201,
             {"Location": f"/v1/confirmations/{confirmation.confirmation_id}"},
         )
+
+    # -- the credentials' lifecycle --------------------------------------------------------------------------
+
+    async def change_password(self, request: web.Request) -> web.Response:
+        """Change_password: the current password and the new one twice; every session ends."""
+        certificate = await self.certificate(request)
+        token = _access_token(request)
+        body = await self._body(request, CHANGE_PASSWORD)
+        reply = await self._backends.call(
+            "enrollment",
+            self._users.ChangePassword,
+            upb.ChangePasswordRequest(
+                user_id=await self._token_user(token),
+                access_token=token,
+                kind=_PASSWORD_KINDS[body["kind"]],
+                current_password=body["current_password"],
+                new_password=body["new_password"],
+                new_password_confirmation=body["new_password_confirmation"],
+            ),
+            metadata=certificate.metadata,
+        )
+        return _json({"user": _user_view(reply.user)})
+
+    async def reset_password(self, request: web.Request) -> web.Response:
+        """Reset_password: the reset notice's temporary password and the new one twice, with the certificate."""
+        certificate = await self.certificate(request)
+        body = await self._body(request, RESET_PASSWORD)
+        reply = await self._backends.call(
+            "enrollment",
+            self._users.ResetPassword,
+            upb.ResetPasswordRequest(
+                kind=_PASSWORD_KINDS[body["kind"]],
+                temporary_password=body["temporary_password"],
+                new_password=body["new_password"],
+                new_password_confirmation=body["new_password_confirmation"],
+            ),
+            metadata=certificate.metadata,
+        )
+        return _json({"user": _user_view(reply.user)})
+
+    async def renew_certificate(self, request: web.Request) -> web.Response:
+        """Renew_certificate: a CSR for a new key and the login password; answers the new certificate."""
+        certificate = await self.certificate(request)
+        token = _access_token(request)
+        body = await self._body(request, RENEW_CERTIFICATE)
+        reply = await self._backends.call(
+            "enrollment",
+            self._users.RenewCertificate,
+            upb.RenewCertificateRequest(
+                access_token=token, csr_pem=body["csr_pem"], login_password=body["login_password"]
+            ),
+            metadata=certificate.metadata,
+        )
+        return _json(
+            {
+                "certificate_pem": reply.certificate_pem,
+                "chain_pem": reply.chain_pem,
+                "serial_number": reply.serial_number,
+            },
+            201,
+        )
+
+    async def reissue_token(self, request: web.Request) -> web.Response:
+        """Reissue_token: a new token for a new phone (the IDs go by mail); with a session, or as the bank allowed."""
+        certificate = await self.certificate(request)
+        token = _access_token(request) if "Authorization" in request.headers else ""
+        body = await self._body(request, REISSUE_TOKEN)
+        if not token and not (body.get("login_id") and body.get("login_password")):
+            raise invalid_input(
+                {"login_id": "ログインしていない場合は必須です / required without a session (Authorization: Bearer)"},
+                reason="SESSION_OR_LOGIN_REQUIRED",
+            )
+        reply = await self._backends.call(
+            "enrollment",
+            self._users.ReissueToken,
+            upb.ReissueTokenRequest(access_token=token, **body),
+            metadata=certificate.metadata,
+        )
+        return _json({"user": _user_view(reply.user)}, 202)
 
     async def _token_user(self, token: str) -> str:
         # The subject only routes the call; the enrollment service verifies the whole token and its binding.

@@ -46,6 +46,10 @@ def _security(operation: Operation) -> list[dict[str, list[str]]]:
         "certificate": [{"clientCertificate": []}],
         "session_or_certificate": [{"session": []}, {"clientCertificate": []}],
         "certificate_and_access_token": [{"clientCertificate": [], "accessToken": []}],
+        "certificate_and_optional_access_token": [
+            {"clientCertificate": [], "accessToken": []},
+            {"clientCertificate": []},
+        ],
     }
     return schemes[operation.auth]
 

@@ -43,6 +43,7 @@ class FieldSpec:
     enum: tuple[str, ...] = ()
     secret: bool = False
     description: str = ""
+    required: bool = True
 
     def check(self, value: object) -> str | None:
         """Check returns the message for a value of the wrong shape, or None when the shape is right."""
@@ -92,9 +93,9 @@ class BodySpec:
     def parse(self, raw: bytes) -> dict[str, Any]:
         """Parse decodes and checks a body, raising a 400 that names every offending field."""
         if not raw.strip():
-            if not self.fields:
+            if not any(f.required for f in self.fields):
                 return {}
-            raise invalid_input({f.name: MSG_REQUIRED for f in self.fields})
+            raise invalid_input({f.name: MSG_REQUIRED for f in self.fields if f.required})
         try:
             document = json.loads(raw)
         except (ValueError, RecursionError) as exc:
@@ -108,7 +109,8 @@ class BodySpec:
         known = {f.name for f in self.fields}
         for spec in self.fields:
             if spec.name not in document:
-                problems[spec.name] = MSG_REQUIRED
+                if spec.required:
+                    problems[spec.name] = MSG_REQUIRED
                 continue
             problem = spec.check(document[spec.name])
             if problem:
@@ -125,7 +127,7 @@ class BodySpec:
         return {
             "type": "object",
             "properties": {f.name: f.schema() for f in self.fields},
-            "required": [f.name for f in self.fields],
+            "required": [f.name for f in self.fields if f.required],
             "additionalProperties": False,
         }
 
@@ -238,6 +240,62 @@ CONFIRM_TRANSACTION = BodySpec(
         ),
         _secret("confirmation_password", "確認用パスワード / confirmation password"),
         FieldSpec("otp", max_length=16, secret=True, description="アプリのワンタイムパスワード / the app's code"),
+    ),
+)
+
+PASSWORD_KINDS = ("login", "confirmation")
+CHANGE_PASSWORD = BodySpec(
+    "ChangePasswordRequest",
+    (
+        FieldSpec(
+            "kind", enum=PASSWORD_KINDS, description="login (ログインパスワード) or confirmation (確認用パスワード)"
+        ),
+        _secret("current_password", "現在のパスワード / the current password"),
+        _secret("new_password", "新しいパスワード / the new password (6-12 half-width letters and digits, mixed)"),
+        _secret("new_password_confirmation", "新しいパスワード（確認） / the same again"),
+    ),
+)
+RESET_PASSWORD = BodySpec(
+    "ResetPasswordRequest",
+    (
+        FieldSpec("kind", enum=PASSWORD_KINDS, description="login or confirmation: which password the notice resets"),
+        _secret("temporary_password", "再設定通知書の仮パスワード / the reset notice's temporary password"),
+        _secret("new_password", "新しいパスワード / the new password (6-12 half-width letters and digits, mixed)"),
+        _secret("new_password_confirmation", "新しいパスワード（確認） / the same again"),
+    ),
+)
+RENEW_CERTIFICATE = BodySpec(
+    "RenewCertificateRequest",
+    (
+        FieldSpec(
+            "csr_pem",
+            max_length=16384,
+            description="新しい鍵で作成した証明書署名要求 / PKCS#10 CSR for a NEW key made on the client, PEM",
+        ),
+        _secret("login_password", "ログインパスワード / login password"),
+    ),
+)
+REISSUE_TOKEN = BodySpec(
+    "ReissueTokenRequest",
+    (
+        FieldSpec(
+            "mobile_email", max_length=320, description="新しい携帯電話のメールアドレス / the new phone's e-mail"
+        ),
+        FieldSpec("mobile_email_confirmation", max_length=320, description="（確認） / the same again"),
+        _secret("usage_start_password", "利用開始パスワード / usage-start password (4-8 half-width digits)"),
+        _secret("usage_start_password_confirmation", "利用開始パスワード（確認） / the same again"),
+        _secret("confirmation_password", "確認用パスワード / confirmation password"),
+        FieldSpec(
+            "login_id",
+            required=False,
+            description="Only without a session (the bank allowed a reissue without the old token): login ID",
+        ),
+        FieldSpec(
+            "login_password",
+            secret=True,
+            required=False,
+            description="Only without a session: ログインパスワード / login password",
+        ),
     ),
 )
 
@@ -369,18 +427,7 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
             "access_token": {"type": "string"},
             "token_type": {"type": "string", "enum": ["Bearer"]},
             "expires_in": {"type": "integer", "description": "Seconds until it expires (at most 900)."},
-            "user": {
-                "type": "object",
-                "properties": {
-                    "user_id": _STRING,
-                    "login_id": _STRING,
-                    "user_name": _STRING,
-                    "company_name": _STRING,
-                    "state": {"type": "string", "enum": ["SETTING_UP", "ACTIVE", "LOCKED"]},
-                    "token_state": {"type": "string", "enum": ["NONE", "PENDING", "ACTIVE", "LOCKED", "DISABLED"]},
-                },
-                "required": ["user_id", "login_id", "user_name", "company_name", "state", "token_state"],
-            },
+            "user": {"$ref": "#/components/schemas/UserView"},
         },
         "required": ["access_token", "token_type", "expires_in"],
     },
@@ -404,6 +451,34 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
             "methods",
             "confirmation_token",
         ],
+    },
+    "UserResponse": {
+        "type": "object",
+        "description": "The user after the change (every session of the user has ended: log in again).",
+        "properties": {"user": {"$ref": "#/components/schemas/UserView"}},
+        "required": ["user"],
+    },
+    "UserView": {
+        "type": "object",
+        "properties": {
+            "user_id": _STRING,
+            "login_id": _STRING,
+            "user_name": _STRING,
+            "company_name": _STRING,
+            "state": {"type": "string", "enum": ["SETTING_UP", "ACTIVE", "LOCKED"]},
+            "token_state": {"type": "string", "enum": ["NONE", "PENDING", "ACTIVE", "LOCKED", "DISABLED"]},
+        },
+        "required": ["user_id", "login_id", "user_name", "company_name", "state", "token_state"],
+    },
+    "RenewCertificateResponse": {
+        "type": "object",
+        "description": "The new certificate; the old one is revoked (superseded) at its first session, or in 7 days.",
+        "properties": {
+            "certificate_pem": {"type": "string", "description": "The new client certificate, PEM."},
+            "chain_pem": {"type": "string", "description": "The customer CA and the root, PEM."},
+            "serial_number": {"type": "string", "description": "Lowercase hexadecimal."},
+        },
+        "required": ["certificate_pem", "chain_pem", "serial_number"],
     },
     "Jwks": {
         "type": "object",
@@ -434,7 +509,14 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 """RESPONSE_SCHEMAS are the JSON Schemas of the answers, by component name."""
 
-Auth = Literal["none", "session", "certificate", "session_or_certificate", "certificate_and_access_token"]
+Auth = Literal[
+    "none",
+    "session",
+    "certificate",
+    "session_or_certificate",
+    "certificate_and_access_token",
+    "certificate_and_optional_access_token",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,6 +614,26 @@ OPERATIONS: tuple[Operation, ...] = (
         "POST", "/v1/confirmations", "confirmTransaction",
         "取引の確認 / confirm a transaction: confirmation password + one-time password (a code confirms one)",
         "certificate_and_access_token", CONFIRM_TRANSACTION, 201, "ConfirmationResponse", tag="sessions",
+    ),
+    Operation(
+        "PUT", "/v1/users/me/password", "changePassword",
+        "パスワード変更 / change the login or confirmation password (every session ends; a mail tells you)",
+        "certificate_and_access_token", CHANGE_PASSWORD, 200, "UserResponse", tag="sessions",
+    ),
+    Operation(
+        "POST", "/v1/users/me/password/reset", "resetPassword",
+        "パスワード再設定 / set a forgotten password again with the bank's reset notice (certificate, no session)",
+        "certificate", RESET_PASSWORD, 200, "UserResponse", tag="sessions",
+    ),
+    Operation(
+        "POST", "/v1/users/me/certificate/renewal", "renewCertificate",
+        "電子証明書更新 / renew the client certificate for a new key, within 30 days of its expiry",
+        "certificate_and_access_token", RENEW_CERTIFICATE, 201, "RenewCertificateResponse", tag="sessions",
+    ),
+    Operation(
+        "POST", "/v1/users/me/token/reissue", "reissueToken",
+        "トークン再発行 / a new token for a new phone: the new IDs go by mail, then the app's steps 8-10",
+        "certificate_and_optional_access_token", REISSUE_TOKEN, 202, "UserResponse", tag="sessions",
     ),
     Operation(
         "GET", "/.well-known/jwks.json", "getJwks", "The public keys of access and confirmation tokens (JWKS)",

@@ -24,6 +24,7 @@ from services.enrollment_service.adapters.signing_keys import (
     ACTIVATION_DELAY_SECONDS,
     rotate_key_ring,
 )
+from services.enrollment_service.domain.lifecycle_mails import jst
 
 _ACCOUNT_TYPES = {"ordinary": "ORDINARY", "current": "CURRENT"}
 _COLUMNS = ("user_id", "login_id", "user_name", "company_name", "state", "token_state", "lock_reason")
@@ -184,6 +185,89 @@ def unlock_token_command(obj: AdminContext, user_id: str, token_id: str) -> None
     click.echo(f"unlocked token {token.token_id}: {otp_pb2.Token.State.Name(token.state).removeprefix('STATE_')}")
 
 
+_KINDS = {"login": user_pb2.PASSWORD_KIND_LOGIN, "confirmation": user_pb2.PASSWORD_KIND_CONFIRMATION}
+_KINDS_JA = {"login": "ログインパスワード / login password", "confirmation": "確認用パスワード / confirmation password"}
+
+
+def _call_users(obj: AdminContext, method: str, request: Any) -> Any:
+    async def call() -> Any:
+        async with obj.channel("enrollment") as channel:
+            return await getattr(user_pb2_grpc.UserServiceStub(channel), method)(request, timeout=30)
+
+    return run_call(call)
+
+
+@click.command("reset-password")
+@click.option("--user", "user_id", required=True, help="The user id.")
+@click.option("--kind", type=click.Choice(sorted(_KINDS)), required=True, help="Which password was forgotten.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reset notice as JSON.")
+@click.pass_obj
+def reset_password_command(obj: AdminContext, user_id: str, kind: str, as_json: bool) -> None:
+    """Print a reset notice with a temporary password (shown only here); every session of the user ends."""
+    request = user_pb2.IssuePasswordResetRequest(request_id=os.urandom(16).hex(), user_id=user_id, kind=_KINDS[kind])
+    reply = _call_users(obj, "IssuePasswordReset", request)
+    notice = {
+        "user_id": reply.user.user_id,
+        "login_id": reply.user.login_id,
+        "company_name": reply.user.company_name,
+        "kind": kind,
+        "temporary_password": reply.temporary_password,
+        "expires_at": reply.expire_time.ToJsonString(),
+    }
+    if as_json:
+        click.echo(json.dumps(notice, ensure_ascii=False))
+        return
+    expires = jst(reply.expire_time.seconds)
+    click.echo(
+        "\n".join(
+            [
+                "パスワード再設定通知書 / Password reset notice",
+                "",
+                f"会社名 / Company:          {notice['company_name']}",
+                f"ログインID / Login ID:     {notice['login_id']}",
+                f"対象 / Password:           {_KINDS_JA[kind]}",
+                f"仮パスワード / Temporary password:  {notice['temporary_password']}",
+                f"有効期限 / Valid until:    {expires}",
+                "",
+                "電子証明書のある端末で「パスワード再設定」を開き、仮パスワードと新しいパスワードを入力してください。",
+                "On the PC with your client certificate, open the password reset and enter the temporary password",
+                "and your new password (POST /v1/users/me/password/reset).",
+                "この通知書は第三者に知られないように保管してください。 / Keep this notice away from others.",
+            ]
+        )
+    )
+
+
+@click.command("reissue-token")
+@click.option("--user", "user_id", required=True, help="The user id.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def reissue_token_command(obj: AdminContext, user_id: str, yes: bool) -> None:
+    """Revoke the user's token (a lost phone) and let the user reissue one without it, with the certificate, the
+    login password and the confirmation password (POST /v1/users/me/token/reissue)."""
+    if not yes:
+        click.confirm(f"Revoke the token of user {user_id} and allow a reissue?", abort=True)
+    request = user_pb2.AllowTokenReissueRequest(request_id=os.urandom(16).hex(), user_id=user_id)
+    reply = _call_users(obj, "AllowTokenReissue", request)
+    click.echo(
+        f"token of {reply.user.login_id} revoked; the user may now reissue one (POST /v1/users/me/token/reissue)"
+    )
+
+
+@click.command("disable-token")
+@click.option("--user", "user_id", required=True, help="The user id.")
+@click.option("--reason", required=True, help="Why, for the audit trail: e.g. 'lost phone'.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def disable_token_command(obj: AdminContext, user_id: str, reason: str, yes: bool) -> None:
+    """Disable the user's one-time-password token (a lost phone or PC)."""
+    if not yes:
+        click.confirm(f"Disable the token of user {user_id}?", abort=True)
+    request = user_pb2.DisableUserTokenRequest(request_id=os.urandom(16).hex(), user_id=user_id, reason=reason)
+    reply = _call_users(obj, "DisableUserToken", request)
+    click.echo(f"token of {reply.user.login_id} disabled ({reason})")
+
+
 @click.command("rotate-signing-key")
 @click.option(
     "--key-file",
@@ -240,4 +324,7 @@ USER_COMMANDS = (
     unlock_user_command,
     unlock_token_command,
     rotate_signing_key_command,
+    reset_password_command,
+    reissue_token_command,
+    disable_token_command,
 )

@@ -24,6 +24,7 @@ from services.enrollment_service.adapters.mail import transport_from_settings
 from services.enrollment_service.adapters.outbox import OutboxSender
 from services.enrollment_service.adapters.signing_keys import JwsSigner, ensure_dev_signing_key
 from services.enrollment_service.api import EnrollmentApi, binding
+from services.enrollment_service.app.credentials import CredentialLifecycle, LifecyclePolicy
 from services.enrollment_service.app.repository import EnrollmentRepository
 from services.enrollment_service.app.use_cases import EnrollmentPolicy, EnrollmentService
 from services.enrollment_service.app.users import SessionPolicy, UserSessions
@@ -57,6 +58,7 @@ class EnrollmentSettings:
     signing_key_passphrase: Secret | None = None
     token_issuer: str = DEFAULT_TOKEN_ISSUER
     sessions: SessionPolicy = field(default_factory=SessionPolicy)
+    renewal_window_days: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> EnrollmentSettings:
@@ -89,6 +91,7 @@ class EnrollmentSettings:
             signing_key_file=env.path("KAGI_ENROLLMENT_SIGNING_KEY_FILE"),
             signing_key_passphrase=env.required_secret("KAGI_ENROLLMENT_SIGNING_KEY_PASSPHRASE"),
             token_issuer=env.text("KAGI_TOKEN_ISSUER", DEFAULT_TOKEN_ISSUER),
+            renewal_window_days=env.integer("KAGI_RENEWAL_WINDOW_DAYS", 30, minimum=1, maximum=180),
             sessions=SessionPolicy(
                 access_token_seconds=env.integer(
                     "KAGI_ACCESS_TOKEN_SECONDS", 900, minimum=60, maximum=MAX_ACCESS_TOKEN_SECONDS
@@ -99,6 +102,8 @@ class EnrollmentSettings:
 
 class EnrollmentComponent:
     """EnrollmentComponent is a running enrollment service: its gRPC server, channels and mail sender."""
+
+    lifecycle: CredentialLifecycle | None = None
 
     def __init__(
         self,
@@ -157,9 +162,10 @@ async def start_enrollment(
     if key_file is None or passphrase is None:
         key_file, passphrase = ensure_dev_signing_key(settings.state_dir)
     signer = JwsSigner(key_file, passphrase.reveal(), issuer=settings.token_issuer, now=clock.now)
+    journal = Journal(store, clock)
     sessions = UserSessions(
         repository,
-        Journal(store, clock),
+        journal,
         ca,
         otp,
         hasher,
@@ -167,9 +173,19 @@ async def start_enrollment(
         clock,
         settings.sessions,
     )
+    lifecycle = CredentialLifecycle(
+        repository,
+        journal,
+        sessions,
+        ca,
+        otp,
+        hasher,
+        clock,
+        LifecyclePolicy(renewal_window_days=settings.renewal_window_days, app_url=settings.policy.app_url),
+    )
     server = GrpcServer(
         settings.listen,
-        [binding(api), user_binding(UserApi(sessions, ledger))],
+        [binding(api), user_binding(UserApi(sessions, lifecycle, ledger))],
         domain="enrollment.kagi",
         readiness=store.ping,
     )
@@ -178,4 +194,6 @@ async def start_enrollment(
         settings.smtp_url.reveal_text() if settings.smtp_url else None, settings.state_dir / "mail"
     )
     sender = OutboxSender(store, transport, clock, settings.mail_from)
-    return EnrollmentComponent(server, store, [ca_channel, otp_channel], sender, settings.mail_poll_seconds)
+    component = EnrollmentComponent(server, store, [ca_channel, otp_channel], sender, settings.mail_poll_seconds)
+    component.lifecycle = lifecycle
+    return component

@@ -13,10 +13,11 @@ from kagi.runtime.grpc_idempotency import IdempotentApi
 from kagi.runtime.grpc_server import ServiceBinding, current_caller
 from kagi.runtime.identity import Role, allow
 from services.enrollment_service.api import relayed_certificate
+from services.enrollment_service.app.credentials import CredentialLifecycle
 from services.enrollment_service.app.ports import TokenState
 from services.enrollment_service.app.users import UserSessions, UserView
 from services.enrollment_service.domain.client_certificates import ClientCertificate
-from services.enrollment_service.domain.users import LockReason, UserState
+from services.enrollment_service.domain.users import LockReason, PasswordKind, User, UserState
 
 USER_SERVICE_NAME = "kagi.enrollment.v1.UserService"
 
@@ -107,8 +108,9 @@ def _session_certificate() -> ClientCertificate | None:
 class UserApi(IdempotentApi, user_pb2_grpc.UserServiceServicer):
     """UserApi is the gRPC face of UserSessions."""
 
-    def __init__(self, sessions: UserSessions, ledger: IdempotencyLedger) -> None:
+    def __init__(self, sessions: UserSessions, lifecycle: CredentialLifecycle, ledger: IdempotencyLedger) -> None:
         self._sessions = sessions
+        self._lifecycle = lifecycle
         self._ledger = ledger
 
     async def _customer_certificate(self, pem: str) -> ClientCertificate:
@@ -217,6 +219,128 @@ class UserApi(IdempotentApi, user_pb2_grpc.UserServiceServicer):
             return upb.UnlockUserResponse(user=user_message(view))
 
         return await self._once(request, act, upb.UnlockUserResponse)
+
+    # -- the credentials' lifecycle ------------------------------------------------------------------------
+
+    async def ChangePassword(
+        self, request: upb.ChangePasswordRequest, context: grpc.aio.ServicerContext
+    ) -> upb.ChangePasswordResponse:
+        certificate = _session_certificate()
+        if certificate is not None and not request.access_token:
+            raise InvalidArgument("the access token is required", fields={"access_token": "required"})
+        user = await self._lifecycle.change_password(
+            request.user_id,
+            access_token=request.access_token,
+            certificate=certificate,
+            kind=_password_kind(request.kind),
+            current_password=request.current_password,
+            new_password=request.new_password,
+            new_password_confirmation=request.new_password_confirmation,
+            actor=_actor(),
+        )
+        return upb.ChangePasswordResponse(user=await self._view(user))
+
+    async def IssuePasswordReset(
+        self, request: upb.IssuePasswordResetRequest, context: grpc.aio.ServicerContext
+    ) -> upb.IssuePasswordResetResponse:
+        kind = _password_kind(request.kind)
+
+        async def act() -> upb.IssuePasswordResetResponse:
+            notice = await self._lifecycle.issue_reset(request.user_id, kind, actor=_actor())
+            return upb.IssuePasswordResetResponse(
+                user=await self._view(notice.user),
+                kind=request.kind,
+                temporary_password=notice.temporary_password,
+                expire_time=_timestamp(notice.expires_at),
+            )
+
+        return await self._once(request, act, upb.IssuePasswordResetResponse, secret_response=("temporary_password",))
+
+    async def ResetPassword(
+        self, request: upb.ResetPasswordRequest, context: grpc.aio.ServicerContext
+    ) -> upb.ResetPasswordResponse:
+        user = await self._lifecycle.reset_password(
+            relayed_certificate(),
+            kind=_password_kind(request.kind),
+            temporary=request.temporary_password,
+            new_password=request.new_password,
+            new_password_confirmation=request.new_password_confirmation,
+            actor=_actor(),
+        )
+        return upb.ResetPasswordResponse(user=await self._view(user))
+
+    async def RenewCertificate(
+        self, request: upb.RenewCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> upb.RenewCertificateResponse:
+        check_request_id(request.request_id)
+        renewed = await self._lifecycle.renew_certificate(
+            access_token=request.access_token,
+            certificate=relayed_certificate(),
+            csr_pem=request.csr_pem,
+            login_password=request.login_password,
+            request_id=request.request_id,
+            actor=_actor(),
+        )
+        return upb.RenewCertificateResponse(
+            certificate_pem=renewed.certificate_pem, chain_pem=renewed.chain_pem, serial_number=renewed.serial_number
+        )
+
+    async def ReissueToken(
+        self, request: upb.ReissueTokenRequest, context: grpc.aio.ServicerContext
+    ) -> upb.ReissueTokenResponse:
+        check_request_id(request.request_id)
+        user = await self._lifecycle.reissue_token(
+            relayed_certificate(),
+            access_token=request.access_token,
+            login_id=request.login_id,
+            login_password=request.login_password,
+            confirmation_password=request.confirmation_password,
+            entries={
+                "mobile_email": request.mobile_email,
+                "mobile_email_confirmation": request.mobile_email_confirmation,
+                "usage_start_password": request.usage_start_password,
+                "usage_start_password_confirmation": request.usage_start_password_confirmation,
+            },
+            request_id=request.request_id,
+            actor=_actor(),
+        )
+        return upb.ReissueTokenResponse(user=await self._view(user))
+
+    async def AllowTokenReissue(
+        self, request: upb.AllowTokenReissueRequest, context: grpc.aio.ServicerContext
+    ) -> upb.AllowTokenReissueResponse:
+        async def act() -> upb.AllowTokenReissueResponse:
+            user = await self._lifecycle.allow_token_reissue(request.user_id, actor=_actor())
+            return upb.AllowTokenReissueResponse(user=await self._view(user))
+
+        return await self._once(request, act, upb.AllowTokenReissueResponse)
+
+    async def DisableUserToken(
+        self, request: upb.DisableUserTokenRequest, context: grpc.aio.ServicerContext
+    ) -> upb.DisableUserTokenResponse:
+        async def act() -> upb.DisableUserTokenResponse:
+            user = await self._lifecycle.disable_token(request.user_id, request.reason, actor=_actor())
+            return upb.DisableUserTokenResponse(user=await self._view(user))
+
+        return await self._once(request, act, upb.DisableUserTokenResponse)
+
+    async def _view(self, user: User) -> upb.User:
+        return user_message(await self._sessions.view(user))
+
+
+_PASSWORD_KINDS = {
+    upb.PASSWORD_KIND_LOGIN: PasswordKind.LOGIN,
+    upb.PASSWORD_KIND_CONFIRMATION: PasswordKind.CONFIRMATION,
+}
+
+
+def _password_kind(value: int) -> PasswordKind:
+    try:
+        return _PASSWORD_KINDS[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument(
+            "which password is required", fields={"kind": "PASSWORD_KIND_LOGIN or PASSWORD_KIND_CONFIRMATION"}
+        ) from None
 
 
 def user_binding(api: UserApi) -> ServiceBinding:

@@ -10,11 +10,13 @@ import grpc
 
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
 from kagi.common.v1 import common_pb2
+from kagi.errors import FailedPrecondition
 from kagi.otp.v1 import otp_pb2, otp_pb2_grpc
 from kagi.runtime.grpc_client import error_from_rpc
 from services.enrollment_service.app.ports import (
     AppActivation,
     CertificateStatus,
+    CertificateView,
     IssuedCertificate,
     PendingToken,
     TokenState,
@@ -86,6 +88,46 @@ class GrpcCertificateAuthority:
         async with _translated():
             response = await self._stub.GetCertificateStatus(request, timeout=CALL_TIMEOUT)
         return _STATUS.get(response.status, CertificateStatus.UNKNOWN)
+
+    async def certificate(self, serial_number: str) -> CertificateView:
+        """Certificate reads a certificate's PEM and state at the CA."""
+        async with _translated():
+            response = await self._stub.GetCertificate(
+                ca_pb2.GetCertificateRequest(serial_number=serial_number), timeout=CALL_TIMEOUT
+            )
+        certificate = response.certificate
+        return CertificateView(
+            serial_number=certificate.serial_number,
+            certificate_pem=certificate.certificate_pem,
+            active=certificate.state == ca_pb2.Certificate.STATE_ACTIVE,
+        )
+
+    async def renew(self, *, request_id: str, serial_number: str, csr_pem: str) -> IssuedCertificate:
+        """Renew asks for a certificate with the identity of `serial_number`, for the CSR's new key."""
+        request = ca_pb2.RenewCertificateRequest(
+            request_id=request_id, serial_number=serial_number, csr=csr_pem.encode(), revoke_previous=False
+        )
+        async with _translated({"csr": "csr_pem"}):
+            response = await self._stub.RenewCertificate(request, timeout=CALL_TIMEOUT)
+        certificate = response.certificate
+        return IssuedCertificate(
+            serial_number=certificate.serial_number,
+            fingerprint_sha256=certificate.fingerprint_sha256,
+            certificate_pem=certificate.certificate_pem,
+            chain_pem=response.chain_pem,
+        )
+
+    async def revoke_superseded(self, *, request_id: str, serial_number: str) -> None:
+        """Revoke_superseded revokes a renewed certificate (reason superseded); an already revoked one is done."""
+        request = ca_pb2.RevokeCertificateRequest(
+            request_id=request_id, serial_number=serial_number, reason=ca_pb2.REVOCATION_REASON_SUPERSEDED
+        )
+        try:
+            async with _translated():
+                await self._stub.RevokeCertificate(request, timeout=CALL_TIMEOUT)
+        except FailedPrecondition as exc:
+            if exc.reason != "ALREADY_REVOKED":
+                raise
 
     async def customer_ca_pem(self) -> bytes:
         """Customer_ca_pem asks the CA for the customer CA's certificate once, then answers from memory."""
@@ -166,3 +208,24 @@ class GrpcTokenService:
         async with _translated():
             response = await self._stub.GetToken(otp_pb2.GetTokenRequest(token_id=token_id), timeout=CALL_TIMEOUT)
         return _TOKEN_STATE.get(response.token.state, TokenState.DISABLED)
+
+    async def reissue(
+        self, *, request_id: str, token_id: str, delivery_email: str, usage_start_password: str
+    ) -> PendingToken:
+        """Reissue revokes the token and creates a new pending one (a new phone)."""
+        request = otp_pb2.ReissueTokenRequest(
+            request_id=request_id,
+            token_id=token_id,
+            delivery_email=delivery_email,
+            usage_start_password=usage_start_password,
+        )
+        async with _translated({"delivery_email": "mobile_email"}):
+            response = await self._stub.ReissueToken(request, timeout=CALL_TIMEOUT)
+        token = response.token
+        return PendingToken(token.token_id, token.service_id, token.app_user_id)
+
+    async def disable(self, *, request_id: str, token_id: str) -> None:
+        """Disable stops the token from verifying (a lost phone)."""
+        request = otp_pb2.DisableTokenRequest(request_id=request_id, token_id=token_id)
+        async with _translated():
+            await self._stub.DisableToken(request, timeout=CALL_TIMEOUT)

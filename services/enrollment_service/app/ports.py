@@ -38,6 +38,27 @@ class CertificateAuthority(Protocol):
         """Return the customer CA's certificate (PEM), which every customer certificate chains to."""
         ...
 
+    async def certificate(self, serial_number: str) -> CertificateView:
+        """Return a customer certificate as the CA holds it (PEM and state)."""
+        ...
+
+    async def renew(self, *, request_id: str, serial_number: str, csr_pem: str) -> IssuedCertificate:
+        """Issue a new certificate for the identity of an existing one, from a CSR for a new key."""
+        ...
+
+    async def revoke_superseded(self, *, request_id: str, serial_number: str) -> None:
+        """Revoke a renewed certificate as superseded (done when it is already revoked)."""
+        ...
+
+
+@dataclass(frozen=True)
+class CertificateView:
+    """CertificateView is a certificate as the CA holds it: its PEM and whether it is active."""
+
+    serial_number: str
+    certificate_pem: str
+    active: bool
+
 
 @dataclass(frozen=True)
 class PendingToken:
@@ -80,6 +101,16 @@ class TokenService(Protocol):
 
     async def token_state(self, token_id: str) -> TokenState:
         """Return the state of a token as the OTP service reports it."""
+        ...
+
+    async def reissue(
+        self, *, request_id: str, token_id: str, delivery_email: str, usage_start_password: str
+    ) -> PendingToken:
+        """Revoke a token and create a new pending one for the same user (a new phone)."""
+        ...
+
+    async def disable(self, *, request_id: str, token_id: str) -> None:
+        """Stop a token from verifying (a lost phone)."""
         ...
 
 

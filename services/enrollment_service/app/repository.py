@@ -45,6 +45,9 @@ USER_CERTIFICATES = "user-certificates"
 CONFIRMATIONS = "confirmations"
 ENDED_SESSIONS = "ended-sessions"
 LOGIN_REFUSALS = "login-refusals"
+PASSWORD_RESETS = "password-resets"
+RENEWALS = "renewals"
+CERTIFICATE_EXPIRIES = "certificate-expiries"
 
 T = TypeVar("T")
 
@@ -65,6 +68,11 @@ def users_by_company(company_name: str) -> str:
 def users_by_account(account: str) -> str:
     """users_by_account is the collection indexing the users of one representative account."""
     return f"users-by-account/{account}"
+
+
+def certificate_expiry_key(expires_at: float, fingerprint_sha256: str) -> str:
+    """certificate_expiry_key orders customer certificates by expiry, for the renewal reminders."""
+    return f"{int(expires_at):012d}/{fingerprint_sha256.lower()}"
 
 
 def confirmation_key(user_id: str, transaction_id: str) -> str:

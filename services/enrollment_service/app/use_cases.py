@@ -8,6 +8,7 @@ writes everything it changed in one atomic commit conditioned on the version it 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from dataclasses import dataclass, replace
 
@@ -34,19 +35,21 @@ from services.enrollment_service.app.ports import (
 )
 from services.enrollment_service.app.repository import (
     APPLICATIONS_BY_ACCOUNT,
+    CERTIFICATE_EXPIRIES,
     ENROLLMENTS_BY_APP,
     LOGIN_IDS,
     CertificateOwner,
     EnrollmentRepository,
     Versioned,
     app_key,
+    certificate_expiry_key,
     certificate_owner_record,
     put_application,
     put_enrollment,
     put_user,
     user_indexes,
 )
-from services.enrollment_service.domain.client_certificates import ClientCertificate
+from services.enrollment_service.domain.client_certificates import ClientCertificate, not_after
 from services.enrollment_service.domain.credentials import (
     session_token,
     temporary_password,
@@ -356,10 +359,16 @@ class EnrollmentService:
             certificate_fingerprint=certificate.fingerprint_sha256.lower(),
         )
         owner = CertificateOwner(enrollment.user_id, enrollment.enrollment_id, advanced.certificate_serial)
+        expiry = {"user_id": enrollment.user_id, "serial": advanced.certificate_serial, "reminded": []}
         await self._write(
             [
                 put_enrollment(advanced, current.version),
                 certificate_owner_record(advanced.certificate_fingerprint, owner),
+                Create(
+                    CERTIFICATE_EXPIRIES,
+                    certificate_expiry_key(not_after(certificate.certificate_pem), advanced.certificate_fingerprint),
+                    json.dumps(expiry).encode(),
+                ),
             ]
         )
         return advanced, certificate

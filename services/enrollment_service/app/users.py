@@ -21,7 +21,7 @@ from kagi.clock import Clock
 from kagi.errors import Aborted, FailedPrecondition, InvalidArgument, KagiError, ResourceExhausted, Unauthenticated
 from kagi.journal import AuditEvent, Change, Journal
 from kagi.passwords import PasswordHasher
-from kagi.store.base import Create, KeyExists, Operation, VersionMismatch
+from kagi.store.base import Create, Delete, KeyExists, Operation, VersionMismatch
 from services.enrollment_service.app.ports import (
     CertificateAuthority,
     CertificateStatus,
@@ -33,6 +33,7 @@ from services.enrollment_service.app.repository import (
     CONFIRMATIONS,
     ENDED_SESSIONS,
     LOGIN_REFUSALS,
+    RENEWALS,
     USERS,
     EnrollmentRepository,
     Versioned,
@@ -178,7 +179,7 @@ class UserSessions:
             self._otp.token_state(user.token_id),
         )
         if not right:
-            failed = await self._update_user(
+            failed = await self.update_user(
                 user.user_id, lambda u: u.with_login_failure(), actor, "login.refused", {"why": "wrong password"}
             )
             if failed.lock_reason.value:
@@ -187,11 +188,31 @@ class UserSessions:
         user.check_usable()
         details = {"certificate": certificate.serial_number}
         if user.login_failures:
-            user = await self._update_user(user.user_id, lambda u: u.with_login_success(), actor, "login", details)
+            user = await self.update_user(user.user_id, lambda u: u.with_login_success(), actor, "login", details)
         else:
             await self._audit(actor, "login", user.user_id, details)
+        if await self._repo.store.get(RENEWALS, fingerprint) is not None:
+            # The renewed certificate's first session: the one it replaced is done with.
+            await self.supersede(fingerprint, actor=actor)
         session = self._new_session(user, uuid.uuid4().hex, AMR_LOGIN, certificate_thumbprint(fingerprint))
         return UserView(user, token_state), session
+
+    async def supersede(self, new_fingerprint: str, *, actor: str) -> int:
+        """Revoke the certificate the one with `new_fingerprint` renewed (its first session, or the grace ran
+        out); return 1 when it did."""
+        entry = await self._repo.store.get(RENEWALS, new_fingerprint)
+        if entry is None:
+            return 0
+        renewal = json.loads(entry.value)
+        await self._ca.revoke_superseded(
+            request_id=f"supersede/{renewal['old_serial']}", serial_number=renewal["old_serial"]
+        )
+        event = AuditEvent(actor, "certificate.superseded", renewal["user_id"], {"serial": renewal["old_serial"]})
+        try:
+            await self._journal.submit(Change([Delete(RENEWALS, new_fingerprint, version=entry.version)], [event]))
+        except VersionMismatch:
+            return 0
+        return 1
 
     async def _check_throttle(self, fingerprint: str) -> None:
         entry = await self._repo.store.get(LOGIN_REFUSALS, fingerprint)
@@ -340,7 +361,7 @@ class UserSessions:
         existing = await self._repo.store.get(CONFIRMATIONS, key)
         right = await asyncio.to_thread(self._hasher.verify, user.confirmation_password_hash, confirmation_password)
         if not right:
-            failed = await self._update_user(
+            failed = await self.update_user(
                 user_id,
                 lambda u: u.with_confirmation_failure(),
                 actor,
@@ -434,6 +455,10 @@ class UserSessions:
         """Return the JWK Set that verifies access and confirmation tokens."""
         return self._signer.jwks_json()
 
+    async def view(self, user: User) -> UserView:
+        """Return a user with the state of its token."""
+        return UserView(user, await self._otp.token_state(user.token_id))
+
     async def get(self, user_id: str) -> UserView:
         """Return one user with the state of its token."""
         check_user_id(user_id)
@@ -456,18 +481,19 @@ class UserSessions:
     async def lock(self, user_id: str, *, actor: str) -> UserView:
         """Lock a user (operator): no login or confirmation, and every live session ends."""
         check_user_id(user_id)
-        user = await self._update_user(user_id, lambda u: u.locked_by_operator(), actor, "user.lock", {})
+        user = await self.update_user(user_id, lambda u: u.locked_by_operator(), actor, "user.lock", {})
         return UserView(user, await self._otp.token_state(user.token_id))
 
     async def unlock(self, user_id: str, *, actor: str) -> UserView:
         """Unlock a user (operator): the lock is lifted and both failure counts start again."""
         check_user_id(user_id)
-        user = await self._update_user(user_id, lambda u: u.unlocked(), actor, "user.unlock", {})
+        user = await self.update_user(user_id, lambda u: u.unlocked(), actor, "user.unlock", {})
         return UserView(user, await self._otp.token_state(user.token_id))
 
     # -- helpers ----------------------------------------------------------------------------------------------
 
-    async def _update_user(self, user_id: str, change: Any, actor: str, action: str, details: dict[str, str]) -> User:
+    async def update_user(self, user_id: str, change: Any, actor: str, action: str, details: dict[str, str]) -> User:
+        """Apply `change` to the user with compare-and-swap, committed with its audit record; return the result."""
         for _ in range(_CAS_RETRIES):
             current = await self._repo.user(user_id)
             changed: User = change(current.record)

@@ -63,3 +63,25 @@ def check_customer_certificate(pem: str, customer_ca_pem: bytes, now: float) -> 
     if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
         raise CertificateInvalid(MSG_CERTIFICATE_INVALID)
     return ClientCertificate(f"{certificate.serial_number:x}", certificate.fingerprint(hashes.SHA256()).hex())
+
+
+def not_after(certificate_pem: str) -> float:
+    """Return when a certificate expires (POSIX seconds)."""
+    return x509.load_pem_x509_certificate(certificate_pem.encode()).not_valid_after_utc.timestamp()
+
+
+def check_new_key(csr_pem: str, old_certificate_pem: str) -> None:
+    """Raise InvalidArgument unless the CSR is for another key than the certificate's (a renewal's rule)."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise InvalidArgument(
+            "the CSR cannot be read", reason="CSR_MALFORMED", fields={"csr_pem": "must be one PKCS#10 CSR in PEM"}
+        ) from None
+    old = x509.load_pem_x509_certificate(old_certificate_pem.encode())
+    if csr.public_key() == old.public_key():
+        raise InvalidArgument(
+            "a renewal needs a new key",
+            reason="KEY_REUSED",
+            fields={"csr_pem": "must be for a new key pair, not the current certificate's key"},
+        )

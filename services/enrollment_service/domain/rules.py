@@ -216,3 +216,16 @@ def validate_notice_entry(
         if not value or len(value) > 64:
             v.add(name, MSG_TEMP_PASSWORD)
     v.raise_if_any("入力内容に誤りがあります / the notice entry breaks the rules below", reason="INVALID_NOTICE_ENTRY")
+
+
+def validate_new_password(*, login_id: str, new_password: str, new_password_confirmation: str) -> str:
+    """validate_new_password applies the setup's rules to a changed or reset password (6-12 half-width letters
+    and digits mixed, typed twice, not the login ID); that it differs from the other password is checked
+    against its hash by the caller."""
+    v = Violations()
+    check_alnum_mixed(v, "new_password", new_password)
+    check_pair(v, "new_password", new_password, new_password_confirmation)
+    if new_password and new_password == login_id:
+        v.add("new_password", MSG_DUPLICATE)
+    v.raise_if_any("入力内容に誤りがあります / the new password breaks the rules below", reason="INVALID_PASSWORD")
+    return new_password

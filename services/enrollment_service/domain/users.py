@@ -43,6 +43,16 @@ class LockReason(Enum):
     OPERATOR = "OPERATOR"
 
 
+class PasswordKind(Enum):
+    """PasswordKind names one of the user's two passwords."""
+
+    LOGIN = "login"
+    CONFIRMATION = "confirmation"
+
+
+_LOCK_OF = {PasswordKind.LOGIN: LockReason.LOGIN_PASSWORD, PasswordKind.CONFIRMATION: LockReason.CONFIRMATION_PASSWORD}
+
+
 class UserLocked(ResourceExhausted):
     """UserLocked: five wrong passwords in a row or an operator's lock; only an operator unlocks."""
 
@@ -76,6 +86,8 @@ class User:
     confirmation_failures: int = 0
     lock_reason: LockReason = LockReason.NONE
     session_epoch: int = 0
+    # An operator revoked the token and lets the user reissue one without it (a lost phone).
+    token_reissue_allowed: bool = False
 
     @property
     def state(self) -> UserState:
@@ -130,6 +142,30 @@ class User:
         if self.lock_reason is LockReason.NONE:
             raise FailedPrecondition("the user is not locked", reason="USER_NOT_LOCKED")
         return replace(self, lock_reason=LockReason.NONE, login_failures=0, confirmation_failures=0)
+
+    def password_hash(self, kind: PasswordKind) -> str:
+        """Return the stored hash of the login or the confirmation password."""
+        return self.login_password_hash if kind is PasswordKind.LOGIN else self.confirmation_password_hash
+
+    def with_failure(self, kind: PasswordKind) -> User:
+        """Count a wrong password of `kind` (five in a row lock)."""
+        return self.with_login_failure() if kind is PasswordKind.LOGIN else self.with_confirmation_failure()
+
+    def with_new_password(self, kind: PasswordKind, password_hash: str) -> User:
+        """Return the user with a new password of `kind`: its count starts again, a lock it caused is lifted,
+        and every session ends (the epoch moves)."""
+        lifted = _LOCK_OF[kind]
+        lock = LockReason.NONE if self.lock_reason is lifted else self.lock_reason
+        changes: dict[str, Any] = (
+            {"login_password_hash": password_hash, "login_failures": 0}
+            if kind is PasswordKind.LOGIN
+            else {"confirmation_password_hash": password_hash, "confirmation_failures": 0}
+        )
+        return replace(self, lock_reason=lock, session_epoch=self.session_epoch + 1, **changes)
+
+    def sessions_ended(self) -> User:
+        """Return the user with every live session ended."""
+        return replace(self, session_epoch=self.session_epoch + 1)
 
     def _locked(self, reason: LockReason, **changes: Any) -> User:
         return replace(self, lock_reason=reason, session_epoch=self.session_epoch + 1, **changes)
