@@ -47,6 +47,7 @@ from kagi.common.v1 import common_pb2
 from kagi.enrollment.v1 import enrollment_pb2 as pb
 from kagi.enrollment.v1 import user_pb2 as upb
 from kagi.runtime.logging import new_request_id, request_id_var
+from services.enrollment_service.domain.messages import CARRIER_FILTER_NOTE
 
 log = structlog.get_logger("kagi.gateway")
 
@@ -129,6 +130,9 @@ def enrollment_view(enrollment: pb.Enrollment) -> dict[str, Any]:
     step = pb.Step.Name(enrollment.next_step).removeprefix("STEP_") if enrollment.next_step else None
     return {
         "enrollment_id": enrollment.enrollment_id,
+        "kind": pb.EnrollmentKind.Name(enrollment.kind).removeprefix("ENROLLMENT_KIND_")
+        if enrollment.kind
+        else "SETUP",
         "state": state,
         "next_step": step,
         "expires_at": _timestamp(enrollment.expire_time),
@@ -363,7 +367,7 @@ class CustomerApi:
             pb.RequestTokenRequest(request_id=key, enrollment_id=enrollment_id, **body),
             metadata=certificate.metadata,
         )
-        return _json(enrollment_view(reply.enrollment))
+        return _json({**enrollment_view(reply.enrollment), "mail_note": CARRIER_FILTER_NOTE})
 
     async def verify_first_code(self, request: web.Request) -> web.Response:
         """Verify_first_code is step 10: the app's code; completes the enrollment."""

@@ -333,6 +333,11 @@ STEPS = (
 _STRING = {"type": "string"}
 _ENROLLMENT_PROPERTIES: dict[str, Any] = {
     "enrollment_id": _STRING,
+    "kind": {
+        "type": "string",
+        "enum": ["SETUP", "REISSUE"],
+        "description": "SETUP: the ten steps; REISSUE: a new certificate after a lost PC (steps 1, 4, 5, 6).",
+    },
     "state": {"type": "string", "enum": list(STATES)},
     "next_step": {
         "type": ["string", "null"],
@@ -346,7 +351,7 @@ _ENROLLMENT_PROPERTIES: dict[str, Any] = {
         "description": "When the enrollment expires unless a step is taken (RFC 3339).",
     },
 }
-_ENROLLMENT_REQUIRED = ["enrollment_id", "state", "next_step", "expires_at"]
+_ENROLLMENT_REQUIRED = ["enrollment_id", "kind", "state", "next_step", "expires_at"]
 
 
 def _enrollment_with(extra: Mapping[str, Any], description: str) -> dict[str, Any]:
@@ -376,6 +381,17 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
         "Step 2's answer.",
     ),
     "ConfirmRegistrationResponse": _enrollment_with({"user_id": _STRING}, "Step 3's answer."),
+    "RequestTokenResponse": _enrollment_with(
+        {
+            "mail_note": {
+                "type": "string",
+                "description": "The procedure's warning to show beside the answer (Japanese / English): a phone that "
+                "filters mail must allow the bank's domain, or the mail with the service ID and user ID may not "
+                "arrive.",
+            }
+        },
+        "Step 7's answer: the enrollment, and the note about mail filters; the IDs go by mail only.",
+    ),
     "IssueCertificateResponse": _enrollment_with(
         {
             "certificate_pem": {"type": "string", "description": "The issued client certificate, PEM."},
@@ -574,7 +590,7 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "POST", ENROLLMENT + "/token", "requestToken", "⑱ トークン発行 / issue the token (the IDs go by mail)",
-        "certificate", REQUEST_TOKEN, 200, "Enrollment", 7,
+        "certificate", REQUEST_TOKEN, 200, "RequestTokenResponse", 7,
     ),
     Operation(
         "POST", "/v1/app/activation", "activateApp", "⑳ アプリの利用登録 / activate the app (the seed, once)",

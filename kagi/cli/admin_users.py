@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from kagi.cli.admin import AdminContext, run_call
-from kagi.enrollment.v1 import user_pb2, user_pb2_grpc
+from kagi.enrollment.v1 import enrollment_pb2, enrollment_pb2_grpc, user_pb2, user_pb2_grpc
 from kagi.errors import KagiError
 from kagi.otp.v1 import otp_pb2, otp_pb2_grpc
 from kagi.runtime.settings import Environment
@@ -268,6 +268,80 @@ def disable_token_command(obj: AdminContext, user_id: str, reason: str, yes: boo
     click.echo(f"token of {reply.user.login_id} disabled ({reason})")
 
 
+_REISSUE_REASONS = ("keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation", "unspecified")
+_ACCOUNT_TYPES_JA = {
+    enrollment_pb2.ACCOUNT_TYPE_ORDINARY: "普通 (ordinary)",
+    enrollment_pb2.ACCOUNT_TYPE_CURRENT: "当座 (current)",
+}
+
+
+@click.command("reissue-certificate")
+@click.option("--user", "user_id", required=True, help="The user id.")
+@click.option(
+    "--reason",
+    type=click.Choice(_REISSUE_REASONS),
+    default="keyCompromise",
+    show_default=True,
+    help="Why the user's certificates are revoked (RFC 5280).",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reissue notice as JSON.")
+@click.pass_obj
+def reissue_certificate_command(obj: AdminContext, user_id: str, reason: str, yes: bool, as_json: bool) -> None:
+    """A lost PC: revoke the user's certificates, end every session, and print a reissue notice (its temporary
+    passwords appear only here); with it the customer takes steps 1, 4, 5 and 6 again (POST /v1/enrollments)."""
+    if not yes:
+        click.confirm(f"Revoke every certificate of user {user_id} ({reason}) and issue a reissue notice?", abort=True)
+
+    async def call() -> enrollment_pb2.ReissueCertificateResponse:
+        async with obj.channel("enrollment") as channel:
+            stub = enrollment_pb2_grpc.EnrollmentServiceStub(channel)
+            reply: enrollment_pb2.ReissueCertificateResponse = await stub.ReissueCertificate(
+                enrollment_pb2.ReissueCertificateRequest(
+                    request_id=os.urandom(16).hex(), user_id=user_id, revocation_reason=reason
+                ),
+                timeout=30,
+            )
+            return reply
+
+    reply = run_call(call)
+    application = reply.application
+    account_type = "ordinary" if application.account_type == enrollment_pb2.ACCOUNT_TYPE_ORDINARY else "current"
+    notice = {
+        "application_id": application.application_id,
+        "user_id": application.user_id,
+        "branch_code": application.branch_code,
+        "account_type": account_type,
+        "account_number": application.account_number,
+        "company_name": application.company_name,
+        "temporary_login_password": reply.temporary_login_password,
+        "temporary_confirmation_password": reply.temporary_confirmation_password,
+        "expires_at": application.expire_time.ToJsonString(),
+    }
+    if as_json:
+        click.echo(json.dumps(notice, ensure_ascii=False, indent=2))
+        return
+    click.echo(
+        "\n".join(
+            [
+                "電子証明書再発行通知書 / Certificate reissue notice",
+                f"  会社名 / Company:                     {notice['company_name']}",
+                f"  代表口座 / Account:                   {application.branch_code} "
+                f"{_ACCOUNT_TYPES_JA[application.account_type]} {application.account_number}",
+                f"  仮ログインパスワード / Temporary login password:         {notice['temporary_login_password']}",
+                f"  仮確認用パスワード / Temporary confirmation password:    "
+                f"{notice['temporary_confirmation_password']}",
+                f"  有効期限 / Valid until:               {jst(application.expire_time.seconds)}",
+                "",
+                "初期設定の⑦から、代表口座と上記の仮パスワードを入力してください。ログインIDとパスワードは変わりません。",
+                "Enter the account and these temporary passwords at step 7 of the setup (POST /v1/enrollments);",
+                "then issue the new certificate, log in with it and enter your login password. Your login ID,",
+                "passwords and one-time-password app stay as they are.",
+            ]
+        )
+    )
+
+
 @click.command("rotate-signing-key")
 @click.option(
     "--key-file",
@@ -327,4 +401,5 @@ USER_COMMANDS = (
     reset_password_command,
     reissue_token_command,
     disable_token_command,
+    reissue_certificate_command,
 )

@@ -20,6 +20,7 @@ from kagi.runtime.identity import Role, allow
 from services.enrollment_service.app.use_cases import EnrollmentService
 from services.enrollment_service.domain.client_certificates import ClientCertificate
 from services.enrollment_service.domain.records import AccountType, Application, ApplicationState, Enrollment
+from services.enrollment_service.domain.states import Kind
 
 SERVICE_NAME = "kagi.enrollment.v1.EnrollmentService"
 # The setup steps are the customer's, reached only through the kagi gateway, which proves possession of the
@@ -28,6 +29,8 @@ ALLOWED_ROLES = {
     "RegisterApplication": allow(Role.OPERATOR),
     "UnlockApplication": allow(Role.OPERATOR),
     "ListApplications": allow(Role.OPERATOR),
+    "ReopenEnrollment": allow(Role.OPERATOR),
+    "ReissueCertificate": allow(Role.OPERATOR),
     "GetEnrollment": allow(Role.GATEWAY, Role.OPERATOR),
     "GetCurrentEnrollment": allow(Role.GATEWAY),
     **dict.fromkeys(
@@ -56,6 +59,8 @@ _APPLICATION_STATE_PB = {
     ApplicationState.LOCKED: pb.Application.STATE_LOCKED,
     ApplicationState.EXPIRED: pb.Application.STATE_EXPIRED,
 }
+_KIND_PB = {Kind.SETUP: pb.ENROLLMENT_KIND_SETUP, Kind.REISSUE: pb.ENROLLMENT_KIND_REISSUE}
+_REISSUE_REASONS = ("keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation", "unspecified")
 _ALGORITHM_PB = {
     "SHA1": common_pb2.OTP_ALGORITHM_SHA1,
     "SHA256": common_pb2.OTP_ALGORITHM_SHA256,
@@ -95,6 +100,7 @@ def enrollment_message(enrollment: Enrollment, now: float) -> pb.Enrollment:
         user_id=current.user_id,
         certificate_serial_number=current.certificate_serial,
         token_id=current.token_id,
+        kind=_KIND_PB[current.kind],
     )
 
 
@@ -109,6 +115,8 @@ def application_message(application: Application, now: float) -> pb.Application:
         state=_APPLICATION_STATE_PB[application.current_state(now)],
         create_time=_timestamp(application.created_at),
         expire_time=_timestamp(application.expires_at),
+        kind=_KIND_PB[application.kind],
+        user_id=application.user_id,
     )
 
 
@@ -378,6 +386,30 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
 
         return await self._once(request, act, pb.UnlockApplicationResponse)
 
+    async def ReissueCertificate(
+        self, request: pb.ReissueCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReissueCertificateResponse:
+        reason = request.revocation_reason or "keyCompromise"
+        if reason not in _REISSUE_REASONS:
+            raise InvalidArgument(
+                "invalid revocation reason", fields={"revocation_reason": "one of " + ", ".join(_REISSUE_REASONS)}
+            )
+
+        async def act() -> pb.ReissueCertificateResponse:
+            notice = await self._service.reissue_certificate(request.user_id, reason)
+            return pb.ReissueCertificateResponse(
+                application=application_message(notice.application, self._now()),
+                temporary_login_password=notice.temporary_login_password,
+                temporary_confirmation_password=notice.temporary_confirmation_password,
+            )
+
+        return await self._once(
+            request,
+            act,
+            pb.ReissueCertificateResponse,
+            secret_response=("temporary_login_password", "temporary_confirmation_password"),
+        )
+
     async def ListApplications(
         self, request: pb.ListApplicationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListApplicationsResponse:
@@ -386,6 +418,15 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
         return pb.ListApplicationsResponse(
             applications=[application_message(a, now) for a in applications], next_page_token=token
         )
+
+    async def ReopenEnrollment(
+        self, request: pb.ReopenEnrollmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReopenEnrollmentResponse:
+        async def act() -> pb.ReopenEnrollmentResponse:
+            enrollment = await self._service.reopen(request.enrollment_id)
+            return pb.ReopenEnrollmentResponse(enrollment=enrollment_message(enrollment, self._now()))
+
+        return await self._once(request, act, pb.ReopenEnrollmentResponse)
 
 
 def binding(api: EnrollmentApi) -> ServiceBinding:

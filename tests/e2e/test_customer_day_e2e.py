@@ -20,10 +20,11 @@ from joserfc.jwk import KeySet
 from kagi.clock import FakeClock
 from kagi.runtime.settings import TlsFiles
 from tests.integration.gateway.gateway_support import (
-    USAGE_START_PASSWORD,
     Customer,
     GatewayStack,
+    complete_with_curl,
     curl,
+    oathtool_code,
     open_gateway_stack,
 )
 from tests.support.tools import run, tool
@@ -35,27 +36,6 @@ async def day(tmp_path: Path) -> AsyncIterator[tuple[GatewayStack, FakeClock]]:
     stack = await open_gateway_stack(tmp_path, clock=clock)
     yield stack, clock
     await stack.close()
-
-
-async def _oathtool(secret: str, at: float) -> str:
-    return (await run([tool("oathtool"), "--totp", "-b", "-s", "60", "-N", f"@{int(at)}", secret])).strip()
-
-
-async def _set_up(stack: GatewayStack, clock: FakeClock) -> tuple[Customer, str]:
-    """Take the ten steps (1-4 with the session token, 5-10 with curl and the certificate); return the seed."""
-    customer = Customer(stack)
-    service_id, app_user_id = await customer.through_step7()
-    assert customer.certificate is not None
-    path = f"/v1/enrollments/{customer.enrollment_id}"
-    activation = {"service_id": service_id, "user_id": app_user_id, "usage_start_password": USAGE_START_PASSWORD}
-    seed = await curl(stack, "POST", "/v1/app/activation", {**activation, "agreed": True})
-    assert seed.status == 200, seed.body
-    registration = {"service_id": service_id, "user_id": app_user_id, "activation_id": seed.body["activation_id"]}
-    assert (await curl(stack, "POST", "/v1/app/registration", registration)).status == 200
-    code = await _oathtool(seed.body["secret"], clock.now())
-    answer = await curl(stack, "POST", path + "/otp", {"otp": code}, cert=customer.certificate)
-    assert answer.body["state"] == "COMPLETED", answer.body
-    return customer, seed.body["secret"]
 
 
 async def _thumbprint(certificate: TlsFiles) -> str:
@@ -84,7 +64,7 @@ async def test_a_customers_day_log_in_step_up_confirm_log_out(day: tuple[Gateway
     confirmation token carries the transaction and the summary's digest; the same code cannot confirm a second
     transaction; the same transaction id returns the first confirmation; after logout the token is refused."""
     stack, clock = day
-    customer, secret = await _set_up(stack, clock)
+    customer, secret = await complete_with_curl(stack, clock)
     other = await Customer(stack).through_step4()
     assert customer.certificate is not None
     assert other.certificate is not None
@@ -105,7 +85,7 @@ async def test_a_customers_day_log_in_step_up_confirm_log_out(day: tuple[Gateway
 
     # The same token with another customer's certificate is refused.
     clock.advance(60)
-    code = await _oathtool(secret, clock.now())
+    code = await oathtool_code(secret, clock.now())
     stolen = await curl(stack, "POST", "/v1/sessions/current/otp", {"otp": code}, cert=other.certificate, bearer=access)
     assert (stolen.status, stolen.body["error"]["reason"]) == (401, "ACCESS_TOKEN_INVALID")
 
@@ -121,7 +101,7 @@ async def test_a_customers_day_log_in_step_up_confirm_log_out(day: tuple[Gateway
 
     # Confirm a transaction: confirmation password + the next code.
     clock.advance(60)
-    code = await _oathtool(secret, clock.now())
+    code = await oathtool_code(secret, clock.now())
     summary = "振込 株式会社サンプル → 001-1234567 10,000円"
     confirm = {
         "transaction_id": "txn-0001",
@@ -154,7 +134,7 @@ async def test_a_customers_day_log_in_step_up_confirm_log_out(day: tuple[Gateway
     bye = await curl(stack, "DELETE", "/v1/sessions/current", cert=customer.certificate, bearer=access)
     assert bye.status == 204
     clock.advance(60)
-    code = await _oathtool(secret, clock.now())
+    code = await oathtool_code(secret, clock.now())
     after = await curl(
         stack, "POST", "/v1/sessions/current/otp", {"otp": code}, cert=customer.certificate, bearer=access
     )

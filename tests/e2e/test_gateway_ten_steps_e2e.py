@@ -11,6 +11,7 @@ import uuid
 import structlog
 
 from kagi.runtime.settings import TlsFiles
+from services.enrollment_service.domain.messages import CARRIER_FILTER_NOTE
 from tests.integration.gateway.gateway_support import MOBILE, PROFILE, USAGE_START_PASSWORD, GatewayStack, curl
 from tests.support.tools import run, tool
 
@@ -104,7 +105,8 @@ async def _walk(stack: GatewayStack) -> dict[str, str]:
     answer = await curl(stack, "POST", path + "/token", token_request, cert=certificate)
     assert answer.status == 200, answer.body
     assert (answer.body["state"], answer.body["next_step"]) == ("TOKEN_REQUESTED", "ACTIVATE_APP")
-    assert set(answer.body) == {"enrollment_id", "state", "next_step", "expires_at"}
+    assert set(answer.body) == {"enrollment_id", "kind", "state", "next_step", "expires_at", "mail_note"}
+    assert answer.body["mail_note"] == CARRIER_FILTER_NOTE  # the procedure's warning about phones filtering mail
     service_id, app_user_id = await stack.mail_ids()
     assert service_id not in answer.raw.decode()
 

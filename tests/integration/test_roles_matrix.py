@@ -80,7 +80,10 @@ POLICY: dict[str, dict[str, frozenset[str]]] = {
         "UnlockToken": frozenset({"operator"}),
     },
     ENROLLMENT: {
-        **dict.fromkeys(("RegisterApplication", "UnlockApplication", "ListApplications"), frozenset({"operator"})),
+        **dict.fromkeys(
+            ("RegisterApplication", "UnlockApplication", "ListApplications", "ReissueCertificate"),
+            frozenset({"operator"}),
+        ),
         "GetEnrollment": frozenset({"gateway", "operator"}),
         **dict.fromkeys((*SETUP_STEPS, "GetCurrentEnrollment"), frozenset({"gateway"})),
     },

@@ -19,6 +19,7 @@ from services.enrollment_service.app.ports import (
     CertificateView,
     IssuedCertificate,
     PendingToken,
+    RevocationReason,
     TokenState,
 )
 
@@ -26,6 +27,13 @@ CALL_TIMEOUT = 15.0
 _STATUS = {
     ca_pb2.GetCertificateStatusResponse.STATUS_GOOD: CertificateStatus.GOOD,
     ca_pb2.GetCertificateStatusResponse.STATUS_REVOKED: CertificateStatus.REVOKED,
+}
+_REVOCATION_REASONS = {
+    "unspecified": ca_pb2.REVOCATION_REASON_UNSPECIFIED,
+    "keyCompromise": ca_pb2.REVOCATION_REASON_KEY_COMPROMISE,
+    "affiliationChanged": ca_pb2.REVOCATION_REASON_AFFILIATION_CHANGED,
+    "superseded": ca_pb2.REVOCATION_REASON_SUPERSEDED,
+    "cessationOfOperation": ca_pb2.REVOCATION_REASON_CESSATION_OF_OPERATION,
 }
 _TOKEN_STATE = {
     otp_pb2.Token.STATE_PENDING_ACTIVATION: TokenState.PENDING,
@@ -35,6 +43,13 @@ _TOKEN_STATE = {
     otp_pb2.Token.STATE_LOCKED: TokenState.LOCKED,
     otp_pb2.Token.STATE_ACTIVATION_LOCKED: TokenState.LOCKED,
 }
+_REVOCATION_REASON = {
+    RevocationReason.UNSPECIFIED: ca_pb2.REVOCATION_REASON_UNSPECIFIED,
+    RevocationReason.KEY_COMPROMISE: ca_pb2.REVOCATION_REASON_KEY_COMPROMISE,
+    RevocationReason.SUPERSEDED: ca_pb2.REVOCATION_REASON_SUPERSEDED,
+    RevocationReason.CESSATION_OF_OPERATION: ca_pb2.REVOCATION_REASON_CESSATION_OF_OPERATION,
+}
+_LIST_PAGE = 100
 _ALGORITHM = {
     common_pb2.OTP_ALGORITHM_SHA1: "SHA1",
     common_pb2.OTP_ALGORITHM_SHA256: "SHA256",
@@ -128,6 +143,42 @@ class GrpcCertificateAuthority:
         except FailedPrecondition as exc:
             if exc.reason != "ALREADY_REVOKED":
                 raise
+
+    async def revoke_subject(self, *, request_id: str, user_id: str, reason: str) -> int:
+        """Revoke_subject revokes every active certificate of the user at the CA (reason by RFC 5280 name)."""
+        request = ca_pb2.RevokeSubjectCertificatesRequest(
+            request_id=request_id, subject_id=user_id, reason=_REVOCATION_REASONS[reason]
+        )
+        async with _translated():
+            response = await self._stub.RevokeSubjectCertificates(request, timeout=CALL_TIMEOUT)
+        return len(response.certificates)
+
+    async def revoke(self, *, serial_number: str, reason: RevocationReason, request_id: str) -> None:
+        """Revoke revokes a customer certificate with `reason`; an already revoked one is done (idempotent)."""
+        request = ca_pb2.RevokeCertificateRequest(
+            request_id=request_id, serial_number=serial_number, reason=_REVOCATION_REASON[reason]
+        )
+        try:
+            async with _translated():
+                await self._stub.RevokeCertificate(request, timeout=CALL_TIMEOUT)
+        except FailedPrecondition as exc:
+            if exc.reason != "ALREADY_REVOKED":
+                raise
+
+    async def active_certificates(self, subject_id: str) -> list[str]:
+        """Active_certificates lists the serial numbers of a user's certificates still active at the CA."""
+        serials: list[str] = []
+        token = ""
+        while True:
+            request = ca_pb2.ListCertificatesRequest(
+                subject_id=subject_id, state=ca_pb2.Certificate.STATE_ACTIVE, page_size=_LIST_PAGE, page_token=token
+            )
+            async with _translated():
+                page = await self._stub.ListCertificates(request, timeout=CALL_TIMEOUT)
+            serials += [c.serial_number for c in page.certificates if c.state == ca_pb2.Certificate.STATE_ACTIVE]
+            token = page.next_page_token
+            if not token:
+                return serials
 
     async def customer_ca_pem(self) -> bytes:
         """Customer_ca_pem asks the CA for the customer CA's certificate once, then answers from memory."""
@@ -229,3 +280,22 @@ class GrpcTokenService:
         request = otp_pb2.DisableTokenRequest(request_id=request_id, token_id=token_id)
         async with _translated():
             await self._stub.DisableToken(request, timeout=CALL_TIMEOUT)
+
+    async def revoke_token(self, *, request_id: str, token_id: str) -> None:
+        """Revoke_token ends a token for good (RevokeToken); revoking a revoked token again changes nothing."""
+        request = otp_pb2.RevokeTokenRequest(request_id=request_id, token_id=token_id)
+        async with _translated():
+            await self._stub.RevokeToken(request, timeout=CALL_TIMEOUT)
+
+    async def live_token_ids(self, user_id: str) -> list[str]:
+        """Live_token_ids lists the ids of a user's tokens that are not revoked yet."""
+        found: list[str] = []
+        token = ""
+        while True:
+            request = otp_pb2.ListTokensRequest(user_id=user_id, page_size=_LIST_PAGE, page_token=token)
+            async with _translated():
+                page = await self._stub.ListTokens(request, timeout=CALL_TIMEOUT)
+            found += [t.token_id for t in page.tokens if t.state != otp_pb2.Token.STATE_REVOKED]
+            token = page.next_page_token
+            if not token:
+                return found

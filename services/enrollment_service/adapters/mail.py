@@ -7,7 +7,7 @@ import mailbox
 import smtplib
 import ssl
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -15,7 +15,7 @@ from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from kagi.errors import InvalidArgument, Unavailable
-from services.enrollment_service.domain.messages import Mail
+from services.enrollment_service.domain.messages import JST, Mail
 
 
 class MailTransport(Protocol):
@@ -25,12 +25,12 @@ class MailTransport(Protocol):
 
 
 def build_message(mail: Mail, *, sender: str, now: float) -> EmailMessage:
-    """build_message renders a domain Mail as a UTF-8 RFC 5322 message."""
+    """build_message renders a domain Mail as a UTF-8 RFC 5322 message, dated in Japan time (+0900)."""
     message = EmailMessage()
     message["From"] = sender
     message["To"] = mail.to
     message["Subject"] = mail.subject
-    message["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
+    message["Date"] = format_datetime(datetime.fromtimestamp(now, JST))
     message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or "kagi.invalid")
     # Quoted-printable keeps the ASCII lines (the IDs) readable in the raw message, unlike base64.
     message.set_content(mail.body, charset="utf-8", cte="quoted-printable")

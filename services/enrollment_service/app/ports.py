@@ -25,6 +25,15 @@ class CertificateStatus(Enum):
     UNKNOWN = "UNKNOWN"
 
 
+class RevocationReason(Enum):
+    """RevocationReason is the RFC 5280 reason the enrollment gives when it revokes a customer certificate."""
+
+    UNSPECIFIED = "unspecified"
+    KEY_COMPROMISE = "keyCompromise"
+    SUPERSEDED = "superseded"
+    CESSATION_OF_OPERATION = "cessationOfOperation"
+
+
 class CertificateAuthority(Protocol):
     """CertificateAuthority issues customer certificates and reports their status."""
 
@@ -38,6 +47,14 @@ class CertificateAuthority(Protocol):
         """Return the customer CA's certificate (PEM), which every customer certificate chains to."""
         ...
 
+    async def revoke(self, *, serial_number: str, reason: RevocationReason, request_id: str) -> None:
+        """Revoke a customer certificate; revoking a revoked one again changes nothing."""
+        ...
+
+    async def active_certificates(self, subject_id: str) -> list[str]:
+        """Return the serial numbers of a user's certificates that are still active."""
+        ...
+
     async def certificate(self, serial_number: str) -> CertificateView:
         """Return a customer certificate as the CA holds it (PEM and state)."""
         ...
@@ -48,6 +65,10 @@ class CertificateAuthority(Protocol):
 
     async def revoke_superseded(self, *, request_id: str, serial_number: str) -> None:
         """Revoke a renewed certificate as superseded (done when it is already revoked)."""
+        ...
+
+    async def revoke_subject(self, *, request_id: str, user_id: str, reason: str) -> int:
+        """Revoke every active certificate of a user (a lost PC) with an RFC 5280 reason name; return how many."""
         ...
 
 
@@ -101,6 +122,14 @@ class TokenService(Protocol):
 
     async def token_state(self, token_id: str) -> TokenState:
         """Return the state of a token as the OTP service reports it."""
+        ...
+
+    async def revoke_token(self, *, request_id: str, token_id: str) -> None:
+        """Revoke a token for good (its seed erased); revoking a revoked one again changes nothing."""
+        ...
+
+    async def live_token_ids(self, user_id: str) -> list[str]:
+        """Return the ids of a user's tokens that are not revoked yet."""
         ...
 
     async def reissue(

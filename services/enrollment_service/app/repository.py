@@ -14,6 +14,10 @@ confirmations               <user id>/<transaction id>  Confirmation JSON
 ended-sessions              <session id>                "" (transient: until its last token expires)
 login-refusals              <fingerprint hex>           counter (fixed window)
 audit, audit-head                                       the hash-chained audit trail (kagi.journal)
+enrollments-expiring        <expires ms>/<enrollment>   "" (in progress, by expiry: the sweeper's index; an
+                                                        entry is never later than the enrollment's expiry)
+abandoned-enrollments       <enrollment id>             "" (cancelled or expired: clean-up still to finish)
+abandoned-retention         <abandoned ms>/<enrollment> "" (personal data to erase after the retention period)
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ LOGIN_REFUSALS = "login-refusals"
 PASSWORD_RESETS = "password-resets"
 RENEWALS = "renewals"
 CERTIFICATE_EXPIRIES = "certificate-expiries"
+ENROLLMENTS_EXPIRING = "enrollments-expiring"
+ABANDONED_ENROLLMENTS = "abandoned-enrollments"
+ABANDONED_RETENTION = "abandoned-retention"
 
 T = TypeVar("T")
 
@@ -73,6 +80,31 @@ def users_by_account(account: str) -> str:
 def certificate_expiry_key(expires_at: float, fingerprint_sha256: str) -> str:
     """certificate_expiry_key orders customer certificates by expiry, for the renewal reminders."""
     return f"{int(expires_at):012d}/{fingerprint_sha256.lower()}"
+
+
+def timed_key(seconds: float, enrollment_id: str) -> str:
+    """timed_key orders an enrollment in a time index: zero-padded milliseconds, then the enrollment id."""
+    return f"{int(seconds * 1000):015d}/{enrollment_id}"
+
+
+def key_time(key: str) -> float:
+    """key_time is the time (POSIX seconds) a `timed_key` is filed under."""
+    return int(key.split("/", 1)[0]) / 1000
+
+
+def expiring_entry(enrollment: Enrollment) -> Operation:
+    """expiring_entry files an enrollment in progress under its expiry, for the sweeper; write it in the same
+    commit that creates the enrollment or puts it back in progress."""
+    return Create(ENROLLMENTS_EXPIRING, timed_key(enrollment.expires_at, enrollment.enrollment_id), b"")
+
+
+def abandonment_markers(enrollment: Enrollment) -> list[Operation]:
+    """abandonment_markers are the durable markers of a cancelled or expired enrollment: its clean-up to finish
+    and its personal data to erase later; write them in the commit of the CANCELLED or EXPIRED state."""
+    return [
+        Create(ABANDONED_ENROLLMENTS, enrollment.enrollment_id, b""),
+        Create(ABANDONED_RETENTION, timed_key(enrollment.abandoned_at, enrollment.enrollment_id), b""),
+    ]
 
 
 def confirmation_key(user_id: str, transaction_id: str) -> str:

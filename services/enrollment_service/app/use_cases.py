@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from kagi.clock import Clock
@@ -26,6 +27,7 @@ from kagi.passwords import PasswordHasher
 from kagi.runtime.failpoints import failpoint
 from kagi.store.base import Create, KeyExists, Operation, Replace, VersionMismatch
 from services.enrollment_service.adapters.outbox import outbox_entry
+from services.enrollment_service.app.abandonment import DEFAULT_RETENTION_SECONDS, AbandonedSetups
 from services.enrollment_service.app.ports import (
     AppActivation,
     CertificateAuthority,
@@ -41,9 +43,11 @@ from services.enrollment_service.app.repository import (
     CertificateOwner,
     EnrollmentRepository,
     Versioned,
+    abandonment_markers,
     app_key,
     certificate_expiry_key,
     certificate_owner_record,
+    expiring_entry,
     put_application,
     put_enrollment,
     put_user,
@@ -56,7 +60,7 @@ from services.enrollment_service.domain.credentials import (
     token_digest,
     token_matches,
 )
-from services.enrollment_service.domain.messages import completion_mail, token_mail
+from services.enrollment_service.domain.messages import DEFAULT_CONTACT_TEXT, completion_mail, token_mail
 from services.enrollment_service.domain.records import (
     MAX_FAILURES,
     AccountType,
@@ -72,8 +76,11 @@ from services.enrollment_service.domain.rules import (
     validate_profile,
     validate_token_request,
 )
-from services.enrollment_service.domain.states import Event, State, Step, transition
+from services.enrollment_service.domain.states import Event, Kind, State, Step, transition
 from services.enrollment_service.domain.users import User
+
+RevocationReasonName = str
+"""RevocationReasonName is an RFC 5280 reason by name (keyCompromise, superseded, ...), as the CA port takes it."""
 
 NOTICE_MISMATCH = "口座情報または仮パスワードが正しくありません / the account or the temporary passwords do not match"
 _CAS_RETRIES = 20
@@ -86,6 +93,9 @@ class EnrollmentPolicy:
     idle_seconds: float = 60 * 60
     application_ttl_seconds: float = 30 * 24 * 3600
     app_url: str = "https://www.example.com/kagi-token-app"
+    contact_text: str = DEFAULT_CONTACT_TEXT  # the bank's contact line at the foot of every mail
+    # How long a cancelled or expired setup's personal data is kept before the sweeper erases it.
+    abandoned_retention_seconds: float = DEFAULT_RETENTION_SECONDS
 
 
 @dataclass(frozen=True)
@@ -115,13 +125,33 @@ class EnrollmentService:
         self._hasher = hasher
         self._clock = clock
         self._policy = policy or EnrollmentPolicy()
+        # Cancelled and expired setups: their clean-up, the expiry sweeper and the operator's re-opening.
+        self.setups = AbandonedSetups(
+            repository,
+            ca,
+            otp,
+            clock,
+            idle_seconds=self._policy.idle_seconds,
+            retention_seconds=self._policy.abandoned_retention_seconds,
+        )
 
     # -- operator ---------------------------------------------------------------------------------------------
 
     async def register_application(
-        self, *, company_name: str, branch_code: str, account_type: AccountType, account_number: str
+        self,
+        *,
+        company_name: str,
+        branch_code: str,
+        account_type: AccountType,
+        account_number: str,
+        reissue_for: str = "",
+        extra: Sequence[Operation] = (),
     ) -> Notice:
-        """Register_application records an application and returns its temporary passwords, this once."""
+        """Register_application records an application and returns its temporary passwords, this once.
+
+        With `reissue_for` (a user id) it is a reissue notice: step 1 with it opens a reissue enrollment for that
+        user. `extra` operations commit together with it.
+        """
         company = validate_application(
             company_name=company_name, branch_code=branch_code, account_number=account_number
         )
@@ -140,6 +170,8 @@ class EnrollmentService:
             temporary_confirmation_hash=confirmation_hash,
             created_at=now,
             expires_at=now + self._policy.application_ttl_seconds,
+            kind=Kind.REISSUE if reissue_for else Kind.SETUP,
+            user_id=reissue_for,
         )
         account = account_key(branch_code, account_type, account_number)
         for _ in range(_CAS_RETRIES):
@@ -152,11 +184,32 @@ class EnrollmentService:
                 else Replace(APPLICATIONS_BY_ACCOUNT, account, pointer, index.version)
             )
             try:
-                await self._repo.commit([put_application(application, None), index_op])
+                await self._repo.commit([put_application(application, None), index_op, *extra])
             except (KeyExists, VersionMismatch):
                 continue
             return Notice(application, login, confirmation)
         raise Aborted("the account's application changed concurrently; retry", reason="CONCURRENT_UPDATE")
+
+    async def reissue_certificate(self, user_id: str, reason: RevocationReasonName) -> Notice:
+        """Reissue_certificate is a lost PC: the user's certificates are revoked, every session ends, and a reissue
+        notice (the setup's shape) opens a new enrollment through steps 1, 4, 5 and 6 with the same login ID."""
+        user = await self._repo.user(user_id)
+        if not user.record.setup_complete:
+            raise FailedPrecondition(
+                "the user's setup has not completed: cancel it or let it expire instead", reason="SETUP_INCOMPLETE"
+            )
+        original = (await self._repo.application(user.record.application_id)).record
+        await self._ca.revoke_subject(
+            request_id=f"reissue/{user_id}/{uuid.uuid4().hex}", user_id=user_id, reason=reason
+        )
+        return await self.register_application(
+            company_name=original.company_name,
+            branch_code=original.branch_code,
+            account_type=original.account_type,
+            account_number=original.account_number,
+            reissue_for=user_id,
+            extra=[put_user(user.record.sessions_ended(), user.version)],
+        )
 
     async def list_applications(self, page_size: int, page_token: str) -> tuple[list[Application], str]:
         """List_applications lists applications for operators."""
@@ -221,7 +274,21 @@ class EnrollmentService:
             expires_at=now + self._policy.idle_seconds,
             session_digest=token_digest(token),
         )
-        operations = [put_enrollment(enrollment, None)]
+        if found.record.kind is Kind.REISSUE:
+            # The profile, the registration and the token are the user's already: carried over, not asked again.
+            user = (await self._repo.user(found.record.user_id)).record
+            enrollment = replace(
+                enrollment,
+                kind=Kind.REISSUE,
+                user_id=user.user_id,
+                user_name=user.user_name,
+                email=user.email,
+                login_id=user.login_id,
+                login_password_hash=user.login_password_hash,
+                confirmation_password_hash=user.confirmation_password_hash,
+                token_id=user.token_id,
+            )
+        operations = [put_enrollment(enrollment, None), expiring_entry(enrollment)]
         if found.record.failures:
             operations.append(put_application(replace(found.record, failures=0), found.version))
         await self._write(operations)
@@ -264,7 +331,7 @@ class EnrollmentService:
         """Submit_profile is step 2; returns the enrollment and the company name for the summary."""
         current = await self._session_enrollment(enrollment_id, session)
         enrollment = current.record
-        transition(enrollment.state, Step.SUBMIT_PROFILE)
+        transition(enrollment.state, Step.SUBMIT_PROFILE, enrollment.kind)
         profile = validate_profile(**entries)
         if await self._repo.login_id_taken(profile.login_id):
             raise InvalidArgument("入力内容に誤りがあります", reason="LOGIN_ID_TAKEN", fields={"login_id": MSG_TAKEN})
@@ -290,7 +357,7 @@ class EnrollmentService:
         """Confirm_registration is step 3: the user is created, the login ID reserved, the notice spent."""
         current = await self._session_enrollment(enrollment_id, session)
         enrollment = current.record
-        transition(enrollment.state, Step.CONFIRM_REGISTRATION)
+        transition(enrollment.state, Step.CONFIRM_REGISTRATION, enrollment.kind)
         application = await self._repo.application(enrollment.application_id)
         self._check_application_open(application.record)
         now = self._clock.now()
@@ -338,10 +405,12 @@ class EnrollmentService:
         """
         current = await self._session_enrollment(enrollment_id, session)
         enrollment = current.record
-        transition(enrollment.state, Step.ISSUE_CERTIFICATE)
+        transition(enrollment.state, Step.ISSUE_CERTIFICATE, enrollment.kind)
         if not csr_pem:
             raise InvalidArgument("a CSR is required", reason="CSR_REQUIRED", fields={"csr_pem": "required"})
         application = await self._repo.application(enrollment.application_id)
+        if enrollment.kind is Kind.REISSUE:
+            self._check_application_open(application.record)  # a reissue notice is spent by its certificate
         certificate = await self._ca.issue_customer_certificate(
             request_id=f"enrollment/{enrollment.enrollment_id}/{request_id or uuid.uuid4().hex}",
             csr_pem=csr_pem,
@@ -360,8 +429,12 @@ class EnrollmentService:
         )
         owner = CertificateOwner(enrollment.user_id, enrollment.enrollment_id, advanced.certificate_serial)
         expiry = {"user_id": enrollment.user_id, "serial": advanced.certificate_serial, "reminded": []}
+        spent: list[Operation] = []
+        if enrollment.kind is Kind.REISSUE:
+            spent = [put_application(application.record.spent(enrollment.enrollment_id), application.version)]
         await self._write(
             [
+                *spent,
                 put_enrollment(advanced, current.version),
                 certificate_owner_record(advanced.certificate_fingerprint, owner),
                 Create(
@@ -378,7 +451,7 @@ class EnrollmentService:
     async def certificate_login(self, enrollment_id: str, certificate: ClientCertificate) -> Enrollment:
         """Certificate_login is step 5: the certificate issued in step 4 was presented, and is not revoked."""
         current = await self._certificate_enrollment(enrollment_id, certificate)
-        transition(current.record.state, Step.CERTIFICATE_LOGIN)
+        transition(current.record.state, Step.CERTIFICATE_LOGIN, current.record.kind)
         status = await self._ca.status(current.record.certificate_serial)
         if status is not CertificateStatus.GOOD:
             raise PermissionDenied(f"the certificate is {status.value.lower()}", reason="CERTIFICATE_NOT_GOOD")
@@ -390,14 +463,19 @@ class EnrollmentService:
         """Password_login is step 6: the login password, in the certificate's session; five failures lock."""
         current = await self._certificate_enrollment(enrollment_id, certificate)
         enrollment = current.record
-        transition(enrollment.state, Step.PASSWORD_LOGIN)
+        transition(enrollment.state, Step.PASSWORD_LOGIN, enrollment.kind)
         if not password:
             raise InvalidArgument("the login password is required", fields={"login_password": "required"})
         if await asyncio.to_thread(self._hasher.verify, enrollment.login_password_hash, password):
-            advanced = enrollment.advanced(
-                Step.PASSWORD_LOGIN, self._clock.now(), self._policy.idle_seconds, password_failures=0
-            )
-            await self._write([put_enrollment(advanced, current.version)])
+            now = self._clock.now()
+            advanced = enrollment.advanced(Step.PASSWORD_LOGIN, now, self._policy.idle_seconds, password_failures=0)
+            operations: list[Operation] = [put_enrollment(advanced, current.version)]
+            if advanced.state is State.COMPLETED:  # a reissue ends here: the new certificate works
+                mail = completion_mail(
+                    to=enrollment.email, user_name=enrollment.user_name, login_id=enrollment.login_id
+                )
+                operations.append(outbox_entry(mail, now))
+            await self._write(operations)
             return advanced
         failed = enrollment.with_password_failure(self._clock.now())
         await self._write([put_enrollment(failed, current.version)])
@@ -419,7 +497,7 @@ class EnrollmentService:
         """Request_token is step 7: a pending token, and the mail with its IDs queued in the same commit."""
         current = await self._certificate_enrollment(enrollment_id, certificate)
         enrollment = current.record
-        transition(enrollment.state, Step.REQUEST_TOKEN)
+        transition(enrollment.state, Step.REQUEST_TOKEN, enrollment.kind)
         request = validate_token_request(**entries)
         token = await self._otp.create_token(
             request_id=f"enrollment/{enrollment.enrollment_id}/{request_id or uuid.uuid4().hex}",
@@ -460,7 +538,7 @@ class EnrollmentService:
         """Activate_app is step 8: the OTP service checks the app's entry and delivers the seed, once."""
         current = await self._repo.enrollment_for_app(service_id, app_user_id)
         if current is not None:
-            transition(current.record.current(self._clock.now()).state, Step.ACTIVATE_APP)
+            transition(current.record.current(self._clock.now()).state, Step.ACTIVATE_APP, current.record.kind)
         # With no enrollment the OTP service still answers (the same as for a wrong password).
         activation = await self._otp.activate(
             request_id=f"app/{service_id}/{request_id or uuid.uuid4().hex}",
@@ -480,7 +558,7 @@ class EnrollmentService:
         """Register_app is step 9: the app stored the seed."""
         current = await self._repo.enrollment_for_app(service_id, app_user_id)
         if current is not None:
-            transition(current.record.current(self._clock.now()).state, Step.REGISTER_APP)
+            transition(current.record.current(self._clock.now()).state, Step.REGISTER_APP, current.record.kind)
         await self._otp.confirm_registration(
             request_id=f"app/{service_id}/{request_id or uuid.uuid4().hex}",
             service_id=service_id,
@@ -499,7 +577,7 @@ class EnrollmentService:
         """Verify_first_code is step 10: the app's first code; the token becomes active and setup completes."""
         current = await self._certificate_enrollment(enrollment_id, certificate)
         enrollment = current.record
-        transition(enrollment.state, Step.VERIFY_FIRST_CODE)
+        transition(enrollment.state, Step.VERIFY_FIRST_CODE, enrollment.kind)
         await self._otp.verify(
             request_id=f"enrollment/{enrollment.enrollment_id}/{request_id or uuid.uuid4().hex}",
             token_id=enrollment.token_id,
@@ -542,11 +620,19 @@ class EnrollmentService:
         return current.record
 
     async def cancel(self, enrollment_id: str, session: str) -> Enrollment:
-        """Cancel ends an enrollment in progress."""
+        """Cancel ends an enrollment in progress. The clean-up's marker commits with the CANCELLED state; the
+        certificate and token it created are revoked and its login ID released at once when the CA and the OTP
+        service answer, and by the sweeper otherwise (or after a crash right here)."""
         current = await self._session_enrollment(enrollment_id, session)
-        cancelled = current.record.with_event(Event.CANCEL, self._clock.now())
-        await self._write([put_enrollment(cancelled, current.version)])
+        cancelled = current.record.abandoned(Event.CANCEL, self._clock.now())
+        await self._write([put_enrollment(cancelled, current.version), *abandonment_markers(cancelled)])
+        failpoint("enrollment.after_abandon")
+        await self.setups.clean_up_now(enrollment_id)
         return cancelled
+
+    async def reopen(self, enrollment_id: str) -> Enrollment:
+        """Reopen re-opens an EXPIRED enrollment for an operator (see AbandonedSetups.reopen)."""
+        return await self.setups.reopen(enrollment_id)
 
     # -- helpers ----------------------------------------------------------------------------------------------
 

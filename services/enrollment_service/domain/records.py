@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any
 
 from kagi.errors import FailedPrecondition
-from services.enrollment_service.domain.states import Event, State, Step, next_step, transition
+from services.enrollment_service.domain.states import Event, Kind, State, Step, next_step, transition
 
 SCHEMA_VERSION = 1
 DEFAULT_ENROLLMENT_IDLE_SECONDS = 60 * 60
@@ -56,8 +56,11 @@ class Application:
     expires_at: float
     state: ApplicationState = ApplicationState.OPEN
     failures: int = 0
-    # The enrollment that registered a user with this application (step 3).
+    # The enrollment that registered a user with this application (step 3), or took its reissue (step 4).
     enrollment_id: str = ""
+    # REISSUE: a notice for a new certificate of an existing user (a lost PC), not a new user.
+    kind: Kind = Kind.SETUP
+    user_id: str = ""
 
     def current_state(self, now: float) -> ApplicationState:
         """Current_state is the state with expiry applied at `now`."""
@@ -89,6 +92,20 @@ class Application:
         return replace(self, state=ApplicationState.USED, enrollment_id=enrollment_id)
 
 
+class Cleanup(Enum):
+    """Cleanup is how far the clean-up of an abandoned (cancelled or expired) enrollment has come.
+
+    PENDING is written in the same commit as the CANCELLED or EXPIRED state; REVOKING once a sweeper has begun
+    (the certificate and the token may be revoked from then on); DONE once both are revoked and, the setup never
+    having completed, the login ID and the user are released.
+    """
+
+    NONE = ""
+    PENDING = "PENDING"
+    REVOKING = "REVOKING"
+    DONE = "DONE"
+
+
 @dataclass(frozen=True)
 class Enrollment:
     """Enrollment is one user's way through the ten steps, with what each step established."""
@@ -101,6 +118,7 @@ class Enrollment:
     expires_at: float
     session_digest: str = dataclasses.field(repr=False)
     locked_from: State | None = None
+    kind: Kind = Kind.SETUP
     # Step 2
     user_name: str = ""
     email: str = ""
@@ -119,22 +137,28 @@ class Enrollment:
     token_id: str = ""
     service_id: str = ""
     app_user_id: str = ""
+    # Cancelled or expired (abandoned): when, the state it expired from (an operator may re-open it), how far
+    # the clean-up of its credentials has come, and whether its personal data was erased after the retention.
+    abandoned_at: float = 0.0
+    expired_from: State | None = None
+    cleanup: Cleanup = Cleanup.NONE
+    personal_data_erased: bool = False
 
     @property
     def next_step(self) -> Step | None:
         """Next_step is the step the enrollment expects, or None when it takes no more."""
-        return next_step(self.state)
+        return next_step(self.state, self.kind)
 
     def current(self, now: float) -> Enrollment:
         """Current is the record with expiry applied at `now` (an idle enrollment in progress becomes EXPIRED)."""
         if self.state in _EXPIRABLE and now >= self.expires_at:
-            return replace(self, state=transition(self.state, Event.EXPIRE), updated_at=now)
+            return replace(self, state=transition(self.state, Event.EXPIRE), updated_at=now, expired_from=self.state)
         return self
 
     def advanced(self, step: Step, now: float, idle_seconds: float, **changes: Any) -> Enrollment:
         """Advanced takes `step` (refused unless the state allows it) and records what the step established."""
         current = self.current(now)
-        state = transition(current.state, step)
+        state = transition(current.state, step, self.kind)
         return replace(current, state=state, updated_at=now, expires_at=now + idle_seconds, **changes)
 
     def with_event(self, event: Event, now: float) -> Enrollment:
@@ -165,6 +189,73 @@ class Enrollment:
             expires_at=now + idle_seconds,
         )
 
+    def abandoned(self, event: Event, now: float) -> Enrollment:
+        """Abandoned is the record cancelled or expired (CANCEL or EXPIRE), its clean-up pending: write it together
+        with the clean-up's marker, so the credentials it created are revoked even after a crash."""
+        if event not in (Event.CANCEL, Event.EXPIRE):
+            raise ValueError(f"{event.value} does not abandon an enrollment")
+        ended = self.with_event(event, now)
+        return replace(
+            ended,
+            abandoned_at=now,
+            cleanup=Cleanup.PENDING,
+            expired_from=self.state if event is Event.EXPIRE else None,
+        )
+
+    def with_cleanup(self, cleanup: Cleanup, now: float) -> Enrollment:
+        """With_cleanup records how far the clean-up of an abandoned enrollment has come."""
+        return replace(self, cleanup=cleanup, updated_at=now)
+
+    def without_personal_data(self, now: float) -> Enrollment:
+        """Without_personal_data is an abandoned record after its retention period: the user's name, e-mail
+        addresses and password hashes are erased; the identifiers (ids, login ID, serial) stay."""
+        return replace(
+            self,
+            user_name="",
+            email="",
+            mobile_email="",
+            login_password_hash="",
+            confirmation_password_hash="",
+            personal_data_erased=True,
+            updated_at=now,
+        )
+
+    def reopened(self, now: float, idle_seconds: float, *, credentials_revoked: bool) -> Enrollment:
+        """Reopened is the operator's re-opening of an EXPIRED enrollment with a fresh idle timeout.
+
+        With its credentials untouched it resumes in the state it expired from. Once its certificate and token
+        were revoked (or may have been) it resumes where step 4 comes next (REGISTERED for a setup), without
+        them, so that step 4 issues a new certificate; one that expired before step 3 simply resumes.
+        """
+        if self.state is not State.EXPIRED or self.expired_from is None:
+            raise FailedPrecondition(
+                f"the enrollment is {self.state.value}: only an EXPIRED enrollment can be re-opened",
+                reason="ENROLLMENT_NOT_EXPIRED",
+                metadata={"state": self.state.value},
+            )
+        if self.personal_data_erased:
+            raise FailedPrecondition(
+                "the enrollment's personal data was erased after the retention period: register a new application",
+                reason="PERSONAL_DATA_ERASED",
+            )
+        resumed = replace(
+            self,
+            state=self.expired_from,
+            expired_from=None,
+            abandoned_at=0.0,
+            cleanup=Cleanup.NONE,
+            password_failures=0,
+            updated_at=now,
+            expires_at=now + idle_seconds,
+        )
+        if not credentials_revoked or not self.user_id:
+            return resumed
+        reissuing = next(s for s in State if next_step(s, self.kind) is Step.ISSUE_CERTIFICATE)
+        resumed = replace(resumed, state=reissuing, certificate_serial="", certificate_fingerprint="")
+        if not any(next_step(s, self.kind) is Step.REQUEST_TOKEN for s in State):
+            return resumed  # the token is not this enrollment's (a reissue carries the user's over)
+        return replace(resumed, mobile_email="", token_id="", service_id="", app_user_id="")
+
 
 _EXPIRABLE = frozenset(s for s in State if next_step(s) is not None)
 
@@ -188,6 +279,7 @@ def load_application(data: bytes) -> Application:
     body.pop("schema", None)
     body["account_type"] = AccountType(body["account_type"])
     body["state"] = ApplicationState(body["state"])
+    body["kind"] = Kind(body.get("kind", Kind.SETUP.value))
     return Application(**body)
 
 
@@ -197,4 +289,7 @@ def load_enrollment(data: bytes) -> Enrollment:
     body.pop("schema", None)
     body["state"] = State(body["state"])
     body["locked_from"] = State(body["locked_from"]) if body.get("locked_from") else None
+    body["kind"] = Kind(body.get("kind", Kind.SETUP.value))
+    body["expired_from"] = State(body["expired_from"]) if body.get("expired_from") else None
+    body["cleanup"] = Cleanup(body.get("cleanup", ""))
     return Enrollment(**body)

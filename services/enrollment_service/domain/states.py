@@ -40,6 +40,13 @@ class Step(Enum):
     VERIFY_FIRST_CODE = 10
 
 
+class Kind(Enum):
+    """Kind is what an enrollment is for: the initial setup, or a new certificate after a lost PC (reissue)."""
+
+    SETUP = "SETUP"
+    REISSUE = "REISSUE"
+
+
 class Event(Enum):
     """Event is a side transition that is not a step: expiry, lockout or cancellation."""
 
@@ -59,6 +66,18 @@ STEP_TRANSITIONS: dict[tuple[State, Step], State] = {
     (State.TOKEN_REQUESTED, Step.ACTIVATE_APP): State.APP_ACTIVATED,
     (State.APP_ACTIVATED, Step.REGISTER_APP): State.APP_REGISTERED,
     (State.APP_REGISTERED, Step.VERIFY_FIRST_CODE): State.COMPLETED,
+}
+
+# A reissue after a lost PC keeps the profile, the registration and the token: step 1 (the reissue notice),
+# then 4, 5 and 6, and the login password of step 6 completes it with the same login ID.
+REISSUE_TRANSITIONS: dict[tuple[State, Step], State] = {
+    (State.NOTICE_VERIFIED, Step.ISSUE_CERTIFICATE): State.CERTIFICATE_ISSUED,
+    (State.CERTIFICATE_ISSUED, Step.CERTIFICATE_LOGIN): State.CERTIFICATE_LOGGED_IN,
+    (State.CERTIFICATE_LOGGED_IN, Step.PASSWORD_LOGIN): State.COMPLETED,
+}
+TRANSITIONS: dict[Kind, dict[tuple[State, Step], State]] = {
+    Kind.SETUP: STEP_TRANSITIONS,
+    Kind.REISSUE: REISSUE_TRANSITIONS,
 }
 
 IN_PROGRESS = frozenset(
@@ -84,7 +103,7 @@ EVENT_TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.LOCKED, Event.CANCEL): State.CANCELLED,
 }
 
-NEXT_STEP: dict[State, Step] = dict(STEP_TRANSITIONS.keys())
+NEXT_STEP: dict[Kind, dict[State, Step]] = {kind: dict(table.keys()) for kind, table in TRANSITIONS.items()}
 
 
 class WrongStep(FailedPrecondition):
@@ -99,19 +118,19 @@ class EnrollmentClosed(FailedPrecondition):
     reason = "ENROLLMENT_CLOSED"
 
 
-def next_step(state: State) -> Step | None:
-    """next_step is the step an enrollment in `state` expects, or None when it takes no more steps."""
-    return NEXT_STEP.get(state)
+def next_step(state: State, kind: Kind = Kind.SETUP) -> Step | None:
+    """next_step is the step an enrollment of `kind` in `state` expects, or None when it takes no more steps."""
+    return NEXT_STEP[kind].get(state)
 
 
-def transition(state: State, action: Step | Event) -> State:
+def transition(state: State, action: Step | Event, kind: Kind = Kind.SETUP) -> State:
     """Transition returns the state after `action`, or raises FailedPrecondition naming the state and the step
     the enrollment expects next."""
     if isinstance(action, Step):
-        target = STEP_TRANSITIONS.get((state, action))
+        target = TRANSITIONS[kind].get((state, action))
         if target is not None:
             return target
-        expected = next_step(state)
+        expected = next_step(state, kind)
         if expected is None:
             raise EnrollmentClosed(
                 f"the enrollment is {state.value} and takes no more steps",

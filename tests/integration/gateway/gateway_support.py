@@ -444,3 +444,26 @@ async def curl(
             received[key.strip()] = value.strip()
     parsed = json.loads(raw) if raw and "json" in received.get("content-type", "") else None
     return Answer(status, received, parsed, raw)
+
+
+async def oathtool_code(secret: str, at: float) -> str:
+    """Oathtool_code is the app's code for `secret` at `at`, as oathtool computes it (SHA-1, 6 digits, 60 s)."""
+    return (await run([tool("oathtool"), "--totp", "-b", "-s", "60", "-N", f"@{int(at)}", secret])).strip()
+
+
+async def complete_with_curl(stack: GatewayStack, clock: Clock) -> tuple[Customer, str]:
+    """Complete_with_curl takes the ten steps (1-4 with the session token, 5-10 with curl and the certificate, the
+    first code from oathtool at the services' `clock`); returns the customer and the seed."""
+    customer = Customer(stack)
+    service_id, app_user_id = await customer.through_step7()
+    assert customer.certificate is not None
+    path = f"/v1/enrollments/{customer.enrollment_id}"
+    activation = {"service_id": service_id, "user_id": app_user_id, "usage_start_password": USAGE_START_PASSWORD}
+    seed = await curl(stack, "POST", "/v1/app/activation", {**activation, "agreed": True})
+    assert seed.status == 200, seed.body
+    registration = {"service_id": service_id, "user_id": app_user_id, "activation_id": seed.body["activation_id"]}
+    assert (await curl(stack, "POST", "/v1/app/registration", registration)).status == 200
+    code = await oathtool_code(seed.body["secret"], clock.now())
+    answer = await curl(stack, "POST", path + "/otp", {"otp": code}, cert=customer.certificate)
+    assert answer.body["state"] == "COMPLETED", answer.body
+    return customer, seed.body["secret"]

@@ -43,6 +43,28 @@ ACCOUNT_TYPE_CURRENT: AccountType.ValueType  # 2
 """当座預金"""
 Global___AccountType: _TypeAlias = AccountType  # noqa: Y015
 
+class _EnrollmentKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EnrollmentKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EnrollmentKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENROLLMENT_KIND_UNSPECIFIED: _EnrollmentKind.ValueType  # 0
+    ENROLLMENT_KIND_SETUP: _EnrollmentKind.ValueType  # 1
+    """The initial setup: a new user through the ten steps."""
+    ENROLLMENT_KIND_REISSUE: _EnrollmentKind.ValueType  # 2
+    """A new certificate for an existing user after a lost PC: steps 1, 4, 5 and 6."""
+
+class EnrollmentKind(_EnrollmentKind, metaclass=_EnrollmentKindEnumTypeWrapper):
+    """EnrollmentKind says what an application's notice, and the enrollment it opens, is for."""
+
+ENROLLMENT_KIND_UNSPECIFIED: EnrollmentKind.ValueType  # 0
+ENROLLMENT_KIND_SETUP: EnrollmentKind.ValueType  # 1
+"""The initial setup: a new user through the ten steps."""
+ENROLLMENT_KIND_REISSUE: EnrollmentKind.ValueType  # 2
+"""A new certificate for an existing user after a lost PC: steps 1, 4, 5 and 6."""
+Global___EnrollmentKind: _TypeAlias = EnrollmentKind  # noqa: Y015
+
 class _Step:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -118,12 +140,17 @@ class Application(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
     application_id: _builtins.str
     company_name: _builtins.str
     branch_code: _builtins.str
     account_type: Global___AccountType.ValueType
     account_number: _builtins.str
     state: Global___Application.State.ValueType
+    kind: Global___EnrollmentKind.ValueType
+    user_id: _builtins.str
+    """For a reissue notice: the user it reissues a certificate for."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -139,10 +166,12 @@ class Application(_message.Message):
         state: Global___Application.State.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___EnrollmentKind.ValueType = ...,
+        user_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_number", b"account_number", "account_type", b"account_type", "application_id", b"application_id", "branch_code", b"branch_code", "company_name", b"company_name", "create_time", b"create_time", "expire_time", b"expire_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_number", b"account_number", "account_type", b"account_type", "application_id", b"application_id", "branch_code", b"branch_code", "company_name", b"company_name", "create_time", b"create_time", "expire_time", b"expire_time", "kind", b"kind", "state", b"state", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -203,6 +232,7 @@ class Enrollment(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     CERTIFICATE_SERIAL_NUMBER_FIELD_NUMBER: _builtins.int
     TOKEN_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     enrollment_id: _builtins.str
     application_id: _builtins.str
     state: Global___Enrollment.State.ValueType
@@ -214,6 +244,7 @@ class Enrollment(_message.Message):
     """Set from step 4 on."""
     token_id: _builtins.str
     """Set from step 7 on."""
+    kind: Global___EnrollmentKind.ValueType
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -235,10 +266,11 @@ class Enrollment(_message.Message):
         user_id: _builtins.str = ...,
         certificate_serial_number: _builtins.str = ...,
         token_id: _builtins.str = ...,
+        kind: Global___EnrollmentKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "certificate_serial_number", b"certificate_serial_number", "create_time", b"create_time", "enrollment_id", b"enrollment_id", "expire_time", b"expire_time", "next_step", b"next_step", "state", b"state", "token_id", b"token_id", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "certificate_serial_number", b"certificate_serial_number", "create_time", b"create_time", "enrollment_id", b"enrollment_id", "expire_time", b"expire_time", "kind", b"kind", "next_step", b"next_step", "state", b"state", "token_id", b"token_id", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1077,3 +1109,101 @@ class ListApplicationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListApplicationsResponse: _TypeAlias = ListApplicationsResponse  # noqa: Y015
+
+@_typing.final
+class ReopenEnrollmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ENROLLMENT_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    enrollment_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        enrollment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrollment_id", b"enrollment_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReopenEnrollmentRequest: _TypeAlias = ReopenEnrollmentRequest  # noqa: Y015
+
+@_typing.final
+class ReopenEnrollmentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENROLLMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def enrollment(self) -> Global___Enrollment: ...
+    def __init__(
+        self,
+        *,
+        enrollment: Global___Enrollment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["enrollment", b"enrollment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enrollment", b"enrollment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReopenEnrollmentResponse: _TypeAlias = ReopenEnrollmentResponse  # noqa: Y015
+
+@_typing.final
+class ReissueCertificateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REVOCATION_REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    user_id: _builtins.str
+    revocation_reason: _builtins.str
+    """The RFC 5280 reason the user's certificates are revoked with: keyCompromise (default), affiliationChanged,
+    superseded, cessationOfOperation or unspecified.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        revocation_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "revocation_reason", b"revocation_reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReissueCertificateRequest: _TypeAlias = ReissueCertificateRequest  # noqa: Y015
+
+@_typing.final
+class ReissueCertificateResponse(_message.Message):
+    """ReissueCertificateResponse is the reissue notice. The temporary passwords appear here once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLICATION_FIELD_NUMBER: _builtins.int
+    TEMPORARY_LOGIN_PASSWORD_FIELD_NUMBER: _builtins.int
+    TEMPORARY_CONFIRMATION_PASSWORD_FIELD_NUMBER: _builtins.int
+    temporary_login_password: _builtins.str
+    temporary_confirmation_password: _builtins.str
+    @_builtins.property
+    def application(self) -> Global___Application: ...
+    def __init__(
+        self,
+        *,
+        application: Global___Application | None = ...,
+        temporary_login_password: _builtins.str = ...,
+        temporary_confirmation_password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["application", b"application"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application", b"application", "temporary_confirmation_password", b"temporary_confirmation_password", "temporary_login_password", b"temporary_login_password"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReissueCertificateResponse: _TypeAlias = ReissueCertificateResponse  # noqa: Y015

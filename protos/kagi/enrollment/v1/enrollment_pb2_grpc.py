@@ -120,6 +120,16 @@ class EnrollmentServiceStub:
                 request_serializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ListApplicationsRequest.SerializeToString,
                 response_deserializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ListApplicationsResponse.FromString,
                 _registered_method=True)
+        self.ReissueCertificate = channel.unary_unary(
+                '/kagi.enrollment.v1.EnrollmentService/ReissueCertificate',
+                request_serializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ReissueCertificateRequest.SerializeToString,
+                response_deserializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ReissueCertificateResponse.FromString,
+                _registered_method=True)
+        self.ReopenEnrollment = channel.unary_unary(
+                '/kagi.enrollment.v1.EnrollmentService/ReopenEnrollment',
+                request_serializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ReopenEnrollmentRequest.SerializeToString,
+                response_deserializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ReopenEnrollmentResponse.FromString,
+                _registered_method=True)
 
 
 class EnrollmentServiceServicer:
@@ -245,6 +255,27 @@ class EnrollmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReissueCertificate(self, request, context):
+        """ReissueCertificate is a lost PC: the user's certificates are revoked (keyCompromise unless told otherwise),
+        every session ends, and a reissue notice is returned once: step 1 with it opens a new enrollment of kind
+        REISSUE for the same user (steps 1, 4, 5 and 6; profile, registration and token are kept), which ends
+        COMPLETED with the same login ID. Caller: operator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReopenEnrollment(self, request, context):
+        """ReopenEnrollment re-opens an EXPIRED enrollment with a fresh idle timeout (the operator's decision): in the
+        state it expired from while its credentials are untouched; once its certificate and token were revoked,
+        where step 4 comes next (REGISTERED for a setup: step 4 issues a new certificate), its user and login ID
+        reserved again. FAILED_PRECONDITION names why when it cannot be (not expired, login ID registered by
+        someone else since, personal data erased after the retention period). Caller: operator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnrollmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -327,6 +358,16 @@ def add_EnrollmentServiceServicer_to_server(servicer, server):
                     servicer.ListApplications,
                     request_deserializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ListApplicationsRequest.FromString,
                     response_serializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ListApplicationsResponse.SerializeToString,
+            ),
+            'ReissueCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReissueCertificate,
+                    request_deserializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ReissueCertificateRequest.FromString,
+                    response_serializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ReissueCertificateResponse.SerializeToString,
+            ),
+            'ReopenEnrollment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReopenEnrollment,
+                    request_deserializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ReopenEnrollmentRequest.FromString,
+                    response_serializer=kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ReopenEnrollmentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -767,6 +808,60 @@ class EnrollmentService:
             '/kagi.enrollment.v1.EnrollmentService/ListApplications',
             kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ListApplicationsRequest.SerializeToString,
             kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ListApplicationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReissueCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kagi.enrollment.v1.EnrollmentService/ReissueCertificate',
+            kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ReissueCertificateRequest.SerializeToString,
+            kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ReissueCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReopenEnrollment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kagi.enrollment.v1.EnrollmentService/ReopenEnrollment',
+            kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ReopenEnrollmentRequest.SerializeToString,
+            kagi_dot_enrollment_dot_v1_dot_enrollment__pb2.ReopenEnrollmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

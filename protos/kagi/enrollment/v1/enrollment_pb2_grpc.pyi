@@ -75,6 +75,19 @@ class EnrollmentServiceStub:
     """UnlockApplication lifts a lockout of an application or of its enrollment. Caller: operator."""
     ListApplications: _grpc.UnaryUnaryMultiCallable[_enrollment_pb2.ListApplicationsRequest, _enrollment_pb2.ListApplicationsResponse]
     """ListApplications lists applications. Caller: operator."""
+    ReissueCertificate: _grpc.UnaryUnaryMultiCallable[_enrollment_pb2.ReissueCertificateRequest, _enrollment_pb2.ReissueCertificateResponse]
+    """ReissueCertificate is a lost PC: the user's certificates are revoked (keyCompromise unless told otherwise),
+    every session ends, and a reissue notice is returned once: step 1 with it opens a new enrollment of kind
+    REISSUE for the same user (steps 1, 4, 5 and 6; profile, registration and token are kept), which ends
+    COMPLETED with the same login ID. Caller: operator.
+    """
+    ReopenEnrollment: _grpc.UnaryUnaryMultiCallable[_enrollment_pb2.ReopenEnrollmentRequest, _enrollment_pb2.ReopenEnrollmentResponse]
+    """ReopenEnrollment re-opens an EXPIRED enrollment with a fresh idle timeout (the operator's decision): in the
+    state it expired from while its credentials are untouched; once its certificate and token were revoked,
+    where step 4 comes next (REGISTERED for a setup: step 4 issues a new certificate), its user and login ID
+    reserved again. FAILED_PRECONDITION names why when it cannot be (not expired, login ID registered by
+    someone else since, personal data erased after the retention period). Caller: operator.
+    """
 
 @_typing.type_check_only
 class EnrollmentServiceAsyncStub(EnrollmentServiceStub):
@@ -123,6 +136,19 @@ class EnrollmentServiceAsyncStub(EnrollmentServiceStub):
     """UnlockApplication lifts a lockout of an application or of its enrollment. Caller: operator."""
     ListApplications: _aio.UnaryUnaryMultiCallable[_enrollment_pb2.ListApplicationsRequest, _enrollment_pb2.ListApplicationsResponse]  # type: ignore[assignment]
     """ListApplications lists applications. Caller: operator."""
+    ReissueCertificate: _aio.UnaryUnaryMultiCallable[_enrollment_pb2.ReissueCertificateRequest, _enrollment_pb2.ReissueCertificateResponse]  # type: ignore[assignment]
+    """ReissueCertificate is a lost PC: the user's certificates are revoked (keyCompromise unless told otherwise),
+    every session ends, and a reissue notice is returned once: step 1 with it opens a new enrollment of kind
+    REISSUE for the same user (steps 1, 4, 5 and 6; profile, registration and token are kept), which ends
+    COMPLETED with the same login ID. Caller: operator.
+    """
+    ReopenEnrollment: _aio.UnaryUnaryMultiCallable[_enrollment_pb2.ReopenEnrollmentRequest, _enrollment_pb2.ReopenEnrollmentResponse]  # type: ignore[assignment]
+    """ReopenEnrollment re-opens an EXPIRED enrollment with a fresh idle timeout (the operator's decision): in the
+    state it expired from while its credentials are untouched; once its certificate and token were revoked,
+    where step 4 comes next (REGISTERED for a setup: step 4 issues a new certificate), its user and login ID
+    reserved again. FAILED_PRECONDITION names why when it cannot be (not expired, login ID registered by
+    someone else since, personal data erased after the retention period). Caller: operator.
+    """
 
 class EnrollmentServiceServicer(metaclass=_abc_1.ABCMeta):
     """EnrollmentService drives an enrollment through the ten steps; each step is one verb RPC allowed only from
@@ -264,5 +290,30 @@ class EnrollmentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_enrollment_pb2.ListApplicationsResponse, _abc.Awaitable[_enrollment_pb2.ListApplicationsResponse]]:
         """ListApplications lists applications. Caller: operator."""
+
+    @_abc_1.abstractmethod
+    def ReissueCertificate(
+        self,
+        request: _enrollment_pb2.ReissueCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_enrollment_pb2.ReissueCertificateResponse, _abc.Awaitable[_enrollment_pb2.ReissueCertificateResponse]]:
+        """ReissueCertificate is a lost PC: the user's certificates are revoked (keyCompromise unless told otherwise),
+        every session ends, and a reissue notice is returned once: step 1 with it opens a new enrollment of kind
+        REISSUE for the same user (steps 1, 4, 5 and 6; profile, registration and token are kept), which ends
+        COMPLETED with the same login ID. Caller: operator.
+        """
+
+    @_abc_1.abstractmethod
+    def ReopenEnrollment(
+        self,
+        request: _enrollment_pb2.ReopenEnrollmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_enrollment_pb2.ReopenEnrollmentResponse, _abc.Awaitable[_enrollment_pb2.ReopenEnrollmentResponse]]:
+        """ReopenEnrollment re-opens an EXPIRED enrollment with a fresh idle timeout (the operator's decision): in the
+        state it expired from while its credentials are untouched; once its certificate and token were revoked,
+        where step 4 comes next (REGISTERED for a setup: step 4 issues a new certificate), its user and login ID
+        reserved again. FAILED_PRECONDITION names why when it cannot be (not expired, login ID registered by
+        someone else since, personal data erased after the retention period). Caller: operator.
+        """
 
 def add_EnrollmentServiceServicer_to_server(servicer: EnrollmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -80,6 +80,11 @@ class OtpServiceStub:
                 request_serializer=kagi_dot_otp_dot_v1_dot_otp__pb2.ReissueTokenRequest.SerializeToString,
                 response_deserializer=kagi_dot_otp_dot_v1_dot_otp__pb2.ReissueTokenResponse.FromString,
                 _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/kagi.otp.v1.OtpService/RevokeToken',
+                request_serializer=kagi_dot_otp_dot_v1_dot_otp__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=kagi_dot_otp_dot_v1_dot_otp__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
 
 
 class OtpServiceServicer:
@@ -149,6 +154,14 @@ class OtpServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeToken(self, request, context):
+        """RevokeToken ends a token for good, in any state (an abandoned setup's pending token): its seed is erased
+        and it never verifies again; revoking a revoked token again changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OtpServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +209,11 @@ def add_OtpServiceServicer_to_server(servicer, server):
                     servicer.ReissueToken,
                     request_deserializer=kagi_dot_otp_dot_v1_dot_otp__pb2.ReissueTokenRequest.FromString,
                     response_serializer=kagi_dot_otp_dot_v1_dot_otp__pb2.ReissueTokenResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=kagi_dot_otp_dot_v1_dot_otp__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=kagi_dot_otp_dot_v1_dot_otp__pb2.RevokeTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +460,33 @@ class OtpService:
             '/kagi.otp.v1.OtpService/ReissueToken',
             kagi_dot_otp_dot_v1_dot_otp__pb2.ReissueTokenRequest.SerializeToString,
             kagi_dot_otp_dot_v1_dot_otp__pb2.ReissueTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kagi.otp.v1.OtpService/RevokeToken',
+            kagi_dot_otp_dot_v1_dot_otp__pb2.RevokeTokenRequest.SerializeToString,
+            kagi_dot_otp_dot_v1_dot_otp__pb2.RevokeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,10 @@ class OtpServiceStub:
     """UnlockToken clears a lockout. Caller: operator."""
     ReissueToken: _grpc.UnaryUnaryMultiCallable[_otp_pb2.ReissueTokenRequest, _otp_pb2.ReissueTokenResponse]
     """ReissueToken revokes a token and creates a new pending one for the same user."""
+    RevokeToken: _grpc.UnaryUnaryMultiCallable[_otp_pb2.RevokeTokenRequest, _otp_pb2.RevokeTokenResponse]
+    """RevokeToken ends a token for good, in any state (an abandoned setup's pending token): its seed is erased
+    and it never verifies again; revoking a revoked token again changes nothing.
+    """
 
 @_typing.type_check_only
 class OtpServiceAsyncStub(OtpServiceStub):
@@ -75,6 +79,10 @@ class OtpServiceAsyncStub(OtpServiceStub):
     """UnlockToken clears a lockout. Caller: operator."""
     ReissueToken: _aio.UnaryUnaryMultiCallable[_otp_pb2.ReissueTokenRequest, _otp_pb2.ReissueTokenResponse]  # type: ignore[assignment]
     """ReissueToken revokes a token and creates a new pending one for the same user."""
+    RevokeToken: _aio.UnaryUnaryMultiCallable[_otp_pb2.RevokeTokenRequest, _otp_pb2.RevokeTokenResponse]  # type: ignore[assignment]
+    """RevokeToken ends a token for good, in any state (an abandoned setup's pending token): its seed is erased
+    and it never verifies again; revoking a revoked token again changes nothing.
+    """
 
 class OtpServiceServicer(metaclass=_abc_1.ABCMeta):
     """OtpService creates soft tokens, activates them in the phone app and verifies their codes."""
@@ -150,5 +158,15 @@ class OtpServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_otp_pb2.ReissueTokenResponse, _abc.Awaitable[_otp_pb2.ReissueTokenResponse]]:
         """ReissueToken revokes a token and creates a new pending one for the same user."""
+
+    @_abc_1.abstractmethod
+    def RevokeToken(
+        self,
+        request: _otp_pb2.RevokeTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_otp_pb2.RevokeTokenResponse, _abc.Awaitable[_otp_pb2.RevokeTokenResponse]]:
+        """RevokeToken ends a token for good, in any state (an abandoned setup's pending token): its seed is erased
+        and it never verifies again; revoking a revoked token again changes nothing.
+        """
 
 def add_OtpServiceServicer_to_server(servicer: OtpServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

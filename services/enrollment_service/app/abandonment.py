@@ -1,0 +1,496 @@
+"""Abandoned setups leave nothing alive: the expiry sweeper, the clean-up of cancelled and expired enrollments,
+the erasure of their personal data after the retention period, and the operator's re-opening of an expired one.
+
+A cancelled or expired enrollment is written in one commit together with two durable markers (repository
+`abandonment_markers`): the clean-up still to finish, and the personal data to erase later. The clean-up:
+
+1. claims the enrollment (cleanup PENDING -> REVOKING, compare-and-swap), so that a re-opening knows from then
+   on that the certificate and the token may be gone;
+2. revokes its certificate at the CA (cessationOfOperation) and, for a user this enrollment created, every
+   other certificate still active for that user (one the CA signed before a crash lost the step's save); then
+   its token(s) at the OTP service. The calls carry request ids derived from the enrollment id, and revoking a
+   revoked credential again changes nothing, so a retry after any failure is harmless;
+3. in one commit conditioned on the record's version: the user (the setup never completed), its login ID
+   reservation and its index entries are deleted, the record says DONE and the marker goes.
+
+The process may die anywhere in between: the marker stays and the next pass starts again at 1 or 2.
+
+Expiry is found without scanning the enrollments: `enrollments-expiring` is listed in key order up to now.
+Steps do not touch that index. An entry is filed when the enrollment is created (or put back in progress), and
+a due entry whose enrollment has moved on is filed again under its new expiry, so an entry is never later than
+the expiry it stands for (as long as the idle timeout is not shortened; reads apply expiry at once anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+
+from kagi.clock import Clock
+from kagi.errors import Aborted, FailedPrecondition, InvalidArgument, KagiError, NotFound, Unavailable
+from kagi.store.base import Create, Delete, Entry, KeyExists, Operation, StoreUnavailable, VersionMismatch
+from services.enrollment_service.app.ports import CertificateAuthority, RevocationReason, TokenService
+from services.enrollment_service.app.repository import (
+    ABANDONED_ENROLLMENTS,
+    ABANDONED_RETENTION,
+    ENROLLMENTS,
+    ENROLLMENTS_BY_APP,
+    ENROLLMENTS_EXPIRING,
+    LOGIN_IDS,
+    USER_CERTIFICATES,
+    USERS,
+    EnrollmentRepository,
+    abandonment_markers,
+    app_key,
+    expiring_entry,
+    key_time,
+    put_enrollment,
+    put_user,
+    timed_key,
+    user_indexes,
+)
+from services.enrollment_service.domain.records import Cleanup, Enrollment, account_key, load_enrollment
+from services.enrollment_service.domain.states import IN_PROGRESS, Event, State
+from services.enrollment_service.domain.users import User, load_user
+
+log = structlog.get_logger("kagi.enrollment.sweeper")
+
+ABANDONED_STATES = frozenset({State.CANCELLED, State.EXPIRED})
+DEFAULT_RETENTION_SECONDS = 90 * 86400
+# Bounds the clean-up a cancellation does before it answers; the sweeper finishes whatever is left.
+INLINE_CLEANUP_SECONDS = 5.0
+SWEEPER_STATE = "sweeper-state"
+_BACKFILLED = "expiring-index-v1"
+_PAGE = 200
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """SweepReport says what one pass of the sweeper did."""
+
+    expired: int = 0
+    cleaned: int = 0
+    erased: int = 0
+
+
+def revocation_request_id(enrollment_id: str, what: str, credential_id: str) -> str:
+    """revocation_request_id is the idempotency key of revoking one credential of an abandoned enrollment: the
+    same on every retry, by any replica, so a retry after a crash revokes nothing twice."""
+    return f"abandon/{enrollment_id}/{what}/{credential_id}"
+
+
+class AbandonedSetups:
+    """AbandonedSetups expires idle enrollments, cleans up abandoned ones, erases their personal data after the
+    retention period, and re-opens an expired one for an operator. Any number of replicas may sweep at once:
+    every write is conditioned on the version it read, and every call to the CA or OTP service is idempotent."""
+
+    def __init__(
+        self,
+        repository: EnrollmentRepository,
+        ca: CertificateAuthority,
+        otp: TokenService,
+        clock: Clock,
+        *,
+        idle_seconds: float,
+        retention_seconds: float = DEFAULT_RETENTION_SECONDS,
+    ) -> None:
+        self._repo = repository
+        self._store = repository.store
+        self._ca = ca
+        self._otp = otp
+        self._clock = clock
+        self._idle = idle_seconds
+        self._retention = retention_seconds
+
+    # -- the sweeper ------------------------------------------------------------------------------------------
+
+    async def sweep(self) -> SweepReport:
+        """Sweep is one pass: expire the idle, finish every pending clean-up, erase what the retention ended."""
+        await self._backfill_once()
+        expired = await self.expire_due()
+        cleaned = await self.clean_up_pending()
+        erased = await self.erase_due()
+        if expired or cleaned or erased:
+            log.info("sweep", expired=expired, cleaned=cleaned, erased=erased)
+        return SweepReport(expired, cleaned, erased)
+
+    async def run(self, stop: asyncio.Event, *, interval: float) -> None:
+        """Run sweeps every `interval` seconds until `stop` is set; outages are waited out, errors logged."""
+        while not stop.is_set():
+            try:
+                await self.sweep()
+            except Unavailable as exc:
+                log.warning("sweep paused", error=exc.message)
+            except Exception:
+                # A background task must outlive one bad record; the next pass tries again.
+                log.exception("sweep failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def expire_due(self) -> int:
+        """Expire_due writes EXPIRED (and the clean-up markers) for every enrollment idle past its expiry."""
+        now = self._clock.now()
+        expired = 0
+        async for entry in self._due(ENROLLMENTS_EXPIRING, now):
+            try:
+                expired += await self._expire(entry, now)
+            except StoreUnavailable:
+                raise
+            except KagiError as exc:
+                log.warning("expiry deferred", index_key=entry.key, error=exc.reason)
+        return expired
+
+    async def clean_up_pending(self) -> int:
+        """Clean_up_pending finishes the clean-up of every abandoned enrollment that still has one."""
+        cleaned = 0
+        token = ""
+        while True:
+            page = await self._store.list(ABANDONED_ENROLLMENTS, page_size=_PAGE, page_token=token)
+            for entry in page.entries:
+                try:
+                    cleaned += await self.clean_up(entry.key)
+                except StoreUnavailable:
+                    raise
+                except KagiError as exc:
+                    log.warning("clean-up deferred", enrollment_id=entry.key, error=exc.reason)
+            token = page.next_page_token
+            if not token:
+                return cleaned
+
+    async def erase_due(self) -> int:
+        """Erase_due erases the personal data of every enrollment abandoned longer ago than the retention."""
+        now = self._clock.now()
+        erased = 0
+        async for entry in self._due(ABANDONED_RETENTION, now - self._retention):
+            try:
+                erased += await self._erase(entry, now)
+            except StoreUnavailable:
+                raise
+            except KagiError as exc:
+                log.warning("erasure deferred", index_key=entry.key, error=exc.reason)
+        return erased
+
+    async def _due(self, collection: str, until: float) -> AsyncIterator[Entry]:
+        """Yield the entries of a time index filed at or before `until`, oldest first."""
+        token = ""
+        while True:
+            page = await self._store.list(collection, page_size=_PAGE, page_token=token)
+            for entry in page.entries:
+                if key_time(entry.key) > until:
+                    return
+                yield entry
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def _expire(self, entry: Entry, now: float) -> int:
+        enrollment_id = entry.key.split("/", 1)[1]
+        done_with_entry = Delete(ENROLLMENTS_EXPIRING, entry.key, version=entry.version)
+        found = await self._store.get(ENROLLMENTS, enrollment_id)
+        record = load_enrollment(found.value) if found is not None else None
+        if found is None or record is None or record.state not in IN_PROGRESS | {State.LOCKED}:
+            with contextlib.suppress(VersionMismatch):
+                await self._store.commit([done_with_entry])
+            return 0
+        if record.state is State.LOCKED:
+            # No expiry while locked; watch it again an idle period from now, when an unlock may have resumed it.
+            await self._refile(entry, now + self._idle, enrollment_id)
+            return 0
+        if now < record.expires_at:
+            await self._refile(entry, record.expires_at, enrollment_id)  # a step was taken since
+            return 0
+        expired = record.abandoned(Event.EXPIRE, now)
+        try:
+            await self._store.commit(
+                [put_enrollment(expired, found.version), done_with_entry, *abandonment_markers(expired)]
+            )
+        except (VersionMismatch, KeyExists):
+            return 0  # a step, a cancellation or another sweeper got there first: the next pass decides again
+        log.info("enrollment expired", enrollment_id=enrollment_id, expired_from=record.state.value)
+        return 1
+
+    async def _refile(self, entry: Entry, due: float, enrollment_id: str) -> None:
+        new_key = timed_key(due, enrollment_id)
+        if new_key == entry.key:
+            return
+        old = Delete(ENROLLMENTS_EXPIRING, entry.key, version=entry.version)
+        try:
+            await self._store.commit([old, Create(ENROLLMENTS_EXPIRING, new_key, b"")])
+        except KeyExists:
+            with contextlib.suppress(VersionMismatch):
+                await self._store.commit([old])  # already filed there
+        except VersionMismatch:
+            pass  # another sweeper moved it
+
+    async def _backfill_once(self) -> None:
+        """File every enrollment in progress that predates the expiry index, once per store."""
+        if await self._store.get(SWEEPER_STATE, _BACKFILLED) is not None:
+            return
+        token = ""
+        while True:
+            page = await self._store.list(ENROLLMENTS, page_size=_PAGE, page_token=token)
+            for entry in page.entries:
+                record = load_enrollment(entry.value)
+                if record.state in IN_PROGRESS | {State.LOCKED}:
+                    with contextlib.suppress(KeyExists):
+                        await self._store.commit([expiring_entry(record)])
+            token = page.next_page_token
+            if not token:
+                break
+        with contextlib.suppress(KeyExists):
+            await self._store.create(SWEEPER_STATE, _BACKFILLED, b"")
+
+    # -- the clean-up -----------------------------------------------------------------------------------------
+
+    async def clean_up(self, enrollment_id: str) -> int:
+        """Clean_up finishes the clean-up of one abandoned enrollment: 1 when it finished now, else 0.
+
+        Idempotent: after any failure (the CA or OTP service down, a crash) calling it again carries on.
+        """
+        entry = await self._store.get(ENROLLMENTS, enrollment_id)
+        marker = await self._store.get(ABANDONED_ENROLLMENTS, enrollment_id)
+        record = load_enrollment(entry.value) if entry is not None else None
+        if entry is None or record is None or not _cleaning(record):
+            if marker is not None:  # nothing (left) to clean: the marker is stale
+                with contextlib.suppress(VersionMismatch):
+                    await self._store.delete(ABANDONED_ENROLLMENTS, enrollment_id, version=marker.version)
+            return 0
+        version = entry.version
+        if record.cleanup is Cleanup.PENDING:
+            claimed = record.with_cleanup(Cleanup.REVOKING, self._clock.now())
+            try:
+                written = await self._store.commit([put_enrollment(claimed, version)])
+            except VersionMismatch:
+                return 0  # re-opened, or claimed by another replica: the next pass looks again
+            record, version = claimed, _version(written[0])
+        await self._revoke_credentials(record)
+        now = self._clock.now()
+        operations: list[Operation] = [
+            put_enrollment(record.with_cleanup(Cleanup.DONE, now), version),
+            Delete(ABANDONED_ENROLLMENTS, enrollment_id),
+            *await self._release(record),
+        ]
+        try:
+            await self._store.commit(operations)
+        except (VersionMismatch, KeyExists):
+            return 0  # re-opened meanwhile (its credentials are revoked all the same) or another replica finished
+        log.info("abandoned enrollment cleaned up", enrollment_id=enrollment_id, state=record.state.value)
+        return 1
+
+    async def clean_up_now(self, enrollment_id: str) -> None:
+        """Clean_up_now tries the clean-up at once (after a cancellation), within a bound; whatever fails or is
+        left is finished by the sweeper, which the durable marker points at."""
+        try:
+            await asyncio.wait_for(self.clean_up(enrollment_id), INLINE_CLEANUP_SECONDS)
+        except (KagiError, TimeoutError) as exc:
+            log.warning(
+                "clean-up left to the sweeper", enrollment_id=enrollment_id, error=getattr(exc, "reason", "TIMEOUT")
+            )
+
+    async def _revoke_credentials(self, record: Enrollment) -> None:
+        """Revoke every certificate and token the enrollment created; raise the first failure after trying all."""
+        results = await asyncio.gather(
+            self._revoke_certificates(record), self._revoke_tokens(record), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _revoke_certificates(self, record: Enrollment) -> None:
+        ours = bool(record.user_id) and await self._user_is_ours(record)
+        serials = []
+        if record.certificate_serial and (ours or await self._issued_here(record)):
+            serials.append(record.certificate_serial)
+        if ours:
+            serials += [s.lower() for s in await self._ca.active_certificates(record.user_id)]
+        for serial in dict.fromkeys(serials):
+            await self._ca.revoke(
+                serial_number=serial,
+                reason=RevocationReason.CESSATION_OF_OPERATION,
+                request_id=revocation_request_id(record.enrollment_id, "certificate", serial),
+            )
+
+    async def _revoke_tokens(self, record: Enrollment) -> None:
+        ours = bool(record.user_id) and await self._user_is_ours(record)
+        tokens = []
+        if record.token_id and (ours or await self._requested_here(record)):
+            tokens.append(record.token_id)
+        if ours:
+            tokens += await self._otp.live_token_ids(record.user_id)
+        for token_id in dict.fromkeys(tokens):
+            await self._otp.revoke_token(
+                request_id=revocation_request_id(record.enrollment_id, "token", token_id), token_id=token_id
+            )
+
+    async def _user_is_ours(self, record: Enrollment) -> bool:
+        """Whether the enrollment's user is one it created and that never completed a setup, so that every
+        credential of that user is the abandoned setup's (a user released already was). A reissue enrollment's
+        user is not: of that user's credentials only those this enrollment issued are revoked."""
+        found = await self._store.get(USERS, record.user_id)
+        if found is None:
+            return True
+        user = load_user(found.value)
+        return user.enrollment_id == record.enrollment_id and not user.setup_complete
+
+    async def _issued_here(self, record: Enrollment) -> bool:
+        """Whether the enrollment's certificate was issued by its own step 4 (the owner index says so)."""
+        owner = (
+            await self._repo.certificate_owner(record.certificate_fingerprint)
+            if record.certificate_fingerprint
+            else None
+        )
+        return owner is not None and owner.enrollment_id == record.enrollment_id
+
+    async def _requested_here(self, record: Enrollment) -> bool:
+        """Whether the enrollment's token was created by its own step 7 (the app index says so)."""
+        if not record.service_id:
+            return False
+        entry = await self._store.get(ENROLLMENTS_BY_APP, app_key(record.service_id, record.app_user_id))
+        return entry is not None and entry.value.decode() == record.enrollment_id
+
+    async def _release(self, record: Enrollment) -> list[Operation]:
+        """The operations that release what the enrollment reserved: its index entries and, the setup having
+        never completed, the user it created with the user's login ID and listing entries."""
+        operations: list[Operation] = []
+        if record.service_id:
+            operations.append(Delete(ENROLLMENTS_BY_APP, app_key(record.service_id, record.app_user_id)))
+        if record.certificate_fingerprint:
+            owner = await self._repo.certificate_owner(record.certificate_fingerprint)
+            if owner is not None and owner.enrollment_id == record.enrollment_id:
+                operations.append(Delete(USER_CERTIFICATES, record.certificate_fingerprint.lower()))
+        if not record.user_id:
+            return operations
+        found = await self._store.get(USERS, record.user_id)
+        if found is None:
+            return operations
+        user = load_user(found.value)
+        if user.enrollment_id != record.enrollment_id or user.setup_complete:
+            return operations  # not this setup's to release
+        operations.append(Delete(USERS, user.user_id, version=found.version))
+        operations += [Delete(op.collection, op.key) for op in user_indexes(user)]
+        login = await self._store.get(LOGIN_IDS, user.login_id)
+        if login is not None and login.value.decode() == user.user_id:
+            operations.append(Delete(LOGIN_IDS, user.login_id, version=login.version))
+        return operations
+
+    # -- the retention ----------------------------------------------------------------------------------------
+
+    async def _erase(self, entry: Entry, now: float) -> int:
+        enrollment_id = entry.key.split("/", 1)[1]
+        done_with_entry = Delete(ABANDONED_RETENTION, entry.key, version=entry.version)
+        found = await self._store.get(ENROLLMENTS, enrollment_id)
+        record = load_enrollment(found.value) if found is not None else None
+        if found is None or record is None or record.state not in ABANDONED_STATES or record.personal_data_erased:
+            with contextlib.suppress(VersionMismatch):
+                await self._store.commit([done_with_entry])
+            return 0
+        try:
+            await self._store.commit(
+                [put_enrollment(record.without_personal_data(now), found.version), done_with_entry]
+            )
+        except VersionMismatch:
+            return 0  # the clean-up moved it on meanwhile: the next pass erases it
+        log.info("personal data erased", enrollment_id=enrollment_id)
+        return 1
+
+    # -- the operator -----------------------------------------------------------------------------------------
+
+    async def reopen(self, enrollment_id: str) -> Enrollment:
+        """Reopen re-opens an EXPIRED enrollment with a fresh idle timeout (the operator's decision).
+
+        Before the clean-up began it resumes in the state it expired from, credentials and all. Once it began,
+        the certificate and the token are (or are made) revoked and it resumes at REGISTERED, so that step 4
+        issues a new certificate; the user and the login ID are kept or reserved again. FAILED_PRECONDITION
+        says why when it cannot be: not EXPIRED, the login ID registered by someone else since, or the personal
+        data erased after the retention period.
+        """
+        if not enrollment_id:
+            raise InvalidArgument("enrollment_id is required", fields={"enrollment_id": "required"})
+        current = await self._repo.enrollment(enrollment_id)
+        stored = current.record
+        now = self._clock.now()
+        view = stored.current(now)
+        revoked = view.cleanup in (Cleanup.REVOKING, Cleanup.DONE)
+        resumed = view.reopened(now, self._idle, credentials_revoked=revoked)
+        operations: list[Operation] = [put_enrollment(resumed, current.version), expiring_entry(resumed)]
+        if stored.cleanup is not Cleanup.NONE:
+            operations += [
+                Delete(ABANDONED_ENROLLMENTS, enrollment_id),
+                Delete(ABANDONED_RETENTION, timed_key(stored.abandoned_at, enrollment_id)),
+            ]
+        reserving: list[Operation] = []
+        if revoked:
+            # Finish what the clean-up began, so that nothing of the old credentials survives the re-opening.
+            await self._revoke_credentials(stored)
+            operations += await self._release_old_credentials(stored)
+            if stored.user_id:
+                reserving = await self._reserve_user(stored, now)
+        try:
+            await self._store.commit([*operations, *reserving])
+        except KeyExists:
+            if reserving and await self._repo.login_id_taken(stored.login_id):
+                raise _login_id_taken(stored.login_id) from None
+            raise Aborted("the enrollment changed concurrently; retry", reason="CONCURRENT_UPDATE") from None
+        except VersionMismatch:
+            raise Aborted("the enrollment changed concurrently; retry", reason="CONCURRENT_UPDATE") from None
+        log.info("enrollment re-opened", enrollment_id=enrollment_id, state=resumed.state.value)
+        return resumed
+
+    async def _release_old_credentials(self, record: Enrollment) -> list[Operation]:
+        operations: list[Operation] = []
+        if record.service_id:
+            operations.append(Delete(ENROLLMENTS_BY_APP, app_key(record.service_id, record.app_user_id)))
+        if record.certificate_fingerprint:
+            operations.append(Delete(USER_CERTIFICATES, record.certificate_fingerprint.lower()))
+        return operations
+
+    async def _reserve_user(self, record: Enrollment, now: float) -> list[Operation]:
+        """Keep the enrollment's user, or create it again with its login ID if the clean-up released them."""
+        found = await self._store.get(USERS, record.user_id)
+        if found is not None:
+            return []
+        if await self._repo.login_id_taken(record.login_id):
+            raise _login_id_taken(record.login_id)
+        try:
+            application = (await self._repo.application(record.application_id)).record
+        except NotFound:
+            raise FailedPrecondition(
+                "the enrollment's application is gone: register a new application", reason="APPLICATION_NOT_FOUND"
+            ) from None
+        user = User(
+            user_id=record.user_id,
+            login_id=record.login_id,
+            user_name=record.user_name,
+            email=record.email,
+            company_name=application.company_name,
+            application_id=application.application_id,
+            enrollment_id=record.enrollment_id,
+            login_password_hash=record.login_password_hash,
+            confirmation_password_hash=record.confirmation_password_hash,
+            account=account_key(application.branch_code, application.account_type, application.account_number),
+            created_at=now,
+        )
+        return [Create(LOGIN_IDS, user.login_id, user.user_id.encode()), put_user(user, None), *user_indexes(user)]
+
+
+def _cleaning(record: Enrollment) -> bool:
+    return record.state in ABANDONED_STATES and record.cleanup in (Cleanup.PENDING, Cleanup.REVOKING)
+
+
+def _version(entry: Entry | None) -> int:
+    if entry is None:
+        raise ValueError("a put returns its entry")
+    return entry.version
+
+
+def _login_id_taken(login_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"the login ID {login_id} was registered by another user after the clean-up released it:"
+        " the enrollment cannot be re-opened",
+        reason="LOGIN_ID_TAKEN",
+        metadata={"login_id": login_id},
+    )
