@@ -592,6 +592,7 @@ class CustomerApi:
 
     async def renew_certificate(self, request: web.Request) -> web.Response:
         """Renew_certificate: a CSR for a new key and the login password; answers the new certificate."""
+        key = _idempotency_key(request)
         certificate = await self.certificate(request)
         token = _access_token(request)
         body = await self._body(request, RENEW_CERTIFICATE)
@@ -599,7 +600,7 @@ class CustomerApi:
             "enrollment",
             self._users.RenewCertificate,
             upb.RenewCertificateRequest(
-                access_token=token, csr_pem=body["csr_pem"], login_password=body["login_password"]
+                request_id=key, access_token=token, csr_pem=body["csr_pem"], login_password=body["login_password"]
             ),
             metadata=certificate.metadata,
         )
@@ -614,6 +615,7 @@ class CustomerApi:
 
     async def reissue_token(self, request: web.Request) -> web.Response:
         """Reissue_token: a new token for a new phone (the IDs go by mail); with a session, or as the bank allowed."""
+        key = _idempotency_key(request)
         certificate = await self.certificate(request)
         token = _access_token(request) if "Authorization" in request.headers else ""
         body = await self._body(request, REISSUE_TOKEN)
@@ -625,7 +627,7 @@ class CustomerApi:
         reply = await self._backends.call(
             "enrollment",
             self._users.ReissueToken,
-            upb.ReissueTokenRequest(access_token=token, **body),
+            upb.ReissueTokenRequest(request_id=key, access_token=token, **body),
             metadata=certificate.metadata,
         )
         return _json({"user": _user_view(reply.user)}, 202)

@@ -644,12 +644,12 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "POST", "/v1/users/me/certificate/renewal", "renewCertificate",
         "電子証明書更新 / renew the client certificate for a new key, within 30 days of its expiry",
-        "certificate_and_access_token", RENEW_CERTIFICATE, 201, "RenewCertificateResponse", tag="sessions",
+        "certificate_and_access_token", RENEW_CERTIFICATE, 201, "RenewCertificateResponse", tag="lifecycle",
     ),
     Operation(
         "POST", "/v1/users/me/token/reissue", "reissueToken",
         "トークン再発行 / a new token for a new phone: the new IDs go by mail, then the app's steps 8-10",
-        "certificate_and_optional_access_token", REISSUE_TOKEN, 202, "UserResponse", tag="sessions",
+        "certificate_and_optional_access_token", REISSUE_TOKEN, 202, "UserResponse", tag="lifecycle",
     ),
     Operation(
         "GET", "/.well-known/jwks.json", "getJwks", "The public keys of access and confirmation tokens (JWKS)",

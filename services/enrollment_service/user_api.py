@@ -272,39 +272,58 @@ class UserApi(IdempotentApi, user_pb2_grpc.UserServiceServicer):
     async def RenewCertificate(
         self, request: upb.RenewCertificateRequest, context: grpc.aio.ServicerContext
     ) -> upb.RenewCertificateResponse:
-        check_request_id(request.request_id)
-        renewed = await self._lifecycle.renew_certificate(
-            access_token=request.access_token,
-            certificate=relayed_certificate(),
-            csr_pem=request.csr_pem,
-            login_password=request.login_password,
-            request_id=request.request_id,
-            actor=_actor(),
-        )
-        return upb.RenewCertificateResponse(
-            certificate_pem=renewed.certificate_pem, chain_pem=renewed.chain_pem, serial_number=renewed.serial_number
+        certificate = relayed_certificate()
+
+        async def act() -> upb.RenewCertificateResponse:
+            renewed = await self._lifecycle.renew_certificate(
+                access_token=request.access_token,
+                certificate=certificate,
+                csr_pem=request.csr_pem,
+                login_password=request.login_password,
+                request_id=request.request_id,
+                actor=_actor(),
+            )
+            return upb.RenewCertificateResponse(
+                certificate_pem=renewed.certificate_pem,
+                chain_pem=renewed.chain_pem,
+                serial_number=renewed.serial_number,
+            )
+
+        # A retry with the request id answers the certificate the first call issued (a lost answer).
+        return await self._once(
+            request, act, upb.RenewCertificateResponse, secret_request=("access_token", "login_password")
         )
 
     async def ReissueToken(
         self, request: upb.ReissueTokenRequest, context: grpc.aio.ServicerContext
     ) -> upb.ReissueTokenResponse:
-        check_request_id(request.request_id)
-        user = await self._lifecycle.reissue_token(
-            relayed_certificate(),
-            access_token=request.access_token,
-            login_id=request.login_id,
-            login_password=request.login_password,
-            confirmation_password=request.confirmation_password,
-            entries={
-                "mobile_email": request.mobile_email,
-                "mobile_email_confirmation": request.mobile_email_confirmation,
-                "usage_start_password": request.usage_start_password,
-                "usage_start_password_confirmation": request.usage_start_password_confirmation,
-            },
-            request_id=request.request_id,
-            actor=_actor(),
+        certificate = relayed_certificate()
+
+        async def act() -> upb.ReissueTokenResponse:
+            user = await self._lifecycle.reissue_token(
+                certificate,
+                access_token=request.access_token,
+                login_id=request.login_id,
+                login_password=request.login_password,
+                confirmation_password=request.confirmation_password,
+                entries={
+                    "mobile_email": request.mobile_email,
+                    "mobile_email_confirmation": request.mobile_email_confirmation,
+                    "usage_start_password": request.usage_start_password,
+                    "usage_start_password_confirmation": request.usage_start_password_confirmation,
+                },
+                request_id=request.request_id,
+                actor=_actor(),
+            )
+            return upb.ReissueTokenResponse(user=await self._view(user))
+
+        secrets = ("access_token", "login_password", "confirmation_password", "usage_start_password")
+        return await self._once(
+            request,
+            act,
+            upb.ReissueTokenResponse,
+            secret_request=(*secrets, "usage_start_password_confirmation"),
         )
-        return upb.ReissueTokenResponse(user=await self._view(user))
 
     async def AllowTokenReissue(
         self, request: upb.AllowTokenReissueRequest, context: grpc.aio.ServicerContext

@@ -17,10 +17,11 @@ from tests.support.tools import run, tool
 
 
 async def test_ten_steps_through_the_gateway_with_curl_openssl_and_oathtool(stack: GatewayStack) -> None:
-    """Each step answers the state the design names and the next step by name; the IDs travel by mail only;
-    the seed is delivered once; oathtool's code completes the enrollment, read back as COMPLETED; and none of
-    the secrets that crossed the gateway (temporary passwords, session token, passwords, seed, code) appears
-    in any log event of the gateway or the services."""
+    """Each step answers the state the design names and the next step by name; the IDs travel by mail only,
+    and step 7 answers the procedure's note on phones that filter mail; the seed is delivered once; oathtool's
+    code completes the enrollment, read back as COMPLETED; and none of the secrets that crossed the gateway
+    (temporary passwords, session token, passwords, seed, code) appears in any log event of the gateway or the
+    services."""
     with structlog.testing.capture_logs() as events:
         secrets = await _walk(stack)
     logged = json.dumps(events, default=str, ensure_ascii=False)

@@ -458,7 +458,15 @@ class CredentialLifecycle:
                 " / log in first; if you cannot (no phone), ask your branch to allow a reissue",
                 reason="SESSION_REQUIRED",
             )
+        if found.record.lock_reason.value:
+            raise UserLocked(MSG_LOCKED, metadata={"lock_reason": found.record.lock_reason.value})
         if not await asyncio.to_thread(self._hasher.verify, found.record.login_password_hash, login_password):
+            # The user's own certificate with a wrong password: it counts, as at login.
+            failed = await self._update(
+                found.record.user_id, lambda u: u.with_login_failure(), "gateway", "token.reissue.refused", {}
+            )
+            if failed.lock_reason.value:
+                raise UserLocked(MSG_LOCKED, metadata={"lock_reason": failed.lock_reason.value})
             raise LoginFailed(MSG_LOGIN_FAILED)
         return found
 

@@ -226,18 +226,25 @@ def gateway_settings(stack: GatewayStack, **changes: Any) -> GatewaySettings:
 
 
 async def open_gateway_stack(
-    directory: Path, *, ca_port: int = 0, clock: Clock | None = None, **gateway_changes: Any
+    directory: Path,
+    *,
+    ca_port: int = 0,
+    clock: Clock | None = None,
+    ca_on_real_time: bool = False,
+    **gateway_changes: Any,
 ) -> GatewayStack:
     """open_gateway_stack starts CA, OTP, enrollment and the gateway on free ports, settings built directly.
 
     The CA is created with PKI URLs pointing at the gateway's plain-HTTP port, as a deployment would. A fixed
     `ca_port` lets a test stop the CA and start it again where the gateway expects it (`restart_ca`); a `clock`
-    (a FakeClock near the real time) lets a test step one-time-password windows instead of sleeping them out.
+    (a FakeClock near the real time) lets a test step one-time-password windows instead of sleeping them out;
+    `ca_on_real_time` keeps the CA on the real time (the gateway checks certificates' validity with it, so a
+    certificate issued while the services' clock is months ahead would not be valid yet).
     """
     state = directory / "state"
     http_port = stable_port()
     pki_settings = PkiSettings(base_url=f"http://127.0.0.1:{http_port}")
-    pki = await ensure_dev_pki_async(state, settings=pki_settings, clock=clock)
+    pki = await ensure_dev_pki_async(state, settings=pki_settings, clock=None if ca_on_real_time else clock)
     smtp = SmtpServer().start()
     workdir = directory / "client"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -252,7 +259,7 @@ async def open_gateway_stack(
         pki=pki_settings,
     )
     try:
-        stack.components["ca"] = await start_ca(stack.ca_settings, clock=clock)
+        stack.components["ca"] = await start_ca(stack.ca_settings, clock=None if ca_on_real_time else clock)
         stack.components["otp"] = await start_otp(
             OtpSettings(
                 listen=ListenSettings("127.0.0.1", 0, pki.tls("otp")),
