@@ -4,8 +4,9 @@
 
 Rows, each timed for about S seconds (default 1.5) in one thread:
 
-- match_code with a right code (SHA1, 6 digits, window +-1): three HMACs, the pure verifier.
-- match_code with a wrong code: the worst case, window plus the 10-step expired lookback (13 HMACs).
+- match_code with a right code (SHA1, 6 digits, the default window: the previous and the current step): two
+  HMACs, the pure verifier.
+- match_code with a wrong code: the worst case, window plus the 10-step expired lookback (12 HMACs).
 - decide: the replay/lockout state update alone.
 - verify_code: the whole domain check (format, AES-GCM unseal of the seed, match, decide).
 - argon2id hash and verify for OWASP's default (19 MiB, t=2, p=1) and two heavier settings for comparison.
@@ -99,10 +100,10 @@ def verifier_rows(seconds: float) -> list[tuple[str, int, float, float]]:
     fresh = VerificationState()
 
     def match_right(i: int) -> object:
-        return match_code(KEY, PARAMS, right[i % 4096], times[i % 4096], window=1)
+        return match_code(KEY, PARAMS, right[i % 4096], times[i % 4096], past_steps=1, future_steps=0)
 
     def match_wrong(i: int) -> object:
-        return match_code(KEY, PARAMS, wrong[i % 64], times[i % 64], window=1, expired_lookback=10)
+        return match_code(KEY, PARAMS, wrong[i % 64], times[i % 64], past_steps=1, future_steps=0, expired_lookback=10)
 
     def decide_only(i: int) -> object:
         return decide(fresh, CodeMatch.at(i + 1), now=START, policy=POLICY)
@@ -113,7 +114,7 @@ def verifier_rows(seconds: float) -> list[tuple[str, int, float, float]]:
     assert full(0).result.ok  # type: ignore[attr-defined]
     rows = []
     for name, fn in (
-        ("match_code, right code (SHA1/6, window +-1)", match_right),
+        ("match_code, right code (SHA1/6, steps c-1..c)", match_right),
         ("match_code, wrong code (window + 10-step lookback)", match_wrong),
         ("decide (replay/lockout update)", decide_only),
         ("verify_code (validate + AES-GCM unseal + match + decide)", full),

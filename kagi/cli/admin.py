@@ -17,6 +17,7 @@ from kagi.enrollment.v1 import enrollment_pb2, enrollment_pb2_grpc
 from kagi.errors import KagiError
 from kagi.runtime.grpc_client import error_from_rpc, open_channel
 from kagi.runtime.settings import TlsFiles
+from services.enrollment_service.domain.messages import DEFAULT_CONTACT_TEXT, japan_time
 
 T = TypeVar("T")
 
@@ -32,6 +33,36 @@ class AdminContext:
     def channel(self, service: str) -> grpc.aio.Channel:
         """Channel opens an mTLS channel to one service as the operator."""
         return open_channel(self.targets[service], self.tls, server_name="localhost")
+
+
+_ACCOUNT_TYPES_SHOWN = {
+    enrollment_pb2.ACCOUNT_TYPE_ORDINARY: "普通 (ordinary)",
+    enrollment_pb2.ACCOUNT_TYPE_CURRENT: "当座 (current)",
+}
+
+
+def contact_line() -> str:
+    """Return the bank's contact line for notices (KAGI_CONTACT_TEXT), as the mails end with it."""
+    return os.environ.get("KAGI_CONTACT_TEXT") or DEFAULT_CONTACT_TEXT
+
+
+def notice_lines(title: str, reply: Any, *after: str) -> list[str]:
+    """Return a notice the customer reads (an application's, or a reissue's): the account, the temporary passwords
+    (shown only here), the expiry in Japan time, `after`, and the contact line."""
+    application = reply.application
+    return [
+        title,
+        f"  申込番号 / Application:               {application.application_id}",
+        f"  会社名 / Company:                     {application.company_name}",
+        f"  代表口座 / Account:                   {application.branch_code} "
+        f"{_ACCOUNT_TYPES_SHOWN[application.account_type]} {application.account_number}",
+        f"  仮ログインパスワード / Temporary login password:         {reply.temporary_login_password}",
+        f"  仮確認用パスワード / Temporary confirmation password:    {reply.temporary_confirmation_password}",
+        f"  有効期限 / Valid until:               {japan_time(application.expire_time.seconds)}",
+        *(f"  {line}" for line in after),
+        "",
+        f"  {contact_line()}",
+    ]
 
 
 def _context(state_dir: str) -> AdminContext:
@@ -126,21 +157,7 @@ def register_application(
     if as_json:
         click.echo(json.dumps(notice, ensure_ascii=False, indent=2))
         return
-    kind = {"ordinary": "普通 (ordinary)", "current": "当座 (current)"}[account_type]
-    click.echo(
-        "\n".join(
-            [
-                "申込受付完了通知書 / Application-completion notice",
-                f"  申込番号 / Application:               {notice['application_id']}",
-                f"  会社名 / Company:                     {notice['company_name']}",
-                f"  代表口座 / Account:                   {branch} {kind} {account_number}",
-                f"  仮ログインパスワード / Temporary login password:         {notice['temporary_login_password']}",
-                f"  仮確認用パスワード / Temporary confirmation password:    "
-                f"{notice['temporary_confirmation_password']}",
-                f"  有効期限 / Valid until:               {notice['expires_at']}",
-            ]
-        )
-    )
+    click.echo("\n".join(notice_lines("申込受付完了通知書 / Application-completion notice", reply)))
 
 
 @admin.command("unlock-application")
@@ -199,10 +216,11 @@ def _attach_service_commands() -> None:
     # The CA's and the OTP service's commands live beside their services' wiring; they join the group here.
     from kagi.cli.admin_ca import CA_COMMANDS
     from kagi.cli.admin_credentials import issue_credential_command
+    from kagi.cli.admin_enrollments import ENROLLMENT_COMMANDS
     from kagi.cli.admin_otp import rotate_otp_key
     from kagi.cli.admin_users import USER_COMMANDS
 
-    for command in (*CA_COMMANDS, issue_credential_command, rotate_otp_key, *USER_COMMANDS):
+    for command in (*CA_COMMANDS, issue_credential_command, rotate_otp_key, *USER_COMMANDS, *ENROLLMENT_COMMANDS):
         admin.add_command(command)
 
 

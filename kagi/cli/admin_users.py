@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from kagi.cli.admin import AdminContext, run_call
+from kagi.cli.admin import AdminContext, contact_line, notice_lines, run_call
 from kagi.enrollment.v1 import enrollment_pb2, enrollment_pb2_grpc, user_pb2, user_pb2_grpc
 from kagi.errors import KagiError
 from kagi.otp.v1 import otp_pb2, otp_pb2_grpc
@@ -24,7 +24,7 @@ from services.enrollment_service.adapters.signing_keys import (
     ACTIVATION_DELAY_SECONDS,
     rotate_key_ring,
 )
-from services.enrollment_service.domain.lifecycle_mails import jst
+from services.enrollment_service.domain.messages import japan_time
 
 _ACCOUNT_TYPES = {"ordinary": "ORDINARY", "current": "CURRENT"}
 _COLUMNS = ("user_id", "login_id", "user_name", "company_name", "state", "token_state", "lock_reason")
@@ -217,7 +217,7 @@ def reset_password_command(obj: AdminContext, user_id: str, kind: str, as_json: 
     if as_json:
         click.echo(json.dumps(notice, ensure_ascii=False))
         return
-    expires = jst(reply.expire_time.seconds)
+    expires = japan_time(reply.expire_time.seconds)
     click.echo(
         "\n".join(
             [
@@ -233,6 +233,8 @@ def reset_password_command(obj: AdminContext, user_id: str, kind: str, as_json: 
                 "On the PC with your client certificate, open the password reset and enter the temporary password",
                 "and your new password (POST /v1/users/me/password/reset).",
                 "この通知書は第三者に知られないように保管してください。 / Keep this notice away from others.",
+                "",
+                contact_line(),
             ]
         )
     )
@@ -269,10 +271,6 @@ def disable_token_command(obj: AdminContext, user_id: str, reason: str, yes: boo
 
 
 _REISSUE_REASONS = ("keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation", "unspecified")
-_ACCOUNT_TYPES_JA = {
-    enrollment_pb2.ACCOUNT_TYPE_ORDINARY: "普通 (ordinary)",
-    enrollment_pb2.ACCOUNT_TYPE_CURRENT: "当座 (current)",
-}
 
 
 @click.command("reissue-certificate")
@@ -323,21 +321,16 @@ def reissue_certificate_command(obj: AdminContext, user_id: str, reason: str, ye
         return
     click.echo(
         "\n".join(
-            [
+            notice_lines(
                 "電子証明書再発行通知書 / Certificate reissue notice",
-                f"  会社名 / Company:                     {notice['company_name']}",
-                f"  代表口座 / Account:                   {application.branch_code} "
-                f"{_ACCOUNT_TYPES_JA[application.account_type]} {application.account_number}",
-                f"  仮ログインパスワード / Temporary login password:         {notice['temporary_login_password']}",
-                f"  仮確認用パスワード / Temporary confirmation password:    "
-                f"{notice['temporary_confirmation_password']}",
-                f"  有効期限 / Valid until:               {jst(application.expire_time.seconds)}",
+                reply,
                 "",
-                "初期設定の⑦から、代表口座と上記の仮パスワードを入力してください。ログインIDとパスワードは変わりません。",
-                "Enter the account and these temporary passwords at step 7 of the setup (POST /v1/enrollments);",
+                "初期設定の⑦から代表口座と上記の仮パスワードを入力し、新しい電子証明書を発行してください。",
+                "ログインID・パスワード・ワンタイムパスワードアプリはそのままご利用いただけます。",
+                "Enter the account and these temporary passwords at step 7 of the setup (POST /v1/enrollments),",
                 "then issue the new certificate, log in with it and enter your login password. Your login ID,",
                 "passwords and one-time-password app stay as they are.",
-            ]
+            )
         )
     )
 

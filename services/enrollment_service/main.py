@@ -24,6 +24,7 @@ from services.enrollment_service.adapters.mail import transport_from_settings
 from services.enrollment_service.adapters.outbox import OutboxSender
 from services.enrollment_service.adapters.signing_keys import JwsSigner, ensure_dev_signing_key
 from services.enrollment_service.api import EnrollmentApi, binding
+from services.enrollment_service.app.abandonment import AbandonedSetups, SweepReport
 from services.enrollment_service.app.credentials import CredentialLifecycle, LifecyclePolicy
 from services.enrollment_service.app.repository import EnrollmentRepository
 from services.enrollment_service.app.use_cases import EnrollmentPolicy, EnrollmentService
@@ -59,6 +60,9 @@ class EnrollmentSettings:
     token_issuer: str = DEFAULT_TOKEN_ISSUER
     sessions: SessionPolicy = field(default_factory=SessionPolicy)
     renewal_window_days: int = 30
+    # How often the sweeper expires idle enrollments, cleans up abandoned ones and erases their personal data
+    # after the retention period (EnrollmentPolicy.abandoned_retention_seconds).
+    sweep_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> EnrollmentSettings:
@@ -84,6 +88,9 @@ class EnrollmentSettings:
                 idle_seconds=60 * env.integer("KAGI_ENROLLMENT_IDLE_MINUTES", 60, minimum=1, maximum=24 * 60),
                 application_ttl_seconds=86400 * env.integer("KAGI_APPLICATION_TTL_DAYS", 30, minimum=1, maximum=365),
                 app_url=env.text("KAGI_APP_URL", "https://www.example.com/kagi-token-app"),
+                contact_text=env.text("KAGI_CONTACT_TEXT", EnrollmentPolicy.contact_text),
+                abandoned_retention_seconds=86400
+                * env.integer("KAGI_ABANDONED_RETENTION_DAYS", 90, minimum=1, maximum=3650),
             ),
             idempotency_pending_seconds=env.integer("KAGI_IDEMPOTENCY_PENDING_SECONDS", 30, minimum=1, maximum=3600),
             failpoints=env.text("KAGI_FAILPOINTS", ""),
@@ -92,6 +99,7 @@ class EnrollmentSettings:
             signing_key_passphrase=env.required_secret("KAGI_ENROLLMENT_SIGNING_KEY_PASSPHRASE"),
             token_issuer=env.text("KAGI_TOKEN_ISSUER", DEFAULT_TOKEN_ISSUER),
             renewal_window_days=env.integer("KAGI_RENEWAL_WINDOW_DAYS", 30, minimum=1, maximum=180),
+            sweep_seconds=env.integer("KAGI_SWEEP_SECONDS", 30, minimum=1, maximum=3600),
             sessions=SessionPolicy(
                 access_token_seconds=env.integer(
                     "KAGI_ACCESS_TOKEN_SECONDS", 900, minimum=60, maximum=MAX_ACCESS_TOKEN_SECONDS
@@ -104,6 +112,8 @@ class EnrollmentComponent:
     """EnrollmentComponent is a running enrollment service: its gRPC server, channels and mail sender."""
 
     lifecycle: CredentialLifecycle | None = None
+    setups: AbandonedSetups | None = None
+    _sweep_task: asyncio.Task[None] | None = None
 
     def __init__(
         self,
@@ -129,12 +139,32 @@ class EnrollmentComponent:
         """Deliver_mail_now sends every due mail at once (tests and operators use it)."""
         return await self._sender.deliver_due()
 
+    def start_sweeper(self, setups: AbandonedSetups, interval: float) -> None:
+        """Start_sweeper runs the sweeper of idle and abandoned enrollments every `interval` seconds."""
+        self.setups = setups
+        self._stop_sweep = asyncio.Event()
+        self._sweep_task = asyncio.create_task(setups.run(self._stop_sweep, interval=interval))
+
+    async def sweep_now(self) -> SweepReport:
+        """Sweep_now runs one pass of the sweeper at once (tests and operators use it)."""
+        assert self.setups is not None, "the sweeper was not started"
+        return await self.setups.sweep()
+
+    async def stop_sweeper(self) -> None:
+        """Stop_sweeper ends the background sweeper (a test that runs each pass itself with `sweep_now`)."""
+        if self._sweep_task is not None:
+            self._stop_sweep.set()
+            # A pass in flight is waited for briefly, then cancelled: every step of it is safe to redo.
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._sweep_task, 10.0)
+
     async def stop(self, grace: float = 5.0) -> None:
         """Stop ends the server gracefully, then the mail sender, channels and store."""
         await self.server.stop(grace)
         self._stop_mail.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._mail_task
+        await self.stop_sweeper()
         for channel in self._channels:
             await channel.close()
         await self._store.close()
@@ -181,7 +211,11 @@ async def start_enrollment(
         otp,
         hasher,
         clock,
-        LifecyclePolicy(renewal_window_days=settings.renewal_window_days, app_url=settings.policy.app_url),
+        LifecyclePolicy(
+            renewal_window_days=settings.renewal_window_days,
+            app_url=settings.policy.app_url,
+            contact_text=settings.policy.contact_text,
+        ),
     )
     server = GrpcServer(
         settings.listen,
@@ -196,4 +230,5 @@ async def start_enrollment(
     sender = OutboxSender(store, transport, clock, settings.mail_from)
     component = EnrollmentComponent(server, store, [ca_channel, otp_channel], sender, settings.mail_poll_seconds)
     component.lifecycle = lifecycle
+    component.start_sweeper(service.setups, settings.sweep_seconds)
     return component

@@ -45,6 +45,7 @@ ALLOWED_ROLES = {
     "ListTokens": allow(Role.ENROLLMENT, Role.OPERATOR),
     "DisableToken": allow(Role.ENROLLMENT, Role.OPERATOR),
     "ReissueToken": allow(Role.ENROLLMENT, Role.OPERATOR),
+    "RevokeToken": allow(Role.ENROLLMENT, Role.OPERATOR),
     "UnlockToken": allow(Role.OPERATOR),
 }
 """ALLOWED_ROLES is, per RPC, the caller roles that may call it; any other role is PERMISSION_DENIED."""
@@ -246,6 +247,14 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
             return pb.ReissueTokenResponse(token=self._token(token))
 
         return await self._once(request, act, pb.ReissueTokenResponse, secret_request=("usage_start_password",))
+
+    async def RevokeToken(
+        self, request: pb.RevokeTokenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RevokeTokenResponse:
+        async def act() -> pb.RevokeTokenResponse:
+            return pb.RevokeTokenResponse(token=self._token(await self._service.revoke(request.token_id)))
+
+        return await self._once(request, act, pb.RevokeTokenResponse)
 
 
 def binding(api: OtpApi) -> ServiceBinding:

@@ -10,6 +10,10 @@ Environment (secrets also as NAME_FILE, which keeps them out of the process tabl
     KAGI_OTP_KEK_OLD                                    older KEKs that only open: "id:base64,id:base64"
     KAGI_OTP_ISSUER                                     the issuer authenticator apps show ("kagi")
     KAGI_OTP_CACHE_SIZE                                 tokens cached per process (20000; 0 disables)
+    KAGI_OTP_PAST_STEPS                                 steps back a code is still accepted (1: its own 60 s
+                                                        and the 60 s after; 0-10)
+    KAGI_OTP_FUTURE_STEPS                               steps ahead a code is accepted (0: never a later
+                                                        step's code; 0-2, for phones whose clocks run fast)
     KAGI_OTP_GROUP_COMMIT                               share store rounds among concurrent commits (default:
                                                         on for SQLite, where it saves an fsync per verification;
                                                         off for Redis, where it measured no gain)
@@ -33,6 +37,7 @@ from services.otp_service.api import OtpApi, binding
 from services.otp_service.app.cache import DEFAULT_CACHE_SIZE
 from services.otp_service.app.use_cases import OtpService
 from services.otp_service.domain import KeyEncryptionKey, OtpError, OtpPolicy, Seed, SeedVault, TotpParameters
+from services.otp_service.domain.policy import MAX_FUTURE_STEPS, MAX_PAST_STEPS
 from services.otp_service.domain.uri import key_uri
 
 DEFAULT_PORT = 50052
@@ -102,7 +107,11 @@ class OtpSettings:
             raise InvalidArgument(
                 "KAGI_OTP_ISSUER is invalid", fields={"KAGI_OTP_ISSUER": exc.fields.get("issuer", exc.message)}
             ) from None
-        policy = OtpPolicy(issuer=issuer)
+        policy = OtpPolicy(
+            issuer=issuer,
+            past_steps=env.integer("KAGI_OTP_PAST_STEPS", 1, minimum=0, maximum=MAX_PAST_STEPS),
+            future_steps=env.integer("KAGI_OTP_FUTURE_STEPS", 0, minimum=0, maximum=MAX_FUTURE_STEPS),
+        )
         return cls(
             listen=ListenSettings(
                 env.text("KAGI_OTP_HOST", "127.0.0.1"),

@@ -75,13 +75,14 @@ POLICY: dict[str, dict[str, frozenset[str]]] = {
             ("CreateToken", "ActivateToken", "ConfirmRegistration", "VerifyCode"), frozenset({"enrollment"})
         ),
         **dict.fromkeys(
-            ("GetToken", "ListTokens", "DisableToken", "ReissueToken"), frozenset({"enrollment", "operator"})
+            ("GetToken", "ListTokens", "DisableToken", "ReissueToken", "RevokeToken"),
+            frozenset({"enrollment", "operator"}),
         ),
         "UnlockToken": frozenset({"operator"}),
     },
     ENROLLMENT: {
         **dict.fromkeys(
-            ("RegisterApplication", "UnlockApplication", "ListApplications", "ReissueCertificate"),
+            ("RegisterApplication", "UnlockApplication", "ListApplications", "ReissueCertificate", "ReopenEnrollment"),
             frozenset({"operator"}),
         ),
         "GetEnrollment": frozenset({"gateway", "operator"}),

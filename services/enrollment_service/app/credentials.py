@@ -35,11 +35,12 @@ from services.enrollment_service.app.repository import (
 from services.enrollment_service.app.users import MSG_WRONG_CONFIRMATION, UserSessions, WrongConfirmationPassword
 from services.enrollment_service.domain.client_certificates import ClientCertificate, check_new_key, not_after
 from services.enrollment_service.domain.credentials import temporary_password
-from services.enrollment_service.domain.lifecycle_mails import (
+from services.enrollment_service.domain.messages import (
+    DEFAULT_CONTACT_TEXT,
     password_changed_mail,
     renewal_reminder_mail,
+    token_mail,
 )
-from services.enrollment_service.domain.messages import token_mail
 from services.enrollment_service.domain.rules import validate_new_password, validate_token_request
 from services.enrollment_service.domain.sessions import MSG_LOGIN_FAILED, LoginFailed, check_user_id
 from services.enrollment_service.domain.users import MSG_LOCKED, PasswordKind, User, UserLocked
@@ -67,6 +68,7 @@ class LifecyclePolicy:
     superseded_grace_days: int = 7
     reset_notice_days: int = 14
     app_url: str = "https://www.example.com/kagi-token-app"
+    contact_text: str = DEFAULT_CONTACT_TEXT
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,13 @@ class CredentialLifecycle:
         for _ in range(_CAS_RETRIES):
             current = await self._repo.user(user.user_id)
             changed = current.record.with_new_password(kind, digest)
-            mail = password_changed_mail(to=changed.email, user_name=changed.user_name, kind=kind, at=now)
+            mail = password_changed_mail(
+                to=changed.email,
+                user_name=changed.user_name,
+                kind=kind.value,
+                at=now,
+                contact=self._policy.contact_text,
+            )
             event = AuditEvent(actor, action, user.user_id, {"kind": kind.value})
             try:
                 await self._journal.submit(
@@ -368,7 +376,13 @@ class CredentialLifecycle:
             await self._repo.store.delete(CERTIFICATE_EXPIRIES, key, version=version)
             return 0
         reminded = sorted({*record["reminded"], *(d for d in self._policy.reminder_days if d >= days)})
-        mail = renewal_reminder_mail(to=user.email, user_name=user.user_name, expires_at=expires, days_left=days)
+        mail = renewal_reminder_mail(
+            to=user.email,
+            user_name=user.user_name,
+            expires_at=expires,
+            days_left=days,
+            contact=self._policy.contact_text,
+        )
         updated = json.dumps({**record, "reminded": reminded}).encode()
         try:
             await self._repo.commit([Replace(CERTIFICATE_EXPIRIES, key, updated, version), outbox_entry(mail, now)])
@@ -429,6 +443,8 @@ class CredentialLifecycle:
             service_id=token.service_id,
             user_id=token.app_user_id,
             app_url=self._policy.app_url,
+            at=now,
+            contact=self._policy.contact_text,
         )
         for _ in range(_CAS_RETRIES):
             latest = await self._repo.user(user.user_id)

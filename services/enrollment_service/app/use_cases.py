@@ -472,7 +472,11 @@ class EnrollmentService:
             operations: list[Operation] = [put_enrollment(advanced, current.version)]
             if advanced.state is State.COMPLETED:  # a reissue ends here: the new certificate works
                 mail = completion_mail(
-                    to=enrollment.email, user_name=enrollment.user_name, login_id=enrollment.login_id
+                    to=enrollment.email,
+                    user_name=enrollment.user_name,
+                    login_id=enrollment.login_id,
+                    at=now,
+                    contact=self._policy.contact_text,
                 )
                 operations.append(outbox_entry(mail, now))
             await self._write(operations)
@@ -520,6 +524,8 @@ class EnrollmentService:
             service_id=token.service_id,
             user_id=token.app_user_id,
             app_url=self._policy.app_url,
+            at=now,
+            contact=self._policy.contact_text,
         )
         await self._write(
             [
@@ -586,7 +592,13 @@ class EnrollmentService:
         now = self._clock.now()
         advanced = enrollment.advanced(Step.VERIFY_FIRST_CODE, now, self._policy.idle_seconds)
         user = await self._repo.user(enrollment.user_id)
-        mail = completion_mail(to=enrollment.email, user_name=enrollment.user_name, login_id=enrollment.login_id)
+        mail = completion_mail(
+            to=enrollment.email,
+            user_name=enrollment.user_name,
+            login_id=enrollment.login_id,
+            at=now,
+            contact=self._policy.contact_text,
+        )
         await self._write(
             [
                 put_enrollment(advanced, current.version),

@@ -45,6 +45,7 @@ from services.otp_service.domain import (
     SeedVault,
     Token,
     TokenEvent,
+    TokenState,
     TotpParameters,
     activate,
     change_lifecycle,
@@ -283,6 +284,29 @@ class OtpService:
     async def unlock(self, token_id: str) -> Token:
         """Unlock clears a lockout (operators only): counters reset, the replay floor kept."""
         return await self._lifecycle(token_id, TokenEvent.UNLOCK)
+
+    async def revoke(self, token_id: str) -> Token:
+        """Revoke ends a token for good in any state (an abandoned setup's token): the sealed seed, the
+        usage-start password hash and the delivery e-mail address (personal data it no longer needs) are erased
+        and the app's activation ID forgotten. Revoking a revoked token again changes nothing, so a retry after a
+        crash is harmless."""
+        check_token_id(token_id)
+
+        async def once() -> Token:
+            records = await self._records(token_id)
+            if records.token.state is TokenState.REVOKED:
+                return records.token
+            change = change_lifecycle(
+                records.token, records.state, TokenEvent.REVOKE, now=self._clock.now(), policy=self._policy
+            )
+            token = dataclasses.replace(change.token, email="")
+            ops = [*write_ops(records, token, change.verification_state), Delete(ACTIVATIONS, token_id)]
+            entries = await self._repo.commit(ops)
+            self._cache.put(records.written(token, change.verification_state, entries))
+            log.info("token revoked", token_id=token_id)
+            return token
+
+        return await self._retrying(once)
 
     async def reissue(self, token_id: str, *, email: str, usage_start_password: str) -> Token:
         """Reissue revokes a token and creates a new pending one for the same user, in one commit.

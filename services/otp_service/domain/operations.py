@@ -336,7 +336,13 @@ def verify_code(
         raise CorruptRecord("token in a verifying state has no sealed seed")
     seed = vault.open(token.token_id, token.sealed_seed)
     match = match_code(
-        seed.value, token.params, checked, now, window=policy.window, expired_lookback=policy.expired_lookback
+        seed.value,
+        token.params,
+        checked,
+        now,
+        past_steps=policy.past_steps,
+        future_steps=policy.future_steps,
+        expired_lookback=policy.expired_lookback,
     )
     decision = verification.decide(state, match, now=now, policy=policy)
     updated: Token | None = None

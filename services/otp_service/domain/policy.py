@@ -8,6 +8,10 @@ from services.otp_service.domain.totp import TotpParameters
 
 DEFAULT_ACTIVATION_TTL = 24 * 60 * 60.0
 """DEFAULT_ACTIVATION_TTL is 24 hours, in seconds."""
+MAX_PAST_STEPS = 10
+"""MAX_PAST_STEPS is the most steps back a code may still be accepted."""
+MAX_FUTURE_STEPS = 2
+"""MAX_FUTURE_STEPS is the most steps ahead a code may be accepted (a phone's clock running fast)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +22,10 @@ class OtpPolicy:
     - token_parameters: hash, digits and period of newly created tokens (existing tokens keep theirs).
     - activation_ttl: seconds a created token may wait for activation.
     - max_activation_failures: wrong usage-start passwords before the token locks.
-    - window: steps accepted either side of the current one (1 = the previous, current and next minute).
+    - past_steps: steps before the current one whose codes are still accepted (1: a code is good during its own
+      60 seconds and the 60 after).
+    - future_steps: steps after the current one whose codes are accepted (0: never a code of a later step;
+      raise it only for phones whose clocks run fast).
     - expired_lookback: steps before the window in which a matching code is reported STEP_EXPIRED.
     - max_failures: consecutive verification failures before the token locks.
     - rate_limit_failures / rate_limit_seconds: at most that many failures per window of that many seconds;
@@ -29,7 +36,8 @@ class OtpPolicy:
     token_parameters: TotpParameters = field(default_factory=TotpParameters)
     activation_ttl: float = DEFAULT_ACTIVATION_TTL
     max_activation_failures: int = 5
-    window: int = 1
+    past_steps: int = 1
+    future_steps: int = 0
     expired_lookback: int = 10
     max_failures: int = 5
     rate_limit_failures: int = 3
@@ -40,8 +48,10 @@ class OtpPolicy:
             raise ValueError("activation_ttl must be positive")
         if self.max_activation_failures < 1 or self.max_failures < 1:
             raise ValueError("failure limits must be at least 1")
-        if not 0 <= self.window <= 10:
-            raise ValueError("window must be 0-10 steps")
+        if not 0 <= self.past_steps <= MAX_PAST_STEPS:
+            raise ValueError(f"past_steps must be 0-{MAX_PAST_STEPS} steps")
+        if not 0 <= self.future_steps <= MAX_FUTURE_STEPS:
+            raise ValueError(f"future_steps must be 0-{MAX_FUTURE_STEPS} steps")
         if not 0 <= self.expired_lookback <= 60:
             raise ValueError("expired_lookback must be 0-60 steps")
         if self.rate_limit_failures < 1 or self.rate_limit_seconds <= 0:

@@ -117,29 +117,34 @@ def match_code(
     code: str,
     now: float,
     *,
-    window: int = 1,
+    past_steps: int = 1,
+    future_steps: int = 0,
     expired_lookback: int = 10,
 ) -> CodeMatch:
-    """match_code finds the step within `window` steps of now whose code equals `code`, else says why not.
+    """match_code finds the step from `past_steps` before now to `future_steps` after whose code equals `code`,
+    else says why not.
 
-    Every step of the window is compared with hmac.compare_digest and none is skipped, so timing says nothing
-    about which step (if any) matched. When several match (a 6-digit collision, ~1e-6), the latest wins. A
-    code that instead matches one of the `expired_lookback` steps just before the window is STEP_EXPIRED
-    (the user was too slow), anything else WRONG_CODE. `code` must already be validated.
+    The defaults are the bank's rule: a code is good during its own step and the one after (a user typing in
+    the last seconds of the app's countdown), never before its step. Every step of the window is compared with
+    hmac.compare_digest and none is skipped, so timing says nothing about which step (if any) matched. When
+    several match (a 6-digit collision, ~1e-6), the latest wins. A code that instead matches one of the
+    `expired_lookback` steps just before the window is STEP_EXPIRED (the user was too slow), anything else
+    (a code of a later step included) WRONG_CODE. `code` must already be validated.
     """
-    if window < 0 or expired_lookback < 0:
-        raise ValueError("window and expired_lookback must be >= 0")
+    if past_steps < 0 or future_steps < 0 or expired_lookback < 0:
+        raise ValueError("past_steps, future_steps and expired_lookback must be >= 0")
     current = time_step(now, params.period)
     typed = code.encode("ascii")
+    first = max(current - past_steps, 0)
     matched: int | None = None
-    for step in range(max(current - window, 0), current + window + 1):
+    for step in range(first, current + future_steps + 1):
         expected = hotp(key, step, digits=params.digits, algorithm=params.algorithm)
         if hmac.compare_digest(expected.encode("ascii"), typed):
             matched = step
     if matched is not None:
         return CodeMatch.at(matched)
-    oldest = max(current - window - expired_lookback, 0)
-    for step in range(oldest, max(current - window, 0)):
+    oldest = max(first - expired_lookback, 0)
+    for step in range(oldest, first):
         expected = hotp(key, step, digits=params.digits, algorithm=params.algorithm)
         if hmac.compare_digest(expected.encode("ascii"), typed):
             return CodeMatch.miss(MatchFailure.STEP_EXPIRED)

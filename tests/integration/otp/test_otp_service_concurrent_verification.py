@@ -76,9 +76,9 @@ async def test_replicas_sharing_the_store_accept_a_code_once_whatever_their_cach
     stubs_a = [cluster.stub("enrollment", a) for _ in range(2)]
     stubs_b = [cluster.stub("enrollment", b) for _ in range(2)]
 
-    first = await oathtool_code(token.secret, clock.now())
+    first = await oathtool_code(token.secret, clock.now() - 60)
     await stubs_a[0].VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=first))
-    second = await oathtool_code(token.secret, clock.now() + 60)
+    second = await oathtool_code(token.secret, clock.now())
     await stubs_b[0].VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=second))
     assert await gather_outcomes(_calls(stubs_a, token.token_id, second, 1, "stale-a")) == ["REPLAYED"]
 

@@ -116,16 +116,16 @@ async def test_create_activate_confirm_verify_makes_the_token_active(cluster: Ot
     assert info.remaining_seconds == 5
 
 
-async def test_next_steps_code_verifies_and_an_older_one_never_again(cluster: OtpCluster, clock: FakeClock) -> None:
-    """After a code is accepted, the next minute's code is accepted, and then the code of the step before it is
-    refused as REPLAYED although it is still inside the window: no step at or below the last one counts again."""
+async def test_current_steps_code_verifies_and_an_older_one_never_again(cluster: OtpCluster, clock: FakeClock) -> None:
+    """After the current minute's code is accepted, the code of the minute before it is refused as REPLAYED
+    although it is still inside the window: no step at or below the last one counts again."""
     await cluster.start()
     token = await provision(cluster)
     stub = cluster.stub("enrollment")
+    previous_code = await oathtool_code(token.secret, clock.now() - 60)
     now_code = await oathtool_code(token.secret, clock.now())
-    next_code = await oathtool_code(token.secret, clock.now() + 60)
-    await stub.VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=next_code))
-    older = await failing(stub.VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=now_code)))
+    await stub.VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=now_code))
+    older = await failing(stub.VerifyCode(pb.VerifyCodeRequest(token_id=token.token_id, code=previous_code)))
     assert older.reason == "REPLAYED"
     clock.advance(120)
     later = await oathtool_code(token.secret, clock.now())

@@ -83,9 +83,9 @@ def test_time_step_and_seconds_remaining() -> None:
 @pytest.mark.parametrize(
     ("offset", "expected"),
     [
-        (-60.001, CodeMatch.miss(MatchFailure.WRONG_CODE)),  # two steps early: a code from the future
-        (-60.0, CodeMatch.at(STEP)),  # one step early: first instant of the window
-        (0.0, CodeMatch.at(STEP)),
+        (-60.0, CodeMatch.miss(MatchFailure.WRONG_CODE)),  # one step early: a code from the future
+        (-0.001, CodeMatch.miss(MatchFailure.WRONG_CODE)),  # the last instant before its step
+        (0.0, CodeMatch.at(STEP)),  # first instant of the window
         (59.999, CodeMatch.at(STEP)),
         (119.999, CodeMatch.at(STEP)),  # one step late: last instant of the window
         (120.0, CodeMatch.miss(MatchFailure.STEP_EXPIRED)),  # two steps late
@@ -93,24 +93,29 @@ def test_time_step_and_seconds_remaining() -> None:
         (660.0 + 120.0, CodeMatch.miss(MatchFailure.WRONG_CODE)),  # beyond the lookback
     ],
 )
-def test_window_is_current_step_plus_minus_one(clock: FakeClock, offset: float, expected: CodeMatch) -> None:
-    """The code of step S is accepted exactly while the clock is in steps S-1..S+1, to the millisecond."""
+def test_default_window_is_the_current_step_and_the_previous_one(
+    clock: FakeClock, offset: float, expected: CodeMatch
+) -> None:
+    """By default the code of step S is accepted exactly while the clock is in steps S..S+1, to the millisecond:
+    never before its step, STEP_EXPIRED for the ten steps after the window."""
     code = hotp(KEY, STEP)
     clock.advance(offset)
-    assert match_code(KEY, SIX_SHA1, code, clock.now(), window=1, expired_lookback=10) == expected
+    assert match_code(KEY, SIX_SHA1, code, clock.now(), expired_lookback=10) == expected
 
 
 def test_window_zero_accepts_only_the_current_step(clock: FakeClock) -> None:
-    """With window=0 the previous step's code is already STEP_EXPIRED and the next one WRONG_CODE."""
-    assert match_code(KEY, SIX_SHA1, hotp(KEY, STEP), clock.now(), window=0) == CodeMatch.at(STEP)
-    assert match_code(KEY, SIX_SHA1, hotp(KEY, STEP - 1), clock.now(), window=0).failure is MatchFailure.STEP_EXPIRED
-    assert match_code(KEY, SIX_SHA1, hotp(KEY, STEP + 1), clock.now(), window=0).failure is MatchFailure.WRONG_CODE
+    """With past_steps=0 the previous step's code is already STEP_EXPIRED and the next one WRONG_CODE."""
+    now = clock.now()
+    assert match_code(KEY, SIX_SHA1, hotp(KEY, STEP), now, past_steps=0) == CodeMatch.at(STEP)
+    assert match_code(KEY, SIX_SHA1, hotp(KEY, STEP - 1), now, past_steps=0).failure is MatchFailure.STEP_EXPIRED
+    assert match_code(KEY, SIX_SHA1, hotp(KEY, STEP + 1), now, past_steps=0).failure is MatchFailure.WRONG_CODE
 
 
 def test_wider_window_is_configurable(clock: FakeClock) -> None:
-    """window=2 accepts codes two steps either side and reports which step matched."""
+    """past_steps=2 and future_steps=2 accept codes two steps either side and report which step matched."""
     for delta in (-2, -1, 0, 1, 2):
-        assert match_code(KEY, SIX_SHA1, hotp(KEY, STEP + delta), clock.now(), window=2) == CodeMatch.at(STEP + delta)
+        match = match_code(KEY, SIX_SHA1, hotp(KEY, STEP + delta), clock.now(), past_steps=2, future_steps=2)
+        assert match == CodeMatch.at(STEP + delta)
 
 
 def test_wrong_code_matches_nothing(clock: FakeClock) -> None:

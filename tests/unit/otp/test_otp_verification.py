@@ -125,14 +125,14 @@ def test_first_code_activates_and_a_second_use_is_replayed(
 def test_an_older_step_after_a_newer_one_is_replayed(
     clock: FakeClock, provision: Callable[..., Provisioned], vault: SeedVault
 ) -> None:
-    """Once the next step's code is accepted, the current step's code (still inside the window) is refused."""
+    """Once the current step's code is accepted, the previous step's code (still inside the window) is refused."""
     p = provision()
     now = clock.now()
-    newer = verify_code(p.token, p.state, code_at(p, now + 60), now=now, policy=NO_RATE_LIMIT, vault=vault)
+    newer = verify_code(p.token, p.state, code_at(p, now), now=now, policy=NO_RATE_LIMIT, vault=vault)
     assert newer.result.ok
     assert newer.state is not None
     assert newer.token is not None
-    older = verify_code(newer.token, newer.state, code_at(p, now), now=now, policy=NO_RATE_LIMIT, vault=vault)
+    older = verify_code(newer.token, newer.state, code_at(p, now - 60), now=now, policy=NO_RATE_LIMIT, vault=vault)
     assert older.result.verdict is Verdict.REPLAYED
 
 

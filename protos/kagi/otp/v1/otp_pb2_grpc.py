@@ -155,8 +155,9 @@ class OtpServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeToken(self, request, context):
-        """RevokeToken ends a token for good, in any state (an abandoned setup's pending token): its seed is erased
-        and it never verifies again; revoking a revoked token again changes nothing.
+        """RevokeToken ends a token for good, in any state (an abandoned setup's pending token): its seed, its
+        usage-start password and its delivery e-mail address are erased and it never activates or verifies again;
+        revoking a revoked token again changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,8 +52,9 @@ class OtpServiceStub:
     ReissueToken: _grpc.UnaryUnaryMultiCallable[_otp_pb2.ReissueTokenRequest, _otp_pb2.ReissueTokenResponse]
     """ReissueToken revokes a token and creates a new pending one for the same user."""
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_otp_pb2.RevokeTokenRequest, _otp_pb2.RevokeTokenResponse]
-    """RevokeToken ends a token for good, in any state (an abandoned setup's pending token): its seed is erased
-    and it never verifies again; revoking a revoked token again changes nothing.
+    """RevokeToken ends a token for good, in any state (an abandoned setup's pending token): its seed, its
+    usage-start password and its delivery e-mail address are erased and it never activates or verifies again;
+    revoking a revoked token again changes nothing.
     """
 
 @_typing.type_check_only
@@ -80,8 +81,9 @@ class OtpServiceAsyncStub(OtpServiceStub):
     ReissueToken: _aio.UnaryUnaryMultiCallable[_otp_pb2.ReissueTokenRequest, _otp_pb2.ReissueTokenResponse]  # type: ignore[assignment]
     """ReissueToken revokes a token and creates a new pending one for the same user."""
     RevokeToken: _aio.UnaryUnaryMultiCallable[_otp_pb2.RevokeTokenRequest, _otp_pb2.RevokeTokenResponse]  # type: ignore[assignment]
-    """RevokeToken ends a token for good, in any state (an abandoned setup's pending token): its seed is erased
-    and it never verifies again; revoking a revoked token again changes nothing.
+    """RevokeToken ends a token for good, in any state (an abandoned setup's pending token): its seed, its
+    usage-start password and its delivery e-mail address are erased and it never activates or verifies again;
+    revoking a revoked token again changes nothing.
     """
 
 class OtpServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -165,8 +167,9 @@ class OtpServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _otp_pb2.RevokeTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_otp_pb2.RevokeTokenResponse, _abc.Awaitable[_otp_pb2.RevokeTokenResponse]]:
-        """RevokeToken ends a token for good, in any state (an abandoned setup's pending token): its seed is erased
-        and it never verifies again; revoking a revoked token again changes nothing.
+        """RevokeToken ends a token for good, in any state (an abandoned setup's pending token): its seed, its
+        usage-start password and its delivery e-mail address are erased and it never activates or verifies again;
+        revoking a revoked token again changes nothing.
         """
 
 def add_OtpServiceServicer_to_server(servicer: OtpServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
