@@ -230,5 +230,6 @@ async def start_enrollment(
     sender = OutboxSender(store, transport, clock, settings.mail_from)
     component = EnrollmentComponent(server, store, [ca_channel, otp_channel], sender, settings.mail_poll_seconds)
     component.lifecycle = lifecycle
+    service.setups.add_duty(lifecycle.maintain)  # renewal reminders, superseded certificates past their grace
     component.start_sweeper(service.setups, settings.sweep_seconds)
     return component

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -75,6 +75,8 @@ class SweepReport:
     expired: int = 0
     cleaned: int = 0
     erased: int = 0
+    # What the other periodic duties did (renewal reminders sent, superseded certificates revoked).
+    maintained: int = 0
 
 
 def revocation_request_id(enrollment_id: str, what: str, credential_id: str) -> str:
@@ -105,6 +107,11 @@ class AbandonedSetups:
         self._clock = clock
         self._idle = idle_seconds
         self._retention = retention_seconds
+        self._duties: list[Callable[[], Awaitable[int]]] = []
+
+    def add_duty(self, duty: Callable[[], Awaitable[int]]) -> None:
+        """Add a periodic duty each pass runs after its own (it answers how many things it did)."""
+        self._duties.append(duty)
 
     # -- the sweeper ------------------------------------------------------------------------------------------
 
@@ -114,9 +121,12 @@ class AbandonedSetups:
         expired = await self.expire_due()
         cleaned = await self.clean_up_pending()
         erased = await self.erase_due()
-        if expired or cleaned or erased:
-            log.info("sweep", expired=expired, cleaned=cleaned, erased=erased)
-        return SweepReport(expired, cleaned, erased)
+        maintained = 0
+        for duty in self._duties:
+            maintained += await duty()
+        if expired or cleaned or erased or maintained:
+            log.info("sweep", expired=expired, cleaned=cleaned, erased=erased, maintained=maintained)
+        return SweepReport(expired, cleaned, erased, maintained)
 
     async def run(self, stop: asyncio.Event, *, interval: float) -> None:
         """Run sweeps every `interval` seconds until `stop` is set; outages are waited out, errors logged."""
