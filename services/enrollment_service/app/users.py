@@ -221,7 +221,10 @@ class UserSessions:
 
     async def _refuse_login(self, fingerprint: str, login_id: str, actor: str, why: str) -> None:
         await self._repo.store.increment(LOGIN_REFUSALS, fingerprint, ttl=self._policy.refusal_window_seconds)
-        await self._audit(actor, "login.refused", f"login:{login_id}", {"why": why, "certificate": fingerprint})
+        # What was typed as a login ID may be anything (a password typed in the wrong field): the trail, which is
+        # kept for years, holds only a digest that still tells repeated attempts at one login ID apart.
+        typed = hashlib.sha256(login_id.encode("utf-8")).hexdigest()[:16]
+        await self._audit(actor, "login.refused", f"login-sha256:{typed}", {"why": why, "certificate": fingerprint})
         raise LoginFailed(MSG_LOGIN_FAILED)
 
     def _new_session(self, user: User, session_id: str, amr: tuple[str, ...], thumbprint: str) -> Session:

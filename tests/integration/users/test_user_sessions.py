@@ -154,12 +154,15 @@ async def test_the_audit_chain_records_logins_confirmations_locks_and_no_secret(
     chain verifies (read from the store, and by `kagi admin verify-audit`) and holds login, login.refused,
     confirmation, user.lock and user.unlock records about the user, each with the caller's SPIFFE ID as actor
     (gateway for the customer's calls, operator for the lock); no record holds a password, a code, the seed, an
-    access token or a confirmation token."""
+    access token or a confirmation token, not even a password typed into the login ID field."""
     customer = await completed(stack, workdir, clock)
     session = await customer.login()
     user_id = session.user.user_id
     wrong = await refused(customer.login("Wrong-pass-1"))
     assert wrong.reason == "LOGIN_FAILED"
+    # A password typed into the login ID field: the trail keeps a digest of what was typed, never the text.
+    typed = await refused(customer.login(login_id="Passw0rd"))
+    assert typed.reason == "LOGIN_FAILED"
     code = next_code(customer, clock)
     confirmed = await confirm(customer, user_id, code, session.access_token)
     operator = customer.users("developer")
