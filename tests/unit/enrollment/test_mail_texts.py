@@ -17,6 +17,8 @@ from services.enrollment_service.domain.messages import (
     completion_mail,
     japan_time,
     notice_text,
+    password_changed_mail,
+    renewal_reminder_mail,
     revocation_mail,
     token_mail,
 )
@@ -43,6 +45,15 @@ BUILDERS: dict[str, MailBuilder] = {
     ),
     "token revoked": lambda **kw: revocation_mail(to="taro@example.co.jp", what="token", identifier="tok-1", **kw),
 }
+# The lifecycle's mails are about a moment, so they always show one.
+TIMED_BUILDERS: dict[str, MailBuilder] = {
+    "password changed": lambda at, **kw: password_changed_mail(
+        to="taro@example.co.jp", user_name="山田 太郎", kind="login", at=at, **kw
+    ),
+    "renewal reminder": lambda at, **kw: renewal_reminder_mail(
+        to="taro@example.co.jp", user_name="山田 太郎", expires_at=at, days_left=30, **kw
+    ),
+}
 
 
 def _japanese_lines(body: str) -> list[str]:
@@ -60,11 +71,11 @@ def test_japan_time_shows_the_japanese_and_the_english_form_in_jst() -> None:
     assert japan_time(new_year) == "2027年1月1日 00:30 (JST) / 2027-01-01 00:30 JST"
 
 
-@pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.parametrize("name", [*BUILDERS, *TIMED_BUILDERS])
 def test_every_mail_has_japanese_english_jst_and_the_contact_line(name: str) -> None:
     """Each mail builder writes a Japanese subject and body with English beside them, shows its time in Japan
     time (never UTC), and ends with the bank's contact line as configured."""
-    mail = BUILDERS[name](at=AT, contact=CONTACT)
+    mail = {**BUILDERS, **TIMED_BUILDERS}[name](at=AT, contact=CONTACT)
     assert JAPANESE.search(mail.subject)
     assert " / " in mail.subject
     assert re.search(r"[A-Za-z]{3,}", mail.subject.split(" / ", 1)[1])
