@@ -213,7 +213,11 @@ def run_client(spec: dict[str, object]) -> dict[str, float]:
 
 @contextlib.contextmanager
 def redis_server(directory: Path) -> Iterator[str]:
-    """redis_server runs a redis-server on a free port with persistence off; yields its URL base."""
+    """redis_server runs a redis-server on a free port with persistence off; yields its URL base.
+
+    The services (child processes inherit the setting) accept it only with KAGI_STORE_ALLOW_VOLATILE=1.
+    """
+    os.environ["KAGI_STORE_ALLOW_VOLATILE"] = "1"
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server)")

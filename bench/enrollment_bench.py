@@ -57,9 +57,11 @@ def kdf_cost_seconds(samples: int = 20) -> float:
 
 
 class Redis:
-    """A throwaway redis-server (AOF off: the bench measures kagi, not fsync)."""
+    """A throwaway redis-server (AOF off: the bench measures kagi, not fsync; the services, child processes,
+    accept it with KAGI_STORE_ALLOW_VOLATILE=1)."""
 
     def __init__(self, directory: Path) -> None:
+        os.environ["KAGI_STORE_ALLOW_VOLATILE"] = "1"
         self.port = free_port()
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -105,7 +107,11 @@ def start_services(
         pki,
         ports,
         store_url,
-        {"KAGI_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}", "KAGI_MAIL_POLL_MS": "20", "KAGI_LOG_LEVEL": "WARNING"},
+        {
+            "KAGI_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}?starttls=false",
+            "KAGI_MAIL_POLL_MS": "20",
+            "KAGI_LOG_LEVEL": "WARNING",
+        },
     )
     full_env = {**os.environ, **env}
     processes: list[subprocess.Popen[bytes]] = []

@@ -1,6 +1,7 @@
 """The gateway against nginx and against direct gRPC: mTLS handshakes per second and kept-alive requests per second.
 
-    python bench/gateway_bench.py [--seconds 5] [--threads 16] [--workers 1,2] [--profile]
+    python bench/gateway_bench.py [--seconds 5] [--threads 16] [--workers 1,2] [--profile] [--quick]
+    python bench/gateway_bench.py --limits [--rounds 2] [--quick]   # connection limits on vs off
 
 What runs where (all on 127.0.0.1; the machine's cores are shared by everything below):
 
@@ -61,7 +62,6 @@ from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
-from kagi.clock import SystemClock  # noqa: E402
 from kagi.enrollment.v1 import enrollment_pb2 as pb  # noqa: E402
 from kagi.enrollment.v1 import enrollment_pb2_grpc  # noqa: E402
 from kagi.runtime.grpc_client import open_channel  # noqa: E402
@@ -70,7 +70,6 @@ from kagi.runtime.logging import configure_logging  # noqa: E402
 from kagi.runtime.settings import ListenSettings, Secret, TlsFiles  # noqa: E402
 from services.ca_service.adapters.ca_directory import CaDirectory  # noqa: E402
 from services.ca_service.bootstrap import DevPki, ensure_dev_pki_async  # noqa: E402
-from services.ca_service.domain.crl import build_crl  # noqa: E402
 from services.ca_service.domain.settings import CaKind, PkiSettings  # noqa: E402
 from services.ca_service.main import CaSettings, start_ca  # noqa: E402
 from services.enrollment_service.app.use_cases import EnrollmentPolicy  # noqa: E402
@@ -387,14 +386,15 @@ def _customer_bundle(services: Services) -> Path:
 
 async def _nginx_crls(services: Services) -> Path:
     """The CRLs nginx checks against: the customer CA's (from the CA service) and the root's (nginx checks the
-    whole chain; the CA service publishes no root CRL, so one is signed here with the root key)."""
-    passphrase = Secret(services.pki.passphrase_file.read_bytes().strip())
-    loaded = CaDirectory(services.pki.ca_dir).load(passphrase, open_root_key=True)
-    settings = PkiSettings()
-    root_crl = build_crl(loaded.hierarchy.root, [], crl_number=1, settings=settings, clock=SystemClock())
+    whole chain; the root's CRL was signed offline when the CA was made, and the CA directory holds it)."""
+    root_crl = CaDirectory(services.pki.ca_dir).root_crl()
+    if root_crl is None:
+        raise RuntimeError(f"no root CRL in {services.pki.ca_dir}")
     customer_crl = await services.components["ca"].service.crl(CaKind.CUSTOMER)
     path = services.directory / "nginx-crls.pem"
-    pem = root_crl.pem + x509.load_der_x509_crl(customer_crl.der).public_bytes(serialization.Encoding.PEM)
+    pem = b"".join(
+        x509.load_der_x509_crl(der).public_bytes(serialization.Encoding.PEM) for der in (root_crl, customer_crl.der)
+    )
     path.write_bytes(pem)
     return path
 
@@ -454,7 +454,7 @@ http {{
 
 @contextlib.asynccontextmanager
 async def gateway(
-    services: Services, workers: int, *, profile: Path | None = None
+    services: Services, workers: int, *, profile: Path | None = None, extra_env: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[int, list[int]]]:
     """Gateway runs `kagi serve gateway` with `workers` worker processes; yields (port, pids).
 
@@ -475,6 +475,10 @@ async def gateway(
         "KAGI_OTP_TARGET": services.target("otp"),
         "KAGI_ENROLLMENT_TARGET": services.target("enrollment"),
         "KAGI_LOG_LEVEL": "WARNING",
+        # The benchmark comes from one address at rates no customer reaches; no management listener needed.
+        "KAGI_GATEWAY_RATE_LIMITS": "off",
+        "KAGI_GATEWAY_MANAGEMENT_ADDR": "off",
+        **(extra_env or {}),
     }
     command = [KAGI, "serve", "gateway"]
     if profile is not None:
@@ -555,6 +559,65 @@ async def run_profile(args: argparse.Namespace) -> None:
         print(f"\nkept-alive GetEnrollment under cProfile: {result['rate']:,.0f}/s\n")
         stats = pstats.Stats(str(profile))
         stats.sort_stats("tottime").print_stats(25)
+
+
+LIMITS_OFF = {
+    "KAGI_GATEWAY_HEADER_TIMEOUT_SECONDS": "0",
+    "KAGI_GATEWAY_MAX_CONNECTIONS": "0",
+    "KAGI_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS": "0",
+}
+
+
+async def run_limits(args: argparse.Namespace) -> None:
+    """Run_limits measures the kept-alive routes with the connection limits and the request deadline on (the
+    defaults) and off, alternating on, off, on, off, so that drift of the machine falls on both alike."""
+    configure_logging("bench", level="WARNING")
+    with tempfile.TemporaryDirectory(prefix="kagi-gateway-limits-") as temporary:
+        directory = Path(temporary)
+        services = await start_services(directory)
+        try:
+            customer = await enroll(services)
+            common = {
+                "seconds": args.seconds, "warmup": 1.0, "threads": args.threads, "kind": "keepalive",
+                "ca": str(services.pki.root_file), "cert": str(customer.certificate.cert_file),
+                "key": str(customer.certificate.key_file),
+            }  # fmt: skip
+            routes = {
+                "GET /v1/enrollments/{id}": f"/v1/enrollments/{customer.enrollment_id}",
+                "GET /v1/client-certificate (no backend)": "/v1/client-certificate",
+            }
+            totals: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for _round in range(args.rounds):
+                for mode, extra in (("on", {}), ("off", LIMITS_OFF)):
+                    async with gateway(services, 1, extra_env=extra) as (port, pids):
+                        for name, path in routes.items():
+                            r = await measure({**common, "path": path, "port": port}, pids)
+                            totals.setdefault((name, mode), []).append(r)
+        finally:
+            for name in ("enrollment", "otp", "ca"):
+                await services.components[name].stop(0)
+    print(
+        f"\nkagi gateway, connection limits and request deadline on vs off, {dt.datetime.now(dt.UTC):%Y-%m-%d}: "
+        f"{os.cpu_count()} cores; 1 worker; {args.rounds} alternating rounds of {args.seconds:g} s per route and "
+        f"mode, {args.threads} kept-alive connections\n"
+    )
+    print("| kept-alive route | limits | per second | p50 / p99 ms | gateway CPU/op (µs) | errors |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name in routes:
+        rates = {}
+        for mode in ("on", "off"):
+            runs = totals[(name, mode)]
+            rate = sum(r["rate"] for r in runs) / len(runs)
+            cpu = sum(r["server_cpu_per_op_us"] for r in runs) / len(runs)
+            p50 = sum(r["p50_ms"] for r in runs) / len(runs)
+            p99 = sum(r["p99_ms"] for r in runs) / len(runs)
+            errors = sum(r["errors"] + r["bad"] for r in runs)
+            rates[mode] = (rate, cpu)
+            print(f"| {name} | {mode} | {rate:,.0f} | {p50:.1f} / {p99:.1f} | {cpu:,.0f} | {errors} |")
+        (on_rate, on_cpu), (off_rate, off_cpu) = rates["on"], rates["off"]
+        cost = f"{1 - on_rate / off_rate:+.1%} rate | | {on_cpu / off_cpu - 1:+.1%} CPU/op"
+        print(f"| {name} | cost of the limits | {cost} | |")
+    print()
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -659,10 +722,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=16, help="client threads (or gRPC calls) in flight")
     parser.add_argument("--workers", type=lambda text: [int(x) for x in text.split(",")], default=[1, 2])
     parser.add_argument("--profile", action="store_true", help="profile one gateway under kept-alive load instead")
+    parser.add_argument(
+        "--limits", action="store_true", help="only compare the kept-alive routes with the connection limits on and off"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="alternating on/off rounds of --limits")
+    parser.add_argument("--quick", action="store_true", help="2 s per row (with --limits: 3 s, 2 rounds)")
     parser.add_argument("--loadgen", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loadgen:
         print(json.dumps(loadgen(json.loads(args.loadgen))))
+        return
+    if args.quick:
+        args.seconds = 3.0 if args.limits else 2.0
+        args.workers = args.workers[:1]
+    if args.limits:
+        asyncio.run(run_limits(args))
         return
     asyncio.run(run_profile(args) if args.profile else run(args))
 

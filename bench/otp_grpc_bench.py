@@ -450,6 +450,8 @@ def free_port() -> int:
 
 def start_redis(directory: Path, aof_always: bool) -> tuple[subprocess.Popen[bytes], str]:
     """Start_redis runs a redis-server on a free port; returns the process and its URL."""
+    if not aof_always:  # the services (child processes) refuse a Redis without AOF unless told
+        os.environ["KAGI_STORE_ALLOW_VOLATILE"] = "1"
     port = free_port()
     binary = shutil.which("redis-server")
     if binary is None:

@@ -167,7 +167,8 @@ async def main() -> None:
         with contextlib.ExitStack() as stack:
             url = args.redis_url or stack.enter_context(redis_server(Path(scratch)))
             namespace = f"bench-{uuid.uuid4().hex[:8]}"
-            redis_store = RedisStore(url, namespace=namespace)
+            # The bench's Redis runs without AOF (it measures kagi, not fsync): accepted explicitly.
+            redis_store = RedisStore(url, namespace=namespace, allow_volatile=True)
             results += await bench_driver("redis", redis_store, args.ops, concurrency, args.budget)
 
     print(

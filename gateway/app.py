@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.backends import Backends
 from gateway.errors import INTERNAL_MESSAGE, HttpError, invalid_input
-from gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.metrics import GatewayMetrics
 from gateway.openapi import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN, openapi_document
 from gateway.pki import PkiFiles
 from gateway.revocation import RevocationRegistry, RevocationUnavailable, Status
@@ -46,6 +46,7 @@ from gateway.tls import CustomerCertificate, CustomerCertificateVerifier, peer_c
 from kagi.common.v1 import common_pb2
 from kagi.enrollment.v1 import enrollment_pb2 as pb
 from kagi.enrollment.v1 import user_pb2 as upb
+from kagi.runtime.grpc_server import CLIENT_ADDRESS_HEADER
 from kagi.runtime.logging import new_request_id, request_id_var
 from services.enrollment_service.domain.messages import CARRIER_FILTER_NOTE
 
@@ -99,6 +100,8 @@ class GatewayContext:
     pki: PkiFiles
     metrics: GatewayMetrics
     max_body_bytes: int
+    # The rate limits on step 1 and step 8 (gateway.ratelimit), inside the frame; None when they are off.
+    rate_limits: Middleware | None = None
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -276,6 +279,7 @@ class CustomerApi:
                 temporary_login_password=body["temporary_login_password"],
                 temporary_confirmation_password=body["temporary_confirmation_password"],
             ),
+            metadata=((CLIENT_ADDRESS_HEADER, request.remote or ""),),
         )
         view = enrollment_view(reply.enrollment)
         view["session_token"] = reply.session_token
@@ -657,8 +661,17 @@ class CustomerApi:
         )
 
 
+async def readiness(context: GatewayContext) -> tuple[bool, dict[str, Any]]:
+    """Readiness is whether every backend's gRPC health is SERVING, and which is not (the management
+    listener's /readyz)."""
+    backends = await context.backends.health()
+    ready = all(status == "SERVING" for status in backends.values())
+    revocation = {"live": context.revocation.live, "revoked_serials": context.revocation.revoked_count}
+    return ready, {"backends": backends, "revocation": revocation}
+
+
 class Ops:
-    """Ops serves /healthz, /readyz, /metrics and /openapi.json."""
+    """Ops serves /healthz and /openapi.json (/readyz and /metrics are the management listener's)."""
 
     def __init__(self, context: GatewayContext) -> None:
         self._ctx = context
@@ -667,17 +680,6 @@ class Ops:
     async def healthz(self, request: web.Request) -> web.Response:
         """Healthz: the process is alive and answering."""
         return _json({"status": "ok"})
-
-    async def readyz(self, request: web.Request) -> web.Response:
-        """Readyz: every backend's gRPC health is SERVING; the answer says which is not (503 if any)."""
-        backends = await self._ctx.backends.health()
-        ready = all(status == "SERVING" for status in backends.values())
-        revocation = {"live": self._ctx.revocation.live, "revoked_serials": self._ctx.revocation.revoked_count}
-        return _json({"ready": ready, "backends": backends, "revocation": revocation}, 200 if ready else 503)
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        """Metrics: Prometheus text format."""
-        return web.Response(body=self._ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     async def openapi(self, request: web.Request) -> web.Response:
         """Openapi: the OpenAPI 3.1 document of this API."""
@@ -753,16 +755,18 @@ def frame(metrics: GatewayMetrics, *, https: bool) -> Middleware:
 
 
 def https_application(context: GatewayContext) -> web.Application:
-    """https_application is everything the HTTPS port serves: the customer API, PKI files, ops routes."""
-    app = web.Application(middlewares=[frame(context.metrics, https=True)], client_max_size=context.max_body_bytes)
+    """https_application is everything the HTTPS port serves: the customer API, PKI files, /healthz and the
+    OpenAPI document (/readyz and /metrics are on the management listener only)."""
+    middlewares = [frame(context.metrics, https=True)]
+    if context.rate_limits is not None:
+        middlewares.append(context.rate_limits)
+    app = web.Application(middlewares=middlewares, client_max_size=context.max_body_bytes)
     ops = Ops(context)
     app.add_routes(CustomerApi(context).routes())
     app.add_routes(context.pki.routes())
     app.add_routes(
         [
             web.get("/healthz", ops.healthz),
-            web.get("/readyz", ops.readyz),
-            web.get("/metrics", ops.metrics),
             web.get("/openapi.json", ops.openapi),
         ]
     )

@@ -9,15 +9,25 @@ import time
 import structlog
 from aiohttp import web
 
-from gateway.app import GatewayContext, http_application, https_application
+from gateway.app import GatewayContext, http_application, https_application, readiness
 from gateway.backends import Backends
+from gateway.edge import ClientAddresses, ConnectionGuard, EdgeRuntime, make_runner
 from gateway.errors import HttpError
 from gateway.metrics import GatewayMetrics
 from gateway.pki import CaCertificates, PkiFiles, fetch_ca_certificates
+from gateway.ratelimit import OcspLimit, RateLimiter, rate_limits
 from gateway.revocation import RevocationRegistry
 from gateway.settings import GatewaySettings
-from gateway.tls import CustomerCertificateVerifier, TlsListener, load_customer_cas, server_context
+from gateway.tls import (
+    HANDSHAKE_TIMEOUT_SECONDS,
+    CustomerCertificateVerifier,
+    TlsListener,
+    load_customer_cas,
+    server_context,
+)
 from kagi.errors import Unavailable
+from kagi.runtime.management import ManagementListener
+from kagi.store import open_store
 
 __all__ = ["GatewayComponent", "GatewaySettings", "start_gateway"]
 
@@ -35,10 +45,14 @@ class GatewayComponent:
         https: tuple[web.AppRunner, TlsListener],
         http: tuple[web.AppRunner, web.TCPSite] | None,
         context: GatewayContext,
+        limiter: RateLimiter | None = None,
+        management: ManagementListener | None = None,
     ) -> None:
         self._https = https
         self._http = http
         self.context = context
+        self._limiter = limiter
+        self.management = management
 
     @property
     def https_port(self) -> int:
@@ -55,18 +69,32 @@ class GatewayComponent:
         """Metrics are this gateway's collectors."""
         return self.context.metrics
 
+    @property
+    def management_port(self) -> int | None:
+        """Management_port is where /healthz, /readyz and /metrics are served (plain HTTP), or None."""
+        return self.management.port if self.management is not None else None
+
+    async def ready(self) -> tuple[bool, dict[str, object]]:
+        """Ready is the management listener's readiness probe: every backend SERVING."""
+        return await readiness(self.context)
+
     async def stop(self, grace: float = 5.0) -> None:
         """Stop closes the listeners, lets requests in flight finish for up to `grace` seconds, then closes."""
+        if self.management is not None:
+            await self.management.stop()
         runners = [self._https[0]] + ([self._http[0]] if self._http else [])
         for runner in runners:
             for site in list(runner.sites):
                 await site.stop()
         for runner in runners:
             if runner.server is not None:
+                runner.server.pre_shutdown()  # idle kept-alive connections close now instead of holding the stop
                 await runner.server.shutdown(grace)
             await runner.cleanup()
         await self.context.revocation.stop()
         await self.context.backends.close()
+        if self._limiter is not None:
+            await self._limiter.close()
 
 
 async def _ca_certificates(backends: Backends, target: str, within: float) -> CaCertificates:
@@ -104,11 +132,22 @@ async def start_gateway(settings: GatewaySettings) -> GatewayComponent:
             certificates = await _ca_certificates(backends, settings.ca_target, settings.startup_timeout_seconds)
             bundle = certificates.root_pem + certificates.customer_pem
         customer_cas = load_customer_cas(bundle)
-        revocation = RevocationRegistry(backends.ca, customer_cas, metrics, status_ttl=settings.status_cache_seconds)
+        revocation = RevocationRegistry(
+            backends.ca,
+            customer_cas,
+            metrics,
+            status_ttl=settings.status_cache_seconds,
+            crl_refresh=settings.crl_refresh_seconds,
+        )
         await revocation.start(wait=min(REVOCATION_START_WAIT, settings.startup_timeout_seconds))
     except BaseException:
         await backends.close()
         raise
+    addresses = ClientAddresses(settings.trusted_proxies)
+    limiter: RateLimiter | None = None
+    if settings.rate_limits:
+        store = open_store(settings.store_url, namespace="gateway", state_dir=None) if settings.store_url else None
+        limiter = RateLimiter(settings.rate_limits, metrics, store=store)
     context = GatewayContext(
         backends=backends,
         verifier=CustomerCertificateVerifier(customer_cas, metrics),
@@ -116,9 +155,15 @@ async def start_gateway(settings: GatewaySettings) -> GatewayComponent:
         pki=PkiFiles(backends, revocation, initial=certificates),
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
+        rate_limits=rate_limits(limiter, addresses) if limiter is not None else None,
     )
+    if limiter is not None:
+        context.pki.ocsp_limit = OcspLimit(limiter, addresses)
+    limits = settings.edge
+    capped = limits.max_connections > 0 or limits.max_connections_per_address > 0
+    edge = EdgeRuntime(limits, ConnectionGuard(limits, addresses, metrics) if capped else None, metrics)
     reuse_port = settings.workers > 1
-    https_runner = web.AppRunner(https_application(context), access_log=None)
+    https_runner = make_runner(https_application(context), edge)
     await https_runner.setup()
     https_site = TlsListener(
         https_runner,
@@ -127,20 +172,33 @@ async def start_gateway(settings: GatewaySettings) -> GatewayComponent:
         server_context(settings.tls, bundle.decode()),
         metrics,
         reuse_port=reuse_port,
+        guard=edge.guard,
+        # A slow handshake holds a connection like a slow header does: the same deadline (10 s at most).
+        handshake_timeout=min(HANDSHAKE_TIMEOUT_SECONDS, limits.header_timeout or HANDSHAKE_TIMEOUT_SECONDS),
     )
     await https_site.start()
     http: tuple[web.AppRunner, web.TCPSite] | None = None
     if settings.http_port is not None:
-        http_runner = web.AppRunner(http_application(context), access_log=None)
+        http_runner = make_runner(http_application(context), edge)
         await http_runner.setup()
         http_site = web.TCPSite(http_runner, settings.host, settings.http_port, reuse_port=reuse_port or None)
         await http_site.start()
         http = (http_runner, http_site)
-    component = GatewayComponent((https_runner, https_site), http, context)
+    management: ManagementListener | None = None
+    if settings.management is not None:
+        management = ManagementListener(
+            *settings.management,
+            {"gateway": lambda: readiness(context)},
+            registries=lambda: (metrics.registry,),
+            reuse_port=reuse_port,
+        )
+        await management.start()
+    component = GatewayComponent((https_runner, https_site), http, context, limiter, management)
     log.info(
         "gateway started",
         https=f"https://{settings.host}:{component.https_port}",
         http=f"http://{settings.host}:{component.http_port}" if http else None,
+        management=f"http://{management.host}:{management.port}" if management else None,
         revocation_live=revocation.live,
         backends={"ca": settings.ca_target, "otp": settings.otp_target, "enrollment": settings.enrollment_target},
     )

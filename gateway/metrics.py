@@ -36,6 +36,28 @@ class GatewayMetrics:
             "New TCP connections accepted on the HTTPS port.",
             registry=r,
         )
+        self.connections_refused = Counter(
+            "kagi_gateway_connections_refused",
+            "Connections closed at accept because a cap was reached, by cap (total, per_address).",
+            ["cap"],
+            registry=r,
+        )
+        self.open_connections = Gauge(
+            "kagi_gateway_open_connections",
+            "Connections open now (this worker, both ports), counted against the caps.",
+            registry=r,
+        )
+        self.header_timeouts = Counter(
+            "kagi_gateway_request_deadline_closes",
+            "Connections closed because a request's header or body did not arrive within the deadline.",
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "kagi_gateway_rate_limited",
+            "Requests answered 429 (Too Many Requests), by rate limit.",
+            ["limit"],
+            registry=r,
+        )
         self.handshakes = Counter(
             "kagi_gateway_tls_handshakes",
             "Completed TLS handshakes, by protocol version, whether the session was resumed and whether the "

@@ -153,6 +153,7 @@ def _public_paths() -> dict[str, Any]:
     ocsp_answer = _binary("application/ocsp-response", "A DER OCSPResponse (RFC 6960).")
     ocsp_errors = {
         "400": _binary("application/ocsp-response", "malformedRequest."),
+        "429": _binary("application/ocsp-response", "tryLater: too many requests with a nonce (Retry-After)."),
         "500": _binary("application/ocsp-response", "internalError."),
         "503": _binary("application/ocsp-response", "tryLater: the CA is unavailable."),
     }
@@ -191,56 +192,17 @@ def _public_paths() -> dict[str, Any]:
             "responses": {"200": {"description": "Alive.", "content": _json(_ref("Health"))}},
         }
     }
-    paths["/readyz"] = {
-        "get": {
-            "operationId": "readyz",
-            "summary": "Readiness: every backend's gRPC health is SERVING (and which is not).",
-            "tags": ["ops"],
-            "security": [],
-            "responses": {
-                "200": {"description": "Ready.", "content": _json(_ref("Readiness"))},
-                "503": {"description": "A backend is not serving.", "content": _json(_ref("Readiness"))},
-            },
-        }
-    }
-    paths["/metrics"] = {
-        "get": {
-            "operationId": "metrics",
-            "summary": "Prometheus metrics (text exposition format).",
-            "tags": ["ops"],
-            "security": [],
-            "responses": {
-                "200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}
-            },
-        }
-    }
     return paths
 
 
 _OPS_SCHEMAS: dict[str, Any] = {
     "Health": {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]},
-    "Readiness": {
-        "type": "object",
-        "properties": {
-            "ready": {"type": "boolean"},
-            "backends": {
-                "type": "object",
-                "additionalProperties": {"type": "string"},
-                "description": "Each service's gRPC health: SERVING, NOT_SERVING, UNREACHABLE, ...",
-            },
-            "revocation": {
-                "type": "object",
-                "properties": {"live": {"type": "boolean"}, "revoked_serials": {"type": "integer"}},
-                "required": ["live", "revoked_serials"],
-            },
-        },
-        "required": ["ready", "backends", "revocation"],
-    },
 }
 
 
 def openapi_document(server_url: str | None = None) -> dict[str, Any]:
-    """openapi_document builds the OpenAPI 3.1 document of the customer API, the PKI files and the ops routes."""
+    """openapi_document builds the OpenAPI 3.1 document of the customer API, the PKI files and the ops routes the
+    public port serves (/healthz; /readyz and /metrics are on the management listener, not described here)."""
     paths: dict[str, Any] = {}
     for operation in OPERATIONS:
         paths.setdefault(operation.path, {})[operation.method.lower()] = _operation(operation)

@@ -118,6 +118,8 @@ class PkiFiles:
         self._crls: dict[str, _CachedCrl] = {}
         self._generations: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # The OCSP rate limit (gateway.ratelimit.OcspLimit): None, or the seconds after which to retry.
+        self.ocsp_limit: Callable[[web.Request, bytes], Awaitable[int | None]] | None = None
         revocation.on_revocation(self._invalidate)
 
     def routes(self) -> list[web.RouteDef]:
@@ -231,7 +233,7 @@ class PkiFiles:
     async def ocsp_post(self, request: web.Request) -> web.Response:
         """Ocsp_post answers an RFC 6960 OCSP request sent as the body of a POST."""
         body = await request.content.read(MAX_OCSP_REQUEST_BYTES + 1)
-        return await self._answer(body)
+        return await self._answer(body, request)
 
     async def ocsp_get(self, request: web.Request) -> web.Response:
         """Ocsp_get answers an OCSP request sent base64- and URL-encoded in the path (RFC 5019 GET)."""
@@ -242,11 +244,15 @@ class PkiFiles:
             der = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
         except (binascii.Error, ValueError):
             return self._ocsp(_OCSP_MALFORMED, status=400)
-        return await self._answer(der)
+        return await self._answer(der, request)
 
-    async def _answer(self, der: bytes) -> web.Response:
+    async def _answer(self, der: bytes, request: web.Request) -> web.Response:
         if not der or len(der) > MAX_OCSP_REQUEST_BYTES:
             return self._ocsp(_OCSP_MALFORMED, status=400)
+        if self.ocsp_limit is not None:
+            retry_after = await self.ocsp_limit(request, der)
+            if retry_after is not None:
+                return self._ocsp(_OCSP_TRY_LATER, status=429, headers={"Retry-After": str(retry_after)})
         try:
             reply = await self._backends.ca.AnswerOcsp(
                 ca_pb2.AnswerOcspRequest(ocsp_request=der), timeout=self._backends.call_timeout

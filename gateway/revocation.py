@@ -7,7 +7,11 @@ How a revocation reaches this replica:
    CRL: everything revoked before the stream was up is in the CRL, everything after arrives on the stream.
    Only then is the registry *live*.
 2. While live, a request's check is a set lookup: the CA pushes each revocation (from any CA replica) as it
-   commits, so a revoked serial is known here within the stream's latency.
+   commits, so a revoked serial is known here within the stream's latency. A CA that finds this watcher fell
+   behind ends the stream (an error status): the watcher reconnects and reloads the CRL (step 1).
+   Defence in depth: while live, the CRL is also re-read every `crl_refresh` seconds (60 by default,
+   KAGI_GATEWAY_CRL_REFRESH_SECONDS), so even an event lost on the way is refused within that time; a re-read
+   that fails ends the stream too, so the checks fall back to asking the CA (step 3) until it is back.
 3. While not live (the CA unreachable, the stream broken), each check asks the CA's GetCertificateStatus,
    trusting a "good" answer for at most `status_ttl` seconds (1 s by default), so a revocation still takes
    effect within 2 s. If the CA cannot answer either, the check fails closed (503).
@@ -24,6 +28,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from enum import Enum
+from typing import Any
 
 import grpc
 import structlog
@@ -36,7 +41,7 @@ log = structlog.get_logger("kagi.gateway.revocation")
 
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
-# Well under the CA's two-second replay window for new subscribers (see _subscribed).
+# Well under the CA's replay window for new subscribers (see _subscribed).
 SUBSCRIBE_GRACE = 0.3
 # Three missed heartbeats (the CA sends one every quiet second) and the stream counts as dead.
 STREAM_SILENCE_LIMIT = 3.0
@@ -86,6 +91,7 @@ class RevocationRegistry:
         *,
         status_ttl: float = 1.0,
         call_timeout: float = 2.0,
+        crl_refresh: float = 60.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ca = ca
@@ -93,6 +99,7 @@ class RevocationRegistry:
         self._metrics = metrics
         self._status_ttl = status_ttl
         self._call_timeout = call_timeout
+        self._crl_refresh = crl_refresh
         self._monotonic = monotonic
         self._revoked: set[int] = set()
         self._live = False
@@ -189,15 +196,17 @@ class RevocationRegistry:
         backoff = BACKOFF_INITIAL
         while True:
             call = self._ca.WatchRevocations(ca_pb2.WatchRevocationsRequest())
+            refresher: asyncio.Task[None] | None = None
             try:
                 await self._subscribed(call)
                 await self._load_crl()
                 self._set_live(True)
+                refresher = asyncio.create_task(self._refresh_crl(), name="kagi-crl-refresh")
                 backoff = BACKOFF_INITIAL
                 log.info("revocation stream connected", revoked=len(self._revoked))
                 while True:
                     # The CA sends a heartbeat every quiet second: silence means a dead connection.
-                    event = await asyncio.wait_for(call.read(), STREAM_SILENCE_LIMIT)
+                    event = await self._next_event(call, refresher)
                     if event is grpc.aio.EOF:
                         break
                     if not event.heartbeat:
@@ -217,6 +226,10 @@ class RevocationRegistry:
             finally:
                 self._set_live(False)
                 call.cancel()
+                if refresher is not None:
+                    refresher.cancel()
+                    if refresher.done() and not refresher.cancelled():
+                        refresher.exception()  # seen (and handled above when it ended the stream)
             # Jitter keeps a fleet of gateways from reconnecting to a restarted CA in lockstep.
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not a secret
             backoff = min(backoff * 2, BACKOFF_MAX)
@@ -226,8 +239,9 @@ class RevocationRegistry:
         """_subscribed gives the CA a moment to register the subscription before the CRL is loaded.
 
         The CA sends initial metadata once the subscription is registered, which ends the wait at once; the
-        CA also replays the revocations of the last two seconds to a new subscriber, which covers whatever
-        committed between this moment and the subscription. A call that already failed raises here.
+        CA also replays the revocations of the last few seconds to a new subscriber, which covers whatever
+        committed between this moment and the subscription, or too recently for the CRL. A call that already
+        failed raises here.
         """
         headers = asyncio.ensure_future(call.initial_metadata())
         await asyncio.wait({headers}, timeout=SUBSCRIBE_GRACE)
@@ -237,6 +251,36 @@ class RevocationRegistry:
             code = await call.code()
             if code != grpc.StatusCode.OK:
                 raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), await call.details())
+
+    @staticmethod
+    async def _next_event(call: grpc.aio.UnaryStreamCall, refresher: asyncio.Task[None]) -> Any:
+        """_next_event reads the stream's next message; raises TimeoutError after the silence limit, or the
+        periodic CRL re-read's error when that failed (either way the watcher reconnects)."""
+        read = asyncio.ensure_future(call.read())
+        try:
+            done, _ = await asyncio.wait(
+                {read, refresher}, timeout=STREAM_SILENCE_LIMIT, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if not read.done():
+                read.cancel()
+        if read in done:
+            return read.result()
+        if refresher in done:
+            refresher.result()  # raises what made the re-read fail
+            raise RuntimeError("the CRL re-read ended")  # it never ends without an error
+        raise TimeoutError
+
+    async def _refresh_crl(self) -> None:
+        """_refresh_crl re-reads the CRL every `crl_refresh` seconds while the stream is live.
+
+        A revocation the stream never delivered is thus refused within `crl_refresh` seconds (plus one CRL
+        fetch). A re-read that fails ends the stream (see _next_event): the checks ask the CA meanwhile.
+        """
+        while True:
+            await asyncio.sleep(self._crl_refresh)
+            await self._load_crl()
+            log.debug("customer CRL re-read", revoked=len(self._revoked))
 
     async def _load_crl(self) -> None:
         request = ca_pb2.GetCrlRequest(issuer=ca_pb2.ISSUER_CUSTOMER)

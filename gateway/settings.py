@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.edge import EdgeLimits, Network, parse_networks
+from gateway.ratelimit import DEFAULT_RULES, Rule, parse_rate_limits
 from kagi.errors import InvalidArgument
+from kagi.runtime.management import management_address
 from kagi.runtime.settings import Environment, TlsFiles, is_loopback
 
 DEFAULT_HTTPS_PORT = 8443
@@ -37,9 +40,22 @@ class GatewaySettings:
     # How long a GetCertificateStatus answer is trusted while the revocation stream is down. Short, so that a
     # revocation reaches this replica within the 2 seconds the design promises even without the stream.
     status_cache_seconds: float = 1.0
+    # How often the customer CRL is re-read while the revocation stream is live: a bound on how long a
+    # revocation event lost on the way could go unnoticed (KAGI_GATEWAY_CRL_REFRESH_SECONDS).
+    crl_refresh_seconds: float = 60.0
     call_timeout_seconds: float = 10.0
     startup_timeout_seconds: float = 30.0
     max_body_bytes: int = 64 * 1024
+    # The edge under abuse (gateway.edge): request deadline, idle keep-alive, connection caps per worker.
+    edge: EdgeLimits = field(default_factory=EdgeLimits)
+    # Rate limits by name (gateway.ratelimit); an empty mapping turns them all off.
+    rate_limits: Mapping[str, Rule] = field(default_factory=lambda: dict(DEFAULT_RULES))
+    # Peers whose X-Forwarded-For names the client (load balancers); no per-address connection cap on them.
+    trusted_proxies: tuple[Network, ...] = ()
+    # Where rate-limit counters are shared: a redis:// URL (KAGI_STORE_URL); None keeps them in the process.
+    store_url: str | None = None
+    # The management listener (plain HTTP /healthz, /readyz, /metrics): (host, port), or None for none.
+    management: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         problems: dict[str, str] = {}
@@ -53,6 +69,12 @@ class GatewaySettings:
                     problems[name] = "plaintext gRPC is for loopback targets only"
         if not 0 < self.status_cache_seconds <= 1.5:
             problems["status_cache_seconds"] = "must be above 0 and at most 1.5 (revocation must act within 2 s)"
+        if not 0 < self.crl_refresh_seconds <= 60:
+            problems["crl_refresh_seconds"] = (
+                "must be above 0 and at most 60 (a lost revocation must act within a minute)"
+            )
+        if self.edge.header_timeout < 0 or self.edge.keepalive_timeout <= 0:
+            problems["edge"] = "the request deadline must be at least 0 (0: none), the keep-alive limit above 0"
         if problems:
             raise InvalidArgument("invalid gateway settings", fields=problems)
 
@@ -67,6 +89,14 @@ class GatewaySettings:
         )
         http_port = env.integer("KAGI_GATEWAY_HTTP_PORT", DEFAULT_HTTP_PORT, minimum=-1, maximum=65535)
         customer_ca = env.optional("KAGI_GATEWAY_CUSTOMER_CA")
+        try:
+            trusted = parse_networks(env.text("KAGI_GATEWAY_TRUSTED_PROXIES", ""))
+        except ValueError as exc:
+            raise InvalidArgument(
+                "invalid KAGI_GATEWAY_TRUSTED_PROXIES",
+                fields={"KAGI_GATEWAY_TRUSTED_PROXIES": f"addresses or CIDR blocks, comma-separated ({exc})"},
+            ) from None
+        store_url = env.optional("KAGI_STORE_URL")
         return cls(
             host=env.text("KAGI_GATEWAY_HOST", "127.0.0.1"),
             https_port=env.integer("KAGI_GATEWAY_PORT", DEFAULT_HTTPS_PORT, minimum=0, maximum=65535),
@@ -80,4 +110,18 @@ class GatewaySettings:
             enrollment_target=env.text("KAGI_ENROLLMENT_TARGET", "localhost:50053"),
             workers=env.integer("KAGI_GATEWAY_WORKERS", 1, minimum=1, maximum=64),
             backend_server_name=env.text("KAGI_GATEWAY_BACKEND_SERVER_NAME", "localhost"),
+            crl_refresh_seconds=float(env.integer("KAGI_GATEWAY_CRL_REFRESH_SECONDS", 60, minimum=1, maximum=60)),
+            edge=EdgeLimits(
+                header_timeout=float(env.integer("KAGI_GATEWAY_HEADER_TIMEOUT_SECONDS", 5, minimum=0, maximum=300)),
+                keepalive_timeout=float(env.integer("KAGI_GATEWAY_KEEPALIVE_SECONDS", 30, minimum=1, maximum=3600)),
+                max_connections=env.integer("KAGI_GATEWAY_MAX_CONNECTIONS", 4096, minimum=0, maximum=1_000_000),
+                max_connections_per_address=env.integer(
+                    "KAGI_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", 256, minimum=0, maximum=1_000_000
+                ),
+            ),
+            rate_limits=parse_rate_limits(env.optional("KAGI_GATEWAY_RATE_LIMITS")),
+            trusted_proxies=trusted,
+            # Only Redis shares counters among replicas; the embedded store is per machine, so stay in memory.
+            store_url=store_url if store_url and store_url.lower().startswith(("redis:", "rediss:")) else None,
+            management=management_address(environ, "gateway"),
         )

@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from gateway.edge import ConnectionGuard, GuardedRequestHandler
 from gateway.errors import HttpError
 from gateway.metrics import GatewayMetrics
 from kagi.runtime.grpc_server import (
@@ -253,7 +254,10 @@ class _AlertingSslProtocol(sslproto.SSLProtocol):
 
 
 async def _start_tls(
-    transport: asyncio.Transport, protocol: asyncio.BaseProtocol, context: ssl.SSLContext
+    transport: asyncio.Transport,
+    protocol: asyncio.BaseProtocol,
+    context: ssl.SSLContext,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
 ) -> asyncio.Transport:
     """_start_tls is loop.start_tls (server side) with _AlertingSslProtocol; it raises when the handshake fails."""
     loop = asyncio.get_running_loop()
@@ -264,7 +268,7 @@ async def _start_tls(
         context,
         waiter,
         server_side=True,
-        ssl_handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS,
+        ssl_handshake_timeout=handshake_timeout,  # type: ignore[arg-type]  # typeshed says int; float works
         call_connection_made=False,
     )
     transport.set_protocol(tls_protocol)
@@ -300,7 +304,10 @@ class _TlsAcceptor(asyncio.Protocol):
 
 
 class TlsListener(web.BaseSite):
-    """TlsListener is an aiohttp site serving HTTPS on host:port, counting connections and handshakes."""
+    """TlsListener is an aiohttp site serving HTTPS on host:port, counting connections and handshakes.
+
+    With a `guard`, a connection over its caps is closed at accept, before any TLS work is spent on it.
+    """
 
     def __init__(
         self,
@@ -312,8 +319,12 @@ class TlsListener(web.BaseSite):
         *,
         reuse_port: bool = False,
         backlog: int = 1024,
+        guard: ConnectionGuard | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
     ) -> None:
         super().__init__(runner, backlog=backlog)
+        self._guard = guard
+        self._handshake_timeout = handshake_timeout
         self._host = host
         self._requested_port = port
         self._context = context
@@ -352,17 +363,34 @@ class TlsListener(web.BaseSite):
     def accepted(self, transport: asyncio.Transport) -> None:
         """Accepted starts the handshake of a new connection."""
         self._metrics.connections.inc()
-        task = asyncio.get_running_loop().create_task(self._handshake(transport))
+        key: str | None = None
+        if self._guard is not None:
+            peer = transport.get_extra_info("peername")
+            key = self._guard.admit(str(peer[0]) if peer else "")
+            if key is None:
+                transport.abort()  # over a cap: closed before the handshake, the cheapest refusal there is
+                return
+        task = asyncio.get_running_loop().create_task(self._handshake(transport, key))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _handshake(self, transport: asyncio.Transport) -> None:
+    async def _handshake(self, transport: asyncio.Transport, key: str | None) -> None:
         server = self._runner.server
         assert server is not None
         protocol = server()
+        if key is not None and self._guard is not None:
+            if isinstance(protocol, GuardedRequestHandler):
+                protocol.guard_key = key  # uncounted when the connection closes
+            else:
+                self._guard.release(key)
+                key = None
         try:
-            tls = await _start_tls(transport, protocol, self._context)
-        except (OSError, TimeoutError, ConnectionError) as exc:
+            tls = await _start_tls(transport, protocol, self._context, self._handshake_timeout)
+        except BaseException as exc:
+            if key is not None and self._guard is not None:
+                self._guard.release(key)
+            if not isinstance(exc, OSError | TimeoutError | ConnectionError):
+                raise
             reason, certificate_reason = _failure_reason(exc)
             self._metrics.handshake_failures.labels(reason).inc()
             if certificate_reason:

@@ -15,12 +15,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kagi.clock import Clock
+from kagi.runtime.management import ManagementListener, Probe, grpc_readiness
 from kagi.runtime.serve import Stoppable
 
 if TYPE_CHECKING:
     from services.ca_service.bootstrap import DevPki
 
-DEV_PORTS = {"ca": 50051, "otp": 50052, "enrollment": 50053, "gateway": 8443, "gateway_http": 8080}
+DEV_PORTS = {
+    "ca": 50051,
+    "otp": 50052,
+    "enrollment": 50053,
+    "gateway": 8443,
+    "gateway_http": 8080,
+    # One plain-HTTP management listener (/healthz, /readyz, /metrics) for every component of the stack.
+    "management": 9090,
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,7 @@ class DevStack:
     env: dict[str, str]
     ports: dict[str, int]
     components: dict[str, Any] = field(default_factory=dict)
+    management: ManagementListener | None = None
 
     @property
     def tls_dir(self) -> Path:
@@ -70,10 +80,28 @@ class DevStack:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop stops every component, the front first."""
+        if self.management is not None:
+            await self.management.stop()
+            self.management = None
         for name in ("gateway", "enrollment", "otp", "ca"):
             component: Stoppable | None = self.components.pop(name, None)
             if component is not None:
                 await component.stop(grace)
+
+
+async def _management(stack: DevStack, port: int) -> ManagementListener:
+    """_management is the stack's one management listener: every component's readiness, every metric."""
+    probes: dict[str, Probe] = {}
+    registries = []
+    for name, component in stack.components.items():
+        if name == "gateway":
+            probes[name] = component.ready
+            registries.append(component.metrics.registry)
+        else:
+            probes[name] = grpc_readiness(component.server)
+    listener = ManagementListener("127.0.0.1", port, probes, registries=lambda: tuple(registries))
+    await listener.start()
+    return listener
 
 
 def stack_environment(
@@ -102,6 +130,7 @@ def stack_environment(
     for role in ("ca", "otp", "enrollment", "gateway"):
         prefix = f"KAGI_{role.upper()}"
         env[f"{prefix}_HOST"] = "127.0.0.1"
+        env[f"{prefix}_MANAGEMENT_ADDR"] = "off"  # the stack serves one management listener for all
         env[f"{prefix}_TLS_CERT"] = str(pki.certificate(role))
         env[f"{prefix}_TLS_KEY"] = str(pki.key(role))
         env[f"{prefix}_TLS_CA"] = str(pki.root)
@@ -132,6 +161,7 @@ async def start_stack(
     from services.otp_service.main import OtpSettings, start_otp
 
     chosen = dict(DEV_PORTS if ports is None else ports)
+    chosen.setdefault("management", 0)
     pki = await ensure_dev_pki_async(state_dir, store_url=store_url, clock=clock)
     env = stack_environment(pki, chosen, store_url, extra_env)
     stack = DevStack(state_dir, env, chosen)
@@ -153,6 +183,8 @@ async def start_stack(
             chosen["gateway"] = gateway.https_port
             if gateway.http_port is not None:
                 chosen["gateway_http"] = gateway.http_port
+        stack.management = await _management(stack, chosen["management"])
+        chosen["management"] = stack.management.port
     except BaseException:
         await stack.stop(0)
         raise

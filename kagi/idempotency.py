@@ -5,6 +5,11 @@ The ledger claims the request id with create-if-absent before acting, so two con
 act: the second sees the claim and is told to retry (ABORTED) until the first has finished. The stored answer
 is what the first call returned, minus any secret (a seed, a temporary password, a session token): secrets are
 returned once, never replayed.
+
+Entries are scoped: the caller passes a scope naming who asked (the caller's identity), what (the method) and
+about what (the subject: an enrollment, an account, a token), so two customers' keys never meet and a
+caller's key never answers another caller. `before_replay` is the request's credential check, run before
+anything stored for the id is disclosed (its answer, or even that a request with it is in progress).
 """
 
 from __future__ import annotations
@@ -36,6 +41,12 @@ def check_request_id(request_id: str) -> str:
             fields={"request_id": f"must be at most {MAX_REQUEST_ID} printable ASCII characters without spaces"},
         )
     return request_id
+
+
+def scope_of(method: str, caller: str, subject: str) -> str:
+    """scope_of is a ledger scope: the method in clear, the caller and the subject hashed (they may be personal,
+    an account number, and the key must stay short)."""
+    return f"{method}/{fingerprint(caller, subject)[:32]}"
 
 
 def fingerprint(*parts: str | bytes) -> str:
@@ -71,10 +82,14 @@ class IdempotencyLedger:
         request_fingerprint: str,
         action: Callable[[], Awaitable[T]],
         codec: Codec[T],
+        *,
+        before_replay: Callable[[], Awaitable[None]] | None = None,
     ) -> T:
         """Run performs `action` once for this request id, or returns the answer stored by the first run.
 
-        An empty request id means the caller asked for no idempotency: the action simply runs.
+        An empty request id means the caller asked for no idempotency: the action simply runs. When the id
+        is already known, `before_replay` (the credential check) runs first and may raise; only then is the
+        stored answer replayed, a fingerprint mismatch reported, or an unfinished first run reported.
         """
         check_request_id(request_id)
         if not request_id:
@@ -84,6 +99,8 @@ class IdempotencyLedger:
         try:
             entry = await self._store.create(COLLECTION, key, claim, ttl=self._pending_ttl)
         except KeyExists:
+            if before_replay is not None:
+                await before_replay()
             return await self._replay(key, request_fingerprint, codec)
         try:
             answer = await action()

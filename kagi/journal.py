@@ -9,6 +9,12 @@ the chain: the loser's head CAS fails, it re-reads the head and re-chains its ro
 
 Rounds form on their own (no timer): while one commit is in flight, further changes queue; the next round
 takes them all. 100 parallel issuances therefore cost a few commits, not 100 CAS retries on one key.
+
+Feed events (the CA's revocations) are numbered by the same compare-and-swap: the head also holds the last
+feed position handed out, and a round's events take the next positions in the commit that moves the head. So
+positions are assigned at commit, in commit order, whatever the clocks say: a reader that has seen position
+N+1 can never later find N appear (N committed first, or N+1's head CAS would have failed), and a reader that
+keeps a cursor (the last position it saw) and lists the feed from there misses nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ AUDIT_HEAD = "audit-head"
 """AUDIT_HEAD holds the chain's tip (sequence and hash) under AUDIT_HEAD_KEY: the compare-and-swap point."""
 AUDIT_HEAD_KEY = "head"
 
+FEED_KEY_PREFIX = "p"
+"""FEED_KEY_PREFIX starts every feed key: "p" and the position, zero-padded to 20 digits (key order is position
+order). Older, clock-stamped keys began with a digit, so they sort before every positioned one."""
+
 MAX_ROUND = 128
 """MAX_ROUND is the most changes one commit carries."""
 
@@ -57,7 +67,7 @@ class AuditEvent:
 
 @dataclass(frozen=True, slots=True)
 class FeedEvent:
-    """FeedEvent is an event to publish on the journal's feed (the CA's revocations); keyed at commit time."""
+    """FeedEvent is an event to publish on the journal's feed (the CA's revocations); numbered at commit."""
 
     serial_hex: str
     body: Mapping[str, object]
@@ -94,8 +104,8 @@ class Journal:
         self._max_round = max_round
         self._queue: list[_Pending] = []
         self._runner: asyncio.Task[None] | None = None
-        self._head: tuple[AuditRecord | None, int | None] | None = None  # (tip, head entry version), cached
-        self._feed_sequence = 0
+        # (tip, head entry version, last feed position), cached until a commit fails
+        self._head: tuple[AuditRecord | None, int | None, int] | None = None
 
     async def submit(self, change: Change) -> builtins.list[Entry | None]:
         """Submit commits `change` with its audit records; returns the entries its operations wrote.
@@ -140,8 +150,8 @@ class Journal:
             attempts += 1
             owners: builtins.list[int | None] = []
             try:
-                tip, head_version = await self._read_head()
-                operations, owners, tail, head_at = self._plan(round_, tip, head_version)
+                tip, head_version, feed_tip = await self._read_head()
+                operations, owners, tail, head_at, feed_end = self._plan(round_, tip, head_version, feed_tip)
                 results = await self._store.commit(operations)
             except (KeyExists, VersionMismatch) as exc:
                 index = _failed_index(exc)
@@ -164,7 +174,7 @@ class Journal:
                     raise
                 return
             head_entry = results[head_at]
-            self._head = (tail, head_entry.version if head_entry is not None else None)
+            self._head = (tail, head_entry.version if head_entry is not None else None, feed_end)
             start = 0
             for pending in round_:
                 count = len(pending.change.operations)
@@ -172,12 +182,12 @@ class Journal:
                 start += count
             return
 
-    async def _read_head(self) -> tuple[AuditRecord | None, int | None]:
+    async def _read_head(self) -> tuple[AuditRecord | None, int | None, int]:
         if self._head is not None:
             return self._head
         entry = await self._store.get(AUDIT_HEAD, AUDIT_HEAD_KEY)
         if entry is None:
-            self._head = (None, None)
+            self._head = (None, None, 0)
             return self._head
         head = json.loads(entry.value)
         record_entry = await self._store.get(AUDIT, audit_key(int(head["sequence"])))
@@ -185,12 +195,12 @@ class Journal:
         if tip is None or tip.hash != head["hash"]:
             # The head names a record that is missing or different: appending would hide tampering.
             raise ChainBroken(f"the audit head names sequence {head['sequence']}, which is missing or altered")
-        self._head = (tip, entry.version)
+        self._head = (tip, entry.version, int(head.get("feed", 0)))
         return self._head
 
     def _plan(
-        self, round_: Sequence[_Pending], tip: AuditRecord | None, head_version: int | None
-    ) -> tuple[builtins.list[Operation], builtins.list[int | None], AuditRecord | None, int]:
+        self, round_: Sequence[_Pending], tip: AuditRecord | None, head_version: int | None, feed_tip: int
+    ) -> tuple[builtins.list[Operation], builtins.list[int | None], AuditRecord | None, int, int]:
         operations: builtins.list[Operation] = []
         owners: builtins.list[int | None] = []
         audit_ops: builtins.list[Operation] = []
@@ -211,13 +221,19 @@ class Journal:
                 )
                 audit_ops.append(Create(AUDIT, audit_key(tip.sequence), tip.to_json()))
             for feed in pending.change.feed:
-                self._feed_sequence = (self._feed_sequence + 1) % 10_000
-                key = f"{now_ns:020d}-{self._feed_sequence:04d}-{feed.serial_hex}"
+                # The next position, taken in the commit that moves the head: see the module doc.
+                feed_tip += 1
                 body = json.dumps({**feed.body, "at_ns": now_ns}, separators=(",", ":")).encode()
-                feed_ops.append(Create(self._feed_collection, key, body))
+                feed_ops.append(Create(self._feed_collection, feed_key(feed_tip), body))
+        if feed_ops and tip is None:
+            # Positions live in the head, and there is no head without an audit record.
+            raise ValueError("a change with feed events must carry an audit event")
         head_at = len(operations)
         if tip is not None:
-            head_value = json.dumps({"sequence": tip.sequence, "hash": tip.hash}).encode()
+            head: dict[str, object] = {"sequence": tip.sequence, "hash": tip.hash}
+            if feed_tip:
+                head["feed"] = feed_tip
+            head_value = json.dumps(head).encode()
             if head_version is None:
                 operations.append(Create(AUDIT_HEAD, AUDIT_HEAD_KEY, head_value))
             else:
@@ -225,7 +241,28 @@ class Journal:
             owners.append(None)
         operations += audit_ops + feed_ops
         owners += [None] * (len(audit_ops) + len(feed_ops))
-        return operations, owners, tip, head_at
+        return operations, owners, tip, head_at, feed_tip
+
+
+def feed_key(position: int) -> str:
+    """feed_key is the key of the feed event at `position`; zero-padded so key order is position order."""
+    return f"{FEED_KEY_PREFIX}{position:020d}"
+
+
+def feed_position(key: str) -> int | None:
+    """feed_position is the position a feed key names, or None for a key that names none (an older one)."""
+    digits = key[len(FEED_KEY_PREFIX) :]
+    if not key.startswith(FEED_KEY_PREFIX) or len(digits) != 20 or not digits.isdigit():
+        return None
+    return int(digits)
+
+
+async def last_feed_position(store: KeyValueStore) -> int:
+    """last_feed_position is the position of the newest committed feed event (0 when there is none)."""
+    entry = await store.get(AUDIT_HEAD, AUDIT_HEAD_KEY)
+    if entry is None:
+        return 0
+    return int(json.loads(entry.value).get("feed", 0))
 
 
 def audit_key(sequence: int) -> str:

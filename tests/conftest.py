@@ -1,8 +1,9 @@
 """Fixtures shared by every test folder: real redis-server processes on loopback and isolated namespaces.
 
-- `redis_server` (session): the URL of one Redis for the whole run. `KAGI_TEST_REDIS_URL` wins; otherwise a
-  `redis-server` from PATH (the Debian package) is started with AOF `appendfsync always`; failing that, a
-  Docker Redis through testcontainers. With none of them the run fails: CI installs redis-server.
+- `redis_server` (session): the URL of one Redis for the whole run. `KAGI_TEST_REDIS_URL` wins (then
+  KAGI_STORE_ALLOW_VOLATILE=1 is set, as that Redis may run without AOF); otherwise a `redis-server` from PATH
+  (the Debian package) is started with AOF `appendfsync always`; failing that, a Docker Redis through
+  testcontainers. With none of them the run fails: CI installs redis-server.
 - `redis_factory` (function): starts separate redis-servers a test may SIGKILL, SIGSTOP and restart.
 - `namespace` (function): a fresh store namespace, so tests sharing one Redis never see each other's keys.
 
@@ -103,6 +104,9 @@ class RedisServer:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """redis_server is the URL of the Redis shared by the whole test run (see the module docstring)."""
     if url := os.environ.get("KAGI_TEST_REDIS_URL"):
+        # A Redis the runner brings (the machine's, often without AOF): the store's durability check would
+        # refuse it, and these tests do not restart it. Children (kagi serve) inherit the setting.
+        os.environ.setdefault("KAGI_STORE_ALLOW_VOLATILE", "1")
         yield url
         return
     if REDIS_BINARY is not None:

@@ -1,8 +1,12 @@
-"""`kagi admin` commands for the CA: init-ca and sign-root-crl (local files), revoke and list-certificates
-(gRPC as the operator), verify-audit (reads the audit chain from the CA's store).
+"""`kagi admin` commands for the CA: init-ca, sign-root-crl and move-root-key (local files), revoke and
+list-certificates (gRPC as the operator), verify-audit (reads the audit chain from the CA's store).
+
+The root's key is kept offline: init-ca writes it to `--root-key-out` (outside the CA directory) under the
+passphrase in `--root-passphrase-file`, and sign-root-crl takes it from `--root-key`.
 
 The functions are click commands meant for the `admin` group: `init_ca_command`, `revoke_command`,
-`list_certificates_command`, `verify_audit_command`, `sign_root_crl_command` (all in CA_COMMANDS).
+`list_certificates_command`, `verify_audit_command`, `sign_root_crl_command`, `move_root_key_command` (all in
+CA_COMMANDS).
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from kagi.cli.admin import AdminContext, run_call
 from kagi.clock import SystemClock
 from kagi.errors import KagiError
 from kagi.journal import AuditReport, verify_stored_chain
-from kagi.runtime.settings import Environment
+from kagi.runtime.settings import Environment, Secret
 from kagi.store import open_store
-from services.ca_service.adapters.ca_directory import CaDirectory
+from services.ca_service.adapters.ca_directory import CaDirectory, OfflineRootKey
 from services.ca_service.bootstrap import init_ca
 from services.ca_service.domain.keys import KeyAlgorithm, parse_key_algorithm
 from services.ca_service.domain.revocation import parse_revocation_reason
@@ -45,14 +49,43 @@ _REASONS = (
 )
 
 
+_ROOT_PASSPHRASE_FILE = click.option(
+    "--root-passphrase-file",
+    envvar="KAGI_CA_ROOT_KEY_PASSPHRASE_FILE",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    show_envvar=True,
+    help="File holding the root key's own passphrase (not the online CA keys').",
+)
+
+
+def _root_passphrase(path: Path) -> Secret:
+    try:
+        value = path.read_bytes().rstrip(b"\r\n")
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path} ({exc.strerror})", param_hint="--root-passphrase-file") from None
+    if not value:
+        raise click.BadParameter(f"{path} is empty", param_hint="--root-passphrase-file")
+    return Secret(value)
+
+
 @click.command(
     "init-ca",
     help=(
         "Create the root, customer and internal CAs and their OCSP signers, once (never overwrites). "
-        "The key passphrase comes from KAGI_CA_KEY_PASSPHRASE_FILE (preferred) or KAGI_CA_KEY_PASSPHRASE."
+        "The online keys' passphrase comes from KAGI_CA_KEY_PASSPHRASE_FILE (preferred) or KAGI_CA_KEY_PASSPHRASE; "
+        "the root key is written to --root-key-out (outside the CA directory: keep it offline) under the separate "
+        "passphrase in --root-passphrase-file."
     ),
 )
 @click.option("--ca-dir", type=click.Path(path_type=Path), help="Where the CA lives (default: <state-dir>/ca).")
+@click.option(
+    "--root-key-out",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write the root's encrypted key (outside the CA directory; never overwritten).",
+)
+@_ROOT_PASSPHRASE_FILE
 @click.option(
     "--key-algorithm",
     type=click.Choice([a.value for a in KeyAlgorithm]),
@@ -68,16 +101,27 @@ _REASONS = (
     help="Public base URL of the PKI files, written into the intermediates (CRL DP, AIA).",
 )
 @click.pass_obj
-def init_ca_command(obj: AdminContext, ca_dir: Path | None, key_algorithm: str, base_url: str) -> None:
-    """init_ca_command is `kagi admin init-ca` (local files; refuses to overwrite a CA)."""
+def init_ca_command(
+    obj: AdminContext,
+    ca_dir: Path | None,
+    root_key_out: Path,
+    root_passphrase_file: Path,
+    key_algorithm: str,
+    base_url: str,
+) -> None:
+    """init_ca_command is `kagi admin init-ca` (local files; refuses to overwrite a CA or a root key)."""
     directory = ca_dir or obj.state_dir / "ca"
+    root_key = OfflineRootKey(root_key_out, _root_passphrase(root_passphrase_file))
     try:
         passphrase = Environment(os.environ).required_secret("KAGI_CA_KEY_PASSPHRASE")
         algorithm = parse_key_algorithm(key_algorithm)
-        loaded = init_ca(directory, passphrase, settings=PkiSettings(base_url=base_url, key_algorithm=algorithm))
+        loaded = init_ca(
+            directory, passphrase, root_key=root_key, settings=PkiSettings(base_url=base_url, key_algorithm=algorithm)
+        )
     except KagiError as exc:
         raise click.ClickException(f"{exc.reason}: {exc}") from None
     click.echo(f"CA created in {directory} ({key_algorithm})")
+    click.echo(f"root key written to {root_key_out}: move it offline; the CA service never needs it")
     for ca in (loaded.hierarchy.root, loaded.hierarchy.customer, loaded.hierarchy.internal):
         click.echo(f"  {ca.kind.value:<9} {ca.name.rfc4514_string()}  serial {ca.certificate.serial_number:x}")
     for kind, delegate in loaded.delegates.items():
@@ -226,11 +270,19 @@ def _certificate_json(certificate: ca_pb2.Certificate) -> dict[str, object]:
 @click.command(
     "sign-root-crl",
     help=(
-        "Sign the root's next CRL with the root key (the ceremony the service never performs: it keeps the root "
-        "key closed). Run it before the current root CRL's nextUpdate; the service serves the new one at once."
+        "Sign the root's next CRL with the offline root key (--root-key, its passphrase in --root-passphrase-file): "
+        "the ceremony the service never performs. Run it before the current root CRL's nextUpdate; the service "
+        "serves the new one at once."
     ),
 )
 @click.option("--ca-dir", type=click.Path(path_type=Path), help="Where the CA lives (default: <state-dir>/ca).")
+@click.option(
+    "--root-key",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The root's encrypted key, kept outside the CA directory (as written by init-ca --root-key-out).",
+)
+@_ROOT_PASSPHRASE_FILE
 @click.option(
     "--base-url",
     envvar="KAGI_PKI_BASE_URL",
@@ -239,15 +291,15 @@ def _certificate_json(certificate: ca_pb2.Certificate) -> dict[str, object]:
     help="Public base URL of the PKI files (as given to init-ca).",
 )
 @click.pass_obj
-def sign_root_crl_command(obj: AdminContext, ca_dir: Path | None, base_url: str) -> None:
-    """sign_root_crl_command is `kagi admin sign-root-crl` (local files, opens the root key)."""
+def sign_root_crl_command(
+    obj: AdminContext, ca_dir: Path | None, root_key: Path, root_passphrase_file: Path, base_url: str
+) -> None:
+    """sign_root_crl_command is `kagi admin sign-root-crl` (local files, opens the offline root key only)."""
     directory = CaDirectory(ca_dir or obj.state_dir / "ca")
+    offline = OfflineRootKey(root_key, _root_passphrase(root_passphrase_file))
     try:
-        passphrase = Environment(os.environ).required_secret("KAGI_CA_KEY_PASSPHRASE")
-        loaded = directory.load(passphrase, open_root_key=True)
-        signed = directory.sign_root_crl(
-            loaded.hierarchy.root, settings=PkiSettings(base_url=base_url), clock=SystemClock()
-        )
+        root = directory.open_root(offline)
+        signed = directory.sign_root_crl(root, settings=PkiSettings(base_url=base_url), clock=SystemClock())
     except KagiError as exc:
         raise click.ClickException(f"{exc.reason}: {exc}") from None
     click.echo(
@@ -255,5 +307,43 @@ def sign_root_crl_command(obj: AdminContext, ca_dir: Path | None, base_url: str)
     )
 
 
-CA_COMMANDS = (init_ca_command, revoke_command, list_certificates_command, verify_audit_command, sign_root_crl_command)
+@click.command(
+    "move-root-key",
+    help=(
+        "Take the root key out of a CA directory made before the root went offline: re-encrypt it under its own "
+        "passphrase (--root-passphrase-file) at --root-key-out, then delete it from the CA directory. The online "
+        "keys' passphrase comes from KAGI_CA_KEY_PASSPHRASE_FILE or KAGI_CA_KEY_PASSPHRASE."
+    ),
+)
+@click.option("--ca-dir", type=click.Path(path_type=Path), help="Where the CA lives (default: <state-dir>/ca).")
+@click.option(
+    "--root-key-out",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write the root's encrypted key (outside the CA directory; never overwritten).",
+)
+@_ROOT_PASSPHRASE_FILE
+@click.pass_obj
+def move_root_key_command(
+    obj: AdminContext, ca_dir: Path | None, root_key_out: Path, root_passphrase_file: Path
+) -> None:
+    """move_root_key_command is `kagi admin move-root-key` (local files)."""
+    directory = CaDirectory(ca_dir or obj.state_dir / "ca")
+    root_key = OfflineRootKey(root_key_out, _root_passphrase(root_passphrase_file))
+    try:
+        passphrase = Environment(os.environ).required_secret("KAGI_CA_KEY_PASSPHRASE")
+        path = directory.move_root_key(passphrase, root_key)
+    except KagiError as exc:
+        raise click.ClickException(f"{exc.reason}: {exc}") from None
+    click.echo(f"root key moved to {path} and removed from {directory.path}: keep it offline")
+
+
+CA_COMMANDS = (
+    init_ca_command,
+    revoke_command,
+    list_certificates_command,
+    verify_audit_command,
+    sign_root_crl_command,
+    move_root_key_command,
+)
 """CA_COMMANDS are the CA's admin commands, to be added to the `admin` group."""

@@ -31,6 +31,7 @@ def banner(stack: DevStack) -> str:
             f"  token keys   https://localhost:{stack.ports['gateway']}/.well-known/jwks.json",
             f"  gRPC         CA {stack.target('ca')}   OTP {stack.target('otp')}   "
             f"enrollment {stack.target('enrollment')}",
+            f"  management   http://127.0.0.1:{stack.ports['management']}/readyz   (/healthz, /metrics)",
             f"  mail         {stack.state_dir / 'mail'} (a Maildir)",
             f"  operator     {tls / 'developer.pem'} + {tls / 'developer-key.pem'}",
             "",

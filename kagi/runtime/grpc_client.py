@@ -13,7 +13,7 @@ from grpc_status.rpc_status import GRPC_DETAILS_METADATA_KEY
 
 from kagi.errors import KagiError, Unavailable
 from kagi.runtime.grpc_errors import KIND_FOR_STATUS, error_from_status
-from kagi.runtime.grpc_server import MAX_MESSAGE_BYTES
+from kagi.runtime.grpc_server import MAX_RESPONSE_BYTES
 from kagi.runtime.logging import REQUEST_ID_HEADER, new_request_id, request_id_var
 from kagi.runtime.settings import TlsFiles, is_loopback
 
@@ -40,7 +40,8 @@ def open_channel(target: str, tls: TlsFiles | None, *, server_name: str | None =
     """open_channel connects to a kagi service: mTLS with `tls`, or plaintext only to a loopback target."""
     options: list[tuple[str, Any]] = [
         ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        # Answers may be large (CRLs, list pages); what a client sends is capped by the server (MAX_REQUEST_BYTES).
+        ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
     ]
     interceptors = [RequestIdInterceptor()]
     if tls is None:

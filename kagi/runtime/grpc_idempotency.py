@@ -1,5 +1,6 @@
-"""Idempotent gRPC mutations: the ledger keyed by the request's `request_id`, with protobuf answers stored
-without their secret fields and request fingerprints computed without theirs."""
+"""Idempotent gRPC mutations: the ledger keyed by the request's `request_id` within the scope (caller identity,
+method, subject), with protobuf answers stored without their secret fields and request fingerprints computed
+without theirs. A replay is answered only after the request's credential check (`before_replay`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from kagi.idempotency import Codec, IdempotencyLedger, fingerprint
+from kagi.idempotency import Codec, IdempotencyLedger, fingerprint, scope_of
+from kagi.runtime.grpc_server import current_caller
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -40,8 +42,15 @@ async def run_idempotent(
     *,
     secret_request_fields: Iterable[str] = (),
     secret_response_fields: Iterable[str] = (),
+    subject: str = "",
+    before_replay: Callable[[], Awaitable[None]] | None = None,
 ) -> Resp:
-    """run_idempotent runs `action` once per request_id and replays its answer to retries.
+    """run_idempotent runs `action` once per (caller, method, subject, request_id) and replays its answer.
+
+    The caller is the authenticated service identity (its SPIFFE ID); the subject is what the request is about
+    (an account, an enrollment and its credential, a token): another caller or another subject reusing a
+    request id is a different entry, never a replay nor a refusal. `before_replay` checks the request's
+    credential before anything stored for the id is disclosed.
 
     Secret request fields (passwords, PINs) are left out of the fingerprint: a hash of a 4-digit PIN would
     give it away. Secret response fields (seeds, temporary passwords, session tokens; dotted paths for nested
@@ -50,7 +59,7 @@ async def run_idempotent(
     secret_request = list(secret_request_fields)
     secret_response = list(secret_response_fields)
     request_id = str(getattr(request, "request_id", ""))
-    scope = request.DESCRIPTOR.full_name
+    scope = scope_of(request.DESCRIPTOR.full_name, caller_identity(), subject)
     print_ = fingerprint(_without(request, secret_request).SerializeToString(deterministic=True))
 
     def dump(answer: Resp) -> bytes:
@@ -60,7 +69,15 @@ async def run_idempotent(
         return stored.SerializeToString(deterministic=True)
 
     codec = Codec[Resp](dump=dump, load=response_type.FromString)
-    return await ledger.run(scope, request_id, print_, action, codec)
+    return await ledger.run(scope, request_id, print_, action, codec, before_replay=before_replay)
+
+
+def caller_identity() -> str:
+    """caller_identity names the authenticated caller of this RPC for ledger scopes."""
+    caller = current_caller()
+    if caller.plaintext:
+        return "plaintext"
+    return caller.spiffe_id or "anonymous"
 
 
 class IdempotentApi:
@@ -76,6 +93,8 @@ class IdempotentApi:
         *,
         secret_request: tuple[str, ...] = (),
         secret_response: tuple[str, ...] = (),
+        subject: str = "",
+        before_replay: Callable[[], Awaitable[None]] | None = None,
     ) -> Resp:
         return await run_idempotent(
             self._ledger,
@@ -84,4 +103,6 @@ class IdempotentApi:
             response_type,
             secret_request_fields=secret_request,
             secret_response_fields=secret_response,
+            subject=subject,
+            before_replay=before_replay,
         )

@@ -1,5 +1,9 @@
 """The gRPC server bootstrap every kagi service uses: mTLS, per-RPC allow-lists, request ids, error mapping,
 logging, server reflection and the standard health service.
+
+Callers' certificates are verified against the internal CA alone (not the root the customer CA shares), so a
+customer certificate fails the TLS handshake on every port, health and reflection included. Requests are capped
+at MAX_REQUEST_BYTES before anything runs; answers (CRLs, list pages) may be up to MAX_RESPONSE_BYTES.
 """
 
 from __future__ import annotations
@@ -14,16 +18,19 @@ from typing import Any
 
 import grpc
 import structlog
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from kagi.errors import KagiError, PermissionDenied, Unauthenticated
+from kagi.errors import InvalidArgument, KagiError, PermissionDenied, Unauthenticated
 from kagi.runtime.grpc_errors import internal_status, to_status
 from kagi.runtime.identity import ANONYMOUS, PLAINTEXT_CALLER, Caller, Role, caller_from_pem
 from kagi.runtime.logging import REQUEST_ID_HEADER, new_request_id, request_id_var
-from kagi.runtime.settings import ListenSettings
+from kagi.runtime.settings import ListenSettings, TlsFiles
 
 log = structlog.get_logger("kagi.grpc")
 
@@ -33,7 +40,14 @@ metadata_var: ContextVar[Mapping[str, str]] = ContextVar("kagi_metadata", defaul
 CLIENT_CERT_SERIAL_HEADER = "x-kagi-client-cert-serial"
 CLIENT_CERT_SHA256_HEADER = "x-kagi-client-cert-sha256"
 CLIENT_CERT_SUBJECT_HEADER = "x-kagi-client-cert-subject"
-_RELAYED_HEADERS = (CLIENT_CERT_SERIAL_HEADER, CLIENT_CERT_SHA256_HEADER, CLIENT_CERT_SUBJECT_HEADER)
+# The customer's address as the gateway saw it (per-address throttles); believed from the gateway only.
+CLIENT_ADDRESS_HEADER = "x-kagi-client-address"
+_RELAYED_HEADERS = (
+    CLIENT_CERT_SERIAL_HEADER,
+    CLIENT_CERT_SHA256_HEADER,
+    CLIENT_CERT_SUBJECT_HEADER,
+    CLIENT_ADDRESS_HEADER,
+)
 # Only the kagi gateway terminates customers' mTLS and relays what it verified; a bank front-end passes the
 # certificate itself in the request (UserService), where the enrollment service checks it.
 _CLIENT_CERT_RELAYS = frozenset({Role.GATEWAY})
@@ -41,8 +55,63 @@ _CLIENT_CERT_RELAYS = frozenset({Role.GATEWAY})
 # Health and reflection are open to any caller that passed the TLS handshake: operators and probes use them.
 _OPEN_SERVICES = frozenset({"grpc.health.v1.Health", reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"})
 
-# A CRL of 100k revoked certificates is about 5 MB of DER; requests stay small (the CA caps CSRs itself).
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_REQUEST_BYTES = 64 * 1024
+"""MAX_REQUEST_BYTES caps every request a kagi server receives, refused (RESOURCE_EXHAUSTED) before the method or
+the role check runs. The largest requests carry a CSR or a client certificate, each capped at 16 KiB by its
+service."""
+
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+"""MAX_RESPONSE_BYTES is the largest answer a server sends and a client accepts: a CRL of 100k revoked
+certificates is about 5 MB of DER."""
+
+MAX_MESSAGE_BYTES = MAX_RESPONSE_BYTES
+"""MAX_MESSAGE_BYTES is MAX_RESPONSE_BYTES under its former name (what clients accept)."""
+
+
+def client_trust_anchor(tls: TlsFiles) -> bytes:
+    """client_trust_anchor is the PEM of the CA a server verifies its callers' certificates against.
+
+    That is `tls.client_ca_file` when set, else the issuer of the server's own certificate taken from its chain
+    (the internal CA: every kagi service certificate comes from it). Never the root: the customer CA shares the
+    root, so trusting it would let a customer certificate through the handshake. A chain without the issuer, or
+    an issuer that is itself a root, is refused with the setting to use.
+    """
+    if tls.client_ca_file is not None:
+        pem = tls.client_ca_file.read_bytes()
+        try:
+            x509.load_pem_x509_certificates(pem)
+        except ValueError:
+            raise InvalidArgument(
+                f"{tls.client_ca_file} holds no PEM certificate", fields={"client_ca_file": "not a PEM certificate"}
+            ) from None
+        return pem
+    try:
+        chain = x509.load_pem_x509_certificates(tls.cert_file.read_bytes())
+    except ValueError:
+        raise InvalidArgument(
+            f"{tls.cert_file} holds no PEM certificate", fields={"cert_file": "not a PEM certificate"}
+        ) from None
+    leaf = chain[0]
+    for candidate in chain[1:]:
+        if candidate.subject != leaf.issuer or not _issued(leaf, candidate):
+            continue
+        if candidate.subject == candidate.issuer:
+            break  # a root: set the internal CA explicitly
+        return candidate.public_bytes(serialization.Encoding.PEM)
+    raise InvalidArgument(
+        f"cannot tell which CA to trust callers under: {tls.cert_file} should hold the server's certificate followed "
+        "by the internal CA that issued it, or set KAGI_<C>_TLS_CLIENT_CA to the internal CA certificate",
+        reason="CLIENT_CA_UNKNOWN",
+        fields={"client_ca_file": "set it to the internal CA certificate"},
+    )
+
+
+def _issued(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def current_caller() -> Caller:
@@ -72,6 +141,17 @@ def relayed_client_certificate() -> RelayedCertificate:
     if not serial or not fingerprint:
         raise Unauthenticated("this step needs the client certificate", reason="CLIENT_CERT_REQUIRED")
     return RelayedCertificate(serial.lower(), fingerprint.lower(), metadata.get(CLIENT_CERT_SUBJECT_HEADER, ""))
+
+
+def relayed_client_address() -> str:
+    """relayed_client_address is the customer's address the gateway relayed for this call ("" when none).
+
+    Only the gateway (or a plaintext development caller) is believed; `_enter` refuses it from anyone else.
+    """
+    caller = current_caller()
+    if not caller.plaintext and caller.role not in _CLIENT_CERT_RELAYS:
+        return ""
+    return metadata_var.get().get(CLIENT_ADDRESS_HEADER, "")[:64]
 
 
 def _check_relay(caller: Caller) -> None:
@@ -229,8 +309,8 @@ class GrpcServer:
             interceptors=[KagiServerInterceptor(self._bindings, domain=domain, plaintext=listen.tls is None)],
             options=[
                 ("grpc.so_reuseport", 1),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
@@ -251,8 +331,13 @@ class GrpcServer:
         if self._listen.tls is None:
             self.port = self._server.add_insecure_port(self._listen.address)
         else:
-            chain, key, ca = self._listen.tls.read()
-            credentials = grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=True)
+            chain, key, _ = self._listen.tls.read()
+            # Callers are verified against the internal CA alone (BoringSSL accepts an intermediate as the
+            # anchor: a chain leaf -> internal CA verifies, one through the customer CA does not).
+            anchor = client_trust_anchor(self._listen.tls)
+            credentials = grpc.ssl_server_credentials(
+                [(key, chain)], root_certificates=anchor, require_client_auth=True
+            )
             self.port = self._server.add_secure_port(self._listen.address, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self._listen.address}")

@@ -118,11 +118,18 @@ class Environment:
 
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
-    """TlsFiles names a component's mTLS material: its certificate chain, its key, and the CA bundle it trusts."""
+    """TlsFiles names a component's mTLS material: its certificate chain, its key, and the CA bundle it trusts.
+
+    `ca_file` is what the component verifies the servers it calls against (the root). A gRPC server verifies
+    its callers' certificates against `client_ca_file` instead: the internal CA only, so no certificate of the
+    customer CA (under the same root) passes the handshake. When it is None, the server takes the internal CA
+    from its own chain: the certificate in `cert_file` that issued its leaf.
+    """
 
     cert_file: Path
     key_file: Path
     ca_file: Path
+    client_ca_file: Path | None = None
 
     def read(self) -> tuple[bytes, bytes, bytes]:
         """Read returns (certificate chain PEM, key PEM, trusted CA PEM)."""
@@ -166,7 +173,9 @@ def is_loopback(host: str) -> bool:
 
 
 def tls_files_from_env(env: Environment, prefix: str) -> TlsFiles | None:
-    """tls_files_from_env reads PREFIX_TLS_CERT, PREFIX_TLS_KEY, PREFIX_TLS_CA; None when plaintext is asked.
+    """tls_files_from_env reads PREFIX_TLS_CERT, PREFIX_TLS_KEY, PREFIX_TLS_CA and the optional
+    PREFIX_TLS_CLIENT_CA (the internal CA the server trusts callers under; default: the issuer of its own
+    certificate, from the chain in PREFIX_TLS_CERT); None when plaintext is asked.
 
     Plaintext needs KAGI_INSECURE_PLAINTEXT=1 explicitly: a missing certificate is an error, not a fallback.
     """
@@ -176,4 +185,5 @@ def tls_files_from_env(env: Environment, prefix: str) -> TlsFiles | None:
         cert_file=env.path(f"{prefix}_TLS_CERT"),
         key_file=env.path(f"{prefix}_TLS_KEY"),
         ca_file=env.path(f"{prefix}_TLS_CA"),
+        client_ca_file=Path(client_ca) if (client_ca := env.optional(f"{prefix}_TLS_CLIENT_CA")) else None,
     )

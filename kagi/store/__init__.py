@@ -12,6 +12,7 @@ SQLite URLs take `?busy_timeout=<seconds>`; Redis URLs take redis-py's query opt
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -56,6 +57,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "VersionMismatch",
+    "check_at_start",
     "open_store",
 ]
 
@@ -82,6 +84,14 @@ def open_store(url: str, *, namespace: str, state_dir: Path | None, clock: Clock
             raise InvalidStoreConfig("invalid Redis URL", fields={"url": str(exc)}) from None
     # The URL itself is not echoed: it may carry a password.
     raise InvalidStoreConfig("unsupported store URL scheme", fields={"url": f"must be one of {_SCHEMES}"})
+
+
+async def check_at_start(store: KeyValueStore) -> None:
+    """check_at_start makes a service's start refuse a store that would lose acknowledged state (a Redis
+    without AOF or with eviction: InvalidStoreConfig naming the settings). A store that is down is not a
+    refusal: readiness waits it out, and the check runs on its first contact."""
+    with contextlib.suppress(StoreUnavailable):
+        await store.ping()
 
 
 def _open_sqlite(url: str, *, namespace: str, state_dir: Path | None, clock: Clock | None) -> SQLiteStore:

@@ -13,6 +13,12 @@ vanished some other way (eviction, manual deletion) is dropped when a listing me
 KEYS or SCAN patterns.
 
 Expiry follows the Redis server's clock (the injected `Clock` is not used by this driver).
+
+Durability: replay state, lockouts and revocations live here, so a Redis that forgets (no AOF) or evicts
+(any `maxmemory-policy` but `noeviction`) is refused on first contact with InvalidStoreConfig naming the
+settings: `CONFIG GET` is asked first, then (managed Redis often disables CONFIG) `INFO persistence` and
+`INFO memory`; where neither tells, `KAGI_STORE_ASSUME_DURABLE=1` vouches for the server. Tests and benchmarks
+on a volatile Redis set `KAGI_STORE_ALLOW_VOLATILE=1` (or pass `allow_volatile=True`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Final, cast
 
@@ -42,6 +49,7 @@ from kagi.store.base import (
     Delete,
     Entry,
     InvalidKey,
+    InvalidStoreConfig,
     KeyExists,
     KeyValueStore,
     Operation,
@@ -159,6 +167,35 @@ _UNAVAILABLE_ERRORS: Final = (ReadOnlyError, OutOfMemoryError, ClusterDownError,
 _UNAVAILABLE_REPLIES: Final = ("BUSY", "MASTERDOWN", "MISCONF", "NOREPLICAS", "LOADING", "CLUSTERDOWN")
 
 
+ALLOW_VOLATILE_ENV = "KAGI_STORE_ALLOW_VOLATILE"
+ASSUME_DURABLE_ENV = "KAGI_STORE_ASSUME_DURABLE"
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def _not_durable(problems: builtins.list[str]) -> InvalidStoreConfig:
+    return InvalidStoreConfig(
+        "the Redis store would lose acknowledged state on a restart or under memory pressure: "
+        + "; ".join(problems)
+        + f". Set `appendonly yes` and `maxmemory-policy noeviction` on the server, {ASSUME_DURABLE_ENV}=1 if"
+        f" the server is durable but its settings cannot be read, or {ALLOW_VOLATILE_ENV}=1 for tests",
+        reason="STORE_NOT_DURABLE",
+        fields={"appendonly": "must be yes", "maxmemory-policy": "must be noeviction"},
+    )
+
+
+def _info_field(info: object, name: str) -> str | None:
+    """One field of a CONFIG GET or INFO reply (keys and values may be bytes), as text, or None."""
+    if not isinstance(info, dict):
+        return None
+    for key, value in info.items():
+        if (key.decode() if isinstance(key, bytes) else str(key)) == name:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
 class RedisStore(KeyValueStore):
     """RedisStore keeps one service's state in Redis under the `kagi:{namespace}:` prefix.
 
@@ -177,6 +214,8 @@ class RedisStore(KeyValueStore):
         timeout: float = 2.0,
         health_check_interval: int = 10,
         max_connections: int = 64,
+        allow_volatile: bool | None = None,
+        assume_durable: bool | None = None,
     ) -> None:
         self._namespace = check_namespace(namespace)
         self._prefix = f"kagi:{{{namespace}}}:"
@@ -203,6 +242,11 @@ class RedisStore(KeyValueStore):
         self._increment_script = self._client.register_script(_INCREMENT)
         self._list_script = self._client.register_script(_LIST)
         self._closed = False
+        # None (the default): from KAGI_STORE_ALLOW_VOLATILE / KAGI_STORE_ASSUME_DURABLE.
+        self._allow_volatile = _flag(ALLOW_VOLATILE_ENV) if allow_volatile is None else allow_volatile
+        self._assume_durable = _flag(ASSUME_DURABLE_ENV) if assume_durable is None else assume_durable
+        self._durable = self._allow_volatile
+        self._refusal: InvalidStoreConfig | None = None
 
     def __repr__(self) -> str:
         # Never the URL: it may carry a password.
@@ -280,9 +324,56 @@ class RedisStore(KeyValueStore):
         ]
 
     async def ping(self) -> None:
-        """Ping returns when Redis answers; raises StoreUnavailable otherwise."""
+        """Ping returns when Redis answers; raises StoreUnavailable otherwise, InvalidStoreConfig when the
+        server is not durable (see the module docstring)."""
         async with self._guard():
             await self._client.ping()
+
+    async def check_durability(self) -> None:
+        """Check_durability refuses (InvalidStoreConfig, for good) a server without AOF or with eviction.
+
+        A server that cannot be reached raises StoreUnavailable and is checked again on the next call.
+        """
+        if self._durable:
+            return
+        if self._refusal is not None:
+            raise self._refusal
+        problems = await self._durability_problems()
+        if problems:
+            self._refusal = _not_durable(problems)
+            raise self._refusal
+        self._durable = True
+
+    async def _durability_problems(self) -> builtins.list[str]:
+        appendonly: str | None = None
+        policy: str | None = None
+        async with self._bounded():
+            try:
+                config = await self._client.config_get("appendonly")
+                config.update(await self._client.config_get("maxmemory-policy"))
+                appendonly = _info_field(config, "appendonly")
+                policy = _info_field(config, "maxmemory-policy")
+            except ResponseError:  # CONFIG disabled or not permitted (managed Redis): INFO then
+                pass
+            if appendonly is None:
+                with contextlib.suppress(ResponseError):
+                    enabled = _info_field(await self._client.info("persistence"), "aof_enabled")
+                    appendonly = None if enabled is None else ("yes" if enabled == "1" else "no")
+            if policy is None:
+                with contextlib.suppress(ResponseError):
+                    policy = _info_field(await self._client.info("memory"), "maxmemory_policy")
+        problems = []
+        if (appendonly is None or policy is None) and not self._assume_durable:
+            unknown = [n for n, v in (("appendonly", appendonly), ("maxmemory-policy", policy)) if v is None]
+            problems.append(
+                f"neither CONFIG GET nor INFO tells {' and '.join(unknown)}"
+                f" (set {ASSUME_DURABLE_ENV}=1 if the server is durable)"
+            )
+        if appendonly is not None and appendonly.lower() != "yes":
+            problems.append(f"appendonly is {appendonly}, not yes")
+        if policy is not None and policy.lower() != "noeviction":
+            problems.append(f"maxmemory-policy is {policy}, not noeviction")
+        return problems
 
     async def close(self) -> None:
         """Close closes every pooled connection; the store is unusable afterwards."""
@@ -329,7 +420,15 @@ class RedisStore(KeyValueStore):
 
     @contextlib.asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
-        """Bound a call in time and turn every "server cannot serve" failure into StoreUnavailable."""
+        """Bound a call in time and turn every "server cannot serve" failure into StoreUnavailable; the first
+        call that reaches the server checks its durability."""
+        if not self._durable:
+            await self.check_durability()
+        async with self._bounded():
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self) -> AsyncIterator[None]:
         if self._closed:
             raise StoreUnavailable("the store is closed", reason="STORE_CLOSED")
         meta: dict[str, str] = {}  # no server address: metadata may reach a client; logs get __cause__

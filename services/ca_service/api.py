@@ -195,7 +195,9 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
                 chain_pem=self._service.chain_pem(record.issuer).decode(),
             )
 
-        return await self._once(request, act, pb.IssueCertificateResponse)
+        which = request.WhichOneof("identity") or ""
+        subject = f"{which}:{request.customer.user_id if which == 'customer' else request.service.role}"
+        return await self._once(request, act, pb.IssueCertificateResponse, subject=subject)
 
     async def RenewCertificate(
         self, request: pb.RenewCertificateRequest, context: grpc.aio.ServicerContext
@@ -218,7 +220,7 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
                 chain_pem=self._service.chain_pem(record.issuer).decode(),
             )
 
-        return await self._once(request, act, pb.RenewCertificateResponse)
+        return await self._once(request, act, pb.RenewCertificateResponse, subject=request.serial_number.lower())
 
     async def GetCertificate(
         self, request: pb.GetCertificateRequest, context: grpc.aio.ServicerContext
@@ -256,7 +258,7 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
             record, _ = await self._service.revoke(request.serial_number, reason, actor=caller)
             return pb.RevokeCertificateResponse(certificate=certificate_message(record, self._clock.now()))
 
-        return await self._once(request, act, pb.RevokeCertificateResponse)
+        return await self._once(request, act, pb.RevokeCertificateResponse, subject=request.serial_number.lower())
 
     async def RevokeSubjectCertificates(
         self, request: pb.RevokeSubjectCertificatesRequest, context: grpc.aio.ServicerContext
@@ -271,7 +273,7 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
             now = self._clock.now()
             return pb.RevokeSubjectCertificatesResponse(certificates=[certificate_message(r, now) for r in records])
 
-        return await self._once(request, act, pb.RevokeSubjectCertificatesResponse)
+        return await self._once(request, act, pb.RevokeSubjectCertificatesResponse, subject=request.subject_id)
 
     async def GetCrl(self, request: pb.GetCrlRequest, context: grpc.aio.ServicerContext) -> pb.GetCrlResponse:
         """GetCrl returns the CRL last published in the store for an issuing CA, or the root's offline CRL."""

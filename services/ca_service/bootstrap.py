@@ -1,5 +1,9 @@
 """Creating a CA once (`kagi admin init-ca`), and the development PKI `kagi dev` runs on (`ensure_dev_pki`).
 
+The root's key never lives in the CA directory the service reads: `init_ca` writes it where the operator says,
+under its own passphrase, and `ensure_dev_pki` keeps the dev root key in <state-dir>/offline/ (root-key.pem and
+root-passphrase), a directory the CA service never opens.
+
 `ensure_dev_pki` issues the dev service certificates through the CA's own use case on the CA's store, so they
 are reserved, recorded and audited like any other: the CA never signs a certificate it has no record of.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,10 +26,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from kagi.clock import Clock, SystemClock
+from kagi.errors import KagiError
 from kagi.files import write_file
 from kagi.runtime.identity import Role
 from kagi.runtime.settings import Secret, TlsFiles
-from services.ca_service.adapters.ca_directory import CaDirectory, LoadedCa
+from services.ca_service.adapters.ca_directory import CaDirectory, LoadedCa, OfflineRootKey
 from services.ca_service.adapters.file_signer import Passphrase
 from services.ca_service.app.records import CertificateRecord
 from services.ca_service.app.service import BOOTSTRAP, Actor, CertificateAuthorityService
@@ -47,28 +53,44 @@ _TLS_NAMES = {"ca": "ca-service", "operator": "developer"}
 PASSPHRASE_FILE = "ca-passphrase"
 """PASSPHRASE_FILE is the name of the dev CA passphrase file under <state-dir>/secrets/."""
 
+OFFLINE_DIR = "offline"
+"""OFFLINE_DIR is where, under the state dir, `kagi dev` keeps what stays offline in production: the root key."""
+
+ROOT_KEY_FILE = "root-key.pem"
+"""ROOT_KEY_FILE is the dev root key (encrypted PKCS#8) under <state-dir>/offline/."""
+
+ROOT_PASSPHRASE_FILE = "root-passphrase"
+"""ROOT_PASSPHRASE_FILE is the dev root key's own passphrase under <state-dir>/offline/."""
+
 
 def init_ca(
     ca_dir: Path,
     passphrase: Passphrase,
     *,
+    root_key: OfflineRootKey,
     settings: PkiSettings | None = None,
     algorithm: KeyAlgorithm | None = None,
     clock: Clock | None = None,
 ) -> LoadedCa:
     """init_ca creates the root, customer and internal CAs and their OCSP signers in `ca_dir`, once.
 
-    Raises AlreadyExists (and changes nothing) when a CA is there already.
+    The root's key is written to `root_key.path`, outside `ca_dir`, under its own passphrase. Raises
+    AlreadyExists (and changes nothing) when a CA is there already or a file is at `root_key.path`.
     """
     settings = settings or PkiSettings()
     return CaDirectory(ca_dir).create(
-        passphrase, settings=settings, clock=clock or SystemClock(), algorithm=algorithm or settings.key_algorithm
+        passphrase,
+        root_key=root_key,
+        settings=settings,
+        clock=clock or SystemClock(),
+        algorithm=algorithm or settings.key_algorithm,
     )
 
 
 @dataclass(frozen=True)
 class DevPki:
-    """DevPki is where `ensure_dev_pki` put everything: the CA, its passphrase file, and the mTLS files.
+    """DevPki is where `ensure_dev_pki` put everything: the CA, its passphrase file, the offline root key and its
+    own passphrase file (<state-dir>/offline/, never read by the CA service), and the mTLS files.
 
     `services` maps ca, otp, enrollment and gateway to their TlsFiles (leaf + internal CA chain, key, root):
     tls/<role>.pem and tls/<role>-key.pem, except the CA service's tls/ca-service.pem (tls/ca.pem is the
@@ -82,6 +104,13 @@ class DevPki:
     services: Mapping[str, TlsFiles]
     operator: TlsFiles
     created: bool
+    root_key_file: Path
+    root_passphrase_file: Path
+
+    @property
+    def root_key(self) -> OfflineRootKey:
+        """Root_key is the dev root key with its passphrase (what `kagi admin sign-root-crl --root-key` takes)."""
+        return OfflineRootKey(self.root_key_file, Secret(self.root_passphrase_file.read_bytes().strip()))
 
     def tls(self, role: str) -> TlsFiles:
         """Tls returns the mTLS files of a dev service role (or "operator")."""
@@ -134,15 +163,20 @@ async def ensure_dev_pki_async(
     state_dir = Path(state_dir)
     settings = settings or PkiSettings(key_algorithm=algorithm)
     clock = clock or SystemClock()
-    passphrase_file = _ensure_passphrase(state_dir / "secrets")
+    passphrase_file = _ensure_passphrase(state_dir / "secrets", PASSPHRASE_FILE)
     passphrase = Secret(passphrase_file.read_bytes().strip())
+    offline = state_dir / OFFLINE_DIR
+    root_passphrase_file = _ensure_passphrase(offline, ROOT_PASSPHRASE_FILE)
+    root_key = OfflineRootKey(offline / ROOT_KEY_FILE, Secret(root_passphrase_file.read_bytes().strip()))
     directory = CaDirectory(state_dir / "ca")
     created = not directory.initialized()
-    loaded = (
-        directory.create(passphrase, settings=settings, clock=clock, algorithm=algorithm)
-        if created
-        else directory.load(passphrase)
-    )
+    if created:
+        _set_aside_orphaned_root_key(root_key.path)
+        loaded = directory.create(passphrase, root_key=root_key, settings=settings, clock=clock, algorithm=algorithm)
+    else:
+        if directory.holds_root_key():  # made before the root went offline: move its key out, once
+            _move_root_key_out(directory, passphrase, root_key)
+        loaded = directory.load(passphrase)
     tls_dir = state_dir / "tls"
     tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     root_file = tls_dir / "ca.pem"
@@ -166,12 +200,28 @@ async def ensure_dev_pki_async(
         services=MappingProxyType(files),
         operator=operator,
         created=created,
+        root_key_file=root_key.path,
+        root_passphrase_file=root_passphrase_file,
     )
 
 
-def _ensure_passphrase(secrets_dir: Path) -> Path:
+def _move_root_key_out(directory: CaDirectory, passphrase: Secret, root_key: OfflineRootKey) -> None:
+    try:
+        directory.move_root_key(passphrase, root_key)
+    except KagiError:
+        if directory.holds_root_key() or not root_key.path.exists():
+            raise  # not a concurrent start that moved it a moment ago
+
+
+def _set_aside_orphaned_root_key(path: Path) -> None:
+    """A dev root key left from a CA directory since deleted belongs to no CA: keep it, under another name."""
+    if path.exists():
+        path.rename(path.with_name(f"{path.name}.orphaned-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"))
+
+
+def _ensure_passphrase(secrets_dir: Path, name: str) -> Path:
     secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = secrets_dir / PASSPHRASE_FILE
+    path = secrets_dir / name
     if not path.exists():
         with contextlib.suppress(FileExistsError):  # another first start made it a moment ago
             write_file(path, (secrets.token_urlsafe(32) + "\n").encode(), 0o600, replace=False)

@@ -16,6 +16,7 @@ from kagi.errors import InvalidArgument
 from kagi.idempotency import IdempotencyLedger
 from kagi.journal import Journal
 from kagi.runtime.grpc_server import GrpcServer
+from kagi.runtime.management import ManagementListener, grpc_readiness, management_address, start_management
 from kagi.runtime.settings import Environment, ListenSettings, Secret, tls_files_from_env
 from kagi.store import KeyExists, KeyValueStore, open_store
 from services.ca_service.adapters.batching_store import BatchingStore
@@ -53,6 +54,8 @@ class CaSettings:
     crl_debounce: float = 1.0
     crl_check_interval: float = 60.0
     store_namespace: str = "ca"
+    # The management listener (plain HTTP /healthz, /readyz, /metrics): KAGI_CA_MANAGEMENT_ADDR; None: none.
+    management: tuple[str, int] | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> CaSettings:
@@ -86,6 +89,7 @@ class CaSettings:
             ),
             crl_debounce=env.integer("KAGI_CA_CRL_DEBOUNCE_MS", 1000, minimum=0, maximum=600_000) / 1000,
             crl_check_interval=float(env.integer("KAGI_CA_CRL_CHECK_SECONDS", 60, minimum=1, maximum=86400)),
+            management=management_address(environ, "ca"),
         )
 
 
@@ -182,6 +186,8 @@ async def renew_ocsp_signers(
 class CaComponent:
     """CaComponent is a running CA service: its gRPC server over the CA runtime."""
 
+    management: ManagementListener | None = None
+
     def __init__(self, server: GrpcServer, runtime: CaRuntime, renewal: asyncio.Task[None]) -> None:
         self.server = server
         self.runtime = runtime
@@ -199,6 +205,8 @@ class CaComponent:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop ends the server gracefully, then the background work and the store."""
+        if self.management is not None:
+            await self.management.stop()
         await self.server.stop(grace)
         self._renewal.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -226,7 +234,13 @@ async def start_ca(settings: CaSettings, *, clock: Clock | None = None) -> CaCom
     """start_ca opens the CA files and the store, records and renews OCSP signers, and starts serving."""
     clock = clock or SystemClock()
     directory = CaDirectory(settings.ca_dir)
-    loaded = directory.load(settings.passphrase)
+    loaded = directory.load(settings.passphrase)  # never opens the root key, wherever it is
+    if directory.holds_root_key():
+        log.warning(
+            "the root CA key is in the CA directory; the service never opens it, but it belongs offline: move it "
+            "with `kagi admin move-root-key --root-key-out PATH --root-passphrase-file FILE`",
+            path=str(directory.root_key_path),
+        )
     runtime = open_runtime(
         settings.store_url,
         state_dir=settings.state_dir,
@@ -250,4 +264,8 @@ async def start_ca(settings: CaSettings, *, clock: Clock | None = None) -> CaCom
     renewal = asyncio.get_running_loop().create_task(
         _renew_periodically(runtime, directory, settings.passphrase, clock)
     )
-    return CaComponent(server, runtime, renewal)
+    component = CaComponent(server, runtime, renewal)
+    component.management = await start_management(
+        settings.management, {"ca": grpc_readiness(server)}, reuse_port=settings.listen.workers > 1
+    )
+    return component

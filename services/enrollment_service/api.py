@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -15,11 +15,17 @@ from kagi.enrollment.v1 import enrollment_pb2_grpc
 from kagi.errors import InvalidArgument
 from kagi.idempotency import IdempotencyLedger
 from kagi.runtime.grpc_idempotency import IdempotentApi
-from kagi.runtime.grpc_server import ServiceBinding, relayed_client_certificate
+from kagi.runtime.grpc_server import ServiceBinding, relayed_client_address, relayed_client_certificate
 from kagi.runtime.identity import Role, allow
-from services.enrollment_service.app.use_cases import EnrollmentService
+from services.enrollment_service.app.use_cases import EnrollmentService, activation_already_delivered
 from services.enrollment_service.domain.client_certificates import ClientCertificate
-from services.enrollment_service.domain.records import AccountType, Application, ApplicationState, Enrollment
+from services.enrollment_service.domain.records import (
+    AccountType,
+    Application,
+    ApplicationState,
+    Enrollment,
+    account_key,
+)
 from services.enrollment_service.domain.states import Kind
 
 SERVICE_NAME = "kagi.enrollment.v1.EnrollmentService"
@@ -126,6 +132,17 @@ def relayed_certificate() -> ClientCertificate:
     return ClientCertificate(relayed.serial_number, relayed.fingerprint_sha256)
 
 
+def _certificate_subject(enrollment_id: str, certificate: ClientCertificate) -> str:
+    return f"{enrollment_id}/{certificate.fingerprint_sha256.lower()}"
+
+
+async def _already_delivered() -> None:
+    # Step 8's secret goes out once: a replay (its answer lost) is told to ask for a new token, never answered
+    # 200 without the secret. The usage-start password cannot be re-checked: the OTP service forgets its hash
+    # on activation, and a fresh request for an activated token is refused the same way (ILLEGAL_TRANSITION).
+    raise activation_already_delivered()
+
+
 class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer):
     """EnrollmentApi is the gRPC face of EnrollmentService."""
 
@@ -133,6 +150,10 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
         self._service = service
         self._ledger = ledger
         self._now = now
+
+    @staticmethod
+    async def _checked(check: Awaitable[object]) -> None:
+        await check
 
     async def RegisterApplication(
         self, request: pb.RegisterApplicationRequest, context: grpc.aio.ServicerContext
@@ -155,19 +176,24 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             act,
             pb.RegisterApplicationResponse,
             secret_response=("temporary_login_password", "temporary_confirmation_password"),
+            subject=f"{request.branch_code}-{request.account_type}-{request.account_number}",
         )
 
     async def VerifyNotice(
         self, request: pb.VerifyNoticeRequest, context: grpc.aio.ServicerContext
     ) -> pb.VerifyNoticeResponse:
+        account_type = _account_type(request.account_type)
+        entries = {
+            "branch_code": request.branch_code,
+            "account_type": account_type,
+            "account_number": request.account_number,
+            "temporary_login_password": request.temporary_login_password,
+            "temporary_confirmation_password": request.temporary_confirmation_password,
+            "client_address": relayed_client_address(),
+        }
+
         async def act() -> pb.VerifyNoticeResponse:
-            enrollment, session = await self._service.verify_notice(
-                branch_code=request.branch_code,
-                account_type=_account_type(request.account_type),
-                account_number=request.account_number,
-                temporary_login_password=request.temporary_login_password,
-                temporary_confirmation_password=request.temporary_confirmation_password,
-            )
+            enrollment, session = await self._service.verify_notice(**entries)  # type: ignore[arg-type]
             return pb.VerifyNoticeResponse(
                 enrollment=enrollment_message(enrollment, self._now()), session_token=session
             )
@@ -178,6 +204,9 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             pb.VerifyNoticeResponse,
             secret_request=("temporary_login_password", "temporary_confirmation_password"),
             secret_response=("session_token",),
+            # One ledger entry per account; the temporary passwords are checked (and counted) before a replay.
+            subject=account_key(request.branch_code, account_type, request.account_number),
+            before_replay=lambda: self._checked(self._service.check_notice(**entries)),  # type: ignore[arg-type]
         )
 
     async def SubmitProfile(
@@ -216,6 +245,8 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
                 "confirmation_password",
                 "confirmation_password_confirmation",
             ),
+            subject=request.enrollment_id,
+            before_replay=lambda: self._service.check_session(request.enrollment_id, request.session_token),
         )
 
     async def ConfirmRegistration(
@@ -227,7 +258,14 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
                 enrollment=enrollment_message(enrollment, self._now()), user_id=enrollment.user_id
             )
 
-        return await self._once(request, act, pb.ConfirmRegistrationResponse, secret_request=("session_token",))
+        return await self._once(
+            request,
+            act,
+            pb.ConfirmRegistrationResponse,
+            secret_request=("session_token",),
+            subject=request.enrollment_id,
+            before_replay=lambda: self._service.check_session(request.enrollment_id, request.session_token),
+        )
 
     async def IssueCertificate(
         self, request: pb.IssueCertificateRequest, context: grpc.aio.ServicerContext
@@ -243,7 +281,17 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
                 serial_number=certificate.serial_number,
             )
 
-        return await self._once(request, act, pb.IssueCertificateResponse, secret_request=("session_token",))
+        # A replay of this step (its answer lost) still takes the session token step 4 retired.
+        return await self._once(
+            request,
+            act,
+            pb.IssueCertificateResponse,
+            secret_request=("session_token",),
+            subject=request.enrollment_id,
+            before_replay=lambda: self._service.check_session(
+                request.enrollment_id, request.session_token, retired=True
+            ),
+        )
 
     async def CertificateLogin(
         self, request: pb.CertificateLoginRequest, context: grpc.aio.ServicerContext
@@ -254,7 +302,13 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             enrollment = await self._service.certificate_login(request.enrollment_id, certificate)
             return pb.CertificateLoginResponse(enrollment=enrollment_message(enrollment, self._now()))
 
-        return await self._once(request, act, pb.CertificateLoginResponse)
+        return await self._once(
+            request,
+            act,
+            pb.CertificateLoginResponse,
+            subject=_certificate_subject(request.enrollment_id, certificate),
+            before_replay=lambda: self._service.check_certificate(request.enrollment_id, certificate),
+        )
 
     async def PasswordLogin(
         self, request: pb.PasswordLoginRequest, context: grpc.aio.ServicerContext
@@ -265,7 +319,16 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             enrollment = await self._service.password_login(request.enrollment_id, certificate, request.login_password)
             return pb.PasswordLoginResponse(enrollment=enrollment_message(enrollment, self._now()))
 
-        return await self._once(request, act, pb.PasswordLoginResponse, secret_request=("login_password",))
+        return await self._once(
+            request,
+            act,
+            pb.PasswordLoginResponse,
+            secret_request=("login_password",),
+            subject=_certificate_subject(request.enrollment_id, certificate),
+            before_replay=lambda: self._service.check_login_password(
+                request.enrollment_id, certificate, request.login_password
+            ),
+        )
 
     async def RequestToken(
         self, request: pb.RequestTokenRequest, context: grpc.aio.ServicerContext
@@ -289,6 +352,8 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             act,
             pb.RequestTokenResponse,
             secret_request=("usage_start_password", "usage_start_password_confirmation"),
+            subject=_certificate_subject(request.enrollment_id, certificate),
+            before_replay=lambda: self._service.check_certificate(request.enrollment_id, certificate),
         )
 
     async def ActivateApp(
@@ -319,6 +384,8 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             pb.ActivateAppResponse,
             secret_request=("usage_start_password",),
             secret_response=("activation.secret", "activation.otpauth_uri"),
+            subject=f"{request.service_id}/{request.user_id}",
+            before_replay=_already_delivered,
         )
 
     async def RegisterApp(
@@ -338,7 +405,13 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             )
             return pb.RegisterAppResponse(state=state)
 
-        return await self._once(request, act, pb.RegisterAppResponse)
+        # The activation ID (high-entropy, from step 8) is this step's credential: it scopes the entry.
+        return await self._once(
+            request,
+            act,
+            pb.RegisterAppResponse,
+            subject=f"{request.service_id}/{request.user_id}/{request.activation_id}",
+        )
 
     async def VerifyFirstCode(
         self, request: pb.VerifyFirstCodeRequest, context: grpc.aio.ServicerContext
@@ -351,7 +424,14 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             )
             return pb.VerifyFirstCodeResponse(enrollment=enrollment_message(enrollment, self._now()))
 
-        return await self._once(request, act, pb.VerifyFirstCodeResponse, secret_request=("otp",))
+        return await self._once(
+            request,
+            act,
+            pb.VerifyFirstCodeResponse,
+            secret_request=("otp",),
+            subject=_certificate_subject(request.enrollment_id, certificate),
+            before_replay=lambda: self._service.check_certificate(request.enrollment_id, certificate),
+        )
 
     async def GetEnrollment(
         self, request: pb.GetEnrollmentRequest, context: grpc.aio.ServicerContext
@@ -371,11 +451,27 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     async def CancelEnrollment(
         self, request: pb.CancelEnrollmentRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelEnrollmentResponse:
+        # Before step 4 the session token cancels; from step 4 (the token retired) the relayed certificate.
+        certificate = None if request.session_token else relayed_certificate()
+
         async def act() -> pb.CancelEnrollmentResponse:
-            enrollment = await self._service.cancel(request.enrollment_id, request.session_token)
+            enrollment = await self._service.cancel(request.enrollment_id, request.session_token, certificate)
             return pb.CancelEnrollmentResponse(enrollment=enrollment_message(enrollment, self._now()))
 
-        return await self._once(request, act, pb.CancelEnrollmentResponse, secret_request=("session_token",))
+        async def check() -> None:
+            if certificate is not None:
+                await self._service.check_certificate(request.enrollment_id, certificate)
+            else:
+                await self._service.check_session(request.enrollment_id, request.session_token)
+
+        return await self._once(
+            request,
+            act,
+            pb.CancelEnrollmentResponse,
+            secret_request=("session_token",),
+            subject=request.enrollment_id,
+            before_replay=check,
+        )
 
     async def UnlockApplication(
         self, request: pb.UnlockApplicationRequest, context: grpc.aio.ServicerContext
@@ -384,7 +480,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             application = await self._service.unlock_application(request.application_id)
             return pb.UnlockApplicationResponse(application=application_message(application, self._now()))
 
-        return await self._once(request, act, pb.UnlockApplicationResponse)
+        return await self._once(request, act, pb.UnlockApplicationResponse, subject=request.application_id)
 
     async def ReissueCertificate(
         self, request: pb.ReissueCertificateRequest, context: grpc.aio.ServicerContext
@@ -408,6 +504,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             act,
             pb.ReissueCertificateResponse,
             secret_response=("temporary_login_password", "temporary_confirmation_password"),
+            subject=request.user_id,
         )
 
     async def ListApplications(
@@ -426,7 +523,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             enrollment = await self._service.reopen(request.enrollment_id)
             return pb.ReopenEnrollmentResponse(enrollment=enrollment_message(enrollment, self._now()))
 
-        return await self._once(request, act, pb.ReopenEnrollmentResponse)
+        return await self._once(request, act, pb.ReopenEnrollmentResponse, subject=request.enrollment_id)
 
 
 def binding(api: EnrollmentApi) -> ServiceBinding:

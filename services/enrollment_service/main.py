@@ -17,8 +17,9 @@ from kagi.passwords import PasswordHasher, Pepper
 from kagi.runtime.failpoints import arm
 from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.grpc_server import GrpcServer
+from kagi.runtime.management import ManagementListener, grpc_readiness, management_address, start_management
 from kagi.runtime.settings import Environment, ListenSettings, Secret, TlsFiles, tls_files_from_env
-from kagi.store import KeyValueStore, open_store
+from kagi.store import KeyValueStore, check_at_start, open_store
 from services.enrollment_service.adapters.clients import GrpcCertificateAuthority, GrpcTokenService
 from services.enrollment_service.adapters.mail import transport_from_settings
 from services.enrollment_service.adapters.outbox import OutboxSender
@@ -63,6 +64,8 @@ class EnrollmentSettings:
     # How often the sweeper expires idle enrollments, cleans up abandoned ones and erases their personal data
     # after the retention period (EnrollmentPolicy.abandoned_retention_seconds).
     sweep_seconds: float = 30.0
+    # The management listener (plain HTTP /healthz, /readyz, /metrics): KAGI_ENROLLMENT_MANAGEMENT_ADDR.
+    management: tuple[str, int] | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> EnrollmentSettings:
@@ -91,6 +94,12 @@ class EnrollmentSettings:
                 contact_text=env.text("KAGI_CONTACT_TEXT", EnrollmentPolicy.contact_text),
                 abandoned_retention_seconds=86400
                 * env.integer("KAGI_ABANDONED_RETENTION_DAYS", 90, minimum=1, maximum=3650),
+                # Step 1's failures per client address (relayed by the gateway) before it is refused; 0 = off.
+                notice_failures_per_address=env.integer(
+                    "KAGI_NOTICE_FAILURES_PER_ADDRESS", 20, minimum=0, maximum=1_000_000
+                ),
+                notice_address_window_seconds=60
+                * env.integer("KAGI_NOTICE_ADDRESS_WINDOW_MINUTES", 10, minimum=1, maximum=24 * 60),
             ),
             idempotency_pending_seconds=env.integer("KAGI_IDEMPOTENCY_PENDING_SECONDS", 30, minimum=1, maximum=3600),
             failpoints=env.text("KAGI_FAILPOINTS", ""),
@@ -105,6 +114,7 @@ class EnrollmentSettings:
                     "KAGI_ACCESS_TOKEN_SECONDS", 900, minimum=60, maximum=MAX_ACCESS_TOKEN_SECONDS
                 ),
             ),
+            management=management_address(environ, "enrollment"),
         )
 
 
@@ -113,6 +123,7 @@ class EnrollmentComponent:
 
     lifecycle: CredentialLifecycle | None = None
     setups: AbandonedSetups | None = None
+    management: ManagementListener | None = None
     _sweep_task: asyncio.Task[None] | None = None
 
     def __init__(
@@ -160,6 +171,8 @@ class EnrollmentComponent:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop ends the server gracefully, then the mail sender, channels and store."""
+        if self.management is not None:
+            await self.management.stop()
         await self.server.stop(grace)
         self._stop_mail.set()
         with contextlib.suppress(asyncio.CancelledError):
@@ -180,6 +193,11 @@ async def start_enrollment(
     clock = clock or SystemClock()
     arm(settings.failpoints)
     store = open_store(settings.store_url, namespace="enrollment", state_dir=settings.state_dir, clock=clock)
+    try:
+        await check_at_start(store)
+    except BaseException:
+        await store.close()
+        raise
     hasher = hasher or PasswordHasher([Pepper("p1", settings.pepper.reveal())])
     ca_channel = open_channel(settings.ca_target, settings.client_tls, server_name="localhost")
     otp_channel = open_channel(settings.otp_target, settings.client_tls, server_name="localhost")
@@ -232,4 +250,7 @@ async def start_enrollment(
     component.lifecycle = lifecycle
     service.setups.add_duty(lifecycle.maintain)  # renewal reminders, superseded certificates past their grace
     component.start_sweeper(service.setups, settings.sweep_seconds)
+    component.management = await start_management(
+        settings.management, {"enrollment": grpc_readiness(server)}, reuse_port=settings.listen.workers > 1
+    )
     return component

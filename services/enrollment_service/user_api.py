@@ -100,6 +100,12 @@ def _relaying_caller() -> bool:
     return caller.plaintext or caller.role is Role.GATEWAY
 
 
+def _credential_subject(certificate: ClientCertificate, access_token: str) -> str:
+    # The ledger hashes the subject: a high-entropy access token is safe in it, and a replay then needs the
+    # same certificate and the same token as the call that acted.
+    return f"{certificate.fingerprint_sha256.lower()}/{access_token}"
+
+
 def _session_certificate() -> ClientCertificate | None:
     # The gateway relays the certificate of every customer request: a token must be used with its own.
     return relayed_certificate() if _relaying_caller() else None
@@ -209,7 +215,7 @@ class UserApi(IdempotentApi, user_pb2_grpc.UserServiceServicer):
         async def act() -> upb.LockUserResponse:
             return upb.LockUserResponse(user=user_message(await self._sessions.lock(request.user_id, actor=_actor())))
 
-        return await self._once(request, act, upb.LockUserResponse)
+        return await self._once(request, act, upb.LockUserResponse, subject=request.user_id)
 
     async def UnlockUser(
         self, request: upb.UnlockUserRequest, context: grpc.aio.ServicerContext
@@ -218,7 +224,7 @@ class UserApi(IdempotentApi, user_pb2_grpc.UserServiceServicer):
             view = await self._sessions.unlock(request.user_id, actor=_actor())
             return upb.UnlockUserResponse(user=user_message(view))
 
-        return await self._once(request, act, upb.UnlockUserResponse)
+        return await self._once(request, act, upb.UnlockUserResponse, subject=request.user_id)
 
     # -- the credentials' lifecycle ------------------------------------------------------------------------
 
@@ -254,7 +260,13 @@ class UserApi(IdempotentApi, user_pb2_grpc.UserServiceServicer):
                 expire_time=_timestamp(notice.expires_at),
             )
 
-        return await self._once(request, act, upb.IssuePasswordResetResponse, secret_response=("temporary_password",))
+        return await self._once(
+            request,
+            act,
+            upb.IssuePasswordResetResponse,
+            secret_response=("temporary_password",),
+            subject=request.user_id,
+        )
 
     async def ResetPassword(
         self, request: upb.ResetPasswordRequest, context: grpc.aio.ServicerContext
@@ -290,8 +302,13 @@ class UserApi(IdempotentApi, user_pb2_grpc.UserServiceServicer):
             )
 
         # A retry with the request id answers the certificate the first call issued (a lost answer).
+        # Scoped by the relayed certificate and the access token: a replay is for the holder of both only.
         return await self._once(
-            request, act, upb.RenewCertificateResponse, secret_request=("access_token", "login_password")
+            request,
+            act,
+            upb.RenewCertificateResponse,
+            secret_request=("access_token", "login_password"),
+            subject=_credential_subject(certificate, request.access_token),
         )
 
     async def ReissueToken(
@@ -323,6 +340,7 @@ class UserApi(IdempotentApi, user_pb2_grpc.UserServiceServicer):
             act,
             upb.ReissueTokenResponse,
             secret_request=(*secrets, "usage_start_password_confirmation"),
+            subject=_credential_subject(certificate, request.access_token),
         )
 
     async def AllowTokenReissue(
@@ -332,7 +350,7 @@ class UserApi(IdempotentApi, user_pb2_grpc.UserServiceServicer):
             user = await self._lifecycle.allow_token_reissue(request.user_id, actor=_actor())
             return upb.AllowTokenReissueResponse(user=await self._view(user))
 
-        return await self._once(request, act, upb.AllowTokenReissueResponse)
+        return await self._once(request, act, upb.AllowTokenReissueResponse, subject=request.user_id)
 
     async def DisableUserToken(
         self, request: upb.DisableUserTokenRequest, context: grpc.aio.ServicerContext
@@ -341,7 +359,7 @@ class UserApi(IdempotentApi, user_pb2_grpc.UserServiceServicer):
             user = await self._lifecycle.disable_token(request.user_id, request.reason, actor=_actor())
             return upb.DisableUserTokenResponse(user=await self._view(user))
 
-        return await self._once(request, act, upb.DisableUserTokenResponse)
+        return await self._once(request, act, upb.DisableUserTokenResponse, subject=request.user_id)
 
     async def _view(self, user: User) -> upb.User:
         return user_message(await self._sessions.view(user))

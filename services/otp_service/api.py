@@ -149,7 +149,9 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
                 )
             return pb.CreateTokenResponse(token=self._token(token))
 
-        return await self._once(request, act, pb.CreateTokenResponse, secret_request=("usage_start_password",))
+        return await self._once(
+            request, act, pb.CreateTokenResponse, secret_request=("usage_start_password",), subject=request.user_id
+        )
 
     async def ActivateToken(
         self, request: pb.ActivateTokenRequest, context: grpc.aio.ServicerContext
@@ -181,6 +183,7 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
             pb.ActivateTokenResponse,
             secret_request=("usage_start_password",),
             secret_response=_SEED_FIELDS,
+            subject=f"{request.service_id}/{request.app_user_id}",
         )
 
     async def ConfirmRegistration(
@@ -195,7 +198,9 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
                 )
             return pb.ConfirmRegistrationResponse(token=self._token(token))
 
-        return await self._once(request, act, pb.ConfirmRegistrationResponse)
+        return await self._once(
+            request, act, pb.ConfirmRegistrationResponse, subject=f"{request.service_id}/{request.app_user_id}"
+        )
 
     async def VerifyCode(
         self, request: pb.VerifyCodeRequest, context: grpc.aio.ServicerContext
@@ -224,7 +229,7 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
         async def act() -> pb.DisableTokenResponse:
             return pb.DisableTokenResponse(token=self._token(await self._service.disable(request.token_id)))
 
-        return await self._once(request, act, pb.DisableTokenResponse)
+        return await self._once(request, act, pb.DisableTokenResponse, subject=request.token_id)
 
     async def UnlockToken(
         self, request: pb.UnlockTokenRequest, context: grpc.aio.ServicerContext
@@ -232,7 +237,7 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
         async def act() -> pb.UnlockTokenResponse:
             return pb.UnlockTokenResponse(token=self._token(await self._service.unlock(request.token_id)))
 
-        return await self._once(request, act, pb.UnlockTokenResponse)
+        return await self._once(request, act, pb.UnlockTokenResponse, subject=request.token_id)
 
     async def ReissueToken(
         self, request: pb.ReissueTokenRequest, context: grpc.aio.ServicerContext
@@ -246,7 +251,13 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
                 )
             return pb.ReissueTokenResponse(token=self._token(token))
 
-        return await self._once(request, act, pb.ReissueTokenResponse, secret_request=("usage_start_password",))
+        return await self._once(
+            request,
+            act,
+            pb.ReissueTokenResponse,
+            secret_request=("usage_start_password",),
+            subject=request.token_id,
+        )
 
     async def RevokeToken(
         self, request: pb.RevokeTokenRequest, context: grpc.aio.ServicerContext
@@ -254,7 +265,7 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
         async def act() -> pb.RevokeTokenResponse:
             return pb.RevokeTokenResponse(token=self._token(await self._service.revoke(request.token_id)))
 
-        return await self._once(request, act, pb.RevokeTokenResponse)
+        return await self._once(request, act, pb.RevokeTokenResponse, subject=request.token_id)
 
 
 def binding(api: OtpApi) -> ServiceBinding:

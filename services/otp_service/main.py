@@ -14,6 +14,7 @@ Environment (secrets also as NAME_FILE, which keeps them out of the process tabl
                                                         and the 60 s after; 0-10)
     KAGI_OTP_FUTURE_STEPS                               steps ahead a code is accepted (0: never a later
                                                         step's code; 0-2, for phones whose clocks run fast)
+    KAGI_OTP_MANAGEMENT_ADDR                            plain-HTTP /healthz, /readyz, /metrics (127.0.0.1:9092; off)
     KAGI_OTP_GROUP_COMMIT                               share store rounds among concurrent commits (default:
                                                         on for SQLite, where it saves an fsync per verification;
                                                         off for Redis, where it measured no gain)
@@ -30,8 +31,9 @@ from kagi.errors import InvalidArgument
 from kagi.idempotency import IdempotencyLedger
 from kagi.passwords import MIN_PEPPER_BYTES, PasswordHasher, Pepper
 from kagi.runtime.grpc_server import GrpcServer
+from kagi.runtime.management import ManagementListener, grpc_readiness, management_address, start_management
 from kagi.runtime.settings import Environment, ListenSettings, Secret, tls_files_from_env
-from kagi.store import KeyValueStore, open_store
+from kagi.store import KeyValueStore, check_at_start, open_store
 from services.otp_service.adapters.group_commit import GroupCommitStore
 from services.otp_service.api import OtpApi, binding
 from services.otp_service.app.cache import DEFAULT_CACHE_SIZE
@@ -83,6 +85,8 @@ class OtpSettings:
     cache_size: int = DEFAULT_CACHE_SIZE
     group_commit: bool | None = None  # None: on for SQLite, off for Redis (see the module docstring)
     namespace: str = STORE_NAMESPACE
+    # The management listener (plain HTTP /healthz, /readyz, /metrics): KAGI_OTP_MANAGEMENT_ADDR; None: none.
+    management: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         if len(self.pepper.reveal()) < MIN_PEPPER_BYTES:
@@ -127,6 +131,7 @@ class OtpSettings:
             policy=policy,
             cache_size=env.integer("KAGI_OTP_CACHE_SIZE", DEFAULT_CACHE_SIZE, minimum=0, maximum=10_000_000),
             group_commit=env.flag("KAGI_OTP_GROUP_COMMIT") if env.optional("KAGI_OTP_GROUP_COMMIT") else None,
+            management=management_address(environ, "otp"),
         )
 
     def groups_commits(self) -> bool:
@@ -165,6 +170,8 @@ def build_service(
 class OtpComponent:
     """OtpComponent is a running OTP service: its gRPC server, use cases and store."""
 
+    management: ManagementListener | None = None
+
     def __init__(self, server: GrpcServer, service: OtpService, store: KeyValueStore) -> None:
         self.server = server
         self.service = service
@@ -177,6 +184,8 @@ class OtpComponent:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop ends the server gracefully (calls in flight get `grace` seconds), then closes the store."""
+        if self.management is not None:
+            await self.management.stop()
         await self.server.stop(grace)
         await self._store.close()
 
@@ -188,6 +197,11 @@ async def start_otp(
     store answers."""
     clock = clock or SystemClock()
     store = settings.open_store(clock)
+    try:
+        await check_at_start(store)
+    except BaseException:
+        await store.close()
+        raise
     service = build_service(settings, store, clock=clock, hasher=hasher)
     api = OtpApi(service, IdempotencyLedger(store))
     server = GrpcServer(settings.listen, [binding(api)], domain="otp.kagi", readiness=store.ping)
@@ -196,4 +210,8 @@ async def start_otp(
     except BaseException:
         await store.close()
         raise
-    return OtpComponent(server, service, store)
+    component = OtpComponent(server, service, store)
+    component.management = await start_management(
+        settings.management, {"otp": grpc_readiness(server)}, reuse_port=settings.listen.workers > 1
+    )
+    return component

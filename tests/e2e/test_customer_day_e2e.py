@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
@@ -25,17 +21,8 @@ from tests.integration.gateway.gateway_support import (
     complete_with_curl,
     curl,
     oathtool_code,
-    open_gateway_stack,
 )
 from tests.support.tools import run, tool
-
-
-@pytest.fixture
-async def day(tmp_path: Path) -> AsyncIterator[tuple[GatewayStack, FakeClock]]:
-    clock = FakeClock(time.time())
-    stack = await open_gateway_stack(tmp_path, clock=clock)
-    yield stack, clock
-    await stack.close()
 
 
 async def _thumbprint(certificate: TlsFiles) -> str:
@@ -58,12 +45,12 @@ async def _verified(stack: GatewayStack, token: str, now: float) -> dict[str, An
     return dict(decoded.claims)
 
 
-async def test_a_customers_day_log_in_step_up_confirm_log_out(day: tuple[GatewayStack, FakeClock]) -> None:
+async def test_a_customers_day_log_in_step_up_confirm_log_out(timed: tuple[GatewayStack, FakeClock]) -> None:
     """The access token verifies against the JWKS with joserfc, is bound to the certificate (cnf.x5t#S256 as
     openssl computes it) and refused with any other certificate; a step-up adds otp and mfa to amr; a
     confirmation token carries the transaction and the summary's digest; the same code cannot confirm a second
     transaction; the same transaction id returns the first confirmation; after logout the token is refused."""
-    stack, clock = day
+    stack, clock = timed
     customer, secret = await complete_with_curl(stack, clock)
     other = await Customer(stack).through_step4()
     assert customer.certificate is not None
@@ -142,11 +129,11 @@ async def test_a_customers_day_log_in_step_up_confirm_log_out(day: tuple[Gateway
 
 
 async def test_the_current_enrollment_is_found_from_the_certificate_alone(
-    day: tuple[GatewayStack, FakeClock],
+    timed: tuple[GatewayStack, FakeClock],
 ) -> None:
     """After step 4 the customer closes the browser (procedure ⑭): with the certificate alone,
     GET /v1/enrollments/current finds the half-done setup and its next step."""
-    stack, _clock = day
+    stack, _clock = timed
     customer = await Customer(stack).through_step4()
     answer = await curl(stack, "GET", "/v1/enrollments/current", cert=customer.certificate)
     assert answer.status == 200, answer.body

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.tools import run, tool
 
-PORTS = (50051, 50052, 50053, 8443, 8080)
+PORTS = (50051, 50052, 50053, 8443, 8080, 9090)
 
 
 def _free(port: int) -> bool:
@@ -52,7 +52,8 @@ async def _stop(process: asyncio.subprocess.Process) -> bytes:
 
 async def test_kagi_dev_runs_everything_and_grpcurl_reaches_it(tmp_path: Path) -> None:
     """The printed grpcurl line works against the enrollment service, health answers SERVING on every service,
-    the gateway answers /healthz and /readyz, and SIGINT stops everything with exit status 0."""
+    the gateway answers /healthz, the one management listener (127.0.0.1:9090) answers /readyz for every
+    component and /metrics, and SIGINT stops everything with exit status 0."""
     if not all(_free(port) for port in PORTS):
         pytest.fail(f"kagi dev needs ports {PORTS} free on 127.0.0.1")
     state = tmp_path / ".kagi"
@@ -74,10 +75,13 @@ async def test_kagi_dev_runs_everything_and_grpcurl_reaches_it(tmp_path: Path) -
                 await run([tool("grpcurl"), *creds, f"localhost:{port}", "grpc.health.v1.Health/Check"])
             )
             assert health["status"] == "SERVING"
-        ready = json.loads(
-            await run([tool("curl"), "-sS", "--cacert", str(tls / "ca.pem"), "https://localhost:8443/readyz"])
-        )
+        ready = json.loads(await run([tool("curl"), "-sS", "http://127.0.0.1:9090/readyz"]))
         assert ready["ready"] is True
+        assert sorted(ready["components"]) == ["ca", "enrollment", "gateway", "otp"]
+        metrics = await run([tool("curl"), "-sS", "http://127.0.0.1:9090/metrics"])
+        assert "kagi_gateway_http_requests_total" in metrics
+        health = await run([tool("curl"), "-sS", "--cacert", str(tls / "ca.pem"), "https://localhost:8443/healthz"])
+        assert json.loads(health) == {"status": "ok"}
         root = await run([tool("curl"), "-sS", "http://127.0.0.1:8080/pki/ca.pem"])
         assert root == (tls / "ca.pem").read_text()
     finally:

@@ -9,10 +9,6 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from kagi.clock import FakeClock
 from kagi.runtime.settings import TlsFiles
@@ -21,17 +17,8 @@ from tests.integration.gateway.gateway_support import (
     complete_with_curl,
     curl,
     oathtool_code,
-    open_gateway_stack,
 )
 from tests.support.tools import run, tool
-
-
-@pytest.fixture
-async def timed(tmp_path: Path) -> AsyncIterator[tuple[GatewayStack, FakeClock]]:
-    clock = FakeClock(time.time())
-    stack = await open_gateway_stack(tmp_path, clock=clock)
-    yield stack, clock
-    await stack.close()
 
 
 async def _admin(stack: GatewayStack, *args: str) -> str:

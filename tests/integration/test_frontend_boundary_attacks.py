@@ -108,8 +108,8 @@ async def test_frontend_cannot_drive_a_victims_setup_with_a_relayed_certificate(
     CERTIFICATE_ISSUED and no mail is sent."""
     victim = await Customer(stack).through_step4()
     path = f"/v1/enrollments/{victim.enrollment_id}"
-    async with stack.client() as client:
-        answer = await client.request("GET", path, bearer=victim.session)
+    async with stack.client(victim.certificate) as client:  # step 4 retired the session token
+        answer = await client.request("GET", path)
     assert answer.status == 200, answer.body
     assert answer.body["state"] == "CERTIFICATE_ISSUED"
     mail_before = await delivered_mail(stack)
@@ -148,8 +148,8 @@ async def test_frontend_cannot_drive_a_victims_setup_with_a_relayed_certificate(
         assert code == grpc.StatusCode.PERMISSION_DENIED, (step, code, reason)
         assert reason in ("CALLER_NOT_ALLOWED", "CLIENT_CERT_NOT_RELAYED"), (step, reason)
 
-    async with stack.client() as client:
-        answer = await client.request("GET", path, bearer=victim.session)
+    async with stack.client(victim.certificate) as client:
+        answer = await client.request("GET", path)
     assert answer.status == 200, answer.body
     assert answer.body["state"] == "CERTIFICATE_ISSUED"
     assert await delivered_mail(stack) == mail_before

@@ -1,5 +1,6 @@
 """Idempotent mutations: a retry with the same request_id returns the first answer and acts once, concurrent
-retries never both act, a reused id with different content is refused, and failures free the id."""
+retries never both act, a reused id with different content is refused, failures free the id, entries are scoped
+by caller and subject, and the credential check runs before anything stored is disclosed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kagi.errors import Aborted, InvalidArgument, Unavailable
-from kagi.idempotency import Codec, IdempotencyLedger, fingerprint
+from kagi.idempotency import Codec, IdempotencyLedger, fingerprint, scope_of
 from kagi.store import KeyValueStore, open_store
 
 TEXT = Codec[dict[str, str]](dump=lambda a: json.dumps(a).encode(), load=lambda b: json.loads(b))
@@ -111,3 +112,42 @@ async def test_malformed_request_id_is_refused(store: KeyValueStore, bad: str) -
     with pytest.raises(InvalidArgument) as failure:
         await ledger.run("s", bad, fingerprint("a"), act, TEXT)
     assert "request_id" in failure.value.fields
+
+
+async def test_the_credential_check_runs_before_anything_stored_is_disclosed(store: KeyValueStore) -> None:
+    """`before_replay` runs before a replay, before REQUEST_ID_REUSED and before "still in progress": a
+    failing check is all a caller with a wrong credential learns."""
+    ledger = IdempotencyLedger(store)
+    release = asyncio.Event()
+
+    async def slow() -> dict[str, str]:
+        await release.wait()
+        return {"enrollment": "e1"}
+
+    async def refuse() -> None:
+        raise PermissionError("wrong credential")
+
+    first = asyncio.create_task(ledger.run("s", "r", fingerprint("a"), slow, TEXT))
+    await asyncio.sleep(0.05)
+    with pytest.raises(PermissionError):  # in progress, but not told so
+        await ledger.run("s", "r", fingerprint("a"), slow, TEXT, before_replay=refuse)
+    release.set()
+    assert await first == {"enrollment": "e1"}
+    for print_ in (fingerprint("a"), fingerprint("b")):  # the replay, and the reuse with other content
+        with pytest.raises(PermissionError):
+            await ledger.run("s", "r", print_, slow, TEXT, before_replay=refuse)
+
+
+async def test_scopes_keep_callers_and_subjects_apart(store: KeyValueStore) -> None:
+    """The same request id under another caller or subject is a different entry: it acts, never replays nor
+    refuses."""
+    ledger = IdempotencyLedger(store)
+    answers = iter([{"n": "1"}, {"n": "2"}, {"n": "3"}])
+
+    async def act() -> dict[str, str]:
+        return next(answers)
+
+    one = await ledger.run(scope_of("M", "caller-a", "acct-1"), "k", fingerprint("x"), act, TEXT)
+    two = await ledger.run(scope_of("M", "caller-a", "acct-2"), "k", fingerprint("y"), act, TEXT)
+    three = await ledger.run(scope_of("M", "caller-b", "acct-1"), "k", fingerprint("x"), act, TEXT)
+    assert [one, two, three] == [{"n": "1"}, {"n": "2"}, {"n": "3"}]

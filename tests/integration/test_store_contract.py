@@ -734,7 +734,9 @@ async def test_redis_frozen_gives_store_unavailable_within_the_socket_timeout(
     """A Redis that accepts connections but never answers (SIGSTOP) makes reads fail after the socket
     timeout instead of hanging, and the client recovers once Redis answers again."""
     server = redis_factory(appendonly=False)
-    store = RedisStore(server.url + "?socket_timeout=0.5", namespace=namespace, connect_timeout=0.5)
+    store = RedisStore(
+        server.url + "?socket_timeout=0.5", namespace=namespace, connect_timeout=0.5, allow_volatile=True
+    )
     try:
         entry = await store.create("c", "k", b"v")
         server.pause()

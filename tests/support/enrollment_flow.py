@@ -115,7 +115,10 @@ async def open_stack(state_dir: Path, *, store_url: str = "sqlite:", clock: Cloc
         store_url=store_url,
         clock=clock,
         with_gateway=False,
-        extra_env={"KAGI_SMTP_URL": f"smtp://127.0.0.1:{smtp.port}", "KAGI_MAIL_FROM": "no-reply@bank.example"},
+        extra_env={
+            "KAGI_SMTP_URL": f"smtp://127.0.0.1:{smtp.port}?starttls=false",
+            "KAGI_MAIL_FROM": "no-reply@bank.example",
+        },
     )
     targets = {name: dev.target(name) for name in ("ca", "otp", "enrollment")}
     return Stack(targets, dev.tls_dir, smtp, dev=dev)
@@ -361,9 +364,15 @@ class Customer:
         return reply
 
     async def state(self) -> pb.Enrollment:
-        """State reads the enrollment back with the session token."""
-        reply = await self.stack.enrollment().GetEnrollment(
-            pb.GetEnrollmentRequest(enrollment_id=self.enrollment_id, session_token=self.session)
-        )
+        """State reads the enrollment back: with the session token before step 4, the certificate after it
+        (step 4 retires the token)."""
+        if self.certificate_pem:
+            reply = await self.stack.enrollment().GetEnrollment(
+                pb.GetEnrollmentRequest(enrollment_id=self.enrollment_id), metadata=self.cert_metadata
+            )
+        else:
+            reply = await self.stack.enrollment().GetEnrollment(
+                pb.GetEnrollmentRequest(enrollment_id=self.enrollment_id, session_token=self.session)
+            )
         enrollment: pb.Enrollment = reply.enrollment
         return enrollment

@@ -2,12 +2,17 @@
 
 Layout of the directory (mode 0700; keys 0600, certificates 0644):
 
-    root.pem, root-key.pem                  the root CA (its key is never opened by the running service)
+    root.pem, root.crl                      the root CA's certificate and its CRL (signed offline)
     customer.pem, customer-key.pem          the customer CA
     internal.pem, internal-key.pem          the internal CA
     <kind>-ocsp-<id>.pem, <kind>-ocsp-<id>-key.pem
                                             delegated OCSP signers of the customer and internal CAs; the one
                                             with the latest notAfter is used, older ones may be deleted
+
+The root's key is not here: `create` writes it to a path outside this directory, under a passphrase of its own
+(an `OfflineRootKey`), and only `open_root` (the offline ceremonies: signing the root's CRL) ever opens it. A
+directory made before that rule still holds root-key.pem: the service keeps working without opening it and warns,
+and `move_root_key` moves it out (`kagi admin move-root-key`).
 
 Nothing here ever writes over an existing file: initialising twice fails instead of replacing a CA key.
 """
@@ -15,6 +20,8 @@ Nothing here ever writes over an existing file: initialising twice fails instead
 from __future__ import annotations
 
 import dataclasses
+import hmac
+import os
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,9 +33,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from kagi.clock import Clock
-from kagi.errors import AlreadyExists
+from kagi.errors import AlreadyExists, InvalidArgument
 from kagi.files import write_file
-from services.ca_service.adapters.file_signer import FileSigner, Passphrase
+from services.ca_service.adapters.file_signer import FileSigner, Passphrase, write_key_file
 from services.ca_service.domain.authority import CertificateAuthority
 from services.ca_service.domain.crl import SignedCrl, build_crl
 from services.ca_service.domain.errors import CaKeyUnreadable
@@ -68,6 +75,21 @@ class OfflineKeySigner:
 
 
 @dataclass(frozen=True)
+class OfflineRootKey:
+    """OfflineRootKey is where the root's encrypted key lives, outside the CA directory, and its own passphrase."""
+
+    path: Path
+    passphrase: Passphrase
+
+    def __repr__(self) -> str:
+        return f"OfflineRootKey({str(self.path)!r})"
+
+
+def _passphrase_bytes(passphrase: Passphrase) -> bytes:
+    return passphrase if isinstance(passphrase, bytes) else passphrase.reveal()
+
+
+@dataclass(frozen=True)
 class LoadedCa:
     """LoadedCa is the hierarchy and the current OCSP signers read from a CA directory."""
 
@@ -104,24 +126,41 @@ class CaDirectory:
         """Initialized tells whether a CA already lives here (any of the CA files exists)."""
         return any(self.cert_path(k.value).exists() or self.key_path(k.value).exists() for k in CaKind)
 
+    @property
+    def root_key_path(self) -> Path:
+        """Root_key_path is where a CA directory made before the root went offline kept the root's key."""
+        return self.key_path(CaKind.ROOT.value)
+
+    def holds_root_key(self) -> bool:
+        """Holds_root_key tells whether the root's key is (still) in this directory, which it must not be."""
+        return self.root_key_path.exists()
+
     def create(
         self,
         passphrase: Passphrase,
         *,
+        root_key: OfflineRootKey,
         settings: PkiSettings,
         clock: Clock,
         algorithm: KeyAlgorithm | None = None,
     ) -> LoadedCa:
         """Create makes the root, the customer and internal CAs and an OCSP signer for each, once.
 
-        Raises AlreadyExists when a CA is already here; nothing existing is touched.
+        The root's key goes to `root_key.path` (outside this directory) under `root_key.passphrase`, which must
+        differ from `passphrase` (the online keys'). Raises AlreadyExists when a CA is already here or a file is
+        at `root_key.path`; nothing existing is touched.
         """
         algorithm = algorithm or settings.key_algorithm
         if self.initialized():
             raise AlreadyExists(f"a CA already exists in {self.path}; refusing to overwrite it", reason="CA_EXISTS")
+        self._check_offline(root_key, passphrase)
+        if root_key.path.exists():
+            raise AlreadyExists(f"{root_key.path} exists already; refusing to overwrite it", reason="CA_KEY_EXISTS")
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path.chmod(0o700)
-        signers = {kind: FileSigner.create(self.key_path(kind.value), passphrase, algorithm) for kind in CaKind}
+        signers = {kind: FileSigner.create(self.key_path(kind.value), passphrase, algorithm) for kind in ISSUING_KINDS}
+        _make_private_parent(root_key.path)
+        signers[CaKind.ROOT] = FileSigner.create(root_key.path, root_key.passphrase, algorithm)
         root = build_root(signers[CaKind.ROOT], settings=settings, clock=clock)
         _write_new(self.cert_path("root"), root.pem, 0o644)
         self.sign_root_crl(root, settings=settings, clock=clock)
@@ -138,20 +177,15 @@ class CaDirectory:
             delegates[kind] = delegate
         return LoadedCa(hierarchy, delegates)
 
-    def load(self, passphrase: Passphrase, *, open_root_key: bool = False) -> LoadedCa:
+    def load(self, passphrase: Passphrase) -> LoadedCa:
         """Load reads the hierarchy and the newest OCSP signer of each issuing CA, checking every pairing.
 
-        The root key stays closed unless `open_root_key` (only re-certifying intermediates needs it).
+        The root's key is never opened (nor looked for): the root signs nothing in the running service.
         """
         if not self.initialized():
             raise CaKeyUnreadable(f"no CA in {self.path}: run `kagi admin init-ca` first", reason="CA_NOT_INITIALIZED")
         root_cert = self._certificate(self.cert_path("root"))
-        root_signer = (
-            FileSigner.open(self.key_path("root"), passphrase)
-            if open_root_key
-            else OfflineKeySigner(_ca_public_key(root_cert))
-        )
-        root = CertificateAuthority(CaKind.ROOT, root_cert, root_signer)
+        root = CertificateAuthority(CaKind.ROOT, root_cert, OfflineKeySigner(_ca_public_key(root_cert)))
         issuing: dict[CaKind, CertificateAuthority] = {}
         for kind in ISSUING_KINDS:
             certificate = self._certificate(self.cert_path(kind.value))
@@ -162,6 +196,55 @@ class CaDirectory:
         hierarchy = Hierarchy(root=root, customer=issuing[CaKind.CUSTOMER], internal=issuing[CaKind.INTERNAL])
         delegates = {kind: self.load_ocsp_signer(issuing[kind], passphrase) for kind in ISSUING_KINDS}
         return LoadedCa(hierarchy, delegates)
+
+    def open_root(self, root_key: OfflineRootKey) -> CertificateAuthority:
+        """Open_root pairs this directory's root certificate with its offline key (a ceremony: sign-root-crl).
+
+        A key inside this directory is refused: move it out first (`move_root_key`).
+        """
+        if _inside(root_key.path, self.path):
+            raise InvalidArgument(
+                f"the root key must be kept outside the CA directory {self.path}; move it with "
+                "`kagi admin move-root-key` first",
+                reason="ROOT_KEY_IN_CA_DIR",
+                fields={"root_key": "must be outside the CA directory"},
+            )
+        certificate = self._certificate(self.cert_path("root"))
+        return CertificateAuthority(CaKind.ROOT, certificate, FileSigner.open(root_key.path, root_key.passphrase))
+
+    def move_root_key(self, passphrase: Passphrase, root_key: OfflineRootKey) -> Path:
+        """Move_root_key takes the root's key out of a directory made before the root went offline.
+
+        The key (under the online `passphrase`) is re-encrypted under `root_key.passphrase` (which must differ)
+        and written to `root_key.path` (outside this directory, never over a file); once that copy opens and
+        pairs with root.pem, the one here is deleted. Returns the new path.
+        """
+        self._check_offline(root_key, passphrase)
+        if not self.holds_root_key():
+            raise CaKeyUnreadable(f"no root key in {self.path} to move", reason="ROOT_KEY_NOT_HERE")
+        certificate = self._certificate(self.cert_path("root"))
+        signer = FileSigner.open(self.root_key_path, passphrase)
+        CertificateAuthority(CaKind.ROOT, certificate, signer)  # raises unless the key is root.pem's
+        _make_private_parent(root_key.path)
+        write_key_file(root_key.path, signer.encrypted_pkcs8(root_key.passphrase))
+        self.open_root(root_key)  # the new copy opens and pairs before the old one goes
+        self.root_key_path.unlink()
+        _sync_directory(self.path)
+        return root_key.path
+
+    def _check_offline(self, root_key: OfflineRootKey, passphrase: Passphrase) -> None:
+        if _inside(root_key.path, self.path):
+            raise InvalidArgument(
+                f"the root key must be written outside the CA directory {self.path}",
+                reason="ROOT_KEY_IN_CA_DIR",
+                fields={"root_key_out": "must be outside the CA directory"},
+            )
+        if hmac.compare_digest(_passphrase_bytes(root_key.passphrase), _passphrase_bytes(passphrase)):
+            raise InvalidArgument(
+                "the root key needs a passphrase of its own, not the online CA keys' passphrase",
+                reason="ROOT_PASSPHRASE_NOT_SEPARATE",
+                fields={"root_passphrase": "must differ from the CA key passphrase"},
+            )
 
     @property
     def root_crl_path(self) -> Path:
@@ -230,6 +313,29 @@ class CaDirectory:
             raise CaKeyUnreadable(f"cannot read {path} ({exc.strerror})") from None
         except ValueError:
             raise CaKeyUnreadable(f"{path} is not a PEM certificate") from None
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return Path(path).resolve().is_relative_to(Path(directory).resolve())
+
+
+def _make_private_parent(path: Path) -> None:
+    parent = Path(path).parent
+    if not parent.exists():
+        parent.mkdir(mode=0o700, parents=True)
+
+
+def _sync_directory(directory: Path) -> None:
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def _ca_public_key(certificate: x509.Certificate) -> CaPublicKey:

@@ -163,7 +163,7 @@ class CrlPublisher:
 
     def on_revocation(self, notice: RevocationNotice) -> None:
         """On_revocation (a feed listener) makes sure, after a grace period, that some CRL covers `notice`."""
-        stamped = int(notice.key.split("-", 1)[0]) / 1e9
+        stamped = notice.observed_at
         self._uncovered[notice.issuer] = max(self._uncovered.get(notice.issuer, 0.0), stamped)
         task = self._covering.get(notice.issuer)
         if task is None or task.done():

@@ -1,10 +1,17 @@
-"""The revocation feed: every replica polls the store's time-ordered revocation events and fans them out.
+"""The revocation feed: every replica reads the store's revocation events by position and fans them out.
 
-A revocation commits its event in the same atomic write as the revocation itself (see `journal`), keyed by
-the commit-time nanoseconds, so any replica sees it on its next poll (every 250 ms). Keys are stamped just
-before the commit and replicas' clocks differ slightly, so an event can land behind the newest key a poller
-has seen: each poll re-reads a short look-back window and drops the keys it already delivered. Events older
-than the retention (a day) are pruned by whichever replica gets there first.
+A revocation commits its event in the same atomic write as the revocation itself (see `journal`), at a
+position the journal takes from the audit head in that very commit: positions follow commit order, so an
+event can never appear behind one already read, however late its commit or however skewed its replica's
+clock. Each replica keeps a cursor (the last position it delivered) and, every 250 ms, lists the events after
+it. A replica starts at the newest position; what was revoked before is in the CRL.
+
+Subscribers (WatchRevocations streams) get each notice in a queue. A new subscriber first gets what this
+replica delivered during the replay window (10 s), so a watcher that subscribes, then loads a CRL published
+a moment before a revocation, misses nothing. A subscriber that falls `queue_limit` notices behind has its
+stream ended (the queue yields None) so that its watcher reconnects and reloads the CRL: a revocation is
+never dropped while the stream looks healthy. Events older than the retention (a day) are pruned by
+whichever replica gets there first.
 """
 
 from __future__ import annotations
@@ -13,12 +20,14 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import structlog
 
 from kagi.clock import Clock
+from kagi.journal import feed_key, feed_position, last_feed_position
 from kagi.store.base import Delete, KeyValueStore, encode_page_token
 from services.ca_service.app.repository import REVOCATION_EVENTS
 from services.ca_service.domain.revocation import RevocationReason
@@ -29,8 +38,9 @@ log = structlog.get_logger("kagi.ca.feed")
 POLL_INTERVAL = 0.25
 """POLL_INTERVAL is how often each replica reads new revocation events (seconds)."""
 
-LOOKBACK = 2.0
-"""LOOKBACK is how far behind its clock a poll re-reads, for events committed late or by a skewed replica."""
+REPLAY = 10.0
+"""REPLAY is how long (seconds) a delivered notice is replayed to new subscribers: longer than a CRL takes to
+cover a revocation (the debounce, or another replica's cover grace), so subscribe-then-load-the-CRL is whole."""
 
 RETENTION = 24 * 3600.0
 """RETENTION is how long revocation events are kept."""
@@ -38,26 +48,32 @@ RETENTION = 24 * 3600.0
 PRUNE_INTERVAL = 600.0
 """PRUNE_INTERVAL is how often a replica deletes events past the retention."""
 
-_QUEUE_LIMIT = 100_000
+QUEUE_LIMIT = 10_000
+"""QUEUE_LIMIT is how many notices a subscriber may have waiting before its stream is ended."""
+
+_RECENT_LIMIT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
 class RevocationNotice:
-    """RevocationNotice is one revocation as the feed delivers it."""
+    """RevocationNotice is one revocation as the feed delivers it.
+
+    `position` is its place in the feed (assigned at commit); `observed_at` is when this replica read it, by
+    its own clock, and never earlier than the revoking replica's stamp: whatever a CRL listed later than that
+    includes the revocation.
+    """
 
     key: str
+    position: int
     serial_hex: str
     issuer: CaKind
     revoked_at: int
     reason: RevocationReason
-
-
-def _time_key(seconds: float) -> str:
-    return f"{max(0, int(seconds * 1e9)):020d}"
+    observed_at: float
 
 
 class RevocationFeed:
-    """RevocationFeed polls the store for revocation events and hands each new one to every subscriber."""
+    """RevocationFeed reads the store's revocation events after its cursor and hands each to every subscriber."""
 
     def __init__(
         self,
@@ -65,19 +81,29 @@ class RevocationFeed:
         clock: Clock,
         *,
         poll_interval: float = POLL_INTERVAL,
-        lookback: float = LOOKBACK,
+        replay: float = REPLAY,
         retention: float = RETENTION,
+        queue_limit: int = QUEUE_LIMIT,
     ) -> None:
         self._store = store
         self._clock = clock
         self._poll_interval = poll_interval
-        self._lookback = lookback
+        self._replay = replay
         self._retention = retention
-        self._subscribers: set[asyncio.Queue[RevocationNotice | None]] = set()
+        self.queue_limit = queue_limit
+        """queue_limit is how far behind a subscriber may fall before its stream is ended."""
+        # queue -> how many notices it was replayed (allowed on top of the limit)
+        self._subscribers: dict[asyncio.Queue[RevocationNotice | None], int] = {}
         self._listeners: list[Callable[[RevocationNotice], None]] = []
-        self._seen: dict[str, float] = {}
+        self._recent: deque[tuple[float, RevocationNotice]] = deque(maxlen=_RECENT_LIMIT)
+        self._cursor: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
+
+    @property
+    def cursor(self) -> int | None:
+        """Cursor is the last position this replica delivered (None until its first read of the store)."""
+        return self._cursor
 
     def start(self) -> None:
         """Start begins polling (idempotent)."""
@@ -91,8 +117,7 @@ class RevocationFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for queue in list(self._subscribers):
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+            self._end(queue)
 
     def add_listener(self, listener: Callable[[RevocationNotice], None]) -> None:
         """Add_listener calls `listener` (synchronously, on the loop) for every new revocation."""
@@ -102,72 +127,83 @@ class RevocationFeed:
     async def subscribe(self) -> AsyncIterator[asyncio.Queue[RevocationNotice | None]]:
         """Subscribe yields a queue of new revocations (None: the feed stopped or the reader fell too far behind).
 
-        It starts with what was committed during the last look-back window, so a watcher that loaded a CRL
-        just before subscribing misses nothing in between.
+        It starts with what this replica delivered during the replay window, so a watcher that loads a CRL
+        just after subscribing misses nothing that CRL may lack.
         """
-        queue: asyncio.Queue[RevocationNotice | None] = asyncio.Queue(maxsize=_QUEUE_LIMIT)
-        self._subscribers.add(queue)
+        queue: asyncio.Queue[RevocationNotice | None] = asyncio.Queue()
+        horizon = time.monotonic() - self._replay
+        replayed = 0
+        for delivered, notice in self._recent:
+            if delivered >= horizon:
+                queue.put_nowait(notice)
+                replayed += 1
+        # The replay does not count against the limit: only falling behind the live feed does.
+        self._subscribers[queue] = replayed
         self.start()
         try:
-            # Only what the poller delivered already: the rest reaches this queue with the next poll.
-            for notice in await self._recent():
-                if notice.key in self._seen:
-                    queue.put_nowait(notice)
             yield queue
         finally:
-            self._subscribers.discard(queue)
+            self._subscribers.pop(queue, None)
 
     async def poll_once(self) -> int:
-        """Poll_once reads new events and delivers them; returns how many were new."""
-        now = self._clock.now()
-        fresh = [notice for notice in await self._recent() if notice.key not in self._seen]
-        for notice in fresh:
-            self._seen[notice.key] = now
-            self._deliver(notice)
-        horizon = now - 4 * self._lookback
-        if len(self._seen) > 1024:
-            self._seen = {key: seen for key, seen in self._seen.items() if seen >= horizon}
-        return len(fresh)
+        """Poll_once reads the events after the cursor and delivers them; returns how many it delivered."""
+        if self._cursor is None:
+            # A new replica starts at the newest position: everything before it is in the CRL.
+            self._cursor = await last_feed_position(self._store)
+        token = encode_page_token(feed_key(self._cursor))
+        delivered = 0
+        while True:
+            page = await self._store.list(REVOCATION_EVENTS, page_size=1000, page_token=token)
+            observed = self._clock.now()
+            for entry in page.entries:
+                position = feed_position(entry.key)
+                if position is None:
+                    continue
+                self._cursor = position
+                notice = _notice(entry.key, position, entry.value, observed)
+                if notice is not None:
+                    self._deliver(notice)
+                    delivered += 1
+            token = page.next_page_token
+            if not token:
+                return delivered
 
     async def prune(self) -> int:
-        """Prune deletes events older than the retention; returns how many it deleted."""
-        cutoff = _time_key(self._clock.now() - self._retention)
+        """Prune deletes events older than the retention (by their commit stamp); returns how many it deleted."""
+        cutoff_ns = int((self._clock.now() - self._retention) * 1e9)
         deleted = 0
         while True:
             page = await self._store.list(REVOCATION_EVENTS, page_size=500)
-            old = [entry.key for entry in page.entries if entry.key < cutoff]
-            if not old:
+            old = [entry.key for entry in page.entries if _stamp_ns(entry.key, entry.value) < cutoff_ns]
+            if old:
+                await self._store.commit([Delete(REVOCATION_EVENTS, key) for key in old])
+                deleted += len(old)
+            if len(old) < len(page.entries) or not page.next_page_token:
                 return deleted
-            await self._store.commit([Delete(REVOCATION_EVENTS, key) for key in old])
-            deleted += len(old)
-            if len(old) < len(page.entries):
-                return deleted
-
-    async def _recent(self) -> list[RevocationNotice]:
-        token = encode_page_token(_time_key(self._clock.now() - self._lookback))
-        notices: list[RevocationNotice] = []
-        while True:
-            page = await self._store.list(REVOCATION_EVENTS, page_size=1000, page_token=token)
-            for entry in page.entries:
-                notice = _notice(entry.key, entry.value)
-                if notice is not None:
-                    notices.append(notice)
-            token = page.next_page_token
-            if not token:
-                return notices
 
     def _deliver(self, notice: RevocationNotice) -> None:
-        for queue in list(self._subscribers):
-            try:
-                queue.put_nowait(notice)
-            except asyncio.QueueFull:
-                # A reader this far behind is better told to reconnect (and reload the CRL) than fed forever.
-                self._subscribers.discard(queue)
+        now = time.monotonic()
+        self._recent.append((now, notice))
+        while self._recent and self._recent[0][0] < now - self._replay:
+            self._recent.popleft()
+        for queue, replayed in list(self._subscribers.items()):
+            if queue.qsize() >= self.queue_limit + replayed:
+                # A reader this far behind is told to reconnect (and reload the CRL), never fed a gap.
+                log.warning("a revocation watcher fell behind; ending its stream", queued=queue.qsize())
+                self._end(queue)
+                continue
+            queue.put_nowait(notice)
         for listener in self._listeners:
             try:
                 listener(notice)
             except Exception:  # a listener's bug must not stop the feed
                 log.exception("revocation listener failed")
+
+    def _end(self, queue: asyncio.Queue[RevocationNotice | None]) -> None:
+        self._subscribers.pop(queue, None)
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(None)
 
     async def _run(self) -> None:
         while True:
@@ -184,16 +220,27 @@ class RevocationFeed:
             await asyncio.sleep(max(0.0, self._poll_interval - (time.monotonic() - started)))
 
 
-def _notice(key: str, value: bytes) -> RevocationNotice | None:
+def _notice(key: str, position: int, value: bytes, observed: float) -> RevocationNotice | None:
     try:
         body = json.loads(value)
         return RevocationNotice(
             key=key,
+            position=position,
             serial_hex=str(body["serial"]),
             issuer=CaKind(body["issuer"]),
             revoked_at=int(body["revoked_at"]),
             reason=RevocationReason(int(body["reason"])),
+            observed_at=max(observed, int(body.get("at_ns", 0)) / 1e9),
         )
     except (ValueError, KeyError, TypeError):
         log.warning("skipping a malformed revocation event", key=key)
         return None
+
+
+def _stamp_ns(key: str, value: bytes) -> int:
+    """_stamp_ns is when an event was committed, by its replica's clock (0 when unreadable: pruned first)."""
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        return int(json.loads(value)["at_ns"])
+    with contextlib.suppress(ValueError):
+        return int(key.split("-", 1)[0])  # an older, clock-keyed event
+    return 0

@@ -7,9 +7,10 @@ Collections (namespace "ca"):
     by-state/active         <serial hex>          issuer: issued and not revoked (expired ones too, by time)
     revoked/<issuer>        <serial hex>          "notAfter,revokedAt,reason": what the CRL is built from
     requests                issue:<request_id>    serial hex (TTL one day): issuance by request id, crash-safe
-    revocation-events       <ns:020>-<serial>     JSON: the feed WatchRevocations polls, pruned after a day
+    revocation-events       p<position:020>       JSON: the feed WatchRevocations reads by cursor, pruned after a day
     audit                   <sequence:016>        AuditRecord JSON, hash-chained
-    audit-head              head                  {"sequence", "hash"}: the chain's tip, the CAS point
+    audit-head              head                  {"sequence", "hash", "feed"}: the chain's tip and the last
+                                                  feed position, the CAS point
     crl                     <issuer>              CRL metadata: number, times, parts, sha256
     crl-parts/<issuer>      <number:020>.<part:04>  the CRL's DER in parts of at most 1 MiB
     crl-numbers             <issuer>              counter: CRL numbers, allocated with increment

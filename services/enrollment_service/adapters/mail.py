@@ -6,6 +6,7 @@ import asyncio
 import mailbox
 import smtplib
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -39,7 +40,11 @@ def build_message(mail: Mail, *, sender: str, now: float) -> EmailMessage:
 
 @dataclass(frozen=True)
 class SmtpSettings:
-    """SmtpSettings is a parsed KAGI_SMTP_URL: smtp://[user:pass@]host:port[?starttls=true&cafile=...] or smtps://."""
+    """SmtpSettings is a parsed KAGI_SMTP_URL: smtp://[user:pass@]host:port[?starttls=false&cafile=...] or smtps://.
+
+    smtp:// upgrades with STARTTLS (verified) unless `?starttls=false` says otherwise; smtps:// is implicit TLS.
+    `timeout` bounds one whole send (connect, TLS, login and the message), not each exchange.
+    """
 
     host: str
     port: int
@@ -63,7 +68,7 @@ class SmtpSettings:
             )
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         implicit = parts.scheme == "smtps"
-        starttls = query.get("starttls", "false").lower() in ("1", "true", "yes")
+        starttls = query.get("starttls", "true").lower() not in ("0", "false", "no")
         return cls(
             host=parts.hostname,
             port=parts.port or (465 if implicit else 25),
@@ -80,6 +85,8 @@ class SmtpTransport:
 
     def __init__(self, settings: SmtpSettings) -> None:
         self._settings = settings
+        # The longest one send may take: the outbox leases a mail for longer than this (adapters.outbox).
+        self.max_send_seconds = settings.timeout
         # Loading the trust store costs milliseconds of CPU: do it once, and only when TLS is used.
         self._context = (
             ssl.create_default_context(cafile=settings.cafile) if settings.implicit_tls or settings.starttls else None
@@ -94,18 +101,33 @@ class SmtpTransport:
 
     def _send(self, message: EmailMessage) -> None:
         s = self._settings
+        deadline = time.monotonic() + s.timeout
         client: smtplib.SMTP
         if s.implicit_tls:
             client = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=self._context)
         else:
             client = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+
+        def budget() -> None:
+            # Each exchange gets only what is left of the whole send's time, so a send never outlives its lease.
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the SMTP send took longer than its timeout")
+            if client.sock is not None:
+                client.sock.settimeout(left)
+
         with client:
+            budget()
             client.ehlo()
             if s.starttls and not s.implicit_tls:
+                budget()
                 client.starttls(context=self._context)
+                budget()
                 client.ehlo()
             if s.username is not None:
+                budget()
                 client.login(s.username, s.password or "")
+            budget()
             client.send_message(message)
 
 

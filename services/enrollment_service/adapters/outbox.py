@@ -24,6 +24,10 @@ COLLECTION = "outbox"
 MAX_BACKOFF_SECONDS = 300.0
 MAX_ATTEMPTS = 100
 PARALLEL_SENDS = 8
+# A claimed mail is leased for at least this long, and always longer than the transport's longest send, so
+# another sender never takes (and sends again) a mail whose slow send is still under way.
+MIN_LEASE_SECONDS = 60.0
+LEASE_MARGIN_SECONDS = 30.0
 
 
 def outbox_entry(mail: Mail, now: float) -> Create:
@@ -31,6 +35,12 @@ def outbox_entry(mail: Mail, now: float) -> Create:
     key = f"{int(now * 1000):015d}-{uuid.uuid4().hex}"
     record = {"to": mail.to, "subject": mail.subject, "body": mail.body, "attempts": 0, "next_attempt_at": now}
     return Create(COLLECTION, key, json.dumps(record).encode())
+
+
+def lease_for(transport: MailTransport) -> float:
+    """lease_for is how long a claimed mail stays the claimer's: the transport's longest send plus a margin."""
+    longest = float(getattr(transport, "max_send_seconds", 0.0))
+    return max(MIN_LEASE_SECONDS, longest + LEASE_MARGIN_SECONDS)
 
 
 @dataclass
@@ -41,6 +51,11 @@ class OutboxSender:
     transport: MailTransport
     clock: Clock
     sender_address: str
+    lease_seconds: float = 0.0  # 0: derived from the transport (see lease_for)
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0:
+            self.lease_seconds = lease_for(self.transport)
 
     async def deliver_due(self) -> int:
         """Deliver_due sends every mail whose time has come and returns how many were delivered."""
@@ -66,7 +81,9 @@ class OutboxSender:
         if record.get("dead") or record["next_attempt_at"] > now:
             return 0
         record["attempts"] += 1
-        record["next_attempt_at"] = now + min(2.0 ** record["attempts"], MAX_BACKOFF_SECONDS)
+        backoff = min(2.0 ** record["attempts"], MAX_BACKOFF_SECONDS)
+        # The claim is a lease: no other sender takes the mail until the send has surely ended.
+        record["next_attempt_at"] = now + max(backoff, self.lease_seconds)
         if record["attempts"] > MAX_ATTEMPTS:
             record["dead"] = True
         try:
@@ -83,6 +100,12 @@ class OutboxSender:
             await self.transport.send(build_message(mail, sender=self.sender_address, now=now))
         except Unavailable as exc:
             log.warning("mail deferred", outbox_key=entry.key, attempts=record["attempts"], error=exc.message)
+            # The send is over: end the lease early, so the retry comes after the backoff, not the lease.
+            record["next_attempt_at"] = now + backoff
+            with contextlib.suppress(VersionMismatch):
+                await self.store.compare_and_swap(
+                    COLLECTION, entry.key, json.dumps(record).encode(), version=claimed.version
+                )
             return 0
         with contextlib.suppress(VersionMismatch):
             await self.store.delete(COLLECTION, entry.key, version=claimed.version)

@@ -8,6 +8,7 @@ writes everything it changed in one atomic commit conditioned on the version it 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from services.enrollment_service.app.ports import (
     CertificateAuthority,
     CertificateStatus,
     IssuedCertificate,
+    RevocationReason,
     TokenService,
 )
 from services.enrollment_service.app.repository import (
@@ -83,6 +85,11 @@ RevocationReasonName = str
 """RevocationReasonName is an RFC 5280 reason by name (keyCompromise, superseded, ...), as the CA port takes it."""
 
 NOTICE_MISMATCH = "口座情報または仮パスワードが正しくありません / the account or the temporary passwords do not match"
+ACTIVATION_ALREADY_DELIVERED = (
+    "このトークンのアプリ設定は完了済みで、シークレットは再表示できません。トークンの再発行をお申し込みください"
+    " / this token's secret was already delivered and is never shown again: ask for a new token (a reissue)"
+)
+NOTICE_THROTTLE = "notice-throttle"
 _CAS_RETRIES = 20
 
 
@@ -96,6 +103,10 @@ class EnrollmentPolicy:
     contact_text: str = DEFAULT_CONTACT_TEXT  # the bank's contact line at the foot of every mail
     # How long a cancelled or expired setup's personal data is kept before the sweeper erases it.
     abandoned_retention_seconds: float = DEFAULT_RETENTION_SECONDS
+    # Step 1's throttle per client address (relayed by the gateway): after this many failures within the window
+    # the address is refused (RESOURCE_EXHAUSTED) before its entries can count against any account; 0 = off.
+    notice_failures_per_address: int = 20
+    notice_address_window_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,11 @@ class Notice:
     application: Application
     temporary_login_password: str
     temporary_confirmation_password: str
+
+
+def activation_already_delivered() -> FailedPrecondition:
+    """activation_already_delivered is step 8's answer to a replay: the secret went out once; ask for a new token."""
+    return FailedPrecondition(ACTIVATION_ALREADY_DELIVERED, reason="ACTIVATION_ALREADY_DELIVERED")
 
 
 class EnrollmentService:
@@ -241,28 +257,24 @@ class EnrollmentService:
         account_number: str,
         temporary_login_password: str,
         temporary_confirmation_password: str,
+        client_address: str = "",
     ) -> tuple[Enrollment, str]:
-        """Verify_notice is step 1: returns a new enrollment and its session token (returned this once)."""
-        validate_notice_entry(
+        """Verify_notice is step 1: returns a new enrollment and its session token (returned this once).
+
+        Every failure (unknown account, used, expired or locked notice, wrong passwords) answers the same
+        UNAUTHENTICATED NOTICE_MISMATCH after the same work (two argon2id verifies, as a real check), so neither
+        the answer nor its time tells which. Only the right passwords learn that the notice is locked, expired
+        or used. The grant is a compare-and-swap on the application read before the hash check: a wrong entry
+        that committed in between (and may have locked it) makes the grant re-read and decide again.
+        """
+        found = await self.check_notice(
             branch_code=branch_code,
+            account_type=account_type,
             account_number=account_number,
             temporary_login_password=temporary_login_password,
             temporary_confirmation_password=temporary_confirmation_password,
+            client_address=client_address,
         )
-        found = await self._repo.application_for_account(account_key(branch_code, account_type, account_number))
-        if found is None:
-            # Cost the same as a real check, and answer the same: accounts cannot be probed.
-            await asyncio.to_thread(self._hasher.verify_dummy, temporary_login_password)
-            raise Unauthenticated(NOTICE_MISMATCH, reason="NOTICE_MISMATCH")
-        self._check_application_open(found.record)
-        login_ok, confirmation_ok = await asyncio.gather(
-            asyncio.to_thread(self._hasher.verify, found.record.temporary_login_hash, temporary_login_password),
-            asyncio.to_thread(
-                self._hasher.verify, found.record.temporary_confirmation_hash, temporary_confirmation_password
-            ),
-        )
-        if not (login_ok and confirmation_ok):
-            await self._count_notice_failure(found.record.application_id)
         now = self._clock.now()
         token = session_token()
         enrollment = Enrollment(
@@ -288,11 +300,62 @@ class EnrollmentService:
                 confirmation_password_hash=user.confirmation_password_hash,
                 token_id=user.token_id,
             )
-        operations = [put_enrollment(enrollment, None), expiring_entry(enrollment)]
-        if found.record.failures:
-            operations.append(put_application(replace(found.record, failures=0), found.version))
-        await self._write(operations)
-        return enrollment, token
+        for _ in range(_CAS_RETRIES):
+            self._check_application_open(found.record)  # the passwords were right: the precise reason
+            granted = replace(found.record, failures=0, verifications=found.record.verifications + 1)
+            operations = [
+                put_enrollment(enrollment, None),
+                expiring_entry(enrollment),
+                put_application(granted, found.version),
+            ]
+            try:
+                await self._repo.commit(operations)
+            except VersionMismatch:
+                found = await self._repo.application(found.record.application_id)
+                continue
+            except KeyExists:
+                raise Aborted("the enrollment changed concurrently; retry", reason="CONCURRENT_UPDATE") from None
+            return enrollment, token
+        raise Aborted("too many concurrent attempts; retry", reason="CONCURRENT_UPDATE")
+
+    async def check_notice(
+        self,
+        *,
+        branch_code: str,
+        account_type: AccountType,
+        account_number: str,
+        temporary_login_password: str,
+        temporary_confirmation_password: str,
+        client_address: str = "",
+    ) -> Versioned[Application]:
+        """Check_notice is step 1's credential check (also run before a replay of step 1): the account's
+        application as read before the hash check, or the uniform NOTICE_MISMATCH, counted per client address
+        and per account."""
+        validate_notice_entry(
+            branch_code=branch_code,
+            account_number=account_number,
+            temporary_login_password=temporary_login_password,
+            temporary_confirmation_password=temporary_confirmation_password,
+        )
+        await self._check_address(client_address)
+        found = await self._repo.application_for_account(account_key(branch_code, account_type, account_number))
+        if found is None:
+            # Cost the same as a real check (both passwords), and answer the same: accounts cannot be probed.
+            await asyncio.gather(
+                asyncio.to_thread(self._hasher.verify_dummy, temporary_login_password),
+                asyncio.to_thread(self._hasher.verify_dummy, temporary_confirmation_password),
+            )
+            await self._notice_failed(None, client_address)
+        assert found is not None  # _notice_failed always raises
+        login_ok, confirmation_ok = await asyncio.gather(
+            asyncio.to_thread(self._hasher.verify, found.record.temporary_login_hash, temporary_login_password),
+            asyncio.to_thread(
+                self._hasher.verify, found.record.temporary_confirmation_hash, temporary_confirmation_password
+            ),
+        )
+        if not (login_ok and confirmation_ok):
+            await self._notice_failed(found, client_address)
+        return found
 
     def _check_application_open(self, application: Application) -> None:
         state = application.current_state(self._clock.now())
@@ -311,18 +374,51 @@ class EnrollmentService:
                 "この通知書は使用済みです / this notice has already been used", reason="APPLICATION_USED"
             )
 
-    async def _count_notice_failure(self, application_id: str) -> None:
+    def _address_key(self, client_address: str) -> str:
+        return hashlib.sha256(client_address.encode()).hexdigest()[:40]
+
+    async def _check_address(self, client_address: str) -> None:
+        """Refuse an address over its failure budget before its entry can count against an account."""
+        limit = self._policy.notice_failures_per_address
+        if not client_address or limit <= 0:
+            return
+        entry = await self._repo.store.get(NOTICE_THROTTLE, self._address_key(client_address))
+        if entry is not None and int(entry.value) >= limit:
+            raise ResourceExhausted(
+                "誤入力が続いたため、しばらくしてからお試しください"
+                " / too many failed attempts from this address: wait a few minutes and try again",
+                reason="TOO_MANY_ATTEMPTS",
+                metadata={"retry_after_seconds": str(int(self._policy.notice_address_window_seconds))},
+            )
+
+    async def _notice_failed(self, found: Versioned[Application] | None, client_address: str) -> None:
+        """Count a failed step 1 against the client address and the account's application, then answer the
+        uniform NOTICE_MISMATCH (the fifth counted failure locks the application, but says so only to the right
+        passwords). A wrong entry that raced a grant (the application was read before it) is not counted."""
+        if client_address and self._policy.notice_failures_per_address > 0:
+            await self._repo.store.increment(
+                NOTICE_THROTTLE,
+                self._address_key(client_address),
+                ttl=self._policy.notice_address_window_seconds,
+            )
+        if found is not None:
+            await self._count_notice_failure(found)
+        # No count of attempts left: it would tell a known account from an unknown one.
+        raise Unauthenticated(NOTICE_MISMATCH, reason="NOTICE_MISMATCH")
+
+    async def _count_notice_failure(self, seen: Versioned[Application]) -> None:
         for _ in range(_CAS_RETRIES):
-            current = await self._repo.application(application_id)
-            failed = current.record.with_failure()
+            current = await self._repo.application(seen.record.application_id)
+            record = current.record
+            if record.verifications != seen.record.verifications:
+                return  # a grant committed after this entry's read: the race goes to the right passwords
+            if record.current_state(self._clock.now()) is not ApplicationState.OPEN:
+                return  # locked, used or expired: nothing left to count
             try:
-                await self._repo.commit([put_application(failed, current.version)])
+                await self._repo.commit([put_application(record.with_failure(), current.version)])
             except VersionMismatch:
                 continue
-            if failed.state is ApplicationState.LOCKED:
-                self._check_application_open(failed)
-            # No count of attempts left: it would tell a known account from an unknown one.
-            raise Unauthenticated(NOTICE_MISMATCH, reason="NOTICE_MISMATCH")
+            return
         raise Aborted("too many concurrent attempts; retry", reason="CONCURRENT_UPDATE")
 
     # -- steps 2-4: the session token ------------------------------------------------------------------------
@@ -398,10 +494,13 @@ class EnrollmentService:
     async def issue_certificate(
         self, enrollment_id: str, session: str, csr_pem: str, request_id: str
     ) -> tuple[Enrollment, IssuedCertificate]:
-        """Issue_certificate is step 4: the CA signs the client's CSR for this user.
+        """Issue_certificate is step 4: the CA signs the client's CSR for this user, and the session token of
+        steps 1-4 is retired (it then answers only a replay of this request).
 
-        The CA call's idempotency key is derived from this request's id, so a retry after a crash between the
-        CA's answer and our save gets the same certificate back instead of a second one.
+        The CA call's idempotency key is derived from the enrollment and the version this call read, never from
+        the caller's request id: every call racing on the same enrollment, and every retry after a crash between
+        the CA's answer and our save, gets the one certificate. A certificate whose enrollment write lost
+        anyway (the enrollment moved on to another certificate) is revoked before the answer.
         """
         current = await self._session_enrollment(enrollment_id, session)
         enrollment = current.record
@@ -411,14 +510,24 @@ class EnrollmentService:
         application = await self._repo.application(enrollment.application_id)
         if enrollment.kind is Kind.REISSUE:
             self._check_application_open(application.record)  # a reissue notice is spent by its certificate
-        certificate = await self._ca.issue_customer_certificate(
-            request_id=f"enrollment/{enrollment.enrollment_id}/{request_id or uuid.uuid4().hex}",
-            csr_pem=csr_pem,
-            user_id=enrollment.user_id,
-            company_name=application.record.company_name,
-            user_name=enrollment.user_name,
-            login_id=enrollment.login_id,
-        )
+        try:
+            certificate = await self._ca.issue_customer_certificate(
+                request_id=f"enrollment/{enrollment.enrollment_id}/certificate/{current.version}",
+                csr_pem=csr_pem,
+                user_id=enrollment.user_id,
+                company_name=application.record.company_name,
+                user_name=enrollment.user_name,
+                login_id=enrollment.login_id,
+            )
+        except InvalidArgument as exc:
+            if exc.reason != "REQUEST_ID_REUSED":
+                raise
+            # The CA signed another CSR for this enrollment (a racing or crashed step 4): one certificate only.
+            raise FailedPrecondition(
+                "この初期設定の証明書は別の証明書署名要求で発行中または発行済みです。同じ要求を再送してください"
+                " / a certificate for this enrollment was requested with another CSR: resend that same request",
+                reason="CERTIFICATE_ALREADY_REQUESTED",
+            ) from None
         failpoint("enrollment.after_ca_issue")
         advanced = enrollment.advanced(
             Step.ISSUE_CERTIFICATE,
@@ -426,25 +535,48 @@ class EnrollmentService:
             self._policy.idle_seconds,
             certificate_serial=certificate.serial_number.lower(),
             certificate_fingerprint=certificate.fingerprint_sha256.lower(),
+            session_digest="",
+            retired_session_digest=enrollment.session_digest,
         )
         owner = CertificateOwner(enrollment.user_id, enrollment.enrollment_id, advanced.certificate_serial)
         expiry = {"user_id": enrollment.user_id, "serial": advanced.certificate_serial, "reminded": []}
         spent: list[Operation] = []
         if enrollment.kind is Kind.REISSUE:
             spent = [put_application(application.record.spent(enrollment.enrollment_id), application.version)]
-        await self._write(
-            [
-                *spent,
-                put_enrollment(advanced, current.version),
-                certificate_owner_record(advanced.certificate_fingerprint, owner),
-                Create(
-                    CERTIFICATE_EXPIRIES,
-                    certificate_expiry_key(not_after(certificate.certificate_pem), advanced.certificate_fingerprint),
-                    json.dumps(expiry).encode(),
-                ),
-            ]
-        )
+        try:
+            await self._repo.commit(
+                [
+                    *spent,
+                    put_enrollment(advanced, current.version),
+                    certificate_owner_record(advanced.certificate_fingerprint, owner),
+                    Create(
+                        CERTIFICATE_EXPIRIES,
+                        certificate_expiry_key(
+                            not_after(certificate.certificate_pem), advanced.certificate_fingerprint
+                        ),
+                        json.dumps(expiry).encode(),
+                    ),
+                ]
+            )
+        except (VersionMismatch, KeyExists):
+            return await self._certificate_write_lost(enrollment_id, certificate)
         return advanced, certificate
+
+    async def _certificate_write_lost(
+        self, enrollment_id: str, certificate: IssuedCertificate
+    ) -> tuple[Enrollment, IssuedCertificate]:
+        """A racing step 4 saved first: the same certificate (the CA answered both the same) is this call's
+        answer too; any other is revoked, so no certificate outlives an enrollment that does not hold it."""
+        serial = certificate.serial_number.lower()
+        saved = (await self._load(enrollment_id)).record
+        if saved.certificate_serial == serial:
+            return saved, certificate
+        await self._ca.revoke(
+            serial_number=serial,
+            reason=RevocationReason.CESSATION_OF_OPERATION,
+            request_id=f"enrollment/{enrollment_id}/orphan/{serial}",
+        )
+        raise Aborted("the enrollment changed concurrently; retry", reason="CONCURRENT_UPDATE")
 
     # -- steps 5-7 and 10: the client certificate -------------------------------------------------------------
 
@@ -553,6 +685,9 @@ class EnrollmentService:
             usage_start_password=usage_start_password,
             consent=agreed,
         )
+        if not activation.secret:
+            # The OTP service replayed an activation whose answer was lost: the secret is never shown twice.
+            raise activation_already_delivered()
         if current is not None:
             advanced = current.record.advanced(Step.ACTIVATE_APP, self._clock.now(), self._policy.idle_seconds)
             await self._write([put_enrollment(advanced, current.version)])
@@ -631,11 +766,16 @@ class EnrollmentService:
             current = await self._session_enrollment(enrollment_id, session)
         return current.record
 
-    async def cancel(self, enrollment_id: str, session: str) -> Enrollment:
+    async def cancel(
+        self, enrollment_id: str, session: str, certificate: ClientCertificate | None = None
+    ) -> Enrollment:
         """Cancel ends an enrollment in progress. The clean-up's marker commits with the CANCELLED state; the
         certificate and token it created are revoked and its login ID released at once when the CA and the OTP
         service answer, and by the sweeper otherwise (or after a crash right here)."""
-        current = await self._session_enrollment(enrollment_id, session)
+        if certificate is not None:  # after step 4 the session token is retired: the certificate cancels
+            current = await self._certificate_enrollment(enrollment_id, certificate)
+        else:
+            current = await self._session_enrollment(enrollment_id, session)
         cancelled = current.record.abandoned(Event.CANCEL, self._clock.now())
         await self._write([put_enrollment(cancelled, current.version), *abandonment_markers(cancelled)])
         failpoint("enrollment.after_abandon")
@@ -648,9 +788,33 @@ class EnrollmentService:
 
     # -- helpers ----------------------------------------------------------------------------------------------
 
+    async def check_session(self, enrollment_id: str, session: str, *, retired: bool = False) -> None:
+        """Check_session is a session step's credential check before a replay: the session token of this
+        enrollment, or with `retired` also the one step 4 retired (a replay of step 4 itself)."""
+        current = await self._load(enrollment_id)
+        digests = [current.record.session_digest]
+        if retired:
+            digests.append(current.record.retired_session_digest)
+        if not session or not any(d and token_matches(session, d) for d in digests):
+            raise Unauthenticated("the session token is missing or wrong", reason="SESSION_INVALID")
+
+    async def check_certificate(self, enrollment_id: str, certificate: ClientCertificate) -> None:
+        """Check_certificate is a certificate step's credential check before a replay."""
+        await self._certificate_enrollment(enrollment_id, certificate)
+
+    async def check_login_password(self, enrollment_id: str, certificate: ClientCertificate, password: str) -> None:
+        """Check_login_password is step 6's credential check before a replay: the certificate and the password."""
+        current = await self._certificate_enrollment(enrollment_id, certificate)
+        hashed = current.record.login_password_hash
+        if not password or not hashed or not await asyncio.to_thread(self._hasher.verify, hashed, password):
+            raise Unauthenticated(
+                "ログインパスワードが正しくありません / the login password is wrong", reason="WRONG_PASSWORD"
+            )
+
     async def _session_enrollment(self, enrollment_id: str, session: str) -> Versioned[Enrollment]:
         current = await self._load(enrollment_id)
-        if not session or not token_matches(session, current.record.session_digest):
+        digest = current.record.session_digest
+        if not session or not digest or not token_matches(session, digest):
             raise Unauthenticated("the session token is missing or wrong", reason="SESSION_INVALID")
         return current
 

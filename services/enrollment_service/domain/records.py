@@ -61,6 +61,8 @@ class Application:
     # REISSUE: a notice for a new certificate of an existing user (a lost PC), not a new user.
     kind: Kind = Kind.SETUP
     user_id: str = ""
+    # Step 1 successes: a wrong entry that raced a success (read the application before it) is not counted.
+    verifications: int = 0
 
     def current_state(self, now: float) -> ApplicationState:
         """Current_state is the state with expiry applied at `now`."""
@@ -117,6 +119,8 @@ class Enrollment:
     updated_at: float
     expires_at: float
     session_digest: str = dataclasses.field(repr=False)
+    # Step 4 retires the session token: it then answers only a replay of that step-4 request (a lost answer).
+    retired_session_digest: str = dataclasses.field(default="", repr=False)
     locked_from: State | None = None
     kind: Kind = Kind.SETUP
     # Step 2
@@ -251,7 +255,16 @@ class Enrollment:
         if not credentials_revoked or not self.user_id:
             return resumed
         reissuing = next(s for s in State if next_step(s, self.kind) is Step.ISSUE_CERTIFICATE)
-        resumed = replace(resumed, state=reissuing, certificate_serial="", certificate_fingerprint="")
+        # Back before step 4: the session token step 4 retired authenticates steps up to it again.
+        session = self.session_digest or self.retired_session_digest
+        resumed = replace(
+            resumed,
+            state=reissuing,
+            certificate_serial="",
+            certificate_fingerprint="",
+            session_digest=session,
+            retired_session_digest="",
+        )
         if not any(next_step(s, self.kind) is Step.REQUEST_TOKEN for s in State):
             return resumed  # the token is not this enrollment's (a reissue carries the user's over)
         return replace(resumed, mobile_email="", token_id="", service_id="", app_user_id="")

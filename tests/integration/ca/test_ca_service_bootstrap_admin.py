@@ -101,21 +101,29 @@ def test_dev_leaves_near_expiry_are_renewed(tmp_path: Path) -> None:
 def test_init_ca_refuses_to_overwrite_and_never_prints_the_passphrase(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """init-ca creates a CA; run again it fails and leaves every file as it was; the passphrase appears nowhere."""
+    """init-ca creates a CA (the root key outside it); run again it fails and leaves every file as it was; neither
+    passphrase appears anywhere."""
     passphrase = "correct horse battery staple 42"
+    root_passphrase = "a different one for the root 43"
     monkeypatch.setenv("KAGI_CA_KEY_PASSPHRASE", passphrase)
+    (tmp_path / "root-passphrase").write_text(root_passphrase + "\n")
+    root_args = ["--root-key-out", str(tmp_path / "offline" / "root-key.pem")]
+    root_args += ["--root-passphrase-file", str(tmp_path / "root-passphrase")]
     ctx = AdminContext(tmp_path, ensure_dev_pki(tmp_path / "dev").operator, {})
     runner = CliRunner()
-    first = runner.invoke(init_ca_command, ["--key-algorithm", "rsa-2048"], obj=ctx)
+    first = runner.invoke(init_ca_command, ["--key-algorithm", "rsa-2048", *root_args], obj=ctx)
     assert first.exit_code == 0, first.output
     files = {p.name: p.read_bytes() for p in (tmp_path / "ca").iterdir()}
-    assert {"root.pem", "root-key.pem", "customer-key.pem", "internal.pem"} <= set(files)
+    assert {"root.pem", "customer-key.pem", "internal.pem"} <= set(files)
+    assert "root-key.pem" not in files
+    assert b"ENCRYPTED PRIVATE KEY" in (tmp_path / "offline" / "root-key.pem").read_bytes()
     assert all(b"ENCRYPTED PRIVATE KEY" in data for name, data in files.items() if name.endswith("-key.pem"))
-    second = runner.invoke(init_ca_command, [], obj=ctx)
+    second = runner.invoke(init_ca_command, root_args, obj=ctx)
     assert second.exit_code != 0
     assert "CA_EXISTS" in second.output
     assert {p.name: p.read_bytes() for p in (tmp_path / "ca").iterdir()} == files
     assert passphrase not in first.output + second.output
+    assert root_passphrase not in first.output + second.output
 
 
 async def test_admin_revoke_and_list_over_grpc(ca: RunningCa, tmp_path: Path) -> None:

@@ -69,14 +69,19 @@ async def test_crl_check_all_verifies_the_whole_chain_then_rejects_a_revoked_lea
 
 
 async def test_sign_root_crl_issues_the_next_number_and_the_service_serves_it(ca: RunningCa) -> None:
-    """`kagi admin sign-root-crl` opens the root key, signs CRL number n+1, and GetCrl serves it at once."""
+    """`kagi admin sign-root-crl --root-key` opens the offline root key (with its own passphrase, not the online
+    keys'), signs CRL number n+1, and GetCrl serves it at once."""
     stub = ca.stub("operator")
     before = await stub.GetCrl(ca_pb2.GetCrlRequest(issuer=ca_pb2.ISSUER_ROOT))
-    env = {**os.environ, "KAGI_CA_KEY_PASSPHRASE_FILE": str(ca.dev.passphrase_file)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGI_CA_")}
     out = await run(
-        [tool("kagi"), "admin", "--state-dir", str(ca.dev.state_dir), "sign-root-crl", "--ca-dir", str(ca.dev.ca_dir)],
+        [
+            tool("kagi"), "admin", "--state-dir", str(ca.dev.state_dir), "sign-root-crl",
+            "--ca-dir", str(ca.dev.ca_dir), "--root-key", str(ca.dev.root_key_file),
+            "--root-passphrase-file", str(ca.dev.root_passphrase_file),
+        ],
         env=env,
-    )
+    )  # fmt: skip
     assert f"root CRL {before.crl_number + 1} signed" in out
     after = await stub.GetCrl(ca_pb2.GetCrlRequest(issuer=ca_pb2.ISSUER_ROOT))
     assert after.crl_number == before.crl_number + 1

@@ -70,10 +70,15 @@ async def through(customer: Customer, last_step: int) -> Customer:
 
 
 async def cancel(customer: Customer) -> pb.Enrollment:
+    # Step 4 retires the session token: from then on the customer's certificate cancels.
+    after_step4 = bool(customer.certificate_pem)
     reply = await customer.stack.enrollment().CancelEnrollment(
         pb.CancelEnrollmentRequest(
-            request_id=uuid.uuid4().hex, enrollment_id=customer.enrollment_id, session_token=customer.session
-        )
+            request_id=uuid.uuid4().hex,
+            enrollment_id=customer.enrollment_id,
+            session_token="" if after_step4 else customer.session,
+        ),
+        metadata=customer.cert_metadata if after_step4 else None,
     )
     enrollment: pb.Enrollment = reply.enrollment
     return enrollment

@@ -47,7 +47,7 @@ async def store(tmp_path: Path) -> AsyncIterator[KeyValueStore]:
 
 async def test_smtp_delivers_the_token_mail(smtp: SmtpServer) -> None:
     """The step-7 mail reaches a real SMTP server with its Japanese subject and the two ID lines."""
-    transport = SmtpTransport(SmtpSettings.from_url(f"smtp://127.0.0.1:{smtp.port}"))
+    transport = SmtpTransport(SmtpSettings.from_url(f"smtp://127.0.0.1:{smtp.port}?starttls=false"))
     await transport.send(build_message(_mail(), sender=SENDER, now=1_800_000_000))
     [message] = smtp.inbox.messages
     assert message["To"] == "phone@example.jp"
@@ -87,7 +87,8 @@ async def test_outbox_waits_out_a_down_server_then_delivers(store: KeyValueStore
     clock = FakeClock()
     port = free_port()
     await store.commit([outbox_entry(_mail(), clock.now())])
-    sender = OutboxSender(store, SmtpTransport(SmtpSettings.from_url(f"smtp://127.0.0.1:{port}")), clock, SENDER)
+    transport = SmtpTransport(SmtpSettings.from_url(f"smtp://127.0.0.1:{port}?starttls=false"))
+    sender = OutboxSender(store, transport, clock, SENDER)
     assert await sender.deliver_due() == 0
     assert len((await store.list("outbox")).entries) == 1
 

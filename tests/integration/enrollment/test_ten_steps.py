@@ -71,7 +71,8 @@ async def test_retrying_every_step_with_the_same_request_id_returns_the_first_an
     stack: Stack, workdir: Path
 ) -> None:
     """Each step sent twice with one request id answers the same twice, acts once (one certificate, one
-    token), and never returns a secret (session token, seed) the second time."""
+    token), and never returns a secret (session token, seed) the second time: step 8's replay is refused
+    (ACTIVATION_ALREADY_DELIVERED) rather than answered without its seed."""
     customer = Customer(stack, workdir)
     await customer.register_application()
     first = await customer.step1(request_id="r1")
@@ -90,10 +91,11 @@ async def test_retrying_every_step_with_the_same_request_id_returns_the_first_an
     for step, rid in ((customer.step5, "r5"), (customer.step6, "r6"), (customer.step7, "r7")):
         assert await step(request_id=rid) == await step(request_id=rid)
     activated = await customer.step8(request_id="r8")
-    replayed = await customer.step8(request_id="r8")
     assert activated.activation.secret
-    assert replayed.activation.secret == ""
-    assert replayed.activation.activation_id == activated.activation.activation_id
+    with pytest.raises(grpc.aio.AioRpcError) as replayed:  # the secret goes out once: never a 200 without it
+        await customer.step8(request_id="r8")
+    assert replayed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_from_rpc(replayed.value).reason == "ACTIVATION_ALREADY_DELIVERED"
     assert await customer.step9(request_id="r9") == await customer.step9(request_id="r9")
     done = await customer.step10(time.time(), request_id="r10")
     assert await customer.step10(time.time(), request_id="r10") == done
@@ -123,8 +125,9 @@ async def test_twenty_concurrent_registrations_of_one_login_id_yield_one(stack: 
 
 @pytest.mark.parametrize("wrong", ["login", "password"])
 async def test_five_failures_lock_and_an_operator_unlocks(stack: Stack, workdir: Path, wrong: str) -> None:
-    """Five wrong temporary passwords lock the application; five wrong login passwords lock the enrollment.
-    Locked answers RESOURCE_EXHAUSTED even to the right password; the operator's unlock restores it."""
+    """Five wrong temporary passwords lock the application (each wrong entry, the fifth too, answers the uniform
+    UNAUTHENTICATED); five wrong login passwords lock the enrollment (the fifth says so). Locked answers
+    RESOURCE_EXHAUSTED to the right password; the operator's unlock restores it."""
     customer = Customer(stack, workdir)
     await customer.register_application()
     assert customer.notice is not None
@@ -133,7 +136,7 @@ async def test_five_failures_lock_and_an_operator_unlocks(stack: Stack, workdir:
         for _ in range(5):
             with pytest.raises(grpc.aio.AioRpcError) as failure:
                 await attempt(login_password="WRONGwrong99")
-        assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.aio.AioRpcError) as locked:
             await customer.step1()
     else:

@@ -107,8 +107,9 @@ def _rejections(stack: GatewayStack, reason: str) -> float:
 
 
 async def _state(stack: GatewayStack, customer: Customer) -> str:
-    async with stack.client() as client:
-        answer = await client.request("GET", f"/v1/enrollments/{customer.enrollment_id}", bearer=customer.session)
+    # Step 4 retired the session token: the customer's certificate reads the enrollment.
+    async with stack.client(customer.certificate) as client:
+        answer = await client.request("GET", f"/v1/enrollments/{customer.enrollment_id}")
     assert answer.status == 200
     return str(answer.body["state"])
 

@@ -160,13 +160,14 @@ async def test_body_over_64_kib_is_413_and_non_json_is_415(stack: GatewayStack) 
 
 
 async def test_locked_application_is_423(stack: GatewayStack) -> None:
-    """Five wrong temporary passwords lock the application: 401 four times, then 423 APPLICATION_LOCKED."""
+    """Five wrong temporary passwords lock the application: each wrong entry answers the uniform 401 (the fifth
+    too: a locked notice is no oracle), and only the right passwords learn 423 APPLICATION_LOCKED."""
     entries, _ = await stack.register_application()
     wrong = {**entries, "temporary_login_password": "Wrong0000"}
     async with stack.client() as client:
-        statuses = [(await client.request("POST", "/v1/enrollments", wrong)).status for _ in range(4)]
-        assert statuses == [401] * 4
-        _is_error(await client.request("POST", "/v1/enrollments", wrong), 423, "APPLICATION_LOCKED")
+        statuses = [(await client.request("POST", "/v1/enrollments", wrong)).status for _ in range(5)]
+        assert statuses == [401] * 5
+        _is_error(await client.request("POST", "/v1/enrollments", wrong), 401, "NOTICE_MISMATCH")
         _is_error(await client.request("POST", "/v1/enrollments", entries), 423, "APPLICATION_LOCKED")
 
 

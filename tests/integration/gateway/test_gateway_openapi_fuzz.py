@@ -84,11 +84,13 @@ class FuzzTarget:
         """States reads both enrollments back (state, next step, expiry) through the gateway."""
         result = []
         for customer in (self.session_customer, self.certificate_customer):
+            # Step 4 retired the certificate customer's session token: its certificate reads the enrollment.
+            by_certificate = customer is self.certificate_customer
             answer = requests.get(
                 f"{self.stack.https_url}/v1/enrollments/{customer.enrollment_id}",
-                headers={"Authorization": f"Bearer {customer.session}"},
+                headers={} if by_certificate else {"Authorization": f"Bearer {customer.session}"},
                 timeout=30,
-                **self.transport(False),
+                **self.transport(by_certificate),
             )
             assert answer.status_code == 200, answer.text
             body = answer.json()

@@ -1,6 +1,7 @@
-"""The gateway's operations routes: /healthz, /readyz (every backend's gRPC health, naming the one that is not
-SERVING, 503 then), /metrics (requests by route and status, latency, TLS handshakes and connections, certificate
-rejections, backend errors) and /openapi.json (an OpenAPI 3.1 document of exactly the routes served)."""
+"""The gateway's operations routes: /healthz and /openapi.json (an OpenAPI 3.1 document of exactly the routes
+served) on the public port; /readyz (every backend's gRPC health, naming the one that is not SERVING, 503 then)
+and /metrics (requests by route and status, latency, TLS handshakes and connections, certificate rejections,
+backend errors) on the management listener."""
 
 from __future__ import annotations
 
@@ -19,31 +20,35 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_readyz_names_the_backend_that_is_down(stack: GatewayStack) -> None:
-    """/readyz is 200 with every backend SERVING; with the OTP service stopped it is 503 and says otp is
-    UNREACHABLE while the others are SERVING; /healthz stays 200 throughout."""
+    """The management listener's /readyz is 200 with every backend SERVING; with the OTP service stopped it is
+    503 and says otp is UNREACHABLE while the others are SERVING; /healthz stays 200 throughout."""
     async with stack.client() as client:
-        answer = await client.request("GET", "/readyz")
+        answer = await stack.management_get("/readyz")
         assert answer.status == 200
-        assert answer.body["backends"] == {"ca": "SERVING", "otp": "SERVING", "enrollment": "SERVING"}
-        assert answer.body["revocation"]["live"] is True
+        gateway = answer.body["components"]["gateway"]
+        assert gateway["backends"] == {"ca": "SERVING", "otp": "SERVING", "enrollment": "SERVING"}
+        assert gateway["revocation"]["live"] is True
         await stack.stop("otp")
-        answer = await client.request("GET", "/readyz")
+        answer = await stack.management_get("/readyz")
         assert answer.status == 503
         assert answer.body["ready"] is False
-        assert answer.body["backends"] == {"ca": "SERVING", "otp": "UNREACHABLE", "enrollment": "SERVING"}
+        gateway = answer.body["components"]["gateway"]
+        assert gateway["backends"] == {"ca": "SERVING", "otp": "UNREACHABLE", "enrollment": "SERVING"}
         assert (await client.request("GET", "/healthz")).status == 200
+        assert (await stack.management_get("/healthz")).status == 200
 
 
 async def test_metrics_count_requests_handshakes_rejections_and_backend_errors(stack: GatewayStack) -> None:
     """After a created enrollment, a wrong session token and a request without the needed certificate, /metrics
     shows each by route template and status, a latency histogram, the TLS connections and handshakes, the
-    rejection by reason, and the enrollment service's UNAUTHENTICATED answer as a backend error."""
+    rejection by reason, and the enrollment service's UNAUTHENTICATED answer as a backend error (read from the
+    management listener's /metrics)."""
     entries, _ = await stack.register_application()
     async with stack.client() as client:
         created = (await client.request("POST", "/v1/enrollments", entries)).body
         await client.request("GET", f"/v1/enrollments/{created['enrollment_id']}", bearer="wrong")
         await client.request("GET", "/v1/client-certificate")
-        text = (await client.request("GET", "/metrics")).raw.decode()
+    text = (await stack.management_get("/metrics")).raw.decode()
     samples = _samples(text)
 
     def value(name: str, **labels: str) -> float:

@@ -145,7 +145,8 @@ async def test_crl_is_cacheable_and_answers_if_none_match(stack: GatewayStack) -
 
 async def test_plain_http_port_serves_pki_and_healthz_only(stack: GatewayStack) -> None:
     """The plain-HTTP port answers /pki/* and /healthz, and 404 for the customer API, /readyz, /metrics and
-    /openapi.json (they exist only over HTTPS)."""
+    /openapi.json (the customer API and /openapi.json exist only over HTTPS; /readyz and /metrics only on the
+    management listener)."""
     assert (await _get(f"{stack.http_url}/healthz"))[0] == 200
     assert (await _get(f"{stack.http_url}/pki/ca.pem"))[0] == 200
     for path in ("/v1/enrollments/x", "/v1/client-certificate", "/readyz", "/metrics", "/openapi.json"):
@@ -153,7 +154,8 @@ async def test_plain_http_port_serves_pki_and_healthz_only(stack: GatewayStack) 
         assert status == 404, path
         assert b'"NOT_FOUND"' in body
     async with stack.client() as client:
-        assert (await client.request("GET", "/readyz")).status == 200
+        assert (await client.request("GET", "/openapi.json")).status == 200
+    assert (await stack.management_get("/readyz")).status == 200
 
 
 async def test_crl_follows_a_revocation_without_waiting_for_the_cache(stack: GatewayStack) -> None:

@@ -68,7 +68,7 @@ async def test_gateway_may_not_create_tokens(cluster: OtpCluster) -> None:
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 async def test_customer_certificate_is_not_a_service_identity(cluster: OtpCluster) -> None:
-    """A customer-CA certificate completes the TLS handshake but carries no SPIFFE role: UNAUTHENTICATED."""
+    """A customer-CA certificate fails the TLS handshake (the port trusts only the internal CA): UNAVAILABLE."""
     await cluster.start()
     failure = await failing(cluster.stub("customer").GetToken(pb.GetTokenRequest(token_id="0" * 32)))
-    assert failure.code == grpc.StatusCode.UNAUTHENTICATED
+    assert failure.code == grpc.StatusCode.UNAVAILABLE

@@ -1,0 +1,150 @@
+"""The management listener: plain HTTP `/healthz`, `/readyz` and `/metrics` for orchestrators and Prometheus.
+
+Every component serves one at KAGI_<C>_MANAGEMENT_ADDR (the gRPC services' own health needs a client certificate,
+which a kubelet or a load balancer's probe does not have). It is plain HTTP and carries no customer data: bind it
+to loopback or to a network only the orchestrator and Prometheus reach. `kagi dev` serves one for everything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import structlog
+from aiohttp import web
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from kagi.errors import InvalidArgument
+
+log = structlog.get_logger("kagi.management")
+
+Probe = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+"""Probe says whether a component is ready, with details for the /readyz answer."""
+
+DEFAULT_ADDRESSES = {
+    "gateway": "127.0.0.1:9090",
+    "ca": "127.0.0.1:9091",
+    "otp": "127.0.0.1:9092",
+    "enrollment": "127.0.0.1:9093",
+}
+"""DEFAULT_ADDRESSES are where each component's management listener binds unless told otherwise."""
+
+
+def parse_address(name: str, value: str) -> tuple[str, int] | None:
+    """parse_address reads HOST:PORT ([v6]:PORT too); `off` turns the listener off (None)."""
+    if value.strip().lower() in ("off", "none", "-"):
+        return None
+    host, sep, port = value.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidArgument(f"invalid {name}", fields={name: "must be HOST:PORT (e.g. 0.0.0.0:9091) or off"})
+    return host, int(port)
+
+
+def management_address(environ: Mapping[str, str], component: str) -> tuple[str, int] | None:
+    """management_address is KAGI_<C>_MANAGEMENT_ADDR of `component`, or its default."""
+    name = f"KAGI_{component.upper()}_MANAGEMENT_ADDR"
+    return parse_address(name, environ.get(name) or DEFAULT_ADDRESSES[component])
+
+
+def render_metrics(registries: Sequence[CollectorRegistry] = ()) -> bytes:
+    """render_metrics is the process's default registry (process and Python metrics, the services' own) followed
+    by `registries` (each family appears in one registry only)."""
+    return b"".join(generate_latest(registry) for registry in (REGISTRY, *registries))
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, separators=(",", ":")), status=status, content_type="application/json")
+
+
+class ManagementListener:
+    """ManagementListener serves /healthz (alive), /readyz (every probe ready: 200, else 503 naming which) and
+    /metrics (Prometheus text) on host:port. `reuse_port` lets N worker processes bind the same port."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        probes: Mapping[str, Probe],
+        *,
+        registries: Callable[[], Sequence[CollectorRegistry]] = tuple,
+        reuse_port: bool = False,
+    ) -> None:
+        self.host = host
+        self._requested_port = port
+        self._probes = dict(probes)
+        self._registries = registries
+        self._reuse_port = reuse_port
+        self._runner: web.AppRunner | None = None
+        self.port = port
+
+    async def start(self) -> int:
+        """Start binds host:port (0: a free port) and returns the port."""
+        app = web.Application()
+        app.add_routes(
+            [web.get("/healthz", self.healthz), web.get("/readyz", self.readyz), web.get("/metrics", self.metrics)]
+        )
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self._requested_port, reuse_port=self._reuse_port or None)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._requested_port
+        log.info("management listener started", address=f"http://{self.host}:{self.port}")
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop closes the listener."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """Healthz: the process is alive and answering."""
+        return _json({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Readyz: each component's readiness; 503 when any is not ready."""
+        components: dict[str, Any] = {}
+        ready = True
+        for name, probe in self._probes.items():
+            try:
+                ok, detail = await probe()
+            except Exception as exc:  # a probe that fails says "not ready", with why
+                ok, detail = False, {"error": str(exc)}
+            components[name] = {"ready": ok, **detail}
+            ready = ready and ok
+        return _json({"ready": ready, "components": components}, 200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Metrics: Prometheus text format."""
+        return web.Response(body=render_metrics(self._registries()), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class _Readiness(Protocol):
+    async def check_readiness(self) -> bool: ...
+
+
+def grpc_readiness(server: _Readiness) -> Probe:
+    """grpc_readiness is the probe of a gRPC server: its readiness check (the store answers), which also sets
+    what its gRPC health reports."""
+
+    async def probe() -> tuple[bool, dict[str, Any]]:
+        ready = await server.check_readiness()
+        return ready, {"grpc_health": "SERVING" if ready else "NOT_SERVING"}
+
+    return probe
+
+
+async def start_management(
+    address: tuple[str, int] | None, probes: Mapping[str, Probe], *, reuse_port: bool = False
+) -> ManagementListener | None:
+    """start_management starts a management listener at `address` (None: none) and returns it."""
+    if address is None:
+        return None
+    listener = ManagementListener(*address, probes, reuse_port=reuse_port)
+    await listener.start()
+    return listener
