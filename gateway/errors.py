@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +39,10 @@ UNAVAILABLE_MESSAGE = (
 INTERNAL_MESSAGE = "システムエラーが発生しました / internal error"
 INVALID_INPUT_MESSAGE = "入力内容に誤りがあります / the input is invalid"
 RETRY_AFTER_SECONDS = "1"
+THROTTLED_RETRY_AFTER_SECONDS = 60
+"""THROTTLED_RETRY_AFTER_SECONDS is Retry-After on a 429 whose service named no time (a minute)."""
+RETRY_AFTER_METADATA = ("retry_after_seconds", "retry_after")
+"""RETRY_AFTER_METADATA are the ErrorInfo metadata keys a service names its retry time in (seconds), in order."""
 
 
 def http_status_for(code: grpc.StatusCode, reason: str) -> int:
@@ -72,6 +77,19 @@ class HttpError(Exception):
         return {"error": {"code": self.status, "reason": self.reason, "message": self.message, "fields": self.fields}}
 
 
+def retry_after(metadata: Mapping[str, str]) -> str:
+    """retry_after is the Retry-After of a throttled answer: the whole seconds the service named in its ErrorInfo
+    metadata (at least 1), or THROTTLED_RETRY_AFTER_SECONDS when it named none (or nothing readable)."""
+    for key in RETRY_AFTER_METADATA:
+        try:
+            seconds = float(metadata[key])
+        except (KeyError, ValueError):
+            continue
+        if math.isfinite(seconds) and seconds >= 0:
+            return str(max(1, math.ceil(seconds)))
+    return str(THROTTLED_RETRY_AFTER_SECONDS)
+
+
 def invalid_input(fields: Mapping[str, str], *, reason: str = "INVALID_ARGUMENT") -> HttpError:
     """invalid_input is a 400 naming each offending field and its rule."""
     return HttpError(400, reason, INVALID_INPUT_MESSAGE, fields=fields)
@@ -81,13 +99,16 @@ def http_error_from_rpc(exc: grpc.aio.AioRpcError) -> HttpError:
     """http_error_from_rpc turns a failed service call into the HTTP error the customer sees.
 
     The service's reason, message and field messages are kept (they are written for the customer); for 5xx
-    the message is replaced, so no backend address or internal detail reaches the browser.
+    the message is replaced, so no backend address or internal detail reaches the browser. Every 429 carries
+    Retry-After (from the service's ErrorInfo metadata); a lockout (423) does not: only an operator lifts it.
     """
     error = error_from_rpc(exc)
     status = http_status_for(exc.code(), error.reason)
     headers: dict[str, str] = {}
     message = error.message
-    if status == 503:
+    if status == 429:
+        headers = {"Retry-After": retry_after(error.metadata)}
+    elif status == 503:
         message, headers = UNAVAILABLE_MESSAGE, {"Retry-After": RETRY_AFTER_SECONDS}
     elif status >= 500:
         message = INTERNAL_MESSAGE

@@ -589,7 +589,8 @@ OPERATIONS: tuple[Operation, ...] = (
         "certificate", PASSWORD_LOGIN, 200, "Enrollment", 6,
     ),
     Operation(
-        "POST", ENROLLMENT + "/token", "requestToken", "⑱ トークン発行 / issue the token (the IDs go by mail)",
+        "POST", ENROLLMENT + "/token", "requestToken",
+        "⑱ トークン発行 / issue the token (the IDs go by mail; again before step 9 for a new token)",
         "certificate", REQUEST_TOKEN, 200, "RequestTokenResponse", 7,
     ),
     Operation(

@@ -86,8 +86,10 @@ RevocationReasonName = str
 
 NOTICE_MISMATCH = "口座情報または仮パスワードが正しくありません / the account or the temporary passwords do not match"
 ACTIVATION_ALREADY_DELIVERED = (
-    "このトークンのアプリ設定は完了済みで、シークレットは再表示できません。トークンの再発行をお申し込みください"
-    " / this token's secret was already delivered and is never shown again: ask for a new token (a reissue)"
+    "このトークンのアプリ設定は完了済みで、シークレットは再表示できません。"  # the wording, then English
+    "初期設定中はトークン発行（⑱）をやり直し、設定完了後はトークン再発行をお申し込みください"
+    " / this token's secret was already delivered and is never shown again: during the setup, request the token"
+    " again (step 7); after it, reissue the token"
 )
 NOTICE_THROTTLE = "notice-throttle"
 _CAS_RETRIES = 20
@@ -635,12 +637,22 @@ class EnrollmentService:
         enrollment = current.record
         transition(enrollment.state, Step.REQUEST_TOKEN, enrollment.kind)
         request = validate_token_request(**entries)
-        token = await self._otp.create_token(
-            request_id=f"enrollment/{enrollment.enrollment_id}/{request_id or uuid.uuid4().hex}",
-            user_id=enrollment.user_id,
-            delivery_email=request.mobile_email,
-            usage_start_password=request.usage_start_password,
-        )
+        token_request_id = f"enrollment/{enrollment.enrollment_id}/{request_id or uuid.uuid4().hex}"
+        if enrollment.token_id:
+            # Step 7 again: the pending token is revoked and a new one takes its place (new IDs by mail).
+            token = await self._otp.reissue(
+                request_id=token_request_id,
+                token_id=enrollment.token_id,
+                delivery_email=request.mobile_email,
+                usage_start_password=request.usage_start_password,
+            )
+        else:
+            token = await self._otp.create_token(
+                request_id=token_request_id,
+                user_id=enrollment.user_id,
+                delivery_email=request.mobile_email,
+                usage_start_password=request.usage_start_password,
+            )
         now = self._clock.now()
         advanced = enrollment.advanced(
             Step.REQUEST_TOKEN,

@@ -75,8 +75,15 @@ REISSUE_TRANSITIONS: dict[tuple[State, Step], State] = {
     (State.CERTIFICATE_ISSUED, Step.CERTIFICATE_LOGIN): State.CERTIFICATE_LOGGED_IN,
     (State.CERTIFICATE_LOGGED_IN, Step.PASSWORD_LOGIN): State.COMPLETED,
 }
+# Step 7 again, before the app is registered: a new token replaces the pending one (the app lost the answer
+# of step 8, whose seed is never shown twice, or the mail went astray). Not a forward step, so it never shows as
+# the step expected next.
+RETRY_TRANSITIONS: dict[tuple[State, Step], State] = {
+    (State.TOKEN_REQUESTED, Step.REQUEST_TOKEN): State.TOKEN_REQUESTED,
+    (State.APP_ACTIVATED, Step.REQUEST_TOKEN): State.TOKEN_REQUESTED,
+}
 TRANSITIONS: dict[Kind, dict[tuple[State, Step], State]] = {
-    Kind.SETUP: STEP_TRANSITIONS,
+    Kind.SETUP: {**STEP_TRANSITIONS, **RETRY_TRANSITIONS},
     Kind.REISSUE: REISSUE_TRANSITIONS,
 }
 
@@ -103,7 +110,10 @@ EVENT_TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.LOCKED, Event.CANCEL): State.CANCELLED,
 }
 
-NEXT_STEP: dict[Kind, dict[State, Step]] = {kind: dict(table.keys()) for kind, table in TRANSITIONS.items()}
+NEXT_STEP: dict[Kind, dict[State, Step]] = {
+    Kind.SETUP: dict(STEP_TRANSITIONS.keys()),
+    Kind.REISSUE: dict(REISSUE_TRANSITIONS.keys()),
+}
 
 
 class WrongStep(FailedPrecondition):
