@@ -739,6 +739,7 @@ def frame(metrics: GatewayMetrics, *, https: bool) -> Middleware:
             route = resource.canonical if resource is not None else "unmatched"
             elapsed = time.perf_counter() - started
             metrics.requests.labels(route, request.method, str(response.status)).inc()
+            metrics.worker_requests.inc()
             metrics.latency.labels(route, request.method).observe(elapsed)
             log.info(
                 "request",

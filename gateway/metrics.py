@@ -24,6 +24,15 @@ class GatewayMetrics:
             ["route", "method", "status"],
             registry=r,
         )
+        # A gauge only so that multiprocess mode keeps one series per worker (a `pid` label; counters are summed):
+        # how evenly the kernel spreads connections over the workers sharing the port.
+        self.worker_requests = Gauge(
+            "kagi_gateway_worker_requests",
+            "HTTP requests answered by this worker process since it started (one series per live worker's pid "
+            "when there are several).",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self.latency = Histogram(
             "kagi_gateway_http_request_duration_seconds",
             "Time from the request's arrival to its answer, by route template and method.",
@@ -44,8 +53,9 @@ class GatewayMetrics:
         )
         self.open_connections = Gauge(
             "kagi_gateway_open_connections",
-            "Connections open now (this worker, both ports), counted against the caps.",
+            "Connections open now (both ports; summed over live workers); the caps apply to each worker.",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.header_timeouts = Counter(
             "kagi_gateway_request_deadline_closes",
@@ -85,13 +95,16 @@ class GatewayMetrics:
         )
         self.revoked_serials = Gauge(
             "kagi_gateway_revoked_serials",
-            "Customer certificate serials this replica knows to be revoked.",
+            "Customer certificate serials this replica knows to be revoked (per worker: each keeps its own).",
             registry=r,
+            multiprocess_mode="liveall",
         )
         self.revocation_stream_up = Gauge(
             "kagi_gateway_revocation_stream_connected",
-            "1 while the CA's revocation stream is connected and the CRL is loaded, else 0 (status fallback).",
+            "1 while the CA's revocation stream is connected and the CRL is loaded, else 0 (status fallback); "
+            "per worker: each holds its own stream.",
             registry=r,
+            multiprocess_mode="liveall",
         )
         self.revocation_events = Counter(
             "kagi_gateway_revocation_events",

@@ -668,7 +668,7 @@ ERROR_STATUSES: dict[int, str] = {
     413: "送信データが大きすぎます / the body is larger than 64 KiB",
     415: "application/json で送信してください / a body that is not application/json",
     423: "ロック / locked after too many failures: only the bank unlocks it",
-    429: "回数制限 / throttled: retry later",
+    429: "回数制限 / throttled: retry after the seconds in the Retry-After header",
     500: "システムエラー / internal error (no detail)",
     503: "サービス停止中 / a backend service (or the revocation status) is unavailable: retry later",
 }

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -67,10 +68,23 @@ class Codec(Generic[T]):
     load: Callable[[bytes], T]
 
 
-class IdempotencyLedger:
-    """IdempotencyLedger runs each (scope, request_id) action once and replays its stored answer afterwards."""
+acting_request: ContextVar[str] = ContextVar("kagi_acting_request", default="")
+"""acting_request names the request (its ledger key) whose action is running, for a step that records it with
+its own write: a retry after a crash that lost the stored answer then finds the step done by this very request
+and answers from its record instead of refusing it as out of order."""
 
-    def __init__(self, store: KeyValueStore, *, ttl: float = 24 * 3600, pending_ttl: float = 120) -> None:
+
+class IdempotencyLedger:
+    """IdempotencyLedger runs each (scope, request_id) action once and replays its stored answer afterwards.
+
+    `ttl` is how long an answer is replayed; `pending_ttl` how long a claim lives. An action that raises
+    releases its claim at once, so a retry acts again; only a claim nobody can release (the process was killed,
+    or the store was unreachable when the release was tried) blocks retries, as "still in progress", until
+    `pending_ttl` expires it. The services read it from KAGI_IDEMPOTENCY_PENDING_SECONDS (default 30): a few
+    times a call's deadline, so a slow action keeps its claim while it runs.
+    """
+
+    def __init__(self, store: KeyValueStore, *, ttl: float = 24 * 3600, pending_ttl: float = 30) -> None:
         self._store = store
         self._ttl = ttl
         self._pending_ttl = pending_ttl
@@ -102,12 +116,15 @@ class IdempotencyLedger:
             if before_replay is not None:
                 await before_replay()
             return await self._replay(key, request_fingerprint, codec)
+        acting = acting_request.set(key)
         try:
             answer = await action()
         except BaseException:
             # The action failed and changed nothing it acknowledged: free the id so a retry can try again.
             await self._release(key, entry.version)
             raise
+        finally:
+            acting_request.reset(acting)
         record = {"state": _DONE, "fp": request_fingerprint, "answer": codec.dump(answer).hex()}
         # VersionMismatch: the claim expired while acting (a very slow action); the answer still stands.
         with contextlib.suppress(VersionMismatch):

@@ -3,11 +3,18 @@
 Every component serves one at KAGI_<C>_MANAGEMENT_ADDR (the gRPC services' own health needs a client certificate,
 which a kubelet or a load balancer's probe does not have). It is plain HTTP and carries no customer data: bind it
 to loopback or to a network only the orchestrator and Prometheus reach. `kagi dev` serves one for everything.
+
+With several worker processes (KAGI_<C>_WORKERS>1) the workers share the listener's port, so a scrape reaches any
+one of them: `kagi serve` then sets PROMETHEUS_MULTIPROC_DIR to a fresh directory before starting them, each
+worker's metrics live in files there (prometheus-client's multiprocess mode), and /metrics answers what every
+worker counted (counters and histograms summed, gauges as each declares: per worker, or summed over live ones).
+Process metrics (CPU, memory, file descriptors) describe one process and are left out in that mode.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -15,6 +22,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from kagi.errors import InvalidArgument
 
@@ -30,6 +38,10 @@ DEFAULT_ADDRESSES = {
     "enrollment": "127.0.0.1:9093",
 }
 """DEFAULT_ADDRESSES are where each component's management listener binds unless told otherwise."""
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""MULTIPROCESS_ENV names the directory of prometheus-client's multiprocess mode (set by `kagi serve` for
+workers; prometheus-client reads it at import, so it must be set before a worker starts)."""
 
 
 def parse_address(name: str, value: str) -> tuple[str, int] | None:
@@ -51,7 +63,14 @@ def management_address(environ: Mapping[str, str], component: str) -> tuple[str,
 
 def render_metrics(registries: Sequence[CollectorRegistry] = ()) -> bytes:
     """render_metrics is the process's default registry (process and Python metrics, the services' own) followed
-    by `registries` (each family appears in one registry only)."""
+    by `registries` (each family appears in one registry only). In multiprocess mode (PROMETHEUS_MULTIPROC_DIR
+    set) it is instead every worker's metrics, merged from the directory: `registries` hold only this worker's
+    share of them."""
+    directory = os.environ.get(MULTIPROCESS_ENV)
+    if directory:
+        merged = CollectorRegistry(auto_describe=True)
+        MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
     return b"".join(generate_latest(registry) for registry in (REGISTRY, *registries))
 
 

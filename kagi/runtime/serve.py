@@ -6,12 +6,18 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
 from typing import Protocol
 
 import structlog
+from prometheus_client import multiprocess
+
+from kagi.runtime.management import MULTIPROCESS_ENV
 
 log = structlog.get_logger("kagi.serve")
 
@@ -43,10 +49,29 @@ def run_workers(workers: int, target: Callable[[], None]) -> None:
 
     With one worker it runs in this process. A worker that dies takes the others down, so a supervisor
     (systemd, Kubernetes) restarts the whole set rather than leaving it half-alive.
+
+    The workers share the management listener's port too, so a scrape reaches any one of them: before starting
+    them, PROMETHEUS_MULTIPROC_DIR is set to a fresh directory (prometheus-client's multiprocess mode, read at
+    import), where each worker keeps its metrics and from which any worker answers for all. A dead worker's live
+    gauges are dropped (`mark_process_dead`); the directory goes when the set stops.
     """
     if workers <= 1:
         target()
         return
+    directory = tempfile.mkdtemp(prefix="kagi-metrics-")
+    previous = os.environ.get(MULTIPROCESS_ENV)
+    os.environ[MULTIPROCESS_ENV] = directory  # inherited by the spawned workers
+    try:
+        _run_processes(workers, target, directory)
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROCESS_ENV, None)
+        else:
+            os.environ[MULTIPROCESS_ENV] = previous
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run_processes(workers: int, target: Callable[[], None], directory: str) -> None:
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=target, name=f"worker-{i}", daemon=False) for i in range(workers)]
     for process in processes:
@@ -61,9 +86,17 @@ def run_workers(workers: int, target: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
 
-    wait([process.sentinel for process in processes])
+    def reap(process: BaseProcess) -> None:
+        process.join()
+        if process.pid is not None:
+            multiprocess.mark_process_dead(process.pid, directory)  # type: ignore[no-untyped-call]
+
+    ended = wait([process.sentinel for process in processes])
+    for process in processes:
+        if process.sentinel in ended:
+            reap(process)  # the others may still be scraped while they stop: its live gauges go first
     for process in processes:
         if process.is_alive():
             process.terminate()
     for process in processes:
-        process.join()
+        reap(process)

@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Final, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -167,6 +168,44 @@ _UNAVAILABLE_ERRORS: Final = (ReadOnlyError, OutOfMemoryError, ClusterDownError,
 _UNAVAILABLE_REPLIES: Final = ("BUSY", "MASTERDOWN", "MISCONF", "NOREPLICAS", "LOADING", "CLUSTERDOWN")
 
 
+_POOL_OPTIONS: dict[str, object] = {}
+try:  # recent redis-py; older versions have no maintenance notifications, and always check a pooled connection
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    _POOL_OPTIONS["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+except ImportError:  # pragma: no cover - depends on the installed redis-py
+    pass
+
+
+class _CheckedPool(aioredis.BlockingConnectionPool):
+    """_CheckedPool hands out only connections that work, so a Redis restart costs no caller an error.
+
+    A connection taken from the pool is checked before the command is written, when nothing has reached the
+    server and reconnecting is safe (a command is never re-sent: see RedisStore):
+
+    - one the server closed (a restarted Redis) is reconnected by redis-py's own check, which maintenance
+      notifications (on by default with RESP3 since redis-py 7) turn off, hence `_POOL_OPTIONS`;
+    - one idle for more than `health_check_interval` is PINGed first, and reconnected when the PING fails (a
+      server gone without closing its sockets, a connection a firewall forgot). A reconnection that fails
+      raises: the server is down, and the caller sees StoreUnavailable.
+    """
+
+    async def ensure_connection(self, connection: AbstractConnection) -> None:
+        await super().ensure_connection(connection)
+        interval = connection.health_check_interval
+        loop = asyncio.get_running_loop()
+        if not interval or loop.time() <= connection.next_health_check:
+            return
+        try:
+            await connection.send_command("PING", check_health=False)
+            if await connection.read_response() not in (b"PONG", "PONG"):
+                raise RedisConnectionError("bad reply to PING")
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            await connection.disconnect(nowait=True)
+            await connection.connect()  # type: ignore[no-untyped-call]
+            connection.next_health_check = loop.time() + interval  # just connected: no second PING
+
+
 ALLOW_VOLATILE_ENV = "KAGI_STORE_ALLOW_VOLATILE"
 ASSUME_DURABLE_ENV = "KAGI_STORE_ASSUME_DURABLE"
 
@@ -200,7 +239,9 @@ class RedisStore(KeyValueStore):
     """RedisStore keeps one service's state in Redis under the `kagi:{namespace}:` prefix.
 
     Commands are never retried by the client: a write whose reply was lost is reported as StoreUnavailable
-    rather than silently re-sent (a re-sent create would report KeyExists for its own write). Every call is
+    rather than silently re-sent (a re-sent create would report KeyExists for its own write); the caller
+    retries it, with the same conditional write. What is retried is a pooled connection found broken before
+    the command is sent (`_CheckedPool`): after a Redis restart, the first call already succeeds. Every call is
     bounded by the connect and socket timeouts plus a little, so a dead or frozen server never hangs a caller.
     At most `max_connections` commands are in flight; further callers wait for a free connection.
     """
@@ -212,7 +253,7 @@ class RedisStore(KeyValueStore):
         namespace: str,
         connect_timeout: float = 2.0,
         timeout: float = 2.0,
-        health_check_interval: int = 10,
+        health_check_interval: int = 1,
         max_connections: int = 64,
         allow_volatile: bool | None = None,
         assume_durable: bool | None = None,
@@ -221,8 +262,9 @@ class RedisStore(KeyValueStore):
         self._prefix = f"kagi:{{{namespace}}}:"
         # Options in the URL's query string (socket_timeout=...) override these defaults. A blocking pool
         # makes a burst of callers queue for a connection (bounded by the deadline) instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(
+        pool = _CheckedPool.from_url(
             url,
+            **_POOL_OPTIONS,
             max_connections=max_connections,
             timeout=connect_timeout + timeout,
             socket_connect_timeout=connect_timeout,

@@ -54,6 +54,8 @@ class CaSettings:
     crl_debounce: float = 1.0
     crl_check_interval: float = 60.0
     store_namespace: str = "ca"
+    # How long an interrupted request's claim on its request id blocks retries (KAGI_IDEMPOTENCY_PENDING_SECONDS).
+    idempotency_pending_seconds: int = 30
     # The management listener (plain HTTP /healthz, /readyz, /metrics): KAGI_CA_MANAGEMENT_ADDR; None: none.
     management: tuple[str, int] | None = None
 
@@ -65,7 +67,8 @@ class CaSettings:
         KAGI_STORE_URL (sqlite:), KAGI_STATE_DIR (.kagi), KAGI_CA_DIR (<state dir>/ca),
         KAGI_CA_KEY_PASSPHRASE or KAGI_CA_KEY_PASSPHRASE_FILE (required), KAGI_PKI_BASE_URL
         (http://127.0.0.1:8080, for CRL distribution points and AIA), KAGI_CA_CRL_VALIDITY_HOURS (24),
-        KAGI_CA_OCSP_VALIDITY_MINUTES (60), KAGI_CA_CRL_DEBOUNCE_MS (1000), KAGI_CA_CRL_CHECK_SECONDS (60).
+        KAGI_CA_OCSP_VALIDITY_MINUTES (60), KAGI_CA_CRL_DEBOUNCE_MS (1000), KAGI_CA_CRL_CHECK_SECONDS (60),
+        KAGI_IDEMPOTENCY_PENDING_SECONDS (30).
         """
         env = Environment(environ)
         state_dir = env.path("KAGI_STATE_DIR", ".kagi")
@@ -89,6 +92,7 @@ class CaSettings:
             ),
             crl_debounce=env.integer("KAGI_CA_CRL_DEBOUNCE_MS", 1000, minimum=0, maximum=600_000) / 1000,
             crl_check_interval=float(env.integer("KAGI_CA_CRL_CHECK_SECONDS", 60, minimum=1, maximum=86400)),
+            idempotency_pending_seconds=env.integer("KAGI_IDEMPOTENCY_PENDING_SECONDS", 30, minimum=1, maximum=3600),
             management=management_address(environ, "ca"),
         )
 
@@ -254,7 +258,8 @@ async def start_ca(settings: CaSettings, *, clock: Clock | None = None) -> CaCom
     try:
         await record_ocsp_signers(runtime.service)
         await renew_ocsp_signers(runtime.service, runtime.store, directory, settings.passphrase, clock)
-        api = CaApi(runtime.service, IdempotencyLedger(runtime.store), clock, root_crl=directory.root_crl)
+        ledger = IdempotencyLedger(runtime.store, pending_ttl=settings.idempotency_pending_seconds)
+        api = CaApi(runtime.service, ledger, clock, root_crl=directory.root_crl)
         server = GrpcServer(settings.listen, [binding(api)], domain="ca.kagi", readiness=runtime.store.ping)
         await server.start()
     except BaseException:

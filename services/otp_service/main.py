@@ -18,6 +18,8 @@ Environment (secrets also as NAME_FILE, which keeps them out of the process tabl
     KAGI_OTP_GROUP_COMMIT                               share store rounds among concurrent commits (default:
                                                         on for SQLite, where it saves an fsync per verification;
                                                         off for Redis, where it measured no gain)
+    KAGI_IDEMPOTENCY_PENDING_SECONDS                    how long an interrupted request's claim on its request
+                                                        id blocks retries (30; 1-3600)
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class OtpSettings:
     cache_size: int = DEFAULT_CACHE_SIZE
     group_commit: bool | None = None  # None: on for SQLite, off for Redis (see the module docstring)
     namespace: str = STORE_NAMESPACE
+    idempotency_pending_seconds: int = 30
     # The management listener (plain HTTP /healthz, /readyz, /metrics): KAGI_OTP_MANAGEMENT_ADDR; None: none.
     management: tuple[str, int] | None = None
 
@@ -131,6 +134,7 @@ class OtpSettings:
             policy=policy,
             cache_size=env.integer("KAGI_OTP_CACHE_SIZE", DEFAULT_CACHE_SIZE, minimum=0, maximum=10_000_000),
             group_commit=env.flag("KAGI_OTP_GROUP_COMMIT") if env.optional("KAGI_OTP_GROUP_COMMIT") else None,
+            idempotency_pending_seconds=env.integer("KAGI_IDEMPOTENCY_PENDING_SECONDS", 30, minimum=1, maximum=3600),
             management=management_address(environ, "otp"),
         )
 
@@ -203,7 +207,7 @@ async def start_otp(
         await store.close()
         raise
     service = build_service(settings, store, clock=clock, hasher=hasher)
-    api = OtpApi(service, IdempotencyLedger(store))
+    api = OtpApi(service, IdempotencyLedger(store, pending_ttl=settings.idempotency_pending_seconds))
     server = GrpcServer(settings.listen, [binding(api)], domain="otp.kagi", readiness=store.ping)
     try:
         await server.start()

@@ -1,19 +1,25 @@
 """Idempotent mutations: a retry with the same request_id returns the first answer and acts once, concurrent
-retries never both act, a reused id with different content is refused, failures free the id, entries are scoped
-by caller and subject, and the credential check runs before anything stored is disclosed."""
+retries never both act, a reused id with different content is refused, failures free the id (a crashed call's
+claim expires after the configured pending time), entries are scoped by caller and subject, and the credential
+check runs before anything stored is disclosed."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from kagi.clock import FakeClock
 from kagi.errors import Aborted, InvalidArgument, Unavailable
 from kagi.idempotency import Codec, IdempotencyLedger, fingerprint, scope_of
 from kagi.store import KeyValueStore, open_store
+from services.ca_service.main import CaSettings
+from services.otp_service.main import OtpSettings
 
 TEXT = Codec[dict[str, str]](dump=lambda a: json.dumps(a).encode(), load=lambda b: json.loads(b))
 
@@ -151,3 +157,82 @@ async def test_scopes_keep_callers_and_subjects_apart(store: KeyValueStore) -> N
     two = await ledger.run(scope_of("M", "caller-a", "acct-2"), "k", fingerprint("y"), act, TEXT)
     three = await ledger.run(scope_of("M", "caller-b", "acct-1"), "k", fingerprint("x"), act, TEXT)
     assert [one, two, three] == [{"n": "1"}, {"n": "2"}, {"n": "3"}]
+
+
+@pytest.mark.parametrize("service", ["ca", "otp"])
+async def test_a_crashed_calls_claim_blocks_retries_only_for_the_configured_pending_time(
+    tmp_path: Path, service: str
+) -> None:
+    """A call that claimed its request id and never answered (its process killed: nothing releases the claim)
+    makes retries "still in progress" only until KAGI_IDEMPOTENCY_PENDING_SECONDS, which the CA and OTP
+    services read like the enrollment service (default 30); then a retry acts and answers."""
+    environ = {"KAGI_INSECURE_PLAINTEXT": "1"}
+    if service == "ca":
+        environ["KAGI_CA_KEY_PASSPHRASE"] = "a-passphrase"
+    else:
+        environ |= {"KAGI_OTP_PEPPER": "p" * 32, "KAGI_OTP_KEK": base64.b64encode(bytes(32)).decode()}
+
+    def read(env: dict[str, str]) -> int:
+        settings = CaSettings.from_env(env) if service == "ca" else OtpSettings.from_env(env)
+        return settings.idempotency_pending_seconds
+
+    assert read(environ) == 30
+    with pytest.raises(InvalidArgument):
+        read({**environ, "KAGI_IDEMPOTENCY_PENDING_SECONDS": "0"})
+    pending = read({**environ, "KAGI_IDEMPOTENCY_PENDING_SECONDS": "5"})
+    assert pending == 5
+
+    clock = FakeClock()
+    store = open_store("sqlite:", namespace="idem", state_dir=tmp_path, clock=clock)
+    ledger = IdempotencyLedger(store, pending_ttl=pending)
+    claimed = asyncio.Event()
+    acted: list[str] = []
+
+    async def hang() -> dict[str, str]:
+        acted.append("crashed")
+        claimed.set()
+        await asyncio.Event().wait()  # the process dies here: no answer, no release
+        raise AssertionError("unreachable")
+
+    async def act() -> dict[str, str]:
+        acted.append("retry")
+        return {"serial": "s1"}
+
+    crashed = asyncio.create_task(ledger.run("issue", "req-1", fingerprint("csr"), hang, TEXT))
+    try:
+        await claimed.wait()
+        clock.advance(pending - 0.5)
+        with pytest.raises(Aborted) as in_progress:
+            await ledger.run("issue", "req-1", fingerprint("csr"), act, TEXT)
+        assert in_progress.value.reason == "REQUEST_IN_PROGRESS"
+        clock.advance(1)  # past the pending time: the claim has expired
+        assert await ledger.run("issue", "req-1", fingerprint("csr"), act, TEXT) == {"serial": "s1"}
+        assert await ledger.run("issue", "req-1", fingerprint("csr"), act, TEXT) == {"serial": "s1"}  # a replay
+        assert acted == ["crashed", "retry"]
+    finally:
+        crashed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await crashed
+        await store.close()
+
+
+async def test_a_cancelled_call_frees_the_id_at_once(store: KeyValueStore) -> None:
+    """A call cancelled mid-action (the client went away, its deadline passed) releases its claim at once, as a
+    call that raised does: a retry acts without waiting out the pending time."""
+    ledger = IdempotencyLedger(store, pending_ttl=3600)
+    started = asyncio.Event()
+
+    async def hang() -> dict[str, str]:
+        started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def act() -> dict[str, str]:
+        return {"ok": "1"}
+
+    task = asyncio.create_task(ledger.run("s", "r", fingerprint("a"), hang, TEXT))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await ledger.run("s", "r", fingerprint("a"), act, TEXT) == {"ok": "1"}

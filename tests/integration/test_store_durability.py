@@ -90,6 +90,32 @@ async def test_redis_acknowledged_writes_survive_sigkill_and_restart(
         await reopened.close()
 
 
+@pytest.mark.redis
+async def test_redis_store_calls_succeed_at_once_after_a_restart(
+    redis_factory: Callable[..., RedisServer], namespace: str
+) -> None:
+    """After Redis is killed and restarted on its port, a store whose pool holds connections to the dead
+    server serves its very first calls, reads and writes, on every pooled connection: a connection the server
+    closed, or one idle past the health-check interval whose PING fails, is replaced before a command is sent
+    (and no command is ever re-sent)."""
+    server = redis_factory()  # AOF with appendfsync always
+    store = RedisStore(server.url, namespace=namespace, max_connections=16)
+    try:
+        # Sixteen concurrent calls: every pooled connection has been used.
+        await asyncio.gather(*(store.create("docs", f"k{i:02}", b"v") for i in range(16)))
+        for idle in (0.0, 1.2):  # used just now; idle longer than the health-check interval (1 s)
+            await asyncio.sleep(idle)
+            # In threads, so the event loop runs meanwhile, as a service's does: it sees the server close.
+            await asyncio.to_thread(server.kill)
+            await asyncio.to_thread(server.start)
+            reads = await asyncio.gather(*(store.get("docs", f"k{i:02}") for i in range(16)))
+            assert [e.value if e is not None else None for e in reads] == [b"v"] * 16
+            await store.create("docs", f"after-{idle}", b"w")
+            await asyncio.gather(*(store.increment("counters", "n") for _ in range(16)))
+    finally:
+        await store.close()
+
+
 _WRITER = """
 import asyncio, sys
 from kagi.store.sqlite import SQLiteStore

@@ -29,6 +29,8 @@ def debug_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     stream = path.open("w", encoding="utf-8")
     monkeypatch.setattr(sys, "stderr", stream)
     configure_logging("reliability", level="DEBUG")
+    # Loggers first used now must not keep this file after the test: no caching, so later tests get theirs.
+    structlog.configure(cache_logger_on_first_use=False)
     for name in _LIBRARIES:
         logging.getLogger(name).setLevel(logging.DEBUG)
     try:

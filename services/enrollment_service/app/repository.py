@@ -25,10 +25,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from kagi.errors import NotFound
+from kagi.idempotency import acting_request
 from kagi.store.base import Create, KeyValueStore, Operation, Page, Replace
 from services.enrollment_service.domain.records import (
     Application,
@@ -214,7 +215,11 @@ def put_application(application: Application, version: int | None) -> Operation:
 
 
 def put_enrollment(enrollment: Enrollment, version: int | None) -> Operation:
-    """put_enrollment writes an enrollment: created when `version` is None, else compare-and-swap."""
+    """put_enrollment writes an enrollment: created when `version` is None, else compare-and-swap. It records the
+    request whose action writes it (see kagi.idempotency.acting_request)."""
+    acting = acting_request.get()
+    if acting:
+        enrollment = replace(enrollment, last_request=acting)
     data = dump_record(enrollment)
     if version is None:
         return Create(ENROLLMENTS, enrollment.enrollment_id, data)

@@ -24,6 +24,7 @@ from kagi.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from kagi.idempotency import acting_request
 from kagi.passwords import PasswordHasher
 from kagi.runtime.failpoints import failpoint
 from kagi.store.base import Create, KeyExists, Operation, Replace, VersionMismatch
@@ -88,8 +89,8 @@ NOTICE_MISMATCH = "口座情報または仮パスワードが正しくありま�
 ACTIVATION_ALREADY_DELIVERED = (
     "このトークンのアプリ設定は完了済みで、シークレットは再表示できません。"  # the wording, then English
     "初期設定中はトークン発行（⑱）をやり直し、設定完了後はトークン再発行をお申し込みください"
-    " / this token's secret was already delivered and is never shown again: during the setup, request the token"
-    " again (step 7); after it, reissue the token"
+    " / this token's secret was already delivered and is never shown again: ask for a new token (during the"
+    " setup, request the token again at step 7; after it, reissue the token)"
 )
 NOTICE_THROTTLE = "notice-throttle"
 _CAS_RETRIES = 20
@@ -123,6 +124,13 @@ class Notice:
 def activation_already_delivered() -> FailedPrecondition:
     """activation_already_delivered is step 8's answer to a replay: the secret went out once; ask for a new token."""
     return FailedPrecondition(ACTIVATION_ALREADY_DELIVERED, reason="ACTIVATION_ALREADY_DELIVERED")
+
+
+def _answered(current: Versioned[Enrollment]) -> bool:
+    """Tell whether the running request already wrote this enrollment: its step is done, and only the answer was
+    lost (a crash between the step's write and the ledger's); the step then answers from the record."""
+    acting = acting_request.get()
+    return bool(acting) and current.record.last_request == acting
 
 
 class EnrollmentService:
@@ -429,6 +437,8 @@ class EnrollmentService:
         """Submit_profile is step 2; returns the enrollment and the company name for the summary."""
         current = await self._session_enrollment(enrollment_id, session)
         enrollment = current.record
+        if _answered(current):
+            return enrollment, (await self._repo.application(enrollment.application_id)).record.company_name
         transition(enrollment.state, Step.SUBMIT_PROFILE, enrollment.kind)
         profile = validate_profile(**entries)
         if await self._repo.login_id_taken(profile.login_id):
@@ -455,6 +465,8 @@ class EnrollmentService:
         """Confirm_registration is step 3: the user is created, the login ID reserved, the notice spent."""
         current = await self._session_enrollment(enrollment_id, session)
         enrollment = current.record
+        if _answered(current):
+            return enrollment
         transition(enrollment.state, Step.CONFIRM_REGISTRATION, enrollment.kind)
         application = await self._repo.application(enrollment.application_id)
         self._check_application_open(application.record)
@@ -506,6 +518,13 @@ class EnrollmentService:
         """
         current = await self._session_enrollment(enrollment_id, session)
         enrollment = current.record
+        if _answered(current) and enrollment.certificate_pem:
+            return enrollment, IssuedCertificate(
+                serial_number=enrollment.certificate_serial,
+                fingerprint_sha256=enrollment.certificate_fingerprint,
+                certificate_pem=enrollment.certificate_pem,
+                chain_pem=enrollment.chain_pem,
+            )
         transition(enrollment.state, Step.ISSUE_CERTIFICATE, enrollment.kind)
         if not csr_pem:
             raise InvalidArgument("a CSR is required", reason="CSR_REQUIRED", fields={"csr_pem": "required"})
@@ -537,6 +556,8 @@ class EnrollmentService:
             self._policy.idle_seconds,
             certificate_serial=certificate.serial_number.lower(),
             certificate_fingerprint=certificate.fingerprint_sha256.lower(),
+            certificate_pem=certificate.certificate_pem,
+            chain_pem=certificate.chain_pem,
             session_digest="",
             retired_session_digest=enrollment.session_digest,
         )
@@ -585,6 +606,8 @@ class EnrollmentService:
     async def certificate_login(self, enrollment_id: str, certificate: ClientCertificate) -> Enrollment:
         """Certificate_login is step 5: the certificate issued in step 4 was presented, and is not revoked."""
         current = await self._certificate_enrollment(enrollment_id, certificate)
+        if _answered(current):
+            return current.record
         transition(current.record.state, Step.CERTIFICATE_LOGIN, current.record.kind)
         status = await self._ca.status(current.record.certificate_serial)
         if status is not CertificateStatus.GOOD:
@@ -597,6 +620,8 @@ class EnrollmentService:
         """Password_login is step 6: the login password, in the certificate's session; five failures lock."""
         current = await self._certificate_enrollment(enrollment_id, certificate)
         enrollment = current.record
+        if _answered(current) and enrollment.password_failures == 0:
+            return enrollment
         transition(enrollment.state, Step.PASSWORD_LOGIN, enrollment.kind)
         if not password:
             raise InvalidArgument("the login password is required", fields={"login_password": "required"})
@@ -635,6 +660,8 @@ class EnrollmentService:
         """Request_token is step 7: a pending token, and the mail with its IDs queued in the same commit."""
         current = await self._certificate_enrollment(enrollment_id, certificate)
         enrollment = current.record
+        if _answered(current):
+            return enrollment
         transition(enrollment.state, Step.REQUEST_TOKEN, enrollment.kind)
         request = validate_token_request(**entries)
         token_request_id = f"enrollment/{enrollment.enrollment_id}/{request_id or uuid.uuid4().hex}"
@@ -710,6 +737,8 @@ class EnrollmentService:
     ) -> Enrollment | None:
         """Register_app is step 9: the app stored the seed."""
         current = await self._repo.enrollment_for_app(service_id, app_user_id)
+        if current is not None and _answered(current):
+            return current.record
         if current is not None:
             transition(current.record.current(self._clock.now()).state, Step.REGISTER_APP, current.record.kind)
         await self._otp.confirm_registration(
@@ -730,6 +759,8 @@ class EnrollmentService:
         """Verify_first_code is step 10: the app's first code; the token becomes active and setup completes."""
         current = await self._certificate_enrollment(enrollment_id, certificate)
         enrollment = current.record
+        if _answered(current):
+            return enrollment
         transition(enrollment.state, Step.VERIFY_FIRST_CODE, enrollment.kind)
         await self._otp.verify(
             request_id=f"enrollment/{enrollment.enrollment_id}/{request_id or uuid.uuid4().hex}",
@@ -826,6 +857,8 @@ class EnrollmentService:
     async def _session_enrollment(self, enrollment_id: str, session: str) -> Versioned[Enrollment]:
         current = await self._load(enrollment_id)
         digest = current.record.session_digest
+        if session and not digest and _answered(current) and current.record.retired_session_digest:
+            digest = current.record.retired_session_digest  # step 4's own retry: its answer was lost
         if not session or not digest or not token_matches(session, digest):
             raise Unauthenticated("the session token is missing or wrong", reason="SESSION_INVALID")
         return current

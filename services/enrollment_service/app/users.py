@@ -217,7 +217,11 @@ class UserSessions:
     async def _check_throttle(self, fingerprint: str) -> None:
         entry = await self._repo.store.get(LOGIN_REFUSALS, fingerprint)
         if entry is not None and int(entry.value) >= self._policy.refusals_per_certificate:
-            raise ResourceExhausted(MSG_THROTTLED, reason="TOO_MANY_ATTEMPTS")
+            raise ResourceExhausted(
+                MSG_THROTTLED,
+                reason="TOO_MANY_ATTEMPTS",
+                metadata={"retry_after_seconds": str(self._policy.refusal_window_seconds)},  # the gateway's Retry-After
+            )
 
     async def _refuse_login(self, fingerprint: str, login_id: str, actor: str, why: str) -> None:
         await self._repo.store.increment(LOGIN_REFUSALS, fingerprint, ttl=self._policy.refusal_window_seconds)

@@ -121,6 +121,11 @@ class Enrollment:
     session_digest: str = dataclasses.field(repr=False)
     # Step 4 retires the session token: it then answers only a replay of that step-4 request (a lost answer).
     retired_session_digest: str = dataclasses.field(default="", repr=False)
+    # The request (ledger key) that wrote this record last, and step 4's certificate as answered: together they
+    # rebuild a step's answer that a crash lost between the step's write and the ledger's.
+    last_request: str = ""
+    certificate_pem: str = ""
+    chain_pem: str = ""
     locked_from: State | None = None
     kind: Kind = Kind.SETUP
     # Step 2
@@ -218,6 +223,8 @@ class Enrollment:
             user_name="",
             email="",
             mobile_email="",
+            certificate_pem="",
+            chain_pem="",
             login_password_hash="",
             confirmation_password_hash="",
             personal_data_erased=True,

@@ -21,8 +21,9 @@ REFUSALS = {
 
 
 async def test_every_step_out_of_order_is_refused_and_changes_nothing(stack: Stack, workdir: Path) -> None:
-    """At each state of the procedure, every step other than the next one is refused; the enrollment's state,
-    next step and deadline stay as they were."""
+    """At each state of the procedure, every step other than the next one is refused (but step 7 again before
+    the app registers, which test_token_requested_again_during_setup proves); the enrollment's state, next step
+    and deadline stay as they were."""
     customer = Customer(stack, workdir)
     await customer.register_application()
     steps: list[Callable[[], Awaitable[object]]] = [
@@ -43,6 +44,8 @@ async def test_every_step_out_of_order_is_refused_and_changes_nothing(stack: Sta
         for index, step in enumerate(steps):
             if index in (0, expected_index):
                 continue  # step 1 makes a new enrollment rather than moving this one
+            if index == 6 and expected_index in (7, 8):
+                continue  # step 7 again before the app registers replaces the token (its own test)
             with pytest.raises(grpc.aio.AioRpcError) as failure:
                 await step()
             assert failure.value.code() in REFUSALS, (expected_index + 1, index + 1, failure.value)

@@ -10,7 +10,7 @@ import uuid
 import grpc
 import pytest
 
-from gateway.errors import HTTP_STATUS_TABLE, http_status_for
+from gateway.errors import HTTP_STATUS_TABLE, THROTTLED_RETRY_AFTER_SECONDS, http_status_for, retry_after
 from tests.integration.gateway.gateway_support import PROFILE, Answer, GatewayStack
 
 ERROR_KEYS = {"code", "reason", "message", "fields"}
@@ -168,7 +168,44 @@ async def test_locked_application_is_423(stack: GatewayStack) -> None:
         statuses = [(await client.request("POST", "/v1/enrollments", wrong)).status for _ in range(5)]
         assert statuses == [401] * 5
         _is_error(await client.request("POST", "/v1/enrollments", wrong), 401, "NOTICE_MISMATCH")
-        _is_error(await client.request("POST", "/v1/enrollments", entries), 423, "APPLICATION_LOCKED")
+        locked = await client.request("POST", "/v1/enrollments", entries)
+        _is_error(locked, 423, "APPLICATION_LOCKED")
+        assert "Retry-After" not in locked.headers  # only an operator lifts a lockout: waiting does not
+
+
+async def test_a_service_throttle_is_429_with_the_retry_after_it_named(stack: GatewayStack) -> None:
+    """The enrollment service throttles step 1 per client address (20 failures in 10 minutes here): the 21st
+    attempt is RESOURCE_EXHAUSTED TOO_MANY_ATTEMPTS with retry_after_seconds=600 in its ErrorInfo metadata, and
+    the gateway answers 429 with `Retry-After: 600` (the rate limits of the gateway itself are off here)."""
+    async with stack.client() as client:
+        for _ in range(20):
+            unknown = {
+                "branch_code": "001",
+                "account_type": "ordinary",
+                "account_number": f"{uuid.uuid4().int % 10**7:07d}",
+                "temporary_login_password": "Wrong0000",
+                "temporary_confirmation_password": "Wrong0000",
+            }
+            _is_error(await client.request("POST", "/v1/enrollments", unknown), 401, "NOTICE_MISMATCH")
+        throttled = await client.request("POST", "/v1/enrollments", unknown)
+    _is_error(throttled, 429, "TOO_MANY_ATTEMPTS")
+    assert throttled.headers["Retry-After"] == "600"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        ({"retry_after_seconds": "600"}, "600"),
+        ({"retry_after": "12"}, "12"),  # the OTP service's RATE_LIMITED
+        ({"retry_after_seconds": "0.2"}, "1"),
+        ({"retry_after_seconds": "soon"}, str(THROTTLED_RETRY_AFTER_SECONDS)),
+        ({}, str(THROTTLED_RETRY_AFTER_SECONDS)),
+    ],
+)
+def test_every_429_has_a_retry_after(metadata: dict[str, str], expected: str) -> None:
+    """Retry-After on a 429 is the whole seconds (at least 1) the service named in ErrorInfo metadata, or a
+    minute when it named none: a 429 never goes out without one."""
+    assert retry_after(metadata) == expected
 
 
 async def test_idempotency_key_is_validated_and_replays_the_first_answer(stack: GatewayStack) -> None:

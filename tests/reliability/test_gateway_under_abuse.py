@@ -4,6 +4,14 @@ address, per account and per token, OCSP requests with a nonce, and client addre
 
 Attackers connect from other loopback addresses (127.0.0.2 and up) than the customer (127.0.0.1), as they would
 from other hosts: every limit per address counts them apart.
+
+This is the abuse part of the reliability suite, `tests/reliability/` (`pytest tests/reliability` runs it alone):
+- faults under load: test_faults_under_load.py;
+- abuse: this module (rate limits shared by gateway replicas on Redis: tests/integration/gateway/
+  test_gateway_shared_rate_limits.py);
+- the authorization matrix, every RPC x every role x a customer certificate x none: kept with the integration
+  tests at tests/integration/test_roles_matrix.py (it shares their service harnesses);
+- secrets: test_no_secret_in_debug_logs.py.
 """
 
 from __future__ import annotations
