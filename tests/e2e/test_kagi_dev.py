@@ -23,20 +23,20 @@ def _free(port: int) -> bool:
 
 
 async def _start(state: Path) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        tool("kagi"),
-        "dev",
-        "--state-dir",
-        str(state),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    errors = state.parent / f"kagi-dev-{state.name}.stderr"
+    with errors.open("ab") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            tool("kagi"), "dev", "--state-dir", str(state), stdout=asyncio.subprocess.PIPE, stderr=stderr
+        )
     assert process.stdout is not None
     banner = b""
     async with asyncio.timeout(60):
         while b"Press Ctrl-C to stop." not in banner:
             line = await process.stdout.readline()
-            assert line, f"kagi dev exited early: {banner.decode()}"
+            if not line:
+                await process.wait()
+                tail = errors.read_text(errors="replace")[-3000:]
+                raise AssertionError(f"kagi dev exited early ({process.returncode}): {banner.decode()}\n{tail}")
             banner += line
     return process
 
