@@ -46,6 +46,24 @@ def contact_line() -> str:
     return os.environ.get("KAGI_CONTACT_TEXT") or DEFAULT_CONTACT_TEXT
 
 
+def notice_json(reply: Any) -> dict[str, str]:
+    """Return a notice (an application's, or a reissue's) for scripts: the account and the temporary passwords."""
+    application = reply.application
+    notice = {
+        "application_id": application.application_id,
+        "branch_code": application.branch_code,
+        "account_type": "ordinary" if application.account_type == enrollment_pb2.ACCOUNT_TYPE_ORDINARY else "current",
+        "account_number": application.account_number,
+        "company_name": application.company_name,
+        "temporary_login_password": reply.temporary_login_password,
+        "temporary_confirmation_password": reply.temporary_confirmation_password,
+        "expires_at": application.expire_time.ToJsonString(),
+    }
+    if application.user_id:
+        notice["user_id"] = application.user_id
+    return notice
+
+
 def notice_lines(title: str, reply: Any, *after: str) -> list[str]:
     """Return a notice the customer reads (an application's, or a reissue's): the account, the temporary passwords
     (shown only here), the expiry in Japan time, `after`, and the contact line."""
@@ -143,19 +161,8 @@ def register_application(
             return reply
 
     reply = run_call(call)
-    application = reply.application
-    notice: dict[str, Any] = {
-        "application_id": application.application_id,
-        "branch_code": application.branch_code,
-        "account_type": account_type,
-        "account_number": application.account_number,
-        "company_name": application.company_name,
-        "temporary_login_password": reply.temporary_login_password,
-        "temporary_confirmation_password": reply.temporary_confirmation_password,
-        "expires_at": application.expire_time.ToJsonString(),
-    }
     if as_json:
-        click.echo(json.dumps(notice, ensure_ascii=False, indent=2))
+        click.echo(json.dumps(notice_json(reply), ensure_ascii=False, indent=2))
         return
     click.echo("\n".join(notice_lines("申込受付完了通知書 / Application-completion notice", reply)))
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from kagi.cli.admin import AdminContext, contact_line, notice_lines, run_call
+from kagi.cli.admin import AdminContext, contact_line, notice_json, notice_lines, run_call
 from kagi.enrollment.v1 import enrollment_pb2, enrollment_pb2_grpc, user_pb2, user_pb2_grpc
 from kagi.errors import KagiError
 from kagi.otp.v1 import otp_pb2, otp_pb2_grpc
@@ -303,21 +303,8 @@ def reissue_certificate_command(obj: AdminContext, user_id: str, reason: str, ye
             return reply
 
     reply = run_call(call)
-    application = reply.application
-    account_type = "ordinary" if application.account_type == enrollment_pb2.ACCOUNT_TYPE_ORDINARY else "current"
-    notice = {
-        "application_id": application.application_id,
-        "user_id": application.user_id,
-        "branch_code": application.branch_code,
-        "account_type": account_type,
-        "account_number": application.account_number,
-        "company_name": application.company_name,
-        "temporary_login_password": reply.temporary_login_password,
-        "temporary_confirmation_password": reply.temporary_confirmation_password,
-        "expires_at": application.expire_time.ToJsonString(),
-    }
     if as_json:
-        click.echo(json.dumps(notice, ensure_ascii=False, indent=2))
+        click.echo(json.dumps(notice_json(reply), ensure_ascii=False, indent=2))
         return
     click.echo(
         "\n".join(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -17,7 +17,7 @@ from kagi.idempotency import IdempotencyLedger
 from kagi.runtime.grpc_idempotency import IdempotentApi
 from kagi.runtime.grpc_server import ServiceBinding, relayed_client_address, relayed_client_certificate
 from kagi.runtime.identity import Role, allow
-from services.enrollment_service.app.use_cases import EnrollmentService, activation_already_delivered
+from services.enrollment_service.app.use_cases import EnrollmentService, Notice, activation_already_delivered
 from services.enrollment_service.domain.client_certificates import ClientCertificate
 from services.enrollment_service.domain.records import (
     AccountType,
@@ -155,6 +155,14 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     async def _checked(check: Awaitable[object]) -> None:
         await check
 
+    def _notice(self, notice: Notice) -> dict[str, Any]:
+        """Return a notice's fields (the application and its temporary passwords, this once) for its answer."""
+        return {
+            "application": application_message(notice.application, self._now()),
+            "temporary_login_password": notice.temporary_login_password,
+            "temporary_confirmation_password": notice.temporary_confirmation_password,
+        }
+
     async def RegisterApplication(
         self, request: pb.RegisterApplicationRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterApplicationResponse:
@@ -165,11 +173,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
                 account_type=_account_type(request.account_type),
                 account_number=request.account_number,
             )
-            return pb.RegisterApplicationResponse(
-                application=application_message(notice.application, self._now()),
-                temporary_login_password=notice.temporary_login_password,
-                temporary_confirmation_password=notice.temporary_confirmation_password,
-            )
+            return pb.RegisterApplicationResponse(**self._notice(notice))
 
         return await self._once(
             request,
@@ -493,11 +497,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
 
         async def act() -> pb.ReissueCertificateResponse:
             notice = await self._service.reissue_certificate(request.user_id, reason)
-            return pb.ReissueCertificateResponse(
-                application=application_message(notice.application, self._now()),
-                temporary_login_password=notice.temporary_login_password,
-                temporary_confirmation_password=notice.temporary_confirmation_password,
-            )
+            return pb.ReissueCertificateResponse(**self._notice(notice))
 
         return await self._once(
             request,

@@ -19,7 +19,6 @@ import os
 import random
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import time
@@ -46,6 +45,7 @@ from kagi.runtime.grpc_server import MAX_RESPONSE_BYTES
 from services.ca_service.bootstrap import DevPki, ensure_dev_pki_async
 from services.ca_service.domain.settings import PkiSettings
 from tests.support.enrollment_flow import Customer, Services, code_for, identity
+from tests.support.ports import stable_port
 from tests.support.smtp import SmtpServer
 from tests.support.tools import tool
 
@@ -59,21 +59,6 @@ COMPONENTS = ("ca", "otp", "enrollment", "gateway")
 OUTAGE_OUTCOMES = frozenset({"UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED", "HTTP_503", "CONNECTION", "OCSP_TRY_LATER"})
 RETRYABLE = OUTAGE_OUTCOMES
 TYPES = ("setup_step", "login", "stepup", "revoke", "ocsp")
-
-
-def stable_port() -> int:
-    """stable_port is a free loopback port below the kernel's ephemeral range, so that a killed component gets
-    it back when restarted (no outgoing connection can take it meanwhile)."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(500):
-        port = random.randrange(max(1024, low - 12000), low)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no free port below the ephemeral range")
 
 
 # -- the record ---------------------------------------------------------------------------------------------

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import random
 import re
 import secrets
-import socket
 import ssl
 import subprocess
 import uuid
@@ -36,6 +34,7 @@ from services.enrollment_service.domain.messages import CARRIER_FILTER_NOTE
 from services.enrollment_service.main import EnrollmentSettings, start_enrollment
 from services.otp_service.domain import KeyEncryptionKey
 from services.otp_service.main import OtpSettings, start_otp
+from tests.support.ports import stable_port
 from tests.support.smtp import SmtpServer
 from tests.support.tools import run, tool
 
@@ -203,25 +202,6 @@ class GatewayStack:
         for name in ("gateway", "enrollment", "otp", "ca"):
             await self.stop(name)
         self.smtp.stop()
-
-
-def stable_port() -> int:
-    """stable_port is a free loopback port below the kernel's ephemeral range.
-
-    A port that must stay free for a while (the CA writes the PKI URL into certificates before the gateway
-    binds it; a restarted CA must get its port back) cannot come from the ephemeral range, where every
-    outgoing connection may take it meanwhile.
-    """
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(200):
-        port = random.randrange(max(1024, low - 12000), low)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no free port below the ephemeral range")
 
 
 def gateway_settings(stack: GatewayStack, **changes: Any) -> GatewaySettings:

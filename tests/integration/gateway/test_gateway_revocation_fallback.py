@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.integration.gateway.gateway_support import Customer, GatewayStack, open_gateway_stack, stable_port
+from tests.integration.gateway.gateway_support import Customer, GatewayStack, open_gateway_stack
+from tests.support.ports import stable_port
 
 
 async def _until(predicate: Any, limit: float) -> float:
