@@ -396,7 +396,7 @@ class CredentialLifecycle:
             page = await self._repo.store.list(RENEWALS, page_size=100, page_token=token)
             for entry in page.entries:
                 if json.loads(entry.value)["deadline"] <= now:
-                    done += await self._sessions.supersede(entry.key, actor="kagi-enrollment")
+                    done += await self._sessions.supersede(entry.key, actor="kagi-enrollment", entry=entry)
             token = page.next_page_token
             if not token:
                 return done

@@ -21,7 +21,7 @@ from kagi.clock import Clock
 from kagi.errors import Aborted, FailedPrecondition, InvalidArgument, KagiError, ResourceExhausted, Unauthenticated
 from kagi.journal import AuditEvent, Change, Journal
 from kagi.passwords import PasswordHasher
-from kagi.store.base import Create, Delete, KeyExists, Operation, VersionMismatch
+from kagi.store.base import Create, Delete, Entry, KeyExists, Operation, VersionMismatch
 from services.enrollment_service.app.ports import (
     CertificateAuthority,
     CertificateStatus,
@@ -161,10 +161,15 @@ class UserSessions:
         """Log a customer in; unknown login, foreign certificate and wrong password answer alike."""
         check_login_entry(login_id, login_password)
         fingerprint = certificate.fingerprint_sha256.lower()
-        await self._check_throttle(fingerprint)
-        found, owner = await asyncio.gather(
-            self._repo.user_for_login(login_id), self._repo.certificate_owner(fingerprint)
+        # One round of reads: the certificate's refusals, the login's user, the certificate's owner, and a
+        # renewal this certificate's first session completes.
+        refusals, found, owner, renewal = await asyncio.gather(
+            self._repo.store.get(LOGIN_REFUSALS, fingerprint),
+            self._repo.user_for_login(login_id),
+            self._repo.certificate_owner(fingerprint),
+            self._repo.store.get(RENEWALS, fingerprint),
         )
+        self._check_throttle(refusals)
         if found is None or owner is None or owner.user_id != found.record.user_id:
             # Cost what a real check costs; count against the certificate, never against the user.
             await asyncio.to_thread(self._hasher.verify_dummy, login_password)
@@ -191,16 +196,16 @@ class UserSessions:
             user = await self.update_user(user.user_id, lambda u: u.with_login_success(), actor, "login", details)
         else:
             await self._audit(actor, "login", user.user_id, details)
-        if await self._repo.store.get(RENEWALS, fingerprint) is not None:
+        if renewal is not None:
             # The renewed certificate's first session: the one it replaced is done with.
-            await self.supersede(fingerprint, actor=actor)
+            await self.supersede(fingerprint, actor=actor, entry=renewal)
         session = self._new_session(user, uuid.uuid4().hex, AMR_LOGIN, certificate_thumbprint(fingerprint))
         return UserView(user, token_state), session
 
-    async def supersede(self, new_fingerprint: str, *, actor: str) -> int:
+    async def supersede(self, new_fingerprint: str, *, actor: str, entry: Entry | None = None) -> int:
         """Revoke the certificate the one with `new_fingerprint` renewed (its first session, or the grace ran
-        out); return 1 when it did."""
-        entry = await self._repo.store.get(RENEWALS, new_fingerprint)
+        out); return 1 when it did. `entry` is the renewal record when the caller has just read it."""
+        entry = entry or await self._repo.store.get(RENEWALS, new_fingerprint)
         if entry is None:
             return 0
         renewal = json.loads(entry.value)
@@ -214,8 +219,7 @@ class UserSessions:
             return 0
         return 1
 
-    async def _check_throttle(self, fingerprint: str) -> None:
-        entry = await self._repo.store.get(LOGIN_REFUSALS, fingerprint)
+    def _check_throttle(self, entry: Entry | None) -> None:
         if entry is not None and int(entry.value) >= self._policy.refusals_per_certificate:
             raise ResourceExhausted(
                 MSG_THROTTLED,
@@ -261,14 +265,18 @@ class UserSessions:
             # The gateway relays the certificate it just verified (and checked for revocation) on this request.
             if not hmac.compare_digest(claims.thumbprint, certificate_thumbprint(certificate.fingerprint_sha256)):
                 raise AccessTokenInvalid(MSG_TOKEN_INVALID, metadata={"why": "bound to another certificate"})
-            good: Any = asyncio.sleep(0, CertificateStatus.GOOD)
+            current, ended = await asyncio.gather(
+                self._repo.user(claims.user_id), self._repo.store.get(ENDED_SESSIONS, claims.session_id)
+            )
+            status = CertificateStatus.GOOD
         else:
             # A front-end passes no certificate with the token: the bound one must still be GOOD at the CA, so a
             # revocation ends its sessions at once.
-            good = self._bound_certificate_status(claims.thumbprint)
-        current, ended, status = await asyncio.gather(
-            self._repo.user(claims.user_id), self._repo.store.get(ENDED_SESSIONS, claims.session_id), good
-        )
+            current, ended, status = await asyncio.gather(
+                self._repo.user(claims.user_id),
+                self._repo.store.get(ENDED_SESSIONS, claims.session_id),
+                self._bound_certificate_status(claims.thumbprint),
+            )
         if ended is not None or current.record.session_epoch != claims.epoch or status is not CertificateStatus.GOOD:
             raise AccessTokenInvalid(MSG_TOKEN_INVALID)
         if current.record.lock_reason.value:
