@@ -114,3 +114,12 @@ class Unavailable(KagiError):
 
     kind = ErrorKind.UNAVAILABLE
     reason = "UNAVAILABLE"
+
+
+class ConcurrentChange(Aborted):
+    """A concurrent writer kept winning the race for the same record; re-read and retry.
+
+    Every service answers a lost race with this one reason (gRPC ABORTED, HTTP 409).
+    """
+
+    reason = "CONCURRENT_CHANGE"
