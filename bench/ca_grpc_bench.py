@@ -52,7 +52,7 @@ from kagi.runtime.settings import ListenSettings, Secret, TlsFiles
 from kagi.store.base import Create
 from services.ca_service.adapters.file_signer import PrivateKeySigner
 from services.ca_service.app.repository import revoked_collection
-from services.ca_service.bootstrap import DevPki, ensure_dev_pki
+from services.ca_service.creation import DevPki, ensure_dev_pki
 from services.ca_service.domain.hierarchy import build_hierarchy, issue_ocsp_signer
 from services.ca_service.domain.identity import CustomerIdentity
 from services.ca_service.domain.issuance import prepare_issuance, sign_certificate

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from kagi.devstack import stack_environment  # noqa: E402
 from kagi.passwords import OWASP_ARGON2ID, PasswordHasher, Pepper  # noqa: E402
-from services.ca_service.bootstrap import ensure_dev_pki  # noqa: E402
+from services.ca_service.creation import ensure_dev_pki  # noqa: E402
 from tests.support.enrollment_flow import Customer, Services  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.smtp import SmtpServer  # noqa: E402

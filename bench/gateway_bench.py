@@ -69,7 +69,7 @@ from kagi.runtime.grpc_server import CLIENT_CERT_SERIAL_HEADER, CLIENT_CERT_SHA2
 from kagi.runtime.logging import configure_logging  # noqa: E402
 from kagi.runtime.settings import ListenSettings, Secret, TlsFiles  # noqa: E402
 from services.ca_service.adapters.ca_directory import CaDirectory  # noqa: E402
-from services.ca_service.bootstrap import DevPki, ensure_dev_pki_async  # noqa: E402
+from services.ca_service.creation import DevPki, ensure_dev_pki_async  # noqa: E402
 from services.ca_service.domain.settings import CaKind, PkiSettings  # noqa: E402
 from services.ca_service.main import CaSettings, start_ca  # noqa: E402
 from services.enrollment_service.app.use_cases import EnrollmentPolicy  # noqa: E402

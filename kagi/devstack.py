@@ -19,7 +19,7 @@ from kagi.runtime.management import ManagementListener, Probe, grpc_readiness
 from kagi.runtime.serve import Stoppable
 
 if TYPE_CHECKING:
-    from services.ca_service.bootstrap import DevPki
+    from services.ca_service.creation import DevPki
 
 DEV_PORTS = {
     "ca": 50051,
@@ -155,7 +155,7 @@ async def start_stack(
 
     Ports of 0 are replaced by free ones as each component binds, and later components are pointed at them.
     """
-    from services.ca_service.bootstrap import ensure_dev_pki_async
+    from services.ca_service.creation import ensure_dev_pki_async
     from services.ca_service.main import CaSettings, start_ca
     from services.enrollment_service.main import EnrollmentSettings, start_enrollment
     from services.otp_service.main import OtpSettings, start_otp

@@ -26,7 +26,7 @@ from kagi.journal import AuditReport, verify_stored_chain
 from kagi.runtime.settings import Environment, Secret
 from kagi.store import open_store
 from services.ca_service.adapters.ca_directory import CaDirectory, OfflineRootKey
-from services.ca_service.bootstrap import init_ca
+from services.ca_service.creation import init_ca
 from services.ca_service.domain.keys import KeyAlgorithm, parse_key_algorithm
 from services.ca_service.domain.revocation import parse_revocation_reason
 from services.ca_service.domain.settings import PkiSettings

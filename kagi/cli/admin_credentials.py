@@ -33,7 +33,7 @@ from kagi.files import write_file
 from kagi.runtime.identity import Role
 from kagi.runtime.settings import Environment, Secret
 from services.ca_service.adapters.ca_directory import CaDirectory
-from services.ca_service.bootstrap import PASSPHRASE_FILE, issue_service_certificate
+from services.ca_service.creation import PASSPHRASE_FILE, issue_service_certificate
 from services.ca_service.domain.errors import InvalidIdentity
 from services.ca_service.domain.identity import SERVICE_ROLES, ServiceIdentity
 from services.ca_service.domain.profiles import SERVICE_PROFILE

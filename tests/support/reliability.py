@@ -42,7 +42,7 @@ from kagi.enrollment.v1 import user_pb2 as upb
 from kagi.otp.v1 import otp_pb2
 from kagi.runtime.grpc_client import RequestIdInterceptor
 from kagi.runtime.grpc_server import MAX_RESPONSE_BYTES
-from services.ca_service.bootstrap import DevPki, ensure_dev_pki_async
+from services.ca_service.creation import DevPki, ensure_dev_pki_async
 from services.ca_service.domain.settings import PkiSettings
 from tests.support.enrollment_flow import Customer, Services, code_for, identity
 from tests.support.ports import stable_port

@@ -23,7 +23,7 @@ from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.settings import ListenSettings, Secret
 from kagi.store import KeyValueStore, open_store
 from services.ca_service.app.repository import CERTIFICATES
-from services.ca_service.bootstrap import DevPki, ensure_dev_pki
+from services.ca_service.creation import DevPki, ensure_dev_pki
 from services.ca_service.domain.settings import PkiSettings
 from services.ca_service.main import CaComponent, CaSettings, start_ca
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from kagi.ca.v1 import ca_pb2
 from kagi.cli.main import cli
 from kagi.journal import audit_records
-from services.ca_service.bootstrap import DevPki, ensure_dev_pki, ensure_dev_pki_async
+from services.ca_service.creation import DevPki, ensure_dev_pki, ensure_dev_pki_async
 from tests.integration.ca.ca_service_harness import RunningCa, StoreTarget, running_ca, snapshot, verify_audit
 from tests.support.tools import run, tool
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from kagi.ca.v1 import ca_pb2
-from services.ca_service.bootstrap import DevPki
+from services.ca_service.creation import DevPki
 from tests.integration.ca.ca_service_harness import RunningCa, StoreTarget, issue_request, running_ca
 from tests.integration.ca.test_ca_pkilint import _findings, _without_known_uri_false_positive
 

@@ -21,7 +21,7 @@ from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.settings import Secret
 from services.ca_service.adapters.ca_directory import CaDirectory, OfflineRootKey
 from services.ca_service.adapters.file_signer import FileSigner, write_key_file
-from services.ca_service.bootstrap import DevPki, ensure_dev_pki, init_ca
+from services.ca_service.creation import DevPki, ensure_dev_pki, init_ca
 from services.ca_service.domain.errors import CaKeyUnreadable
 from services.ca_service.main import start_ca
 from tests.integration.ca.ca_service_harness import StoreTarget, ca_settings, issue_request

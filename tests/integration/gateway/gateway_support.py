@@ -26,7 +26,7 @@ from kagi.enrollment.v1 import enrollment_pb2 as pb
 from kagi.enrollment.v1 import enrollment_pb2_grpc
 from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.settings import ListenSettings, Secret, TlsFiles
-from services.ca_service.bootstrap import DevPki, ensure_dev_pki_async
+from services.ca_service.creation import DevPki, ensure_dev_pki_async
 from services.ca_service.domain.settings import PkiSettings
 from services.ca_service.main import CaSettings, start_ca
 from services.enrollment_service.app.use_cases import EnrollmentPolicy

@@ -20,7 +20,7 @@ from kagi.cli.admin_ca import init_ca_command, list_certificates_command, revoke
 from kagi.clock import FakeClock
 from kagi.journal import verify_stored_chain
 from kagi.store import open_store
-from services.ca_service.bootstrap import DEV_SERVICE_ROLES, ensure_dev_pki
+from services.ca_service.creation import DEV_SERVICE_ROLES, ensure_dev_pki
 from services.ca_service.domain.settings import CaKind
 from services.ca_service.main import start_ca
 from tests.integration.ca.ca_service_harness import RunningCa, StoreTarget, ca_settings, issue_request
