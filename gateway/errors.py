@@ -1,36 +1,37 @@
-"""The gateway's errors: the one table from gRPC status (and reason) to HTTP, and the JSON error body."""
+"""The gateway's errors: the HTTP status of each service answer (by its catalogued reason) and the JSON error body."""
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import grpc
 
+from kagi.reasons import Reason, ReasonCatalogue, SharedReason, generic_reasons, merge
 from kagi.runtime.grpc_client import error_from_rpc
+from kagi.runtime.grpc_errors import STATUS_FOR_KIND
+from services.ca_service.domain.reasons import CaReason
+from services.enrollment_service.domain.reasons import EnrollmentReason
+from services.otp_service.domain.reasons import OtpReason
 
-# The one mapping from what a service answered to the HTTP status the customer sees. Rows are tried in order;
-# a row with a reason pattern applies only to errors whose ErrorInfo reason matches it (fnmatch syntax).
-HTTP_STATUS_TABLE: tuple[tuple[grpc.StatusCode, str | None, int], ...] = (
-    (grpc.StatusCode.INVALID_ARGUMENT, None, 400),
-    (grpc.StatusCode.OUT_OF_RANGE, None, 400),
-    (grpc.StatusCode.UNAUTHENTICATED, None, 401),
-    (grpc.StatusCode.PERMISSION_DENIED, None, 403),
-    (grpc.StatusCode.NOT_FOUND, None, 404),
-    (grpc.StatusCode.FAILED_PRECONDITION, None, 409),
-    (grpc.StatusCode.ALREADY_EXISTS, None, 409),
-    # A lost optimistic-concurrency race or a retry racing its first attempt: the client may retry.
-    (grpc.StatusCode.ABORTED, None, 409),
-    # Lockouts (APPLICATION_LOCKED, USER_LOCKED, TOKEN_LOCKED) need an operator; throttling passes by itself.
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, "*_LOCKED", 423),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, None, 429),
-    (grpc.StatusCode.UNAVAILABLE, None, 503),
-    (grpc.StatusCode.DEADLINE_EXCEEDED, None, 503),
-    (grpc.StatusCode.CANCELLED, None, 503),
-)
-"""HTTP_STATUS_TABLE maps (gRPC code, reason pattern or None) to an HTTP status; anything else is 500."""
+CATALOGUES: tuple[type[ReasonCatalogue], ...] = (SharedReason, CaReason, OtpReason, EnrollmentReason)
+"""CATALOGUES are the reason catalogues of everything whose answers reach the gateway, its own included."""
+
+REASONS: Mapping[str, Reason] = merge(CATALOGUES)
+"""REASONS is every catalogued reason by name (a reason listed twice has one kind and status, or import fails)."""
+
+HTTP_STATUS_FOR_CODE: Mapping[grpc.StatusCode, int] = {
+    **{STATUS_FOR_KIND[kind]: generic.http_status for kind, generic in generic_reasons().items()},
+    # Codes no kagi error has: gRPC's own refusals (a call cancelled or past its deadline) and OUT_OF_RANGE.
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 503,
+    grpc.StatusCode.CANCELLED: 503,
+}
+"""HTTP_STATUS_FOR_CODE is the status of an answer whose reason the catalogues do not list (any other code: 500).
+
+Each kind's status is its generic reason's in kagi.reasons, so the catalogue is the one place a status is set.
+"""
 
 UNAVAILABLE_MESSAGE = (
     "ただいまサービスをご利用いただけません。しばらくしてからやり直してください"
@@ -46,15 +47,21 @@ RETRY_AFTER_METADATA = ("retry_after_seconds", "retry_after")
 
 
 def http_status_for(code: grpc.StatusCode, reason: str) -> int:
-    """http_status_for looks a gRPC code and ErrorInfo reason up in HTTP_STATUS_TABLE (500 when absent)."""
-    for row_code, pattern, status in HTTP_STATUS_TABLE:
-        if row_code == code and (pattern is None or fnmatch.fnmatchcase(reason, pattern)):
-            return status
-    return 500
+    """Return the HTTP status for a service's gRPC code and ErrorInfo reason.
+
+    A catalogued reason answered with the code of its kind gets the catalogue's status (so a lockout is 423 and
+    throttling 429, both RESOURCE_EXHAUSTED); anything else gets its code's status, and an unknown code 500.
+    The code must agree because it is what the service actually said: a reason raised with another kind than
+    its catalogue entry is a bug the catalogue test names, and the code is the safer guide until it is fixed.
+    """
+    entry = REASONS.get(reason)
+    if entry is not None and entry.kind is not None and STATUS_FOR_KIND[entry.kind] == code:
+        return entry.http_status
+    return HTTP_STATUS_FOR_CODE.get(code, 500)
 
 
 class HttpError(Exception):
-    """HttpError is an error answer: HTTP status, stable reason, message, per-field messages, extra headers."""
+    """An error answer: HTTP status, stable reason, message, per-field messages and extra headers."""
 
     def __init__(
         self,
@@ -73,13 +80,16 @@ class HttpError(Exception):
         self.headers: dict[str, str] = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
-        """Body is the JSON error document: {"error": {"code", "reason", "message", "fields"}}."""
+        """Return the JSON error document: {"error": {"code", "reason", "message", "fields"}}."""
         return {"error": {"code": self.status, "reason": self.reason, "message": self.message, "fields": self.fields}}
 
 
 def retry_after(metadata: Mapping[str, str]) -> str:
-    """retry_after is the Retry-After of a throttled answer: the whole seconds the service named in its ErrorInfo
-    metadata (at least 1), or THROTTLED_RETRY_AFTER_SECONDS when it named none (or nothing readable)."""
+    """Return the Retry-After of a throttled answer.
+
+    It is the whole seconds the service named in its ErrorInfo metadata (at least 1), or
+    THROTTLED_RETRY_AFTER_SECONDS when it named none (or nothing readable).
+    """
     for key in RETRY_AFTER_METADATA:
         try:
             seconds = float(metadata[key])
@@ -91,12 +101,12 @@ def retry_after(metadata: Mapping[str, str]) -> str:
 
 
 def invalid_input(fields: Mapping[str, str], *, reason: str = "INVALID_ARGUMENT") -> HttpError:
-    """invalid_input is a 400 naming each offending field and its rule."""
+    """Return a 400 naming each offending field and its rule."""
     return HttpError(400, reason, INVALID_INPUT_MESSAGE, fields=fields)
 
 
 def http_error_from_rpc(exc: grpc.aio.AioRpcError) -> HttpError:
-    """http_error_from_rpc turns a failed service call into the HTTP error the customer sees.
+    """Turn a failed service call into the HTTP error the customer sees.
 
     The service's reason, message and field messages are kept (they are written for the customer); for 5xx
     the message is replaced, so no backend address or internal detail reaches the browser. Every 429 carries
