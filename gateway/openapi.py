@@ -27,7 +27,8 @@ session routes take it as `Authorization: Bearer <access_token>` together with t
 and PUT accepts an
 `Idempotency-Key` (1-128 visible ASCII characters): a retry with the same key gets the first answer (secrets such
 as the session token and the seed are returned only the first time). Errors are
-`{{"error": {{"code", "reason", "message", "fields"}}}}` with `fields` naming each offending field.
+`{{"error": {{"code", "reason", "message", "fields"}}}}` with `fields` naming each offending field; `reason` is
+stable, and docs/errors.md lists every reason with its HTTP status and meaning.
 """
 
 

@@ -664,7 +664,8 @@ ERROR_STATUSES: dict[int, str] = {
     401: "認証情報がない・誤り / missing or invalid credential (session token, client certificate, password)",
     403: "別の利用者 / the credential is valid but not for this enrollment or route",
     404: "見つかりません / no such enrollment or route",
-    409: "手順の順序違い / not allowed in the current state: the message names the expected next step",
+    409: "手順の順序違い・競合 / not allowed in the current state (the message names the expected next step),"
+    " or a concurrent change won (CONCURRENT_CHANGE): retry",
     413: "送信データが大きすぎます / the body is larger than 64 KiB",
     415: "application/json で送信してください / a body that is not application/json",
     423: "ロック / locked after too many failures: only the bank unlocks it",

@@ -98,6 +98,9 @@ class CertificateAuthorityServiceServicer:
 
     def IssueCertificate(self, request, context):
         """IssueCertificate signs a CSR for an identity under a profile. Callers: enrollment (customer), operator.
+        Errors: INVALID_ARGUMENT, CSR_MALFORMED, BAD_PEM_TYPE, CSR_TOO_LARGE, CSR_SIGNATURE_INVALID, KEY_TOO_WEAK,
+        UNSUPPORTED_KEY_TYPE, UNSUPPORTED_CURVE, INVALID_IDENTITY, UNKNOWN_PROFILE, ISSUER_CANNOT_ISSUE,
+        SERIAL_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +108,7 @@ class CertificateAuthorityServiceServicer:
 
     def GetCertificate(self, request, context):
         """GetCertificate returns one certificate by serial number.
+        Errors: INVALID_SERIAL, CERTIFICATE_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +116,7 @@ class CertificateAuthorityServiceServicer:
 
     def ListCertificates(self, request, context):
         """ListCertificates lists certificates, optionally of one subject or in one state, a page at a time.
+        Errors: INVALID_ARGUMENT, INVALID_SUBJECT_ID, INVALID_KEY.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,6 +124,7 @@ class CertificateAuthorityServiceServicer:
 
     def RevokeCertificate(self, request, context):
         """RevokeCertificate revokes one certificate with an RFC 5280 reason; revoking again changes nothing.
+        Errors: INVALID_SERIAL, INVALID_REVOCATION_REASON, CERTIFICATE_NOT_FOUND, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,6 +132,7 @@ class CertificateAuthorityServiceServicer:
 
     def RevokeSubjectCertificates(self, request, context):
         """RevokeSubjectCertificates revokes every unexpired certificate of one subject.
+        Errors: INVALID_SUBJECT_ID, INVALID_REVOCATION_REASON, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +140,9 @@ class CertificateAuthorityServiceServicer:
 
     def RenewCertificate(self, request, context):
         """RenewCertificate issues a new certificate for the identity of an existing one, from a new CSR.
+        Errors: INVALID_SERIAL, CSR_MALFORMED, BAD_PEM_TYPE, CSR_TOO_LARGE, CSR_SIGNATURE_INVALID, KEY_TOO_WEAK,
+        UNSUPPORTED_KEY_TYPE, UNSUPPORTED_CURVE, CERTIFICATE_NOT_FOUND, CERTIFICATE_REVOKED, NOT_RENEWABLE,
+        ISSUER_CANNOT_ISSUE, SERIAL_EXHAUSTED, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,6 +150,7 @@ class CertificateAuthorityServiceServicer:
 
     def GetCrl(self, request, context):
         """GetCrl returns the current signed CRL of an issuing CA.
+        Errors: INVALID_ARGUMENT, ROOT_CRL_MISSING, CRL_BUSY.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,6 +158,7 @@ class CertificateAuthorityServiceServicer:
 
     def GetCertificateStatus(self, request, context):
         """GetCertificateStatus answers good, revoked or unknown for a serial number.
+        Errors: INVALID_SERIAL, INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,6 +166,7 @@ class CertificateAuthorityServiceServicer:
 
     def AnswerOcsp(self, request, context):
         """AnswerOcsp answers a DER-encoded RFC 6960 OCSP request with a signed DER response.
+        Errors: none (a malformed or unanswerable request gets an OCSP error response, not a gRPC error)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,6 +174,7 @@ class CertificateAuthorityServiceServicer:
 
     def GetCaCertificates(self, request, context):
         """GetCaCertificates returns the root and intermediate certificates (the public PKI files).
+        Errors: none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,6 +182,7 @@ class CertificateAuthorityServiceServicer:
 
     def WatchRevocations(self, request, context):
         """WatchRevocations streams each revocation as it happens, so gateways refuse a revoked certificate at once.
+        Errors: INVALID_ARGUMENT, FEED_STOPPED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

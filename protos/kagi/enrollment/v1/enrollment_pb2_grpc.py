@@ -144,6 +144,7 @@ class EnrollmentServiceServicer:
     def RegisterApplication(self, request, context):
         """RegisterApplication records a company's application and returns the notice's temporary passwords, once.
         Caller: operator.
+        Errors: INVALID_APPLICATION, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,6 +152,8 @@ class EnrollmentServiceServicer:
 
     def VerifyNotice(self, request, context):
         """VerifyNotice is step 1: the representative account and the notice's temporary passwords.
+        Errors: INVALID_NOTICE_ENTRY, TOO_MANY_ATTEMPTS, NOTICE_MISMATCH, APPLICATION_LOCKED, APPLICATION_EXPIRED,
+        APPLICATION_USED, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +161,8 @@ class EnrollmentServiceServicer:
 
     def SubmitProfile(self, request, context):
         """SubmitProfile is step 2: user name, e-mail, login ID, login and confirmation passwords.
+        Errors: INVALID_ARGUMENT, ENROLLMENT_NOT_FOUND, SESSION_INVALID, WRONG_STEP, ENROLLMENT_CLOSED, INVALID_PROFILE,
+        LOGIN_ID_TAKEN, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +170,8 @@ class EnrollmentServiceServicer:
 
     def ConfirmRegistration(self, request, context):
         """ConfirmRegistration is step 3: create the user, reserve the login ID, spend the temporary passwords.
+        Errors: INVALID_ARGUMENT, ENROLLMENT_NOT_FOUND, SESSION_INVALID, WRONG_STEP, ENROLLMENT_CLOSED,
+        APPLICATION_LOCKED, APPLICATION_EXPIRED, APPLICATION_USED, LOGIN_ID_TAKEN, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -172,6 +179,10 @@ class EnrollmentServiceServicer:
 
     def IssueCertificate(self, request, context):
         """IssueCertificate is step 4: a CSR made on the client is signed by the customer CA.
+        Errors: INVALID_ARGUMENT, ENROLLMENT_NOT_FOUND, SESSION_INVALID, WRONG_STEP, ENROLLMENT_CLOSED, CSR_REQUIRED,
+        APPLICATION_LOCKED, APPLICATION_EXPIRED, APPLICATION_USED, CERTIFICATE_ALREADY_REQUESTED, CSR_MALFORMED,
+        BAD_PEM_TYPE, CSR_TOO_LARGE, CSR_SIGNATURE_INVALID, KEY_TOO_WEAK, UNSUPPORTED_KEY_TYPE, UNSUPPORTED_CURVE,
+        SERVICE_UNAVAILABLE, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,6 +190,8 @@ class EnrollmentServiceServicer:
 
     def CertificateLogin(self, request, context):
         """CertificateLogin is step 5: the new certificate was presented over mTLS.
+        Errors: CLIENT_CERT_REQUIRED, ENROLLMENT_NOT_FOUND, CERTIFICATE_MISMATCH, WRONG_STEP, ENROLLMENT_CLOSED,
+        CERTIFICATE_NOT_GOOD, SERVICE_UNAVAILABLE, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -186,6 +199,8 @@ class EnrollmentServiceServicer:
 
     def PasswordLogin(self, request, context):
         """PasswordLogin is step 6: the login password, in the certificate's session.
+        Errors: INVALID_ARGUMENT, CLIENT_CERT_REQUIRED, ENROLLMENT_NOT_FOUND, CERTIFICATE_MISMATCH, WRONG_STEP,
+        ENROLLMENT_CLOSED, WRONG_PASSWORD, USER_LOCKED, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +208,8 @@ class EnrollmentServiceServicer:
 
     def RequestToken(self, request, context):
         """RequestToken is step 7: create the pending token and mail its service ID and user ID.
+        Errors: CLIENT_CERT_REQUIRED, ENROLLMENT_NOT_FOUND, CERTIFICATE_MISMATCH, WRONG_STEP, ENROLLMENT_CLOSED,
+        INVALID_TOKEN_REQUEST, INVALID_FIELD, INVALID_USAGE_START_PASSWORD, SERVICE_UNAVAILABLE, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -200,6 +217,9 @@ class EnrollmentServiceServicer:
 
     def ActivateApp(self, request, context):
         """ActivateApp is step 8: the app's activation; returns the seed once.
+        Errors: INVALID_FIELD, INVALID_USAGE_START_PASSWORD, CONSENT_REQUIRED, ACTIVATION_FAILED, ACTIVATION_EXPIRED,
+        ACTIVATION_ALREADY_DELIVERED, TOKEN_LOCKED, WRONG_STEP, ENROLLMENT_CLOSED, SERVICE_UNAVAILABLE,
+        CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -207,6 +227,8 @@ class EnrollmentServiceServicer:
 
     def RegisterApp(self, request, context):
         """RegisterApp is step 9: the app confirms it stored the seed.
+        Errors: INVALID_FIELD, REGISTRATION_FAILED, WRONG_STEP, ENROLLMENT_CLOSED, SERVICE_UNAVAILABLE,
+        CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -214,6 +236,9 @@ class EnrollmentServiceServicer:
 
     def VerifyFirstCode(self, request, context):
         """VerifyFirstCode is step 10: the first code from the app; completes the enrollment.
+        Errors: CLIENT_CERT_REQUIRED, ENROLLMENT_NOT_FOUND, CERTIFICATE_MISMATCH, WRONG_STEP, ENROLLMENT_CLOSED,
+        INVALID_CODE_FORMAT, WRONG_CODE, REPLAYED, STEP_EXPIRED, TOKEN_LOCKED, RATE_LIMITED, TOKEN_NOT_ACTIVE,
+        SERVICE_UNAVAILABLE, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -221,6 +246,7 @@ class EnrollmentServiceServicer:
 
     def GetEnrollment(self, request, context):
         """GetEnrollment returns an enrollment's state, next step and expiry; never a secret.
+        Errors: INVALID_ARGUMENT, CLIENT_CERT_REQUIRED, ENROLLMENT_NOT_FOUND, SESSION_INVALID, CERTIFICATE_MISMATCH.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -229,6 +255,7 @@ class EnrollmentServiceServicer:
     def GetCurrentEnrollment(self, request, context):
         """GetCurrentEnrollment finds the enrollment the relayed client certificate was issued for (the customer
         closed the browser after step 4 and need not remember the enrollment id). Caller: gateway.
+        Errors: CLIENT_CERT_REQUIRED, ENROLLMENT_NOT_FOUND, CERTIFICATE_MISMATCH.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -236,6 +263,8 @@ class EnrollmentServiceServicer:
 
     def CancelEnrollment(self, request, context):
         """CancelEnrollment ends an enrollment before completion.
+        Errors: INVALID_ARGUMENT, CLIENT_CERT_REQUIRED, ENROLLMENT_NOT_FOUND, SESSION_INVALID, CERTIFICATE_MISMATCH,
+        ENROLLMENT_CLOSED, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -243,6 +272,7 @@ class EnrollmentServiceServicer:
 
     def UnlockApplication(self, request, context):
         """UnlockApplication lifts a lockout of an application or of its enrollment. Caller: operator.
+        Errors: APPLICATION_NOT_FOUND, NOTHING_LOCKED, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -250,6 +280,7 @@ class EnrollmentServiceServicer:
 
     def ListApplications(self, request, context):
         """ListApplications lists applications. Caller: operator.
+        Errors: INVALID_ARGUMENT, INVALID_KEY.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -260,6 +291,7 @@ class EnrollmentServiceServicer:
         every session ends, and a reissue notice is returned once: step 1 with it opens a new enrollment of kind
         REISSUE for the same user (steps 1, 4, 5 and 6; profile, registration and token are kept), which ends
         COMPLETED with the same login ID. Caller: operator.
+        Errors: INVALID_ARGUMENT, USER_NOT_FOUND, SETUP_INCOMPLETE, SERVICE_UNAVAILABLE, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -271,6 +303,8 @@ class EnrollmentServiceServicer:
         where step 4 comes next (REGISTERED for a setup: step 4 issues a new certificate), its user and login ID
         reserved again. FAILED_PRECONDITION names why when it cannot be (not expired, login ID registered by
         someone else since, personal data erased after the retention period). Caller: operator.
+        Errors: ENROLLMENT_NOT_FOUND, ENROLLMENT_NOT_EXPIRED, PERSONAL_DATA_ERASED, APPLICATION_NOT_FOUND,
+        LOGIN_ID_TAKEN, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,15 +43,8 @@ class UserServiceStub:
     minutes. Confirmation tokens add `txn` (the transaction id) and `txn_digest` (SHA-256 of the summary's
     UTF-8 bytes, base64url without padding).
 
-    Error reasons (google.rpc.ErrorInfo): LOGIN_FAILED (UNAUTHENTICATED: unknown login ID, a certificate of
-    someone else, or a wrong password, told apart to nobody), USER_LOCKED (RESOURCE_EXHAUSTED: five wrong
-    passwords in a row or an operator's lock; an operator unlocks), TOO_MANY_ATTEMPTS (RESOURCE_EXHAUSTED:
-    too many refusals with one certificate; retry later), CERTIFICATE_INVALID (UNAUTHENTICATED: the
-    certificate does not chain to the customer CA, is outside its validity or is not GOOD), SETUP_INCOMPLETE
-    (FAILED_PRECONDITION), ACCESS_TOKEN_INVALID (UNAUTHENTICATED: malformed, expired, ended, signed by no
-    current key, bound to another certificate or to another user), WRONG_CONFIRMATION_PASSWORD
-    (UNAUTHENTICATED), TRANSACTION_MISMATCH (FAILED_PRECONDITION: the transaction id was confirmed with other
-    data), and the OTP service's reasons for codes (WRONG_CODE, REPLAYED, TOKEN_LOCKED, ...).
+    Error reasons (google.rpc.ErrorInfo): the enrollment service's catalogue above; each RPC's Errors line
+    names those it can return, the OTP service's reasons for codes (WRONG_CODE, REPLAYED, ...) included.
     """
 
     def __init__(self, channel):
@@ -160,20 +153,15 @@ class UserServiceServicer:
     minutes. Confirmation tokens add `txn` (the transaction id) and `txn_digest` (SHA-256 of the summary's
     UTF-8 bytes, base64url without padding).
 
-    Error reasons (google.rpc.ErrorInfo): LOGIN_FAILED (UNAUTHENTICATED: unknown login ID, a certificate of
-    someone else, or a wrong password, told apart to nobody), USER_LOCKED (RESOURCE_EXHAUSTED: five wrong
-    passwords in a row or an operator's lock; an operator unlocks), TOO_MANY_ATTEMPTS (RESOURCE_EXHAUSTED:
-    too many refusals with one certificate; retry later), CERTIFICATE_INVALID (UNAUTHENTICATED: the
-    certificate does not chain to the customer CA, is outside its validity or is not GOOD), SETUP_INCOMPLETE
-    (FAILED_PRECONDITION), ACCESS_TOKEN_INVALID (UNAUTHENTICATED: malformed, expired, ended, signed by no
-    current key, bound to another certificate or to another user), WRONG_CONFIRMATION_PASSWORD
-    (UNAUTHENTICATED), TRANSACTION_MISMATCH (FAILED_PRECONDITION: the transaction id was confirmed with other
-    data), and the OTP service's reasons for codes (WRONG_CODE, REPLAYED, TOKEN_LOCKED, ...).
+    Error reasons (google.rpc.ErrorInfo): the enrollment service's catalogue above; each RPC's Errors line
+    names those it can return, the OTP service's reasons for codes (WRONG_CODE, REPLAYED, ...) included.
     """
 
     def Authenticate(self, request, context):
         """Authenticate logs a customer in with the client certificate, the login ID and the login password, and
         answers the user and an access token bound to the certificate. Callers: gateway, frontend.
+        Errors: INVALID_ARGUMENT, CLIENT_CERT_REQUIRED, CERTIFICATE_INVALID, TOO_MANY_ATTEMPTS, LOGIN_FAILED,
+        USER_LOCKED, SETUP_INCOMPLETE, SERVICE_UNAVAILABLE, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,6 +170,9 @@ class UserServiceServicer:
     def VerifyOtp(self, request, context):
         """VerifyOtp checks a one-time password of the user's active token (each code once, across all replicas);
         given the current access token, it answers a stepped-up one. Callers: gateway, frontend.
+        Errors: INVALID_ARGUMENT, ACCESS_TOKEN_INVALID, USER_NOT_FOUND, USER_LOCKED, SETUP_INCOMPLETE,
+        INVALID_CODE_FORMAT, WRONG_CODE, REPLAYED, STEP_EXPIRED, TOKEN_LOCKED, RATE_LIMITED, TOKEN_NOT_ACTIVE,
+        SERVICE_UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,6 +181,9 @@ class UserServiceServicer:
     def ConfirmTransaction(self, request, context):
         """ConfirmTransaction confirms one transaction with the confirmation password and a one-time password, and
         answers a signed confirmation token. A code confirms one transaction only. Callers: gateway, frontend.
+        Errors: INVALID_ARGUMENT, ACCESS_TOKEN_INVALID, USER_NOT_FOUND, USER_LOCKED, SETUP_INCOMPLETE,
+        WRONG_CONFIRMATION_PASSWORD, TRANSACTION_MISMATCH, INVALID_CODE_FORMAT, WRONG_CODE, REPLAYED, STEP_EXPIRED,
+        TOKEN_LOCKED, RATE_LIMITED, TOKEN_NOT_ACTIVE, SERVICE_UNAVAILABLE, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,6 +191,7 @@ class UserServiceServicer:
 
     def EndSession(self, request, context):
         """EndSession ends the session of an access token (logout). Callers: gateway, frontend.
+        Errors: ACCESS_TOKEN_INVALID, USER_LOCKED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -205,6 +200,7 @@ class UserServiceServicer:
     def GetJwks(self, request, context):
         """GetJwks answers the public keys that verify access and confirmation tokens (RFC 7517 JWK Set).
         Callers: gateway, frontend, operator.
+        Errors: none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,6 +208,7 @@ class UserServiceServicer:
 
     def GetUser(self, request, context):
         """GetUser answers one user; never a password or its hash. Callers: gateway, frontend, operator.
+        Errors: INVALID_ARGUMENT, USER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,6 +217,7 @@ class UserServiceServicer:
     def ListUsers(self, request, context):
         """ListUsers lists users, all of them or those of one company or one representative account, a page at a
         time. Caller: operator.
+        Errors: INVALID_ARGUMENT, INVALID_KEY.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -227,6 +225,7 @@ class UserServiceServicer:
 
     def LockUser(self, request, context):
         """LockUser locks a user: no login, no confirmation, and every live session ends. Caller: operator.
+        Errors: INVALID_ARGUMENT, USER_NOT_FOUND, USER_ALREADY_LOCKED, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,6 +234,7 @@ class UserServiceServicer:
     def UnlockUser(self, request, context):
         """UnlockUser lifts a lock (an operator's, or five wrong passwords) and resets the failure counts.
         Caller: operator.
+        Errors: INVALID_ARGUMENT, USER_NOT_FOUND, USER_NOT_LOCKED, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -244,6 +244,7 @@ class UserServiceServicer:
         """ChangePassword changes the login or the confirmation password with the current one (the setup's rules:
         6-12 half-width letters and digits mixed, none equal to the login ID or the other password); every session
         of the user ends and a mail tells the user. Callers: gateway, frontend.
+        Errors: INVALID_ARGUMENT, ACCESS_TOKEN_INVALID, USER_LOCKED, INVALID_PASSWORD, WRONG_PASSWORD, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -252,6 +253,7 @@ class UserServiceServicer:
     def IssuePasswordReset(self, request, context):
         """IssuePasswordReset makes a temporary password for a forgotten login or confirmation password and returns
         it once, for the reset notice; every session ends. Caller: operator.
+        Errors: INVALID_ARGUMENT, USER_NOT_FOUND, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -261,6 +263,8 @@ class UserServiceServicer:
         """ResetPassword sets a new password with the reset notice's temporary password and the user's client
         certificate (relayed by the gateway: no session is needed); five wrong temporary passwords spend the
         notice. Caller: gateway.
+        Errors: INVALID_ARGUMENT, CLIENT_CERT_REQUIRED, CERTIFICATE_INVALID, NO_RESET_NOTICE, INVALID_PASSWORD,
+        WRONG_TEMPORARY_PASSWORD, RESET_NOTICE_LOCKED, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -270,6 +274,10 @@ class UserServiceServicer:
         """RenewCertificate issues a new certificate for a new key from the current one, within the renewal window
         before its expiry, with the login password; the old one is revoked (superseded) once the new one is first
         used for a session, or seven days later. Caller: gateway (which proves possession of the current one).
+        Errors: INVALID_ARGUMENT, CLIENT_CERT_REQUIRED, CERTIFICATE_INVALID, ACCESS_TOKEN_INVALID, USER_LOCKED,
+        CSR_REQUIRED, LOGIN_FAILED, CERTIFICATE_NOT_ACTIVE, OUTSIDE_RENEWAL_WINDOW, KEY_REUSED, CSR_MALFORMED,
+        BAD_PEM_TYPE, CSR_TOO_LARGE, CSR_SIGNATURE_INVALID, KEY_TOO_WEAK, UNSUPPORTED_KEY_TYPE, UNSUPPORTED_CURVE,
+        SERVICE_UNAVAILABLE, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -279,6 +287,9 @@ class UserServiceServicer:
         """ReissueToken replaces the user's token for a new phone: the old one is revoked, a new one is pending and
         its service ID and user ID go by mail; the app then takes steps 8-10. Needs the confirmation password,
         and the current session's access token unless an operator allowed a reissue without it. Caller: gateway.
+        Errors: INVALID_ARGUMENT, CLIENT_CERT_REQUIRED, CERTIFICATE_INVALID, ACCESS_TOKEN_INVALID, LOGIN_FAILED,
+        SESSION_REQUIRED, USER_LOCKED, SETUP_INCOMPLETE, INVALID_TOKEN_REQUEST, WRONG_CONFIRMATION_PASSWORD,
+        INVALID_FIELD, INVALID_USAGE_START_PASSWORD, SERVICE_UNAVAILABLE, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -287,6 +298,7 @@ class UserServiceServicer:
     def AllowTokenReissue(self, request, context):
         """AllowTokenReissue revokes the user's token (a lost phone) and lets the user reissue one without it.
         Caller: operator.
+        Errors: INVALID_ARGUMENT, USER_NOT_FOUND, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -294,6 +306,7 @@ class UserServiceServicer:
 
     def DisableUserToken(self, request, context):
         """DisableUserToken disables the user's token with a reason (lost phone, lost PC). Caller: operator.
+        Errors: INVALID_ARGUMENT, USER_NOT_FOUND, NO_TOKEN, SERVICE_UNAVAILABLE, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -408,15 +421,8 @@ class UserService:
     minutes. Confirmation tokens add `txn` (the transaction id) and `txn_digest` (SHA-256 of the summary's
     UTF-8 bytes, base64url without padding).
 
-    Error reasons (google.rpc.ErrorInfo): LOGIN_FAILED (UNAUTHENTICATED: unknown login ID, a certificate of
-    someone else, or a wrong password, told apart to nobody), USER_LOCKED (RESOURCE_EXHAUSTED: five wrong
-    passwords in a row or an operator's lock; an operator unlocks), TOO_MANY_ATTEMPTS (RESOURCE_EXHAUSTED:
-    too many refusals with one certificate; retry later), CERTIFICATE_INVALID (UNAUTHENTICATED: the
-    certificate does not chain to the customer CA, is outside its validity or is not GOOD), SETUP_INCOMPLETE
-    (FAILED_PRECONDITION), ACCESS_TOKEN_INVALID (UNAUTHENTICATED: malformed, expired, ended, signed by no
-    current key, bound to another certificate or to another user), WRONG_CONFIRMATION_PASSWORD
-    (UNAUTHENTICATED), TRANSACTION_MISMATCH (FAILED_PRECONDITION: the transaction id was confirmed with other
-    data), and the OTP service's reasons for codes (WRONG_CODE, REPLAYED, TOKEN_LOCKED, ...).
+    Error reasons (google.rpc.ErrorInfo): the enrollment service's catalogue above; each RPC's Errors line
+    names those it can return, the OTP service's reasons for codes (WRONG_CODE, REPLAYED, ...) included.
     """
 
     @staticmethod

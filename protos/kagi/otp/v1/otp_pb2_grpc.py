@@ -93,6 +93,7 @@ class OtpServiceServicer:
 
     def CreateToken(self, request, context):
         """CreateToken creates a pending token for a user (step 7). Caller: enrollment.
+        Errors: INVALID_FIELD, INVALID_USAGE_START_PASSWORD, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,6 +101,8 @@ class OtpServiceServicer:
 
     def ActivateToken(self, request, context):
         """ActivateToken delivers the seed to the app, once (step 8). Caller: gateway (for the app), enrollment.
+        Errors: INVALID_FIELD, INVALID_USAGE_START_PASSWORD, CONSENT_REQUIRED, ACTIVATION_FAILED, ACTIVATION_EXPIRED,
+        ILLEGAL_TRANSITION, TOKEN_LOCKED, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,6 +110,7 @@ class OtpServiceServicer:
 
     def ConfirmRegistration(self, request, context):
         """ConfirmRegistration records that the app stored the seed (step 9).
+        Errors: INVALID_FIELD, REGISTRATION_FAILED, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +118,8 @@ class OtpServiceServicer:
 
     def VerifyCode(self, request, context):
         """VerifyCode checks a code; the first accepted code makes a registered token active (step 10).
+        Errors: INVALID_FIELD, TOKEN_NOT_FOUND, INVALID_CODE_FORMAT, WRONG_CODE, REPLAYED, STEP_EXPIRED, TOKEN_LOCKED,
+        RATE_LIMITED, TOKEN_NOT_ACTIVE, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +127,7 @@ class OtpServiceServicer:
 
     def GetToken(self, request, context):
         """GetToken returns a token's public information; never its seed.
+        Errors: INVALID_FIELD, TOKEN_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +135,7 @@ class OtpServiceServicer:
 
     def ListTokens(self, request, context):
         """ListTokens lists a user's tokens.
+        Errors: INVALID_FIELD, INVALID_KEY.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +143,7 @@ class OtpServiceServicer:
 
     def DisableToken(self, request, context):
         """DisableToken stops a token from verifying (a phone was lost).
+        Errors: INVALID_FIELD, TOKEN_NOT_FOUND, ILLEGAL_TRANSITION, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,6 +151,7 @@ class OtpServiceServicer:
 
     def UnlockToken(self, request, context):
         """UnlockToken clears a lockout. Caller: operator.
+        Errors: INVALID_FIELD, TOKEN_NOT_FOUND, ILLEGAL_TRANSITION, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +159,7 @@ class OtpServiceServicer:
 
     def ReissueToken(self, request, context):
         """ReissueToken revokes a token and creates a new pending one for the same user.
+        Errors: INVALID_FIELD, INVALID_USAGE_START_PASSWORD, TOKEN_NOT_FOUND, ILLEGAL_TRANSITION, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +169,7 @@ class OtpServiceServicer:
         """RevokeToken ends a token for good, in any state (an abandoned setup's pending token): its seed, its
         usage-start password and its delivery e-mail address are erased and it never activates or verifies again;
         revoking a revoked token again changes nothing.
+        Errors: INVALID_FIELD, TOKEN_NOT_FOUND, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
