@@ -1,4 +1,8 @@
-"""The one mapping from domain errors to gRPC status codes, with google.rpc.ErrorInfo and BadRequest details."""
+"""The one mapping from domain errors to gRPC status codes, with google.rpc.ErrorInfo and BadRequest details.
+
+An error's kind fixes its code here; its reason, and what the reason means, are in the reason catalogues
+(kagi/reasons.py and each service's domain/reasons.py).
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ INTERNAL_MESSAGE = "internal error"
 
 
 def to_status(error: KagiError, *, domain: str) -> status_pb2.Status:
-    """to_status converts a domain error to a google.rpc.Status carrying ErrorInfo and, for fields, BadRequest."""
+    """Convert a domain error to a google.rpc.Status carrying ErrorInfo and, for fields, BadRequest."""
     code = STATUS_FOR_KIND[error.kind]
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
     details = [_pack(info)]
@@ -41,7 +45,7 @@ def to_status(error: KagiError, *, domain: str) -> status_pb2.Status:
 
 
 def internal_status() -> status_pb2.Status:
-    """internal_status is what any unexpected exception becomes: INTERNAL, no detail leaked."""
+    """Return what any unexpected exception becomes: INTERNAL, no detail leaked."""
     return status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE)
 
 
@@ -52,7 +56,7 @@ def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -
 
 
 def error_from_status(status: status_pb2.Status) -> KagiError:
-    """error_from_status rebuilds a domain error from a google.rpc.Status (what a gRPC client received)."""
+    """Rebuild a domain error from a google.rpc.Status (what a gRPC client received)."""
     kind = ErrorKind.INTERNAL
     for code, candidate in KIND_FOR_STATUS.items():
         if code.value[0] == status.code:
