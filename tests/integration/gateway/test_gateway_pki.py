@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from gateway.revocation import Status
 from kagi.ca.v1 import ca_pb2
 from tests.integration.gateway.gateway_support import Customer, GatewayStack
 
@@ -37,6 +38,15 @@ def _leaf(customer: Customer) -> x509.Certificate:
 def _ocsp_request(certificate: x509.Certificate, issuer: x509.Certificate) -> bytes:
     builder = ocsp.OCSPRequestBuilder().add_certificate(certificate, issuer, hashes.SHA1())  # noqa: S303 - RFC 5019
     return builder.build().public_bytes(serialization.Encoding.DER)
+
+
+async def _until_the_gateway_knows(stack: GatewayStack, serial_hex: str) -> None:
+    """Wait (2 s at most, the revocation stream's promise) until the gateway's registry has SERIAL_HEX revoked."""
+    registry = stack.gateway.context.revocation
+    deadline = time.monotonic() + 2
+    while await registry.status(int(serial_hex, 16), serial_hex) is not Status.REVOKED:
+        assert time.monotonic() < deadline, "the revocation did not reach the gateway within 2 s"
+        await asyncio.sleep(0.02)
 
 
 async def test_ca_certificates_are_published_as_the_ca_has_them(stack: GatewayStack) -> None:
@@ -98,6 +108,9 @@ async def test_ocsp_get_answers_carry_cache_headers_up_to_next_update(stack: Gat
         for expected in (ocsp.OCSPCertStatus.GOOD, ocsp.OCSPCertStatus.REVOKED):
             if expected is ocsp.OCSPCertStatus.REVOKED:
                 await stack.revoke(customer.serial_hex)
+                # The gateway answers nonce-less requests from its cache until the revocation stream says
+                # revoked (gateway.ocsp_cache): ask once the stream has brought the revocation here.
+                await _until_the_gateway_knows(stack, customer.serial_hex)
             answer = await client.request("GET", path)
             assert answer.status == 200
             parsed = ocsp.load_der_ocsp_response(answer.raw)
