@@ -152,7 +152,7 @@ async def start_gateway(settings: GatewaySettings) -> GatewayComponent:
         backends=backends,
         verifier=CustomerCertificateVerifier(customer_cas, metrics),
         revocation=revocation,
-        pki=PkiFiles(backends, revocation, initial=certificates),
+        pki=PkiFiles(backends, revocation, initial=certificates, ocsp_cache_size=settings.ocsp_cache_size),
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         rate_limits=rate_limits(limiter, addresses) if limiter is not None else None,

@@ -111,6 +111,12 @@ class GatewayMetrics:
             "Revocations received from the CA's stream.",
             registry=r,
         )
+        self.ocsp_answers = Counter(
+            "kagi_gateway_ocsp_answers",
+            "OCSP answers given, by source: this gateway's response cache, or the CA.",
+            ["source"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """Render is the registry in the Prometheus text format."""

@@ -1,5 +1,12 @@
 """The public PKI files: CA certificates (PEM and the DER files AIA caIssuers points at), CRLs, and OCSP over
-HTTP (RFC 6960 appendix A, RFC 5019), all fetched from the CA service and served with HTTP caching headers."""
+HTTP (RFC 6960 appendix A, RFC 5019), all fetched from the CA service and served with HTTP caching headers.
+
+OCSP requests without a nonce are answered from this gateway's OCSP response cache (gateway.ocsp_cache) when it
+holds a fresh answer for their CertID, with no call to the CA; the cache forgets a serial as soon as the
+revocation stream reports it revoked, and is not used at all while that stream is down (every request then goes
+to the CA), so an answer is never further behind a revocation than the stream is. Requests with a nonce always
+go to the CA.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +25,13 @@ import grpc
 import structlog
 from aiohttp import web
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from gateway.backends import Backends
 from gateway.errors import HttpError
+from gateway.ocsp_cache import DEFAULT_MAX_ENTRIES, CertId, OcspAnswer, OcspResponseCache, read_ocsp_request
 from gateway.revocation import RevocationRegistry
 from kagi.ca.v1 import ca_pb2
 
@@ -64,11 +73,11 @@ class CaCertificates:
     internal_pem: bytes
 
     def pem(self, name: str) -> bytes:
-        """Pem is one CA's certificate (root, customer or internal) in PEM."""
+        """Return one CA's certificate (root, customer or internal) in PEM."""
         return {"root": self.root_pem, "customer": self.customer_pem, "internal": self.internal_pem}[name]
 
     def der(self, name: str) -> bytes:
-        """Der is one CA's certificate in DER (what RFC 5280 AIA caIssuers URLs must serve)."""
+        """Return one CA's certificate in DER (what RFC 5280 AIA caIssuers URLs must serve)."""
         return x509.load_pem_x509_certificate(self.pem(name)).public_bytes(serialization.Encoding.DER)
 
 
@@ -82,7 +91,7 @@ class _CachedCrl:
 
 
 async def fetch_ca_certificates(backends: Backends) -> CaCertificates:
-    """fetch_ca_certificates asks the CA for its certificates (raises HttpError 503 when it cannot answer)."""
+    """Ask the CA for its certificates (raise HttpError 503 when it cannot answer)."""
     reply = await backends.call("ca", backends.ca.GetCaCertificates, ca_pb2.GetCaCertificatesRequest())
     if not (reply.root_pem and reply.customer_ca_pem):
         raise HttpError(503, _PKI_UNAVAILABLE, _MSG_PKI_UNAVAILABLE)
@@ -91,6 +100,17 @@ async def fetch_ca_certificates(backends: Backends) -> CaCertificates:
 
 def _http_date(moment: datetime) -> str:
     return format_datetime(moment.astimezone(UTC), usegmt=True)
+
+
+def _answers(response: ocsp.OCSPResponse, cert_id: CertId) -> bool:
+    """Tell whether RESPONSE is about CERT_ID (so that it may be kept under it)."""
+    try:
+        answered = CertId(
+            response.hash_algorithm.name, response.issuer_name_hash, response.issuer_key_hash, response.serial_number
+        )
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+    return answered == cert_id
 
 
 def _not_modified(request: web.Request, etag: str) -> bool:
@@ -109,9 +129,13 @@ class PkiFiles:
         *,
         initial: CaCertificates | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        ocsp_cache_size: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
         self._backends = backends
         self._revocation = revocation
+        self._ocsp_cache = OcspResponseCache(revocation, ocsp_cache_size)
+        self._ocsp_from_cache = backends.metrics.ocsp_answers.labels("cache")
+        self._ocsp_from_ca = backends.metrics.ocsp_answers.labels("ca")
         self._monotonic = monotonic
         self._certificates = initial
         self._certificates_at = monotonic() if initial else 0.0
@@ -123,7 +147,7 @@ class PkiFiles:
         revocation.on_revocation(self._invalidate)
 
     def routes(self) -> list[web.RouteDef]:
-        """Routes are the PKI routes, for any aiohttp application."""
+        """Return the PKI routes, for any aiohttp application."""
         return [
             web.get("/pki/ca.pem", self._pem("root")),
             web.get("/pki/customer-ca.pem", self._pem("customer")),
@@ -137,8 +161,8 @@ class PkiFiles:
     # -- CA certificates -----------------------------------------------------------------------------------
 
     async def certificates(self) -> CaCertificates:
-        """Certificates are the CA certificates, fetched again every few minutes (a stale copy if the CA is
-        down: CA certificates change only when the CA is re-keyed)."""
+        """Return the CA certificates, fetched again every few minutes (a stale copy if the CA is down: CA
+        certificates change only when the CA is re-keyed)."""
         if self._certificates is not None and self._monotonic() - self._certificates_at < CA_CERTIFICATES_TTL:
             return self._certificates
         async with self._lock("certificates"):
@@ -160,7 +184,7 @@ class PkiFiles:
         return handler
 
     async def ca_der(self, request: web.Request) -> web.Response:
-        """Ca_der serves a CA certificate in DER: the target of the certificates' AIA caIssuers URLs."""
+        """Serve a CA certificate in DER: the target of the certificates' AIA caIssuers URLs."""
         body = (await self.certificates()).der(request.match_info["ca"])
         return self._static(request, body, DER_CERTIFICATE)
 
@@ -174,7 +198,7 @@ class PkiFiles:
     # -- CRLs ----------------------------------------------------------------------------------------------
 
     async def crl(self, request: web.Request) -> web.Response:
-        """Crl serves an issuing CA's current CRL in DER (the certificates' CRL distribution point)."""
+        """Serve an issuing CA's current CRL in DER (the certificates' CRL distribution point)."""
         cached = await self._current_crl(request.match_info["ca"])
         now = datetime.now(UTC)
         max_age = CRL_MAX_AGE
@@ -216,7 +240,7 @@ class PkiFiles:
                 self._crls[name] = cached
             return cached
 
-    def _invalidate(self, issuer: int) -> None:
+    def _invalidate(self, issuer: int, serial: int | None) -> None:
         for name, value in _CRL_ISSUERS.items():
             if issuer in (value, ca_pb2.ISSUER_UNSPECIFIED):
                 self._crls.pop(name, None)
@@ -231,12 +255,12 @@ class PkiFiles:
     # -- OCSP ----------------------------------------------------------------------------------------------
 
     async def ocsp_post(self, request: web.Request) -> web.Response:
-        """Ocsp_post answers an RFC 6960 OCSP request sent as the body of a POST."""
+        """Answer an RFC 6960 OCSP request sent as the body of a POST."""
         body = await request.content.read(MAX_OCSP_REQUEST_BYTES + 1)
         return await self._answer(body, request)
 
     async def ocsp_get(self, request: web.Request) -> web.Response:
-        """Ocsp_get answers an OCSP request sent base64- and URL-encoded in the path (RFC 5019 GET)."""
+        """Answer an OCSP request sent base64- and URL-encoded in the path (RFC 5019 GET)."""
         # The raw path, because a base64 "+" must not turn into a space and "%2F" must stay a "/".
         raw = request.raw_path.split("?", 1)[0].removeprefix("/pki/ocsp/")
         encoded = urllib.parse.unquote(raw).replace("-", "+").replace("_", "/")
@@ -249,6 +273,15 @@ class PkiFiles:
     async def _answer(self, der: bytes, request: web.Request) -> web.Response:
         if not der or len(der) > MAX_OCSP_REQUEST_BYTES:
             return self._ocsp(_OCSP_MALFORMED, status=400)
+        question = read_ocsp_request(der) if self._ocsp_cache.enabled else None
+        ticket: int | None = None
+        if question is not None and not question.has_nonce:
+            cached = self._ocsp_cache.get(question.cert_id)
+            if cached is not None:
+                self._ocsp_from_cache.inc()
+                return self._ocsp_cacheable(cached, has_nonce=False)
+            # Taken before the CA is asked: a revocation or a reconnection meanwhile makes its answer unkeepable.
+            ticket = self._ocsp_cache.ticket()
         if self.ocsp_limit is not None:
             retry_after = await self.ocsp_limit(request, der)
             if retry_after is not None:
@@ -264,35 +297,40 @@ class PkiFiles:
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 return self._ocsp(_OCSP_TRY_LATER, status=503, headers={"Retry-After": "1"})
             return self._ocsp(_OCSP_INTERNAL_ERROR, status=500)
-        return self._ocsp_answer(reply)
-
-    def _ocsp_answer(self, reply: ca_pb2.AnswerOcspResponse) -> web.Response:
-        cacheable = reply.status in (
-            ca_pb2.GetCertificateStatusResponse.STATUS_GOOD,
-            ca_pb2.GetCertificateStatusResponse.STATUS_REVOKED,
-        ) and reply.HasField("next_update")
-        headers: dict[str, str] = {}
+        self._ocsp_from_ca.inc()
         try:
             parsed = ocsp.load_der_ocsp_response(reply.ocsp_response)
         except ValueError:
             log.error("the CA returned an unreadable OCSP response")
             return self._ocsp(_OCSP_INTERNAL_ERROR, status=500)
-        if cacheable and parsed.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL:
-            # A response echoing a nonce answers one request only: a shared cache must not keep it.
-            has_nonce = any(isinstance(ext.value, x509.OCSPNonce) for ext in parsed.extensions)
-            next_update = reply.next_update.ToDatetime(tzinfo=UTC)
-            max_age = max(0, int((next_update - datetime.now(UTC)).total_seconds()))
-            headers = {
-                # RFC 5019 section 6.2: the ETag is the SHA-1 of the response; it names, it does not protect.
-                "ETag": '"' + hashlib.sha1(reply.ocsp_response, usedforsecurity=False).hexdigest() + '"',
-                "Last-Modified": _http_date(parsed.this_update_utc),
-                "Expires": _http_date(next_update),
-                "Cache-Control": "no-cache"
-                if has_nonce
-                else f"max-age={max_age}, public, no-transform, must-revalidate",
-            }
-            return web.Response(body=reply.ocsp_response, content_type=OCSP_RESPONSE, headers=headers)
-        return self._ocsp(reply.ocsp_response)
+        cacheable = reply.status in (
+            ca_pb2.GetCertificateStatusResponse.STATUS_GOOD,
+            ca_pb2.GetCertificateStatusResponse.STATUS_REVOKED,
+        ) and reply.HasField("next_update")
+        if not cacheable or parsed.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
+            return self._ocsp(reply.ocsp_response)
+        # Never past the signed nextUpdate, should the CA's reply say later.
+        next_update = reply.next_update.ToDatetime(tzinfo=UTC)
+        if parsed.next_update_utc is not None:
+            next_update = min(next_update, parsed.next_update_utc)
+        answer = OcspAnswer.of(reply.ocsp_response, parsed.this_update_utc, next_update)
+        # A response echoing a nonce answers one request only: no shared cache may keep it.
+        has_nonce = any(isinstance(ext.value, x509.OCSPNonce) for ext in parsed.extensions)
+        if question is not None and ticket is not None and not has_nonce and _answers(parsed, question.cert_id):
+            self._ocsp_cache.put(question.cert_id, answer, ticket)
+        return self._ocsp_cacheable(answer, has_nonce=has_nonce)
+
+    @staticmethod
+    def _ocsp_cacheable(answer: OcspAnswer, *, has_nonce: bool) -> web.Response:
+        """Return ANSWER (good or revoked, with a nextUpdate) with the RFC 5019 section 6 caching headers."""
+        max_age = max(0, int((answer.next_update - datetime.now(UTC)).total_seconds()))
+        headers = {
+            "ETag": answer.etag,
+            "Last-Modified": _http_date(answer.this_update),
+            "Expires": _http_date(answer.next_update),
+            "Cache-Control": "no-cache" if has_nonce else f"max-age={max_age}, public, no-transform, must-revalidate",
+        }
+        return web.Response(body=answer.der, content_type=OCSP_RESPONSE, headers=headers)
 
     @staticmethod
     def _ocsp(body: bytes, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -18,6 +18,11 @@ How a revocation reaches this replica:
 4. The stream is reopened with exponential backoff and jitter (0.1 s doubling to 5 s).
 
 Serials only ever join the set: a revocation is final.
+
+Others keep copies that a revocation makes stale (the CRL files, the OCSP response cache): `on_revocation`
+listeners are told of each revoked serial the stream delivers, and of each one a periodic CRL re-read finds that
+the stream did not. `epoch` counts the stream's connections: a copy made before the current one may miss a
+revocation made while the stream was down, and nothing is said of those.
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ _STATUS_FROM_PB = {
 
 
 def crl_serials(der: bytes, issuers: Sequence[x509.Certificate]) -> set[int]:
-    """crl_serials returns the serials a DER CRL lists, after checking it was signed by one of `issuers`."""
+    """Return the serials a DER CRL lists, after checking it was signed by one of `issuers`."""
     crl = x509.load_der_x509_crl(der)
     for issuer in issuers:
         if crl.issuer == issuer.subject and crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
@@ -106,25 +111,34 @@ class RevocationRegistry:
         self._became_live = asyncio.Event()
         self._status_cache: dict[int, tuple[float, Status]] = {}
         self._inflight: dict[int, asyncio.Future[Status]] = {}
-        self._listeners: list[Callable[[int], None]] = []
+        self._listeners: list[Callable[[int, int | None], None]] = []
+        self._epoch = 0
         self._task: asyncio.Task[None] | None = None
 
     @property
     def live(self) -> bool:
-        """Live is true while the stream is connected and the CRL loaded since its (re)connection."""
+        """Tell whether the stream is connected and the CRL loaded since its (re)connection."""
         return self._live
 
     @property
+    def epoch(self) -> int:
+        """Count the times this registry became live; a copy made in an earlier epoch may miss revocations."""
+        return self._epoch
+
+    @property
     def revoked_count(self) -> int:
-        """Revoked_count is how many serials this registry knows to be revoked."""
+        """Return how many serials this registry knows to be revoked."""
         return len(self._revoked)
 
-    def on_revocation(self, listener: Callable[[int], None]) -> None:
-        """On_revocation registers `listener(issuer)` to be told of every revocation the stream delivers."""
+    def on_revocation(self, listener: Callable[[int, int | None], None]) -> None:
+        """Register `listener(issuer, serial)` for every revocation the stream delivers or a CRL re-read finds.
+
+        `serial` is None when the event's serial cannot be read: then any serial of `issuer` may be revoked.
+        """
         self._listeners.append(listener)
 
     async def start(self, wait: float) -> None:
-        """Start begins watching and waits up to `wait` seconds for the registry to become live."""
+        """Begin watching and waits up to `wait` seconds for the registry to become live."""
         self._task = asyncio.create_task(self._watch(), name="kagi-revocation-watch")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._became_live.wait(), wait)
@@ -132,7 +146,7 @@ class RevocationRegistry:
             log.warning("revocation stream not up yet: checking each certificate with the CA meanwhile")
 
     async def stop(self) -> None:
-        """Stop ends the watcher."""
+        """End the watcher."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -140,7 +154,7 @@ class RevocationRegistry:
         self._set_live(False)
 
     async def status(self, serial: int, serial_hex: str) -> Status:
-        """Status is the serial's revocation status; raises RevocationUnavailable when it cannot be known."""
+        """Return the serial's revocation status; raise RevocationUnavailable when it cannot be known."""
         if serial in self._revoked:
             return Status.REVOKED
         if self._live:
@@ -236,7 +250,7 @@ class RevocationRegistry:
 
     @staticmethod
     async def _subscribed(call: grpc.aio.UnaryStreamCall) -> None:
-        """_subscribed gives the CA a moment to register the subscription before the CRL is loaded.
+        """Give the CA a moment to register the subscription before the CRL is loaded.
 
         The CA sends initial metadata once the subscription is registered, which ends the wait at once; the
         CA also replays the revocations of the last few seconds to a new subscriber, which covers whatever
@@ -254,8 +268,8 @@ class RevocationRegistry:
 
     @staticmethod
     async def _next_event(call: grpc.aio.UnaryStreamCall, refresher: asyncio.Task[None]) -> Any:
-        """_next_event reads the stream's next message; raises TimeoutError after the silence limit, or the
-        periodic CRL re-read's error when that failed (either way the watcher reconnects)."""
+        """Read the stream's next message; raise TimeoutError after the silence limit, or the periodic CRL
+        re-read's error when that failed (either way the watcher reconnects)."""
         read = asyncio.ensure_future(call.read())
         try:
             done, _ = await asyncio.wait(
@@ -272,33 +286,41 @@ class RevocationRegistry:
         raise TimeoutError
 
     async def _refresh_crl(self) -> None:
-        """_refresh_crl re-reads the CRL every `crl_refresh` seconds while the stream is live.
+        """Re-read the CRL every `crl_refresh` seconds while the stream is live.
 
         A revocation the stream never delivered is thus refused within `crl_refresh` seconds (plus one CRL
         fetch). A re-read that fails ends the stream (see _next_event): the checks ask the CA meanwhile.
         """
         while True:
             await asyncio.sleep(self._crl_refresh)
-            await self._load_crl()
+            await self._load_crl(announce=True)
             log.debug("customer CRL re-read", revoked=len(self._revoked))
 
-    async def _load_crl(self) -> None:
+    async def _load_crl(self, *, announce: bool = False) -> None:
+        """Add the customer CRL's serials to the set; with `announce`, tell the listeners of the new ones."""
         request = ca_pb2.GetCrlRequest(issuer=ca_pb2.ISSUER_CUSTOMER)
         response = await self._ca.GetCrl(request, timeout=self._call_timeout * 5)
         serials = crl_serials(response.crl, self._customer_cas)
+        # A serial the stream never delivered was lost on the way. At a (re)connection nobody is told: the
+        # new epoch already tells every copy that it may be stale.
+        missed = serials - self._revoked if announce else set()
         self._revoked |= serials
         self._metrics.revoked_serials.set(len(self._revoked))
+        for serial in missed:
+            log.warning("revocation found in the CRL but never streamed", serial=f"{serial:x}")
+            for listener in self._listeners:
+                listener(ca_pb2.ISSUER_CUSTOMER, serial)
 
     def _revoked_now(self, event: ca_pb2.WatchRevocationsResponse) -> None:
         self._metrics.revocation_events.inc()
-        for listener in self._listeners:
-            listener(event.issuer)
-        if event.issuer != ca_pb2.ISSUER_CUSTOMER:
-            return
+        serial: int | None = None
         try:
             serial = int(event.serial_number, 16)
         except ValueError:
             log.error("revocation event with an unreadable serial", serial=event.serial_number[:64])
+        for listener in self._listeners:
+            listener(event.issuer, serial)
+        if event.issuer != ca_pb2.ISSUER_CUSTOMER or serial is None:
             return
         self._revoked.add(serial)
         self._status_cache.pop(serial, None)
@@ -306,6 +328,8 @@ class RevocationRegistry:
         log.info("certificate revoked", serial=event.serial_number)
 
     def _set_live(self, live: bool) -> None:
+        if live and not self._live:
+            self._epoch += 1
         self._live = live
         self._metrics.revocation_stream_up.set(1 if live else 0)
         if live:

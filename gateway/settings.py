@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.edge import EdgeLimits, Network, parse_networks
+from gateway.ocsp_cache import DEFAULT_MAX_ENTRIES
 from gateway.ratelimit import DEFAULT_RULES, Rule, parse_rate_limits
 from kagi.errors import InvalidArgument
 from kagi.runtime.management import management_address
@@ -56,6 +57,8 @@ class GatewaySettings:
     store_url: str | None = None
     # The management listener (plain HTTP /healthz, /readyz, /metrics): (host, port), or None for none.
     management: tuple[str, int] | None = None
+    # How many CertIDs the OCSP response cache keeps (gateway.ocsp_cache); 0 turns it off.
+    ocsp_cache_size: int = DEFAULT_MAX_ENTRIES
 
     def __post_init__(self) -> None:
         problems: dict[str, str] = {}
@@ -73,6 +76,8 @@ class GatewaySettings:
             problems["crl_refresh_seconds"] = (
                 "must be above 0 and at most 60 (a lost revocation must act within a minute)"
             )
+        if self.ocsp_cache_size < 0:
+            problems["ocsp_cache_size"] = "must be at least 0 (0: no OCSP response cache)"
         if self.edge.header_timeout < 0 or self.edge.keepalive_timeout <= 0:
             problems["edge"] = "the request deadline must be at least 0 (0: none), the keep-alive limit above 0"
         if problems:
@@ -124,4 +129,7 @@ class GatewaySettings:
             # Only Redis shares counters among replicas; the embedded store is per machine, so stay in memory.
             store_url=store_url if store_url and store_url.lower().startswith(("redis:", "rediss:")) else None,
             management=management_address(environ, "gateway"),
+            ocsp_cache_size=env.integer(
+                "KAGI_GATEWAY_OCSP_CACHE_SIZE", DEFAULT_MAX_ENTRIES, minimum=0, maximum=10_000_000
+            ),
         )
