@@ -482,7 +482,7 @@ async def _crl_once(url: str, state_dir: Path, loaded: object) -> list[str]:
             return result
 
         listing_started = time.perf_counter()
-        statuses = await crl_module.revoked_statuses(runtime.store, CaKind.CUSTOMER)
+        statuses = await runtime.repository.revoked_statuses(CaKind.CUSTOMER)
         timings["listing"] = time.perf_counter() - listing_started
         crl_module.build_crl = timed_build  # type: ignore[assignment]
         try:

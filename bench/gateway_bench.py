@@ -390,7 +390,7 @@ async def _nginx_crls(services: Services) -> Path:
     root_crl = CaDirectory(services.pki.ca_dir).root_crl()
     if root_crl is None:
         raise RuntimeError(f"no root CRL in {services.pki.ca_dir}")
-    customer_crl = await services.components["ca"].service.crl(CaKind.CUSTOMER)
+    customer_crl = await services.components["ca"].runtime.publication.crl(CaKind.CUSTOMER)
     path = services.directory / "nginx-crls.pem"
     pem = b"".join(
         x509.load_der_x509_crl(der).public_bytes(serialization.Encoding.PEM) for der in (root_crl, customer_crl.der)

@@ -24,9 +24,12 @@ from kagi.idempotency import IdempotencyLedger
 from kagi.runtime.grpc_idempotency import IdempotentApi
 from kagi.runtime.grpc_server import ServiceBinding, current_caller
 from kagi.runtime.identity import Role, allow
+from services.ca_service.app.access import Actor, parse_serial_field
+from services.ca_service.app.issuance import Issuance
+from services.ca_service.app.publication import Publication
 from services.ca_service.app.records import CertificateRecord, CertificateState
 from services.ca_service.app.repository import check_subject_id
-from services.ca_service.app.service import Actor, CertificateAuthorityService, parse_serial_field
+from services.ca_service.app.revocation import Revocation
 from services.ca_service.domain.errors import InvalidIdentity
 from services.ca_service.domain.identity import CustomerIdentity, Identity, ServiceIdentity
 from services.ca_service.domain.revocation import RevocationReason, parse_revocation_reason
@@ -92,7 +95,7 @@ def _datetime_timestamp(moment: datetime) -> Timestamp:
 
 
 def actor() -> Actor:
-    """Actor is the caller of the current RPC as the use cases see it."""
+    """Return the caller of the current RPC as the use cases see it."""
     caller = current_caller()
     if caller.plaintext:
         return Actor("plaintext-dev", None, unrestricted=True)
@@ -100,7 +103,7 @@ def actor() -> Actor:
 
 
 def issuer_kind(value: int, *, field: str = "issuer", required: bool = True) -> CaKind | None:
-    """issuer_kind maps the Issuer enum; UNSPECIFIED is an error when `required`, else None (any issuer)."""
+    """Map the Issuer enum; UNSPECIFIED is an error when `required`, else None (any issuer)."""
     if value == pb.ISSUER_UNSPECIFIED and not required:
         return None
     for key, kind in _ISSUERS.items():
@@ -110,12 +113,12 @@ def issuer_kind(value: int, *, field: str = "issuer", required: bool = True) -> 
 
 
 def revocation_reason(value: int) -> RevocationReason:
-    """revocation_reason maps the RevocationReason enum (values are RFC 5280 codes; 7, 8 and others refused)."""
+    """Map the RevocationReason enum (values are RFC 5280 codes; 7, 8 and others refused)."""
     return parse_revocation_reason(int(value))
 
 
 def identity_of(request: pb.IssueCertificateRequest) -> Identity | None:
-    """identity_of builds the identity a request names, with errors naming the request's own fields."""
+    """Build the identity a request names, with errors naming the request's own fields."""
     which = request.WhichOneof("identity")
     try:
         if which == "customer":
@@ -138,7 +141,7 @@ def identity_of(request: pb.IssueCertificateRequest) -> Identity | None:
 
 
 def certificate_message(record: CertificateRecord, now: float) -> pb.Certificate:
-    """certificate_message renders a certificate record for the API."""
+    """Render a certificate record for the API."""
     message = pb.Certificate(
         serial_number=record.serial_hex,
         issuer=_ISSUER_PB.get(record.issuer, pb.ISSUER_UNSPECIFIED),
@@ -159,16 +162,20 @@ def certificate_message(record: CertificateRecord, now: float) -> pb.Certificate
 
 
 class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
-    """CaApi is the gRPC face of CertificateAuthorityService."""
+    """CaApi is the gRPC face of the CA's use cases: issuance, revocation and publication."""
 
     def __init__(
         self,
-        service: CertificateAuthorityService,
+        issuance: Issuance,
+        revocation: Revocation,
+        publication: Publication,
         ledger: IdempotencyLedger,
         clock: Clock,
         root_crl: Callable[[], bytes | None] = lambda: None,
     ) -> None:
-        self._service = service
+        self._issuance = issuance
+        self._revocation = revocation
+        self._publication = publication
         self._ledger = ledger
         self._clock = clock
         self._root_crl = root_crl
@@ -176,11 +183,11 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
     async def IssueCertificate(
         self, request: pb.IssueCertificateRequest, context: grpc.aio.ServicerContext
     ) -> pb.IssueCertificateResponse:
-        """IssueCertificate validates, authorises the profile for the caller, then issues once per request_id."""
+        """Validate, authorise the profile for the caller, then issue once per request_id."""
         caller = actor()
         if request.validity_days < 0:
             raise InvalidArgument("invalid lifetime", fields={"validity_days": "0 (the profile's) or 1-825 days"})
-        prepared = self._service.prepare(
+        prepared = self._issuance.prepare(
             csr=request.csr,
             identity=identity_of(request),
             profile=request.profile,
@@ -189,10 +196,10 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
         )
 
         async def act() -> pb.IssueCertificateResponse:
-            record = await self._service.issue(prepared, request_id=request.request_id, actor=caller)
+            record = await self._issuance.issue(prepared, request_id=request.request_id, actor=caller)
             return pb.IssueCertificateResponse(
                 certificate=certificate_message(record, self._clock.now()),
-                chain_pem=self._service.chain_pem(record.issuer).decode(),
+                chain_pem=self._publication.chain_pem(record.issuer).decode(),
             )
 
         which = request.WhichOneof("identity") or ""
@@ -202,13 +209,13 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
     async def RenewCertificate(
         self, request: pb.RenewCertificateRequest, context: grpc.aio.ServicerContext
     ) -> pb.RenewCertificateResponse:
-        """RenewCertificate issues for the identity of an existing certificate from a new CSR."""
+        """Issue for the identity of an existing certificate from a new CSR."""
         caller = actor()
         parse_serial_field(request.serial_number)
-        self._service.check_csr(request.csr)
+        self._issuance.check_csr(request.csr)
 
         async def act() -> pb.RenewCertificateResponse:
-            record = await self._service.renew(
+            record = await self._issuance.renew(
                 request.serial_number,
                 request.csr,
                 revoke_previous=request.revoke_previous,
@@ -217,7 +224,7 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
             )
             return pb.RenewCertificateResponse(
                 certificate=certificate_message(record, self._clock.now()),
-                chain_pem=self._service.chain_pem(record.issuer).decode(),
+                chain_pem=self._publication.chain_pem(record.issuer).decode(),
             )
 
         return await self._once(request, act, pb.RenewCertificateResponse, subject=request.serial_number.lower())
@@ -225,20 +232,20 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
     async def GetCertificate(
         self, request: pb.GetCertificateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetCertificateResponse:
-        """GetCertificate returns one issued certificate by serial."""
-        record = await self._service.get(request.serial_number)
+        """Return one issued certificate by serial."""
+        record = await self._revocation.get(request.serial_number)
         return pb.GetCertificateResponse(certificate=certificate_message(record, self._clock.now()))
 
     async def ListCertificates(
         self, request: pb.ListCertificatesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCertificatesResponse:
-        """ListCertificates pages through certificates by subject and/or state."""
+        """Page through certificates by subject and/or state."""
         state: CertificateState | None = None
         if request.state != pb.Certificate.STATE_UNSPECIFIED:
             state = _STATES.get(request.state)
             if state is None:
                 raise InvalidArgument("invalid state", fields={"state": "must be ACTIVE, REVOKED or EXPIRED"})
-        records, token = await self._service.list_certificates(
+        records, token = await self._revocation.list_certificates(
             subject_id=request.subject_id, state=state, page_size=request.page_size, page_token=request.page_token
         )
         now = self._clock.now()
@@ -249,13 +256,13 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
     async def RevokeCertificate(
         self, request: pb.RevokeCertificateRequest, context: grpc.aio.ServicerContext
     ) -> pb.RevokeCertificateResponse:
-        """RevokeCertificate revokes one certificate (idempotent)."""
+        """Revoke one certificate (idempotent)."""
         caller = actor()
         parse_serial_field(request.serial_number)
         reason = revocation_reason(request.reason)
 
         async def act() -> pb.RevokeCertificateResponse:
-            record, _ = await self._service.revoke(request.serial_number, reason, actor=caller)
+            record, _ = await self._revocation.revoke(request.serial_number, reason, actor=caller)
             return pb.RevokeCertificateResponse(certificate=certificate_message(record, self._clock.now()))
 
         return await self._once(request, act, pb.RevokeCertificateResponse, subject=request.serial_number.lower())
@@ -263,24 +270,24 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
     async def RevokeSubjectCertificates(
         self, request: pb.RevokeSubjectCertificatesRequest, context: grpc.aio.ServicerContext
     ) -> pb.RevokeSubjectCertificatesResponse:
-        """RevokeSubjectCertificates revokes every unexpired certificate of a subject."""
+        """Revoke every unexpired certificate of a subject."""
         caller = actor()
         check_subject_id(request.subject_id)
         reason = revocation_reason(request.reason)
 
         async def act() -> pb.RevokeSubjectCertificatesResponse:
-            records = await self._service.revoke_subject(request.subject_id, reason, actor=caller)
+            records = await self._revocation.revoke_subject(request.subject_id, reason, actor=caller)
             now = self._clock.now()
             return pb.RevokeSubjectCertificatesResponse(certificates=[certificate_message(r, now) for r in records])
 
         return await self._once(request, act, pb.RevokeSubjectCertificatesResponse, subject=request.subject_id)
 
     async def GetCrl(self, request: pb.GetCrlRequest, context: grpc.aio.ServicerContext) -> pb.GetCrlResponse:
-        """GetCrl returns the CRL last published in the store for an issuing CA, or the root's offline CRL."""
+        """Return the CRL last published in the store for an issuing CA, or the root's offline CRL."""
         if request.issuer == pb.ISSUER_ROOT:
             return self._root_crl_message()
         kind = issuer_kind(request.issuer) or CaKind.CUSTOMER  # required: never None
-        crl = await self._service.crl(kind)
+        crl = await self._publication.crl(kind)
         return pb.GetCrlResponse(
             crl=crl.der,
             crl_number=crl.number,
@@ -305,8 +312,8 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
     async def GetCertificateStatus(
         self, request: pb.GetCertificateStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetCertificateStatusResponse:
-        """GetCertificateStatus answers good, revoked or unknown (never good for an unknown serial)."""
-        answer = await self._service.status(request.serial_number, issuer_kind(request.issuer, required=False))
+        """Answer good, revoked or unknown (never good for an unknown serial)."""
+        answer = await self._revocation.status(request.serial_number, issuer_kind(request.issuer, required=False))
         record = answer.record
         if record is None:
             return pb.GetCertificateStatusResponse(status=pb.GetCertificateStatusResponse.STATUS_UNKNOWN)
@@ -321,8 +328,8 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
     async def AnswerOcsp(
         self, request: pb.AnswerOcspRequest, context: grpc.aio.ServicerContext
     ) -> pb.AnswerOcspResponse:
-        """AnswerOcsp answers a DER OCSP request; OCSP-level errors are OCSP responses, not gRPC errors."""
-        answer = await self._service.answer_ocsp(request.ocsp_request)
+        """Answer a DER OCSP request; OCSP-level errors are OCSP responses, not gRPC errors."""
+        answer = await self._publication.answer_ocsp(request.ocsp_request)
         response = pb.AnswerOcspResponse(
             ocsp_response=answer.der,
             status=_OCSP_STATUS.get(answer.status, pb.GetCertificateStatusResponse.STATUS_UNSPECIFIED),
@@ -334,8 +341,8 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
     async def GetCaCertificates(
         self, request: pb.GetCaCertificatesRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetCaCertificatesResponse:
-        """GetCaCertificates returns the root and both intermediates in PEM."""
-        root, customer, internal = self._service.ca_certificates()
+        """Return the root and both intermediates in PEM."""
+        root, customer, internal = self._publication.ca_certificates()
         return pb.GetCaCertificatesResponse(
             root_pem=root.decode(), customer_ca_pem=customer.decode(), internal_ca_pem=internal.decode()
         )
@@ -343,9 +350,9 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
     async def WatchRevocations(
         self, request: pb.WatchRevocationsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchRevocationsResponse]:
-        """WatchRevocations streams revocations made on any replica, with a heartbeat every quiet second."""
+        """Stream revocations made on any replica, with a heartbeat every quiet second."""
         kind = issuer_kind(request.issuer, required=False)
-        notices = aiter(self._service.watch(kind))
+        notices = aiter(self._publication.watch(kind))
         upcoming = asyncio.ensure_future(anext(notices))
         try:
             await asyncio.sleep(0)  # the first step of the watch registers the subscription
@@ -371,7 +378,7 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
 
 
 def binding(api: CaApi) -> ServiceBinding:
-    """Binding registers the CA service with its per-method allow-lists."""
+    """Register the CA service with its per-method allow-lists."""
     return ServiceBinding(
         name=SERVICE_NAME,
         register=lambda server: ca_pb2_grpc.add_CertificateAuthorityServiceServicer_to_server(api, server),

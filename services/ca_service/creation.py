@@ -32,14 +32,15 @@ from kagi.runtime.identity import Role
 from kagi.runtime.settings import Secret, TlsFiles
 from services.ca_service.adapters.ca_directory import CaDirectory, LoadedCa, OfflineRootKey
 from services.ca_service.adapters.file_signer import Passphrase
+from services.ca_service.app.access import BOOTSTRAP, Actor
+from services.ca_service.app.ocsp_signers import record_ocsp_signers
 from services.ca_service.app.records import CertificateRecord
-from services.ca_service.app.service import BOOTSTRAP, Actor, CertificateAuthorityService
 from services.ca_service.domain.identity import ServiceIdentity
 from services.ca_service.domain.keys import KeyAlgorithm
 from services.ca_service.domain.revocation import RevocationReason
 from services.ca_service.domain.serials import serial_hex
 from services.ca_service.domain.settings import CaKind, PkiSettings
-from services.ca_service.main import open_runtime, record_ocsp_signers
+from services.ca_service.main import CaRuntime, open_runtime
 
 DEV_SERVICE_ROLES = ("ca", "otp", "enrollment", "gateway")
 """DEV_SERVICE_ROLES are the components `kagi dev` runs, each with its own mTLS certificate."""
@@ -72,7 +73,7 @@ def init_ca(
     algorithm: KeyAlgorithm | None = None,
     clock: Clock | None = None,
 ) -> LoadedCa:
-    """init_ca creates the root, customer and internal CAs and their OCSP signers in `ca_dir`, once.
+    """Create the root, customer and internal CAs and their OCSP signers in CA_DIR, once.
 
     The root's key is written to `root_key.path`, outside `ca_dir`, under its own passphrase. Raises
     AlreadyExists (and changes nothing) when a CA is there already or a file is at `root_key.path`.
@@ -109,24 +110,24 @@ class DevPki:
 
     @property
     def root_key(self) -> OfflineRootKey:
-        """Root_key is the dev root key with its passphrase (what `kagi admin sign-root-crl --root-key` takes)."""
+        """Return the dev root key with its passphrase (what `kagi admin sign-root-crl --root-key` takes)."""
         return OfflineRootKey(self.root_key_file, Secret(self.root_passphrase_file.read_bytes().strip()))
 
     def tls(self, role: str) -> TlsFiles:
-        """Tls returns the mTLS files of a dev service role (or "operator")."""
+        """Return the mTLS files of a dev service role (or "operator")."""
         return self.operator if role == "operator" else self.services[role]
 
     def certificate(self, role: str) -> Path:
-        """Certificate is the leaf + internal CA chain file of a role."""
+        """Return the leaf + internal CA chain file of a role."""
         return self.tls(role).cert_file
 
     def key(self, role: str) -> Path:
-        """Key is the (unencrypted, 0600) private key file of a role."""
+        """Return the (unencrypted, 0600) private key file of a role."""
         return self.tls(role).key_file
 
     @property
     def root(self) -> Path:
-        """Root is tls/ca.pem, the root certificate every component trusts."""
+        """Return tls/ca.pem, the root certificate every component trusts."""
         return self.root_file
 
 
@@ -138,7 +139,7 @@ def ensure_dev_pki(
     settings: PkiSettings | None = None,
     clock: Clock | None = None,
 ) -> DevPki:
-    """ensure_dev_pki creates (first start) or reuses (later starts) the dev CA and mTLS certificates.
+    """Create (first start) or reuse (later starts) the dev CA and mTLS certificates.
 
     Callable from synchronous code and from inside a running event loop alike: the store work runs on its
     own loop in a helper thread.
@@ -159,7 +160,7 @@ async def ensure_dev_pki_async(
     settings: PkiSettings | None = None,
     clock: Clock | None = None,
 ) -> DevPki:
-    """ensure_dev_pki_async is `ensure_dev_pki` for callers already on an event loop of their own."""
+    """Do what `ensure_dev_pki` does, for callers already on an event loop of their own."""
     state_dir = Path(state_dir)
     settings = settings or PkiSettings(key_algorithm=algorithm)
     clock = clock or SystemClock()
@@ -183,12 +184,12 @@ async def ensure_dev_pki_async(
     _replace_file(root_file, loaded.hierarchy.root.pem, 0o644)
     runtime = open_runtime(store_url, state_dir=state_dir, loaded=loaded, pki=settings, clock=clock)
     try:
-        await record_ocsp_signers(runtime.service)
+        await record_ocsp_signers(runtime.issuance, runtime.authorities)
         files = {}
         for role in (*DEV_SERVICE_ROLES, "operator"):
             name = _TLS_NAMES.get(role, role)
             files[role] = TlsFiles(tls_dir / f"{name}.pem", tls_dir / f"{name}-key.pem", root_file)
-            await _ensure_leaf(runtime.service, role, files[role], clock)
+            await _ensure_leaf(runtime, role, files[role], clock)
     finally:
         await runtime.close()
     operator = files.pop("operator")
@@ -228,13 +229,13 @@ def _ensure_passphrase(secrets_dir: Path, name: str) -> Path:
     return path
 
 
-async def _ensure_leaf(service: CertificateAuthorityService, role: str, files: TlsFiles, clock: Clock) -> None:
-    internal = service.authorities.issuing(CaKind.INTERNAL)
+async def _ensure_leaf(runtime: CaRuntime, role: str, files: TlsFiles, clock: Clock) -> None:
+    internal = runtime.authorities.issuing(CaKind.INTERNAL)
     current = _read_leaf(files)
     if current is not None:
         fresh = clock.now() + DEV_RENEW_WITHIN.total_seconds() < current.not_valid_after_utc.timestamp()
         ours = current.issuer == internal.name and _issued_by(current, internal.certificate)
-        answer = await service.status(serial_hex(current.serial_number), CaKind.INTERNAL) if ours else None
+        answer = await runtime.revocation.status(serial_hex(current.serial_number), CaKind.INTERNAL) if ours else None
         if fresh and answer is not None and answer.record is not None and not answer.record.revoked:
             return
     key = ec.generate_private_key(ec.SECP256R1())
@@ -245,8 +246,8 @@ async def _ensure_leaf(service: CertificateAuthorityService, role: str, files: T
         .public_bytes(serialization.Encoding.PEM)
     )
     identity = ServiceIdentity(role, dns_names=("localhost",), ip_addresses=("127.0.0.1", "::1"))
-    prepared = service.prepare(csr=csr, identity=identity, profile="service", actor=BOOTSTRAP)
-    record = await service.issue(prepared, request_id="", actor=BOOTSTRAP)
+    prepared = runtime.issuance.prepare(csr=csr, identity=identity, profile="service", actor=BOOTSTRAP)
+    record = await runtime.issuance.issue(prepared, request_id="", actor=BOOTSTRAP)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -255,7 +256,9 @@ async def _ensure_leaf(service: CertificateAuthorityService, role: str, files: T
     if current is not None:
         # The replaced certificate is done with: revoke it so it cannot be reused from an old copy.
         try:
-            await service.revoke(serial_hex(current.serial_number), RevocationReason.SUPERSEDED, actor=BOOTSTRAP)
+            await runtime.revocation.revoke(
+                serial_hex(current.serial_number), RevocationReason.SUPERSEDED, actor=BOOTSTRAP
+            )
         except Exception:  # unknown to this store (a wiped store) or already revoked: nothing to do
             return
 
@@ -305,8 +308,9 @@ async def issue_service_certificate(
     actor_name: str = "operator-offline",
     clock: Clock | None = None,
 ) -> CertificateRecord:
-    """issue_service_certificate issues an internal (service profile) certificate from the CA's key files
-    without the CA service running (`kagi admin issue-credential --offline`).
+    """Issue an internal (service profile) certificate from the CA's key files, the CA service not running.
+
+    This is `kagi admin issue-credential --offline`.
 
     It opens the CA's own store (the same `store_url`, `state_dir` and `namespace` the CA uses) and goes through
     the CA's use case, so the certificate is reserved, recorded and audited exactly as an online issuance: the
@@ -321,9 +325,9 @@ async def issue_service_certificate(
         store_url, state_dir=state_dir, loaded=loaded, pki=settings, clock=clock, namespace=namespace
     )
     try:
-        prepared = runtime.service.prepare(
+        prepared = runtime.issuance.prepare(
             csr=csr, identity=identity, profile="service", actor=actor, lifetime=lifetime
         )
-        return await runtime.service.issue(prepared, request_id=request_id, actor=actor)
+        return await runtime.issuance.issue(prepared, request_id=request_id, actor=actor)
     finally:
         await runtime.close()

@@ -12,33 +12,29 @@ from pathlib import Path
 import structlog
 
 from kagi.clock import Clock, SystemClock
-from kagi.errors import InvalidArgument
 from kagi.idempotency import IdempotencyLedger
 from kagi.journal import Journal
 from kagi.runtime.grpc_server import GrpcServer
 from kagi.runtime.management import ManagementListener, grpc_readiness, management_address, start_management
 from kagi.runtime.settings import Environment, ListenSettings, Secret, tls_files_from_env
-from kagi.store import KeyExists, KeyValueStore, open_store
+from kagi.store import KeyValueStore, open_store
 from services.ca_service.adapters.batching_store import BatchingStore
 from services.ca_service.adapters.ca_directory import CaDirectory, LoadedCa
 from services.ca_service.api import CaApi, binding
 from services.ca_service.app.authorities import Authorities
 from services.ca_service.app.crls import CrlPublisher
 from services.ca_service.app.feed import RevocationFeed
-from services.ca_service.app.records import OCSP_SIGNER_PROFILE
-from services.ca_service.app.repository import LOCKS, REVOCATION_EVENTS
-from services.ca_service.app.service import BOOTSTRAP, CertificateAuthorityService
-from services.ca_service.domain.hierarchy import ISSUING_KINDS, ocsp_signer_needs_renewal
-from services.ca_service.domain.keys import key_algorithm_of
+from services.ca_service.app.issuance import Issuance
+from services.ca_service.app.ocsp_signers import OCSP_RENEW_CHECK, OcspSignerRenewal, record_ocsp_signers
+from services.ca_service.app.publication import Publication
+from services.ca_service.app.repository import REVOCATION_EVENTS, CaRepository
+from services.ca_service.app.revocation import Revocation
 from services.ca_service.domain.settings import PkiSettings
 
 log = structlog.get_logger("kagi.ca")
 
 DEFAULT_PORT = 50051
 """DEFAULT_PORT is the CA's gRPC port."""
-
-OCSP_RENEW_CHECK = 3600.0
-"""OCSP_RENEW_CHECK is how often (seconds) a running CA checks whether an OCSP signer is due for renewal."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +57,7 @@ class CaSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> CaSettings:
-        """From_env reads the KAGI_CA_* variables (and the shared KAGI_STORE_URL, KAGI_STATE_DIR) and validates them.
+        """Read the KAGI_CA_* variables (and the shared KAGI_STORE_URL, KAGI_STATE_DIR) and validate them.
 
         KAGI_CA_HOST (127.0.0.1), KAGI_CA_PORT (50051), KAGI_CA_WORKERS (1), KAGI_CA_TLS_CERT/KEY/CA,
         KAGI_STORE_URL (sqlite:), KAGI_STATE_DIR (.kagi), KAGI_CA_DIR (<state dir>/ca),
@@ -99,21 +95,25 @@ class CaSettings:
 
 @dataclass
 class CaRuntime:
-    """CaRuntime is the CA's service layer on a store, with the background parts it needs started."""
+    """CaRuntime is the CA's use cases on a store, with the background parts they need started."""
 
     store: KeyValueStore
-    service: CertificateAuthorityService
     journal: Journal
+    repository: CaRepository
+    authorities: Authorities
     feed: RevocationFeed
     crls: CrlPublisher
+    issuance: Issuance
+    revocation: Revocation
+    publication: Publication
 
     def start_background(self) -> None:
-        """Start_background starts the revocation feed and the CRL freshness check."""
+        """Start the revocation feed and the CRL freshness check."""
         self.feed.start()
         self.crls.start()
 
     async def close(self) -> None:
-        """Close stops the background parts, waits for the journal and closes the store."""
+        """Stop the background parts, wait for the journal and close the store."""
         await self.feed.stop()
         await self.crls.stop()
         await self.journal.close()
@@ -131,60 +131,29 @@ def open_runtime(
     crl_check_interval: float = 60.0,
     namespace: str = "ca",
 ) -> CaRuntime:
-    """open_runtime wires the use cases on the store `store_url` names (writes group-committed)."""
+    """Wire the use cases on the store STORE_URL names (writes group-committed)."""
     store = BatchingStore(open_store(store_url, namespace=namespace, state_dir=state_dir, clock=clock))
     authorities = Authorities(loaded.hierarchy, loaded.delegates)
     journal = Journal(store, clock, feed_collection=REVOCATION_EVENTS)
-    feed = RevocationFeed(store, clock)
+    repository = CaRepository(store)
+    feed = RevocationFeed(repository, clock)
     crls = CrlPublisher(
-        store, authorities.issuing_cas, pki, clock, debounce=crl_debounce, check_interval=crl_check_interval
+        repository, authorities.issuing_cas, pki, clock, debounce=crl_debounce, check_interval=crl_check_interval
     )
-    service = CertificateAuthorityService(store, authorities, pki, clock, journal=journal, crls=crls, feed=feed)
-    return CaRuntime(store, service, journal, feed, crls)
-
-
-async def record_ocsp_signers(service: CertificateAuthorityService) -> None:
-    """record_ocsp_signers makes sure the store knows the OCSP signer certificates `init-ca` made on disk."""
-    for kind in ISSUING_KINDS:
-        delegate = service.authorities.delegate(kind)
-        await service.record_certificate(
-            delegate.certificate, kind, OCSP_SIGNER_PROFILE, f"ocsp-{kind.value}", actor=BOOTSTRAP
-        )
-
-
-async def renew_ocsp_signers(
-    service: CertificateAuthorityService,
-    store: KeyValueStore,
-    directory: CaDirectory,
-    passphrase: Secret,
-    clock: Clock,
-) -> int:
-    """renew_ocsp_signers renews each OCSP signer that is due, one replica at a time; returns how many.
-
-    A replica that lost the race for the lock reloads the signer the winner wrote (same CA directory).
-    """
-    renewed = 0
-    for kind in ISSUING_KINDS:
-        current = service.authorities.delegate(kind)
-        if not ocsp_signer_needs_renewal(current, settings=service.settings, clock=clock):
-            continue
-        try:
-            await store.create(LOCKS, f"ocsp-renewal/{kind.value}", b"1", ttl=120)
-        except KeyExists:
-            continue
-        # Another replica may have renewed just before the lock was free again: look at the files first.
-        latest = directory.load_ocsp_signer(current.issuer, passphrase)
-        if ocsp_signer_needs_renewal(latest, settings=service.settings, clock=clock):
-            algorithm = key_algorithm_of(current.issuer.public_key)
-            if algorithm is None:
-                raise InvalidArgument("the CA key has an unsupported size", reason="CA_KEY_UNSUPPORTED")
-            signer, name = directory.new_ocsp_signer(kind, passphrase, algorithm, clock)
-            latest = await service.issue_ocsp_delegate(kind, signer, actor=BOOTSTRAP)
-            directory.write_ocsp_certificate(name, latest.certificate)
-            log.info("ocsp signer renewed", issuer=kind.value, serial=format(latest.certificate.serial_number, "x"))
-            renewed += 1
-        service.authorities.replace_delegate(latest)
-    return renewed
+    publication = Publication(repository, authorities, pki, clock, crls=crls, feed=feed)
+    revocation = Revocation(repository, journal, clock, publication=publication)
+    issuance = Issuance(repository, journal, authorities, pki, clock, revocation=revocation)
+    return CaRuntime(
+        store=store,
+        journal=journal,
+        repository=repository,
+        authorities=authorities,
+        feed=feed,
+        crls=crls,
+        issuance=issuance,
+        revocation=revocation,
+        publication=publication,
+    )
 
 
 class CaComponent:
@@ -199,16 +168,11 @@ class CaComponent:
 
     @property
     def port(self) -> int:
-        """Port is where the gRPC server listens."""
+        """Return the port the gRPC server listens on."""
         return self.server.port
 
-    @property
-    def service(self) -> CertificateAuthorityService:
-        """Service is the CA's service layer (tests and the bootstrap use it directly)."""
-        return self.runtime.service
-
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop ends the server gracefully, then the background work and the store."""
+        """End the server gracefully, then the background work and the store."""
         if self.management is not None:
             await self.management.stop()
         await self.server.stop(grace)
@@ -223,19 +187,8 @@ class CaComponent:
             log.warning("the CA's background work did not stop in time; leaving it to the process exit")
 
 
-async def _renew_periodically(runtime: CaRuntime, directory: CaDirectory, passphrase: Secret, clock: Clock) -> None:
-    while True:
-        await asyncio.sleep(OCSP_RENEW_CHECK)
-        try:
-            await renew_ocsp_signers(runtime.service, runtime.store, directory, passphrase, clock)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("ocsp signer renewal failed; will retry", error=str(exc))
-
-
 async def start_ca(settings: CaSettings, *, clock: Clock | None = None) -> CaComponent:
-    """start_ca opens the CA files and the store, records and renews OCSP signers, and starts serving."""
+    """Open the CA files and the store, record and renew OCSP signers, and start serving."""
     clock = clock or SystemClock()
     directory = CaDirectory(settings.ca_dir)
     loaded = directory.load(settings.passphrase)  # never opens the root key, wherever it is
@@ -255,20 +208,23 @@ async def start_ca(settings: CaSettings, *, clock: Clock | None = None) -> CaCom
         crl_check_interval=settings.crl_check_interval,
         namespace=settings.store_namespace,
     )
+    signers = OcspSignerRenewal(
+        runtime.issuance, runtime.authorities, runtime.repository, directory, settings.passphrase, clock
+    )
     try:
-        await record_ocsp_signers(runtime.service)
-        await renew_ocsp_signers(runtime.service, runtime.store, directory, settings.passphrase, clock)
+        await record_ocsp_signers(runtime.issuance, runtime.authorities)
+        await signers.renew_due()
         ledger = IdempotencyLedger(runtime.store, pending_ttl=settings.idempotency_pending_seconds)
-        api = CaApi(runtime.service, ledger, clock, root_crl=directory.root_crl)
+        api = CaApi(
+            runtime.issuance, runtime.revocation, runtime.publication, ledger, clock, root_crl=directory.root_crl
+        )
         server = GrpcServer(settings.listen, [binding(api)], domain="ca.kagi", readiness=runtime.store.ping)
         await server.start()
     except BaseException:
         await runtime.close()
         raise
     runtime.start_background()
-    renewal = asyncio.get_running_loop().create_task(
-        _renew_periodically(runtime, directory, settings.passphrase, clock)
-    )
+    renewal = asyncio.get_running_loop().create_task(signers.run(OCSP_RENEW_CHECK))
     component = CaComponent(server, runtime, renewal)
     component.management = await start_management(
         settings.management, {"ca": grpc_readiness(server)}, reuse_port=settings.listen.workers > 1

@@ -21,23 +21,23 @@ class Authorities:
         self._responders = {kind: OcspResponder(delegates[kind]) for kind in ISSUING_KINDS}
 
     def issuing(self, kind: CaKind) -> CertificateAuthority:
-        """Issuing returns the customer or internal CA."""
+        """Return the customer or internal CA."""
         return self.hierarchy.issuing(kind)
 
     @property
     def issuing_cas(self) -> dict[CaKind, CertificateAuthority]:
-        """Issuing_cas maps each issuing kind to its CA."""
+        """Return each issuing kind's CA."""
         return {kind: self.hierarchy.issuing(kind) for kind in ISSUING_KINDS}
 
     @property
     def responders(self) -> list[OcspResponder]:
-        """Responders are the OCSP responders of both issuing CAs."""
+        """Return the OCSP responders of both issuing CAs."""
         return list(self._responders.values())
 
     def delegate(self, kind: CaKind) -> DelegatedOcspSigner:
-        """Delegate is the current OCSP signer of `kind`."""
+        """Return the current OCSP signer of KIND."""
         return self._responders[kind].delegate
 
     def replace_delegate(self, delegate: DelegatedOcspSigner) -> None:
-        """Replace_delegate switches an issuing CA's OCSP responder to a renewed signer."""
+        """Switch an issuing CA's OCSP responder to a renewed signer."""
         self._responders[delegate.issuer.kind] = OcspResponder(delegate)

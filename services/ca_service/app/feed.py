@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -27,9 +26,7 @@ from dataclasses import dataclass
 import structlog
 
 from kagi.clock import Clock
-from kagi.journal import feed_key, feed_position, last_feed_position
-from kagi.store.base import Delete, KeyValueStore, encode_page_token
-from services.ca_service.app.repository import REVOCATION_EVENTS
+from services.ca_service.app.repository import CaRepository
 from services.ca_service.domain.revocation import RevocationReason
 from services.ca_service.domain.settings import CaKind
 
@@ -77,7 +74,7 @@ class RevocationFeed:
 
     def __init__(
         self,
-        store: KeyValueStore,
+        repository: CaRepository,
         clock: Clock,
         *,
         poll_interval: float = POLL_INTERVAL,
@@ -85,7 +82,7 @@ class RevocationFeed:
         retention: float = RETENTION,
         queue_limit: int = QUEUE_LIMIT,
     ) -> None:
-        self._store = store
+        self._repository = repository
         self._clock = clock
         self._poll_interval = poll_interval
         self._replay = replay
@@ -102,16 +99,16 @@ class RevocationFeed:
 
     @property
     def cursor(self) -> int | None:
-        """Cursor is the last position this replica delivered (None until its first read of the store)."""
+        """Return the last position this replica delivered (None until its first read of the store)."""
         return self._cursor
 
     def start(self) -> None:
-        """Start begins polling (idempotent)."""
+        """Begin polling (idempotent)."""
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop ends polling and closes every subscription."""
+        """End polling and close every subscription."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -120,12 +117,12 @@ class RevocationFeed:
             self._end(queue)
 
     def add_listener(self, listener: Callable[[RevocationNotice], None]) -> None:
-        """Add_listener calls `listener` (synchronously, on the loop) for every new revocation."""
+        """Call LISTENER (synchronously, on the loop) for every new revocation."""
         self._listeners.append(listener)
 
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[asyncio.Queue[RevocationNotice | None]]:
-        """Subscribe yields a queue of new revocations (None: the feed stopped or the reader fell too far behind).
+        """Yield a queue of new revocations (None: the feed stopped or the reader fell too far behind).
 
         It starts with what this replica delivered during the replay window, so a watcher that loads a CRL
         just after subscribing misses nothing that CRL may lack.
@@ -146,40 +143,39 @@ class RevocationFeed:
             self._subscribers.pop(queue, None)
 
     async def poll_once(self) -> int:
-        """Poll_once reads the events after the cursor and delivers them; returns how many it delivered."""
+        """Read the events after the cursor and deliver them; return how many were delivered."""
         if self._cursor is None:
             # A new replica starts at the newest position: everything before it is in the CRL.
-            self._cursor = await last_feed_position(self._store)
-        token = encode_page_token(feed_key(self._cursor))
+            self._cursor = await self._repository.last_feed_position()
+        token = ""
         delivered = 0
         while True:
-            page = await self._store.list(REVOCATION_EVENTS, page_size=1000, page_token=token)
+            entries, token = await self._repository.feed_page(self._cursor, token)
             observed = self._clock.now()
-            for entry in page.entries:
-                position = feed_position(entry.key)
-                if position is None:
+            for entry in entries:
+                self._cursor = entry.position
+                event = entry.event
+                if event is None:
+                    log.warning("skipping a malformed revocation event", key=entry.key)
                     continue
-                self._cursor = position
-                notice = _notice(entry.key, position, entry.value, observed)
-                if notice is not None:
-                    self._deliver(notice)
-                    delivered += 1
-            token = page.next_page_token
+                self._deliver(
+                    RevocationNotice(
+                        key=entry.key,
+                        position=entry.position,
+                        serial_hex=event.serial_hex,
+                        issuer=event.issuer,
+                        revoked_at=event.revoked_at,
+                        reason=event.reason,
+                        observed_at=max(observed, event.stamped_at),
+                    )
+                )
+                delivered += 1
             if not token:
                 return delivered
 
     async def prune(self) -> int:
-        """Prune deletes events older than the retention (by their commit stamp); returns how many it deleted."""
-        cutoff_ns = int((self._clock.now() - self._retention) * 1e9)
-        deleted = 0
-        while True:
-            page = await self._store.list(REVOCATION_EVENTS, page_size=500)
-            old = [entry.key for entry in page.entries if _stamp_ns(entry.key, entry.value) < cutoff_ns]
-            if old:
-                await self._store.commit([Delete(REVOCATION_EVENTS, key) for key in old])
-                deleted += len(old)
-            if len(old) < len(page.entries) or not page.next_page_token:
-                return deleted
+        """Delete events older than the retention (by their commit stamp); return how many were deleted."""
+        return await self._repository.prune_feed(int((self._clock.now() - self._retention) * 1e9))
 
     def _deliver(self, notice: RevocationNotice) -> None:
         now = time.monotonic()
@@ -218,29 +214,3 @@ class RevocationFeed:
             except Exception as exc:  # the store may be down for a while; keep polling
                 log.warning("revocation feed poll failed", error=str(exc))
             await asyncio.sleep(max(0.0, self._poll_interval - (time.monotonic() - started)))
-
-
-def _notice(key: str, position: int, value: bytes, observed: float) -> RevocationNotice | None:
-    try:
-        body = json.loads(value)
-        return RevocationNotice(
-            key=key,
-            position=position,
-            serial_hex=str(body["serial"]),
-            issuer=CaKind(body["issuer"]),
-            revoked_at=int(body["revoked_at"]),
-            reason=RevocationReason(int(body["reason"])),
-            observed_at=max(observed, int(body.get("at_ns", 0)) / 1e9),
-        )
-    except (ValueError, KeyError, TypeError):
-        log.warning("skipping a malformed revocation event", key=key)
-        return None
-
-
-def _stamp_ns(key: str, value: bytes) -> int:
-    """_stamp_ns is when an event was committed, by its replica's clock (0 when unreadable: pruned first)."""
-    with contextlib.suppress(ValueError, TypeError, KeyError):
-        return int(json.loads(value)["at_ns"])
-    with contextlib.suppress(ValueError):
-        return int(key.split("-", 1)[0])  # an older, clock-keyed event
-    return 0

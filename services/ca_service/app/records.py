@@ -1,4 +1,5 @@
-"""What the CA keeps about each certificate, and the compact form of a revoked entry the CRL is built from.
+"""What the CA keeps: certificate records, the compact revoked entries CRLs are built from, CRL metadata and the
+revocation feed's events (the repository says where each lives).
 
 A certificate record is written twice: first as a reservation (state RESERVED, nothing signed yet) created
 if absent under its serial, then, once signed, replaced (compare-and-swap on the reservation's version) by
@@ -48,7 +49,7 @@ def _dt(seconds: int) -> datetime:
 
 
 def identity_to_dict(identity: Identity) -> dict[str, Any]:
-    """identity_to_dict is the stored form of an identity (enough to re-issue for it on renewal)."""
+    """Return the stored form of an identity (enough to re-issue for it on renewal)."""
     if isinstance(identity, CustomerIdentity):
         return {
             "type": "customer",
@@ -66,7 +67,7 @@ def identity_to_dict(identity: Identity) -> dict[str, Any]:
 
 
 def identity_from_dict(data: dict[str, Any]) -> Identity:
-    """identity_from_dict rebuilds an identity from its stored form."""
+    """Rebuild an identity from its stored form."""
     if data.get("type") == "customer":
         return CustomerIdentity(
             user_id=data["user_id"], login_id=data["login_id"], user_name=data["user_name"], company=data["company"]
@@ -77,7 +78,7 @@ def identity_from_dict(data: dict[str, Any]) -> Identity:
 
 
 def subject_id_of(identity: Identity) -> str:
-    """subject_id_of is the id certificates are listed by: the user id of a customer, the role of a service."""
+    """Return the id certificates are listed by: the user id of a customer, the role of a service."""
     return identity.user_id if isinstance(identity, CustomerIdentity) else identity.role
 
 
@@ -107,21 +108,21 @@ class CertificateRecord:
 
     @property
     def serial_hex(self) -> str:
-        """Serial_hex is the serial's canonical text (the store key)."""
+        """Return the serial's canonical text (the store key)."""
         return serial_hex(self.serial)
 
     @property
     def issued(self) -> bool:
-        """Issued tells whether a certificate was signed and recorded under this serial."""
+        """Tell whether a certificate was signed and recorded under this serial."""
         return self.state is RecordState.ISSUED
 
     @property
     def revoked(self) -> bool:
-        """Revoked tells whether the certificate is revoked (or on hold)."""
+        """Tell whether the certificate is revoked (or on hold)."""
         return self.revoked_at is not None
 
     def current_state(self, now: float) -> CertificateState:
-        """Current_state is revoked if revoked (even once expired), expired past notAfter, else active."""
+        """Return revoked if revoked (even once expired), expired past notAfter, else active."""
         if self.revoked:
             return CertificateState.REVOKED
         if now >= self.not_after:
@@ -129,20 +130,20 @@ class CertificateRecord:
         return CertificateState.ACTIVE
 
     def status(self, version: int) -> CertificateStatus:
-        """Status is the record as the domain's CRL and OCSP code need it, keyed by the store `version`."""
+        """Return the record as the domain's CRL and OCSP code need it, keyed by the store `version`."""
         revocation = None
         if self.revoked_at is not None:
             revocation = Revocation(_dt(self.revoked_at), self.reason or RevocationReason.UNSPECIFIED)
         return CertificateStatus(self.issuer, self.serial, _dt(self.not_after), revocation, version=version)
 
     def with_revocation(self, status: CertificateStatus) -> CertificateRecord:
-        """With_revocation copies the revocation of a status the domain's `revoke` returned."""
+        """Return a copy with the revocation of a status the domain's `revoke` returned."""
         if status.revocation is None:
             return replace(self, revoked_at=None, reason=None)
         return replace(self, revoked_at=_ts(status.revocation.revoked_at), reason=status.revocation.reason)
 
     def to_json(self) -> bytes:
-        """To_json is the stored form."""
+        """Return the stored form."""
         body: dict[str, Any] = {
             "serial": self.serial_hex,
             "issuer": self.issuer.value,
@@ -165,7 +166,7 @@ class CertificateRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> CertificateRecord:
-        """From_json reads a stored record."""
+        """Read a stored record."""
         try:
             raw = json.loads(data)
             identity = raw.get("identity")
@@ -193,7 +194,7 @@ class CertificateRecord:
 
 
 def crl_entry(record: CertificateRecord) -> bytes:
-    """crl_entry is the compact form of a revoked certificate kept for CRL building: "notAfter,revokedAt,reason".
+    """Return the compact form of a revoked certificate kept for CRL building: "notAfter,revokedAt,reason".
 
     A CRL of 100k entries is built from 100k of these, so they are parsed with split, not JSON.
     """
@@ -202,11 +203,101 @@ def crl_entry(record: CertificateRecord) -> bytes:
 
 
 def status_from_crl_entry(issuer: CaKind, serial_text: str, value: bytes) -> CertificateStatus:
-    """status_from_crl_entry reads a compact revoked entry back as a domain status."""
+    """Read a compact revoked entry back as a domain status."""
     not_after, revoked_at, reason = value.split(b",")
     return CertificateStatus(
         issuer,
         int(serial_text, 16),
         _dt(int(not_after)),
         Revocation(_dt(int(revoked_at)), RevocationReason(int(reason))),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedCrl:
+    """PublishedCrl is a signed CRL as published in the store."""
+
+    issuer: CaKind
+    der: bytes
+    number: int
+    this_update: int
+    next_update: int
+    listed_at: float
+    entry_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class CrlMeta:
+    """CrlMeta is what the store says of a published CRL: its number, times, size in parts and digest."""
+
+    number: int
+    this_update: int
+    next_update: int
+    listed_at: float
+    parts: int
+    sha256: str
+    entries: int
+
+    def to_json(self) -> bytes:
+        """Return the stored form."""
+        return json.dumps(
+            {
+                "number": self.number,
+                "this_update": self.this_update,
+                "next_update": self.next_update,
+                "listed_at": self.listed_at,
+                "parts": self.parts,
+                "sha256": self.sha256,
+                "entries": self.entries,
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> CrlMeta:
+        """Read the stored form."""
+        raw = json.loads(data)
+        return cls(
+            int(raw["number"]),
+            int(raw["this_update"]),
+            int(raw["next_update"]),
+            float(raw["listed_at"]),
+            int(raw["parts"]),
+            str(raw["sha256"]),
+            int(raw["entries"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationEvent:
+    """RevocationEvent is one revocation as the feed stores it.
+
+    `stamped_at` is when the revoking replica committed it, by that replica's clock (POSIX seconds).
+    """
+
+    serial_hex: str
+    issuer: CaKind
+    revoked_at: int
+    reason: RevocationReason
+    stamped_at: float
+
+
+def revocation_event_body(record: CertificateRecord) -> dict[str, object]:
+    """Return the feed body of a revoked record (the journal adds the commit stamp `at_ns`)."""
+    return {
+        "serial": record.serial_hex,
+        "issuer": record.issuer.value,
+        "revoked_at": record.revoked_at,
+        "reason": int(record.reason or RevocationReason.UNSPECIFIED),
+    }
+
+
+def revocation_event_from_json(value: bytes) -> RevocationEvent:
+    """Read a stored feed event; raises ValueError, KeyError or TypeError when it is malformed."""
+    body = json.loads(value)
+    return RevocationEvent(
+        serial_hex=str(body["serial"]),
+        issuer=CaKind(body["issuer"]),
+        revoked_at=int(body["revoked_at"]),
+        reason=RevocationReason(int(body["reason"])),
+        stamped_at=int(body.get("at_ns", 0)) / 1e9,
     )

@@ -156,12 +156,14 @@ async def test_ocsp_signers_due_for_renewal_are_renewed_on_start(tmp_path: Path)
     later = FakeClock(time.time() + 25 * 86400)
     component = await start_ca(ca_settings(dev, target), clock=later)
     try:
-        delegate = component.service.authorities.delegate(CaKind.CUSTOMER)
+        delegate = component.runtime.authorities.delegate(CaKind.CUSTOMER)
         assert delegate.certificate.not_valid_after_utc.timestamp() > later.now() + 20 * 86400
         new = {p.name for p in dev.ca_dir.glob("*-ocsp-*.pem")} - old
         assert len([name for name in new if name.endswith("-key.pem")]) == 2
         assert all(stat.S_IMODE((dev.ca_dir / name).stat().st_mode) == 0o600 for name in new if "-key" in name)
-        status = await component.service.status(format(delegate.certificate.serial_number, "x"), CaKind.CUSTOMER)
+        status = await component.runtime.revocation.status(
+            format(delegate.certificate.serial_number, "x"), CaKind.CUSTOMER
+        )
         assert status.record is not None
         assert status.record.profile == "ocsp-signer"
     finally:

@@ -12,7 +12,7 @@ from kagi.clock import SystemClock
 from kagi.journal import AuditEvent, Change, FeedEvent, Journal, feed_key, verify_stored_chain
 from kagi.store.base import Create
 from services.ca_service.app.feed import RevocationFeed, RevocationNotice
-from services.ca_service.app.repository import REVOCATION_EVENTS
+from services.ca_service.app.repository import REVOCATION_EVENTS, CaRepository
 from tests.integration.ca.ca_service_harness import StoreTarget
 
 
@@ -43,7 +43,7 @@ async def test_two_replicas_writing_at_once_never_show_a_reader_a_gap(store_targ
         Journal(stores[0], SystemClock(), feed_collection=REVOCATION_EVENTS),
         Journal(stores[1], _ClockBehind(3.0), feed_collection=REVOCATION_EVENTS),
     ]
-    reader = RevocationFeed(stores[2], SystemClock())
+    reader = RevocationFeed(CaRepository(stores[2]), SystemClock())
     seen: list[RevocationNotice] = []
     reader.add_listener(seen.append)
     await reader.poll_once()  # the cursor starts at the newest position: 0 here
@@ -82,7 +82,7 @@ async def test_a_subscriber_that_falls_behind_is_ended_and_a_new_one_gets_the_re
     beyond the limit, and stays subscribed."""
     store = store_target.open()
     journal = Journal(store, SystemClock(), feed_collection=REVOCATION_EVENTS)
-    feed = RevocationFeed(store, SystemClock(), queue_limit=2)
+    feed = RevocationFeed(CaRepository(store), SystemClock(), queue_limit=2)
     try:
         await feed.poll_once()
         async with feed.subscribe() as slow:

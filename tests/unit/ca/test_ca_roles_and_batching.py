@@ -11,7 +11,7 @@ import pytest
 from kagi.runtime.identity import Role
 from kagi.store import KeyExists, open_store
 from services.ca_service.adapters.batching_store import BatchingStore
-from services.ca_service.app.service import ISSUE_ROLES, MANAGE_ROLES
+from services.ca_service.app.access import ISSUE_ROLES, MANAGE_ROLES
 from services.ca_service.domain.identity import SERVICE_ROLES
 
 
