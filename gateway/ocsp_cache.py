@@ -36,7 +36,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import format_datetime
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -92,19 +93,34 @@ def read_ocsp_request(der: bytes) -> OcspQuestion | None:
 
 @dataclass(frozen=True, slots=True)
 class OcspAnswer:
-    """A signed OCSP response the CA gave, with what its HTTP caching headers are made of."""
+    """A signed OCSP response the CA gave, with its HTTP caching headers' values (RFC 5019 section 6).
+
+    The headers that never change are written once, when the answer arrives: a cached answer is served many
+    times, and formatting HTTP dates costs more than the lookup.
+    """
 
     der: bytes
     this_update: datetime
     next_update: datetime
     etag: str
+    last_modified: str
+    expires: str
 
     @classmethod
     def of(cls, der: bytes, this_update: datetime, next_update: datetime) -> OcspAnswer:
         """Build the answer for DER, its ETag the SHA-1 of the response (RFC 5019 section 6.2)."""
         # The ETag names the response; it protects nothing.
         etag = '"' + hashlib.sha1(der, usedforsecurity=False).hexdigest() + '"'
-        return cls(der, this_update, next_update, etag)
+        return cls(der, this_update, next_update, etag, http_date(this_update), http_date(next_update))
+
+    def max_age(self, now: float) -> int:
+        """Return the seconds from NOW (POSIX) to nextUpdate, for Cache-Control max-age (0 once past)."""
+        return max(0, int(self.next_update.timestamp() - now))
+
+
+def http_date(moment: datetime) -> str:
+    """Return MOMENT as an HTTP date (RFC 9110 IMF-fixdate, GMT)."""
+    return format_datetime(moment.astimezone(UTC), usegmt=True)
 
 
 @dataclass(frozen=True, slots=True)

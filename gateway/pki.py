@@ -19,7 +19,6 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import format_datetime
 
 import grpc
 import structlog
@@ -31,7 +30,14 @@ from cryptography.x509 import ocsp
 
 from gateway.backends import Backends
 from gateway.errors import HttpError
-from gateway.ocsp_cache import DEFAULT_MAX_ENTRIES, CertId, OcspAnswer, OcspResponseCache, read_ocsp_request
+from gateway.ocsp_cache import (
+    DEFAULT_MAX_ENTRIES,
+    CertId,
+    OcspAnswer,
+    OcspResponseCache,
+    http_date,
+    read_ocsp_request,
+)
 from gateway.revocation import RevocationRegistry
 from kagi.ca.v1 import ca_pb2
 
@@ -96,10 +102,6 @@ async def fetch_ca_certificates(backends: Backends) -> CaCertificates:
     if not (reply.root_pem and reply.customer_ca_pem):
         raise HttpError(503, _PKI_UNAVAILABLE, _MSG_PKI_UNAVAILABLE)
     return CaCertificates(reply.root_pem.encode(), reply.customer_ca_pem.encode(), reply.internal_ca_pem.encode())
-
-
-def _http_date(moment: datetime) -> str:
-    return format_datetime(moment.astimezone(UTC), usegmt=True)
 
 
 def _answers(response: ocsp.OCSPResponse, cert_id: CertId) -> bool:
@@ -206,7 +208,7 @@ class PkiFiles:
             max_age = max(0, min(max_age, int((cached.next_update - now).total_seconds())))
         headers = {
             "ETag": cached.etag,
-            "Last-Modified": _http_date(cached.this_update),
+            "Last-Modified": http_date(cached.this_update),
             "Cache-Control": f"public, max-age={max_age}, no-transform",
         }
         if _not_modified(request, cached.etag):
@@ -323,12 +325,13 @@ class PkiFiles:
     @staticmethod
     def _ocsp_cacheable(answer: OcspAnswer, *, has_nonce: bool) -> web.Response:
         """Return ANSWER (good or revoked, with a nextUpdate) with the RFC 5019 section 6 caching headers."""
-        max_age = max(0, int((answer.next_update - datetime.now(UTC)).total_seconds()))
         headers = {
             "ETag": answer.etag,
-            "Last-Modified": _http_date(answer.this_update),
-            "Expires": _http_date(answer.next_update),
-            "Cache-Control": "no-cache" if has_nonce else f"max-age={max_age}, public, no-transform, must-revalidate",
+            "Last-Modified": answer.last_modified,
+            "Expires": answer.expires,
+            "Cache-Control": "no-cache"
+            if has_nonce
+            else f"max-age={answer.max_age(time.time())}, public, no-transform, must-revalidate",
         }
         return web.Response(body=answer.der, content_type=OCSP_RESPONSE, headers=headers)
 
