@@ -16,12 +16,15 @@ import abc
 import base64
 import binascii
 import builtins
+import dataclasses
+import enum
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Self
 
-from kagi.errors import Aborted, AlreadyExists, InvalidArgument, Unavailable
+from kagi.errors import Aborted, AlreadyExists, InvalidArgument, KagiError, Unavailable
 
 MAX_KEY_BYTES = 512
 MAX_VALUE_BYTES = 4 * 1024 * 1024
@@ -37,13 +40,67 @@ class StoreError(Exception):
     """StoreError marks an error raised by a store driver (mixed into the domain error it corresponds to)."""
 
 
-class KeyExists(StoreError, AlreadyExists):
+class FailureCause(enum.Enum):
+    """Why the condition of one write failed."""
+
+    KEY_EXISTS = "KEY_EXISTS"
+    """A create-if-absent found a live entry under the key."""
+    VERSION_MISMATCH = "VERSION_MISMATCH"
+    """The entry is live at another version than the write expected."""
+    GONE = "GONE"
+    """The write expected a version, but no live entry is there (never written, deleted or expired)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailedOperation:
+    """The write whose condition failed: its index in the commit that carried it, its key, and why."""
+
+    index: int
+    collection: str
+    key: str
+    cause: FailureCause
+
+
+class ConditionFailed(StoreError, KagiError):
+    """A conditional write found the entry in another state than it expected; nothing was written.
+
+    `failed` names the failing operation (drivers always set it); whoever sent the commit learns from it, and
+    from nothing else, which of its operations lost. The operation's index and collection are also in
+    `metadata` ("operation", "collection"), the form clients see on the wire.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failed: FailedOperation | None = None,
+        reason: str | None = None,
+        fields: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        wire = dict(metadata or {})
+        if failed is not None:
+            wire.update(collection=failed.collection, operation=str(failed.index))
+        super().__init__(message, reason=reason, fields=fields, metadata=wire)
+        self.failed = failed
+
+    def at(self, index: int) -> Self:
+        """Return this failure as seen by a commit that carried the failing operation at INDEX."""
+        if self.failed is None or self.failed.index == index:
+            return self
+        moved = dataclasses.replace(self.failed, index=index)
+        copy = type(self)(self.message, failed=moved, reason=self.reason, fields=self.fields, metadata=self.metadata)
+        copy.__cause__ = self.__cause__
+        return copy
+
+
+class KeyExists(ConditionFailed, AlreadyExists):
     """KeyExists: create-if-absent found a live entry under that key."""
 
     reason = "KEY_EXISTS"
 
 
-class VersionMismatch(StoreError, Aborted):
+class VersionMismatch(ConditionFailed, Aborted):
     """VersionMismatch: the entry's version is not the one the write expected (or the entry is gone)."""
 
     reason = "VERSION_MISMATCH"
@@ -302,7 +359,7 @@ class KeyValueStore(abc.ABC):
         """Commit applies all operations atomically, or none.
 
         Returns, per operation, the written entry (None for a delete). The first failing condition raises
-        KeyExists or VersionMismatch and nothing is written.
+        KeyExists or VersionMismatch, whose `failed` names that operation, and nothing is written.
         """
 
     @abc.abstractmethod

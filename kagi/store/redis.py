@@ -49,6 +49,8 @@ from kagi.store.base import (
     Create,
     Delete,
     Entry,
+    FailedOperation,
+    FailureCause,
     InvalidKey,
     InvalidStoreConfig,
     KeyExists,
@@ -83,7 +85,8 @@ for i = 1, ops do
   if kind == 'c' then
     if have then return {'KEY_EXISTS', i - 1} end
   elseif want ~= '' and have ~= want then
-    return {'VERSION_MISMATCH', i - 1}
+    if have then return {'VERSION_MISMATCH', i - 1} end
+    return {'GONE', i - 1}
   end
 end
 local out = {'OK'}
@@ -455,10 +458,14 @@ class RedisStore(KeyValueStore):
         status = bytes(reply[0])
         if status == b"OK":
             return [int(r) for r in reply[1:]]
-        meta = {"collection": ops[int(reply[1])].collection, "operation": str(reply[1])}
+        index = int(reply[1])
+        op = ops[index]
         if status == b"KEY_EXISTS":
-            raise KeyExists("an entry exists under that key", metadata=meta)
-        raise VersionMismatch("the entry is not at the expected version", metadata=meta)
+            failed = FailedOperation(index, op.collection, op.key, FailureCause.KEY_EXISTS)
+            raise KeyExists("an entry exists under that key", failed=failed)
+        cause = FailureCause.GONE if status == b"GONE" else FailureCause.VERSION_MISMATCH
+        failed = FailedOperation(index, op.collection, op.key, cause)
+        raise VersionMismatch("the entry is not at the expected version", failed=failed)
 
     @contextlib.asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:

@@ -20,6 +20,8 @@ from kagi.store.base import (
     Create,
     Delete,
     Entry,
+    FailedOperation,
+    FailureCause,
     InvalidKey,
     InvalidStoreConfig,
     KeyExists,
@@ -312,12 +314,14 @@ class SQLiteStore(KeyValueStore):
             ).fetchone()
             live = None if row is None or (row[1] is not None and row[1] <= now) else int(row[0])
             found.append((row is not None, live))
-            meta = {"collection": op.collection, "operation": str(index)}
             if isinstance(op, Create):
                 if live is not None:
-                    raise KeyExists("an entry exists under that key", metadata=meta)
+                    failed = FailedOperation(index, op.collection, op.key, FailureCause.KEY_EXISTS)
+                    raise KeyExists("an entry exists under that key", failed=failed)
             elif (isinstance(op, Replace) or op.version is not None) and live != op.version:
-                raise VersionMismatch("the entry is not at the expected version", metadata=meta)
+                cause = FailureCause.GONE if live is None else FailureCause.VERSION_MISMATCH
+                failed = FailedOperation(index, op.collection, op.key, cause)
+                raise VersionMismatch("the entry is not at the expected version", failed=failed)
 
         writes = sum(not isinstance(op, Delete) for op in ops)
         version = self._allocate(conn, writes) if writes else 0
