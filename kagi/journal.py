@@ -7,8 +7,10 @@ compare-and-swap, the new audit records are created, and every change's operatio
 certificate is never recorded without its audit record, and two replicas appending at once can never fork
 the chain: the loser's head CAS fails, it re-reads the head and re-chains its round.
 
-Rounds form on their own (no timer): while one commit is in flight, further changes queue; the next round
-takes them all. 100 parallel issuances therefore cost a few commits, not 100 CAS retries on one key.
+Rounds are the store's group commit (`kagi.store.group_commit`), with the chain as the round's planner: no
+timer, a lone change goes at once; while one commit is in flight, further changes queue and the next round
+takes them all. 100 parallel issuances therefore cost a few commits, not 100 CAS retries on one key. A
+change whose own condition fails is dropped from the round alone; a lost head CAS re-chains the round.
 
 Feed events (the CA's revocations) are numbered by the same compare-and-swap: the head also holds the last
 feed position handed out, and a round's events take the next positions in the commit that moves the head. So
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,15 +30,8 @@ from dataclasses import dataclass, field
 from kagi.audit import AuditRecord, AuditVerification, next_audit_record, verify_audit_chain
 from kagi.clock import Clock
 from kagi.errors import KagiError
-from kagi.store.base import (
-    Create,
-    Entry,
-    KeyExists,
-    KeyValueStore,
-    Operation,
-    Replace,
-    VersionMismatch,
-)
+from kagi.store.base import ConditionFailed, Create, Entry, KeyValueStore, Operation, Replace
+from kagi.store.group_commit import GroupCommit, RoundPlanner
 
 AUDIT = "audit"
 """AUDIT is the collection of audit records, keyed by zero-padded sequence (key order is chain order)."""
@@ -51,6 +45,8 @@ order). Older, clock-stamped keys began with a digit, so they sort before every 
 
 MAX_ROUND = 128
 """MAX_ROUND is the most changes one commit carries."""
+MAX_ROUND_OPERATIONS = 1024
+"""MAX_ROUND_OPERATIONS bounds the operations, audit records and feed events of one round's changes."""
 
 _MAX_CHAIN_RETRIES = 50
 
@@ -82,105 +78,107 @@ class Change:
     feed: Sequence[FeedEvent] = ()
 
 
-@dataclass(eq=False)
-class _Pending:
-    change: Change
-    future: asyncio.Future[builtins.list[Entry | None]]
-
-    @property
-    def slots(self) -> set[tuple[str, str]]:
-        return {(op.collection, op.key) for op in self.change.operations}
-
-
 class Journal:
     """Journal commits Changes with their audit records in rounds, chained from the head kept in the store."""
 
     def __init__(
         self, store: KeyValueStore, clock: Clock, *, max_round: int = MAX_ROUND, feed_collection: str = ""
     ) -> None:
-        self._store = store
-        self._feed_collection = feed_collection
-        self._clock = clock
-        self._max_round = max_round
-        self._queue: list[_Pending] = []
-        self._runner: asyncio.Task[None] | None = None
-        # (tip, head entry version, last feed position), cached until a commit fails
-        self._head: tuple[AuditRecord | None, int | None, int] | None = None
+        # Rounds run in the engine's task, never in a caller's: a caller cancelled mid-round (a client's
+        # deadline) does not cut short the round its change rides in, so the change lands or fails with it.
+        self._rounds: GroupCommit[Change] = GroupCommit(
+            store,
+            _Chain(store, clock, feed_collection),
+            max_operations=MAX_ROUND_OPERATIONS,
+            max_units=max_round,
+            inline=False,
+        )
 
     async def submit(self, change: Change) -> builtins.list[Entry | None]:
-        """Submit commits `change` with its audit records; returns the entries its operations wrote.
+        """Commit CHANGE with its audit records; return the entries its operations wrote.
 
         A failed condition of the change's own operations (KeyExists, VersionMismatch) fails this change
         alone; StoreUnavailable fails the round.
         """
-        loop = asyncio.get_running_loop()
-        pending = _Pending(change, loop.create_future())
-        self._queue.append(pending)
-        if self._runner is None or self._runner.done():
-            self._runner = loop.create_task(self._drain())
-        return await pending.future
+        size = len(change.operations) + len(change.audit) + len(change.feed)
+        return await self._rounds.submit(change.operations, change, size=size)
 
     async def close(self) -> None:
-        """Close waits for the round in flight."""
-        if self._runner is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._runner)
+        """Wait for the rounds in flight and queued."""
+        await self._rounds.close()
 
-    async def _drain(self) -> None:
-        while self._queue:
-            round_: builtins.list[_Pending] = []
-            later: builtins.list[_Pending] = []
-            taken: set[tuple[str, str]] = set()
-            for pending in self._queue:
-                if pending.future.done():
-                    continue
-                slots = pending.slots
-                # Two changes to one key cannot share a commit; the later one goes in the next round.
-                if len(round_) >= self._max_round or slots & taken:
-                    later.append(pending)
-                else:
-                    round_.append(pending)
-                    taken |= slots
-            self._queue = later
-            await self._commit_round(round_)
 
-    async def _commit_round(self, round_: builtins.list[_Pending]) -> None:
-        attempts = 0
-        while round_:
-            attempts += 1
-            owners: builtins.list[int | None] = []
-            try:
-                tip, head_version, feed_tip = await self._read_head()
-                operations, owners, tail, head_at, feed_end = self._plan(round_, tip, head_version, feed_tip)
-                results = await self._store.commit(operations)
-            except (KeyExists, VersionMismatch) as exc:
-                index = _failed_index(exc)
-                owner = owners[index] if index is not None and 0 <= index < len(owners) else None
-                if owner is None:
-                    # The head moved (another replica appended) or the chain was touched: re-read and re-chain.
-                    self._head = None
-                    if attempts > _MAX_CHAIN_RETRIES:
-                        _fail(round_, exc)
-                        return
-                    await asyncio.sleep(0)
-                    continue
-                failed = round_.pop(owner)
-                _settle(failed.future, error=exc)
-                continue
-            except BaseException as exc:
-                self._head = None
-                _fail(round_, exc)
-                if not isinstance(exc, Exception):
-                    raise
-                return
-            head_entry = results[head_at]
-            self._head = (tail, head_entry.version if head_entry is not None else None, feed_end)
-            start = 0
-            for pending in round_:
-                count = len(pending.change.operations)
-                _settle(pending.future, result=results[start : start + count])
-                start += count
-            return
+class _Chain(RoundPlanner[Change]):
+    """The journal's share of every round: audit records, the chain-head compare-and-swap, feed events."""
+
+    def __init__(self, store: KeyValueStore, clock: Clock, feed_collection: str) -> None:
+        self._store = store
+        self._clock = clock
+        self._feed_collection = feed_collection
+        # (tip, head entry version, last feed position), cached until a round fails
+        self._head: tuple[AuditRecord | None, int | None, int] | None = None
+        # What the round being committed moves the head to: (tip, last feed position).
+        self._planned: tuple[AuditRecord | None, int] = (None, 0)
+
+    async def plan(self, payloads: Sequence[Change]) -> builtins.list[Operation]:
+        """Chain the round's audit events and number its feed events after the current head."""
+        tip, head_version, feed_tip = await self._read_head()
+        audit_ops: builtins.list[Operation] = []
+        feed_ops: builtins.list[Operation] = []
+        now_ns = int(self._clock.now() * 1e9)
+        for change in payloads:
+            for event in change.audit:
+                tip = next_audit_record(
+                    tip,
+                    clock=self._clock,
+                    actor=event.actor,
+                    action=event.action,
+                    subject=event.subject,
+                    details=event.details,
+                )
+                audit_ops.append(Create(AUDIT, audit_key(tip.sequence), tip.to_json()))
+            for feed in change.feed:
+                # The next position, taken in the commit that moves the head: see the module doc.
+                feed_tip += 1
+                body = json.dumps({**feed.body, "at_ns": now_ns}, separators=(",", ":")).encode()
+                feed_ops.append(Create(self._feed_collection, feed_key(feed_tip), body))
+        if feed_ops and tip is None:
+            # Positions live in the head, and there is no head without an audit record.
+            raise ValueError("a change with feed events must carry an audit event")
+        self._planned = (tip, feed_tip)
+        if tip is None:
+            return []
+        head: dict[str, object] = {"sequence": tip.sequence, "hash": tip.hash}
+        if feed_tip:
+            head["feed"] = feed_tip
+        head_value = json.dumps(head).encode()
+        # The head first: when another replica moved it, this is the failure the driver reports.
+        head_op: Operation = (
+            Create(AUDIT_HEAD, AUDIT_HEAD_KEY, head_value)
+            if head_version is None
+            else Replace(AUDIT_HEAD, AUDIT_HEAD_KEY, head_value, head_version)
+        )
+        return [head_op, *audit_ops, *feed_ops]
+
+    def landed(self, entries: Sequence[Entry | None]) -> None:
+        """Cache the head the round wrote, so the next round needs no read."""
+        tip, feed_tip = self._planned
+        if tip is None:
+            return  # no audit event and no head yet: nothing moved
+        head_entry = entries[0]
+        self._head = (tip, head_entry.version if head_entry is not None else None, feed_tip)
+
+    async def lost(self, error: ConditionFailed, attempt: int) -> bool:
+        """Re-read the head and re-chain the round: another replica appended (or the chain was touched)."""
+        self._head = None
+        if attempt > _MAX_CHAIN_RETRIES:
+            return False
+        await asyncio.sleep(0)
+        return True
+
+    def abandoned(self, error: BaseException) -> None:
+        """Forget the cached head: a round that failed as a whole may still have been written."""
+        self._head = None
 
     async def _read_head(self) -> tuple[AuditRecord | None, int | None, int]:
         if self._head is not None:
@@ -198,59 +196,14 @@ class Journal:
         self._head = (tip, entry.version, int(head.get("feed", 0)))
         return self._head
 
-    def _plan(
-        self, round_: Sequence[_Pending], tip: AuditRecord | None, head_version: int | None, feed_tip: int
-    ) -> tuple[builtins.list[Operation], builtins.list[int | None], AuditRecord | None, int, int]:
-        operations: builtins.list[Operation] = []
-        owners: builtins.list[int | None] = []
-        audit_ops: builtins.list[Operation] = []
-        feed_ops: builtins.list[Operation] = []
-        now_ns = int(self._clock.now() * 1e9)
-        for position, pending in enumerate(round_):
-            for op in pending.change.operations:
-                operations.append(op)
-                owners.append(position)
-            for event in pending.change.audit:
-                tip = next_audit_record(
-                    tip,
-                    clock=self._clock,
-                    actor=event.actor,
-                    action=event.action,
-                    subject=event.subject,
-                    details=event.details,
-                )
-                audit_ops.append(Create(AUDIT, audit_key(tip.sequence), tip.to_json()))
-            for feed in pending.change.feed:
-                # The next position, taken in the commit that moves the head: see the module doc.
-                feed_tip += 1
-                body = json.dumps({**feed.body, "at_ns": now_ns}, separators=(",", ":")).encode()
-                feed_ops.append(Create(self._feed_collection, feed_key(feed_tip), body))
-        if feed_ops and tip is None:
-            # Positions live in the head, and there is no head without an audit record.
-            raise ValueError("a change with feed events must carry an audit event")
-        head_at = len(operations)
-        if tip is not None:
-            head: dict[str, object] = {"sequence": tip.sequence, "hash": tip.hash}
-            if feed_tip:
-                head["feed"] = feed_tip
-            head_value = json.dumps(head).encode()
-            if head_version is None:
-                operations.append(Create(AUDIT_HEAD, AUDIT_HEAD_KEY, head_value))
-            else:
-                operations.append(Replace(AUDIT_HEAD, AUDIT_HEAD_KEY, head_value, head_version))
-            owners.append(None)
-        operations += audit_ops + feed_ops
-        owners += [None] * (len(audit_ops) + len(feed_ops))
-        return operations, owners, tip, head_at, feed_tip
-
 
 def feed_key(position: int) -> str:
-    """feed_key is the key of the feed event at `position`; zero-padded so key order is position order."""
+    """Return the key of the feed event at POSITION; zero-padded so key order is position order."""
     return f"{FEED_KEY_PREFIX}{position:020d}"
 
 
 def feed_position(key: str) -> int | None:
-    """feed_position is the position a feed key names, or None for a key that names none (an older one)."""
+    """Return the position a feed key names, or None for a key that names none (an older one)."""
     digits = key[len(FEED_KEY_PREFIX) :]
     if not key.startswith(FEED_KEY_PREFIX) or len(digits) != 20 or not digits.isdigit():
         return None
@@ -258,7 +211,7 @@ def feed_position(key: str) -> int | None:
 
 
 async def last_feed_position(store: KeyValueStore) -> int:
-    """last_feed_position is the position of the newest committed feed event (0 when there is none)."""
+    """Return the position of the newest committed feed event (0 when there is none)."""
     entry = await store.get(AUDIT_HEAD, AUDIT_HEAD_KEY)
     if entry is None:
         return 0
@@ -266,7 +219,7 @@ async def last_feed_position(store: KeyValueStore) -> int:
 
 
 def audit_key(sequence: int) -> str:
-    """audit_key is the key of the audit record with `sequence`; zero-padded so key order is chain order."""
+    """Return the key of the audit record with SEQUENCE; zero-padded so key order is chain order."""
     return f"{sequence:016d}"
 
 
@@ -280,7 +233,7 @@ class ChainBroken(KagiError):
 
 
 async def audit_records(store: KeyValueStore, *, page_size: int = 1000) -> AsyncIterator[AuditRecord]:
-    """audit_records reads the whole chain from the store in sequence order, a page at a time."""
+    """Read the whole chain from the store in sequence order, a page at a time."""
     token = ""
     while True:
         page = await store.list(AUDIT, page_size=page_size, page_token=token)
@@ -303,7 +256,7 @@ class AuditReport:
 
 
 async def verify_stored_chain(store: KeyValueStore) -> AuditReport:
-    """verify_stored_chain checks every stored record and that the chain ends at the stored head.
+    """Check every stored record and that the chain ends at the stored head.
 
     Records are checked a page at a time, each page anchored on the last record of the one before.
     """
@@ -340,29 +293,3 @@ async def verify_stored_chain(store: KeyValueStore) -> AuditReport:
     if expected_head is None and checked:
         return AuditReport(False, checked, None, "records exist but the chain head is missing")
     return AuditReport(True, checked)
-
-
-def _failed_index(exc: Exception) -> int | None:
-    try:
-        return int(getattr(exc, "metadata", {}).get("operation", ""))
-    except ValueError:
-        return None
-
-
-def _settle(
-    future: asyncio.Future[builtins.list[Entry | None]],
-    *,
-    result: builtins.list[Entry | None] | None = None,
-    error: BaseException | None = None,
-) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result or [])
-
-
-def _fail(round_: Sequence[_Pending], exc: BaseException) -> None:
-    for pending in round_:
-        _settle(pending.future, error=exc)

@@ -22,9 +22,12 @@ from kagi.store.base import (
     MAX_KEY_BYTES,
     MAX_PAGE_SIZE,
     MAX_VALUE_BYTES,
+    ConditionFailed,
     Create,
     Delete,
     Entry,
+    FailedOperation,
+    FailureCause,
     InvalidKey,
     InvalidStoreConfig,
     KeyExists,
@@ -37,6 +40,7 @@ from kagi.store.base import (
     VersionMismatch,
     check_namespace,
 )
+from kagi.store.group_commit import GroupCommitStore
 from kagi.store.redis import RedisStore
 from kagi.store.sqlite import SQLiteStore
 
@@ -44,9 +48,13 @@ __all__ = [
     "MAX_KEY_BYTES",
     "MAX_PAGE_SIZE",
     "MAX_VALUE_BYTES",
+    "ConditionFailed",
     "Create",
     "Delete",
     "Entry",
+    "FailedOperation",
+    "FailureCause",
+    "GroupCommitStore",
     "InvalidKey",
     "InvalidStoreConfig",
     "KeyExists",

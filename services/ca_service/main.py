@@ -17,8 +17,7 @@ from kagi.journal import Journal
 from kagi.runtime.grpc_server import GrpcServer
 from kagi.runtime.management import ManagementListener, grpc_readiness, management_address, start_management
 from kagi.runtime.settings import Environment, ListenSettings, Secret, tls_files_from_env
-from kagi.store import KeyValueStore, open_store
-from services.ca_service.adapters.batching_store import BatchingStore
+from kagi.store import GroupCommitStore, KeyValueStore, open_store
 from services.ca_service.adapters.ca_directory import CaDirectory, LoadedCa
 from services.ca_service.api import CaApi, binding
 from services.ca_service.app.authorities import Authorities
@@ -132,7 +131,7 @@ def open_runtime(
     namespace: str = "ca",
 ) -> CaRuntime:
     """Wire the use cases on the store STORE_URL names (writes group-committed)."""
-    store = BatchingStore(open_store(store_url, namespace=namespace, state_dir=state_dir, clock=clock))
+    store = GroupCommitStore(open_store(store_url, namespace=namespace, state_dir=state_dir, clock=clock))
     authorities = Authorities(loaded.hierarchy, loaded.delegates)
     journal = Journal(store, clock, feed_collection=REVOCATION_EVENTS)
     repository = CaRepository(store)

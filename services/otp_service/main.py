@@ -35,8 +35,7 @@ from kagi.passwords import MIN_PEPPER_BYTES, PasswordHasher, Pepper
 from kagi.runtime.grpc_server import GrpcServer
 from kagi.runtime.management import ManagementListener, grpc_readiness, management_address, start_management
 from kagi.runtime.settings import Environment, ListenSettings, Secret, tls_files_from_env
-from kagi.store import KeyValueStore, check_at_start, open_store
-from services.otp_service.adapters.group_commit import GroupCommitStore
+from kagi.store import GroupCommitStore, KeyValueStore, check_at_start, open_store
 from services.otp_service.api import OtpApi, binding
 from services.otp_service.app.cache import DEFAULT_CACHE_SIZE
 from services.otp_service.app.use_cases import OtpService
@@ -139,7 +138,7 @@ class OtpSettings:
         )
 
     def groups_commits(self) -> bool:
-        """Groups_commits says whether concurrent commits share store rounds (adapters.group_commit)."""
+        """Groups_commits says whether concurrent writes share store rounds (kagi.store.group_commit)."""
         if self.group_commit is not None:
             return self.group_commit
         return self.store_url.partition(":")[0].lower() == "sqlite"
@@ -158,7 +157,7 @@ def build_service(
 ) -> OtpService:
     """build_service wires the use cases over an open store (the server, `kagi admin` and benchmarks share it).
 
-    When `settings.groups_commits()`, concurrent commits share store rounds (see adapters.group_commit);
+    When `settings.groups_commits()`, concurrent writes share store rounds (see kagi.store.group_commit);
     closing `store` remains the caller's job.
     """
     return OtpService(

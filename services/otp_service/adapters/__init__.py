@@ -1,1 +1,1 @@
-"""Adapters of the OTP service: group_commit, the store wrapper that shares one store round among concurrent commits."""
+"""Adapters of the OTP service (its store's group commit is the shared one, `kagi.store.group_commit`)."""

@@ -28,7 +28,7 @@ each process caches both records with their versions (cache.TokenCache) and deci
 A lost race inside one process first retries from the winner's cached records before going back to the store.
 After MAX_ATTEMPTS lost races in a row the request fails with ABORTED (reason CONTENDED).
 
-When the service groups commits (adapters.group_commit; the default on SQLite), concurrent verifications of
+When the service groups commits (kagi.store.group_commit; the default on SQLite), concurrent verifications of
 different tokens share one commit, so under load a verification costs less than one store round (about 0.2 per
 verification was measured on SQLite with 16 in flight: one fsync for several codes). Each keeps its own
 all-or-nothing, conditional outcome; the cache is keyed and checked exactly as above.
