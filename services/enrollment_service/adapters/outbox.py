@@ -1,5 +1,6 @@
-"""The durable mail outbox: mails are written in the same atomic commit as the step that causes them, and a
-sender delivers them, retrying with backoff while the mail server is down. A step never fails because mail is.
+"""The durable mail outbox's sender: mails are queued (repository `outbox_entry`) in the same atomic commit as
+the step that causes them, and the sender delivers them, retrying with backoff while the mail server is down. A
+step never fails because mail is.
 """
 
 from __future__ import annotations
@@ -7,20 +8,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import uuid
 from dataclasses import dataclass
 
 import structlog
 
 from kagi.clock import Clock
 from kagi.errors import Unavailable
-from kagi.store.base import Create, Entry, KeyValueStore, VersionMismatch
+from kagi.store.base import Entry, KeyValueStore, VersionMismatch
 from services.enrollment_service.adapters.mail import MailTransport, build_message
+from services.enrollment_service.app.repository import OUTBOX
 from services.enrollment_service.domain.messages import Mail
 
 log = structlog.get_logger("kagi.enrollment.outbox")
 
-COLLECTION = "outbox"
 MAX_BACKOFF_SECONDS = 300.0
 MAX_ATTEMPTS = 100
 PARALLEL_SENDS = 8
@@ -30,15 +30,8 @@ MIN_LEASE_SECONDS = 60.0
 LEASE_MARGIN_SECONDS = 30.0
 
 
-def outbox_entry(mail: Mail, now: float) -> Create:
-    """outbox_entry is the store operation that queues `mail`; commit it together with the step's own writes."""
-    key = f"{int(now * 1000):015d}-{uuid.uuid4().hex}"
-    record = {"to": mail.to, "subject": mail.subject, "body": mail.body, "attempts": 0, "next_attempt_at": now}
-    return Create(COLLECTION, key, json.dumps(record).encode())
-
-
 def lease_for(transport: MailTransport) -> float:
-    """lease_for is how long a claimed mail stays the claimer's: the transport's longest send plus a margin."""
+    """Return how long a claimed mail stays the claimer's: the transport's longest send plus a margin."""
     longest = float(getattr(transport, "max_send_seconds", 0.0))
     return max(MIN_LEASE_SECONDS, longest + LEASE_MARGIN_SECONDS)
 
@@ -58,7 +51,7 @@ class OutboxSender:
             self.lease_seconds = lease_for(self.transport)
 
     async def deliver_due(self) -> int:
-        """Deliver_due sends every mail whose time has come and returns how many were delivered."""
+        """Send every mail whose time has come; return how many were delivered."""
         delivered = 0
         token = ""
         # Mails go out side by side (a slow mail server must not hold the whole queue), a few at a time.
@@ -69,7 +62,7 @@ class OutboxSender:
                 return await self._deliver(entry)
 
         while True:
-            page = await self.store.list(COLLECTION, page_size=100, page_token=token)
+            page = await self.store.list(OUTBOX, page_size=100, page_token=token)
             delivered += sum(await asyncio.gather(*(deliver(entry) for entry in page.entries)))
             token = page.next_page_token
             if not token:
@@ -88,7 +81,7 @@ class OutboxSender:
             record["dead"] = True
         try:
             claimed = await self.store.compare_and_swap(
-                COLLECTION, entry.key, json.dumps(record).encode(), version=entry.version
+                OUTBOX, entry.key, json.dumps(record).encode(), version=entry.version
             )
         except VersionMismatch:
             return 0  # another sender has it
@@ -104,16 +97,16 @@ class OutboxSender:
             record["next_attempt_at"] = now + backoff
             with contextlib.suppress(VersionMismatch):
                 await self.store.compare_and_swap(
-                    COLLECTION, entry.key, json.dumps(record).encode(), version=claimed.version
+                    OUTBOX, entry.key, json.dumps(record).encode(), version=claimed.version
                 )
             return 0
         with contextlib.suppress(VersionMismatch):
-            await self.store.delete(COLLECTION, entry.key, version=claimed.version)
+            await self.store.delete(OUTBOX, entry.key, version=claimed.version)
         log.info("mail sent", outbox_key=entry.key)
         return 1
 
     async def run(self, stop: asyncio.Event, *, interval: float = 1.0) -> None:
-        """Run delivers due mails every `interval` seconds until `stop` is set; store outages are waited out."""
+        """Deliver due mails every `interval` seconds until `stop` is set; store outages are waited out."""
         while not stop.is_set():
             try:
                 await self.deliver_due()

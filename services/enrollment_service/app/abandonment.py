@@ -25,37 +25,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 
 from kagi.clock import Clock
-from kagi.errors import Aborted, FailedPrecondition, InvalidArgument, KagiError, NotFound, Unavailable
-from kagi.store.base import Create, Delete, Entry, KeyExists, Operation, StoreUnavailable, VersionMismatch
+from kagi.errors import ConcurrentChange, FailedPrecondition, InvalidArgument, KagiError, NotFound, Unavailable
+from kagi.store.base import Entry, KeyExists, Operation, StoreUnavailable, VersionMismatch
 from services.enrollment_service.app.ports import CertificateAuthority, RevocationReason, TokenService
 from services.enrollment_service.app.repository import (
-    ABANDONED_ENROLLMENTS,
-    ABANDONED_RETENTION,
-    ENROLLMENTS,
-    ENROLLMENTS_BY_APP,
-    ENROLLMENTS_EXPIRING,
-    LOGIN_IDS,
-    USER_CERTIFICATES,
-    USERS,
     EnrollmentRepository,
+    TimedEntry,
     abandonment_markers,
-    app_key,
+    cleanup_finished,
+    delete_user,
+    drop_abandonment_markers,
+    drop_app_index,
+    drop_certificate_owner,
+    drop_stale_marker,
+    drop_user_indexes,
     expiring_entry,
-    key_time,
     put_enrollment,
     put_user,
-    timed_key,
+    release_login_id,
+    reserve_login_id,
     user_indexes,
 )
-from services.enrollment_service.domain.records import Cleanup, Enrollment, account_key, load_enrollment
+from services.enrollment_service.domain.records import Cleanup, Enrollment, account_key
 from services.enrollment_service.domain.states import IN_PROGRESS, Event, State
-from services.enrollment_service.domain.users import User, load_user
+from services.enrollment_service.domain.users import User
 
 log = structlog.get_logger("kagi.enrollment.sweeper")
 
@@ -63,9 +62,6 @@ ABANDONED_STATES = frozenset({State.CANCELLED, State.EXPIRED})
 DEFAULT_RETENTION_SECONDS = 90 * 86400
 # Bounds the clean-up a cancellation does before it answers; the sweeper finishes whatever is left.
 INLINE_CLEANUP_SECONDS = 5.0
-SWEEPER_STATE = "sweeper-state"
-_BACKFILLED = "expiring-index-v1"
-_PAGE = 200
 
 
 @dataclass(frozen=True)
@@ -80,8 +76,8 @@ class SweepReport:
 
 
 def revocation_request_id(enrollment_id: str, what: str, credential_id: str) -> str:
-    """revocation_request_id is the idempotency key of revoking one credential of an abandoned enrollment: the
-    same on every retry, by any replica, so a retry after a crash revokes nothing twice."""
+    """Return the idempotency key of revoking one credential of an abandoned enrollment: the same on every
+    retry, by any replica, so a retry after a crash revokes nothing twice."""
     return f"abandon/{enrollment_id}/{what}/{credential_id}"
 
 
@@ -101,7 +97,6 @@ class AbandonedSetups:
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
     ) -> None:
         self._repo = repository
-        self._store = repository.store
         self._ca = ca
         self._otp = otp
         self._clock = clock
@@ -116,8 +111,8 @@ class AbandonedSetups:
     # -- the sweeper ------------------------------------------------------------------------------------------
 
     async def sweep(self) -> SweepReport:
-        """Sweep is one pass: expire the idle, finish every pending clean-up, erase what the retention ended."""
-        await self._backfill_once()
+        """Run one pass: expire the idle, finish every pending clean-up, erase what the retention ended."""
+        await self._repo.backfill_expiring_index()
         expired = await self.expire_due()
         cleaned = await self.clean_up_pending()
         erased = await self.erase_due()
@@ -129,7 +124,7 @@ class AbandonedSetups:
         return SweepReport(expired, cleaned, erased, maintained)
 
     async def run(self, stop: asyncio.Event, *, interval: float) -> None:
-        """Run sweeps every `interval` seconds until `stop` is set; outages are waited out, errors logged."""
+        """Sweep every `interval` seconds until `stop` is set; outages are waited out, errors logged."""
         while not stop.is_set():
             try:
                 await self.sweep()
@@ -142,10 +137,10 @@ class AbandonedSetups:
                 await asyncio.wait_for(stop.wait(), interval)
 
     async def expire_due(self) -> int:
-        """Expire_due writes EXPIRED (and the clean-up markers) for every enrollment idle past its expiry."""
+        """Write EXPIRED (and the clean-up markers) for every enrollment idle past its expiry."""
         now = self._clock.now()
         expired = 0
-        async for entry in self._due(ENROLLMENTS_EXPIRING, now):
+        async for entry in self._repo.expiring_due(now):
             try:
                 expired += await self._expire(entry, now)
             except StoreUnavailable:
@@ -155,27 +150,22 @@ class AbandonedSetups:
         return expired
 
     async def clean_up_pending(self) -> int:
-        """Clean_up_pending finishes the clean-up of every abandoned enrollment that still has one."""
+        """Finish the clean-up of every abandoned enrollment that still has one."""
         cleaned = 0
-        token = ""
-        while True:
-            page = await self._store.list(ABANDONED_ENROLLMENTS, page_size=_PAGE, page_token=token)
-            for entry in page.entries:
-                try:
-                    cleaned += await self.clean_up(entry.key)
-                except StoreUnavailable:
-                    raise
-                except KagiError as exc:
-                    log.warning("clean-up deferred", enrollment_id=entry.key, error=exc.reason)
-            token = page.next_page_token
-            if not token:
-                return cleaned
+        async for enrollment_id in self._repo.abandoned_enrollment_ids():
+            try:
+                cleaned += await self.clean_up(enrollment_id)
+            except StoreUnavailable:
+                raise
+            except KagiError as exc:
+                log.warning("clean-up deferred", enrollment_id=enrollment_id, error=exc.reason)
+        return cleaned
 
     async def erase_due(self) -> int:
-        """Erase_due erases the personal data of every enrollment abandoned longer ago than the retention."""
+        """Erase the personal data of every enrollment abandoned longer ago than the retention."""
         now = self._clock.now()
         erased = 0
-        async for entry in self._due(ABANDONED_RETENTION, now - self._retention):
+        async for entry in self._repo.retention_due(now - self._retention):
             try:
                 erased += await self._erase(entry, now)
             except StoreUnavailable:
@@ -184,96 +174,50 @@ class AbandonedSetups:
                 log.warning("erasure deferred", index_key=entry.key, error=exc.reason)
         return erased
 
-    async def _due(self, collection: str, until: float) -> AsyncIterator[Entry]:
-        """Yield the entries of a time index filed at or before `until`, oldest first."""
-        token = ""
-        while True:
-            page = await self._store.list(collection, page_size=_PAGE, page_token=token)
-            for entry in page.entries:
-                if key_time(entry.key) > until:
-                    return
-                yield entry
-            token = page.next_page_token
-            if not token:
-                return
-
-    async def _expire(self, entry: Entry, now: float) -> int:
-        enrollment_id = entry.key.split("/", 1)[1]
-        done_with_entry = Delete(ENROLLMENTS_EXPIRING, entry.key, version=entry.version)
-        found = await self._store.get(ENROLLMENTS, enrollment_id)
-        record = load_enrollment(found.value) if found is not None else None
-        if found is None or record is None or record.state not in IN_PROGRESS | {State.LOCKED}:
+    async def _expire(self, entry: TimedEntry, now: float) -> int:
+        enrollment_id = entry.enrollment_id
+        found = await self._repo.find_enrollment(enrollment_id)
+        if found is None or found.record.state not in IN_PROGRESS | {State.LOCKED}:
             with contextlib.suppress(VersionMismatch):
-                await self._store.commit([done_with_entry])
+                await self._repo.commit([entry.removal()])
             return 0
+        record = found.record
         if record.state is State.LOCKED:
             # No expiry while locked; watch it again an idle period from now, when an unlock may have resumed it.
-            await self._refile(entry, now + self._idle, enrollment_id)
+            await self._repo.refile_expiring(entry, now + self._idle)
             return 0
         if now < record.expires_at:
-            await self._refile(entry, record.expires_at, enrollment_id)  # a step was taken since
+            await self._repo.refile_expiring(entry, record.expires_at)  # a step was taken since
             return 0
         expired = record.abandoned(Event.EXPIRE, now)
         try:
-            await self._store.commit(
-                [put_enrollment(expired, found.version), done_with_entry, *abandonment_markers(expired)]
+            await self._repo.commit(
+                [put_enrollment(expired, found.version), entry.removal(), *abandonment_markers(expired)]
             )
         except (VersionMismatch, KeyExists):
             return 0  # a step, a cancellation or another sweeper got there first: the next pass decides again
         log.info("enrollment expired", enrollment_id=enrollment_id, expired_from=record.state.value)
         return 1
 
-    async def _refile(self, entry: Entry, due: float, enrollment_id: str) -> None:
-        new_key = timed_key(due, enrollment_id)
-        if new_key == entry.key:
-            return
-        old = Delete(ENROLLMENTS_EXPIRING, entry.key, version=entry.version)
-        try:
-            await self._store.commit([old, Create(ENROLLMENTS_EXPIRING, new_key, b"")])
-        except KeyExists:
-            with contextlib.suppress(VersionMismatch):
-                await self._store.commit([old])  # already filed there
-        except VersionMismatch:
-            pass  # another sweeper moved it
-
-    async def _backfill_once(self) -> None:
-        """File every enrollment in progress that predates the expiry index, once per store."""
-        if await self._store.get(SWEEPER_STATE, _BACKFILLED) is not None:
-            return
-        token = ""
-        while True:
-            page = await self._store.list(ENROLLMENTS, page_size=_PAGE, page_token=token)
-            for entry in page.entries:
-                record = load_enrollment(entry.value)
-                if record.state in IN_PROGRESS | {State.LOCKED}:
-                    with contextlib.suppress(KeyExists):
-                        await self._store.commit([expiring_entry(record)])
-            token = page.next_page_token
-            if not token:
-                break
-        with contextlib.suppress(KeyExists):
-            await self._store.create(SWEEPER_STATE, _BACKFILLED, b"")
-
     # -- the clean-up -----------------------------------------------------------------------------------------
 
     async def clean_up(self, enrollment_id: str) -> int:
-        """Clean_up finishes the clean-up of one abandoned enrollment: 1 when it finished now, else 0.
+        """Finish the clean-up of one abandoned enrollment: 1 when it finished now, else 0.
 
         Idempotent: after any failure (the CA or OTP service down, a crash) calling it again carries on.
         """
-        entry = await self._store.get(ENROLLMENTS, enrollment_id)
-        marker = await self._store.get(ABANDONED_ENROLLMENTS, enrollment_id)
-        record = load_enrollment(entry.value) if entry is not None else None
-        if entry is None or record is None or not _cleaning(record):
+        found = await self._repo.find_enrollment(enrollment_id)
+        marker = await self._repo.cleanup_marker(enrollment_id)
+        if found is None or not _cleaning(found.record):
             if marker is not None:  # nothing (left) to clean: the marker is stale
                 with contextlib.suppress(VersionMismatch):
-                    await self._store.delete(ABANDONED_ENROLLMENTS, enrollment_id, version=marker.version)
+                    await self._repo.commit([drop_stale_marker(enrollment_id, marker)])
             return 0
-        version = entry.version
+        record, version = found.record, found.version
         if record.cleanup is Cleanup.PENDING:
             claimed = record.with_cleanup(Cleanup.REVOKING, self._clock.now())
             try:
-                written = await self._store.commit([put_enrollment(claimed, version)])
+                written = await self._repo.commit([put_enrollment(claimed, version)])
             except VersionMismatch:
                 return 0  # re-opened, or claimed by another replica: the next pass looks again
             record, version = claimed, _version(written[0])
@@ -281,18 +225,18 @@ class AbandonedSetups:
         now = self._clock.now()
         operations: list[Operation] = [
             put_enrollment(record.with_cleanup(Cleanup.DONE, now), version),
-            Delete(ABANDONED_ENROLLMENTS, enrollment_id),
+            cleanup_finished(enrollment_id),
             *await self._release(record),
         ]
         try:
-            await self._store.commit(operations)
+            await self._repo.commit(operations)
         except (VersionMismatch, KeyExists):
             return 0  # re-opened meanwhile (its credentials are revoked all the same) or another replica finished
         log.info("abandoned enrollment cleaned up", enrollment_id=enrollment_id, state=record.state.value)
         return 1
 
     async def clean_up_now(self, enrollment_id: str) -> None:
-        """Clean_up_now tries the clean-up at once (after a cancellation), within a bound; whatever fails or is
+        """Try the clean-up at once (after a cancellation), within a bound; whatever fails or is
         left is finished by the sweeper, which the durable marker points at."""
         try:
             await asyncio.wait_for(self.clean_up(enrollment_id), INLINE_CLEANUP_SECONDS)
@@ -340,10 +284,10 @@ class AbandonedSetups:
         """Whether the enrollment's user is one it created and that never completed a setup, so that every
         credential of that user is the abandoned setup's (a user released already was). A reissue enrollment's
         user is not: of that user's credentials only those this enrollment issued are revoked."""
-        found = await self._store.get(USERS, record.user_id)
+        found = await self._repo.find_user(record.user_id)
         if found is None:
             return True
-        user = load_user(found.value)
+        user = found.record
         return user.enrollment_id == record.enrollment_id and not user.setup_complete
 
     async def _issued_here(self, record: Enrollment) -> bool:
@@ -359,48 +303,46 @@ class AbandonedSetups:
         """Whether the enrollment's token was created by its own step 7 (the app index says so)."""
         if not record.service_id:
             return False
-        entry = await self._store.get(ENROLLMENTS_BY_APP, app_key(record.service_id, record.app_user_id))
-        return entry is not None and entry.value.decode() == record.enrollment_id
+        indexed = await self._repo.enrollment_id_for_app(record.service_id, record.app_user_id)
+        return indexed == record.enrollment_id
 
     async def _release(self, record: Enrollment) -> list[Operation]:
         """The operations that release what the enrollment reserved: its index entries and, the setup having
         never completed, the user it created with the user's login ID and listing entries."""
         operations: list[Operation] = []
         if record.service_id:
-            operations.append(Delete(ENROLLMENTS_BY_APP, app_key(record.service_id, record.app_user_id)))
+            operations.append(drop_app_index(record.service_id, record.app_user_id))
         if record.certificate_fingerprint:
             owner = await self._repo.certificate_owner(record.certificate_fingerprint)
             if owner is not None and owner.enrollment_id == record.enrollment_id:
-                operations.append(Delete(USER_CERTIFICATES, record.certificate_fingerprint.lower()))
+                operations.append(drop_certificate_owner(record.certificate_fingerprint))
         if not record.user_id:
             return operations
-        found = await self._store.get(USERS, record.user_id)
+        found = await self._repo.find_user(record.user_id)
         if found is None:
             return operations
-        user = load_user(found.value)
+        user = found.record
         if user.enrollment_id != record.enrollment_id or user.setup_complete:
             return operations  # not this setup's to release
-        operations.append(Delete(USERS, user.user_id, version=found.version))
-        operations += [Delete(op.collection, op.key) for op in user_indexes(user)]
-        login = await self._store.get(LOGIN_IDS, user.login_id)
-        if login is not None and login.value.decode() == user.user_id:
-            operations.append(Delete(LOGIN_IDS, user.login_id, version=login.version))
+        operations.append(delete_user(user.user_id, found.version))
+        operations += drop_user_indexes(user)
+        login = await self._repo.login_id_holder(user.login_id)
+        if login is not None and login.record == user.user_id:
+            operations.append(release_login_id(user.login_id, login.version))
         return operations
 
     # -- the retention ----------------------------------------------------------------------------------------
 
-    async def _erase(self, entry: Entry, now: float) -> int:
-        enrollment_id = entry.key.split("/", 1)[1]
-        done_with_entry = Delete(ABANDONED_RETENTION, entry.key, version=entry.version)
-        found = await self._store.get(ENROLLMENTS, enrollment_id)
-        record = load_enrollment(found.value) if found is not None else None
-        if found is None or record is None or record.state not in ABANDONED_STATES or record.personal_data_erased:
+    async def _erase(self, entry: TimedEntry, now: float) -> int:
+        enrollment_id = entry.enrollment_id
+        found = await self._repo.find_enrollment(enrollment_id)
+        if found is None or found.record.state not in ABANDONED_STATES or found.record.personal_data_erased:
             with contextlib.suppress(VersionMismatch):
-                await self._store.commit([done_with_entry])
+                await self._repo.commit([entry.removal()])
             return 0
         try:
-            await self._store.commit(
-                [put_enrollment(record.without_personal_data(now), found.version), done_with_entry]
+            await self._repo.commit(
+                [put_enrollment(found.record.without_personal_data(now), found.version), entry.removal()]
             )
         except VersionMismatch:
             return 0  # the clean-up moved it on meanwhile: the next pass erases it
@@ -410,7 +352,7 @@ class AbandonedSetups:
     # -- the operator -----------------------------------------------------------------------------------------
 
     async def reopen(self, enrollment_id: str) -> Enrollment:
-        """Reopen re-opens an EXPIRED enrollment with a fresh idle timeout (the operator's decision).
+        """Re-open an EXPIRED enrollment with a fresh idle timeout (the operator's decision).
 
         Before the clean-up began it resumes in the state it expired from, credentials and all. Once it began,
         the certificate and the token are (or are made) revoked and it resumes at REGISTERED, so that step 4
@@ -428,10 +370,7 @@ class AbandonedSetups:
         resumed = view.reopened(now, self._idle, credentials_revoked=revoked)
         operations: list[Operation] = [put_enrollment(resumed, current.version), expiring_entry(resumed)]
         if stored.cleanup is not Cleanup.NONE:
-            operations += [
-                Delete(ABANDONED_ENROLLMENTS, enrollment_id),
-                Delete(ABANDONED_RETENTION, timed_key(stored.abandoned_at, enrollment_id)),
-            ]
+            operations += drop_abandonment_markers(stored)
         reserving: list[Operation] = []
         if revoked:
             # Finish what the clean-up began, so that nothing of the old credentials survives the re-opening.
@@ -440,28 +379,27 @@ class AbandonedSetups:
             if stored.user_id:
                 reserving = await self._reserve_user(stored, now)
         try:
-            await self._store.commit([*operations, *reserving])
+            await self._repo.commit([*operations, *reserving])
         except KeyExists:
             if reserving and await self._repo.login_id_taken(stored.login_id):
                 raise _login_id_taken(stored.login_id) from None
-            raise Aborted("the enrollment changed concurrently; retry", reason="CONCURRENT_UPDATE") from None
+            raise ConcurrentChange("the enrollment changed concurrently; retry") from None
         except VersionMismatch:
-            raise Aborted("the enrollment changed concurrently; retry", reason="CONCURRENT_UPDATE") from None
+            raise ConcurrentChange("the enrollment changed concurrently; retry") from None
         log.info("enrollment re-opened", enrollment_id=enrollment_id, state=resumed.state.value)
         return resumed
 
     async def _release_old_credentials(self, record: Enrollment) -> list[Operation]:
         operations: list[Operation] = []
         if record.service_id:
-            operations.append(Delete(ENROLLMENTS_BY_APP, app_key(record.service_id, record.app_user_id)))
+            operations.append(drop_app_index(record.service_id, record.app_user_id))
         if record.certificate_fingerprint:
-            operations.append(Delete(USER_CERTIFICATES, record.certificate_fingerprint.lower()))
+            operations.append(drop_certificate_owner(record.certificate_fingerprint))
         return operations
 
     async def _reserve_user(self, record: Enrollment, now: float) -> list[Operation]:
         """Keep the enrollment's user, or create it again with its login ID if the clean-up released them."""
-        found = await self._store.get(USERS, record.user_id)
-        if found is not None:
+        if await self._repo.find_user(record.user_id) is not None:
             return []
         if await self._repo.login_id_taken(record.login_id):
             raise _login_id_taken(record.login_id)
@@ -484,7 +422,7 @@ class AbandonedSetups:
             account=account_key(application.branch_code, application.account_type, application.account_number),
             created_at=now,
         )
-        return [Create(LOGIN_IDS, user.login_id, user.user_id.encode()), put_user(user, None), *user_indexes(user)]
+        return [reserve_login_id(user.login_id, user.user_id), put_user(user, None), *user_indexes(user)]
 
 
 def _cleaning(record: Enrollment) -> bool:

@@ -9,28 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
 from kagi.clock import Clock
-from kagi.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated
+from kagi.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated
 from kagi.journal import AuditEvent, Change, Journal
 from kagi.passwords import PasswordHasher
-from kagi.store.base import Create, Delete, Operation, Replace, VersionMismatch
-from services.enrollment_service.adapters.outbox import outbox_entry
+from kagi.store.base import Operation, VersionMismatch
+from kagi.store.races import retry_lost_races
 from services.enrollment_service.app.ports import CertificateAuthority, TokenService
 from services.enrollment_service.app.repository import (
-    CERTIFICATE_EXPIRIES,
-    PASSWORD_RESETS,
-    RENEWALS,
+    CertificateExpiry,
     CertificateOwner,
     EnrollmentRepository,
+    Renewal,
+    ResetTicket,
     Versioned,
-    certificate_expiry_key,
     certificate_owner_record,
+    drop_certificate_expiry,
+    drop_reset_ticket,
+    outbox_entry,
+    put_certificate_expiry,
+    put_reset_ticket,
     put_user,
+    renewal_record,
 )
 from services.enrollment_service.app.users import MSG_WRONG_CONFIRMATION, UserSessions, WrongConfirmationPassword
 from services.enrollment_service.domain.client_certificates import ClientCertificate, check_new_key, not_after
@@ -45,7 +49,6 @@ from services.enrollment_service.domain.rules import validate_new_password, vali
 from services.enrollment_service.domain.sessions import MSG_LOGIN_FAILED, LoginFailed, check_user_id
 from services.enrollment_service.domain.users import MSG_LOCKED, PasswordKind, User, UserLocked
 
-_CAS_RETRIES = 20
 DAY = 86400.0
 MAX_RESET_FAILURES = 5
 MSG_SAME_AS_OTHER = (
@@ -150,23 +153,17 @@ class CredentialLifecycle:
         temporary = temporary_password()
         digest = await asyncio.to_thread(self._hasher.hash, temporary)
         expires_at = self._clock.now() + self._policy.reset_notice_days * DAY
-        ticket = json.dumps({"hash": digest, "expires_at": expires_at, "failures": 0}).encode()
-        for _ in range(_CAS_RETRIES):
-            current = await self._repo.user(user_id)
-            existing = await self._repo.store.get(PASSWORD_RESETS, _reset_key(user_id, kind))
-            ticket_op: Operation = (
-                Create(PASSWORD_RESETS, _reset_key(user_id, kind), ticket)
-                if existing is None
-                else Replace(PASSWORD_RESETS, _reset_key(user_id, kind), ticket, existing.version)
-            )
+        ticket = ResetTicket(user_id, kind, digest, expires_at)
+
+        async def issue() -> ResetNotice:
+            current, existing = await asyncio.gather(self._repo.user(user_id), self._repo.reset_ticket(user_id, kind))
+            ticket_op = put_reset_ticket(ticket, existing.version if existing is not None else None)
             event = AuditEvent(actor, "password.reset.issue", user_id, {"kind": kind.value})
             ended = current.record.sessions_ended()
-            try:
-                await self._journal.submit(Change([put_user(ended, current.version), ticket_op], [event]))
-            except VersionMismatch:
-                continue
+            await self._journal.submit(Change([put_user(ended, current.version), ticket_op], [event]))
             return ResetNotice(ended, kind, temporary, expires_at)
-        raise Aborted("the user changed concurrently; retry", reason="CONCURRENT_UPDATE")
+
+        return await retry_lost_races(issue, what="the user")
 
     async def reset_password(
         self,
@@ -186,19 +183,17 @@ class CredentialLifecycle:
         validate_new_password(
             login_id=user.login_id, new_password=new_password, new_password_confirmation=new_password_confirmation
         )
-        key = _reset_key(user.user_id, kind)
-        entry = await self._repo.store.get(PASSWORD_RESETS, key)
-        ticket = json.loads(entry.value) if entry is not None else None
-        if entry is None or ticket is None or ticket["expires_at"] <= self._clock.now():
+        ticket = await self._repo.reset_ticket(user.user_id, kind)
+        if ticket is None or ticket.record.expires_at <= self._clock.now():
             raise NotFound(MSG_NO_RESET, reason="NO_RESET_NOTICE")
-        if not await asyncio.to_thread(self._hasher.verify, ticket["hash"], temporary):
-            failures = int(ticket["failures"]) + 1
+        if not await asyncio.to_thread(self._hasher.verify, ticket.record.password_hash, temporary):
+            failures = ticket.record.failures + 1
             event = AuditEvent(actor, "password.reset.refused", user.user_id, {"kind": kind.value})
             spent = failures >= MAX_RESET_FAILURES
-            op: Operation = (
-                Delete(PASSWORD_RESETS, key, version=entry.version)
+            op = (
+                drop_reset_ticket(ticket)
                 if spent
-                else Replace(PASSWORD_RESETS, key, json.dumps({**ticket, "failures": failures}).encode(), entry.version)
+                else put_reset_ticket(replace(ticket.record, failures=failures), ticket.version)
             )
             with contextlib.suppress(VersionMismatch):  # another attempt counted meanwhile: refused all the same
                 await self._journal.submit(Change([op], [event]))
@@ -219,7 +214,7 @@ class CredentialLifecycle:
             new_password,
             actor,
             "password.reset",
-            extra=[Delete(PASSWORD_RESETS, key, version=entry.version)],
+            extra=[drop_reset_ticket(ticket)],
         )
 
     async def _set_password(
@@ -242,7 +237,8 @@ class CredentialLifecycle:
                 MSG_SAME_AS_OTHER, reason="INVALID_PASSWORD", fields={"new_password": MSG_SAME_AS_OTHER}
             )
         now = self._clock.now()
-        for _ in range(_CAS_RETRIES):
+
+        async def change() -> User:
             current = await self._repo.user(user.user_id)
             changed = current.record.with_new_password(kind, digest)
             mail = password_changed_mail(
@@ -253,14 +249,12 @@ class CredentialLifecycle:
                 contact=self._policy.contact_text,
             )
             event = AuditEvent(actor, action, user.user_id, {"kind": kind.value})
-            try:
-                await self._journal.submit(
-                    Change([put_user(changed, current.version), outbox_entry(mail, now), *(extra or [])], [event])
-                )
-            except VersionMismatch:
-                continue
+            await self._journal.submit(
+                Change([put_user(changed, current.version), outbox_entry(mail, now), *(extra or [])], [event])
+            )
             return changed
-        raise Aborted("the user changed concurrently; retry", reason="CONCURRENT_UPDATE")
+
+        return await retry_lost_races(change, what="the user")
 
     # -- certificates -----------------------------------------------------------------------------------------
 
@@ -310,23 +304,20 @@ class CredentialLifecycle:
         )
         now = self._clock.now()
         fingerprint = issued.fingerprint_sha256.lower()
-        new_expiry = not_after(issued.certificate_pem)
-        renewal = {
-            "old_serial": certificate.serial_number,
-            "old_fingerprint": certificate.fingerprint_sha256.lower(),
-            "deadline": now + self._policy.superseded_grace_days * DAY,
-            "user_id": user.user_id,
-        }
+        renewal = Renewal(
+            new_fingerprint=fingerprint,
+            old_serial=certificate.serial_number,
+            old_fingerprint=certificate.fingerprint_sha256,
+            deadline=now + self._policy.superseded_grace_days * DAY,
+            user_id=user.user_id,
+        )
+        expiry = CertificateExpiry(not_after(issued.certificate_pem), fingerprint, user.user_id, issued.serial_number)
         operations: list[Operation] = [
             certificate_owner_record(
                 fingerprint, CertificateOwner(user.user_id, owner.enrollment_id, issued.serial_number)
             ),
-            Create(RENEWALS, fingerprint, json.dumps(renewal).encode()),
-            Create(
-                CERTIFICATE_EXPIRIES,
-                certificate_expiry_key(new_expiry, fingerprint),
-                json.dumps({"user_id": user.user_id, "serial": issued.serial_number, "reminded": []}).encode(),
-            ),
+            renewal_record(renewal),
+            put_certificate_expiry(expiry, None),
         ]
         event = AuditEvent(
             actor, "certificate.renew", user.user_id, {"old": certificate.serial_number, "new": issued.serial_number}
@@ -342,64 +333,54 @@ class CredentialLifecycle:
     async def _remind(self) -> int:
         now = self._clock.now()
         horizon = now + max(self._policy.reminder_days) * DAY
-        done, token = 0, ""
-        while True:
-            page = await self._repo.store.list(CERTIFICATE_EXPIRIES, page_size=100, page_token=token)
-            for entry in page.entries:
-                expires = float(entry.key.split("/", 1)[0])
+        done = 0
+        async with contextlib.aclosing(self._repo.certificate_expiries()) as expiries:
+            async for expiry in expiries:
+                expires, reminded = expiry.record.expires_at, expiry.record.reminded
                 if expires > horizon:
-                    return done
-                record = json.loads(entry.value)
+                    break  # filed by expiry: every later one is further off
                 if expires <= now:
-                    await self._repo.store.delete(CERTIFICATE_EXPIRIES, entry.key, version=entry.version)
+                    await self._repo.commit([drop_certificate_expiry(expiry)])
                     continue
-                due = [
-                    d for d in self._policy.reminder_days if expires - now <= d * DAY and d not in record["reminded"]
-                ]
-                if not due:
-                    continue
-                done += await self._send_reminder(entry.key, entry.version, record, expires, min(due), now)
-            token = page.next_page_token
-            if not token:
-                return done
+                due = [d for d in self._policy.reminder_days if expires - now <= d * DAY and d not in reminded]
+                if due:
+                    done += await self._send_reminder(expiry, min(due), now)
+        return done
 
-    async def _send_reminder(
-        self, key: str, version: int, record: dict[str, Any], expires: float, days: int, now: float
-    ) -> int:
+    async def _send_reminder(self, expiry: Versioned[CertificateExpiry], days: int, now: float) -> int:
+        record = expiry.record
         try:
-            user = (await self._repo.user(record["user_id"])).record
+            user = (await self._repo.user(record.user_id)).record
         except NotFound:
-            await self._repo.store.delete(CERTIFICATE_EXPIRIES, key, version=version)
+            await self._repo.commit([drop_certificate_expiry(expiry)])
             return 0
-        view = await self._ca.certificate(record["serial"])
+        view = await self._ca.certificate(record.serial_number)
         if not view.active:
-            await self._repo.store.delete(CERTIFICATE_EXPIRIES, key, version=version)
+            await self._repo.commit([drop_certificate_expiry(expiry)])
             return 0
-        reminded = sorted({*record["reminded"], *(d for d in self._policy.reminder_days if d >= days)})
+        reminded = tuple(sorted({*record.reminded, *(d for d in self._policy.reminder_days if d >= days)}))
         mail = renewal_reminder_mail(
             to=user.email,
             user_name=user.user_name,
-            expires_at=expires,
+            expires_at=record.expires_at,
             days_left=days,
             contact=self._policy.contact_text,
         )
-        updated = json.dumps({**record, "reminded": reminded}).encode()
+        updated = put_certificate_expiry(replace(record, reminded=reminded), expiry.version)
         try:
-            await self._repo.commit([Replace(CERTIFICATE_EXPIRIES, key, updated, version), outbox_entry(mail, now)])
+            await self._repo.commit([updated, outbox_entry(mail, now)])
         except VersionMismatch:
             return 0  # another replica sent it
         return 1
 
     async def _supersede_overdue(self) -> int:
-        now, done, token = self._clock.now(), 0, ""
-        while True:
-            page = await self._repo.store.list(RENEWALS, page_size=100, page_token=token)
-            for entry in page.entries:
-                if json.loads(entry.value)["deadline"] <= now:
-                    done += await self._sessions.supersede(entry.key, actor="kagi-enrollment", entry=entry)
-            token = page.next_page_token
-            if not token:
-                return done
+        now, done = self._clock.now(), 0
+        async for renewal in self._repo.renewals():
+            if renewal.record.deadline <= now:
+                done += await self._sessions.supersede(
+                    renewal.record.new_fingerprint, actor="kagi-enrollment", renewal=renewal
+                )
+        return done
 
     # -- tokens -----------------------------------------------------------------------------------------------
 
@@ -446,18 +427,15 @@ class CredentialLifecycle:
             at=now,
             contact=self._policy.contact_text,
         )
-        for _ in range(_CAS_RETRIES):
+
+        async def record_token() -> User:
             latest = await self._repo.user(user.user_id)
             changed = _with_token(latest.record, token.token_id)
             event = AuditEvent(actor, "token.reissue", user.user_id, {"token": token.token_id})
-            try:
-                await self._journal.submit(
-                    Change([put_user(changed, latest.version), outbox_entry(mail, now)], [event])
-                )
-            except VersionMismatch:
-                continue
+            await self._journal.submit(Change([put_user(changed, latest.version), outbox_entry(mail, now)], [event]))
             return changed
-        raise Aborted("the user changed concurrently; retry", reason="CONCURRENT_UPDATE")
+
+        return await retry_lost_races(record_token, what="the user")
 
     async def _without_session(
         self, certificate: ClientCertificate, login_id: str, login_password: str
@@ -511,10 +489,6 @@ class CredentialLifecycle:
 
     async def _update(self, user_id: str, change: Any, actor: str, action: str, details: dict[str, str]) -> User:
         return await self._sessions.update_user(user_id, change, actor, action, details)
-
-
-def _reset_key(user_id: str, kind: PasswordKind) -> str:
-    return f"{user_id}/{kind.value}"
 
 
 def _with_token(user: User, token_id: str) -> User:

@@ -8,15 +8,13 @@ writes everything it changed in one atomic commit conditioned on the version it 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from kagi.clock import Clock
 from kagi.errors import (
-    Aborted,
+    ConcurrentChange,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -27,8 +25,8 @@ from kagi.errors import (
 from kagi.idempotency import acting_request
 from kagi.passwords import PasswordHasher
 from kagi.runtime.failpoints import failpoint
-from kagi.store.base import Create, KeyExists, Operation, Replace, VersionMismatch
-from services.enrollment_service.adapters.outbox import outbox_entry
+from kagi.store.base import KeyExists, Operation, VersionMismatch
+from kagi.store.races import retry_lost_races
 from services.enrollment_service.app.abandonment import DEFAULT_RETENTION_SECONDS, AbandonedSetups
 from services.enrollment_service.app.ports import (
     AppActivation,
@@ -39,21 +37,21 @@ from services.enrollment_service.app.ports import (
     TokenService,
 )
 from services.enrollment_service.app.repository import (
-    APPLICATIONS_BY_ACCOUNT,
-    CERTIFICATE_EXPIRIES,
-    ENROLLMENTS_BY_APP,
-    LOGIN_IDS,
+    CertificateExpiry,
     CertificateOwner,
     EnrollmentRepository,
     Versioned,
     abandonment_markers,
-    app_key,
-    certificate_expiry_key,
     certificate_owner_record,
     expiring_entry,
+    index_app,
+    outbox_entry,
+    point_account,
     put_application,
+    put_certificate_expiry,
     put_enrollment,
     put_user,
+    reserve_login_id,
     user_indexes,
 )
 from services.enrollment_service.domain.client_certificates import ClientCertificate, not_after
@@ -92,8 +90,6 @@ ACTIVATION_ALREADY_DELIVERED = (
     " / this token's secret was already delivered and is never shown again: ask for a new token (during the"
     " setup, request the token again at step 7; after it, reissue the token)"
 )
-NOTICE_THROTTLE = "notice-throttle"
-_CAS_RETRIES = 20
 
 
 @dataclass(frozen=True)
@@ -122,7 +118,7 @@ class Notice:
 
 
 def activation_already_delivered() -> FailedPrecondition:
-    """activation_already_delivered is step 8's answer to a replay: the secret went out once; ask for a new token."""
+    """Return step 8's answer to a replay: the secret went out once; ask for a new token."""
     return FailedPrecondition(ACTIVATION_ALREADY_DELIVERED, reason="ACTIVATION_ALREADY_DELIVERED")
 
 
@@ -173,7 +169,7 @@ class EnrollmentService:
         reissue_for: str = "",
         extra: Sequence[Operation] = (),
     ) -> Notice:
-        """Register_application records an application and returns its temporary passwords, this once.
+        """Record an application and return its temporary passwords, this once.
 
         With `reissue_for` (a user id) it is a reissue notice: step 1 with it opens a reissue enrollment for that
         user. `extra` operations commit together with it.
@@ -200,24 +196,18 @@ class EnrollmentService:
             user_id=reissue_for,
         )
         account = account_key(branch_code, account_type, account_number)
-        for _ in range(_CAS_RETRIES):
-            # The account index points at the newest application: a company that re-applies gets a new notice.
-            index = await self._repo.store.get(APPLICATIONS_BY_ACCOUNT, account)
-            pointer = application.application_id.encode()
-            index_op: Operation = (
-                Create(APPLICATIONS_BY_ACCOUNT, account, pointer)
-                if index is None
-                else Replace(APPLICATIONS_BY_ACCOUNT, account, pointer, index.version)
-            )
-            try:
-                await self._repo.commit([put_application(application, None), index_op, *extra])
-            except (KeyExists, VersionMismatch):
-                continue
+
+        async def file() -> Notice:
+            # The account's pointer moves to the newest application: a company that re-applies gets a new notice.
+            index_version = await self._repo.account_index_version(account)
+            pointer = point_account(account, application.application_id, index_version)
+            await self._repo.commit([put_application(application, None), pointer, *extra])
             return Notice(application, login, confirmation)
-        raise Aborted("the account's application changed concurrently; retry", reason="CONCURRENT_UPDATE")
+
+        return await retry_lost_races(file, what="the account's application", on=(KeyExists, VersionMismatch))
 
     async def reissue_certificate(self, user_id: str, reason: RevocationReasonName) -> Notice:
-        """Reissue_certificate is a lost PC: the user's certificates are revoked, every session ends, and a reissue
+        """Reissue after a lost PC: the user's certificates are revoked, every session ends, and a reissue
         notice (the setup's shape) opens a new enrollment through steps 1, 4, 5 and 6 with the same login ID."""
         user = await self._repo.user(user_id)
         if not user.record.setup_complete:
@@ -238,11 +228,11 @@ class EnrollmentService:
         )
 
     async def list_applications(self, page_size: int, page_token: str) -> tuple[list[Application], str]:
-        """List_applications lists applications for operators."""
+        """List applications for operators."""
         return await self._repo.applications(page_size or 100, page_token)
 
     async def unlock_application(self, application_id: str) -> Application:
-        """Unlock_application lifts the lockout of an application, or of the enrollment registered with it."""
+        """Lift the lockout of an application, or of the enrollment registered with it."""
         current = await self._repo.application(application_id)
         application = current.record
         if application.state is ApplicationState.LOCKED:
@@ -269,7 +259,7 @@ class EnrollmentService:
         temporary_confirmation_password: str,
         client_address: str = "",
     ) -> tuple[Enrollment, str]:
-        """Verify_notice is step 1: returns a new enrollment and its session token (returned this once).
+        """Step 1: return a new enrollment and its session token (returned this once).
 
         Every failure (unknown account, used, expired or locked notice, wrong passwords) answers the same
         UNAUTHENTICATED NOTICE_MISMATCH after the same work (two argon2id verifies, as a real check), so neither
@@ -310,23 +300,29 @@ class EnrollmentService:
                 confirmation_password_hash=user.confirmation_password_hash,
                 token_id=user.token_id,
             )
-        for _ in range(_CAS_RETRIES):
-            self._check_application_open(found.record)  # the passwords were right: the precise reason
-            granted = replace(found.record, failures=0, verifications=found.record.verifications + 1)
+        checked: Versioned[Application] | None = found
+
+        async def grant() -> tuple[Enrollment, str]:
+            nonlocal checked
+            # The first grant is conditioned on the application as read before the hash check; a lost race
+            # reads it again (a wrong entry may have locked it meanwhile).
+            application = checked or await self._repo.application(found.record.application_id)
+            checked = None
+            self._check_application_open(application.record)  # the passwords were right: the precise reason
+            granted = replace(application.record, failures=0, verifications=application.record.verifications + 1)
             operations = [
                 put_enrollment(enrollment, None),
                 expiring_entry(enrollment),
-                put_application(granted, found.version),
+                put_application(granted, application.version),
             ]
             try:
                 await self._repo.commit(operations)
-            except VersionMismatch:
-                found = await self._repo.application(found.record.application_id)
-                continue
             except KeyExists:
-                raise Aborted("the enrollment changed concurrently; retry", reason="CONCURRENT_UPDATE") from None
+                # The new enrollment's own keys: nothing a retry could change.
+                raise ConcurrentChange("the enrollment changed concurrently; retry") from None
             return enrollment, token
-        raise Aborted("too many concurrent attempts; retry", reason="CONCURRENT_UPDATE")
+
+        return await retry_lost_races(grant, what="the application")
 
     async def check_notice(
         self,
@@ -338,9 +334,8 @@ class EnrollmentService:
         temporary_confirmation_password: str,
         client_address: str = "",
     ) -> Versioned[Application]:
-        """Check_notice is step 1's credential check (also run before a replay of step 1): the account's
-        application as read before the hash check, or the uniform NOTICE_MISMATCH, counted per client address
-        and per account."""
+        """Check step 1's credentials (also before a replay of step 1): return the account's application as read
+        before the hash check, or raise the uniform NOTICE_MISMATCH, counted per client address and per account."""
         validate_notice_entry(
             branch_code=branch_code,
             account_number=account_number,
@@ -384,16 +379,12 @@ class EnrollmentService:
                 "この通知書は使用済みです / this notice has already been used", reason="APPLICATION_USED"
             )
 
-    def _address_key(self, client_address: str) -> str:
-        return hashlib.sha256(client_address.encode()).hexdigest()[:40]
-
     async def _check_address(self, client_address: str) -> None:
         """Refuse an address over its failure budget before its entry can count against an account."""
         limit = self._policy.notice_failures_per_address
         if not client_address or limit <= 0:
             return
-        entry = await self._repo.store.get(NOTICE_THROTTLE, self._address_key(client_address))
-        if entry is not None and int(entry.value) >= limit:
+        if await self._repo.notice_failures(client_address) >= limit:
             raise ResourceExhausted(
                 "誤入力が続いたため、しばらくしてからお試しください"
                 " / too many failed attempts from this address: wait a few minutes and try again",
@@ -406,10 +397,8 @@ class EnrollmentService:
         uniform NOTICE_MISMATCH (the fifth counted failure locks the application, but says so only to the right
         passwords). A wrong entry that raced a grant (the application was read before it) is not counted."""
         if client_address and self._policy.notice_failures_per_address > 0:
-            await self._repo.store.increment(
-                NOTICE_THROTTLE,
-                self._address_key(client_address),
-                ttl=self._policy.notice_address_window_seconds,
+            await self._repo.count_notice_failure(
+                client_address, window_seconds=self._policy.notice_address_window_seconds
             )
         if found is not None:
             await self._count_notice_failure(found)
@@ -417,24 +406,21 @@ class EnrollmentService:
         raise Unauthenticated(NOTICE_MISMATCH, reason="NOTICE_MISMATCH")
 
     async def _count_notice_failure(self, seen: Versioned[Application]) -> None:
-        for _ in range(_CAS_RETRIES):
+        async def count() -> None:
             current = await self._repo.application(seen.record.application_id)
             record = current.record
             if record.verifications != seen.record.verifications:
                 return  # a grant committed after this entry's read: the race goes to the right passwords
             if record.current_state(self._clock.now()) is not ApplicationState.OPEN:
                 return  # locked, used or expired: nothing left to count
-            try:
-                await self._repo.commit([put_application(record.with_failure(), current.version)])
-            except VersionMismatch:
-                continue
-            return
-        raise Aborted("too many concurrent attempts; retry", reason="CONCURRENT_UPDATE")
+            await self._repo.commit([put_application(record.with_failure(), current.version)])
+
+        await retry_lost_races(count, what="the application")
 
     # -- steps 2-4: the session token ------------------------------------------------------------------------
 
     async def submit_profile(self, enrollment_id: str, session: str, **entries: str) -> tuple[Enrollment, str]:
-        """Submit_profile is step 2; returns the enrollment and the company name for the summary."""
+        """Step 2: return the enrollment and the company name for the summary."""
         current = await self._session_enrollment(enrollment_id, session)
         enrollment = current.record
         if _answered(current):
@@ -462,7 +448,7 @@ class EnrollmentService:
         return advanced, application.record.company_name
 
     async def confirm_registration(self, enrollment_id: str, session: str) -> Enrollment:
-        """Confirm_registration is step 3: the user is created, the login ID reserved, the notice spent."""
+        """Step 3: create the user, reserve the login ID and spend the notice."""
         current = await self._session_enrollment(enrollment_id, session)
         enrollment = current.record
         if _answered(current):
@@ -489,7 +475,7 @@ class EnrollmentService:
             created_at=now,
         )
         operations: list[Operation] = [
-            Create(LOGIN_IDS, advanced.login_id, advanced.user_id.encode()),
+            reserve_login_id(advanced.login_id, advanced.user_id),
             put_user(user, None),
             *user_indexes(user),
             put_application(application.record.spent(enrollment.enrollment_id), application.version),
@@ -502,13 +488,13 @@ class EnrollmentService:
                 "入力内容に誤りがあります", reason="LOGIN_ID_TAKEN", fields={"login_id": MSG_TAKEN}
             ) from None
         except VersionMismatch:
-            raise Aborted("the enrollment changed concurrently; retry", reason="CONCURRENT_UPDATE") from None
+            raise ConcurrentChange("the enrollment changed concurrently; retry") from None
         return advanced
 
     async def issue_certificate(
         self, enrollment_id: str, session: str, csr_pem: str, request_id: str
     ) -> tuple[Enrollment, IssuedCertificate]:
-        """Issue_certificate is step 4: the CA signs the client's CSR for this user, and the session token of
+        """Step 4: the CA signs the client's CSR for this user, and the session token of
         steps 1-4 is retired (it then answers only a replay of this request).
 
         The CA call's idempotency key is derived from the enrollment and the version this call read, never from
@@ -562,7 +548,12 @@ class EnrollmentService:
             retired_session_digest=enrollment.session_digest,
         )
         owner = CertificateOwner(enrollment.user_id, enrollment.enrollment_id, advanced.certificate_serial)
-        expiry = {"user_id": enrollment.user_id, "serial": advanced.certificate_serial, "reminded": []}
+        expiry = CertificateExpiry(
+            not_after(certificate.certificate_pem),
+            advanced.certificate_fingerprint,
+            enrollment.user_id,
+            advanced.certificate_serial,
+        )
         spent: list[Operation] = []
         if enrollment.kind is Kind.REISSUE:
             spent = [put_application(application.record.spent(enrollment.enrollment_id), application.version)]
@@ -572,13 +563,7 @@ class EnrollmentService:
                     *spent,
                     put_enrollment(advanced, current.version),
                     certificate_owner_record(advanced.certificate_fingerprint, owner),
-                    Create(
-                        CERTIFICATE_EXPIRIES,
-                        certificate_expiry_key(
-                            not_after(certificate.certificate_pem), advanced.certificate_fingerprint
-                        ),
-                        json.dumps(expiry).encode(),
-                    ),
+                    put_certificate_expiry(expiry, None),
                 ]
             )
         except (VersionMismatch, KeyExists):
@@ -599,12 +584,12 @@ class EnrollmentService:
             reason=RevocationReason.CESSATION_OF_OPERATION,
             request_id=f"enrollment/{enrollment_id}/orphan/{serial}",
         )
-        raise Aborted("the enrollment changed concurrently; retry", reason="CONCURRENT_UPDATE")
+        raise ConcurrentChange("the enrollment changed concurrently; retry")
 
     # -- steps 5-7 and 10: the client certificate -------------------------------------------------------------
 
     async def certificate_login(self, enrollment_id: str, certificate: ClientCertificate) -> Enrollment:
-        """Certificate_login is step 5: the certificate issued in step 4 was presented, and is not revoked."""
+        """Step 5: the certificate issued in step 4 was presented, and is not revoked."""
         current = await self._certificate_enrollment(enrollment_id, certificate)
         if _answered(current):
             return current.record
@@ -617,7 +602,7 @@ class EnrollmentService:
         return advanced
 
     async def password_login(self, enrollment_id: str, certificate: ClientCertificate, password: str) -> Enrollment:
-        """Password_login is step 6: the login password, in the certificate's session; five failures lock."""
+        """Step 6: the login password, in the certificate's session; five failures lock."""
         current = await self._certificate_enrollment(enrollment_id, certificate)
         enrollment = current.record
         if _answered(current) and enrollment.password_failures == 0:
@@ -657,7 +642,7 @@ class EnrollmentService:
     async def request_token(
         self, enrollment_id: str, certificate: ClientCertificate, request_id: str, **entries: str
     ) -> Enrollment:
-        """Request_token is step 7: a pending token, and the mail with its IDs queued in the same commit."""
+        """Step 7: a pending token, and the mail with its IDs queued in the same commit."""
         current = await self._certificate_enrollment(enrollment_id, certificate)
         enrollment = current.record
         if _answered(current):
@@ -701,7 +686,7 @@ class EnrollmentService:
         await self._write(
             [
                 put_enrollment(advanced, current.version),
-                Create(ENROLLMENTS_BY_APP, app_key(token.service_id, token.app_user_id), enrollment_id.encode()),
+                index_app(token.service_id, token.app_user_id, enrollment_id),
                 outbox_entry(mail, now),
             ]
         )
@@ -712,7 +697,7 @@ class EnrollmentService:
     async def activate_app(
         self, *, service_id: str, app_user_id: str, usage_start_password: str, agreed: bool, request_id: str
     ) -> AppActivation:
-        """Activate_app is step 8: the OTP service checks the app's entry and delivers the seed, once."""
+        """Step 8: the OTP service checks the app's entry and delivers the seed, once."""
         current = await self._repo.enrollment_for_app(service_id, app_user_id)
         if current is not None:
             transition(current.record.current(self._clock.now()).state, Step.ACTIVATE_APP, current.record.kind)
@@ -735,7 +720,7 @@ class EnrollmentService:
     async def register_app(
         self, *, service_id: str, app_user_id: str, activation_id: str, request_id: str
     ) -> Enrollment | None:
-        """Register_app is step 9: the app stored the seed."""
+        """Step 9: the app stored the seed."""
         current = await self._repo.enrollment_for_app(service_id, app_user_id)
         if current is not None and _answered(current):
             return current.record
@@ -756,7 +741,7 @@ class EnrollmentService:
     async def verify_first_code(
         self, enrollment_id: str, certificate: ClientCertificate, code: str, request_id: str
     ) -> Enrollment:
-        """Verify_first_code is step 10: the app's first code; the token becomes active and setup completes."""
+        """Step 10: the app's first code; the token becomes active and setup completes."""
         current = await self._certificate_enrollment(enrollment_id, certificate)
         enrollment = current.record
         if _answered(current):
@@ -789,7 +774,7 @@ class EnrollmentService:
     # -- reading and cancelling -------------------------------------------------------------------------------
 
     async def current_for_certificate(self, certificate: ClientCertificate) -> Enrollment:
-        """Current_for_certificate finds the enrollment a customer certificate was issued in (step 4)."""
+        """Find the enrollment a customer certificate was issued in (step 4)."""
         owner = await self._repo.certificate_owner(certificate.fingerprint_sha256)
         if owner is None:
             raise NotFound(
@@ -802,7 +787,7 @@ class EnrollmentService:
     async def get(
         self, enrollment_id: str, *, session: str = "", certificate: ClientCertificate | None = None
     ) -> Enrollment:
-        """Get returns an enrollment (expiry applied) to its session or to its certificate."""
+        """Return an enrollment (expiry applied) to its session or to its certificate."""
         if certificate is not None:
             current = await self._certificate_enrollment(enrollment_id, certificate)
         else:
@@ -812,7 +797,7 @@ class EnrollmentService:
     async def cancel(
         self, enrollment_id: str, session: str, certificate: ClientCertificate | None = None
     ) -> Enrollment:
-        """Cancel ends an enrollment in progress. The clean-up's marker commits with the CANCELLED state; the
+        """End an enrollment in progress. The clean-up's marker commits with the CANCELLED state; the
         certificate and token it created are revoked and its login ID released at once when the CA and the OTP
         service answer, and by the sweeper otherwise (or after a crash right here)."""
         if certificate is not None:  # after step 4 the session token is retired: the certificate cancels
@@ -826,14 +811,14 @@ class EnrollmentService:
         return cancelled
 
     async def reopen(self, enrollment_id: str) -> Enrollment:
-        """Reopen re-opens an EXPIRED enrollment for an operator (see AbandonedSetups.reopen)."""
+        """Re-open an EXPIRED enrollment for an operator (see AbandonedSetups.reopen)."""
         return await self.setups.reopen(enrollment_id)
 
     # -- helpers ----------------------------------------------------------------------------------------------
 
     async def check_session(self, enrollment_id: str, session: str, *, retired: bool = False) -> None:
-        """Check_session is a session step's credential check before a replay: the session token of this
-        enrollment, or with `retired` also the one step 4 retired (a replay of step 4 itself)."""
+        """Check a session step's credential before a replay: the session token of this enrollment, or with
+        `retired` also the one step 4 retired (a replay of step 4 itself)."""
         current = await self._load(enrollment_id)
         digests = [current.record.session_digest]
         if retired:
@@ -842,11 +827,11 @@ class EnrollmentService:
             raise Unauthenticated("the session token is missing or wrong", reason="SESSION_INVALID")
 
     async def check_certificate(self, enrollment_id: str, certificate: ClientCertificate) -> None:
-        """Check_certificate is a certificate step's credential check before a replay."""
+        """Check a certificate step's credential before a replay."""
         await self._certificate_enrollment(enrollment_id, certificate)
 
     async def check_login_password(self, enrollment_id: str, certificate: ClientCertificate, password: str) -> None:
-        """Check_login_password is step 6's credential check before a replay: the certificate and the password."""
+        """Check step 6's credentials before a replay: the certificate and the password."""
         current = await self._certificate_enrollment(enrollment_id, certificate)
         hashed = current.record.login_password_hash
         if not password or not hashed or not await asyncio.to_thread(self._hasher.verify, hashed, password):
@@ -887,4 +872,4 @@ class EnrollmentService:
         try:
             await self._repo.commit(operations)
         except (VersionMismatch, KeyExists):
-            raise Aborted("the enrollment changed concurrently; retry", reason="CONCURRENT_UPDATE") from None
+            raise ConcurrentChange("the enrollment changed concurrently; retry") from None

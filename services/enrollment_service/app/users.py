@@ -12,16 +12,16 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from kagi.clock import Clock
-from kagi.errors import Aborted, FailedPrecondition, InvalidArgument, KagiError, ResourceExhausted, Unauthenticated
+from kagi.errors import FailedPrecondition, InvalidArgument, KagiError, ResourceExhausted, Unauthenticated
 from kagi.journal import AuditEvent, Change, Journal
 from kagi.passwords import PasswordHasher
-from kagi.store.base import Create, Delete, Entry, KeyExists, Operation, VersionMismatch
+from kagi.store.base import KeyExists, Operation, VersionMismatch
+from kagi.store.races import retry_lost_races
 from services.enrollment_service.app.ports import (
     CertificateAuthority,
     CertificateStatus,
@@ -30,17 +30,14 @@ from services.enrollment_service.app.ports import (
     TokenState,
 )
 from services.enrollment_service.app.repository import (
-    CONFIRMATIONS,
-    ENDED_SESSIONS,
-    LOGIN_REFUSALS,
-    RENEWALS,
-    USERS,
     EnrollmentRepository,
+    Renewal,
+    StoredConfirmation,
     Versioned,
-    confirmation_key,
+    confirmation_record,
+    drop_renewal,
+    end_session,
     put_user,
-    users_by_account,
-    users_by_company,
 )
 from services.enrollment_service.domain.client_certificates import (
     MSG_CERTIFICATE_INVALID,
@@ -66,7 +63,6 @@ from services.enrollment_service.domain.sessions import (
 )
 from services.enrollment_service.domain.users import MSG_LOCKED, User, UserLocked
 
-_CAS_RETRIES = 20
 MAX_PAGE = 100
 MSG_WRONG_CONFIRMATION = "確認用パスワードが正しくありません / the confirmation password is wrong"
 MSG_THROTTLED = (
@@ -164,10 +160,10 @@ class UserSessions:
         # One round of reads: the certificate's refusals, the login's user, the certificate's owner, and a
         # renewal this certificate's first session completes.
         refusals, found, owner, renewal = await asyncio.gather(
-            self._repo.store.get(LOGIN_REFUSALS, fingerprint),
+            self._repo.login_refusals(fingerprint),
             self._repo.user_for_login(login_id),
             self._repo.certificate_owner(fingerprint),
-            self._repo.store.get(RENEWALS, fingerprint),
+            self._repo.renewal(fingerprint),
         )
         self._check_throttle(refusals)
         if found is None or owner is None or owner.user_id != found.record.user_id:
@@ -198,29 +194,27 @@ class UserSessions:
             await self._audit(actor, "login", user.user_id, details)
         if renewal is not None:
             # The renewed certificate's first session: the one it replaced is done with.
-            await self.supersede(fingerprint, actor=actor, entry=renewal)
+            await self.supersede(fingerprint, actor=actor, renewal=renewal)
         session = self._new_session(user, uuid.uuid4().hex, AMR_LOGIN, certificate_thumbprint(fingerprint))
         return UserView(user, token_state), session
 
-    async def supersede(self, new_fingerprint: str, *, actor: str, entry: Entry | None = None) -> int:
+    async def supersede(self, new_fingerprint: str, *, actor: str, renewal: Versioned[Renewal] | None = None) -> int:
         """Revoke the certificate the one with `new_fingerprint` renewed (its first session, or the grace ran
-        out); return 1 when it did. `entry` is the renewal record when the caller has just read it."""
-        entry = entry or await self._repo.store.get(RENEWALS, new_fingerprint)
-        if entry is None:
+        out); return 1 when it did. `renewal` is the renewal record when the caller has just read it."""
+        renewal = renewal or await self._repo.renewal(new_fingerprint)
+        if renewal is None:
             return 0
-        renewal = json.loads(entry.value)
-        await self._ca.revoke_superseded(
-            request_id=f"supersede/{renewal['old_serial']}", serial_number=renewal["old_serial"]
-        )
-        event = AuditEvent(actor, "certificate.superseded", renewal["user_id"], {"serial": renewal["old_serial"]})
+        old_serial = renewal.record.old_serial
+        await self._ca.revoke_superseded(request_id=f"supersede/{old_serial}", serial_number=old_serial)
+        event = AuditEvent(actor, "certificate.superseded", renewal.record.user_id, {"serial": old_serial})
         try:
-            await self._journal.submit(Change([Delete(RENEWALS, new_fingerprint, version=entry.version)], [event]))
+            await self._journal.submit(Change([drop_renewal(renewal)], [event]))
         except VersionMismatch:
             return 0
         return 1
 
-    def _check_throttle(self, entry: Entry | None) -> None:
-        if entry is not None and int(entry.value) >= self._policy.refusals_per_certificate:
+    def _check_throttle(self, refusals: int) -> None:
+        if refusals >= self._policy.refusals_per_certificate:
             raise ResourceExhausted(
                 MSG_THROTTLED,
                 reason="TOO_MANY_ATTEMPTS",
@@ -228,7 +222,7 @@ class UserSessions:
             )
 
     async def _refuse_login(self, fingerprint: str, login_id: str, actor: str, why: str) -> None:
-        await self._repo.store.increment(LOGIN_REFUSALS, fingerprint, ttl=self._policy.refusal_window_seconds)
+        await self._repo.count_login_refusal(fingerprint, window_seconds=self._policy.refusal_window_seconds)
         # What was typed as a login ID may be anything (a password typed in the wrong field): the trail, which is
         # kept for years, holds only a digest that still tells repeated attempts at one login ID apart.
         typed = hashlib.sha256(login_id.encode("utf-8")).hexdigest()[:16]
@@ -266,7 +260,7 @@ class UserSessions:
             if not hmac.compare_digest(claims.thumbprint, certificate_thumbprint(certificate.fingerprint_sha256)):
                 raise AccessTokenInvalid(MSG_TOKEN_INVALID, metadata={"why": "bound to another certificate"})
             current, ended = await asyncio.gather(
-                self._repo.user(claims.user_id), self._repo.store.get(ENDED_SESSIONS, claims.session_id)
+                self._repo.user(claims.user_id), self._repo.session_ended(claims.session_id)
             )
             status = CertificateStatus.GOOD
         else:
@@ -274,10 +268,10 @@ class UserSessions:
             # revocation ends its sessions at once.
             current, ended, status = await asyncio.gather(
                 self._repo.user(claims.user_id),
-                self._repo.store.get(ENDED_SESSIONS, claims.session_id),
+                self._repo.session_ended(claims.session_id),
                 self._bound_certificate_status(claims.thumbprint),
             )
-        if ended is not None or current.record.session_epoch != claims.epoch or status is not CertificateStatus.GOOD:
+        if ended or current.record.session_epoch != claims.epoch or status is not CertificateStatus.GOOD:
             raise AccessTokenInvalid(MSG_TOKEN_INVALID)
         if current.record.lock_reason.value:
             raise UserLocked(MSG_LOCKED, metadata={"lock_reason": current.record.lock_reason.value})
@@ -300,7 +294,7 @@ class UserSessions:
         try:
             await self._journal.submit(
                 Change(
-                    [Create(ENDED_SESSIONS, claims.session_id, b"", ttl=ttl)],
+                    [end_session(claims.session_id, ttl=ttl)],
                     [AuditEvent(actor, "logout", claims.user_id, {"session": claims.session_id})],
                 )
             )
@@ -372,8 +366,7 @@ class UserSessions:
             current = await self._repo.user(user_id)
         user = current.record
         user.check_usable()
-        key = confirmation_key(user_id, transaction_id)
-        existing = await self._repo.store.get(CONFIRMATIONS, key)
+        existing = await self._repo.confirmation(user_id, transaction_id)
         right = await asyncio.to_thread(self._hasher.verify, user.confirmation_password_hash, confirmation_password)
         if not right:
             failed = await self.update_user(
@@ -387,7 +380,7 @@ class UserSessions:
                 raise UserLocked(MSG_LOCKED, metadata={"lock_reason": failed.lock_reason.value})
             raise WrongConfirmationPassword(MSG_WRONG_CONFIRMATION)
         if existing is not None:
-            return self._replayed(existing.value, entry.digest, otp)
+            return self._replayed(existing, entry.digest, otp)
         try:
             # Keyed by the code too: a mistyped code's refusal must not stand for the transaction's next try,
             # while a retry with the same code after a crash finds the code's first (successful) answer.
@@ -401,66 +394,66 @@ class UserSessions:
             raise
         confirmation_id = uuid.uuid4().hex
         now = self._clock.now()
-        record = {
-            "confirmation_id": confirmation_id,
-            "user_id": user_id,
-            "transaction_id": transaction_id,
-            "txn_digest": entry.digest,
-            "confirmed_at": now,
-            "methods": list(CONFIRMATION_METHODS),
-            "code_digest": _code_digest(confirmation_id, otp),
-            "thumbprint": thumbprint,
-        }
-        create = Create(CONFIRMATIONS, key, json.dumps(record).encode())
-        operations: list[Operation]
+        record = StoredConfirmation(
+            confirmation_id=confirmation_id,
+            user_id=user_id,
+            transaction_id=transaction_id,
+            txn_digest=entry.digest,
+            confirmed_at=now,
+            methods=CONFIRMATION_METHODS,
+            code_digest=_code_digest(confirmation_id, otp),
+            thumbprint=thumbprint,
+        )
         audit = AuditEvent(
             actor, "confirmation", user_id, {"transaction": transaction_id, "confirmation": confirmation_id}
         )
-        for _ in range(_CAS_RETRIES):
-            operations = [create]
-            if user.confirmation_failures:
-                operations.append(put_user(user.with_confirmation_success(), current.version))
+        latest: Versioned[User] | None = current
+
+        async def record_confirmation() -> Confirmation:
+            nonlocal latest
+            # The first try is conditioned on the user as checked above; a lost race reads it again.
+            user_now = latest or await self._repo.user(user_id)
+            latest = None
+            operations: list[Operation] = [confirmation_record(record)]
+            if user_now.record.confirmation_failures:
+                operations.append(put_user(user_now.record.with_confirmation_success(), user_now.version))
             try:
                 await self._journal.submit(Change(operations, [audit]))
             except KeyExists:
                 # The same transaction confirmed concurrently: answer as for a retry.
-                raced = await self._repo.store.get(CONFIRMATIONS, key)
+                raced = await self._repo.confirmation(user_id, transaction_id)
                 if raced is None:
-                    continue
-                return self._replayed(raced.value, entry.digest, otp)
-            except VersionMismatch:
-                current = await self._repo.user(user_id)
-                user = current.record
-                continue
+                    raise  # confirmed and gone again in between: try once more
+                return self._replayed(raced, entry.digest, otp)
             return self._confirmation(record)
-        raise Aborted("the user changed concurrently; retry", reason="CONCURRENT_UPDATE")
 
-    def _replayed(self, stored: bytes, digest: str, otp: str) -> Confirmation:
-        record = json.loads(stored)
-        same_code = hmac.compare_digest(record["code_digest"], _code_digest(record["confirmation_id"], otp))
-        if not same_code or not hmac.compare_digest(record["txn_digest"], digest):
+        return await retry_lost_races(record_confirmation, what="the user", on=(VersionMismatch, KeyExists))
+
+    def _replayed(self, record: StoredConfirmation, digest: str, otp: str) -> Confirmation:
+        same_code = hmac.compare_digest(record.code_digest, _code_digest(record.confirmation_id, otp))
+        if not same_code or not hmac.compare_digest(record.txn_digest, digest):
             raise FailedPrecondition(
                 "この取引は確認済みです / this transaction was already confirmed with other data",
                 reason="TRANSACTION_MISMATCH",
             )
         return self._confirmation(record)
 
-    def _confirmation(self, record: dict[str, Any]) -> Confirmation:
+    def _confirmation(self, record: StoredConfirmation) -> Confirmation:
         claims = confirmation_claims(
             issuer=self._signer.issuer,
-            user_id=record["user_id"],
-            confirmation_id=record["confirmation_id"],
-            transaction_id=record["transaction_id"],
-            digest=record["txn_digest"],
-            confirmed_at=record["confirmed_at"],
-            thumbprint=record.get("thumbprint", ""),
+            user_id=record.user_id,
+            confirmation_id=record.confirmation_id,
+            transaction_id=record.transaction_id,
+            digest=record.txn_digest,
+            confirmed_at=record.confirmed_at,
+            thumbprint=record.thumbprint,
         )
         return Confirmation(
-            confirmation_id=record["confirmation_id"],
-            transaction_id=record["transaction_id"],
-            txn_digest=record["txn_digest"],
-            confirmed_at=record["confirmed_at"],
-            methods=tuple(record["methods"]),
+            confirmation_id=record.confirmation_id,
+            transaction_id=record.transaction_id,
+            txn_digest=record.txn_digest,
+            confirmed_at=record.confirmed_at,
+            methods=record.methods,
             token=self._signer.sign(claims),
         )
 
@@ -488,8 +481,7 @@ class UserSessions:
             raise InvalidArgument(
                 "filter by company or by account, not both", fields={"account": "not together with company_name"}
             )
-        collection = users_by_company(company) if company else users_by_account(account) if account else USERS
-        users, token = await self._repo.users(collection, page_size or 50, page_token)
+        users, token = await self._repo.users(page_size or 50, page_token, company=company, account=account)
         states = await asyncio.gather(*(self._otp.token_state(u.token_id) for u in users))
         return [UserView(u, s) for u, s in zip(users, states, strict=True)], token
 
@@ -509,16 +501,15 @@ class UserSessions:
 
     async def update_user(self, user_id: str, change: Any, actor: str, action: str, details: dict[str, str]) -> User:
         """Apply `change` to the user with compare-and-swap, committed with its audit record; return the result."""
-        for _ in range(_CAS_RETRIES):
+
+        async def apply() -> User:
             current = await self._repo.user(user_id)
             changed: User = change(current.record)
             event = AuditEvent(actor, action, user_id, {**details, **_lock_details(current.record, changed)})
-            try:
-                await self._journal.submit(Change([put_user(changed, current.version)], [event]))
-            except VersionMismatch:
-                continue
+            await self._journal.submit(Change([put_user(changed, current.version)], [event]))
             return changed
-        raise Aborted("the user changed concurrently; retry", reason="CONCURRENT_UPDATE")
+
+        return await retry_lost_races(apply, what="the user")
 
     async def _audit(self, actor: str, action: str, subject: str, details: dict[str, str]) -> None:
         await self._journal.submit(Change([], [AuditEvent(actor, action, subject, details)]))

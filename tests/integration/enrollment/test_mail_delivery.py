@@ -18,7 +18,8 @@ from services.enrollment_service.adapters.mail import (
     SmtpTransport,
     build_message,
 )
-from services.enrollment_service.adapters.outbox import OutboxSender, outbox_entry
+from services.enrollment_service.adapters.outbox import OutboxSender
+from services.enrollment_service.app.repository import outbox_entry
 from services.enrollment_service.domain.messages import Mail, token_mail
 from tests.support.ports import free_port
 from tests.support.smtp import SmtpServer

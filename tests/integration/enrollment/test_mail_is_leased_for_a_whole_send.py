@@ -15,7 +15,8 @@ from kagi.clock import FakeClock
 from kagi.errors import Unavailable
 from kagi.store import Create, KeyValueStore, open_store
 from services.enrollment_service.adapters.mail import SmtpSettings, SmtpTransport, build_message
-from services.enrollment_service.adapters.outbox import OutboxSender, lease_for, outbox_entry
+from services.enrollment_service.adapters.outbox import OutboxSender, lease_for
+from services.enrollment_service.app.repository import outbox_entry
 from services.enrollment_service.domain.messages import token_mail
 from tests.support.smtp import SmtpServer
 from tests.support.tls import TestPki
