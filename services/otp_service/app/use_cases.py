@@ -2,8 +2,9 @@
 
 Each reads the records it needs with their versions, lets the domain decide, and writes everything that
 changed in one atomic commit conditioned on those versions; a lost race re-reads and re-decides (a bounded
-number of times, then ABORTED). Password hashing (argon2id, tens of milliseconds) runs in a worker thread so
-the event loop keeps serving verifications meanwhile. Verification itself lives in `verifier`.
+number of times, then ABORTED CONCURRENT_CHANGE: kagi.store.races). Password hashing (argon2id, tens of
+milliseconds) runs in a worker thread so the event loop keeps serving verifications meanwhile. Verification itself
+lives in `verifier`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import dataclasses
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import structlog
 
@@ -23,8 +23,9 @@ from kagi.clock import Clock
 from kagi.errors import InvalidArgument
 from kagi.passwords import PasswordHasher
 from kagi.store.base import MAX_PAGE_SIZE, Create, Delete, Entry, KeyExists, KeyValueStore, VersionMismatch
+from kagi.store.races import retry_lost_races
 from services.otp_service.app.cache import DEFAULT_CACHE_SIZE, TokenCache
-from services.otp_service.app.errors import REGISTRATION_FAILED_MESSAGE, Contended, RegistrationFailed, TokenNotFound
+from services.otp_service.app.errors import REGISTRATION_FAILED_MESSAGE, RegistrationFailed, TokenNotFound
 from services.otp_service.app.repository import (
     ACTIVATIONS,
     TOKENS,
@@ -56,8 +57,6 @@ from services.otp_service.domain.validation import validate_owner_id
 
 log = structlog.get_logger("kagi.otp")
 
-CAS_RETRIES = 20
-"""CAS_RETRIES bounds how often a use case re-reads and retries after losing a race."""
 DEFAULT_PAGE_SIZE = 50
 """DEFAULT_PAGE_SIZE is the page size of ListTokens when none is asked for."""
 MAX_LIST_PAGE_SIZE = 100
@@ -65,8 +64,6 @@ MAX_LIST_PAGE_SIZE = 100
 MAX_ACTIVATION_ID = 64
 """MAX_ACTIVATION_ID is the longest activation ID accepted."""
 _ROTATION_PAGE = 200
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +129,11 @@ class OtpService:
 
     @property
     def policy(self) -> OtpPolicy:
-        """Policy is the rules this service enforces."""
+        """Return the rules this service enforces."""
         return self._policy
 
     def now(self) -> float:
-        """Now is the service clock's reading (answers render remaining seconds with it)."""
+        """Return the service clock's reading (answers render remaining seconds with it)."""
         return self._clock.now()
 
     # -- step 7 -----------------------------------------------------------------------------------------------
@@ -150,21 +147,22 @@ class OtpService:
         algorithm: Algorithm | None = None,
         digits: int | None = None,
     ) -> Token:
-        """Create makes a pending token for a user (step 7); the usage-start password is kept only hashed."""
+        """Make a pending token for a user (step 7); the usage-start password is kept only hashed."""
         defaults = self._policy.token_parameters
         params = TotpParameters(
             algorithm=algorithm or defaults.algorithm, digits=digits or defaults.digits, period=defaults.period
         )
-        for _ in range(CAS_RETRIES):
+
+        async def draw() -> Token:
+            # A drawn ID (the service ID has 50 random bits) that another token holds fails the create-if-absent
+            # with KeyExists: the next attempt draws new IDs.
             new = await self._new_token(owner_id, email, usage_start_password, params)
-            try:
-                entries = await self._repo.commit(create_ops(new))
-            except KeyExists:
-                continue  # a service ID (50 random bits) was taken: draw new IDs
+            entries = await self._repo.commit(create_ops(new))
             self._remember_created(new, entries)
             log.info("token created", token_id=new.token.token_id)
             return new.token
-        raise Contended("could not allocate unique token identifiers; please retry")
+
+        return await retry_lost_races(draw, what="the new token's identifiers", on=(KeyExists,))
 
     async def _new_token(self, owner_id: str, email: str, password: str, params: TotpParameters) -> NewToken:
         return await asyncio.to_thread(
@@ -190,7 +188,7 @@ class OtpService:
     async def activate(
         self, *, service_id: object, app_user_id: object, usage_start_password: object, consent: object
     ) -> Activation:
-        """Activate checks step 8's entries and returns the seed, this once.
+        """Check step 8's entries and return the seed, this once.
 
         An unknown service ID, another user ID and a wrong password answer the same ActivationFailed; the
         wrong password is counted first (the fifth locks the token).
@@ -198,7 +196,8 @@ class OtpService:
         request = ActivationRequest.parse(
             service_id=service_id, user_id=app_user_id, usage_start_password=usage_start_password, consent=consent
         )
-        for _ in range(CAS_RETRIES):
+
+        async def attempt() -> Activation:
             token_id = await self._repo.token_id_for_service(request.service_id)
             records = await self._repo.records(token_id) if token_id is not None else None
             result = await asyncio.to_thread(
@@ -217,24 +216,23 @@ class OtpService:
                 if result.seed is not None:
                     activation_id = secrets.token_urlsafe(18)
                     ops.append(Create(ACTIVATIONS, result.token.token_id, _digest(activation_id)))
-                try:
-                    entries = await self._repo.commit(ops)
-                except VersionMismatch:
-                    continue
+                entries = await self._repo.commit(ops)
                 self._cache.put(records.written(result.token, records.state, entries))
             seed = result.unwrap()  # raises the refusal, now that its count is stored
             if result.token is None:  # pragma: no cover - the domain returns a seed only with the activated token
                 raise CorruptRecord("activation returned a seed without a token")
             log.info("token activated", token_id=result.token.token_id)
             return Activation(token=result.token, seed=seed, activation_id=activation_id)
-        raise Contended("the token changed during activation; please retry")
+
+        return await retry_lost_races(attempt, what="the token")
 
     async def confirm_registration(self, *, service_id: object, app_user_id: object, activation_id: object) -> Token:
-        """Confirm_registration records that the app stored the seed (step 9), given activation's activation ID."""
+        """Record that the app stored the seed (step 9), given activation's activation ID."""
         service = parse_service_id(service_id)
         app_user = parse_app_user_id(app_user_id)
         given = _digest(_check_activation_id(activation_id))
-        for _ in range(CAS_RETRIES):
+
+        async def attempt() -> Token:
             token_id = await self._repo.token_id_for_service(service)
             records = await self._repo.records(token_id) if token_id is not None else None
             stored = await self._repo.activation_digest(token_id) if token_id is not None else None
@@ -245,22 +243,20 @@ class OtpService:
                 or not hmac.compare_digest(stored, given)
             ):
                 raise RegistrationFailed(REGISTRATION_FAILED_MESSAGE)
-            try:
-                return await self._apply(records, TokenEvent.REGISTER)
-            except VersionMismatch:
-                continue
-        raise Contended("the token changed during registration; please retry")
+            return await self._apply(records, TokenEvent.REGISTER)
+
+        return await retry_lost_races(attempt, what="the token")
 
     # -- step 10 and every later login ------------------------------------------------------------------------
 
     async def verify(self, token_id: str, code: str, *, request_id: str = "") -> VerifiedCode:
-        """Verify checks a code (see verifier); the result says whether it was accepted and why not."""
+        """Check a code (see verifier); the result says whether it was accepted and why not."""
         return await self._verifier.verify(token_id, code, request_id=request_id)
 
     # -- reading ----------------------------------------------------------------------------------------------
 
     async def get(self, token_id: str) -> Token:
-        """Get reads a token (never its seed: callers render `Token.info` and the IDs only)."""
+        """Read a token (never its seed: callers render `Token.info` and the IDs only)."""
         token = await self._repo.token(check_token_id(token_id))
         if token is None:
             raise TokenNotFound("no such token", metadata={"token_id": token_id})
@@ -269,7 +265,7 @@ class OtpService:
     async def list_for_user(
         self, owner_id: str, *, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[Token], str]:
-        """List_for_user returns one page of a user's tokens, oldest first, and the next page's token."""
+        """Return one page of a user's tokens, oldest first, and the next page's token."""
         validate_owner_id(owner_id)
         ids, next_token = await self._repo.user_token_ids(owner_id, _page_size(page_size), page_token)
         tokens = await asyncio.gather(*(self._repo.token(token_id) for token_id in ids))
@@ -278,15 +274,15 @@ class OtpService:
     # -- later life -------------------------------------------------------------------------------------------
 
     async def disable(self, token_id: str) -> Token:
-        """Disable stops a token from verifying (a phone was lost); ENABLE is not exposed, reissue instead."""
+        """Stop a token from verifying (a phone was lost); ENABLE is not exposed, reissue instead."""
         return await self._lifecycle(token_id, TokenEvent.DISABLE)
 
     async def unlock(self, token_id: str) -> Token:
-        """Unlock clears a lockout (operators only): counters reset, the replay floor kept."""
+        """Clear a lockout (operators only): counters reset, the replay floor kept."""
         return await self._lifecycle(token_id, TokenEvent.UNLOCK)
 
     async def revoke(self, token_id: str) -> Token:
-        """Revoke ends a token for good in any state (an abandoned setup's token): the sealed seed, the
+        """End a token for good in any state (an abandoned setup's token): the sealed seed, the
         usage-start password hash and the delivery e-mail address (personal data it no longer needs) are erased
         and the app's activation ID forgotten. Revoking a revoked token again changes nothing, so a retry after a
         crash is harmless."""
@@ -306,10 +302,10 @@ class OtpService:
             log.info("token revoked", token_id=token_id)
             return token
 
-        return await self._retrying(once)
+        return await retry_lost_races(once, what="the token")
 
     async def reissue(self, token_id: str, *, email: str, usage_start_password: str) -> Token:
-        """Reissue revokes a token and creates a new pending one for the same user, in one commit.
+        """Revoke a token and create a new pending one for the same user, in one commit.
 
         An empty `email` keeps the old token's delivery address; the token parameters are kept too.
         """
@@ -317,34 +313,38 @@ class OtpService:
         old = await self._records(token_id)
         # Fail on an illegal state before paying for a password hash.
         change_lifecycle(old.token, old.state, TokenEvent.REVOKE, now=self._clock.now(), policy=self._policy)
-        new = await self._new_token(
-            old.token.owner_id, email or old.token.email, usage_start_password, old.token.params
-        )
-        for _ in range(CAS_RETRIES):
+        owner_id, delivery, params = old.token.owner_id, email or old.token.email, old.token.params
+        new = await self._new_token(owner_id, delivery, usage_start_password, params)
+        seen: TokenRecords | None = old
+
+        async def swap() -> Token:
+            nonlocal new, seen
+            # The first swap is conditioned on the records read above; a lost race reads them again.
+            current = seen or await self._records(token_id)
+            seen = None
             revoked = change_lifecycle(
-                old.token, old.state, TokenEvent.REVOKE, now=self._clock.now(), policy=self._policy
+                current.token, current.state, TokenEvent.REVOKE, now=self._clock.now(), policy=self._policy
             )
             ops = [
-                *write_ops(old, revoked.token, revoked.verification_state),
+                *write_ops(current, revoked.token, revoked.verification_state),
                 Delete(ACTIVATIONS, token_id),
                 *create_ops(new),
             ]
             try:
                 entries = await self._repo.commit(ops)
-            except VersionMismatch:
-                old = await self._records(token_id)
-                continue
             except KeyExists:
-                new = await self._new_token(new.token.owner_id, new.token.email, usage_start_password, new.token.params)
-                continue
-            self._cache.put(old.written(revoked.token, revoked.verification_state, entries))
+                # Another token holds a drawn ID: the next attempt swaps in a token with new IDs.
+                new = await self._new_token(owner_id, delivery, usage_start_password, params)
+                raise
+            self._cache.put(current.written(revoked.token, revoked.verification_state, entries))
             self._remember_created(new, entries[3:])
             log.info("token reissued", token_id=token_id, replacement=new.token.token_id)
             return new.token
-        raise Contended("the token changed during reissue; please retry")
+
+        return await retry_lost_races(swap, what="the token", on=(VersionMismatch, KeyExists))
 
     async def rotate_keys(self) -> int:
-        """Rotate_keys re-seals every seed not sealed under the current KEK; returns how many it re-sealed.
+        """Re-seal every seed not sealed under the current KEK; return how many were re-sealed.
 
         Run it after every replica holds the new KEK as current and the old one as an older key; afterwards
         the old key can be removed from the configuration.
@@ -364,7 +364,7 @@ class OtpService:
         return resealed
 
     async def _reseal(self, token_id: str) -> int:
-        for _ in range(CAS_RETRIES):
+        async def attempt() -> int:
             records = await self._repo.records(token_id)
             sealed = None if records is None else records.token.sealed_seed
             if records is None or sealed is None or not self._vault.needs_reseal(sealed):
@@ -372,13 +372,11 @@ class OtpService:
             token = dataclasses.replace(
                 records.token, sealed_seed=self._vault.reseal(token_id, sealed), updated_at=self._clock.now()
             )
-            try:
-                entries = await self._repo.commit(write_ops(records, token, records.state))
-            except VersionMismatch:
-                continue
+            entries = await self._repo.commit(write_ops(records, token, records.state))
             self._cache.put(records.written(token, records.state, entries))
             return 1
-        raise Contended("a token kept changing during key rotation; run the rotation again")
+
+        return await retry_lost_races(attempt, what="a token being re-sealed")
 
     # -- helpers ----------------------------------------------------------------------------------------------
 
@@ -390,7 +388,7 @@ class OtpService:
 
     async def _lifecycle(self, token_id: str, event: TokenEvent) -> Token:
         check_token_id(token_id)
-        return await self._retrying(lambda: self._lifecycle_once(token_id, event))
+        return await retry_lost_races(lambda: self._lifecycle_once(token_id, event), what="the token")
 
     async def _lifecycle_once(self, token_id: str, event: TokenEvent) -> Token:
         return await self._apply(await self._records(token_id), event)
@@ -404,11 +402,3 @@ class OtpService:
             "token state changed", token_id=change.token.token_id, change=event.value, state=change.token.state.value
         )
         return change.token
-
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        for _ in range(CAS_RETRIES):
-            try:
-                return await attempt()
-            except VersionMismatch:
-                continue
-        raise Contended("the token kept changing; please retry")
