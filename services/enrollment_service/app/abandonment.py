@@ -407,7 +407,7 @@ class AbandonedSetups:
             application = (await self._repo.application(record.application_id)).record
         except NotFound:
             raise FailedPrecondition(
-                "the enrollment's application is gone: register a new application", reason="APPLICATION_NOT_FOUND"
+                "the enrollment's application is gone: register a new application", reason="APPLICATION_GONE"
             ) from None
         user = User(
             user_id=record.user_id,
@@ -439,6 +439,6 @@ def _login_id_taken(login_id: str) -> FailedPrecondition:
     return FailedPrecondition(
         f"the login ID {login_id} was registered by another user after the clean-up released it:"
         " the enrollment cannot be re-opened",
-        reason="LOGIN_ID_TAKEN",
+        reason="LOGIN_ID_REREGISTERED",
         metadata={"login_id": login_id},
     )

@@ -450,7 +450,7 @@ class CredentialLifecycle:
             raise FailedPrecondition(
                 "ログインしてから操作してください。ログインできない場合はお取引店へご連絡ください"  # wording, English
                 " / log in first; if you cannot (no phone), ask your branch to allow a reissue",
-                reason="SESSION_REQUIRED",
+                reason="REISSUE_NOT_ALLOWED",
             )
         if found.record.lock_reason.value:
             raise UserLocked(MSG_LOCKED, metadata={"lock_reason": found.record.lock_reason.value})

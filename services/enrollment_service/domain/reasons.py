@@ -56,6 +56,10 @@ class EnrollmentReason(ReasonCatalogue):
     ENROLLMENT_CLOSED = Reason(_STATE, 409, "The enrollment is completed, expired, locked or cancelled.")
     ENROLLMENT_NOT_LOCKED = Reason(_STATE, 409, "The enrollment is not locked.")
     ENROLLMENT_NOT_EXPIRED = Reason(_STATE, 409, "Only an expired enrollment can be re-opened.")
+    LOGIN_ID_REREGISTERED = Reason(
+        _STATE, 409, "Another user registered the login ID the clean-up released: the enrollment cannot be re-opened."
+    )
+    APPLICATION_GONE = Reason(_STATE, 409, "The enrollment's application is gone: register a new application.")
     PERSONAL_DATA_ERASED = Reason(_STATE, 409, "The enrollment's personal data was erased: register a new application.")
     CERTIFICATE_ALREADY_REQUESTED = Reason(_STATE, 409, "The enrollment's certificate was requested with another CSR.")
     CERTIFICATE_MISMATCH = Reason(_DENIED, 403, "The step needs the certificate issued for this enrollment.")
@@ -82,6 +86,9 @@ class EnrollmentReason(ReasonCatalogue):
     CERTIFICATE_NOT_ACTIVE = Reason(_STATE, 409, "The certificate is revoked or expired; it cannot be renewed.")
     OUTSIDE_RENEWAL_WINDOW = Reason(_STATE, 409, "Too early: a certificate is renewed only near its expiry.")
     NO_TOKEN = Reason(_STATE, 409, "The user has no token yet.")
+    REISSUE_NOT_ALLOWED = Reason(
+        _STATE, 409, "A token reissue without a session needs the bank to allow it (`kagi admin reissue-token`)."
+    )
 
     # Dependencies and keys.
     MAIL_UNAVAILABLE = Reason(ErrorKind.UNAVAILABLE, 503, "The mail server (or maildir) cannot take the mail now.")

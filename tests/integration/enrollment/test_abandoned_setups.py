@@ -309,7 +309,7 @@ async def test_reopen_after_the_clean_up_goes_back_to_a_new_certificate(
 
 async def test_reopen_is_refused_naming_why(stack: Stack, clock: FakeClock, tmp_path: Path) -> None:
     """`kagi admin reopen-enrollment` refuses a cancelled enrollment (ENROLLMENT_NOT_EXPIRED) and an expired one
-    whose released login ID another user registered since (LOGIN_ID_TAKEN)."""
+    whose released login ID another user registered since (LOGIN_ID_REREGISTERED)."""
     cancelled = await through(Customer(stack, tmp_path), 3)
     await cancel(cancelled)
     with pytest.raises(AssertionError, match="ENROLLMENT_NOT_EXPIRED"):
@@ -319,7 +319,7 @@ async def test_reopen_is_refused_naming_why(stack: Stack, clock: FakeClock, tmp_
     clock.advance(IDLE + 1)
     await sweep(stack)
     await register_login_id(stack, tmp_path, expired.login_id)
-    with pytest.raises(AssertionError, match="LOGIN_ID_TAKEN"):
+    with pytest.raises(AssertionError, match="LOGIN_ID_REREGISTERED"):
         await run(_admin(stack, "reopen-enrollment", "--enrollment", expired.enrollment_id))
     assert (await expired.state()).state == pb.Enrollment.STATE_EXPIRED
 

@@ -438,14 +438,14 @@ async def test_a_reissue_without_a_session_needs_the_operators_permission(
     stack: Stack, clock: FakeClock, workdir: Path
 ) -> None:
     """Without a session (login ID and login password in the request) a reissue is FAILED_PRECONDITION
-    SESSION_REQUIRED until `kagi admin reissue-token --user ID --yes`, which revokes the old token (its codes are
+    REISSUE_NOT_ALLOWED until `kagi admin reissue-token --user ID --yes`, which revokes the old token (its codes are
     refused, the user's token is DISABLED); then a wrong login password is LOGIN_FAILED, the right one reissues,
     the app's steps 8-9 and a step-up with the new seed work, and the permission is spent."""
     customer, user_id, _token = await _signed_in(stack, workdir, clock)
     _expect_new_phone(customer)
     no_session = {"login_id": customer.login_id, "login_password": PASSWORD}
     refusal = await refused(_reissue(customer, **no_session))
-    assert (refusal.code, refusal.reason) == (FAILED_PRECONDITION, "SESSION_REQUIRED")
+    assert (refusal.code, refusal.reason) == (FAILED_PRECONDITION, "REISSUE_NOT_ALLOWED")
 
     out = await run(_admin(stack, "reissue-token", "--user", user_id, "--yes"))
     assert customer.login_id in out
@@ -460,7 +460,7 @@ async def test_a_reissue_without_a_session_needs_the_operators_permission(
     token = (await customer.login()).access_token
     assert (await _step_up(customer, user_id, next_code(customer, clock), token)).access_token
     spent = await refused(_reissue(customer, **no_session))
-    assert (spent.code, spent.reason) == (FAILED_PRECONDITION, "SESSION_REQUIRED")
+    assert (spent.code, spent.reason) == (FAILED_PRECONDITION, "REISSUE_NOT_ALLOWED")
 
 
 async def test_wrong_login_passwords_in_a_reissue_without_a_session_count_toward_the_lock(

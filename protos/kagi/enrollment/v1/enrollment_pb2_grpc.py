@@ -303,8 +303,8 @@ class EnrollmentServiceServicer:
         where step 4 comes next (REGISTERED for a setup: step 4 issues a new certificate), its user and login ID
         reserved again. FAILED_PRECONDITION names why when it cannot be (not expired, login ID registered by
         someone else since, personal data erased after the retention period). Caller: operator.
-        Errors: ENROLLMENT_NOT_FOUND, ENROLLMENT_NOT_EXPIRED, PERSONAL_DATA_ERASED, APPLICATION_NOT_FOUND,
-        LOGIN_ID_TAKEN, CONCURRENT_CHANGE.
+        Errors: ENROLLMENT_NOT_FOUND, ENROLLMENT_NOT_EXPIRED, PERSONAL_DATA_ERASED, APPLICATION_GONE,
+        LOGIN_ID_REREGISTERED, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

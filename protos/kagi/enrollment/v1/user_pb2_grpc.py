@@ -288,7 +288,7 @@ class UserServiceServicer:
         its service ID and user ID go by mail; the app then takes steps 8-10. Needs the confirmation password,
         and the current session's access token unless an operator allowed a reissue without it. Caller: gateway.
         Errors: INVALID_ARGUMENT, CLIENT_CERT_REQUIRED, CERTIFICATE_INVALID, ACCESS_TOKEN_INVALID, LOGIN_FAILED,
-        SESSION_REQUIRED, USER_LOCKED, SETUP_INCOMPLETE, INVALID_TOKEN_REQUEST, WRONG_CONFIRMATION_PASSWORD,
+        REISSUE_NOT_ALLOWED, USER_LOCKED, SETUP_INCOMPLETE, INVALID_TOKEN_REQUEST, WRONG_CONFIRMATION_PASSWORD,
         INVALID_FIELD, INVALID_USAGE_START_PASSWORD, SERVICE_UNAVAILABLE, CONCURRENT_CHANGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -35,6 +35,8 @@ INVALID_REQUEST_ID, REQUEST_ID_REUSED, REQUEST_IN_PROGRESS. Format:
   ENROLLMENT_CLOSED (FAILED_PRECONDITION, 409): The enrollment is completed, expired, locked or cancelled.
   ENROLLMENT_NOT_LOCKED (FAILED_PRECONDITION, 409): The enrollment is not locked.
   ENROLLMENT_NOT_EXPIRED (FAILED_PRECONDITION, 409): Only an expired enrollment can be re-opened.
+  LOGIN_ID_REREGISTERED (FAILED_PRECONDITION, 409): Another user registered the login ID the clean-up released: the enrollment cannot be re-opened.
+  APPLICATION_GONE (FAILED_PRECONDITION, 409): The enrollment's application is gone: register a new application.
   PERSONAL_DATA_ERASED (FAILED_PRECONDITION, 409): The enrollment's personal data was erased: register a new application.
   CERTIFICATE_ALREADY_REQUESTED (FAILED_PRECONDITION, 409): The enrollment's certificate was requested with another CSR.
   CERTIFICATE_MISMATCH (PERMISSION_DENIED, 403): The step needs the certificate issued for this enrollment.
@@ -57,6 +59,7 @@ INVALID_REQUEST_ID, REQUEST_ID_REUSED, REQUEST_IN_PROGRESS. Format:
   CERTIFICATE_NOT_ACTIVE (FAILED_PRECONDITION, 409): The certificate is revoked or expired; it cannot be renewed.
   OUTSIDE_RENEWAL_WINDOW (FAILED_PRECONDITION, 409): Too early: a certificate is renewed only near its expiry.
   NO_TOKEN (FAILED_PRECONDITION, 409): The user has no token yet.
+  REISSUE_NOT_ALLOWED (FAILED_PRECONDITION, 409): A token reissue without a session needs the bank to allow it (`kagi admin reissue-token`).
   MAIL_UNAVAILABLE (UNAVAILABLE, 503): The mail server (or maildir) cannot take the mail now.
   SIGNING_KEY_UNREADABLE (INTERNAL, 500): The token-signing key ring cannot be read.
 ---- end of error reasons ----
@@ -190,7 +193,7 @@ class UserServiceStub:
     its service ID and user ID go by mail; the app then takes steps 8-10. Needs the confirmation password,
     and the current session's access token unless an operator allowed a reissue without it. Caller: gateway.
     Errors: INVALID_ARGUMENT, CLIENT_CERT_REQUIRED, CERTIFICATE_INVALID, ACCESS_TOKEN_INVALID, LOGIN_FAILED,
-    SESSION_REQUIRED, USER_LOCKED, SETUP_INCOMPLETE, INVALID_TOKEN_REQUEST, WRONG_CONFIRMATION_PASSWORD,
+    REISSUE_NOT_ALLOWED, USER_LOCKED, SETUP_INCOMPLETE, INVALID_TOKEN_REQUEST, WRONG_CONFIRMATION_PASSWORD,
     INVALID_FIELD, INVALID_USAGE_START_PASSWORD, SERVICE_UNAVAILABLE, CONCURRENT_CHANGE.
     """
     AllowTokenReissue: _grpc.UnaryUnaryMultiCallable[_user_pb2.AllowTokenReissueRequest, _user_pb2.AllowTokenReissueResponse]
@@ -306,7 +309,7 @@ class UserServiceAsyncStub(UserServiceStub):
     its service ID and user ID go by mail; the app then takes steps 8-10. Needs the confirmation password,
     and the current session's access token unless an operator allowed a reissue without it. Caller: gateway.
     Errors: INVALID_ARGUMENT, CLIENT_CERT_REQUIRED, CERTIFICATE_INVALID, ACCESS_TOKEN_INVALID, LOGIN_FAILED,
-    SESSION_REQUIRED, USER_LOCKED, SETUP_INCOMPLETE, INVALID_TOKEN_REQUEST, WRONG_CONFIRMATION_PASSWORD,
+    REISSUE_NOT_ALLOWED, USER_LOCKED, SETUP_INCOMPLETE, INVALID_TOKEN_REQUEST, WRONG_CONFIRMATION_PASSWORD,
     INVALID_FIELD, INVALID_USAGE_START_PASSWORD, SERVICE_UNAVAILABLE, CONCURRENT_CHANGE.
     """
     AllowTokenReissue: _aio.UnaryUnaryMultiCallable[_user_pb2.AllowTokenReissueRequest, _user_pb2.AllowTokenReissueResponse]  # type: ignore[assignment]
@@ -503,7 +506,7 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         its service ID and user ID go by mail; the app then takes steps 8-10. Needs the confirmation password,
         and the current session's access token unless an operator allowed a reissue without it. Caller: gateway.
         Errors: INVALID_ARGUMENT, CLIENT_CERT_REQUIRED, CERTIFICATE_INVALID, ACCESS_TOKEN_INVALID, LOGIN_FAILED,
-        SESSION_REQUIRED, USER_LOCKED, SETUP_INCOMPLETE, INVALID_TOKEN_REQUEST, WRONG_CONFIRMATION_PASSWORD,
+        REISSUE_NOT_ALLOWED, USER_LOCKED, SETUP_INCOMPLETE, INVALID_TOKEN_REQUEST, WRONG_CONFIRMATION_PASSWORD,
         INVALID_FIELD, INVALID_USAGE_START_PASSWORD, SERVICE_UNAVAILABLE, CONCURRENT_CHANGE.
         """
 
