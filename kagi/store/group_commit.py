@@ -8,8 +8,8 @@ How: callers submit units, each a list of operations that must land all together
 single-key write is a unit of one). A unit that finds no round in flight goes at once, alone, in its
 caller's own task (no timer, so a lone caller pays no delay and no task switch; an engine made with
 `inline=False` sends it from its own task instead); units that arrive while a round is in flight queue,
-and the next round takes them together, in arrival order. Per unit, the semantics
-stay those of the store:
+and the next round takes them together, in arrival order, once the callers the last round woke have had a
+pass or two of the event loop to queue their next writes. Per unit, the semantics stay those of the store:
 
 - A unit's operations are never split across rounds.
 - Two units naming one key never share a round (the later one waits for a later round), so their conditions
@@ -55,6 +55,9 @@ from kagi.store.base import (
 
 MAX_ROUND_OPERATIONS = 256
 """The most operations one round carries by default (bounds a Lua script's size and a transaction's length)."""
+
+_SETTLE_PASSES = 3
+"""The most passes of the event loop a round waits for the callers the previous round woke."""
 
 T = TypeVar("T")
 
@@ -166,10 +169,19 @@ class GroupCommit(Generic[T]):
 
     async def _drain(self) -> None:
         try:
+            carried = 0
             while self._queue:
                 units = self._next_round()
                 if units:
                     await self._commit_round(units)
+                    carried = len(units)
+                # The callers a round woke come back with their next writes within a pass or two of the event
+                # loop. Waiting for them (a few passes at most, no timer) keeps a burst in one round; sent at
+                # once, the first of them would go alone and the burst would stay split in two for good.
+                for _ in range(_SETTLE_PASSES):
+                    if len(self._queue) >= carried:
+                        break
+                    await asyncio.sleep(0)
         finally:
             # Normally the loop saw an empty queue with no await since; if this task was cancelled instead,
             # the units still queued would wait forever.

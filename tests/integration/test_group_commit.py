@@ -131,6 +131,22 @@ async def test_a_burst_shares_rounds_and_a_taken_key_fails_only_its_owner(
     assert len((await grouped.list("c", page_size=100)).entries) == 50
 
 
+async def test_callers_released_by_a_round_come_back_as_one_round(
+    grouped: GroupCommitStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight callers writing ten times each, one write after the other: after the first lone write, every round
+    carries all eight (80 writes in 11 rounds), rather than the burst splitting into a lone write and the rest."""
+    rounds = watch(monkeypatch, grouped.inner)
+
+    async def writer(w: int) -> None:
+        for i in range(10):
+            await grouped.create("c", f"w{w}.{i}", b"1")
+
+    await asyncio.gather(*(writer(w) for w in range(8)))
+    assert [len(ops) for ops in rounds.seen] == [1] + [8] * 9 + [7]
+    assert len((await grouped.list("c", page_size=100)).entries) == 80
+
+
 async def test_a_stale_commit_fails_alone_and_the_others_land(grouped: GroupCommitStore) -> None:
     """Twenty concurrent two-key commits, one naming a stale version in its second operation: that caller alone
     gets VersionMismatch, indexed within its own commit, and wrote nothing; every other caller's writes are stored."""
