@@ -1,8 +1,8 @@
-"""Errors the OTP use-case layer adds to the domain's: missing tokens, failed registration, lost races."""
+"""Errors the OTP use-case layer adds to the domain's: missing tokens and failed registration."""
 
 from __future__ import annotations
 
-from kagi.errors import Aborted, NotFound, Unauthenticated
+from kagi.errors import NotFound, Unauthenticated
 from services.otp_service.domain import OtpError
 
 REGISTRATION_FAILED_MESSAGE = (
@@ -25,9 +25,3 @@ class RegistrationFailed(OtpError, Unauthenticated):
     """
 
     reason = "REGISTRATION_FAILED"
-
-
-class Contended(OtpError, Aborted):
-    """Contended: the token's records kept changing under this request; retrying later will succeed."""
-
-    reason = "CONTENDED"

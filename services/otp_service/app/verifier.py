@@ -26,7 +26,7 @@ each process caches both records with their versions (cache.TokenCache) and deci
 - same request_id again:                                the failed commit, plus one GET of the recorded answer
 
 A lost race inside one process first retries from the winner's cached records before going back to the store.
-After MAX_ATTEMPTS lost races in a row the request fails with ABORTED (reason CONTENDED).
+After MAX_ATTEMPTS lost races in a row the request fails with ABORTED (reason CONCURRENT_CHANGE).
 
 When the service groups commits (kagi.store.group_commit; the default on SQLite), concurrent verifications of
 different tokens share one commit, so under load a verification costs less than one store round (about 0.2 per
@@ -47,11 +47,11 @@ from dataclasses import dataclass
 import structlog
 
 from kagi.clock import Clock
-from kagi.errors import InvalidArgument
+from kagi.errors import ConcurrentChange, InvalidArgument
 from kagi.idempotency import fingerprint
 from kagi.store.base import Create, KeyExists, Operation, Replace, VersionMismatch
 from services.otp_service.app.cache import TokenCache
-from services.otp_service.app.errors import Contended, TokenNotFound
+from services.otp_service.app.errors import TokenNotFound
 from services.otp_service.app.repository import (
     TOKENS,
     VERIFICATION,
@@ -205,7 +205,7 @@ class Verifier:
             if outcome.token is not None and outcome.token.state is TokenState.LOCKED:
                 log.warning("token locked after failed verifications", token_id=token_id)
             return VerifiedCode(outcome.result, token)
-        raise Contended(
+        raise ConcurrentChange(
             "このトークンへの同時アクセスが多すぎます。もう一度お試しください"
             " / too many simultaneous requests for this token; please retry",
             metadata={"token_id": token_id},
