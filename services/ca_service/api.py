@@ -1,6 +1,8 @@
 """The CA's gRPC API: translates messages to use-case calls and back, and nothing more.
 
-Input is validated before the idempotency ledger is touched, so a bad request changes no state at all.
+Input is validated before anything is stored, so a bad request changes no state at all. IssueCertificate's
+idempotency is the issuance's own request-id entry, committed with the certificate (see
+services.ca_service.app.issuance); the other mutations go through the idempotency ledger.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from kagi.ca.v1 import ca_pb2 as pb
 from kagi.ca.v1 import ca_pb2_grpc
 from kagi.clock import Clock
 from kagi.errors import InvalidArgument, NotFound
-from kagi.idempotency import IdempotencyLedger
+from kagi.idempotency import IdempotencyLedger, fingerprint
 from kagi.runtime.grpc_idempotency import IdempotentApi
 from kagi.runtime.grpc_server import ServiceBinding, current_caller
 from kagi.runtime.identity import Role, allow
@@ -183,7 +185,7 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
     async def IssueCertificate(
         self, request: pb.IssueCertificateRequest, context: grpc.aio.ServicerContext
     ) -> pb.IssueCertificateResponse:
-        """Validate, authorise the profile for the caller, then issue once per request_id."""
+        """Validate, authorise the profile for the caller, then issue once per request_id (per caller and subject)."""
         caller = actor()
         if request.validity_days < 0:
             raise InvalidArgument("invalid lifetime", fields={"validity_days": "0 (the profile's) or 1-825 days"})
@@ -195,16 +197,14 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
             lifetime=timedelta(days=request.validity_days) if request.validity_days else None,
         )
 
-        async def act() -> pb.IssueCertificateResponse:
-            record = await self._issuance.issue(prepared, request_id=request.request_id, actor=caller)
-            return pb.IssueCertificateResponse(
-                certificate=certificate_message(record, self._clock.now()),
-                chain_pem=self._publication.chain_pem(record.issuer).decode(),
-            )
-
-        which = request.WhichOneof("identity") or ""
-        subject = f"{which}:{request.customer.user_id if which == 'customer' else request.service.role}"
-        return await self._once(request, act, pb.IssueCertificateResponse, subject=subject)
+        request_id = request.request_id
+        # The request's digest, as the ledger takes it: a reused request id with other content is refused.
+        digest = fingerprint(request.SerializeToString(deterministic=True)) if request_id else ""
+        record = await self._issuance.issue(prepared, request_id=request_id, actor=caller, fingerprint=digest)
+        return pb.IssueCertificateResponse(
+            certificate=certificate_message(record, self._clock.now()),
+            chain_pem=self._publication.chain_pem(record.issuer).decode(),
+        )
 
     async def RenewCertificate(
         self, request: pb.RenewCertificateRequest, context: grpc.aio.ServicerContext

@@ -1,30 +1,47 @@
 """The CA's use cases that sign: prepare and issue, renew, OCSP signer issuance, and recording a certificate signed
 before the store knew it.
 
-Issuance reserves the serial (create-if-absent) before anything is signed, then replaces the reservation with
-the signed record in one journal change with its audit record; a certificate the CA has no record of cannot
-exist, and two certificates can never share a serial. With a request id, a retry (also after a crash that lost
-the idempotency ledger's answer) finds the certificate issued for it instead of signing another.
+An issuance is prepared and signed first, then recorded in ONE journal commit: the certificate record (created
+if absent under its serial), its indexes, the request-id entry (created if absent) and the audit record with the
+chain head. A serial drawn twice (2^-159 odds) fails that commit with KeyExists on the certificate: a new serial
+is drawn and the certificate signed again, so two certificates never share a serial. The CA never hands out a
+certificate it has no record of: a certificate signed whose commit failed is dropped, never returned nor
+published (it was never seen outside this process).
+
+The request-id entry is IssueCertificate's idempotency, with no separate ledger: scoped by caller and subject,
+it holds the serial and the request's fingerprint. A retry with the same request id and fingerprint gets the
+certificate recorded under it, rebuilt from the record (the answer carries no secret); another fingerprint is
+REQUEST_ID_REUSED. Of two concurrent calls with one request id, one commit wins; the other's fails with KeyExists
+on the request entry, and that call answers with the winner's certificate, its own dropped. A renewal records
+its request id the same way, behind the idempotency ledger.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from kagi.clock import Clock, utc_datetime
-from kagi.errors import FailedPrecondition, InvalidArgument, Unavailable
+from kagi.errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable
+from kagi.idempotency import check_request_id
 from kagi.journal import AuditEvent, Change, FeedEvent, Journal
 from kagi.store.base import KeyExists
 from kagi.store.races import retry_lost_races
 from services.ca_service.app.access import ISSUE_ROLES, MANAGE_ROLES, Actor, parse_serial_field
 from services.ca_service.app.authorities import Authorities
 from services.ca_service.app.records import OCSP_SIGNER_PROFILE, CertificateRecord, RecordState, subject_id_of
-from services.ca_service.app.repository import CaRepository
+from services.ca_service.app.repository import (
+    CaRepository,
+    RequestEntry,
+    issue_request_key,
+    renew_request_key,
+    request_taken,
+    serial_taken,
+)
 from services.ca_service.app.revocation import Revocation
 from services.ca_service.domain.csr import ValidatedCsr, parse_csr
 from services.ca_service.domain.hierarchy import DelegatedOcspSigner, issue_ocsp_signer
@@ -100,30 +117,32 @@ class Issuance:
         not_before, not_after = ca.validity_for(now, lifetime, self._settings.backdate)
         return dataclasses.replace(prepared, not_before=not_before, not_after=not_after)
 
-    async def issue(self, prepared: PreparedIssuance, *, request_id: str, actor: Actor) -> CertificateRecord:
-        """Reserve the serial, sign, and record the certificate with its audit record.
+    async def issue(
+        self, prepared: PreparedIssuance, *, request_id: str, actor: Actor, fingerprint: str = ""
+    ) -> CertificateRecord:
+        """Sign the certificate, then record it with its audit record (and REQUEST_ID) in one commit.
 
-        With a `request_id`, a certificate already issued for it is returned instead (also after a crash that
-        lost the idempotency ledger's answer).
+        With a `request_id`, the certificate recorded for it first (by this caller, for this subject) is
+        returned when FINGERPRINT, the request's digest, is the one it was recorded with; another fingerprint
+        is REQUEST_ID_REUSED.
         """
-        if request_id:
-            existing = await self._repository.by_request("issue", request_id)
-            if existing is not None:
-                return existing
-        record, version = await self._reserve(prepared, request_id)
-        ca = self._authorities.issuing(prepared.issuer)
-        signed = sign_certificate(ca, record_prepared(prepared, record.serial), settings=self._settings)
-        issued = _issued(record, signed.certificate)
-        operations = self._repository.issuance_operations(issued, version, request_id=request_id, kind="issue")
-        try:
-            await self._journal.submit(Change(operations, [_issue_event(issued, actor)]))
-        except KeyExists:
-            # A concurrent call with the same request id recorded its certificate first: that one stands.
-            existing = await self._repository.by_request("issue", request_id) if request_id else None
-            if existing is None:
-                raise
-            return existing
-        return issued
+        request = None
+        if check_request_id(request_id):
+            subject = f"{prepared.profile.name}:{subject_id_of(prepared.identity)}"
+            request = RequestEntry(issue_request_key(actor.name, subject, request_id), fingerprint)
+
+        async def record(issued: CertificateRecord) -> CertificateRecord:
+            change = Change(self._repository.issuance_operations(issued, request), [_issue_event(issued, actor)])
+            try:
+                await self._journal.submit(change)
+            except KeyExists as exc:
+                if request is None or not request_taken(exc):
+                    raise
+                # Another call with this request id committed first: its certificate stands, this one is dropped.
+                return await self._recorded(request)
+            return issued
+
+        return await self._sign_and_record(prepared, record, request_id=request_id)
 
     async def renew(
         self, serial_text: str, csr: bytes, *, revoke_previous: bool, request_id: str, actor: Actor
@@ -133,10 +152,11 @@ class Issuance:
         With `revoke_previous` the old certificate is revoked (superseded) in the same atomic write.
         """
         serial = parse_serial_field(serial_text)
-        if request_id:
-            existing = await self._repository.by_request("renew", request_id)
+        request = RequestEntry(renew_request_key(request_id)) if request_id else None
+        if request is not None:
+            existing = await self._repository.by_request(request.key)
             if existing is not None:
-                return existing
+                return existing[0]
         old, old_version = await self._revocation.issued_record(serial_hex(serial))
         actor.require(MANAGE_ROLES.get(old.profile, frozenset()), f"renew {old.profile} certificates")
         if old.revoked:
@@ -149,64 +169,56 @@ class Issuance:
             raise FailedPrecondition(f"{old.profile} certificates are not renewed this way", reason="NOT_RENEWABLE")
         ca = self._authorities.issuing(old.issuer)
         prepared = prepare_issuance(ca, csr, old.identity, old.profile, settings=self._settings, clock=self._clock)
-        record, version = await self._reserve(prepared, request_id, replaces=old.serial_hex)
-        signed = sign_certificate(ca, record_prepared(prepared, record.serial), settings=self._settings)
-        issued = _issued(record, signed.certificate)
         # The first attempt decides on the read above; one after a lost race reads the old certificate again.
         read: tuple[CertificateRecord, int] | None = (old, old_version)
 
-        async def attempt() -> CertificateRecord:
-            nonlocal read
-            previous, previous_version = read or await self._revocation.issued_record(old.serial_hex)
-            read = None
-            operations = self._repository.issuance_operations(issued, version, request_id=request_id, kind="renew")
-            audit = [_issue_event(issued, actor, action="renew")]
-            feed: list[FeedEvent] = []
-            if revoke_previous and not previous.revoked:
-                planned = await self._revocation.plan(previous, previous_version, RevocationReason.SUPERSEDED, actor)
-                operations += planned.operations
-                audit.append(planned.audit)
-                feed.append(planned.feed)
-            try:
-                await self._journal.submit(Change(operations, audit, feed))
-            except KeyExists:
-                existing = await self._repository.by_request("renew", request_id) if request_id else None
-                if existing is None:
-                    raise
-                return existing
-            if feed:
-                self._revocation.revoked_here(previous)
-            return issued
+        async def record(issued: CertificateRecord) -> CertificateRecord:
+            async def attempt() -> CertificateRecord:
+                nonlocal read
+                previous, previous_version = read or await self._revocation.issued_record(old.serial_hex)
+                read = None
+                operations = self._repository.issuance_operations(issued, request)
+                audit = [_issue_event(issued, actor, action="renew")]
+                feed: list[FeedEvent] = []
+                if revoke_previous and not previous.revoked:
+                    planned = await self._revocation.plan(
+                        previous, previous_version, RevocationReason.SUPERSEDED, actor
+                    )
+                    operations += planned.operations
+                    audit.append(planned.audit)
+                    feed.append(planned.feed)
+                try:
+                    await self._journal.submit(Change(operations, audit, feed))
+                except KeyExists as exc:
+                    if request is None or not request_taken(exc):
+                        raise
+                    return await self._recorded(request)
+                if feed:
+                    self._revocation.revoked_here(previous)
+                return issued
 
-        return await retry_lost_races(attempt, what=f"certificate {old.serial_hex}")
+            return await retry_lost_races(attempt, what=f"certificate {old.serial_hex}")
+
+        return await self._sign_and_record(prepared, record, request_id=request_id, replaces=old.serial_hex)
 
     async def issue_ocsp_delegate(self, issuer: CaKind, signer: Signer, *, actor: Actor) -> DelegatedOcspSigner:
-        """Certify SIGNER as ISSUER's new OCSP signer, reserved and recorded like any certificate."""
+        """Certify SIGNER as ISSUER's new OCSP signer, recorded and audited like any certificate."""
         ca = self._authorities.issuing(issuer)
         now = int(self._clock.now())
         for _ in range(_SERIAL_ATTEMPTS):
-            serial = new_serial()
-            reservation = CertificateRecord(
-                serial=serial,
-                issuer=issuer,
-                profile=OCSP_SIGNER_PROFILE,
-                state=RecordState.RESERVED,
-                subject_id=f"ocsp-{issuer.value}",
-                identity=None,
-                not_before=now,
-                not_after=now,
-                created_at=now,
-            )
-            version = await self._repository.reserve(reservation)
-            if version is None:
-                continue
             delegate = issue_ocsp_signer(
-                ca, signer, settings=self._settings, clock=self._clock, random_bytes=_fixed(serial)
+                ca, signer, settings=self._settings, clock=self._clock, random_bytes=_fixed(new_serial())
             )
-            issued = _issued(reservation, delegate.certificate)
-            await self._journal.submit(
-                Change(self._repository.issuance_operations(issued, version), [_issue_event(issued, actor)])
+            issued = _certificate_record(
+                delegate.certificate, issuer, OCSP_SIGNER_PROFILE, f"ocsp-{issuer.value}", None, created_at=now
             )
+            change = Change(self._repository.issuance_operations(issued), [_issue_event(issued, actor)])
+            try:
+                await self._journal.submit(change)
+            except KeyExists as exc:
+                if serial_taken(exc, issued.serial_hex):
+                    continue  # the delegate certificate is dropped: it was never recorded nor used
+                raise
             return delegate
         raise Unavailable("no free serial number found; retry", reason="SERIAL_EXHAUSTED")
 
@@ -220,67 +232,87 @@ class Issuance:
         key = serial_hex(certificate.serial_number)
         if await self._repository.has_certificate(key):
             return False
-        now = int(self._clock.now())
-        base = CertificateRecord(
-            serial=certificate.serial_number,
-            issuer=issuer,
-            profile=profile,
-            state=RecordState.RESERVED,
-            subject_id=subject_id,
-            identity=None,
-            not_before=now,
-            not_after=now,
-            created_at=now,
-        )
-        issued = _issued(base, certificate)
-        operations = self._repository.recording_operations(issued)
+        issued = _certificate_record(certificate, issuer, profile, subject_id, None, created_at=int(self._clock.now()))
+        operations = self._repository.issuance_operations(issued)
         try:
             await self._journal.submit(Change(operations, [_issue_event(issued, actor, action="record")]))
         except KeyExists:
             return False
         return True
 
-    async def _reserve(
-        self, prepared: PreparedIssuance, request_id: str, *, replaces: str = ""
-    ) -> tuple[CertificateRecord, int]:
-        identity = prepared.identity
-        now = int(self._clock.now())
-        serial = prepared.serial
+    async def _sign_and_record(
+        self,
+        prepared: PreparedIssuance,
+        record: Callable[[CertificateRecord], Awaitable[CertificateRecord]],
+        *,
+        request_id: str,
+        replaces: str = "",
+    ) -> CertificateRecord:
+        """Sign PREPARED and RECORD it; when its serial turns out taken, sign again under a new serial."""
+        ca = self._authorities.issuing(prepared.issuer)
+        created_at = int(self._clock.now())
         for _ in range(_SERIAL_ATTEMPTS):
-            record = CertificateRecord(
-                serial=serial,
-                issuer=prepared.issuer,
-                profile=prepared.profile.name,
-                state=RecordState.RESERVED,
-                subject_id=subject_id_of(identity),
-                identity=identity,
-                not_before=int(prepared.not_before.timestamp()),
-                not_after=int(prepared.not_after.timestamp()),
-                created_at=now,
+            signed = sign_certificate(ca, prepared, settings=self._settings)
+            issued = _certificate_record(
+                signed.certificate,
+                prepared.issuer,
+                prepared.profile.name,
+                subject_id_of(prepared.identity),
+                prepared.identity,
+                created_at=created_at,
                 request_id=request_id,
                 replaces=replaces,
             )
-            version = await self._repository.reserve(record)
-            if version is not None:
-                return record, version
-            serial = new_serial()  # 2^-159 odds, but a collision must never share a serial
+            try:
+                return await record(issued)
+            except KeyExists as exc:
+                if not serial_taken(exc, issued.serial_hex):
+                    raise
+            # The certificate just signed is dropped (never recorded, never returned): sign under a new serial.
+            prepared = dataclasses.replace(prepared, serial=new_serial())
         raise Unavailable("no free serial number found; retry", reason="SERIAL_EXHAUSTED")
 
+    async def _recorded(self, request: RequestEntry) -> CertificateRecord:
+        """Return the certificate another call recorded under REQUEST's id, if it was the same request."""
+        found = await self._repository.by_request(request.key)
+        if found is None:
+            raise Aborted("the first request with this request_id just ended; retry", reason="REQUEST_IN_PROGRESS")
+        record, recorded_fingerprint = found
+        if recorded_fingerprint != request.fingerprint:
+            raise InvalidArgument(
+                "request_id was already used for a different request",
+                reason="REQUEST_ID_REUSED",
+                fields={"request_id": "must be new for each different request"},
+            )
+        return record
 
-def record_prepared(prepared: PreparedIssuance, serial: int) -> PreparedIssuance:
-    """Return PREPARED with the serial actually reserved (it differs after a collision)."""
-    return prepared if prepared.serial == serial else dataclasses.replace(prepared, serial=serial)
 
-
-def _issued(record: CertificateRecord, certificate: x509.Certificate) -> CertificateRecord:
-    return dataclasses.replace(
-        record,
+def _certificate_record(
+    certificate: x509.Certificate,
+    issuer: CaKind,
+    profile: str,
+    subject_id: str,
+    identity: Identity | None,
+    *,
+    created_at: int,
+    request_id: str = "",
+    replaces: str = "",
+) -> CertificateRecord:
+    return CertificateRecord(
+        serial=certificate.serial_number,
+        issuer=issuer,
+        profile=profile,
         state=RecordState.ISSUED,
+        subject_id=subject_id,
+        identity=identity,
         not_before=int(certificate.not_valid_before_utc.timestamp()),
         not_after=int(certificate.not_valid_after_utc.timestamp()),
+        created_at=created_at,
+        request_id=request_id,
         subject=certificate.subject.rfc4514_string(),
         certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
         fingerprint_sha256=certificate.fingerprint(hashes.SHA256()).hex(),
+        replaces=replaces,
     )
 
 

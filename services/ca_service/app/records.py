@@ -1,9 +1,8 @@
 """What the CA keeps: certificate records, the compact revoked entries CRLs are built from, CRL metadata and the
 revocation feed's events (the repository says where each lives).
 
-A certificate record is written twice: first as a reservation (state RESERVED, nothing signed yet) created
-if absent under its serial, then, once signed, replaced (compare-and-swap on the reservation's version) by
-the issued record. Revocation replaces the issued record again, so the record's store version changes with
+A certificate record is created once signed (state ISSUED), if absent under its serial, in the commit that
+records the issuance. Revocation replaces it (compare-and-swap), so the record's store version changes with
 every status change and keys the OCSP cache.
 """
 
@@ -26,7 +25,8 @@ OCSP_SIGNER_PROFILE = "ocsp-signer"
 
 
 class RecordState(Enum):
-    """RecordState is how far a certificate got: a serial reserved before signing, or a signed certificate."""
+    """RecordState is how far a certificate got: a signed certificate, or (in stores written by earlier versions,
+    which reserved the serial before signing) a reservation that was never signed, which counts as nothing."""
 
     RESERVED = "reserved"
     ISSUED = "issued"
@@ -84,7 +84,7 @@ def subject_id_of(identity: Identity) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CertificateRecord:
-    """CertificateRecord is one serial the CA reserved or issued, with its revocation once revoked.
+    """CertificateRecord is one certificate the CA issued, with its revocation once revoked.
 
     Times are whole POSIX seconds. `identity` is None only for OCSP signer records.
     """

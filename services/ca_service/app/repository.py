@@ -2,11 +2,15 @@
 
 Collections (namespace "ca"):
 
-    certificates            <serial hex>          CertificateRecord JSON (reserved, then issued, then revoked)
+    certificates            <serial hex>          CertificateRecord JSON: created issued (signed first), then
+                                                  replaced when revoked
     by-subject/<subject>    <serial hex>          issuer: the certificates of one user id or service role
     by-state/active         <serial hex>          issuer: issued and not revoked (expired ones too, by time)
     revoked/<issuer>        <serial hex>          "notAfter,revokedAt,reason": what the CRL is built from
-    requests                <kind>:<request_id>   serial hex (TTL one day): issuance by request id, crash-safe
+    requests                issue/<scope>/<id>    {"serial", "fp"} (TTL one day): an issuance by the caller's
+                                                  request id, scoped by caller and subject; IssueCertificate's
+                                                  idempotency
+                            renew:<request_id>    {"serial", "fp"} (TTL one day): a renewal by request id
     revocation-events       p<position:020>       RevocationEvent JSON: the feed WatchRevocations reads by cursor,
                                                   pruned after a day
     audit                   <sequence:016>        AuditRecord JSON, hash-chained (kagi.journal writes it)
@@ -17,9 +21,13 @@ Collections (namespace "ca"):
     crl-numbers             <issuer>              counter: CRL numbers, allocated with increment
     locks                   ocsp-renewal/<issuer> TTL entries: one replica at a time renews an OCSP signer
 
-Reads, create-if-absent reservations, CRL publications, feed pruning and locks go to the store from here. A
-certificate's state change is returned as operations instead: the journal commits them together with the
-change's audit record (and numbers its feed events), so nothing here writes a certificate on its own.
+On Redis every one of these keys carries the namespace's hash tag (`kagi:{ca}:...`, see kagi.store.redis), so
+they all live in one Cluster slot and any of them may share a commit: an issuance's certificate, indexes,
+request-id entry, audit record and chain head go in one.
+
+Reads, CRL publications, feed pruning and locks go to the store from here. A certificate's state change is
+returned as operations instead: the journal commits them together with the change's audit record (and numbers
+its feed events), so nothing here writes a certificate on its own.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import re
 from dataclasses import dataclass
 
 from kagi.errors import InvalidArgument, Unavailable
+from kagi.idempotency import scope_of
 from kagi.journal import FeedEvent, feed_key, feed_position, last_feed_position
 from kagi.store.base import (
     Create,
@@ -109,9 +118,47 @@ def ocsp_renewal_lock(issuer: CaKind) -> str:
     return f"ocsp-renewal/{issuer.value}"
 
 
-def request_key(kind: str, request_id: str) -> str:
-    """Return the ledger key naming an issuance (or renewal) by the caller's request id."""
-    return f"{kind}:{request_id}"
+def issue_request_key(caller: str, subject: str, request_id: str) -> str:
+    """Return the key naming an issuance by REQUEST_ID, scoped by CALLER and SUBJECT as the idempotency ledger
+    scopes its entries: another caller's or another subject's request id is another entry."""
+    return f"{scope_of('issue', caller, subject)}/{request_id}"
+
+
+def renew_request_key(request_id: str) -> str:
+    """Return the key naming a renewal by REQUEST_ID (the idempotency ledger in front of it scopes the caller)."""
+    return f"renew:{request_id}"
+
+
+def serial_taken(error: KeyExists, serial: str) -> bool:
+    """Tell whether an issuance commit failed because SERIAL is recorded already (drawn twice: 2^-159 odds)."""
+    failed = error.failed
+    return (
+        failed is not None
+        and failed.key == serial
+        and (failed.collection in (CERTIFICATES, ACTIVE) or failed.collection.startswith("by-subject/"))
+    )
+
+
+def request_taken(error: KeyExists) -> bool:
+    """Tell whether an issuance commit failed because another request with its request id was recorded first."""
+    return error.failed is not None and error.failed.collection == REQUESTS
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEntry:
+    """RequestEntry names an issuance by the caller's request id: its key and the request's fingerprint.
+
+    The entry is created with the certificate, in the same commit, only if absent: the first request with the
+    id wins, and a later one finds the certificate under it (same fingerprint) or is another request reusing
+    the id (another fingerprint).
+    """
+
+    key: str
+    fingerprint: str = ""
+
+    def value(self, serial: str) -> bytes:
+        """Return the stored form naming the certificate SERIAL."""
+        return json.dumps({"serial": serial, "fp": self.fingerprint}, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,42 +188,26 @@ class CaRepository:
         return None if entry is None else (CertificateRecord.from_json(entry.value), entry.version)
 
     async def has_certificate(self, serial: str) -> bool:
-        """Tell whether anything (a reservation or a certificate) is recorded under a canonical serial."""
+        """Tell whether anything is recorded under a canonical serial."""
         return await self._store.get(CERTIFICATES, serial) is not None
 
-    async def reserve(self, record: CertificateRecord) -> int | None:
-        """Reserve RECORD's serial before anything is signed; return the reservation's version, None if taken."""
-        try:
-            entry = await self._store.create(CERTIFICATES, record.serial_hex, record.to_json())
-        except KeyExists:
-            return None
-        return entry.version
+    def issuance_operations(self, issued: CertificateRecord, request: RequestEntry | None = None) -> list[Operation]:
+        """Return the operations recording the signed certificate ISSUED, indexed and, with a REQUEST, findable
+        by its request id.
 
-    def issuance_operations(
-        self, issued: CertificateRecord, version: int, *, request_id: str = "", kind: str = "issue"
-    ) -> list[Operation]:
-        """Return the operations recording ISSUED over its reservation (at VERSION), indexed and, with a
-        REQUEST_ID, findable by it."""
+        All are create-if-absent: a serial already taken fails the commit with KeyExists naming CERTIFICATES
+        (or an index), a request id already used with KeyExists naming REQUESTS.
+        """
         key = issued.serial_hex
         issuer = issued.issuer.value.encode()
         operations: list[Operation] = [
-            Replace(CERTIFICATES, key, issued.to_json(), version),
-            Create(by_subject(issued.subject_id), key, issuer),
-            Create(ACTIVE, key, issuer),
-        ]
-        if request_id:
-            operations.append(Create(REQUESTS, request_key(kind, request_id), key.encode(), ttl=REQUEST_TTL))
-        return operations
-
-    def recording_operations(self, issued: CertificateRecord) -> list[Operation]:
-        """Return the operations recording a certificate signed before the store knew it (no reservation)."""
-        key = issued.serial_hex
-        issuer = issued.issuer.value.encode()
-        return [
             Create(CERTIFICATES, key, issued.to_json()),
             Create(by_subject(issued.subject_id), key, issuer),
             Create(ACTIVE, key, issuer),
         ]
+        if request is not None:
+            operations.append(Create(REQUESTS, request.key, request.value(key), ttl=REQUEST_TTL))
+        return operations
 
     async def revocation_operations(
         self, record: CertificateRecord, revoked: CertificateRecord, version: int
@@ -201,13 +232,18 @@ class CaRepository:
 
     # -- the request-id ledger --------------------------------------------------------------------------------
 
-    async def by_request(self, kind: str, request_id: str) -> CertificateRecord | None:
-        """Return the certificate issued (KIND "issue" or "renew") for REQUEST_ID, or None."""
-        entry = await self._store.get(REQUESTS, request_key(kind, request_id))
+    async def by_request(self, key: str) -> tuple[CertificateRecord, str] | None:
+        """Return the certificate issued under the request-id entry KEY with the request's fingerprint, or None."""
+        entry = await self._store.get(REQUESTS, key)
         if entry is None:
             return None
-        found = await self.certificate(entry.value.decode())
-        return found[0] if found is not None and found[0].issued else None
+        if entry.value.startswith(b"{"):
+            stored = json.loads(entry.value)
+            serial, request_fingerprint = str(stored["serial"]), str(stored.get("fp", ""))
+        else:  # an entry written before fingerprints were kept: the serial alone
+            serial, request_fingerprint = entry.value.decode(), ""
+        found = await self.certificate(serial)
+        return (found[0], request_fingerprint) if found is not None and found[0].issued else None
 
     # -- listings ---------------------------------------------------------------------------------------------
 

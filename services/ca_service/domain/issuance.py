@@ -1,7 +1,8 @@
-"""Issuing end-entity certificates in two steps: prepare (validate, allocate a serial), then sign.
+"""Issuing end-entity certificates in two steps: prepare (validate, draw a serial), then sign.
 
-The split lets the use case reserve the serial in the store with create-if-absent before anything is signed,
-so a certificate with a serial the CA has no record of can never exist.
+The split lets the use case validate and authorise before signing, and sign again under a new serial when the
+commit recording the certificate finds its serial taken; a certificate whose record was not committed is
+dropped, so the CA never hands out one it has no record of.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class PreparedIssuance:
 
     @property
     def serial_hex(self) -> str:
-        """Serial_hex is the serial in its canonical text form (the key to reserve in the store)."""
+        """Serial_hex is the serial in its canonical text form (the certificate's key in the store)."""
         return serial_hex(self.serial)
 
 
@@ -149,7 +150,7 @@ def prepare_issuance(
 def sign_certificate(
     ca: CertificateAuthority, prepared: PreparedIssuance, *, settings: PkiSettings
 ) -> IssuedCertificate:
-    """sign_certificate signs a prepared issuance with `ca` (call it only once the serial is reserved)."""
+    """sign_certificate signs a prepared issuance with `ca` (return it only once its record is committed)."""
     if ca.kind is not prepared.issuer:
         raise IssuerCannotIssue(f"this issuance was prepared for the {prepared.issuer.value} CA")
     identity = prepared.identity
