@@ -23,9 +23,7 @@ import json
 import os
 import platform
 import pstats
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,21 +42,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
+from bench.harness import RedisServer, cpu_seconds, free_port, ocsp_fixture, process_tree
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
+from kagi.cli.stack import DEV_PORTS, stack_environment
 from kagi.clock import FakeClock, SystemClock
 from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.logging import configure_logging
-from kagi.runtime.settings import ListenSettings, Secret, TlsFiles
+from kagi.runtime.settings import Secret, TlsFiles
 from kagi.store.base import Create
 from services.ca_service.adapters.file_signer import PrivateKeySigner
 from services.ca_service.app.repository import revoked_collection
 from services.ca_service.creation import DevPki, ensure_dev_pki
-from services.ca_service.domain.hierarchy import build_hierarchy, issue_ocsp_signer
+from services.ca_service.domain.hierarchy import build_hierarchy
 from services.ca_service.domain.identity import CustomerIdentity
 from services.ca_service.domain.issuance import prepare_issuance, sign_certificate
 from services.ca_service.domain.keys import KeyAlgorithm
-from services.ca_service.domain.ocsp import OcspResponder, OcspResponseCache, answer_ocsp, parse_ocsp_request
-from services.ca_service.domain.revocation import CertificateStatus
 from services.ca_service.domain.serials import new_serial
 from services.ca_service.domain.settings import CaKind, PkiSettings
 from services.ca_service.main import CaSettings, open_runtime, start_ca
@@ -71,36 +69,6 @@ IN_FLIGHT = 64
 
 CRL_ENTRIES = 100_000
 CRL_BUDGET_SECONDS = 1.5
-
-
-def free_port() -> int:
-    """free_port is a TCP port on 127.0.0.1 nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# -- CPU accounting -----------------------------------------------------------------------------------------
-
-
-def process_tree(pid: int) -> list[int]:
-    """process_tree is `pid` and its child processes (the worker processes of `kagi serve ca`)."""
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            pids += [int(child) for child in task.read_text().split()]
-    return pids
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """cpu_seconds is the user+system CPU time the processes used so far (Linux /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
 
 
 # -- the client process ------------------------------------------------------------------------------------
@@ -211,67 +179,10 @@ def run_client(spec: dict[str, object]) -> dict[str, float]:
 # -- servers ------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def redis_server(directory: Path) -> Iterator[str]:
-    """redis_server runs a redis-server on a free port with persistence off; yields its URL base.
-
-    The services (child processes inherit the setting) accept it only with KAGI_STORE_ALLOW_VOLATILE=1.
-    """
-    os.environ["KAGI_STORE_ALLOW_VOLATILE"] = "1"
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def ca_environment(dev: DevPki, store_url: str, state_dir: Path, port: int, workers: int) -> dict[str, str]:
-    """ca_environment is what `kagi serve ca` reads for one benchmark server."""
-    ca = dev.tls("ca")
-    return {
-        **os.environ,
-        "KAGI_CA_HOST": "127.0.0.1",
-        "KAGI_CA_PORT": str(port),
-        "KAGI_CA_WORKERS": str(workers),
-        "KAGI_CA_TLS_CERT": str(ca.cert_file),
-        "KAGI_CA_TLS_KEY": str(ca.key_file),
-        "KAGI_CA_TLS_CA": str(ca.ca_file),
-        "KAGI_STORE_URL": store_url,
-        "KAGI_STATE_DIR": str(state_dir),
-        "KAGI_CA_DIR": str(dev.ca_dir),
-        "KAGI_CA_KEY_PASSPHRASE_FILE": str(dev.passphrase_file),
-        "KAGI_LOG_LEVEL": "WARNING",
-    }
+    """ca_environment is what `kagi serve ca` reads for one benchmark server: the stack's, on this run's store."""
+    run = {"KAGI_STATE_DIR": str(state_dir), "KAGI_CA_WORKERS": str(workers), "KAGI_LOG_LEVEL": "WARNING"}
+    return {**os.environ, **stack_environment(dev, {**DEV_PORTS, "ca": port}, store_url, run)}
 
 
 @contextlib.contextmanager
@@ -367,29 +278,8 @@ def inprocess_issue_cpu(algorithm: KeyAlgorithm, settings: PkiSettings, clock: F
 
 def inprocess_ocsp_cpu(settings: PkiSettings, clock: FakeClock) -> dict[str, float]:
     """inprocess_ocsp_cpu is the CPU of an OCSP answer in process, signed and cached (as ca_inprocess_bench)."""
-    hierarchy = build_hierarchy({kind: PrivateKeySigner.generate() for kind in CaKind}, settings=settings, clock=clock)
-    delegate = issue_ocsp_signer(hierarchy.customer, PrivateKeySigner.generate(), settings=settings, clock=clock)
-    responder = OcspResponder(delegate)
-    request = (
-        ocsp.OCSPRequestBuilder()
-        .add_certificate(delegate.certificate, hierarchy.customer.certificate, hashes.SHA256())
-        .build()
-        .public_bytes(serialization.Encoding.DER)
-    )
-    status = CertificateStatus(
-        CaKind.CUSTOMER, delegate.certificate.serial_number, delegate.certificate.not_valid_after_utc, version=1
-    )
-    cache = OcspResponseCache()
-    return {
-        "uncached": cpu_per_op(
-            lambda: answer_ocsp(responder, parse_ocsp_request(request), status, settings=settings, clock=clock)
-        ),
-        "cached": cpu_per_op(
-            lambda: answer_ocsp(
-                responder, parse_ocsp_request(request), status, settings=settings, clock=clock, cache=cache
-            )
-        ),
-    }
+    fixture = ocsp_fixture(KeyAlgorithm.EC_P256, settings, clock)
+    return {"uncached": cpu_per_op(fixture.uncached), "cached": cpu_per_op(fixture.cached)}
 
 
 def bench_issuance(base: Path, redis_base: str, seconds: float, warmup: float) -> list[Row]:
@@ -605,20 +495,13 @@ def profile_server(seconds: float, store: str) -> None:
     configure_logging("ca", level="WARNING")
     with tempfile.TemporaryDirectory(prefix="kagi-ca-profile-") as raw, contextlib.ExitStack() as stack:
         base = Path(raw)
-        redis_base = stack.enter_context(redis_server(base)) if store == "redis" else ""
+        redis_base = stack.enter_context(RedisServer(base)).base_url if store == "redis" else ""
         dev = dev_pki(base, KeyAlgorithm.EC_P256)
         url = store_url_for(store, redis_base, 1)
         profiler = cProfile.Profile()
 
         async def serve() -> None:
-            settings = CaSettings(
-                listen=ListenSettings("127.0.0.1", 0, dev.tls("ca")),
-                store_url=url,
-                state_dir=base,
-                ca_dir=dev.ca_dir,
-                passphrase=Secret(dev.passphrase_file.read_bytes().strip()),
-                pki=PkiSettings(),
-            )
+            settings = CaSettings.from_env(ca_environment(dev, url, base, 0, 1))
             component = await start_ca(settings)
             spec = {
                 "kind": "issue",
@@ -669,7 +552,8 @@ def main() -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kagi-ca-bench-") as raw:
         base = Path(raw)
-        with redis_server(base) as redis_base:
+        with RedisServer(base) as redis:
+            redis_base = redis.base_url
             issuance = bench_issuance(base, redis_base, seconds, warmup)
             crl = bench_crl(base, redis_base)
             ocsp_rows = bench_ocsp(base, redis_base, seconds, warmup)

@@ -19,22 +19,16 @@ import cryptography  # imported after the sys.path line, so a plain checkout run
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
+from bench.harness import ocsp_fixture
 from kagi.clock import FakeClock, utc_datetime
 from services.ca_service.adapters.file_signer import PrivateKeySigner
 from services.ca_service.domain.crl import build_crl
-from services.ca_service.domain.hierarchy import Hierarchy, build_hierarchy, issue_ocsp_signer
+from services.ca_service.domain.hierarchy import Hierarchy, build_hierarchy
 from services.ca_service.domain.identity import CustomerIdentity
 from services.ca_service.domain.issuance import prepare_issuance, sign_certificate
 from services.ca_service.domain.keys import KeyAlgorithm, generate_private_key
-from services.ca_service.domain.ocsp import (
-    OcspResponder,
-    OcspResponseCache,
-    answer_ocsp,
-    parse_ocsp_request,
-)
 from services.ca_service.domain.revocation import CertificateStatus, Revocation, RevocationReason
 from services.ca_service.domain.serials import new_serial
 from services.ca_service.domain.settings import CaKind, PkiSettings
@@ -220,33 +214,10 @@ def _naive_crl(hierarchy: Hierarchy, statuses: list[CertificateStatus], now: obj
 
 def bench_ocsp(algorithm: KeyAlgorithm, settings: PkiSettings, clock: FakeClock) -> list[Row]:
     """bench_ocsp times parse + answer for one serial, signed every time and served from the cache."""
-    hierarchy = build_hierarchy(
-        {kind: PrivateKeySigner.generate(algorithm) for kind in CaKind}, settings=settings, clock=clock
-    )
-    delegate = issue_ocsp_signer(
-        hierarchy.customer, PrivateKeySigner.generate(algorithm), settings=settings, clock=clock
-    )
-    responder = OcspResponder(delegate)
-    request = (
-        ocsp.OCSPRequestBuilder()
-        .add_certificate(delegate.certificate, hierarchy.customer.certificate, hashes.SHA256())
-        .build()
-        .public_bytes(serialization.Encoding.DER)
-    )
-    status = CertificateStatus(
-        CaKind.CUSTOMER, delegate.certificate.serial_number, delegate.certificate.not_valid_after_utc, version=1
-    )
-    cache = OcspResponseCache()
-
-    def uncached() -> object:
-        return answer_ocsp(responder, parse_ocsp_request(request), status, settings=settings, clock=clock)
-
-    def cached() -> object:
-        return answer_ocsp(responder, parse_ocsp_request(request), status, settings=settings, clock=clock, cache=cache)
-
+    fixture = ocsp_fixture(algorithm, settings, clock)
     return [
-        ("OCSP: parse + sign response (uncached)", algorithm.value, per_op(uncached)),
-        ("OCSP: parse + cached response", algorithm.value, per_op(cached)),
+        ("OCSP: parse + sign response (uncached)", algorithm.value, per_op(fixture.uncached)),
+        ("OCSP: parse + cached response", algorithm.value, per_op(fixture.cached)),
     ]
 
 

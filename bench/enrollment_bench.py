@@ -33,11 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kagi.devstack import stack_environment  # noqa: E402
+from bench.harness import RedisServer, cpu_seconds, free_port, percentile, wait_for_port  # noqa: E402
+from kagi.cli.stack import stack_environment  # noqa: E402
 from kagi.passwords import OWASP_ARGON2ID, PasswordHasher, Pepper  # noqa: E402
 from services.ca_service.creation import ensure_dev_pki  # noqa: E402
 from tests.support.enrollment_flow import Customer, Services  # noqa: E402
-from tests.support.ports import free_port  # noqa: E402
 from tests.support.smtp import SmtpServer  # noqa: E402
 
 KDF_OPERATIONS_PER_ENROLLMENT = 7
@@ -54,47 +54,6 @@ def kdf_cost_seconds(samples: int = 20) -> float:
         hasher.hash("Passw0rd")
         times.append(time.process_time() - start)
     return statistics.median(times)
-
-
-class Redis:
-    """A throwaway redis-server (AOF off: the bench measures kagi, not fsync; the services, child processes,
-    accept it with KAGI_STORE_ALLOW_VOLATILE=1)."""
-
-    def __init__(self, directory: Path) -> None:
-        os.environ["KAGI_STORE_ALLOW_VOLATILE"] = "1"
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(directory)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        time.sleep(0.3)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def start_services(
@@ -122,7 +81,7 @@ def start_services(
         code = (
             "import asyncio, json, os, sys\n"
             "from pathlib import Path\n"
-            "from kagi.devstack import start_stack\n"
+            "from kagi.cli.stack import start_stack\n"
             "from kagi.runtime.serve import serve_until_signalled\n"
             "from kagi.runtime.logging import configure_logging\n"
             "configure_logging('bench', level='WARNING')\n"
@@ -136,9 +95,14 @@ def start_services(
             subprocess.Popen([sys.executable, "-c", code, str(state), json.dumps(ports), store_url], env=full_env)
         )
     for name in ("ca", "otp", "enrollment"):
-        wait_port(ports[name])
+        asyncio.run(wait_for_port(ports[name], exited=lambda: _exited(processes)))
     targets = {name: f"localhost:{ports[name]}" for name in ("ca", "otp", "enrollment")}
     return processes, targets
+
+
+def _exited(processes: list[subprocess.Popen[bytes]]) -> int | None:
+    """Return the exit status of the first service process that has ended, if any."""
+    return next((status for status in (p.poll() for p in processes) if status is not None), None)
 
 
 async def drive(
@@ -178,11 +142,6 @@ async def measure(
         await services.close()
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--enrollments", type=int, default=60)
@@ -207,20 +166,20 @@ def main() -> None:
         for layout in (layouts[name] for name in args.layouts.split(",")):
             with tempfile.TemporaryDirectory(prefix="kagi-bench-") as tmp:
                 base = Path(tmp)
-                redis = Redis(base) if store == "redis" else None
+                redis = RedisServer(base) if store == "redis" else None
                 smtp = SmtpServer().start()
                 processes: list[subprocess.Popen[bytes]] = []
                 try:
-                    url = redis.url if redis else "sqlite:"
+                    url = redis.url() if redis else "sqlite:"
                     processes, targets = start_services(base / "state", url, smtp.port, layout)
                     workdir = base / "client"
                     workdir.mkdir()
                     services = Services(targets, base / "state" / "tls", smtp)
-                    services_before = sum(cpu_seconds(p.pid) for p in processes)
+                    services_before = cpu_seconds(p.pid for p in processes)
                     driver_before = time.process_time()
                     elapsed, latencies = asyncio.run(measure(services, workdir, args.enrollments, args.concurrency))
                     # CPU spent while the enrollments ran (registrations included), without start-up
-                    service_cpu = sum(cpu_seconds(p.pid) for p in processes) - services_before
+                    service_cpu = cpu_seconds(p.pid for p in processes) - services_before
                     driver_cpu = time.process_time() - driver_before
                 finally:
                     for process in processes:

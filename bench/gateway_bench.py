@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import pstats
-import secrets
 import shutil
 import signal
 import socket
@@ -48,7 +46,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,34 +56,20 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402 - after the sys.path line, so a plain checkout runs
 from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
 
+from bench.harness import cpu_seconds, free_port, percentile, process_tree, wait_for_port  # noqa: E402
 from kagi.enrollment.v1 import enrollment_pb2 as pb  # noqa: E402
 from kagi.enrollment.v1 import enrollment_pb2_grpc  # noqa: E402
 from kagi.runtime.grpc_client import open_channel  # noqa: E402
-from kagi.runtime.grpc_server import CLIENT_CERT_SERIAL_HEADER, CLIENT_CERT_SHA256_HEADER  # noqa: E402
 from kagi.runtime.logging import configure_logging  # noqa: E402
-from kagi.runtime.settings import ListenSettings, Secret, TlsFiles  # noqa: E402
+from kagi.runtime.settings import Secret, TlsFiles  # noqa: E402
 from services.ca_service.adapters.ca_directory import CaDirectory  # noqa: E402
-from services.ca_service.creation import DevPki, ensure_dev_pki_async  # noqa: E402
-from services.ca_service.domain.settings import CaKind, PkiSettings  # noqa: E402
-from services.ca_service.main import CaSettings, start_ca  # noqa: E402
-from services.enrollment_service.app.use_cases import EnrollmentPolicy  # noqa: E402
-from services.enrollment_service.main import EnrollmentSettings, start_enrollment  # noqa: E402
-from services.otp_service.domain import KeyEncryptionKey  # noqa: E402
-from services.otp_service.main import OtpSettings, start_otp  # noqa: E402
+from services.ca_service.creation import DevPki  # noqa: E402
+from services.ca_service.domain.settings import CaKind  # noqa: E402
+from tests.support.enrollment_flow import Customer, Stack, open_stack  # noqa: E402
 
 KAGI = str(Path(sys.executable).parent / "kagi")
-PROFILE = {
-    "user_name": "Bench User",
-    "email": "bench@example.jp",
-    "email_confirmation": "bench@example.jp",
-    "login_password": "Passw0rd",
-    "login_password_confirmation": "Passw0rd",
-    "confirmation_password": "Kakunin9",
-    "confirmation_password_confirmation": "Kakunin9",
-}
 
 
 # -- the load generator (a separate process) ----------------------------------------------------------------
@@ -213,40 +196,10 @@ def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
             thread.join()
     latencies = sorted(out.pop("latencies"))
     out["rate"] = out["done"] / seconds
-    out["p50_ms"] = 1000 * latencies[len(latencies) // 2] if latencies else 0.0
-    out["p99_ms"] = 1000 * latencies[int(len(latencies) * 0.99)] if latencies else 0.0
+    out["p50_ms"] = 1000 * percentile(latencies, 0.5) if latencies else 0.0
+    out["p99_ms"] = 1000 * percentile(latencies, 0.99) if latencies else 0.0
     out["loadgen_cpu"] = time.process_time() - cpu_before
     return out
-
-
-# -- process CPU accounting ---------------------------------------------------------------------------------
-
-
-def _tree(pid: int) -> list[int]:
-    """The process and its descendants (the gateway's and nginx's workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, []))
-    return found
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """Cpu_seconds is the user + system CPU time the processes have used so far."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
 
 
 # -- the services, the customer, the servers under test ---------------------------------------------------
@@ -254,64 +207,42 @@ def cpu_seconds(pids: list[int]) -> float:
 
 @dataclass
 class Services:
-    """Services are the in-process CA, OTP and enrollment services and the files clients need."""
+    """Services are the in-process CA, OTP and enrollment services (as `kagi dev` builds them) and a scratch folder."""
 
-    pki: DevPki
-    components: dict[str, Any]
+    stack: Stack
     directory: Path
 
+    @property
+    def pki(self) -> DevPki:
+        """Return the CA hierarchy and the internal certificates."""
+        assert self.stack.dev is not None
+        return self.stack.dev.pki
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """Return the running services by name."""
+        assert self.stack.dev is not None
+        return self.stack.dev.components
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """Return the KAGI_* variables the services were built from, with their ports."""
+        assert self.stack.dev is not None
+        return self.stack.dev.env
+
     def target(self, name: str) -> str:
-        """Target is a service's host:port."""
-        return f"localhost:{self.components[name].port}"
+        """Return a service's host:port."""
+        return self.stack.targets[name]
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    async def stop(self) -> None:
+        """Stop the services and the SMTP server their mail goes to."""
+        await self.stack.close()
+        self.stack.smtp.stop()
 
 
 async def start_services(directory: Path) -> Services:
-    """Start_services starts the CA, OTP and enrollment services in this process on free ports."""
-    state = directory / "state"
-    pki_settings = PkiSettings(base_url="http://127.0.0.1:8080")
-    pki = await ensure_dev_pki_async(state, settings=pki_settings)
-    components: dict[str, Any] = {}
-    components["ca"] = await start_ca(
-        CaSettings(
-            listen=ListenSettings("127.0.0.1", 0, pki.tls("ca")),
-            store_url="sqlite:",
-            state_dir=state,
-            ca_dir=pki.ca_dir,
-            passphrase=Secret(pki.passphrase_file.read_bytes().strip()),
-            pki=pki_settings,
-        )
-    )
-    components["otp"] = await start_otp(
-        OtpSettings(
-            listen=ListenSettings("127.0.0.1", 0, pki.tls("otp")),
-            store_url="sqlite:",
-            state_dir=state,
-            pepper=Secret(secrets.token_urlsafe(48)),
-            kek=KeyEncryptionKey.from_base64("k1", base64.b64encode(secrets.token_bytes(32)).decode()),
-        )
-    )
-    services = Services(pki, components, directory)
-    components["enrollment"] = await start_enrollment(
-        EnrollmentSettings(
-            listen=ListenSettings("127.0.0.1", 0, pki.tls("enrollment")),
-            store_url="sqlite:",
-            state_dir=state,
-            ca_target=services.target("ca"),
-            otp_target=services.target("otp"),
-            client_tls=pki.tls("enrollment"),
-            pepper=Secret(secrets.token_urlsafe(48)),
-            smtp_url=None,
-            mail_from="bench@localhost",
-            policy=EnrollmentPolicy(),
-        )
-    )
-    return services
+    """Start the CA, OTP and enrollment services in this process on free ports."""
+    return Services(await open_stack(directory / "state"), directory)
 
 
 @dataclass
@@ -324,56 +255,12 @@ class BenchCustomer:
 
 
 async def enroll(services: Services) -> BenchCustomer:
-    """Enroll takes steps 1-4 over gRPC (as the gateway would) and writes the certificate and key."""
-    operator = open_channel(services.target("enrollment"), services.pki.tls("operator"), server_name="localhost")
-    gateway = open_channel(services.target("enrollment"), services.pki.tls("gateway"), server_name="localhost")
-    bank, front = (
-        enrollment_pb2_grpc.EnrollmentServiceStub(operator),
-        enrollment_pb2_grpc.EnrollmentServiceStub(gateway),
-    )
-    account = f"{uuid.uuid4().int % 10**7:07d}"
-    notice = await bank.RegisterApplication(
-        pb.RegisterApplicationRequest(
-            request_id=uuid.uuid4().hex, company_name="Bench", branch_code="001",
-            account_type=pb.ACCOUNT_TYPE_ORDINARY, account_number=account,
-        )
-    )  # fmt: skip
-    started = await front.VerifyNotice(
-        pb.VerifyNoticeRequest(
-            branch_code="001", account_type=pb.ACCOUNT_TYPE_ORDINARY, account_number=account,
-            temporary_login_password=notice.temporary_login_password,
-            temporary_confirmation_password=notice.temporary_confirmation_password,
-        )
-    )  # fmt: skip
-    enrollment_id, session = started.enrollment.enrollment_id, started.session_token
-    await front.SubmitProfile(
-        pb.SubmitProfileRequest(
-            enrollment_id=enrollment_id, session_token=session,
-            login_id="bench1user", login_id_confirmation="bench1user", **PROFILE,
-        )
-    )  # fmt: skip
-    await front.ConfirmRegistration(pb.ConfirmRegistrationRequest(enrollment_id=enrollment_id, session_token=session))
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
-    issued = await front.IssueCertificate(
-        pb.IssueCertificateRequest(
-            request_id=uuid.uuid4().hex, enrollment_id=enrollment_id, session_token=session,
-            csr_pem=csr.public_bytes(serialization.Encoding.PEM).decode(),
-        )
-    )  # fmt: skip
-    await operator.close()
-    await gateway.close()
-    cert_file, key_file = services.directory / "customer.pem", services.directory / "customer-key.pem"
-    cert_file.write_text(issued.certificate_pem + issued.chain_pem)
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    leaf = x509.load_pem_x509_certificate(issued.certificate_pem.encode())
-    metadata = [
-        (CLIENT_CERT_SERIAL_HEADER, format(leaf.serial_number, "x")),
-        (CLIENT_CERT_SHA256_HEADER, leaf.fingerprint(hashes.SHA256()).hex()),
-    ]
-    return BenchCustomer(enrollment_id, TlsFiles(cert_file, key_file, services.pki.root_file), metadata)
+    """Take steps 1-4 over gRPC (as the gateway would); the certificate and its key are then files."""
+    customer = Customer(services.stack, services.directory)
+    await customer.register_application()
+    for step in (customer.step1, customer.step2, customer.step3, customer.step4):
+        await step()
+    return BenchCustomer(customer.enrollment_id, customer.tls_files(), customer.cert_metadata)
 
 
 def _customer_bundle(services: Services) -> Path:
@@ -405,7 +292,7 @@ async def nginx(services: Services, workers: int) -> AsyncIterator[tuple[int, li
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     directory = services.directory / f"nginx-{workers}"
     directory.mkdir(exist_ok=True)
-    port = _free_port()
+    port = free_port()
     tls = services.pki.tls("gateway")
     config = directory / "nginx.conf"
     config.write_text(
@@ -445,8 +332,8 @@ http {{
         binary, "-c", str(config), "-p", str(directory), stderr=asyncio.subprocess.PIPE
     )
     try:
-        await _wait_for_port(port, process)
-        yield port, _tree(process.pid)
+        await wait_for_port(port, exited=lambda: process.returncode)
+        yield port, process_tree(process.pid)
     finally:
         process.send_signal(signal.SIGQUIT)
         await process.wait()
@@ -460,20 +347,14 @@ async def gateway(
 
     With `profile`, the (single) gateway process runs under cProfile and writes its statistics there on exit.
     """
-    port = _free_port()
-    tls = services.pki.tls("gateway")
+    port = free_port()
     env = {
         **os.environ,
-        "KAGI_GATEWAY_HOST": "127.0.0.1",
+        # The stack's own configuration (identity, backends' targets) with this run's port and worker count.
+        **services.environment,
         "KAGI_GATEWAY_PORT": str(port),
         "KAGI_GATEWAY_HTTP_PORT": "-1",
-        "KAGI_GATEWAY_TLS_CERT": str(tls.cert_file),
-        "KAGI_GATEWAY_TLS_KEY": str(tls.key_file),
-        "KAGI_GATEWAY_TLS_CA": str(tls.ca_file),
         "KAGI_GATEWAY_WORKERS": str(workers),
-        "KAGI_CA_TARGET": services.target("ca"),
-        "KAGI_OTP_TARGET": services.target("otp"),
-        "KAGI_ENROLLMENT_TARGET": services.target("enrollment"),
         "KAGI_LOG_LEVEL": "WARNING",
         # The benchmark comes from one address at rates no customer reaches; no management listener needed.
         "KAGI_GATEWAY_RATE_LIMITS": "off",
@@ -485,24 +366,12 @@ async def gateway(
         command = [sys.executable, "-m", "cProfile", "-o", str(profile), *command]
     process = await asyncio.create_subprocess_exec(*command, env=env)
     try:
-        await _wait_for_port(port, process)
+        await wait_for_port(port, exited=lambda: process.returncode)
         await asyncio.sleep(1.0 + workers)  # every worker up, its revocation stream connected
-        yield port, _tree(process.pid)
+        yield port, process_tree(process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         await process.wait()
-
-
-async def _wait_for_port(port: int, process: asyncio.subprocess.Process) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.returncode is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}")
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port} after 30 s")
 
 
 async def measure(spec: dict[str, Any], server_pids: list[int]) -> dict[str, Any]:
@@ -554,8 +423,7 @@ async def run_profile(args: argparse.Namespace) -> None:
             async with gateway(services, 1, profile=profile) as (port, pids):
                 result = await measure({**spec, "port": port}, pids)
         finally:
-            for name in ("enrollment", "otp", "ca"):
-                await services.components[name].stop(0)
+            await services.stop()
         print(f"\nkept-alive GetEnrollment under cProfile: {result['rate']:,.0f}/s\n")
         stats = pstats.Stats(str(profile))
         stats.sort_stats("tottime").print_stats(25)
@@ -594,8 +462,7 @@ async def run_limits(args: argparse.Namespace) -> None:
                             r = await measure({**common, "path": path, "port": port}, pids)
                             totals.setdefault((name, mode), []).append(r)
         finally:
-            for name in ("enrollment", "otp", "ca"):
-                await services.components[name].stop(0)
+            await services.stop()
     print(
         f"\nkagi gateway, connection limits and request deadline on vs off, {dt.datetime.now(dt.UTC):%Y-%m-%d}: "
         f"{os.cpu_count()} cores; 1 worker; {args.rounds} alternating rounds of {args.seconds:g} s per route and "
@@ -672,8 +539,7 @@ async def run(args: argparse.Namespace) -> None:
             results["grpc"] = r = await measure(grpc_spec, [os.getpid()])
             rows.append(_row("GetEnrollment directly over gRPC (mTLS)", "enrollment service", r, services=False))
         finally:
-            for name in ("enrollment", "otp", "ca"):
-                await services.components[name].stop(0)
+            await services.stop()
 
     cores = os.cpu_count()
     print(

@@ -46,16 +46,12 @@ import argparse
 import asyncio
 import base64
 import builtins
-import contextlib
 import cProfile
 import multiprocessing
 import multiprocessing.synchronize
 import os
 import platform
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,6 +67,7 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.harness import RedisServer, cpu_seconds, free_port, percentile
 from kagi.idempotency import IdempotencyLedger
 from kagi.otp.v1 import otp_pb2, otp_pb2_grpc
 from kagi.passwords import Argon2Parameters, PasswordHasher, Pepper
@@ -207,12 +204,6 @@ def server_process(
     asyncio.run(serve())
 
 
-def process_cpu(pid: int) -> float:
-    """Process_cpu is a process's user + system CPU seconds, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class Servers:
     """Servers are the running worker processes of one scenario."""
@@ -227,7 +218,7 @@ class Servers:
 
     def cpu_seconds(self) -> float:
         """Cpu_seconds is the CPU time (user + system) all workers have used so far."""
-        return sum(process_cpu(p.pid) for p in self.processes if p.pid is not None)
+        return cpu_seconds(p.pid for p in self.processes if p.pid is not None)
 
     def stop(self) -> list[dict[str, int]]:
         """Stop ends the workers and returns each one's store-call counts."""
@@ -347,8 +338,7 @@ class Run:
 
     def percentile(self, p: float) -> float:
         """Percentile is the p-th latency percentile in milliseconds."""
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+        return percentile(self.latencies, p / 100) * 1000
 
 
 class Clients:
@@ -387,7 +377,7 @@ class Clients:
 
     def cpu_seconds(self) -> float:
         """Cpu_seconds is the CPU time the client processes have used so far."""
-        return sum(process_cpu(c.pid) for c in self._children if c.pid is not None)
+        return cpu_seconds(c.pid for c in self._children if c.pid is not None)
 
     def close(self) -> None:
         """Close ends the client processes."""
@@ -439,33 +429,6 @@ def verification_calls(
 
 
 # -- redis -------------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """Free_port is a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_redis(directory: Path, aof_always: bool) -> tuple[subprocess.Popen[bytes], str]:
-    """Start_redis runs a redis-server on a free port; returns the process and its URL."""
-    if not aof_always:  # the services (child processes) refuse a Redis without AOF unless told
-        os.environ["KAGI_STORE_ALLOW_VOLATILE"] = "1"
-    port = free_port()
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", ""]
-    argv += ["--appendonly", "yes", "--appendfsync", "always"] if aof_always else ["--appendonly", "no"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(500):
-        with contextlib.suppress(redis.ConnectionError):
-            client.ping()
-            break
-        time.sleep(0.01)
-    return process, f"redis://127.0.0.1:{port}/0"
 
 
 def redis_round_trips(url: str) -> int:
@@ -636,8 +599,10 @@ def main() -> None:
         base = Path(tmp)
         pki = TestPki.create()
         server_tls = pki.write(base / "tls", "otp", pki.service("otp"), pki.internal)
-        client_tls = pki.write(base / "tls", "gateway", pki.service("gateway"), pki.internal)
-        redis_process, redis_url = start_redis(base, args.aof_always)
+        # The enrollment service is the one caller that may verify codes (the gateway reaches tokens through it).
+        client_tls = pki.write(base / "tls", "enrollment", pki.service("enrollment"), pki.internal)
+        redis = RedisServer(base, aof_always=args.aof_always)
+        redis_url = redis.url()
         try:
             stores = [("redis", redis_url), ("sqlite", "sqlite:")]
             if args.only:
@@ -680,8 +645,7 @@ def main() -> None:
                     )
                     index += 1
         finally:
-            redis_process.terminate()
-            redis_process.wait(timeout=10)
+            redis.stop()
 
     print(f"Python {platform.python_version()}, grpcio {grpc.__version__}, {os.cpu_count()} CPUs, {platform.machine()}")
     print(f"Redis persistence: {'AOF appendfsync always' if args.aof_always else 'off'}; SQLite WAL synchronous=FULL")

@@ -15,19 +15,19 @@ import asyncio
 import contextlib
 import platform
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from bench.harness import RedisServer
 from kagi.store import Entry, KeyValueStore
 from kagi.store.redis import RedisStore
 from kagi.store.sqlite import SQLiteStore
@@ -111,34 +111,6 @@ async def bench_level(name: str, store: KeyValueStore, ops: int, in_flight: int,
     return results
 
 
-@contextlib.contextmanager
-def redis_server(directory: Path) -> Iterator[str]:
-    """redis_server runs a throwaway redis-server on a free loopback port with persistence off."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not on PATH: install it or pass --redis-url")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
-    argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("redis-server did not start")
-            time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.kill()
-        process.wait()
-
-
 def redis_version(url: str | None) -> str:
     """redis_version names the local redis-server binary's version (or the URL's server, unknown)."""
     if url:
@@ -165,7 +137,7 @@ async def main() -> None:
         sqlite_store = SQLiteStore(Path(scratch) / "bench.db", namespace="bench")
         results += await bench_driver("sqlite", sqlite_store, args.ops, concurrency, args.budget)
         with contextlib.ExitStack() as stack:
-            url = args.redis_url or stack.enter_context(redis_server(Path(scratch)))
+            url = args.redis_url or stack.enter_context(RedisServer(Path(scratch))).url()
             namespace = f"bench-{uuid.uuid4().hex[:8]}"
             # The bench's Redis runs without AOF (it measures kagi, not fsync): accepted explicitly.
             redis_store = RedisStore(url, namespace=namespace, allow_volatile=True)

@@ -56,6 +56,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from bench.harness import machine_busy_seconds, percentile
 from kagi.clock import FakeClock
 from kagi.enrollment.v1 import user_pb2 as upb
 from kagi.otp.v1 import otp_pb2
@@ -112,17 +113,6 @@ class Account:
     user_id: str = ""
     token_id: str = ""
     access_token: str = ""
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes have used (everything but idle and iowait), from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 async def pool(calls: Calls, concurrency: int) -> list[float]:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import click
 
-from kagi.devstack import DevStack, start_stack
+from kagi.cli.stack import RunningStack, start_stack
 from kagi.errors import KagiError
 from kagi.runtime.logging import configure_logging
 from kagi.runtime.serve import serve_until_signalled
 
 
-def banner(stack: DevStack) -> str:
-    """Banner is what `kagi dev` prints once everything is up: where things are and what to try next."""
+def banner(stack: RunningStack) -> str:
+    """Return what `kagi dev` prints once everything is up: where things are and what to try next."""
     tls = stack.tls_dir
     state = shlex.quote(str(stack.state_dir))
     grpcurl = (
@@ -59,7 +59,7 @@ def dev(state_dir: Path) -> None:
     """Run the CA, OTP and enrollment services and the gateway in one process (development only)."""
     configure_logging("dev", level=os.environ.get("KAGI_LOG_LEVEL", "WARNING"))
 
-    async def start() -> DevStack:
+    async def start() -> RunningStack:
         stack = await start_stack(state_dir)
         click.echo(banner(stack))
         return stack

@@ -16,7 +16,7 @@ from joserfc.jwk import KeySet
 from kagi.clock import FakeClock
 from kagi.runtime.settings import TlsFiles
 from tests.integration.gateway.gateway_support import (
-    Customer,
+    GatewayCustomer,
     GatewayStack,
     complete_with_curl,
     curl,
@@ -52,7 +52,7 @@ async def test_a_customers_day_log_in_step_up_confirm_log_out(timed: tuple[Gatew
     transaction; the same transaction id returns the first confirmation; after logout the token is refused."""
     stack, clock = timed
     customer, secret = await complete_with_curl(stack, clock)
-    other = await Customer(stack).through_step4()
+    other = await GatewayCustomer(stack).through_step4()
     assert customer.certificate is not None
     assert other.certificate is not None
 
@@ -134,7 +134,7 @@ async def test_the_current_enrollment_is_found_from_the_certificate_alone(
     """After step 4 the customer closes the browser (procedure ⑭): with the certificate alone,
     GET /v1/enrollments/current finds the half-done setup and its next step."""
     stack, _clock = timed
-    customer = await Customer(stack).through_step4()
+    customer = await GatewayCustomer(stack).through_step4()
     answer = await curl(stack, "GET", "/v1/enrollments/current", cert=customer.certificate)
     assert answer.status == 200, answer.body
     assert answer.body["enrollment_id"] == customer.enrollment_id

@@ -24,14 +24,14 @@ from kagi.runtime.settings import TlsFiles
 from tests.integration.gateway.gateway_support import (
     USAGE_START_PASSWORD,
     Answer,
-    Customer,
+    GatewayCustomer,
     GatewayStack,
     complete_with_curl,
     curl,
-    make_key_and_csr,
     oathtool_code,
     open_gateway_stack,
 )
+from tests.support.enrollment_flow import make_csr
 from tests.support.tools import run, tool
 
 DAY = 86400.0
@@ -60,7 +60,7 @@ async def _mail(stack: GatewayStack, since: int, subject: str) -> EmailMessage:
     raise AssertionError(f"no mail {subject!r} to {USER_EMAIL}")
 
 
-async def _log_in(stack: GatewayStack, customer: Customer, cert: TlsFiles, password: str) -> Answer:
+async def _log_in(stack: GatewayStack, customer: GatewayCustomer, cert: TlsFiles, password: str) -> Answer:
     answer = await curl(
         stack, "POST", "/v1/sessions", {"login_id": customer.login_id, "login_password": password}, cert=cert
     )
@@ -120,7 +120,7 @@ async def test_a_customers_year_with_curl_openssl_and_oathtool(year: tuple[Gatew
     # Renew with a CSR for a new key made by openssl.
     answer = await _log_in(stack, customer, old_cert, "Newpass12")
     assert answer.status == 201, answer.body
-    csr, key = make_key_and_csr(stack.workdir)
+    csr, key = make_csr(stack.workdir)
     renewal = {"csr_pem": csr, "login_password": "Newpass12"}
     answer = await curl(
         stack, "POST", "/v1/users/me/certificate/renewal", renewal, cert=old_cert, bearer=answer.body["access_token"]

@@ -11,7 +11,7 @@ import time
 
 from gateway.main import start_gateway
 from kagi.runtime.settings import TlsFiles
-from tests.integration.gateway.gateway_support import Customer, GatewayStack, curl, gateway_settings
+from tests.integration.gateway.gateway_support import GatewayCustomer, GatewayStack, curl, gateway_settings
 from tests.support.tools import run, tool
 
 REVOCATION_DEADLINE = 2.0
@@ -57,7 +57,7 @@ async def test_revoked_certificate_is_refused_on_every_replica_within_two_second
     """Two gateway replicas accept the certificate; after the CA revokes it, each refuses it (401
     CLIENT_CERT_REVOKED) on a new connection within 2 s, and so do a kept-alive connection and a TLS session
     resumed from before the revocation."""
-    customer = await Customer(stack).through_step4()
+    customer = await GatewayCustomer(stack).through_step4()
     assert customer.certificate is not None
     replica = await start_gateway(gateway_settings(stack, http_port=None))
     try:
@@ -89,7 +89,7 @@ async def test_revoked_certificate_is_refused_on_every_replica_within_two_second
 async def test_openssl_ocsp_and_the_crl_report_the_revocation(stack: GatewayStack) -> None:
     """`openssl ocsp` says good before and revoked after, over the plain-HTTP port and over HTTPS; the DER CRL
     from /pki/crl/customer.crl (plain HTTP, application/pkix-crl) lists the serial once revoked."""
-    customer = await Customer(stack).through_step4()
+    customer = await GatewayCustomer(stack).through_step4()
     assert customer.certificate is not None
     work = stack.workdir
     leaf = work / "leaf.pem"

@@ -7,14 +7,14 @@ import stat
 
 import pytest
 
-from tests.integration.gateway.gateway_support import USAGE_START_PASSWORD, Customer, GatewayStack, curl
+from tests.integration.gateway.gateway_support import USAGE_START_PASSWORD, GatewayCustomer, GatewayStack, curl
 from tests.support.tools import run, tool
 
 
 async def test_kagi_token_activates_registers_and_shows_the_code_that_completes(stack: GatewayStack) -> None:
     """After step 7 the app activates with the IDs from the mail, stores the seed in a 0600 file encrypted
     under the usage-start password, registers (APP_REGISTERED), and its code makes the enrollment COMPLETED."""
-    customer = Customer(stack)
+    customer = GatewayCustomer(stack)
     service_id, app_user_id = await customer.through_step7()
     assert customer.certificate is not None
     path = f"/v1/enrollments/{customer.enrollment_id}"

@@ -23,7 +23,7 @@ from kagi.otp.v1 import otp_pb2, otp_pb2_grpc
 from kagi.runtime.grpc_client import error_from_rpc, open_channel
 from kagi.runtime.grpc_server import CLIENT_CERT_SERIAL_HEADER, CLIENT_CERT_SHA256_HEADER, CLIENT_CERT_SUBJECT_HEADER
 from kagi.runtime.settings import TlsFiles
-from tests.integration.gateway.gateway_support import MOBILE, USAGE_START_PASSWORD, Customer, GatewayStack
+from tests.integration.gateway.gateway_support import MOBILE, USAGE_START_PASSWORD, GatewayCustomer, GatewayStack
 from tests.integration.gateway.gateway_support import open_gateway_stack as open_stack
 from tests.support.identities import issue_internal_identity, make_key_and_csr
 
@@ -50,7 +50,7 @@ def channel_as(stack: GatewayStack, tls: TlsFiles, component: str) -> grpc.aio.C
     return channel
 
 
-def relayed(victim: Customer) -> tuple[tuple[str, str], ...]:
+def relayed(victim: GatewayCustomer) -> tuple[tuple[str, str], ...]:
     """Relayed is the victim's certificate as the gateway would relay it (serial, SHA-256 of the DER, subject)."""
     assert victim.certificate is not None
     certificate = x509.load_pem_x509_certificate(victim.certificate.cert_file.read_bytes())
@@ -84,7 +84,7 @@ async def subject_id(stack: GatewayStack, serial_hex: str) -> str:
 async def test_frontend_cannot_renew_a_victims_certificate_onto_its_own_key(stack: GatewayStack) -> None:
     """RenewCertificate of a customer's certificate with the attacker's CSR, as a front-end, is PERMISSION_DENIED
     (CALLER_NOT_ALLOWED): the CA issues nothing for the victim and the victim's certificate stays active."""
-    victim = await Customer(stack).through_step4()
+    victim = await GatewayCustomer(stack).through_step4()
     user_id = await subject_id(stack, victim.serial_hex)
     operator = stack.ca("operator")
     before = await operator.ListCertificates(ca_pb2.ListCertificatesRequest(subject_id=user_id))
@@ -106,7 +106,7 @@ async def test_frontend_cannot_drive_a_victims_setup_with_a_relayed_certificate(
     """CertificateLogin, PasswordLogin, RequestToken and VerifyFirstCode on a victim's enrollment, as a front-end
     relaying the victim's certificate serial and fingerprint, are each PERMISSION_DENIED; the enrollment stays at
     CERTIFICATE_ISSUED and no mail is sent."""
-    victim = await Customer(stack).through_step4()
+    victim = await GatewayCustomer(stack).through_step4()
     path = f"/v1/enrollments/{victim.enrollment_id}"
     async with stack.client(victim.certificate) as client:  # step 4 retired the session token
         answer = await client.request("GET", path)
@@ -169,7 +169,7 @@ async def test_frontend_relaying_a_certificate_is_refused_even_where_it_may_call
 ) -> None:
     """A front-end sending relayed client-certificate metadata is PERMISSION_DENIED (CLIENT_CERT_NOT_RELAYED) even
     on an RPC its role may call: only the kagi gateway relays a certificate it verified."""
-    victim = await Customer(stack).through_step4()
+    victim = await GatewayCustomer(stack).through_step4()
     user_id = await subject_id(stack, victim.serial_hex)
     channel = channel_as(stack, await issue_frontend(stack), component)
     calls: dict[str, Callable[[], Awaitable[Message]]] = {
@@ -193,7 +193,7 @@ async def test_frontend_cannot_reissue_disable_or_list_a_victims_token(stack: Ga
     """ReissueToken, DisableToken and ListTokens on a victim's token, as a front-end, are PERMISSION_DENIED
     (CALLER_NOT_ALLOWED): the victim's token keeps its state, no other token appears, and nothing is mailed to
     the attacker."""
-    victim = await Customer(stack).through_step4()
+    victim = await GatewayCustomer(stack).through_step4()
     assert victim.certificate is not None
     path = f"/v1/enrollments/{victim.enrollment_id}"
     token_request = {

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
-from kagi.devstack import DevStack, start_stack
+from kagi.cli.stack import FREE_PORTS, RunningStack, start_stack
 from kagi.errors import InvalidArgument
 from kagi.otp.v1 import otp_pb2, otp_pb2_grpc
 from kagi.runtime.grpc_client import open_channel
@@ -31,23 +31,21 @@ SERVICES = ("ca", "otp", "enrollment")
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[DevStack]:
+async def stack(tmp_path: Path) -> AsyncIterator[RunningStack]:
     """The CA, OTP and enrollment services on free ports, each with the dev PKI's mTLS files."""
-    dev = await start_stack(
-        tmp_path, ports={"ca": 0, "otp": 0, "enrollment": 0, "gateway": 0, "gateway_http": 0}, with_gateway=False
-    )
+    dev = await start_stack(tmp_path, ports=FREE_PORTS, with_gateway=False)
     try:
         yield dev
     finally:
         await dev.stop(0)
 
 
-def _dev_tls(stack: DevStack, name: str) -> TlsFiles:
+def _dev_tls(stack: RunningStack, name: str) -> TlsFiles:
     tls = stack.tls_dir
     return TlsFiles(tls / f"{name}.pem", tls / f"{name}-key.pem", tls / "ca.pem")
 
 
-async def _customer_tls(stack: DevStack, directory: Path) -> TlsFiles:
+async def _customer_tls(stack: RunningStack, directory: Path) -> TlsFiles:
     """A customer certificate as the enrollment service obtains one: issued by the customer CA, with its chain."""
     key = ec.generate_private_key(ec.SECP256R1())
     csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
@@ -97,7 +95,7 @@ async def _grpcurl(tls: TlsFiles, target: str, *args: str) -> tuple[int, str, st
 
 
 async def test_a_customer_certificate_fails_the_handshake_on_every_service_port(
-    stack: DevStack, tmp_path: Path
+    stack: RunningStack, tmp_path: Path
 ) -> None:
     """On the CA, OTP and enrollment ports a customer certificate gets UNAVAILABLE (the handshake fails) for
     grpc.health.v1.Health/Check and for a service method alike, while the internal gateway certificate gets
@@ -121,7 +119,7 @@ async def test_a_customer_certificate_fails_the_handshake_on_every_service_port(
 
 
 async def test_reflection_refuses_a_customer_certificate_and_serves_the_developer(
-    stack: DevStack, tmp_path: Path
+    stack: RunningStack, tmp_path: Path
 ) -> None:
     """grpcurl with the developer credential lists each service through reflection; with a customer
     certificate grpcurl fails to dial on every port (the server ends the TLS handshake) and reflection answers
@@ -139,7 +137,7 @@ async def test_reflection_refuses_a_customer_certificate_and_serves_the_develope
         assert "failed to dial" in err.lower(), err
 
 
-async def test_internal_certificates_are_still_served(stack: DevStack) -> None:
+async def test_internal_certificates_are_still_served(stack: RunningStack) -> None:
     """Internal certificates (the developer's operator identity, each service's own) pass the handshake and are
     served on every port; the clients verify the servers against the root."""
     for name in SERVICES:

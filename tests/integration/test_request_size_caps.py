@@ -16,7 +16,7 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health_pb2
 
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
-from kagi.devstack import DevStack, start_stack
+from kagi.cli.stack import FREE_PORTS, RunningStack, start_stack
 from kagi.enrollment.v1 import enrollment_pb2, enrollment_pb2_grpc, user_pb2, user_pb2_grpc
 from kagi.otp.v1 import otp_pb2
 from kagi.runtime.grpc_client import open_channel
@@ -105,18 +105,16 @@ async def test_answers_stay_large_for_clients(probe: tuple[GrpcServer, _Counting
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[DevStack]:
+async def stack(tmp_path: Path) -> AsyncIterator[RunningStack]:
     """The CA, OTP and enrollment services on free ports with the dev PKI."""
-    dev = await start_stack(
-        tmp_path, ports={"ca": 0, "otp": 0, "enrollment": 0, "gateway": 0, "gateway_http": 0}, with_gateway=False
-    )
+    dev = await start_stack(tmp_path, ports=FREE_PORTS, with_gateway=False)
     try:
         yield dev
     finally:
         await dev.stop(0)
 
 
-def _tls(stack: DevStack, name: str) -> TlsFiles:
+def _tls(stack: RunningStack, name: str) -> TlsFiles:
     return TlsFiles(stack.tls_dir / f"{name}.pem", stack.tls_dir / f"{name}-key.pem", stack.tls_dir / "ca.pem")
 
 
@@ -148,7 +146,7 @@ async def _raw_call(channel: grpc.aio.Channel, path: str, streaming: bool, paylo
     return grpc.StatusCode.OK
 
 
-async def test_every_method_of_every_service_refuses_a_100_kib_request(stack: DevStack) -> None:
+async def test_every_method_of_every_service_refuses_a_100_kib_request(stack: RunningStack) -> None:
     """On the CA, OTP and enrollment ports, every RPC (IssueCertificate, WatchRevocations, the UserService,
     grpc.health.v1.Health/Check, ...) answers a 100 KiB request RESOURCE_EXHAUSTED, even for the operator."""
     health = [("/grpc.health.v1.Health/Check", False)]
@@ -177,7 +175,7 @@ def _padded_csr(size: int) -> bytes:
     return csr + b"\n" * (size - len(csr))
 
 
-async def test_csr_and_certificate_carrying_requests_still_fit(stack: DevStack) -> None:
+async def test_csr_and_certificate_carrying_requests_still_fit(stack: RunningStack) -> None:
     """A CSR at the CA's own 16 KiB cap is issued; one over it is refused by the CA (CSR_TOO_LARGE), not by the
     transport; the enrollment service's CSR- and certificate-carrying requests at those caps reach the service
     (a domain answer, never RESOURCE_EXHAUSTED)."""

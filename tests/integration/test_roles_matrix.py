@@ -24,7 +24,7 @@ from kagi.otp.v1 import otp_pb2
 from kagi.runtime.grpc_client import error_from_rpc, open_channel
 from kagi.runtime.identity import Role
 from kagi.runtime.settings import TlsFiles
-from tests.integration.gateway.gateway_support import Customer, GatewayStack, open_gateway_stack
+from tests.integration.gateway.gateway_support import GatewayCustomer, GatewayStack, open_gateway_stack
 from tests.support.identities import issue_internal_identity
 
 CA = "kagi.ca.v1.CertificateAuthorityService"
@@ -141,7 +141,7 @@ async def callers(stack: GatewayStack, directory: Path) -> dict[str, dict[str, g
             credentials[role.value] = await issue_internal_identity(
                 stack.ca("operator"), role.value, directory, stack.root_file
             )
-    customer = await Customer(stack).through_step4()
+    customer = await GatewayCustomer(stack).through_step4()
     assert customer.certificate is not None
     credentials[CUSTOMER] = customer.certificate
 

@@ -1,5 +1,6 @@
 """A running CA + OTP + enrollment stack on free ports with real mTLS and a real SMTP server, and a customer who
-walks the bank's procedure through the enrollment's gRPC API as the gateway would (tests and benchmarks)."""
+walks the bank's procedure through the enrollment's gRPC API as the gateway would (tests and benchmarks); the
+customer's entries, CSR and mailed IDs, which the gateway's tests share."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import re
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from pathlib import Path
 
 import grpc
@@ -18,8 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from kagi.ca.v1 import ca_pb2_grpc
+from kagi.cli.stack import FREE_PORTS, RunningStack, start_stack
 from kagi.clock import Clock
-from kagi.devstack import DevStack, start_stack
 from kagi.enrollment.v1 import enrollment_pb2 as pb
 from kagi.enrollment.v1 import enrollment_pb2_grpc, user_pb2_grpc
 from kagi.enrollment.v1 import user_pb2 as upb
@@ -31,7 +34,6 @@ from services.otp_service.domain.totp import TotpParameters, totp
 from tests.support.smtp import SmtpServer
 from tests.support.tools import tool
 
-PORTS = {"ca": 0, "otp": 0, "enrollment": 0, "gateway": 0, "gateway_http": 0}
 PROFILE = {
     "user_name": "山田 太郎",
     "email": "taro@example.co.jp",
@@ -41,7 +43,74 @@ PROFILE = {
     "confirmation_password": "Kakunin9",
     "confirmation_password_confirmation": "Kakunin9",
 }
+"""PROFILE is step 2's entries but the login ID, which each customer has its own of (see `profile_entries`)."""
+
 USAGE_START_PASSWORD = "4831"
+COMPANY = "株式会社サンプル"
+
+
+def new_login_id() -> str:
+    """Return a login ID no other customer of the run has."""
+    return f"user{uuid.uuid4().hex[:6]}1"
+
+
+def new_account_number() -> str:
+    """Return a random seven-digit account number for a new application."""
+    return f"{uuid.uuid4().int % 10**7:07d}"
+
+
+def profile_entries(login_id: str, **changes: str) -> dict[str, str]:
+    """Return step 2's entries for `login_id`, `changes` replacing any of them."""
+    return {**PROFILE, "login_id": login_id, "login_id_confirmation": login_id, **changes}
+
+
+async def register_application(
+    operator: enrollment_pb2_grpc.EnrollmentServiceStub, branch: str, account: str
+) -> pb.RegisterApplicationResponse:
+    """Register the company's application as the bank's operator; the answer is the notice."""
+    notice: pb.RegisterApplicationResponse = await operator.RegisterApplication(
+        pb.RegisterApplicationRequest(
+            request_id=uuid.uuid4().hex,
+            company_name=COMPANY,
+            branch_code=branch,
+            account_type=pb.ACCOUNT_TYPE_ORDINARY,
+            account_number=account,
+        )
+    )
+    return notice
+
+
+def make_csr(directory: Path) -> tuple[str, Path]:
+    """Have openssl make a P-256 key and a CSR, as a browser makes them on the client; return the CSR and key file.
+
+    The key is customer-NAME-key.pem; `write_certificate` puts the certificate beside it as customer-NAME.pem.
+    """
+    name = uuid.uuid4().hex[:8]
+    key, csr = directory / f"customer-{name}-key.pem", directory / f"customer-{name}.csr"
+    subprocess.run(
+        [tool("openssl"), "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(key), "-out", str(csr), "-subj", "/CN=ignored by the CA"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return csr.read_text(), key
+
+
+def write_certificate(key: Path, certificate_pem: str, chain_pem: str, root: Path) -> TlsFiles:
+    """Write the issued certificate and its chain beside the key `make_csr` made; return the client's TLS files."""
+    cert_file = key.with_name(key.name.replace("-key.pem", ".pem"))
+    cert_file.write_text(certificate_pem + chain_pem)
+    return TlsFiles(cert_file, key, root)
+
+
+def mailed_ids(messages: Sequence[EmailMessage], to: str) -> tuple[str, str] | None:
+    """Return the service ID and user ID of the latest step-7 mail to `to` among `messages`, if one came."""
+    for message in reversed(messages):
+        body = message.get_content()
+        service = re.search(r"^Service ID: (\S+)\r?$", body, re.M)
+        user = re.search(r"^User ID: (\S+)\r?$", body, re.M)
+        if service and user and message["To"] == to:
+            return service.group(1), user.group(1)
+    return None
 
 
 def identity(tls_dir: Path, role: str) -> TlsFiles:
@@ -92,7 +161,7 @@ class Services:
 class Stack(Services):
     """Stack is a stack running in this process, reached as each caller the tests play."""
 
-    dev: DevStack | None = None
+    dev: RunningStack | None = None
 
     async def deliver_mail(self) -> None:
         """Deliver_mail flushes the enrollment's outbox to the SMTP server now."""
@@ -107,32 +176,13 @@ class Stack(Services):
 
 
 async def open_stack(state_dir: Path, *, store_url: str = "sqlite:", clock: Clock | None = None) -> Stack:
-    """open_stack starts the services with mail going to a real SMTP server on loopback."""
+    """Start the services on free ports with mail going to a real SMTP server on loopback."""
     smtp = SmtpServer().start()
     dev = await start_stack(
-        state_dir,
-        ports=PORTS,
-        store_url=store_url,
-        clock=clock,
-        with_gateway=False,
-        extra_env={
-            "KAGI_SMTP_URL": f"smtp://127.0.0.1:{smtp.port}?starttls=false",
-            "KAGI_MAIL_FROM": "no-reply@bank.example",
-        },
+        state_dir, ports=FREE_PORTS, store_url=store_url, clock=clock, with_gateway=False, extra_env=smtp.environment()
     )
     targets = {name: dev.target(name) for name in ("ca", "otp", "enrollment")}
     return Stack(targets, dev.tls_dir, smtp, dev=dev)
-
-
-def make_csr(directory: Path) -> tuple[str, Path]:
-    """make_csr has openssl make a P-256 key and a CSR, as a browser would make them on the client."""
-    key, csr = directory / f"client-{uuid.uuid4().hex[:8]}.key", directory / "client.csr"
-    subprocess.run(
-        [tool("openssl"), "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-keyout", str(key), "-out", str(csr), "-subj", "/CN=ignored by the CA"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return csr.read_text(), key
 
 
 def relayed(certificate_pem: str) -> list[tuple[str, str]]:
@@ -158,8 +208,8 @@ class Customer:
     stack: Services
     workdir: Path
     branch: str = "001"
-    account: str = field(default_factory=lambda: f"{uuid.uuid4().int % 10**7:07d}")
-    login_id: str = field(default_factory=lambda: f"user{uuid.uuid4().hex[:6]}1")
+    account: str = field(default_factory=new_account_number)
+    login_id: str = field(default_factory=new_login_id)
     notice: pb.RegisterApplicationResponse | None = None
     enrollment_id: str = ""
     session: str = ""
@@ -169,6 +219,8 @@ class Customer:
     secret: str = ""
     activation_id: str = ""
     csr: str = ""
+    key_file: Path | None = None  # the key `csr` is for, made on the client
+    chain_pem: str = ""
     step7_rpc_seconds: float = 0.0
     mail_seen: int = 0
     mobile_email: str = field(default_factory=lambda: f"phone-{uuid.uuid4().hex[:10]}@example.jp")
@@ -182,15 +234,7 @@ class Customer:
 
     async def register_application(self) -> pb.RegisterApplicationResponse:
         """The bank registers the application and hands over the notice."""
-        self.notice = await self.stack.enrollment("developer").RegisterApplication(
-            pb.RegisterApplicationRequest(
-                request_id=uuid.uuid4().hex,
-                company_name="株式会社サンプル",
-                branch_code=self.branch,
-                account_type=pb.ACCOUNT_TYPE_ORDINARY,
-                account_number=self.account,
-            )
-        )
+        self.notice = await register_application(self.stack.enrollment("developer"), self.branch, self.account)
         return self.notice
 
     async def step1(self, *, login_password: str | None = None, request_id: str = "") -> pb.VerifyNoticeResponse:
@@ -213,7 +257,7 @@ class Customer:
 
     async def step2(self, request_id: str = "", **changes: str) -> pb.SubmitProfileResponse:
         """Step 2: the profile."""
-        entries = {**PROFILE, "login_id": self.login_id, "login_id_confirmation": self.login_id, **changes}
+        entries = profile_entries(self.login_id, **changes)
         reply: pb.SubmitProfileResponse = await self.stack.enrollment().SubmitProfile(
             pb.SubmitProfileRequest(
                 request_id=request_id or uuid.uuid4().hex,
@@ -236,7 +280,7 @@ class Customer:
     async def step4(self, request_id: str = "") -> pb.IssueCertificateResponse:
         """Step 4: a CSR made on the client is signed by the customer CA."""
         if not self.csr:  # a retry sends the same CSR, as a browser resending its request would
-            self.csr, _key = make_csr(self.workdir)
+            self.csr, self.key_file = make_csr(self.workdir)
         reply: pb.IssueCertificateResponse = await self.stack.enrollment().IssueCertificate(
             pb.IssueCertificateRequest(
                 request_id=request_id or uuid.uuid4().hex,
@@ -246,8 +290,13 @@ class Customer:
             )
         )
         if reply.certificate_pem:
-            self.certificate_pem = reply.certificate_pem
+            self.certificate_pem, self.chain_pem = reply.certificate_pem, reply.chain_pem
         return reply
+
+    def tls_files(self) -> TlsFiles:
+        """Write the certificate of step 4 with its chain beside its key; return them as a client presents them."""
+        assert self.key_file is not None, "step 4 first"
+        return write_certificate(self.key_file, self.certificate_pem, self.chain_pem, self.stack.tls_dir / "ca.pem")
 
     async def step5(self, request_id: str = "") -> pb.CertificateLoginResponse:
         """Step 5: certificate login."""
@@ -287,16 +336,13 @@ class Customer:
         return reply
 
     async def read_mail(self) -> None:
-        """Read_mail takes the service ID and user ID from the step-7 mail the SMTP server received."""
+        """Take the service ID and user ID from the step-7 mail the SMTP server received."""
         for _ in range(50):
             await self.stack.deliver_mail()
-            for message in self.stack.smtp.inbox.messages[self.mail_seen :]:
-                body = message.get_content()
-                service = re.search(r"^Service ID: (\S+)\r?$", body, re.M)
-                user = re.search(r"^User ID: (\S+)\r?$", body, re.M)
-                if service and user and message["To"] == self.mobile_email:
-                    self.service_id, self.app_user_id = service.group(1), user.group(1)
-            if self.service_id:
+            found = mailed_ids(self.stack.smtp.inbox.messages[self.mail_seen :], self.mobile_email)
+            if found is not None:
+                self.service_id, self.app_user_id = found
+            if self.service_id:  # a replayed step 7 sends no mail: the IDs already read stand
                 return
             await asyncio.sleep(0.05)
         raise AssertionError("the step-7 mail did not arrive")

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from kagi.ca.v1 import ca_pb2
-from kagi.devstack import stack_environment
+from kagi.cli.stack import stack_environment
 from kagi.enrollment.v1 import enrollment_pb2 as pb
 from kagi.enrollment.v1 import user_pb2 as upb
 from kagi.otp.v1 import otp_pb2

@@ -60,3 +60,10 @@ class SmtpServer:
     def stop(self) -> None:
         """Stop closes the server."""
         self._controller.stop()
+
+    def environment(self) -> dict[str, str]:
+        """Return the KAGI_* variables that send the services' mail here (plain SMTP on loopback)."""
+        return {
+            "KAGI_SMTP_URL": f"smtp://127.0.0.1:{self.port}?starttls=false",
+            "KAGI_MAIL_FROM": "no-reply@bank.example",
+        }

@@ -1,15 +1,11 @@
-"""The gateway's test stack: real CA, OTP and enrollment services and the gateway, in-process on free ports with
-real mTLS and a real SMTP server; an HTTPS client with a real ssl context; a customer who walks the steps."""
+"""The gateway's test stack: the whole stack (`kagi.cli.stack`) in-process on free ports with real mTLS and a real
+SMTP server; an HTTPS client with a real ssl context; a customer who walks the steps through the gateway."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import re
-import secrets
 import ssl
-import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,35 +15,33 @@ import aiohttp
 import grpc
 from multidict import CIMultiDict
 
-from gateway.main import GatewayComponent, GatewaySettings, start_gateway
+from gateway.main import GatewayComponent, GatewaySettings
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
+from kagi.cli.stack import RunningStack, start_stack
 from kagi.clock import Clock
 from kagi.enrollment.v1 import enrollment_pb2 as pb
 from kagi.enrollment.v1 import enrollment_pb2_grpc
 from kagi.runtime.grpc_client import open_channel
-from kagi.runtime.settings import ListenSettings, Secret, TlsFiles
-from services.ca_service.creation import DevPki, ensure_dev_pki_async
-from services.ca_service.domain.settings import PkiSettings
+from kagi.runtime.settings import TlsFiles
+from services.ca_service.creation import DevPki
 from services.ca_service.main import CaSettings, start_ca
-from services.enrollment_service.app.use_cases import EnrollmentPolicy
 from services.enrollment_service.domain.messages import CARRIER_FILTER_NOTE
-from services.enrollment_service.main import EnrollmentSettings, start_enrollment
-from services.otp_service.domain import KeyEncryptionKey
-from services.otp_service.main import OtpSettings, start_otp
+from tests.support.enrollment_flow import (
+    COMPANY,
+    PROFILE,
+    USAGE_START_PASSWORD,
+    mailed_ids,
+    make_csr,
+    new_account_number,
+    new_login_id,
+    profile_entries,
+    register_application,
+    write_certificate,
+)
 from tests.support.ports import stable_port
 from tests.support.smtp import SmtpServer
 from tests.support.tools import run, tool
 
-PROFILE = {
-    "user_name": "山田 太郎",
-    "email": "taro@example.co.jp",
-    "email_confirmation": "taro@example.co.jp",
-    "login_password": "Passw0rd",
-    "login_password_confirmation": "Passw0rd",
-    "confirmation_password": "Kakunin9",
-    "confirmation_password_confirmation": "Kakunin9",
-}
-USAGE_START_PASSWORD = "4831"
 MOBILE = "phone@example.jp"
 
 
@@ -70,12 +64,26 @@ class Answer:
 class GatewayStack:
     """GatewayStack is the running services, the gateway in front of them, and the files clients need."""
 
-    pki: DevPki
-    components: dict[str, Any]
+    dev: RunningStack
     smtp: SmtpServer
     workdir: Path
     channels: list[grpc.aio.Channel] = field(default_factory=list)
-    ca_settings: CaSettings | None = None
+
+    @property
+    def pki(self) -> DevPki:
+        """Return the stack's CA hierarchy and internal certificates."""
+        return self.dev.pki
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """Return the running components by name (a test stopping one takes it out)."""
+        return self.dev.components
+
+    @property
+    def ca_settings(self) -> CaSettings:
+        """Return the settings the CA was started with."""
+        settings: CaSettings = self.dev.settings["ca"]
+        return settings
 
     @property
     def gateway(self) -> GatewayComponent:
@@ -146,17 +154,9 @@ class GatewayStack:
         )
 
     async def register_application(self) -> tuple[dict[str, str], pb.RegisterApplicationResponse]:
-        """Register_application is the bank registering a company: the step-1 entries and the notice."""
-        account = f"{uuid.uuid4().int % 10**7:07d}"
-        notice: pb.RegisterApplicationResponse = await self.enrollment().RegisterApplication(
-            pb.RegisterApplicationRequest(
-                request_id=uuid.uuid4().hex,
-                company_name="株式会社サンプル",
-                branch_code="001",
-                account_type=pb.ACCOUNT_TYPE_ORDINARY,
-                account_number=account,
-            )
-        )
+        """Register a company as the bank does; return the step-1 entries and the notice."""
+        account = new_account_number()
+        notice = await register_application(self.enrollment(), "001", account)
         entries = {
             "branch_code": "001",
             "account_type": "ordinary",
@@ -167,15 +167,12 @@ class GatewayStack:
         return entries, notice
 
     async def mail_ids(self, to: str = MOBILE) -> tuple[str, str]:
-        """Mail_ids reads the service ID and user ID from the step-7 mail the SMTP server received."""
+        """Read the service ID and user ID from the step-7 mail the SMTP server received."""
         for _ in range(100):
             await self.components["enrollment"].deliver_mail_now()
-            for message in reversed(self.smtp.inbox.messages):
-                body = message.get_content()
-                service = re.search(r"^Service ID: (\S+)\r?$", body, re.M)
-                user = re.search(r"^User ID: (\S+)\r?$", body, re.M)
-                if service and user and message["To"] == to:
-                    return service.group(1), user.group(1)
+            found = mailed_ids(self.smtp.inbox.messages, to)
+            if found is not None:
+                return found
             await asyncio.sleep(0.05)
         raise AssertionError("the step-7 mail did not arrive")
 
@@ -190,39 +187,21 @@ class GatewayStack:
             await component.stop(0)
 
     async def restart_ca(self) -> None:
-        """Restart_ca starts the CA again with the settings it first ran with (same port, same store)."""
-        assert self.ca_settings is not None
+        """Start the CA again with the settings it first ran with (same port, same store)."""
         assert self.ca_settings.listen.port != 0, "needs a fixed ca_port"
         self.components["ca"] = await start_ca(self.ca_settings)
 
     async def close(self) -> None:
-        """Close closes the stubs and stops every component, the front first, and the SMTP server."""
+        """Close the stubs, stop every component (the front first) and the SMTP server."""
         for channel in self.channels:
             await channel.close()
-        for name in ("gateway", "enrollment", "otp", "ca"):
-            await self.stop(name)
+        await self.dev.stop(0)
         self.smtp.stop()
 
 
 def gateway_settings(stack: GatewayStack, **changes: Any) -> GatewaySettings:
-    """Gateway_settings are the settings of a gateway in front of `stack`'s services (as built in `main`)."""
-    tls = stack.pki.tls("gateway")
-    values: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "https_port": 0,
-        "http_port": 0,
-        "tls": tls,
-        "backend_tls": tls,
-        "customer_ca_file": None,
-        "ca_target": stack.target("ca"),
-        "otp_target": stack.target("otp"),
-        "enrollment_target": stack.target("enrollment"),
-        # Rate limits off unless a test asks for them: the tests come from one address, far beyond a customer.
-        "rate_limits": {},
-        "management": ("127.0.0.1", 0),
-    }
-    values.update(changes)
-    return GatewaySettings(**values)
+    """Return the settings of one more gateway in front of `stack`'s services, on free ports, `changes` applied."""
+    return stack.dev.gateway_settings(**{"https_port": 0, "http_port": 0, **changes})
 
 
 async def open_gateway_stack(
@@ -233,67 +212,33 @@ async def open_gateway_stack(
     ca_on_real_time: bool = False,
     **gateway_changes: Any,
 ) -> GatewayStack:
-    """open_gateway_stack starts CA, OTP, enrollment and the gateway on free ports, settings built directly.
+    """Start CA, OTP, enrollment and the gateway on free ports, each with its own management listener.
 
     The CA is created with PKI URLs pointing at the gateway's plain-HTTP port, as a deployment would. A fixed
     `ca_port` lets a test stop the CA and start it again where the gateway expects it (`restart_ca`); a `clock`
     (a FakeClock near the real time) lets a test step one-time-password windows instead of sleeping them out;
-    `ca_on_real_time` keeps the CA on the real time (the gateway checks certificates' validity with it, so a
-    certificate issued while the services' clock is months ahead would not be valid yet).
+    `ca_on_real_time` keeps the CA on the real time (see `start_stack`); `gateway_changes` replace fields of the
+    gateway's settings.
     """
-    state = directory / "state"
-    http_port = stable_port()
-    pki_settings = PkiSettings(base_url=f"http://127.0.0.1:{http_port}")
-    pki = await ensure_dev_pki_async(state, settings=pki_settings, clock=None if ca_on_real_time else clock)
     smtp = SmtpServer().start()
     workdir = directory / "client"
     workdir.mkdir(parents=True, exist_ok=True)
-    stack = GatewayStack(pki, {}, smtp, workdir)
-    pepper = Secret(secrets.token_urlsafe(48))
-    stack.ca_settings = CaSettings(
-        listen=ListenSettings("127.0.0.1", ca_port, pki.tls("ca")),
-        store_url="sqlite:",
-        state_dir=state,
-        ca_dir=pki.ca_dir,
-        passphrase=Secret(pki.passphrase_file.read_bytes().strip()),
-        pki=pki_settings,
-        management=("127.0.0.1", 0),
-    )
+    # Rate limits off unless a test asks for them: the tests come from one address, far beyond a customer.
+    settings = {**smtp.environment(), "KAGI_GATEWAY_RATE_LIMITS": "off"}
     try:
-        stack.components["ca"] = await start_ca(stack.ca_settings, clock=None if ca_on_real_time else clock)
-        stack.components["otp"] = await start_otp(
-            OtpSettings(
-                listen=ListenSettings("127.0.0.1", 0, pki.tls("otp")),
-                store_url="sqlite:",
-                state_dir=state,
-                pepper=Secret(secrets.token_urlsafe(48)),
-                kek=KeyEncryptionKey.from_base64("k1", base64.b64encode(secrets.token_bytes(32)).decode()),
-                management=("127.0.0.1", 0),
-            ),
+        dev = await start_stack(
+            directory / "state",
+            ports={"ca": ca_port, "gateway_http": stable_port()},
             clock=clock,
+            ca_on_real_time=ca_on_real_time,
+            extra_env=settings,
+            management="each",
+            gateway_overrides=gateway_changes,
         )
-        stack.components["enrollment"] = await start_enrollment(
-            EnrollmentSettings(
-                listen=ListenSettings("127.0.0.1", 0, pki.tls("enrollment")),
-                store_url="sqlite:",
-                state_dir=state,
-                ca_target=stack.target("ca"),
-                otp_target=stack.target("otp"),
-                client_tls=pki.tls("enrollment"),
-                pepper=pepper,
-                smtp_url=Secret(f"smtp://127.0.0.1:{smtp.port}?starttls=false"),
-                mail_from="no-reply@bank.example",
-                policy=EnrollmentPolicy(app_url="https://localhost/app"),
-                management=("127.0.0.1", 0),
-            ),
-            clock=clock,
-        )
-        gateway_changes.setdefault("http_port", http_port)
-        stack.components["gateway"] = await start_gateway(gateway_settings(stack, **gateway_changes))
     except BaseException:
-        await stack.close()
+        smtp.stop()
         raise
-    return stack
+    return GatewayStack(dev, smtp, workdir)
 
 
 def client_context(root: Path, cert: TlsFiles | None = None) -> ssl.SSLContext:
@@ -355,21 +300,10 @@ class HttpsClient:
         await self.close()
 
 
-def make_key_and_csr(directory: Path) -> tuple[str, Path]:
-    """make_key_and_csr has openssl make a P-256 key and a CSR, as the browser does in step 4."""
-    name = uuid.uuid4().hex[:8]
-    key, csr = directory / f"customer-{name}-key.pem", directory / f"customer-{name}.csr"
-    subprocess.run(
-        [tool("openssl"), "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-keyout", str(key), "-out", str(csr), "-subj", "/CN=ignored by the CA"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return csr.read_text(), key
-
-
 @dataclass
-class Customer:
-    """Customer is one enrollment driven through the gateway's API."""
+class GatewayCustomer:
+    """GatewayCustomer is one enrollment driven through the gateway's HTTPS API (`Customer` in
+    tests.support.enrollment_flow drives the enrollment service's gRPC API, as the gateway does)."""
 
     stack: GatewayStack
     enrollment_id: str = ""
@@ -378,31 +312,30 @@ class Customer:
     serial_hex: str = ""
     login_id: str = ""
 
-    async def through_step4(self) -> Customer:
-        """Through_step4 takes steps 1-4 with the session token; the certificate files are then ready."""
+    async def through_step4(self) -> GatewayCustomer:
+        """Take steps 1-4 with the session token; the certificate files are then ready."""
         entries, _notice = await self.stack.register_application()
-        login_id = self.login_id = f"user{uuid.uuid4().hex[:6]}1"
+        login_id = self.login_id = new_login_id()
         async with self.stack.client() as client:
             answer = await client.request("POST", "/v1/enrollments", entries)
             assert answer.status == 201, answer.body
             self.enrollment_id, self.session = answer.body["enrollment_id"], answer.body["session_token"]
             path = f"/v1/enrollments/{self.enrollment_id}"
-            profile = {**PROFILE, "login_id": login_id, "login_id_confirmation": login_id}
-            answer = await client.request("PUT", path + "/profile", profile, bearer=self.session)
+            answer = await client.request("PUT", path + "/profile", profile_entries(login_id), bearer=self.session)
             assert answer.status == 200, answer.body
             answer = await client.request("POST", path + "/registration", {}, bearer=self.session)
             assert answer.status == 200, answer.body
-            csr, key = make_key_and_csr(self.stack.workdir)
+            csr, key = make_csr(self.stack.workdir)
             answer = await client.request("POST", path + "/certificate", {"csr_pem": csr}, bearer=self.session)
             assert answer.status == 200, answer.body
-        cert_file = key.with_name(key.name.replace("-key.pem", ".pem"))
-        cert_file.write_text(answer.body["certificate_pem"] + answer.body["chain_pem"])
-        self.certificate = TlsFiles(cert_file, key, self.stack.root_file)
+        self.certificate = write_certificate(
+            key, answer.body["certificate_pem"], answer.body["chain_pem"], self.stack.root_file
+        )
         self.serial_hex = answer.body["serial_number"]
         return self
 
     async def through_step7(self) -> tuple[str, str]:
-        """Through_step7 takes steps 1-7 (5-7 with curl and the certificate); returns the mailed IDs."""
+        """Take steps 1-7 (5-7 with curl and the certificate); return the mailed IDs."""
         await self.through_step4()
         assert self.certificate is not None
         path = f"/v1/enrollments/{self.enrollment_id}"
@@ -461,10 +394,10 @@ async def oathtool_code(secret: str, at: float) -> str:
     return (await run([tool("oathtool"), "--totp", "-b", "-s", "60", "-N", f"@{int(at)}", secret])).strip()
 
 
-async def complete_with_curl(stack: GatewayStack, clock: Clock) -> tuple[Customer, str]:
+async def complete_with_curl(stack: GatewayStack, clock: Clock) -> tuple[GatewayCustomer, str]:
     """Complete_with_curl takes the ten steps (1-4 with the session token, 5-10 with curl and the certificate, the
     first code from oathtool at the services' `clock`); returns the customer and the seed."""
-    customer = Customer(stack)
+    customer = GatewayCustomer(stack)
     service_id, app_user_id = await customer.through_step7()
     assert customer.certificate is not None
     path = f"/v1/enrollments/{customer.enrollment_id}"
@@ -496,16 +429,15 @@ async def walk_ten_steps(stack: GatewayStack) -> dict[str, str]:
     path = f"/v1/enrollments/{enrollment_id}"
 
     # ⑧ step 2: the profile; the summary shows no password.
-    login_id = f"user{uuid.uuid4().hex[:6]}1"
-    profile = {**PROFILE, "login_id": login_id, "login_id_confirmation": login_id}
-    answer = await curl(stack, "PUT", path + "/profile", profile, bearer=session)
+    login_id = new_login_id()
+    answer = await curl(stack, "PUT", path + "/profile", profile_entries(login_id), bearer=session)
     assert answer.status == 200, answer.body
     assert (answer.body["state"], answer.body["next_step"]) == ("PROFILE_SUBMITTED", "CONFIRM_REGISTRATION")
     assert answer.body["summary"] == {
         "user_name": PROFILE["user_name"],
         "email": PROFILE["email"],
         "login_id": login_id,
-        "company_name": "株式会社サンプル",
+        "company_name": COMPANY,
     }
     assert PROFILE["login_password"] not in answer.raw.decode()
 

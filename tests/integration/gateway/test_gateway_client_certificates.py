@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gateway.errors import HttpError
 from kagi.runtime.settings import Secret, TlsFiles
 from services.ca_service.adapters.ca_directory import CaDirectory
-from tests.integration.gateway.gateway_support import Customer, GatewayStack
+from tests.integration.gateway.gateway_support import GatewayCustomer, GatewayStack
 from tests.support.tls import TestPki
 
 CERTIFICATE_ROUTES = [
@@ -106,7 +106,7 @@ def _rejections(stack: GatewayStack, reason: str) -> float:
     return value or 0.0
 
 
-async def _state(stack: GatewayStack, customer: Customer) -> str:
+async def _state(stack: GatewayStack, customer: GatewayCustomer) -> str:
     # Step 4 retired the session token: the customer's certificate reads the enrollment.
     async with stack.client(customer.certificate) as client:
         answer = await client.request("GET", f"/v1/enrollments/{customer.enrollment_id}")
@@ -117,7 +117,7 @@ async def _state(stack: GatewayStack, customer: Customer) -> str:
 async def test_no_certificate_is_401_on_every_certificate_route(stack: GatewayStack) -> None:
     """Without a client certificate each certificate route answers 401 CLIENT_CERT_REQUIRED and the enrollment
     stays CERTIFICATE_ISSUED."""
-    customer = await Customer(stack).through_step4()
+    customer = await GatewayCustomer(stack).through_step4()
     async with stack.client() as client:
         for method, suffix, body in CERTIFICATE_ROUTES:
             answer = await client.request(method, f"/v1/enrollments/{customer.enrollment_id}{suffix}", body)
@@ -133,7 +133,7 @@ async def test_no_certificate_is_401_on_every_certificate_route(stack: GatewaySt
 async def test_internal_ca_certificate_completes_tls_but_every_route_refuses_it(stack: GatewayStack) -> None:
     """An internal-CA certificate (the operator's) chains to the same root, so TLS accepts it; each certificate
     route refuses it with 403 CLIENT_CERT_NOT_CUSTOMER and nothing changes."""
-    customer = await Customer(stack).through_step4()
+    customer = await GatewayCustomer(stack).through_step4()
     async with stack.client(stack.identity("developer")) as client:
         for method, suffix, body in CERTIFICATE_ROUTES:
             answer = await client.request(method, f"/v1/enrollments/{customer.enrollment_id}{suffix}", body)
@@ -165,8 +165,8 @@ async def test_foreign_ca_certificate_is_refused_at_the_handshake(stack: Gateway
 async def test_another_customers_certificate_is_refused_by_the_service(stack: GatewayStack) -> None:
     """A valid customer certificate issued for another enrollment passes the gateway's checks, but the service
     refuses it (403 CERTIFICATE_MISMATCH): the gateway relays who the certificate is, the service decides."""
-    mine = await Customer(stack).through_step4()
-    theirs = await Customer(stack).through_step4()
+    mine = await GatewayCustomer(stack).through_step4()
+    theirs = await GatewayCustomer(stack).through_step4()
     async with stack.client(theirs.certificate) as client:
         answer = await client.request("POST", f"/v1/enrollments/{mine.enrollment_id}/certificate-login", {})
     assert (answer.status, answer.reason) == (403, "CERTIFICATE_MISMATCH"), answer.body
@@ -177,7 +177,7 @@ async def test_a_certificate_is_rechecked_for_expiry_on_every_request(stack: Gat
     """TLS checks validity only at a full handshake; a resumed session or a long kept-alive connection would
     keep using a certificate past its notAfter, so each request's check refuses it then (401
     CLIENT_CERT_EXPIRED), and before its notBefore (401 CLIENT_CERT_NOT_YET_VALID)."""
-    customer = await Customer(stack).through_step4()
+    customer = await GatewayCustomer(stack).through_step4()
     assert customer.certificate is not None
     leaf = x509.load_pem_x509_certificates(customer.certificate.cert_file.read_bytes())[0]
     der = leaf.public_bytes(serialization.Encoding.DER)

@@ -29,7 +29,7 @@ from schemathesis.checks import (
 )
 from schemathesis.generation.meta import ParameterLocation
 
-from tests.integration.gateway.gateway_support import Customer, GatewayStack, open_gateway_stack
+from tests.integration.gateway.gateway_support import GatewayCustomer, GatewayStack, open_gateway_stack
 
 T = TypeVar("T")
 EXAMPLES_PER_OPERATION = int(__import__("os").environ.get("FUZZ_N", "6"))
@@ -67,8 +67,8 @@ class FuzzTarget:
     with a client certificate."""
 
     stack: GatewayStack
-    session_customer: Customer
-    certificate_customer: Customer
+    session_customer: GatewayCustomer
+    certificate_customer: GatewayCustomer
     document: dict[str, Any]
 
     def transport(self, with_certificate: bool) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
     stack = runner.run(open_gateway_stack(directory))
     try:
         session_customer = runner.run(_at_step1(stack))
-        certificate_customer = runner.run(Customer(stack).through_step4())
+        certificate_customer = runner.run(GatewayCustomer(stack).through_step4())
         document = requests.get(f"{stack.https_url}/openapi.json", verify=str(stack.root_file), timeout=10).json()
         yield FuzzTarget(stack, session_customer, certificate_customer, document)
     finally:
@@ -114,11 +114,11 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
         runner.close()
 
 
-async def _at_step1(stack: GatewayStack) -> Customer:
+async def _at_step1(stack: GatewayStack) -> GatewayCustomer:
     entries, _ = await stack.register_application()
     async with stack.client() as client:
         answer = await client.request("POST", "/v1/enrollments", entries)
-    return Customer(stack, enrollment_id=answer.body["enrollment_id"], session=answer.body["session_token"])
+    return GatewayCustomer(stack, enrollment_id=answer.body["enrollment_id"], session=answer.body["session_token"])
 
 
 def _aim(target: FuzzTarget, case: Any, real: bool, use_certificate_customer: bool) -> bool:

@@ -22,7 +22,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from gateway.revocation import Status
 from kagi.ca.v1 import ca_pb2
-from tests.integration.gateway.gateway_support import Customer, GatewayStack
+from tests.integration.gateway.gateway_support import GatewayCustomer, GatewayStack
 
 
 async def _get(url: str, **headers: str) -> tuple[int, aiohttp.typedefs.LooseHeaders, bytes]:
@@ -30,7 +30,7 @@ async def _get(url: str, **headers: str) -> tuple[int, aiohttp.typedefs.LooseHea
         return response.status, response.headers, await response.read()
 
 
-def _leaf(customer: Customer) -> x509.Certificate:
+def _leaf(customer: GatewayCustomer) -> x509.Certificate:
     assert customer.certificate is not None
     return x509.load_pem_x509_certificates(customer.certificate.cert_file.read_bytes())[0]
 
@@ -67,7 +67,7 @@ async def test_ca_certificates_are_published_as_the_ca_has_them(stack: GatewaySt
 async def test_urls_in_an_issued_certificate_resolve_over_plain_http(stack: GatewayStack) -> None:
     """The AIA caIssuers URL of a customer certificate gives its issuer (DER), its CRL distribution point a DER
     CRL signed by that issuer, and its AIA OCSP URL answers "good" for it, all on the plain-HTTP port."""
-    customer = await Customer(stack).through_step4()
+    customer = await GatewayCustomer(stack).through_step4()
     leaf = _leaf(customer)
     access = leaf.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
     urls = {d.access_method: d.access_location.value for d in access}
@@ -100,7 +100,7 @@ async def test_ocsp_get_answers_carry_cache_headers_up_to_next_update(stack: Gat
     """An RFC 5019 GET (base64, URL-encoded) for a good and then a revoked certificate answers with max-age no
     later than nextUpdate, an ETag, Last-Modified = thisUpdate and Expires = nextUpdate; an unknown serial's
     answer is no-cache; an undecodable request is 400 malformedRequest."""
-    customer = await Customer(stack).through_step4()
+    customer = await GatewayCustomer(stack).through_step4()
     leaf = _leaf(customer)
     async with stack.client() as client:
         issuer = x509.load_pem_x509_certificate((await client.request("GET", "/pki/customer-ca.pem")).raw)
@@ -174,7 +174,7 @@ async def test_plain_http_port_serves_pki_and_healthz_only(stack: GatewayStack) 
 async def test_crl_follows_a_revocation_without_waiting_for_the_cache(stack: GatewayStack) -> None:
     """A CRL fetched before a revocation is not served after it: the revocation stream drops the cached copy,
     so the next download lists the serial (within the CA's publication delay)."""
-    customer = await Customer(stack).through_step4()
+    customer = await GatewayCustomer(stack).through_step4()
     status, _, before = await _get(f"{stack.http_url}/pki/crl/customer.crl")
     assert status == 200
     serial = int(customer.serial_hex, 16)

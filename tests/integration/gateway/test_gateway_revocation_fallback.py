@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.integration.gateway.gateway_support import Customer, GatewayStack, open_gateway_stack
+from tests.integration.gateway.gateway_support import GatewayCustomer, GatewayStack, open_gateway_stack
 from tests.support.ports import stable_port
 
 
@@ -24,7 +24,7 @@ async def _until(predicate: Any, limit: float) -> float:
 async def test_without_the_stream_status_queries_still_refuse_within_two_seconds(stack: GatewayStack) -> None:
     """With the revocation stream stopped the gateway is not live; a certificate is still accepted (the CA says
     good), and after its revocation it is refused within 2 s."""
-    customer = await Customer(stack).through_step4()
+    customer = await GatewayCustomer(stack).through_step4()
     revocation = stack.gateway.context.revocation
     await revocation.stop()
     assert not revocation.live
@@ -44,7 +44,7 @@ async def test_ca_down_fails_closed_and_the_stream_comes_back(tmp_path: Path) ->
     revocation is refused within 2 s."""
     stack = await open_gateway_stack(tmp_path, ca_port=stable_port())
     try:
-        customer = await Customer(stack).through_step4()
+        customer = await GatewayCustomer(stack).through_step4()
         revocation = stack.gateway.context.revocation
         async with stack.client(customer.certificate) as client:
             assert (await client.request("GET", "/v1/client-certificate")).status == 200

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from gateway.settings import GatewaySettings
-from kagi.devstack import start_stack
+from kagi.cli.stack import FREE_PORTS, start_stack
 from kagi.errors import InvalidArgument
 from kagi.runtime.management import management_address
 from tests.integration.gateway.gateway_support import GatewayStack
@@ -140,8 +140,7 @@ def test_gateway_settings_read_the_edge_and_rate_limit_variables(tmp_path: Path)
 async def test_kagi_dev_stack_serves_one_management_listener_for_every_component(tmp_path: Path) -> None:
     """The all-in-one stack (`kagi dev`) serves one management listener: /readyz names the CA, OTP, enrollment
     service and gateway, all ready, and /metrics carries the gateway's collectors with the process's."""
-    ports = {"ca": 0, "otp": 0, "enrollment": 0, "gateway": 0, "gateway_http": 0, "management": 0}
-    stack = await start_stack(tmp_path / "state", ports=ports)
+    stack = await start_stack(tmp_path / "state", ports=FREE_PORTS)
     try:
         url = f"http://127.0.0.1:{stack.ports['management']}"
         async with aiohttp.ClientSession() as session:

@@ -22,7 +22,7 @@ from kagi.store.base import Entry, Operation
 from services.ca_service.app.repository import REVOCATION_EVENTS
 from services.ca_service.main import CaComponent, start_ca
 from tests.integration.ca.ca_service_harness import issue_request
-from tests.integration.gateway.gateway_support import Customer, GatewayStack, HttpsClient, open_gateway_stack
+from tests.integration.gateway.gateway_support import GatewayCustomer, GatewayStack, HttpsClient, open_gateway_stack
 
 REVOCATION_DEADLINE = 2.0
 
@@ -60,7 +60,7 @@ async def test_a_commit_delayed_after_its_event_was_built_still_reaches_the_gate
 ) -> None:
     """A revocation whose commit lands 2.5 s after its event was built (and stamped) is still delivered: the
     gateway refuses the certificate within 2 s of the revocation being acknowledged."""
-    customer = await Customer(stack).through_step4()
+    customer = await GatewayCustomer(stack).through_step4()
     store = _ca(stack).runtime.store
     commit = store.commit
 
@@ -82,7 +82,7 @@ async def test_a_commit_delayed_after_its_event_was_built_still_reaches_the_gate
 async def test_a_replica_whose_clock_runs_three_seconds_behind_revokes(stack: GatewayStack) -> None:
     """A second CA replica on the same store, its clock 3 s behind, revokes the certificate; the gateway,
     watching the first replica, refuses it within 2 s."""
-    customer = await Customer(stack).through_step4()
+    customer = await GatewayCustomer(stack).through_step4()
     assert stack.ca_settings is not None
     settings = dataclasses.replace(stack.ca_settings, listen=ListenSettings("127.0.0.1", 0, stack.pki.tls("ca")))
     replica = await start_ca(settings, clock=_ClockBehind(3.0))
@@ -110,7 +110,7 @@ async def test_an_overflowed_watcher_is_ended_and_the_gateway_catches_up(
     """With the CA's subscriber queue cut to one notice, a burst of four revocations overflows the gateway's
     subscription: the CA ends that stream (UNAVAILABLE) instead of dropping notices behind heartbeats, the
     gateway reconnects and re-reads, and the certificate revoked last in the burst is refused within 2 s."""
-    customer = await Customer(stack).through_step4()
+    customer = await GatewayCustomer(stack).through_step4()
     feed = _ca(stack).runtime.feed
     ca = stack.ca("enrollment")
     others = [(await ca.IssueCertificate(issue_request())).certificate.serial_number for _ in range(3)]
@@ -153,7 +153,7 @@ async def test_with_the_stream_stalled_the_periodic_crl_reread_refuses_within_it
     bound = refresh + 1.0
     stack = await open_gateway_stack(tmp_path, crl_refresh_seconds=refresh)
     try:
-        customer = await Customer(stack).through_step4()
+        customer = await GatewayCustomer(stack).through_step4()
         feed = _ca(stack).runtime.feed
 
         async def stalled() -> int:
