@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
@@ -180,35 +181,54 @@ class _Policy:
 
 
 class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """KagiServerInterceptor authenticates the caller, applies the allow-list and maps errors, per RPC."""
+    """KagiServerInterceptor authenticates the caller, applies the allow-list and maps errors, per RPC.
+
+    A method's wrapped handler is built once, on its first call, and kept: the per-call work is the checks
+    themselves (caller, allow-list, relayed headers), the request id and the error mapping, nothing more.
+    """
 
     def __init__(self, bindings: Sequence[ServiceBinding], *, domain: str, plaintext: bool) -> None:
         self._policies = {b.name: dict(b.allowed_roles) for b in bindings}
         self._domain = domain
         self._plaintext = plaintext
+        # Wrapped handlers by full method name; only methods the server has (a handler was found) are kept.
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._log_ok = False
+
+    def log_successes(self, enabled: bool) -> None:
+        """Say whether each successful call is logged (at debug level: only when the logger is at debug)."""
+        self._log_ok = enabled
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        wrapped = self._handlers.get(details.method)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(details)
         if handler is None:
             return None
-        service, _, method = details.method.lstrip("/").partition("/")
+        wrapped = self._wrap(handler, details.method)
+        self._handlers[details.method] = wrapped
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+        service, _, method = full_method.lstrip("/").partition("/")
         if service in _OPEN_SERVICES:
             allowed: frozenset[Role] | None = None
         else:
             allowed = self._policies.get(service, {}).get(method, frozenset())
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, details.method, allowed),
+                self._wrap_unary(handler.unary_unary, full_method, method, allowed),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, details.method, allowed),
+                self._wrap_stream(handler.unary_stream, full_method, method, allowed),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -222,7 +242,7 @@ class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         caller = self._caller(context)
         caller_var.set(caller)
         if allowed is not None:
-            caller.require(allowed, method.rsplit("/", 1)[-1])
+            caller.require(allowed, method)
         if any(header in metadata for header in _RELAYED_HEADERS):
             # Refused, not ignored: a caller that sends a customer's identity it may not relay is probing.
             _check_relay(caller)
@@ -248,6 +268,7 @@ class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _wrap_unary(
         self,
         inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+        full_method: str,
         method: str,
         allowed: frozenset[Role] | None,
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
@@ -259,9 +280,10 @@ class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:  # every failure becomes a status; unknown ones say nothing more
-                await self._fail(context, method, exc, start)
+                await self._fail(context, full_method, exc, start)
                 raise AssertionError("abort_with_status returned") from exc  # pragma: no cover
-            log.debug("rpc ok", method=method, ms=round((time.perf_counter() - start) * 1000, 2))
+            if self._log_ok:
+                log.debug("rpc ok", method=full_method, ms=round((time.perf_counter() - start) * 1000, 2))
             return response
 
         return behavior
@@ -269,6 +291,7 @@ class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _wrap_stream(
         self,
         inner: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
+        full_method: str,
         method: str,
         allowed: frozenset[Role] | None,
     ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
@@ -281,7 +304,7 @@ class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                await self._fail(context, method, exc, start)
+                await self._fail(context, full_method, exc, start)
 
         return behavior
 
@@ -305,8 +328,9 @@ class GrpcServer:
         self._readiness_task: asyncio.Task[None] | None = None
         self.health = HealthServicer()
         self.port = 0
+        self._interceptor = KagiServerInterceptor(self._bindings, domain=domain, plaintext=listen.tls is None)
         self._server = grpc.aio.server(
-            interceptors=[KagiServerInterceptor(self._bindings, domain=domain, plaintext=listen.tls is None)],
+            interceptors=[self._interceptor],
             options=[
                 ("grpc.so_reuseport", 1),
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
@@ -341,6 +365,8 @@ class GrpcServer:
             self.port = self._server.add_secure_port(self._listen.address, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self._listen.address}")
+        # Logging is configured by now (main does it first); below debug, a success costs no log call at all.
+        self._interceptor.log_successes(log.is_enabled_for(logging.DEBUG))
         await self._server.start()
         await self._set_serving(self._readiness is None)
         if self._readiness is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TypeVar
 
 import grpc
@@ -87,12 +87,6 @@ Resp = TypeVar("Resp", bound=Message)
 def _timestamp(seconds: float) -> Timestamp:
     stamp = Timestamp()
     stamp.FromSeconds(int(seconds))
-    return stamp
-
-
-def _datetime_timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
     return stamp
 
 
@@ -335,7 +329,8 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
             status=_OCSP_STATUS.get(answer.status, pb.GetCertificateStatusResponse.STATUS_UNSPECIFIED),
         )
         if answer.next_update is not None:
-            response.next_update.CopyFrom(_datetime_timestamp(answer.next_update))
+            # OCSP times are whole seconds (GeneralizedTime without a fraction): no nanos to carry.
+            response.next_update.seconds = int(answer.next_update.timestamp())
         return response
 
     async def GetCaCertificates(

@@ -12,6 +12,11 @@ a moment before a revocation, misses nothing. A subscriber that falls `queue_lim
 stream ended (the queue yields None) so that its watcher reconnects and reloads the CRL: a revocation is
 never dropped while the stream looks healthy. Events older than the retention (a day) are pruned by
 whichever replica gets there first.
+
+The feed is `live` while its last complete read of the store began less than LIVE_WITHIN ago: every revocation
+committed (on any replica) before that moment has been delivered, to subscribers and to listeners. What relies
+on it (the OCSP answer cache) is thus at most LIVE_WITHIN behind another replica's revocation, and goes back to
+the store whenever the feed is not live.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ RETENTION = 24 * 3600.0
 
 PRUNE_INTERVAL = 600.0
 """PRUNE_INTERVAL is how often a replica deletes events past the retention."""
+
+LIVE_WITHIN = 1.0
+"""LIVE_WITHIN is how recent (seconds) the start of the last complete read must be for the feed to be live: four
+polls, so one slow or failed poll does not end it."""
 
 QUEUE_LIMIT = 10_000
 """QUEUE_LIMIT is how many notices a subscriber may have waiting before its stream is ended."""
@@ -96,11 +105,18 @@ class RevocationFeed:
         self._cursor: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
+        # When (monotonic) the last complete read of the store began; None before the first.
+        self._read_from: float | None = None
 
     @property
     def cursor(self) -> int | None:
         """Return the last position this replica delivered (None until its first read of the store)."""
         return self._cursor
+
+    def live(self) -> bool:
+        """Tell whether every revocation committed more than LIVE_WITHIN ago has been delivered."""
+        read_from = self._read_from
+        return read_from is not None and time.monotonic() - read_from < LIVE_WITHIN
 
     def start(self) -> None:
         """Begin polling (idempotent)."""
@@ -113,6 +129,7 @@ class RevocationFeed:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._read_from = None
         for queue in list(self._subscribers):
             self._end(queue)
 
@@ -144,6 +161,8 @@ class RevocationFeed:
 
     async def poll_once(self) -> int:
         """Read the events after the cursor and deliver them; return how many were delivered."""
+        # Events committed after this moment may be missed by this read (the next one gets them).
+        began = time.monotonic()
         if self._cursor is None:
             # A new replica starts at the newest position: everything before it is in the CRL.
             self._cursor = await self._repository.last_feed_position()
@@ -171,6 +190,7 @@ class RevocationFeed:
                 )
                 delivered += 1
             if not token:
+                self._read_from = began
                 return delivered
 
     async def prune(self) -> int:

@@ -152,7 +152,29 @@ def sign_ocsp_response(
     settings: PkiSettings,
     clock: Clock,
 ) -> bytes:
-    """sign_ocsp_response builds and signs the DER response for `query` given the certificate's status.
+    """Build and sign the DER response for QUERY given the certificate's STATUS (see `sign_ocsp_answer`)."""
+    return sign_ocsp_answer(responder, query, status, settings=settings, clock=clock).der
+
+
+@dataclass(frozen=True, slots=True)
+class SignedOcspResponse:
+    """SignedOcspResponse is a DER OCSP response with what it says: its certificate status and its nextUpdate
+    (None for an unsuccessful response), so nobody parses the DER back to learn them."""
+
+    der: bytes
+    status: str
+    next_update: datetime | None
+
+
+def sign_ocsp_answer(
+    responder: OcspResponder,
+    query: OcspQuery,
+    status: CertificateStatus | None,
+    *,
+    settings: PkiSettings,
+    clock: Clock,
+) -> SignedOcspResponse:
+    """Build and sign the response for QUERY given the certificate's STATUS, with its status and nextUpdate.
 
     `status` None means the CA never issued that serial: the answer is "unknown", never "good". A status of
     another CA or serial is treated the same way. The response carries the delegated signer's certificate,
@@ -160,20 +182,22 @@ def sign_ocsp_response(
     clock (it cannot be given); thisUpdate and nextUpdate come from `clock`.
     """
     if not responder.serves(query):
-        return OCSP_UNAUTHORIZED
+        return SignedOcspResponse(OCSP_UNAUTHORIZED, "error", None)
     now = utc_datetime(clock).replace(microsecond=0)
+    answered = "unknown"
     cert_status = ocsp.OCSPCertStatus.UNKNOWN
     revoked_at: datetime | None = None
     reason: x509.ReasonFlags | None = None
     if status is not None and status.issuer is responder.issuer and status.serial == query.serial:
         if status.revocation is None:
-            cert_status = ocsp.OCSPCertStatus.GOOD
+            answered, cert_status = "good", ocsp.OCSPCertStatus.GOOD
         else:
-            cert_status = ocsp.OCSPCertStatus.REVOKED
+            answered, cert_status = "revoked", ocsp.OCSPCertStatus.REVOKED
             revoked_at = status.revocation.revoked_at
             if status.revocation.reason is not RevocationReason.UNSPECIFIED:
                 reason = status.revocation.reason.flag
     delegate = responder.delegate
+    next_update = now + settings.ocsp_response_validity
     builder = (
         ocsp.OCSPResponseBuilder()
         .add_response_by_hash(
@@ -183,7 +207,7 @@ def sign_ocsp_response(
             algorithm=_HASHES[query.hash_algorithm],
             cert_status=cert_status,
             this_update=now,
-            next_update=now + settings.ocsp_response_validity,
+            next_update=next_update,
             revocation_time=revoked_at,
             revocation_reason=reason,
         )
@@ -193,7 +217,7 @@ def sign_ocsp_response(
     if query.nonce is not None:
         builder = builder.add_extension(x509.OCSPNonce(query.nonce), critical=False)
     response = builder.sign(signing_key(delegate.signer), delegate.signer.algorithm.hash)
-    return response.public_bytes(serialization.Encoding.DER)
+    return SignedOcspResponse(response.public_bytes(serialization.Encoding.DER), answered, next_update)
 
 
 @dataclass(frozen=True, slots=True)
