@@ -1,6 +1,13 @@
-"""The CA service through its gRPC API against the in-process ceiling: issuance, a 100k-entry CRL, OCSP.
+"""The CA service through its gRPC API against the in-process ceiling: issuance, a 100k-entry CRL, OCSP, and the
+per-call overhead targets.
 
-Run: `python bench/ca_grpc_bench.py` (about two minutes; `--quick` for a short smoke run). Prints markdown tables.
+Run: `python bench/ca_grpc_bench.py` (about three minutes; `--quick` for a short smoke run). Prints markdown tables.
+
+The targets, measured in the same run on one P-256 worker per store, in server CPU per call (read from /proc):
+an issuance through gRPC costs at most TARGET_ISSUE times the RPC floor (`GetCertificateStatus`: one store read)
+plus the in-process issuance (prepare, verify, sign), and a cached OCSP answer at most TARGET_OCSP times the RPC
+floor. Each figure is the lower of TARGET_ROUNDS runs, the three kinds interleaved, so a burst of other work on
+the machine does not land on one kind alone.
 
 Everything runs on 127.0.0.1 with real mTLS: the CA is `kagi serve ca` in its own process (1 or 2 worker
 processes sharing the port through SO_REUSEPORT), the load comes from a separate client process (asyncio,
@@ -9,7 +16,8 @@ many calls in flight over several channels), Redis is a redis-server this script
 The in-process ceilings are bench/ca_inprocess_bench.py's measurements, taken in the same run.
 
 `--profile-server SECONDS` instead runs one CA worker in this process under cProfile while a client process
-loads it, and prints where the worker's time goes.
+loads it (`--profile-kind`: issuances, status reads or cached OCSP answers; `--profile-store`), and prints where
+the worker's time goes.
 """
 
 from __future__ import annotations
@@ -69,6 +77,17 @@ IN_FLIGHT = 64
 
 CRL_ENTRIES = 100_000
 CRL_BUDGET_SECONDS = 1.5
+
+TARGET_ISSUE = 1.5
+"""TARGET_ISSUE: an issuance through gRPC costs at most this times (RPC floor + in-process issuance), server CPU."""
+
+TARGET_OCSP = 1.2
+"""TARGET_OCSP: a cached OCSP answer through gRPC costs at most this times the RPC floor, server CPU."""
+
+TARGET_ROUNDS = 2
+"""TARGET_ROUNDS: how many times each kind of call is measured for the targets (the lowest figure is kept)."""
+
+_CLIENT_ROLES = {"issue": "enrollment", "status": "gateway", "ocsp-cached": "gateway", "ocsp-uncached": "gateway"}
 
 
 # -- the client process ------------------------------------------------------------------------------------
@@ -162,7 +181,7 @@ async def _client(spec: dict[str, object]) -> dict[str, float]:
 
 
 def run_client(spec: dict[str, object]) -> dict[str, float]:
-    """run_client runs the load in a separate process and returns what it measured."""
+    """Run the load in a separate process and return what it measured."""
     result = subprocess.run(
         [sys.executable, __file__, "--client", json.dumps(spec)],
         capture_output=True,
@@ -180,14 +199,14 @@ def run_client(spec: dict[str, object]) -> dict[str, float]:
 
 
 def ca_environment(dev: DevPki, store_url: str, state_dir: Path, port: int, workers: int) -> dict[str, str]:
-    """ca_environment is what `kagi serve ca` reads for one benchmark server: the stack's, on this run's store."""
+    """Return what `kagi serve ca` reads for one benchmark server: the stack's environment, on this run's store."""
     run = {"KAGI_STATE_DIR": str(state_dir), "KAGI_CA_WORKERS": str(workers), "KAGI_LOG_LEVEL": "WARNING"}
     return {**os.environ, **stack_environment(dev, {**DEV_PORTS, "ca": port}, store_url, run)}
 
 
 @contextlib.contextmanager
 def ca_server(dev: DevPki, store_url: str, state_dir: Path, workers: int) -> Iterator[tuple[str, list[int]]]:
-    """ca_server runs `kagi serve ca` with `workers` processes; yields its target and pids once it answers."""
+    """Run `kagi serve ca` with WORKERS processes; yield its target and pids once it answers."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-c", "from kagi.cli.main import cli; cli()", "serve", "ca"],
@@ -241,17 +260,17 @@ def _rate(value: float) -> str:
 
 
 def dev_pki(base: Path, algorithm: KeyAlgorithm) -> DevPki:
-    """dev_pki makes a CA of `algorithm` and the mTLS files in `base`."""
+    """Make a CA of ALGORITHM and the mTLS files in BASE."""
     return ensure_dev_pki(base / f"pki-{algorithm.value}", algorithm=algorithm)
 
 
 def store_url_for(kind: str, redis_base: str, database: int) -> str:
-    """store_url_for is the store of one run: a SQLite file (state dir per run) or a Redis database."""
+    """Return the store of one run: a SQLite file (state dir per run) or a Redis database."""
     return "sqlite:" if kind == "sqlite" else f"{redis_base}/{database}"
 
 
 def cpu_per_op(operation: Callable[[], object], *, min_seconds: float = 1.0) -> float:
-    """cpu_per_op is the CPU seconds one call of `operation` takes in this process (contention-proof)."""
+    """Return the CPU seconds one call of OPERATION takes in this process (contention-proof)."""
     operation()
     runs = 0
     started = time.process_time()
@@ -262,7 +281,7 @@ def cpu_per_op(operation: Callable[[], object], *, min_seconds: float = 1.0) -> 
 
 
 def inprocess_issue_cpu(algorithm: KeyAlgorithm, settings: PkiSettings, clock: FakeClock) -> float:
-    """inprocess_issue_cpu is the CPU of ca_inprocess_bench's domain issuance (prepare, verify, sign)."""
+    """Return the CPU seconds of ca_inprocess_bench's domain issuance (prepare, verify, sign)."""
     hierarchy = build_hierarchy(
         {kind: PrivateKeySigner.generate(algorithm) for kind in CaKind}, settings=settings, clock=clock
     )
@@ -277,13 +296,13 @@ def inprocess_issue_cpu(algorithm: KeyAlgorithm, settings: PkiSettings, clock: F
 
 
 def inprocess_ocsp_cpu(settings: PkiSettings, clock: FakeClock) -> dict[str, float]:
-    """inprocess_ocsp_cpu is the CPU of an OCSP answer in process, signed and cached (as ca_inprocess_bench)."""
+    """Return the CPU seconds of an OCSP answer in process, signed and cached (as ca_inprocess_bench)."""
     fixture = ocsp_fixture(KeyAlgorithm.EC_P256, settings, clock)
     return {"uncached": cpu_per_op(fixture.uncached), "cached": cpu_per_op(fixture.cached)}
 
 
 def bench_issuance(base: Path, redis_base: str, seconds: float, warmup: float) -> list[Row]:
-    """bench_issuance measures IssueCertificate/s for each CA key, store and worker count."""
+    """Measure IssueCertificate/s for each CA key, store and worker count."""
     rows: list[Row] = []
     database = 0
     clock = FakeClock(time.time())
@@ -332,7 +351,7 @@ def bench_issuance(base: Path, redis_base: str, seconds: float, warmup: float) -
 
 
 def bench_crl(base: Path, redis_base: str) -> list[Row]:
-    """bench_crl seeds 100k revoked entries and times the service's rebuild: listing, build+sign, publish."""
+    """Seed 100k revoked entries and time the service's rebuild: listing, build+sign, publish."""
     rows: list[Row] = []
     dev = dev_pki(base, KeyAlgorithm.EC_P256)
     from services.ca_service.adapters.ca_directory import CaDirectory
@@ -395,7 +414,7 @@ async def _crl_once(url: str, state_dir: Path, loaded: object) -> list[str]:
 
 
 def bench_ocsp(base: Path, redis_base: str, seconds: float, warmup: float) -> list[Row]:
-    """bench_ocsp measures AnswerOcsp/s, cached (no nonce) and signed afresh (nonce), vs the in-process rate."""
+    """Measure AnswerOcsp/s, cached (no nonce) and signed afresh (nonce), against the in-process rate."""
     rows: list[Row] = []
     clock = FakeClock(time.time())
     ceilings = {name: 1 / secs for name, _, secs in inprocess.bench_ocsp(KeyAlgorithm.EC_P256, PkiSettings(), clock)}
@@ -465,6 +484,75 @@ def bench_ocsp(base: Path, redis_base: str, seconds: float, warmup: float) -> li
     return rows
 
 
+@dataclass
+class Targets:
+    """Targets is one store's per-call figures (server CPU ms) and the two ratios against their targets."""
+
+    store: str
+    floor_ms: float
+    inprocess_ms: float
+    issue_ms: float
+    ocsp_cached_ms: float
+
+    @property
+    def issue_ratio(self) -> float:
+        """Return the issuance's cost over (RPC floor + in-process issuance)."""
+        return self.issue_ms / (self.floor_ms + self.inprocess_ms)
+
+    @property
+    def ocsp_ratio(self) -> float:
+        """Return the cached OCSP answer's cost over the RPC floor."""
+        return self.ocsp_cached_ms / self.floor_ms
+
+    def row(self) -> Row:
+        """Return the table row."""
+        issue_verdict = "met" if self.issue_ratio <= TARGET_ISSUE else "MISSED"
+        ocsp_verdict = "met" if self.ocsp_ratio <= TARGET_OCSP else "MISSED"
+        return Row(
+            [
+                self.store,
+                f"{self.floor_ms:.3f}",
+                f"{self.inprocess_ms:.3f}",
+                f"{self.issue_ms:.3f}",
+                f"{self.issue_ratio:.2f}× ({issue_verdict}: ≤ {TARGET_ISSUE}×)",
+                f"{self.ocsp_cached_ms:.3f}",
+                f"{self.ocsp_ratio:.2f}× ({ocsp_verdict}: ≤ {TARGET_OCSP}×)",
+            ]
+        )
+
+
+def bench_targets(base: Path, redis_base: str, seconds: float, warmup: float) -> list[Targets]:
+    """Measure, per store on one P-256 worker, the RPC floor, an issuance and a cached OCSP answer (server CPU
+    per call, the lowest of TARGET_ROUNDS interleaved runs) with the in-process issuance taken just before."""
+    clock = FakeClock(time.time())
+    dev = dev_pki(base, KeyAlgorithm.EC_P256)
+    results: list[Targets] = []
+    for index, store in enumerate(("sqlite", "redis")):
+        inprocess_ms = 1000 * inprocess_issue_cpu(KeyAlgorithm.EC_P256, PkiSettings(), clock)
+        state_dir = base / f"targets-{store}"
+        state_dir.mkdir()
+        best: dict[str, float] = {}
+        with ca_server(dev, store_url_for(store, redis_base, 12 + index), state_dir, 1) as (target, pids):
+            request = asyncio.run(_ocsp_request(target, dev)).hex()
+            for _ in range(TARGET_ROUNDS):
+                for kind in ("status", "ocsp-cached", "issue"):
+                    role = dev.tls(_CLIENT_ROLES[kind])
+                    spec: dict[str, object] = {
+                        "kind": kind,
+                        "target": target,
+                        "tls": [str(p) for p in (role.cert_file, role.key_file, dev.root)],
+                        "seconds": seconds,
+                        "warmup": warmup,
+                        "pids": pids,
+                        "ocsp_request": request,
+                    }
+                    measured = run_client(spec)["server_cpu_ms"]
+                    best[kind] = min(best.get(kind, measured), measured)
+                    print(f"  targets {store} {kind}: {measured:.3f} ms server CPU", file=sys.stderr)
+        results.append(Targets(store, best["status"], inprocess_ms, best["issue"], best["ocsp-cached"]))
+    return results
+
+
 async def _ocsp_request(target: str, dev: DevPki) -> bytes:
     async with open_channel(target, dev.tls("enrollment")) as channel:
         stub = ca_pb2_grpc.CertificateAuthorityServiceStub(channel)
@@ -490,8 +578,8 @@ async def _ocsp_request(target: str, dev: DevPki) -> bytes:
 # -- profiling ----------------------------------------------------------------------------------------------
 
 
-def profile_server(seconds: float, store: str) -> None:
-    """profile_server runs one CA worker here under cProfile while a client process loads it with issuances."""
+def profile_server(seconds: float, store: str, kind: str = "issue") -> None:
+    """Run one CA worker here under cProfile while a client process loads it with KIND calls; print the profile."""
     configure_logging("ca", level="WARNING")
     with tempfile.TemporaryDirectory(prefix="kagi-ca-profile-") as raw, contextlib.ExitStack() as stack:
         base = Path(raw)
@@ -503,19 +591,22 @@ def profile_server(seconds: float, store: str) -> None:
         async def serve() -> None:
             settings = CaSettings.from_env(ca_environment(dev, url, base, 0, 1))
             component = await start_ca(settings)
+            target = f"localhost:{component.port}"
+            role = dev.tls(_CLIENT_ROLES[kind])
             spec = {
-                "kind": "issue",
-                "target": f"localhost:{component.port}",
-                "tls": [str(p) for p in (dev.tls("enrollment").cert_file, dev.tls("enrollment").key_file, dev.root)],
+                "kind": kind,
+                "target": target,
+                "tls": [str(p) for p in (role.cert_file, role.key_file, dev.root)],
                 "seconds": seconds,
                 "warmup": 1.0,
+                "ocsp_request": (await _ocsp_request(target, dev)).hex() if kind.startswith("ocsp") else "",
             }
             loop = asyncio.get_running_loop()
             profiler.enable()
             measured = await loop.run_in_executor(None, run_client, spec)
             profiler.disable()
             await component.stop(0)
-            print(f"profiled run: {measured['rate']:,.0f} issuances/s ({store})")
+            print(f"profiled run: {measured['rate']:,.0f} {kind} calls/s ({store})")
 
         asyncio.run(serve())
         out = io.StringIO()
@@ -535,18 +626,19 @@ def _table(header: list[str], rows: list[Row], align: list[str]) -> str:
 
 
 def main() -> int:
-    """Main runs every measurement and prints the tables."""
+    """Run every measurement and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test of the benchmark itself)")
     parser.add_argument("--profile-server", type=float, metavar="SECONDS", help="profile one worker instead")
     parser.add_argument("--profile-store", choices=["sqlite", "redis"], default="sqlite")
+    parser.add_argument("--profile-kind", choices=["issue", "status", "ocsp-cached"], default="issue")
     args = parser.parse_args()
     if args.client:
         print(json.dumps(asyncio.run(_client(json.loads(args.client)))))
         return 0
     if args.profile_server:
-        profile_server(args.profile_server, args.profile_store)
+        profile_server(args.profile_server, args.profile_store, args.profile_kind)
         return 0
     seconds, warmup = (1.5, 0.5) if args.quick else (4.0, 1.0)
     started = time.perf_counter()
@@ -554,6 +646,7 @@ def main() -> int:
         base = Path(raw)
         with RedisServer(base) as redis:
             redis_base = redis.base_url
+            targets = bench_targets(base, redis_base, seconds, warmup)
             issuance = bench_issuance(base, redis_base, seconds, warmup)
             crl = bench_crl(base, redis_base)
             ocsp_rows = bench_ocsp(base, redis_base, seconds, warmup)
@@ -562,6 +655,25 @@ def main() -> int:
         f"CA service over gRPC with mTLS on 127.0.0.1: Python {platform.python_version()}, {platform.machine()}, "
         f"{cores} cores; client in a separate process, {IN_FLIGHT} calls in flight over {CLIENT_CHANNELS} channels\n"
     )
+    print(
+        f"### Per-call overhead targets (P-256, one worker; server CPU ms per call, lowest of {TARGET_ROUNDS} runs)\n"
+    )
+    print(
+        _table(
+            [
+                "store",
+                "RPC floor (GetCertificateStatus)",
+                "in-process issuance",
+                "IssueCertificate",
+                "issuance / (floor + in-process)",
+                "cached AnswerOcsp",
+                "cached OCSP / floor",
+            ],
+            [t.row() for t in targets],
+            ["---", "---:", "---:", "---:", "---:", "---:", "---:"],
+        )
+    )
+    print()
     print("### Issuance (IssueCertificate, customer profile, P-256 CSRs, each with a request_id)\n")
     print(
         _table(
