@@ -176,7 +176,7 @@ async def _grpc_load(spec: dict[str, Any], stop: float, out: dict[str, Any]) -> 
 
 
 def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
-    """Loadgen runs one measurement from its spec and returns the counts (called in the child process)."""
+    """Run one measurement from its spec and return the counts (called in the child process)."""
     warmup, seconds = spec["warmup"], spec["seconds"]
     start = time.perf_counter()
     spec["measure_from"] = start + warmup
@@ -207,7 +207,7 @@ def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Services:
-    """Services are the in-process CA, OTP and enrollment services (as `kagi dev` builds them) and a scratch folder."""
+    """The in-process CA, OTP and enrollment services (as `kagi dev` builds them) and a scratch folder."""
 
     stack: Stack
     directory: Path
@@ -247,7 +247,7 @@ async def start_services(directory: Path) -> Services:
 
 @dataclass
 class BenchCustomer:
-    """BenchCustomer is an enrollment at CERTIFICATE_ISSUED with its client certificate files."""
+    """An enrollment at CERTIFICATE_ISSUED with its client certificate files."""
 
     enrollment_id: str
     certificate: TlsFiles
@@ -288,7 +288,7 @@ async def _nginx_crls(services: Services) -> Path:
 
 @contextlib.asynccontextmanager
 async def nginx(services: Services, workers: int) -> AsyncIterator[tuple[int, list[int]]]:
-    """Nginx runs Debian's nginx in the foreground with a generated config; yields (port, pids)."""
+    """Run Debian's nginx in the foreground with a generated config; yield (port, pids)."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     directory = services.directory / f"nginx-{workers}"
     directory.mkdir(exist_ok=True)
@@ -343,7 +343,7 @@ http {{
 async def gateway(
     services: Services, workers: int, *, profile: Path | None = None, extra_env: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[int, list[int]]]:
-    """Gateway runs `kagi serve gateway` with `workers` worker processes; yields (port, pids).
+    """Run `kagi serve gateway` with `workers` worker processes; yield (port, pids).
 
     With `profile`, the (single) gateway process runs under cProfile and writes its statistics there on exit.
     """
@@ -375,7 +375,7 @@ async def gateway(
 
 
 async def measure(spec: dict[str, Any], server_pids: list[int]) -> dict[str, Any]:
-    """Measure runs the load generator in a child process and reads the server's CPU time around it."""
+    """Run the load generator in a child process and read the server's CPU time around it."""
     before_server, before_self = cpu_seconds(server_pids), time.process_time()
     process = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--loadgen", json.dumps(spec), stdout=asyncio.subprocess.PIPE
@@ -406,7 +406,7 @@ def _row(name: str, server: str, result: dict[str, Any], extra: str = "", *, ser
 
 
 async def run_profile(args: argparse.Namespace) -> None:
-    """Run_profile profiles one gateway process under the kept-alive GetEnrollment load and prints where its
+    """Profile one gateway process under the kept-alive GetEnrollment load and print where its
     CPU goes (cProfile's own overhead inflates every figure; the proportions are what matter)."""
     configure_logging("bench", level="WARNING")
     with tempfile.TemporaryDirectory(prefix="kagi-gateway-profile-") as temporary:
@@ -437,7 +437,7 @@ LIMITS_OFF = {
 
 
 async def run_limits(args: argparse.Namespace) -> None:
-    """Run_limits measures the kept-alive routes with the connection limits and the request deadline on (the
+    """Measure the kept-alive routes with the connection limits and the request deadline on (the
     defaults) and off, alternating on, off, on, off, so that drift of the machine falls on both alike."""
     configure_logging("bench", level="WARNING")
     with tempfile.TemporaryDirectory(prefix="kagi-gateway-limits-") as temporary:
@@ -488,7 +488,7 @@ async def run_limits(args: argparse.Namespace) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    """Run sets everything up, takes every measurement and prints the table."""
+    """Set everything up, takes every measurement and print the table."""
     configure_logging("bench", level="WARNING")
     with tempfile.TemporaryDirectory(prefix="kagi-gateway-bench-") as temporary:
         directory = Path(temporary)
@@ -582,7 +582,7 @@ def _nginx_version() -> str:
 
 
 def main() -> None:
-    """Main parses the command line: a benchmark run, or (internally) one load-generator measurement."""
+    """Parse the command line: a benchmark run, or (internally) one load-generator measurement."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per row (after 1 s warm-up)")
     parser.add_argument("--threads", type=int, default=16, help="client threads (or gRPC calls) in flight")

@@ -90,18 +90,18 @@ PERIOD = 60
 
 
 class OffsetClock:
-    """OffsetClock is the system clock moved by a fixed offset (each scenario runs in a step of its own)."""
+    """The system clock moved by a fixed offset (each scenario runs in a step of its own)."""
 
     def __init__(self, offset: float) -> None:
         self.offset = offset
 
     def now(self) -> float:
-        """Now is the system time plus the offset."""
+        """Return the system time plus the offset."""
         return time.time() + self.offset
 
 
 class CountingStore(KeyValueStore):
-    """CountingStore forwards to a store and counts the calls, i.e. the store round trips the service makes."""
+    """Forwards to a store and counts the calls, i.e. the store round trips the service makes."""
 
     def __init__(self, inner: KeyValueStore, shared: Any, slot: int) -> None:
         self.inner = inner
@@ -154,7 +154,7 @@ class CountingStore(KeyValueStore):
 
 
 def use_loop(name: str) -> None:
-    """Use_loop selects the event loop implementation for this process (uvloop only for the comparison rows)."""
+    """Select the event loop implementation for this process (uvloop only for the comparison rows)."""
     if name == "uvloop":
         import uvloop  # not a kagi dependency: install it next to the bench to try it
 
@@ -171,7 +171,7 @@ def server_process(
     profile_to: str,
     loop: str,
 ) -> None:
-    """Server_process runs one OTP worker until SIGTERM, then reports its store calls (and profile)."""
+    """Run one OTP worker until SIGTERM, then report its store calls (and profile)."""
     configure_logging("otp", level="INFO")
     use_loop(loop)
     profiler = cProfile.Profile() if profile_to else None
@@ -206,22 +206,22 @@ def server_process(
 
 @dataclass
 class Servers:
-    """Servers are the running worker processes of one scenario."""
+    """The running worker processes of one scenario."""
 
     processes: list[multiprocessing.process.BaseProcess]
     results: Any
     shared: Any
 
     def store_calls(self) -> int:
-        """Store_calls is how many store calls all workers have made so far."""
+        """Return how many store calls all workers have made so far."""
         return int(sum(self.shared))
 
     def cpu_seconds(self) -> float:
-        """Cpu_seconds is the CPU time (user + system) all workers have used so far."""
+        """Return the CPU time (user + system) all workers have used so far."""
         return cpu_seconds(p.pid for p in self.processes if p.pid is not None)
 
     def stop(self) -> list[dict[str, int]]:
-        """Stop ends the workers and returns each one's store-call counts."""
+        """End the workers and return each one's store-call counts."""
         for process in self.processes:
             if process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
@@ -232,7 +232,7 @@ class Servers:
 
 
 def start_servers(settings: OtpSettings, workers: int, offset: float, profile_to: str, loop: str) -> Servers:
-    """Start_servers starts `workers` processes on settings.listen's port and waits until all serve."""
+    """Start `workers` processes on settings.listen's port and wait until all serve."""
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     shared = ctx.Array("q", workers, lock=False)
@@ -254,7 +254,7 @@ def start_servers(settings: OtpSettings, workers: int, offset: float, profile_to
 
 @dataclass(frozen=True)
 class Call:
-    """Call is one request of a client: a verification (token, code) or an echo, on one of its connections."""
+    """One request of a client: a verification (token, code) or an echo, on one of its connections."""
 
     connection: int
     token_id: str = ""
@@ -262,7 +262,7 @@ class Call:
 
 
 def client_process(port: int, tls: TlsFiles, connections: int, pipe: Any) -> None:
-    """Client_process keeps `connections` channels open and runs each batch of calls it is sent on them.
+    """Keep `connections` channels open and run each batch of calls it is sent on them.
 
     The channels stay up between batches, so a token sent over connection i always reaches the same worker.
     """
@@ -324,7 +324,7 @@ async def _batch(
 
 @dataclass
 class Run:
-    """Run is what a set of client processes measured."""
+    """What a set of client processes measured."""
 
     ok: int
     failures: Counter[str]
@@ -333,16 +333,16 @@ class Run:
 
     @property
     def rate(self) -> float:
-        """Rate is accepted calls per second of wall time."""
+        """Return accepted calls per second of wall time."""
         return self.ok / self.seconds
 
     def percentile(self, p: float) -> float:
-        """Percentile is the p-th latency percentile in milliseconds."""
+        """Return the p-th latency percentile in milliseconds."""
         return percentile(self.latencies, p / 100) * 1000
 
 
 class Clients:
-    """Clients are the long-lived client processes of one scenario; connection i belongs to process i % n."""
+    """The long-lived client processes of one scenario; connection i belongs to process i % n."""
 
     def __init__(self, port: int, tls: TlsFiles, processes: int, connections: int) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -360,7 +360,7 @@ class Clients:
                 raise RuntimeError("a client process did not connect")
 
     def run(self, calls: list[Call], inflight: int) -> Run:
-        """Run sends every call (each on its connection) with `inflight` outstanding over all processes."""
+        """Send every call (each on its connection) with `inflight` outstanding over all processes."""
         for i, pipe in enumerate(self._pipes):
             share = [replace(c, connection=c.connection // self._n) for c in calls if c.connection % self._n == i]
             pipe.send((share, inflight // self._n))
@@ -376,11 +376,11 @@ class Clients:
         )
 
     def cpu_seconds(self) -> float:
-        """Cpu_seconds is the CPU time the client processes have used so far."""
+        """Return the CPU time the client processes have used so far."""
         return cpu_seconds(c.pid for c in self._children if c.pid is not None)
 
     def close(self) -> None:
-        """Close ends the client processes."""
+        """End the client processes."""
         for pipe in self._pipes:
             pipe.send(None)
         for child in self._children:
@@ -391,7 +391,7 @@ class Clients:
 
 
 async def create_tokens(settings: OtpSettings, count: int) -> list[tuple[str, bytes]]:
-    """Create_tokens makes `count` registered tokens through the use cases; returns (token id, seed) pairs."""
+    """Make `count` registered tokens through the use cases; return (token id, seed) pairs."""
     clock = OffsetClock(0)
     store = settings.open_store(clock)
     hasher = PasswordHasher([Pepper("p1", settings.pepper.reveal())], CHEAP_ARGON2)
@@ -420,7 +420,7 @@ async def create_tokens(settings: OtpSettings, count: int) -> list[tuple[str, by
 def verification_calls(
     tokens: list[tuple[str, bytes]], step: int, offsets: Sequence[int], connections: int
 ) -> list[Call]:
-    """Verification_calls are, for each offset in turn, every token's code for `step + offset`."""
+    """Return, for each offset in turn, every token's code for `step + offset`."""
     return [
         Call(connection=i % connections, token_id=token_id, code=hotp(seed, step + k))
         for k in offsets
@@ -432,7 +432,7 @@ def verification_calls(
 
 
 def redis_round_trips(url: str) -> int:
-    """Redis_round_trips is the server's count of the commands the store driver sends (EVALSHA, HMGET, EVAL)."""
+    """Return the server's count of the commands the store driver sends (EVALSHA, HMGET, EVAL)."""
     stats = redis.Redis.from_url(url).info("commandstats")
     return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "hmget", "eval"))
 
@@ -442,7 +442,7 @@ def redis_round_trips(url: str) -> int:
 
 @dataclass
 class Row:
-    """Row is one line of the result table."""
+    """One line of the result table."""
 
     store: str
     workers: int
@@ -455,7 +455,7 @@ class Row:
 
 
 def scenario_offset(index: int) -> float:
-    """Scenario_offset puts the servers' clock 2 s into a fresh step, `index` hours after the real time."""
+    """Put the servers' clock 2 s into a fresh step, `index` hours after the real time."""
     now = time.time() + index * 3600
     return index * 3600 + (PERIOD - now % PERIOD) + 2
 
@@ -473,7 +473,7 @@ def run_scenario(
     profile_to: str,
     loop: str,
 ) -> list[Row]:
-    """Run_scenario: warm-up (step c-1, untimed), verifications (steps c and c+1, timed), echo (timed)."""
+    """Warm-up (step c-1, untimed), verifications (steps c and c+1, timed), echo (timed)."""
     offset = scenario_offset(index)
     port = free_port()
     listen = replace(settings.listen, port=port)
@@ -521,7 +521,7 @@ def run_scenario(
 
 
 async def privacyidea_run(url: str, admin: str, tokens: int, inflight: int) -> tuple[Run, float]:
-    """Privacyidea_run enrolls TOTP tokens (60 s steps) through privacyIDEA's API, then sends each token's codes
+    """Enroll TOTP tokens (60 s steps) through privacyIDEA's API, then send each token's codes
     for steps c and c+1 to /validate/check with `inflight` outstanding; returns the run and the enrol rate."""
     import aiohttp  # a kagi dependency; only this comparison needs an HTTP client
 
@@ -570,7 +570,7 @@ async def privacyidea_run(url: str, admin: str, tokens: int, inflight: int) -> t
 
 
 def main() -> None:
-    """Main runs the scenarios and prints the table."""
+    """Run the scenarios and print the table."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--tokens", type=int, default=6000, help="tokens per store (each gives 3 verifications)")
     parser.add_argument("--inflight", type=int, default=16, help="calls in flight, over all client processes")

@@ -50,7 +50,7 @@ POLICY = OtpPolicy(rate_limit_failures=10**9, max_failures=10**9)
 
 
 def measure(step: Callable[[int], object], seconds: float) -> tuple[int, float, float]:
-    """measure calls step(i) for i = 0, 1, ... for about `seconds`; returns (calls, wall s, CPU s).
+    """Call step(i) for i = 0, 1, ... for about `seconds`; return (calls, wall s, CPU s).
 
     Calls run in batches sized to take about 10 ms, so the clock is read rarely for fast steps and a slow
     step (argon2) does not overshoot the budget.
@@ -69,14 +69,14 @@ def measure(step: Callable[[int], object], seconds: float) -> tuple[int, float, 
 
 
 def wrong_code(now: float) -> str:
-    """wrong_code is a 6-digit code matching none of the steps match_code looks at."""
+    """Return a 6-digit code matching none of the steps match_code looks at."""
     current = time_step(now)
     near = {hotp(KEY, current + d) for d in range(-12, 3)}
     return next(c for c in (f"{n:06d}" for n in range(1_000_000)) if c not in near)
 
 
 def verifier_rows(seconds: float) -> list[tuple[str, int, float, float]]:
-    """verifier_rows times the pure verifier, the state update and the whole domain check."""
+    """Time the pure verifier, the state update and the whole domain check."""
     # One time per call, stepping a minute each time, so every call sees a fresh step and a fresh code.
     times = [START + 60 * i + 7 for i in range(4096)]
     right = [hotp(KEY, time_step(t)) for t in times]
@@ -125,7 +125,7 @@ def verifier_rows(seconds: float) -> list[tuple[str, int, float, float]]:
 
 
 def argon2_rows(budget: float) -> list[tuple[str, Argon2Parameters, int, float, float, float]]:
-    """argon2_rows times hash and verify for the default parameters and two heavier ones."""
+    """Time hash and verify for the default parameters and two heavier ones."""
     pepper = Pepper("bench", b"\x00" * 32)
     out = []
     for label, params in (
@@ -149,7 +149,7 @@ def argon2_rows(budget: float) -> list[tuple[str, Argon2Parameters, int, float, 
 
 
 def main() -> None:
-    """Main runs every row and prints the markdown table."""
+    """Run every row and print the markdown table."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.5, help="time budget per row")
     args = parser.parse_args()

@@ -37,7 +37,7 @@ VALUE = b"x" * 256  # about the size of a kagi record (JSON of an enrollment or 
 
 @dataclass(frozen=True)
 class Result:
-    """Result is one cell of the table."""
+    """One cell of the table."""
 
     driver: str
     operation: str
@@ -47,14 +47,14 @@ class Result:
 
     @property
     def rate(self) -> float:
-        """Rate is operations per second."""
+        """Return operations per second."""
         return self.ops / self.seconds if self.seconds else 0.0
 
 
 async def run_cell(
     op: Callable[[int], Awaitable[object]], total: int, in_flight: int, budget: float
 ) -> tuple[int, float]:
-    """run_cell calls `op(i)` for i in 0..total-1 with `in_flight` workers until done or out of budget."""
+    """Call `op(i)` for i in 0..total-1 with `in_flight` workers until done or out of budget."""
     next_index = iter(range(total))
     done = 0
     started = time.perf_counter()
@@ -75,7 +75,7 @@ async def run_cell(
 async def bench_driver(
     name: str, store: KeyValueStore, ops: int, concurrency: list[int], budget: float
 ) -> list[Result]:
-    """bench_driver measures create, get and CAS on one store at every concurrency level, then closes it."""
+    """Measure create, get and CAS on one store at every concurrency level, then close it."""
     try:
         return [r for in_flight in concurrency for r in await bench_level(name, store, ops, in_flight, budget)]
     finally:
@@ -83,7 +83,7 @@ async def bench_driver(
 
 
 async def bench_level(name: str, store: KeyValueStore, ops: int, in_flight: int, budget: float) -> list[Result]:
-    """bench_level measures create, get and CAS at one concurrency level, on a fresh collection."""
+    """Measure create, get and CAS at one concurrency level, on a fresh collection."""
     collection = f"bench-{uuid.uuid4().hex[:8]}"
     entries: dict[int, Entry] = {}
 
@@ -112,7 +112,7 @@ async def bench_level(name: str, store: KeyValueStore, ops: int, in_flight: int,
 
 
 def redis_version(url: str | None) -> str:
-    """redis_version names the local redis-server binary's version (or the URL's server, unknown)."""
+    """Name the local redis-server binary's version (or the URL's server, unknown)."""
     if url:
         return "external"
     binary = shutil.which("redis-server")
@@ -123,7 +123,7 @@ def redis_version(url: str | None) -> str:
 
 
 async def main() -> None:
-    """main parses the flags, runs every cell and prints the markdown table."""
+    """Parse the flags, runs every cell and print the markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=3000, help="operations per cell (default 3000)")
     parser.add_argument("--concurrency", default="1,32", help="comma-separated in-flight levels (default 1,32)")

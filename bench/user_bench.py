@@ -72,7 +72,7 @@ Calls = Sequence[Callable[[], Awaitable[object]]]
 
 @dataclass
 class Row:
-    """Row is one measured run: calls, wall seconds, CPU seconds (this process, all) and per-call latencies."""
+    """One measured run: calls, wall seconds, CPU seconds (this process, all) and per-call latencies."""
 
     name: str
     concurrency: int
@@ -107,7 +107,7 @@ class Row:
 
 @dataclass
 class Account:
-    """Account is a customer after enrollment, with what the gateway holds for it."""
+    """A customer after enrollment, with what the gateway holds for it."""
 
     customer: Customer
     user_id: str = ""
@@ -141,7 +141,7 @@ async def measure(name: str, concurrency: int, calls: Calls, *, kdf_per_call: in
 
 
 class Kdf:
-    """Kdf runs argon2id verifies the way the service does: `asyncio.to_thread` on the loop's default executor."""
+    """Runs argon2id verifies the way the service does: `asyncio.to_thread` on the loop's default executor."""
 
     def __init__(self) -> None:
         self.hasher = PasswordHasher([Pepper("bench", os.urandom(32))], OWASP_ARGON2ID)

@@ -92,7 +92,7 @@ _PASSWORD_KINDS = {"login": upb.PASSWORD_KIND_LOGIN, "confirmation": upb.PASSWOR
 
 @dataclass
 class GatewayContext:
-    """GatewayContext is what the routes work with: backends, certificate checks, PKI files, metrics."""
+    """What the routes work with: backends, certificate checks, PKI files, metrics."""
 
     backends: Backends
     verifier: CustomerCertificateVerifier
@@ -117,7 +117,7 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def error_response(error: HttpError) -> web.Response:
-    """error_response renders an HttpError as the JSON error document."""
+    """Render an HttpError as the JSON error document."""
     return _json(error.body(), error.status, error.headers)
 
 
@@ -128,7 +128,7 @@ def _timestamp(stamp: Timestamp) -> str | None:
 
 
 def enrollment_view(enrollment: pb.Enrollment) -> dict[str, Any]:
-    """enrollment_view is what the API shows of an enrollment: id, state, next step by name, expiry."""
+    """Return what the API shows of an enrollment: id, state, next step by name, expiry."""
     state = pb.Enrollment.State.Name(enrollment.state).removeprefix("STATE_")
     step = pb.Step.Name(enrollment.next_step).removeprefix("STEP_") if enrollment.next_step else None
     return {
@@ -196,7 +196,7 @@ def _is_json(content_type: str) -> bool:
 
 
 class CustomerApi:
-    """CustomerApi serves the ten steps: checks the caller's credential and the body's shape, calls the
+    """Serves the ten steps: checks the caller's credential and the body's shape, calls the
     enrollment service, and renders its answer. Every rule about the enrollment is the service's."""
 
     def __init__(self, context: GatewayContext) -> None:
@@ -207,7 +207,7 @@ class CustomerApi:
         self._jwks: tuple[float, str] | None = None
 
     def routes(self) -> list[web.RouteDef]:
-        """Routes are the customer API's routes, one per entry of schemas.OPERATIONS."""
+        """Return the customer API's routes, one per entry of schemas.OPERATIONS."""
         handlers: dict[str, Handler] = {
             "verifyNotice": self.verify_notice,
             "submitProfile": self.submit_profile,
@@ -244,7 +244,7 @@ class CustomerApi:
         return spec.parse(raw)
 
     async def certificate(self, request: web.Request) -> CustomerCertificate:
-        """Certificate is the request's verified, unrevoked customer certificate, or an HttpError."""
+        """Return the request's verified, unrevoked customer certificate, or an HttpError."""
         certificate = self._ctx.verifier.check(peer_certificate(request), time.time())
         rejections = self._ctx.metrics.certificate_rejections
         try:
@@ -265,7 +265,7 @@ class CustomerApi:
     # -- steps 1-4: none, then the session token ----------------------------------------------------------
 
     async def verify_notice(self, request: web.Request) -> web.Response:
-        """Verify_notice is step 1: the representative account and the notice's temporary passwords."""
+        """Take step 1: the representative account and the notice's temporary passwords."""
         key = _idempotency_key(request)
         body = await self._body(request, VERIFY_NOTICE)
         reply = await self._backends.call(
@@ -286,7 +286,7 @@ class CustomerApi:
         return _json(view, 201, {"Location": f"/v1/enrollments/{reply.enrollment.enrollment_id}"})
 
     async def submit_profile(self, request: web.Request) -> web.Response:
-        """Submit_profile is step 2: the user's profile; answers with a summary (never the passwords)."""
+        """Take step 2: the user's profile; answers with a summary (never the passwords)."""
         enrollment_id, session, key = _enrollment_id(request), _session(request), _idempotency_key(request)
         body = await self._body(request, SUBMIT_PROFILE)
         reply = await self._backends.call(
@@ -305,7 +305,7 @@ class CustomerApi:
         return _json(view)
 
     async def confirm_registration(self, request: web.Request) -> web.Response:
-        """Confirm_registration is step 3: the user presses Register."""
+        """Take step 3: the user presses Register."""
         enrollment_id, session, key = _enrollment_id(request), _session(request), _idempotency_key(request)
         await self._body(request, EMPTY)
         reply = await self._backends.call(
@@ -318,7 +318,7 @@ class CustomerApi:
         return _json(view)
 
     async def issue_certificate(self, request: web.Request) -> web.Response:
-        """Issue_certificate is step 4: the CSR made on the client is signed by the customer CA."""
+        """Take step 4: the CSR made on the client is signed by the customer CA."""
         enrollment_id, session, key = _enrollment_id(request), _session(request), _idempotency_key(request)
         body = await self._body(request, ISSUE_CERTIFICATE)
         reply = await self._backends.call(
@@ -335,7 +335,7 @@ class CustomerApi:
     # -- steps 5-7 and 10: the client certificate ---------------------------------------------------------
 
     async def certificate_login(self, request: web.Request) -> web.Response:
-        """Certificate_login is step 5: the new certificate was presented."""
+        """Take step 5: the new certificate was presented."""
         enrollment_id, key = _enrollment_id(request), _idempotency_key(request)
         certificate = await self.certificate(request)
         await self._body(request, EMPTY)
@@ -348,7 +348,7 @@ class CustomerApi:
         return _json(enrollment_view(reply.enrollment))
 
     async def password_login(self, request: web.Request) -> web.Response:
-        """Password_login is step 6: the login password, with the certificate."""
+        """Take step 6: the login password, with the certificate."""
         enrollment_id, key = _enrollment_id(request), _idempotency_key(request)
         certificate = await self.certificate(request)
         body = await self._body(request, PASSWORD_LOGIN)
@@ -361,7 +361,7 @@ class CustomerApi:
         return _json(enrollment_view(reply.enrollment))
 
     async def request_token(self, request: web.Request) -> web.Response:
-        """Request_token is step 7: the phone's e-mail and the usage-start password; the IDs go by mail."""
+        """Take step 7: the phone's e-mail and the usage-start password; the IDs go by mail."""
         enrollment_id, key = _enrollment_id(request), _idempotency_key(request)
         certificate = await self.certificate(request)
         body = await self._body(request, REQUEST_TOKEN)
@@ -374,7 +374,7 @@ class CustomerApi:
         return _json({**enrollment_view(reply.enrollment), "mail_note": CARRIER_FILTER_NOTE})
 
     async def verify_first_code(self, request: web.Request) -> web.Response:
-        """Verify_first_code is step 10: the app's code; completes the enrollment."""
+        """Take step 10: the app's code; completes the enrollment."""
         enrollment_id, key = _enrollment_id(request), _idempotency_key(request)
         certificate = await self.certificate(request)
         body = await self._body(request, VERIFY_FIRST_CODE)
@@ -389,7 +389,7 @@ class CustomerApi:
     # -- steps 8 and 9: the app, no credential but what it types --------------------------------------------
 
     async def activate_app(self, request: web.Request) -> web.Response:
-        """Activate_app is step 8: the app's entry; answers with the seed, this once."""
+        """Take step 8: the app's entry; answers with the seed, this once."""
         key = _idempotency_key(request)
         body = await self._body(request, ACTIVATE_APP)
         reply = await self._backends.call(
@@ -416,7 +416,7 @@ class CustomerApi:
         )
 
     async def register_app(self, request: web.Request) -> web.Response:
-        """Register_app is step 9: the app stored the seed."""
+        """Take step 9: the app stored the seed."""
         key = _idempotency_key(request)
         body = await self._body(request, REGISTER_APP)
         reply = await self._backends.call(
@@ -428,7 +428,7 @@ class CustomerApi:
     # -- reading ------------------------------------------------------------------------------------------
 
     async def get_enrollment(self, request: web.Request) -> web.Response:
-        """Get_enrollment answers an enrollment's state to its session token or to its client certificate."""
+        """Answer an enrollment's state to its session token or to its client certificate."""
         enrollment_id = _enrollment_id(request)
         metadata: tuple[tuple[str, str], ...] = ()
         session = ""
@@ -447,7 +447,7 @@ class CustomerApi:
         return _json(enrollment_view(reply.enrollment))
 
     async def client_certificate(self, request: web.Request) -> web.Response:
-        """Client_certificate shows which certificate this connection presented (procedure ⑯), once checked."""
+        """Show which certificate this connection presented (procedure ⑯), once checked."""
         certificate = await self.certificate(request)
         not_after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(certificate.not_after))
         return _json(
@@ -460,7 +460,7 @@ class CustomerApi:
         )
 
     async def current_enrollment(self, request: web.Request) -> web.Response:
-        """Current_enrollment finds the enrollment this certificate was issued in (the browser was closed)."""
+        """Find the enrollment this certificate was issued in (the browser was closed)."""
         certificate = await self.certificate(request)
         reply = await self._backends.call(
             "enrollment",
@@ -473,7 +473,7 @@ class CustomerApi:
     # -- after the setup: sessions and confirmations ------------------------------------------------------
 
     async def login(self, request: web.Request) -> web.Response:
-        """Login: the client certificate, the login ID and the login password; answers an access token."""
+        """The client certificate, the login ID and the login password; answers an access token."""
         certificate = await self.certificate(request)
         body = await self._body(request, LOGIN)
         reply = await self._backends.call(
@@ -493,7 +493,7 @@ class CustomerApi:
         )
 
     async def step_up(self, request: web.Request) -> web.Response:
-        """Step_up: a one-time password raises the session; answers the stepped-up access token."""
+        """A one-time password raises the session; answers the stepped-up access token."""
         certificate = await self.certificate(request)
         token = _access_token(request)
         body = await self._body(request, STEP_UP)
@@ -512,7 +512,7 @@ class CustomerApi:
         return _json({"access_token": reply.access_token, "token_type": "Bearer", "expires_in": reply.expires_in})
 
     async def logout(self, request: web.Request) -> web.Response:
-        """Logout ends the session: the token and every token of its session are refused from now on."""
+        """End the session: the token and every token of its session are refused from now on."""
         certificate = await self.certificate(request)
         token = _access_token(request)
         await self._backends.call(
@@ -524,7 +524,7 @@ class CustomerApi:
         return web.Response(status=204)
 
     async def confirm_transaction(self, request: web.Request) -> web.Response:
-        """Confirm_transaction: the confirmation password and a code confirm one transaction."""
+        """The confirmation password and a code confirm one transaction."""
         certificate = await self.certificate(request)
         token = _access_token(request)
         body = await self._body(request, CONFIRM_TRANSACTION)
@@ -558,7 +558,7 @@ class CustomerApi:
     # -- the credentials' lifecycle --------------------------------------------------------------------------
 
     async def change_password(self, request: web.Request) -> web.Response:
-        """Change_password: the current password and the new one twice; every session ends."""
+        """The current password and the new one twice; every session ends."""
         certificate = await self.certificate(request)
         token = _access_token(request)
         body = await self._body(request, CHANGE_PASSWORD)
@@ -578,7 +578,7 @@ class CustomerApi:
         return _json({"user": _user_view(reply.user)})
 
     async def reset_password(self, request: web.Request) -> web.Response:
-        """Reset_password: the reset notice's temporary password and the new one twice, with the certificate."""
+        """The reset notice's temporary password and the new one twice, with the certificate."""
         certificate = await self.certificate(request)
         body = await self._body(request, RESET_PASSWORD)
         reply = await self._backends.call(
@@ -595,7 +595,7 @@ class CustomerApi:
         return _json({"user": _user_view(reply.user)})
 
     async def renew_certificate(self, request: web.Request) -> web.Response:
-        """Renew_certificate: a CSR for a new key and the login password; answers the new certificate."""
+        """A CSR for a new key and the login password; answers the new certificate."""
         key = _idempotency_key(request)
         certificate = await self.certificate(request)
         token = _access_token(request)
@@ -618,7 +618,7 @@ class CustomerApi:
         )
 
     async def reissue_token(self, request: web.Request) -> web.Response:
-        """Reissue_token: a new token for a new phone (the IDs go by mail); with a session, or as the bank allowed."""
+        """A new token for a new phone (the IDs go by mail); with a session, or as the bank allowed."""
         key = _idempotency_key(request)
         certificate = await self.certificate(request)
         token = _access_token(request) if "Authorization" in request.headers else ""
@@ -649,7 +649,7 @@ class CustomerApi:
         return subject
 
     async def jwks(self, request: web.Request) -> web.Response:
-        """Jwks: the public keys that verify access and confirmation tokens, cached for a few seconds."""
+        """The public keys that verify access and confirmation tokens, cached for a few seconds."""
         now = time.monotonic()
         if self._jwks is None or now - self._jwks[0] > JWKS_CACHE_SECONDS:
             reply = await self._backends.call("enrollment", self._users.GetJwks, upb.GetJwksRequest())
@@ -662,7 +662,7 @@ class CustomerApi:
 
 
 async def readiness(context: GatewayContext) -> tuple[bool, dict[str, Any]]:
-    """Readiness is whether every backend's gRPC health is SERVING, and which is not (the management
+    """Return whether every backend's gRPC health is SERVING, and which is not (the management
     listener's /readyz)."""
     backends = await context.backends.health()
     ready = all(status == "SERVING" for status in backends.values())
@@ -671,18 +671,18 @@ async def readiness(context: GatewayContext) -> tuple[bool, dict[str, Any]]:
 
 
 class Ops:
-    """Ops serves /healthz and /openapi.json (/readyz and /metrics are the management listener's)."""
+    """Serves /healthz and /openapi.json (/readyz and /metrics are the management listener's)."""
 
     def __init__(self, context: GatewayContext) -> None:
         self._ctx = context
         self._openapi = json.dumps(openapi_document(), ensure_ascii=False, indent=1)
 
     async def healthz(self, request: web.Request) -> web.Response:
-        """Healthz: the process is alive and answering."""
+        """The process is alive and answering."""
         return _json({"status": "ok"})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        """Openapi: the OpenAPI 3.1 document of this API."""
+        """The OpenAPI 3.1 document of this API."""
         return web.Response(text=self._openapi, content_type="application/json")
 
 
@@ -703,7 +703,7 @@ def _from_aiohttp(exc: web.HTTPException) -> HttpError:
 
 
 def frame(metrics: GatewayMetrics, *, https: bool) -> Middleware:
-    """Frame is the middleware every request passes through.
+    """Return the middleware every request passes through.
 
     It sets the request id (the client's X-Request-Id when well-formed, else a new one) for the logs and the
     gRPC metadata, turns every failure into the JSON error document (never a stack trace), adds security
@@ -756,7 +756,7 @@ def frame(metrics: GatewayMetrics, *, https: bool) -> Middleware:
 
 
 def https_application(context: GatewayContext) -> web.Application:
-    """https_application is everything the HTTPS port serves: the customer API, PKI files, /healthz and the
+    """Return everything the HTTPS port serves: the customer API, PKI files, /healthz and the
     OpenAPI document (/readyz and /metrics are on the management listener only)."""
     middlewares = [frame(context.metrics, https=True)]
     if context.rate_limits is not None:
@@ -775,7 +775,7 @@ def https_application(context: GatewayContext) -> web.Application:
 
 
 def http_application(context: GatewayContext) -> web.Application:
-    """http_application is the plain-HTTP port: the PKI files (CRL and OCSP URLs are http://) and /healthz only."""
+    """Return the plain-HTTP port: the PKI files (CRL and OCSP URLs are http://) and /healthz only."""
     app = web.Application(middlewares=[frame(context.metrics, https=False)], client_max_size=context.max_body_bytes)
     app.add_routes(context.pki.routes())
     app.add_routes([web.get("/healthz", Ops(context).healthz)])

@@ -26,7 +26,7 @@ HEALTH_TIMEOUT_SECONDS = 1.0
 
 @dataclass
 class Backends:
-    """Backends holds one channel per service and the stubs the gateway calls."""
+    """Holds one channel per service and the stubs the gateway calls."""
 
     channels: dict[str, grpc.aio.Channel]
     metrics: GatewayMetrics
@@ -50,7 +50,7 @@ class Backends:
         server_name: str,
         call_timeout: float,
     ) -> Backends:
-        """Open creates the channels (they connect lazily) with the gateway's internal identity."""
+        """Create the channels (they connect lazily) with the gateway's internal identity."""
         channels = {name: open_channel(target, tls, server_name=server_name) for name, target in targets.items()}
         return cls(channels, metrics, call_timeout)
 
@@ -62,7 +62,7 @@ class Backends:
         *,
         metadata: tuple[tuple[str, str], ...] = (),
     ) -> T:
-        """Call makes one unary call; a failure is counted and raised as the HttpError the customer sees."""
+        """Make one unary call; a failure is counted and raised as the HttpError the customer sees."""
         try:
             return await method(request, timeout=self.call_timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
@@ -70,7 +70,7 @@ class Backends:
             raise http_error_from_rpc(exc) from None
 
     async def health(self) -> dict[str, str]:
-        """Health asks every service's grpc.health.v1 Check at once: SERVING, NOT_SERVING or UNREACHABLE."""
+        """Ask every service's grpc.health.v1 Check at once: SERVING, NOT_SERVING or UNREACHABLE."""
 
         async def check(channel: grpc.aio.Channel) -> str:
             stub: Any = health_pb2_grpc.HealthStub(channel)
@@ -85,6 +85,6 @@ class Backends:
         return dict(zip(names, results, strict=True))
 
     async def close(self) -> None:
-        """Close closes every channel."""
+        """Close every channel."""
         for channel in self.channels.values():
             await channel.close()

@@ -25,7 +25,7 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 @dataclass(frozen=True, slots=True)
 class EdgeLimits:
-    """EdgeLimits are the connection settings: deadlines in seconds, caps per worker process (0: no cap)."""
+    """The connection settings: deadlines in seconds, caps per worker process (0: no cap)."""
 
     header_timeout: float = 5.0
     keepalive_timeout: float = 30.0
@@ -34,17 +34,17 @@ class EdgeLimits:
 
     @property
     def enabled(self) -> bool:
-        """Enabled is False only for the benchmark's "limits off" comparison (no caps, no deadline)."""
+        """Return False only for the benchmark's "limits off" comparison (no caps, no deadline)."""
         return self.header_timeout > 0 or self.max_connections > 0 or self.max_connections_per_address > 0
 
 
 def parse_networks(text: str) -> tuple[Network, ...]:
-    """parse_networks reads a comma-separated list of addresses and CIDR blocks (ValueError when malformed)."""
+    """Read a comma-separated list of addresses and CIDR blocks (ValueError when malformed)."""
     return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in text.split(",") if item.strip())
 
 
 def client_key(address: str) -> str:
-    """client_key is what per-address limits count by: the IPv4 address, or the /64 of an IPv6 address (one
+    """Return what per-address limits count by: the IPv4 address, or the /64 of an IPv6 address (one
     subscriber usually holds a whole /64, so counting single IPv6 addresses would count nothing)."""
     try:
         parsed = ipaddress.ip_address(address)
@@ -58,7 +58,7 @@ def client_key(address: str) -> str:
 
 
 class ClientAddresses:
-    """ClientAddresses says which address a request comes from.
+    """Says which address a request comes from.
 
     The TCP peer, unless the peer is a trusted proxy (KAGI_GATEWAY_TRUSTED_PROXIES): then the nearest address in
     X-Forwarded-For that is not itself a trusted proxy (read from the right, since a client can write anything
@@ -69,7 +69,7 @@ class ClientAddresses:
         self._trusted = tuple(trusted)
 
     def trusted(self, address: str) -> bool:
-        """Trusted says whether `address` is one of the trusted proxies."""
+        """Say whether `address` is one of the trusted proxies."""
         if not self._trusted:
             return False
         try:
@@ -79,7 +79,7 @@ class ClientAddresses:
         return any(parsed in network for network in self._trusted)
 
     def of(self, request: web.Request) -> str:
-        """Of is the client address of `request` (an empty string when the transport is already gone)."""
+        """Return the client address of `request` (an empty string when the transport is already gone)."""
         peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         address = str(peer[0]) if peer else ""
         if not self.trusted(address):
@@ -97,7 +97,7 @@ class ClientAddresses:
 
 
 class ConnectionGuard:
-    """ConnectionGuard counts open connections, in total and per client key, and admits or refuses new ones.
+    """Counts open connections, in total and per client key, and admits or refuses new ones.
 
     Behind a trusted proxy every connection comes from the proxy, so only the total cap applies to it.
     """
@@ -110,7 +110,7 @@ class ConnectionGuard:
         self.total = 0
 
     def admit(self, peer: str) -> str | None:
-        """Admit counts a new connection from `peer` and returns its key, or None (counted nowhere) when a cap
+        """Count a new connection from `peer` and return its key, or None (counted nowhere) when a cap
         is reached."""
         limits = self._limits
         if limits.max_connections and self.total >= limits.max_connections:
@@ -127,7 +127,7 @@ class ConnectionGuard:
         return key
 
     def release(self, key: str) -> None:
-        """Release uncounts a connection admitted under `key`."""
+        """Uncount a connection admitted under `key`."""
         count = self._open.get(key, 0) - 1
         if count > 0:
             self._open[key] = count
@@ -138,7 +138,7 @@ class ConnectionGuard:
 
 
 class GuardedRequestHandler(RequestHandler):
-    """GuardedRequestHandler is aiohttp's connection handler with a deadline for each request's header and body.
+    """Aiohttp's connection handler with a deadline for each request's header and body.
 
     The deadline starts when the connection is handed over (after the TLS handshake) and, on a kept-alive
     connection, with the first byte of the next request; it ends when the header and the whole body have
@@ -157,7 +157,7 @@ class GuardedRequestHandler(RequestHandler):
         self.guard_key: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Connection_made counts the connection (unless the listener already did, before its handshake) and
+        """Count the connection (unless the listener already did, before its handshake) and
         starts the deadline of its first request."""
         if self.guard_key is None and self._edge.guard is not None:
             peer = transport.get_extra_info("peername")
@@ -172,7 +172,7 @@ class GuardedRequestHandler(RequestHandler):
         self._arm()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        """Connection_lost uncounts the connection and stops its deadline."""
+        """Uncount the connection and stop its deadline."""
         self._disarm()
         if self.guard_key is not None and self._edge.guard is not None:
             self._edge.guard.release(self.guard_key)
@@ -180,7 +180,7 @@ class GuardedRequestHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Data_received feeds aiohttp's parser and moves the deadline: started by the first byte of a request,
+        """Feed aiohttp's parser and move the deadline: started by the first byte of a request,
         ended once its header and body are complete."""
         if self._deadline is None and data and not self._messages and self._pending_body is None:
             self._arm()
@@ -213,7 +213,7 @@ class GuardedRequestHandler(RequestHandler):
 
 @dataclass
 class EdgeRuntime:
-    """EdgeRuntime is what the listeners share: the limits, the guard (None with every cap off), the metrics."""
+    """What the listeners share: the limits, the guard (None with every cap off), the metrics."""
 
     limits: EdgeLimits
     guard: ConnectionGuard | None
@@ -221,7 +221,7 @@ class EdgeRuntime:
 
 
 class GuardedServer(web.Server):
-    """GuardedServer is aiohttp's low-level server making GuardedRequestHandler connections."""
+    """Aiohttp's low-level server making GuardedRequestHandler connections."""
 
     def __init__(self, *args: Any, edge: EdgeRuntime, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -233,7 +233,7 @@ class GuardedServer(web.Server):
 
 
 class GuardedAppRunner(web.AppRunner):
-    """GuardedAppRunner is web.AppRunner serving through GuardedServer."""
+    """Web.AppRunner serving through GuardedServer."""
 
     def __init__(self, app: web.Application, *, edge: EdgeRuntime, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)

@@ -16,10 +16,10 @@ from services.enrollment_service.domain.reasons import EnrollmentReason
 from services.otp_service.domain.reasons import OtpReason
 
 CATALOGUES: tuple[type[ReasonCatalogue], ...] = (SharedReason, CaReason, OtpReason, EnrollmentReason)
-"""CATALOGUES are the reason catalogues of everything whose answers reach the gateway, its own included."""
+"""The reason catalogues of everything whose answers reach the gateway, its own included."""
 
 REASONS: Mapping[str, Reason] = merge(CATALOGUES)
-"""REASONS is every catalogued reason by name (a reason listed twice has one kind and status, or import fails)."""
+"""Every catalogued reason by name (a reason listed twice has one kind and status, or import fails)."""
 
 HTTP_STATUS_FOR_CODE: Mapping[grpc.StatusCode, int] = {
     **{STATUS_FOR_KIND[kind]: generic.http_status for kind, generic in generic_reasons().items()},
@@ -28,7 +28,7 @@ HTTP_STATUS_FOR_CODE: Mapping[grpc.StatusCode, int] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 503,
     grpc.StatusCode.CANCELLED: 503,
 }
-"""HTTP_STATUS_FOR_CODE is the status of an answer whose reason the catalogues do not list (any other code: 500).
+"""The status of an answer whose reason the catalogues do not list (any other code: 500).
 
 Each kind's status is its generic reason's in kagi.reasons, so the catalogue is the one place a status is set.
 """
@@ -41,9 +41,9 @@ INTERNAL_MESSAGE = "システムエラーが発生しました / internal error"
 INVALID_INPUT_MESSAGE = "入力内容に誤りがあります / the input is invalid"
 RETRY_AFTER_SECONDS = "1"
 THROTTLED_RETRY_AFTER_SECONDS = 60
-"""THROTTLED_RETRY_AFTER_SECONDS is Retry-After on a 429 whose service named no time (a minute)."""
+"""Retry-After on a 429 whose service named no time (a minute)."""
 RETRY_AFTER_METADATA = ("retry_after_seconds", "retry_after")
-"""RETRY_AFTER_METADATA are the ErrorInfo metadata keys a service names its retry time in (seconds), in order."""
+"""The ErrorInfo metadata keys a service names its retry time in (seconds), in order."""
 
 
 def http_status_for(code: grpc.StatusCode, reason: str) -> int:

@@ -38,7 +38,7 @@ REVOCATION_START_WAIT = 5.0
 
 
 class GatewayComponent:
-    """GatewayComponent is a running gateway: its HTTPS and plain-HTTP listeners and what they share."""
+    """A running gateway: its HTTPS and plain-HTTP listeners and what they share."""
 
     def __init__(
         self,
@@ -56,30 +56,30 @@ class GatewayComponent:
 
     @property
     def https_port(self) -> int:
-        """Https_port is where the customer API listens (HTTPS)."""
+        """Return where the customer API listens (HTTPS)."""
         return self._https[1].port
 
     @property
     def http_port(self) -> int | None:
-        """Http_port is where the plain-HTTP PKI files are served, or None when that port is off."""
+        """Return where the plain-HTTP PKI files are served, or None when that port is off."""
         return self._http[1].port if self._http is not None else None
 
     @property
     def metrics(self) -> GatewayMetrics:
-        """Metrics are this gateway's collectors."""
+        """Return this gateway's collectors."""
         return self.context.metrics
 
     @property
     def management_port(self) -> int | None:
-        """Management_port is where /healthz, /readyz and /metrics are served (plain HTTP), or None."""
+        """Return where /healthz, /readyz and /metrics are served (plain HTTP), or None."""
         return self.management.port if self.management is not None else None
 
     async def ready(self) -> tuple[bool, dict[str, object]]:
-        """Ready is the management listener's readiness probe: every backend SERVING."""
+        """Return the management listener's readiness probe: every backend SERVING."""
         return await readiness(self.context)
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop closes the listeners, lets requests in flight finish for up to `grace` seconds, then closes."""
+        """Close the listeners, lets requests in flight finish for up to `grace` seconds, then close."""
         if self.management is not None:
             await self.management.stop()
         runners = [self._https[0]] + ([self._http[0]] if self._http else [])
@@ -115,7 +115,7 @@ async def _ca_certificates(backends: Backends, target: str, within: float) -> Ca
 
 
 async def start_gateway(settings: GatewaySettings) -> GatewayComponent:
-    """start_gateway builds the gateway from its settings and starts serving."""
+    """Build the gateway from its settings and start serving."""
     metrics = GatewayMetrics()
     backends = Backends.open(
         {"ca": settings.ca_target, "otp": settings.otp_target, "enrollment": settings.enrollment_target},

@@ -6,13 +6,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-"""CONTENT_TYPE is the media type of the text exposition format /metrics answers in."""
+"""The media type of the text exposition format /metrics answers in."""
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class GatewayMetrics:
-    """GatewayMetrics holds one gateway's collectors in its own registry (so several gateways in one test
+    """Holds one gateway's collectors in its own registry (so several gateways in one test
     process never share counters) and renders them for /metrics."""
 
     def __init__(self) -> None:
@@ -119,5 +119,5 @@ class GatewayMetrics:
         )
 
     def render(self) -> bytes:
-        """Render is the registry in the Prometheus text format."""
+        """Return the registry in the Prometheus text format."""
         return generate_latest(self.registry)

@@ -46,14 +46,14 @@ from cryptography.x509 import ocsp
 from gateway.revocation import RevocationRegistry
 
 REVOKED_GRACE = 10.0
-"""REVOKED_GRACE is how long (seconds) after the stream reports a serial revoked no answer for it is kept: far
+"""How long (seconds) after the stream reports a serial revoked no answer for it is kept: far
 longer than a CA replica takes to read the revocation feed (a quarter of a second)."""
 
 REFRESH_BEFORE = 300.0
-"""REFRESH_BEFORE caps how long before its nextUpdate an entry is refreshed (seconds)."""
+"""Caps how long before its nextUpdate an entry is refreshed (seconds)."""
 
 DEFAULT_MAX_ENTRIES = 10_000
-"""DEFAULT_MAX_ENTRIES bounds the cache: a response with the delegated signer's certificate is about 1 KiB."""
+"""Bounds the cache: a response with the delegated signer's certificate is about 1 KiB."""
 
 
 @dataclass(frozen=True, slots=True)

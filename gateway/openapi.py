@@ -202,7 +202,7 @@ _OPS_SCHEMAS: dict[str, Any] = {
 
 
 def openapi_document(server_url: str | None = None) -> dict[str, Any]:
-    """openapi_document builds the OpenAPI 3.1 document of the customer API, the PKI files and the ops routes the
+    """Build the OpenAPI 3.1 document of the customer API, the PKI files and the ops routes the
     public port serves (/healthz; /readyz and /metrics are on the management listener, not described here)."""
     paths: dict[str, Any] = {}
     for operation in OPERATIONS:

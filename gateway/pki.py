@@ -72,7 +72,7 @@ _MSG_PKI_UNAVAILABLE = "認証局に接続できません / the certificate auth
 
 @dataclass(frozen=True, slots=True)
 class CaCertificates:
-    """CaCertificates are the root and issuing CA certificates, PEM, as the CA publishes them."""
+    """The root and issuing CA certificates, PEM, as the CA publishes them."""
 
     root_pem: bytes
     customer_pem: bytes
@@ -121,7 +121,7 @@ def _not_modified(request: web.Request, etag: str) -> bool:
 
 
 class PkiFiles:
-    """PkiFiles serves /pki/*: on the HTTPS port and on the plain-HTTP port (relying parties fetch CRLs and
+    """Serves /pki/*: on the HTTPS port and on the plain-HTTP port (relying parties fetch CRLs and
     OCSP over plain HTTP, as the certificates' URLs say)."""
 
     def __init__(

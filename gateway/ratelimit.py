@@ -44,7 +44,7 @@ MSG_RATE_LIMITED = (
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """Rule is one limit: `rate` requests per `period` seconds on average, `burst` at once."""
+    """One limit: `rate` requests per `period` seconds on average, `burst` at once."""
 
     rate: int
     period: float
@@ -52,7 +52,7 @@ class Rule:
 
     @property
     def window(self) -> float:
-        """Window is the fixed window's length in seconds: `burst` requests fit in it."""
+        """Return the fixed window's length in seconds: `burst` requests fit in it."""
         return self.period * self.burst / self.rate
 
 
@@ -71,7 +71,7 @@ _ITEM = re.compile(r"(?P<count>\d+)/(?P<periods>\d*)(?P<unit>[smh])(?::(?P<burst
 
 
 def parse_rate_limits(text: str | None) -> dict[str, Rule]:
-    """parse_rate_limits reads KAGI_GATEWAY_RATE_LIMITS (None or empty: the defaults; `off`: none)."""
+    """Read KAGI_GATEWAY_RATE_LIMITS (None or empty: the defaults; `off`: none)."""
     rules = dict(DEFAULT_RULES)
     if text is None or not text.strip():
         return rules
@@ -103,7 +103,7 @@ def parse_rate_limits(text: str | None) -> dict[str, Rule]:
 
 
 class RateLimited(Exception):
-    """RateLimited is a refused request: which limit, and after how many seconds to retry."""
+    """A refused request: which limit, and after how many seconds to retry."""
 
     def __init__(self, limit: str, retry_after: int) -> None:
         super().__init__(limit)
@@ -111,7 +111,7 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
     def http_error(self) -> HttpError:
-        """Http_error is the JSON 429 answer."""
+        """Return the JSON 429 answer."""
         return HttpError(429, "RATE_LIMITED", MSG_RATE_LIMITED, headers={"Retry-After": str(self.retry_after)})
 
 
@@ -134,7 +134,7 @@ class _LocalCounters:
 
 
 class RateLimiter:
-    """RateLimiter counts requests against the rules; `store` (Redis) shares the counters among replicas."""
+    """Counts requests against the rules; `store` (Redis) shares the counters among replicas."""
 
     def __init__(
         self,
@@ -152,11 +152,11 @@ class RateLimiter:
         self._store_failing_since: float | None = None
 
     def limits(self, name: str) -> bool:
-        """Limits says whether the rule `name` is on."""
+        """Say whether the rule `name` is on."""
         return name in self.rules
 
     async def hit(self, name: str, subject: str) -> None:
-        """Hit counts one request of `subject` against the rule `name`; raises RateLimited over the limit."""
+        """Count one request of `subject` against the rule `name`; raise RateLimited over the limit."""
         rule = self.rules.get(name)
         if rule is None:
             return
@@ -184,7 +184,7 @@ class RateLimiter:
         return self._local.increment(key, window, now)
 
     async def close(self) -> None:
-        """Close closes the store."""
+        """Close the store."""
         if self._store is not None:
             await self._store.close()
 
@@ -205,7 +205,7 @@ def _subject(body: Mapping[str, object], *names: str) -> str | None:
 
 
 def ocsp_has_nonce(der: bytes) -> bool:
-    """ocsp_has_nonce says whether an OCSP request asks for a nonce (its answer is then signed for it alone)."""
+    """Say whether an OCSP request asks for a nonce (its answer is then signed for it alone)."""
     try:
         request = ocsp.load_der_ocsp_request(der)
         return any(isinstance(extension.value, x509.OCSPNonce) for extension in request.extensions)
@@ -214,7 +214,7 @@ def ocsp_has_nonce(der: bytes) -> bool:
 
 
 class OcspLimit:
-    """OcspLimit counts OCSP requests that carry a nonce per client address (PkiFiles calls it)."""
+    """Counts OCSP requests that carry a nonce per client address (PkiFiles calls it)."""
 
     def __init__(self, limiter: RateLimiter, addresses: ClientAddresses) -> None:
         self._limiter = limiter
@@ -232,7 +232,7 @@ class OcspLimit:
 
 
 def rate_limits(limiter: RateLimiter, addresses: ClientAddresses) -> Middleware:
-    """Rate_limits is the middleware counting step 1 (per address, then per account) and step 8 (per address,
+    """Return the middleware counting step 1 (per address, then per account) and step 8 (per address,
     then per token). The address is counted first, so requests refused by it never count against an account.
     It sits inside the frame, which renders the 429."""
     routes = {("POST", "/v1/enrollments"): "enrollment", ("POST", "/v1/app/activation"): "activation"}

@@ -54,7 +54,7 @@ _STATUS_CACHE_LIMIT = 65536
 
 
 class Status(Enum):
-    """Status is what a revocation check concluded about a serial."""
+    """What a revocation check concluded about a serial."""
 
     GOOD = "GOOD"
     REVOKED = "REVOKED"
@@ -63,11 +63,11 @@ class Status(Enum):
 
 
 class RevocationUnavailable(Exception):
-    """RevocationUnavailable: the stream is down and the CA cannot answer a status query either."""
+    """The stream is down and the CA cannot answer a status query either."""
 
 
 class CrlRejected(Exception):
-    """CrlRejected: the CRL the CA returned is not signed by a customer CA this gateway trusts."""
+    """The CRL the CA returned is not signed by a customer CA this gateway trusts."""
 
 
 _STATUS_FROM_PB = {
@@ -86,7 +86,7 @@ def crl_serials(der: bytes, issuers: Sequence[x509.Certificate]) -> set[int]:
 
 
 class RevocationRegistry:
-    """RevocationRegistry answers "is this customer certificate revoked?" per request (see the module doc)."""
+    """Answers "is this customer certificate revoked?" per request (see the module doc)."""
 
     def __init__(
         self,

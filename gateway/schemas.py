@@ -34,7 +34,7 @@ def _one_of(values: tuple[str, ...]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
-    """FieldSpec is one JSON body field: its type, the gateway's length cap, allowed values, and whether it is a
+    """One JSON body field: its type, the gateway's length cap, allowed values, and whether it is a
     secret (documented as a password and never logged)."""
 
     name: str
@@ -46,7 +46,7 @@ class FieldSpec:
     required: bool = True
 
     def check(self, value: object) -> str | None:
-        """Check returns the message for a value of the wrong shape, or None when the shape is right."""
+        """Return the message for a value of the wrong shape, or None when the shape is right."""
         if self.kind == "boolean":
             return None if isinstance(value, bool) else MSG_BOOLEAN
         if not isinstance(value, str):
@@ -65,7 +65,7 @@ class FieldSpec:
         return None
 
     def schema(self) -> dict[str, Any]:
-        """Schema is the field's JSON Schema (OpenAPI 3.1)."""
+        """Return the field's JSON Schema (OpenAPI 3.1)."""
         if self.kind == "boolean":
             result: dict[str, Any] = {"type": "boolean"}
         else:
@@ -82,7 +82,7 @@ class FieldSpec:
 
 @dataclass(frozen=True, slots=True)
 class BodySpec:
-    """BodySpec is a request body: a JSON object whose listed fields are all required and nothing else allowed.
+    """A request body: a JSON object whose listed fields are all required and nothing else allowed.
 
     A spec with no fields accepts an empty body or `{}`.
     """
@@ -91,7 +91,7 @@ class BodySpec:
     fields: tuple[FieldSpec, ...] = field(default=())
 
     def parse(self, raw: bytes) -> dict[str, Any]:
-        """Parse decodes and checks a body, raising a 400 that names every offending field."""
+        """Decode and check a body, raising a 400 that names every offending field."""
         if not raw.strip():
             if not any(f.required for f in self.fields):
                 return {}
@@ -123,7 +123,7 @@ class BodySpec:
         return document
 
     def schema(self) -> dict[str, Any]:
-        """Schema is the body's JSON Schema (OpenAPI 3.1)."""
+        """Return the body's JSON Schema (OpenAPI 3.1)."""
         return {
             "type": "object",
             "properties": {f.name: f.schema() for f in self.fields},
@@ -314,7 +314,7 @@ STATES = (
     "LOCKED",
     "CANCELLED",
 )
-"""STATES are the enrollment states as the API names them (the design's names)."""
+"""The enrollment states as the API names them (the design's names)."""
 
 STEPS = (
     "VERIFY_NOTICE",
@@ -328,7 +328,7 @@ STEPS = (
     "REGISTER_APP",
     "VERIFY_FIRST_CODE",
 )
-"""STEPS are the names of the ten steps, in order; `next_step` is one of them or null."""
+"""The names of the ten steps, in order; `next_step` is one of them or null."""
 
 _STRING = {"type": "string"}
 _ENROLLMENT_PROPERTIES: dict[str, Any] = {
@@ -523,7 +523,7 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["error"],
     },
 }
-"""RESPONSE_SCHEMAS are the JSON Schemas of the answers, by component name."""
+"""The JSON Schemas of the answers, by component name."""
 
 Auth = Literal[
     "none",
@@ -537,7 +537,7 @@ Auth = Literal[
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """Operation is one customer API route: method, path, name, how it authenticates, body, answer."""
+    """One customer API route: method, path, name, how it authenticates, body, answer."""
 
     method: str
     path: str
@@ -552,7 +552,7 @@ class Operation:
 
     @property
     def mutating(self) -> bool:
-        """Mutating setup routes take an Idempotency-Key (a session route mints anew, or is keyed by its body)."""
+        """Tell whether the route takes an Idempotency-Key (a session route mints anew, or is keyed by its body)."""
         return self.method in ("POST", "PUT") and self.tag != "sessions"
 
 
@@ -657,7 +657,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "none", None, 200, "Jwks", tag="sessions",
     ),
 )  # fmt: skip
-"""OPERATIONS are the customer API's routes; app.py serves exactly these and openapi.py documents them."""
+"""The customer API's routes; app.py serves exactly these and openapi.py documents them."""
 
 ERROR_STATUSES: dict[int, str] = {
     400: "入力内容の誤り / invalid input: per-field messages in error.fields (malformed JSON and wrong types too)",
@@ -673,4 +673,4 @@ ERROR_STATUSES: dict[int, str] = {
     500: "システムエラー / internal error (no detail)",
     503: "サービス停止中 / a backend service (or the revocation status) is unavailable: retry later",
 }
-"""ERROR_STATUSES are the error statuses every customer route may answer, with what each means."""
+"""The error statuses every customer route may answer, with what each means."""

@@ -19,7 +19,7 @@ DEFAULT_HTTP_PORT = 8080
 
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
-    """GatewaySettings is everything the gateway is configured with; built once in `main` and frozen.
+    """Everything the gateway is configured with; built once in `main` and frozen.
 
     `tls` is the gateway's internal identity (spiffe://kagi.internal/gateway): the HTTPS server certificate and
     the client certificate it presents to the services. `customer_ca_file` is the bundle (root + customer CA)
@@ -85,7 +85,7 @@ class GatewaySettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> GatewaySettings:
-        """From_env reads the KAGI_GATEWAY_* and KAGI_*_TARGET variables and validates them."""
+        """Read the KAGI_GATEWAY_* and KAGI_*_TARGET variables and validate them."""
         env = Environment(environ)
         tls = TlsFiles(
             cert_file=env.path("KAGI_GATEWAY_TLS_CERT"),

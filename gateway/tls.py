@@ -58,7 +58,7 @@ _VERIFY_REASONS = {
 
 
 def server_context(identity: TlsFiles, client_ca_pem: str) -> ssl.SSLContext:
-    """server_context is the HTTPS context: TLS 1.2+, the gateway's certificate, optional client certificates.
+    """Return the HTTPS context: TLS 1.2+, the gateway's certificate, optional client certificates.
 
     Client certificates are optional at the handshake (steps 1-4 and the app have none) but, when presented,
     must chain to `client_ca_pem` (root and customer CA) or the handshake fails. Routes that need one then
@@ -77,7 +77,7 @@ def server_context(identity: TlsFiles, client_ca_pem: str) -> ssl.SSLContext:
 
 
 def ascii_rfc4514(name: x509.Name) -> str:
-    """ascii_rfc4514 is the RFC 4514 string of `name` with every non-ASCII character escaped as \\XX octets.
+    """Return the RFC 4514 string of `name` with every non-ASCII character escaped as \\XX octets.
 
     RFC 4514 section 2.4 allows this escape; it keeps Japanese company and user names fit for gRPC metadata,
     whose text values must be printable ASCII.
@@ -91,7 +91,7 @@ def ascii_rfc4514(name: x509.Name) -> str:
 
 
 def load_customer_cas(bundle_pem: bytes) -> list[x509.Certificate]:
-    """load_customer_cas picks the issuing CAs (CA certificates that are not self-signed) out of a bundle.
+    """Pick the issuing CAs (CA certificates that are not self-signed) out of a bundle.
 
     Raises ValueError when the bundle holds none: the gateway cannot check issuers without one.
     """
@@ -110,7 +110,7 @@ def load_customer_cas(bundle_pem: bytes) -> list[x509.Certificate]:
 
 @dataclass(frozen=True, slots=True)
 class CustomerCertificate:
-    """CustomerCertificate is a client certificate the customer CA issued, as relayed to the services."""
+    """A client certificate the customer CA issued, as relayed to the services."""
 
     serial: int
     serial_hex: str
@@ -130,7 +130,7 @@ class _Refused:
 
 
 class CustomerCertificateVerifier:
-    """CustomerCertificateVerifier checks, per request, the certificate the TLS handshake verified.
+    """Checks, per request, the certificate the TLS handshake verified.
 
     The handshake has already checked the chain to the root, the validity at that moment and the purpose.
     This adds what the handshake cannot: the issuer is the customer CA (authority key identifier equal to its
@@ -145,7 +145,7 @@ class CustomerCertificateVerifier:
         self._cache: dict[bytes, CustomerCertificate | _Refused] = {}
 
     def check(self, der: bytes | None, now: float) -> CustomerCertificate:
-        """Check returns the verified customer certificate, or raises HttpError 401/403 with a reason."""
+        """Return the verified customer certificate, or raise HttpError 401/403 with a reason."""
         if der is None:
             self._metrics.certificate_rejections.labels("missing").inc()
             raise HttpError(401, "CLIENT_CERT_REQUIRED", MSG_CERT_REQUIRED)
@@ -216,7 +216,7 @@ def _client_auth(certificate: x509.Certificate) -> bool:
 
 
 def peer_certificate(request: web.Request) -> bytes | None:
-    """peer_certificate is the DER client certificate of the request's TLS connection, or None."""
+    """Return the DER client certificate of the request's TLS connection, or None."""
     transport = request.transport
     if transport is None:
         return None
@@ -300,11 +300,11 @@ class _TlsAcceptor(asyncio.Protocol):
         self._listener.accepted(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Connection_lost: a connection closed before its handshake began; nothing to clean up."""
+        """A connection closed before its handshake began; nothing to clean up."""
 
 
 class TlsListener(web.BaseSite):
-    """TlsListener is an aiohttp site serving HTTPS on host:port, counting connections and handshakes.
+    """An aiohttp site serving HTTPS on host:port, counting connections and handshakes.
 
     With a `guard`, a connection over its caps is closed at accept, before any TLS work is spent on it.
     """
@@ -335,11 +335,11 @@ class TlsListener(web.BaseSite):
 
     @property
     def name(self) -> str:
-        """Name is the site's URL."""
+        """Return the site's URL."""
         return f"https://{self._host}:{self.port}"
 
     async def start(self) -> None:
-        """Start binds the port and begins accepting connections."""
+        """Bind the port and begin accepting connections."""
         await super().start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -352,7 +352,7 @@ class TlsListener(web.BaseSite):
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        """Stop closes the listening socket and abandons handshakes in progress."""
+        """Close the listening socket and abandon handshakes in progress."""
         await super().stop()
         for task in list(self._pending):
             task.cancel()
@@ -361,7 +361,7 @@ class TlsListener(web.BaseSite):
                 await task
 
     def accepted(self, transport: asyncio.Transport) -> None:
-        """Accepted starts the handshake of a new connection."""
+        """Start the handshake of a new connection."""
         self._metrics.connections.inc()
         key: str | None = None
         if self._guard is not None:

@@ -17,12 +17,12 @@ from kagi.clock import Clock, utc_datetime
 from kagi.errors import InvalidArgument
 
 GENESIS_HASH = "0" * 64
-"""GENESIS_HASH is the previous-hash of the first record in a chain."""
+"""The previous-hash of the first record in a chain."""
 
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
-    """AuditRecord is one audited CA event (issue, revoke, CRL, key change), chained to its predecessor."""
+    """One audited CA event (issue, revoke, CRL, key change), chained to its predecessor."""
 
     sequence: int
     at: str
@@ -34,7 +34,7 @@ class AuditRecord:
     hash: str
 
     def body(self) -> dict[str, Any]:
-        """Body is every field except `hash`: what the hash is computed over."""
+        """Return every field except `hash`: what the hash is computed over."""
         return {
             "sequence": self.sequence,
             "at": self.at,
@@ -46,16 +46,16 @@ class AuditRecord:
         }
 
     def computed_hash(self) -> str:
-        """Computed_hash is the SHA-256 (hex) of the canonical encoding of the body."""
+        """Return the SHA-256 (hex) of the canonical encoding of the body."""
         return _hash(self.body())
 
     def to_json(self) -> bytes:
-        """To_json encodes the record (hash included) for the store."""
+        """Encode the record (hash included) for the store."""
         return _canonical({**self.body(), "hash": self.hash})
 
     @classmethod
     def from_json(cls, data: bytes) -> AuditRecord:
-        """From_json decodes a stored record (its hash is checked only by verify_audit_chain)."""
+        """Decode a stored record (its hash is checked only by verify_audit_chain)."""
         try:
             raw = json.loads(data)
             return cls(
@@ -81,7 +81,7 @@ def next_audit_record(
     subject: str,
     details: Mapping[str, str] | None = None,
 ) -> AuditRecord:
-    """next_audit_record builds the record that follows `previous` (None: the first of the chain).
+    """Build the record that follows `previous` (None: the first of the chain).
 
     Never put a secret in `details`: the trail is read by auditors and kept for years.
     """
@@ -95,7 +95,7 @@ def next_audit_record(
 
 @dataclass(frozen=True, slots=True)
 class AuditVerification:
-    """AuditVerification is the verdict on a chain: ok, or the first bad sequence position and why."""
+    """The verdict on a chain: ok, or the first bad sequence position and why."""
 
     ok: bool
     checked: int
@@ -109,7 +109,7 @@ def verify_audit_chain(
     anchor: AuditRecord | None = None,
     expected_head: str | None = None,
 ) -> AuditVerification:
-    """verify_audit_chain checks a run of records in order.
+    """Check a run of records in order.
 
     `anchor` is the trusted record just before the run (None: the run starts the chain). `expected_head`,
     when given, is the hash the last record must have (catches a truncated tail).

@@ -8,20 +8,20 @@ from typing import Protocol
 
 
 class Clock(Protocol):
-    """Clock gives the current time as POSIX seconds; everything that expires or counts windows takes one."""
+    """Gives the current time as POSIX seconds; everything that expires or counts windows takes one."""
 
     def now(self) -> float: ...
 
 
 class SystemClock:
-    """SystemClock reads the wall clock."""
+    """Reads the wall clock."""
 
     def now(self) -> float:
         return time.time()
 
 
 class FakeClock:
-    """FakeClock stands still until a test moves it, so no test ever sleeps out a window."""
+    """Stands still until a test moves it, so no test ever sleeps out a window."""
 
     def __init__(self, start: float = 1_800_000_000.0) -> None:
         self._now = start
@@ -30,14 +30,14 @@ class FakeClock:
         return self._now
 
     def advance(self, seconds: float) -> None:
-        """Advance moves the clock forward by `seconds`."""
+        """Move the clock forward by `seconds`."""
         self._now += seconds
 
     def set(self, when: float) -> None:
-        """Set puts the clock at `when` (POSIX seconds)."""
+        """Put the clock at `when` (POSIX seconds)."""
         self._now = when
 
 
 def utc_datetime(clock: Clock) -> datetime:
-    """utc_datetime is the clock's reading as an aware UTC datetime."""
+    """Return the clock's reading as an aware UTC datetime."""
     return datetime.fromtimestamp(clock.now(), tz=UTC)

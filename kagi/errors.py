@@ -11,7 +11,7 @@ from enum import Enum
 
 
 class ErrorKind(Enum):
-    """ErrorKind is the category a domain error belongs to; each maps to exactly one gRPC status code."""
+    """The category a domain error belongs to; each maps to exactly one gRPC status code."""
 
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
@@ -26,7 +26,7 @@ class ErrorKind(Enum):
 
 
 class KagiError(Exception):
-    """KagiError is the base of every error a user of kagi may see; `reason` is stable and machine-readable."""
+    """The base of every error a user of kagi may see; `reason` is stable and machine-readable."""
 
     kind: ErrorKind = ErrorKind.INTERNAL
     reason: str = "INTERNAL"
@@ -54,63 +54,63 @@ class KagiError(Exception):
 
 
 class InvalidArgument(KagiError):
-    """InvalidArgument: the input breaks a rule; `fields` names each offending field and the rule it broke."""
+    """The input breaks a rule; `fields` names each offending field and the rule it broke."""
 
     kind = ErrorKind.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 
 
 class FailedPrecondition(KagiError):
-    """FailedPrecondition: the request is valid but not allowed in the object's current state."""
+    """The request is valid but not allowed in the object's current state."""
 
     kind = ErrorKind.FAILED_PRECONDITION
     reason = "FAILED_PRECONDITION"
 
 
 class NotFound(KagiError):
-    """NotFound: the named object does not exist (or the caller may not learn that it does)."""
+    """The named object does not exist (or the caller may not learn that it does)."""
 
     kind = ErrorKind.NOT_FOUND
     reason = "NOT_FOUND"
 
 
 class AlreadyExists(KagiError):
-    """AlreadyExists: an object with that unique name exists already."""
+    """An object with that unique name exists already."""
 
     kind = ErrorKind.ALREADY_EXISTS
     reason = "ALREADY_EXISTS"
 
 
 class PermissionDenied(KagiError):
-    """PermissionDenied: the caller is known but may not do this."""
+    """The caller is known but may not do this."""
 
     kind = ErrorKind.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"
 
 
 class Unauthenticated(KagiError):
-    """Unauthenticated: the caller's credential is missing, wrong or expired."""
+    """The caller's credential is missing, wrong or expired."""
 
     kind = ErrorKind.UNAUTHENTICATED
     reason = "UNAUTHENTICATED"
 
 
 class ResourceExhausted(KagiError):
-    """ResourceExhausted: locked out or throttled after too many attempts."""
+    """Locked out or throttled after too many attempts."""
 
     kind = ErrorKind.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
 
 
 class Aborted(KagiError):
-    """Aborted: a concurrent change won the race (stale version); the caller may re-read and retry."""
+    """A concurrent change won the race (stale version); the caller may re-read and retry."""
 
     kind = ErrorKind.ABORTED
     reason = "ABORTED"
 
 
 class Unavailable(KagiError):
-    """Unavailable: a dependency (the store, another service) cannot be reached right now; retry later."""
+    """A dependency (the store, another service) cannot be reached right now; retry later."""
 
     kind = ErrorKind.UNAVAILABLE
     reason = "UNAVAILABLE"

@@ -34,26 +34,26 @@ from kagi.store.base import ConditionFailed, Create, Entry, KeyValueStore, Opera
 from kagi.store.group_commit import GroupCommit, RoundPlanner
 
 AUDIT = "audit"
-"""AUDIT is the collection of audit records, keyed by zero-padded sequence (key order is chain order)."""
+"""The collection of audit records, keyed by zero-padded sequence (key order is chain order)."""
 AUDIT_HEAD = "audit-head"
-"""AUDIT_HEAD holds the chain's tip (sequence and hash) under AUDIT_HEAD_KEY: the compare-and-swap point."""
+"""Holds the chain's tip (sequence and hash) under AUDIT_HEAD_KEY: the compare-and-swap point."""
 AUDIT_HEAD_KEY = "head"
 
 FEED_KEY_PREFIX = "p"
-"""FEED_KEY_PREFIX starts every feed key: "p" and the position, zero-padded to 20 digits (key order is position
+"""Starts every feed key: "p" and the position, zero-padded to 20 digits (key order is position
 order). Older, clock-stamped keys began with a digit, so they sort before every positioned one."""
 
 MAX_ROUND = 128
-"""MAX_ROUND is the most changes one commit carries."""
+"""The most changes one commit carries."""
 MAX_ROUND_OPERATIONS = 1024
-"""MAX_ROUND_OPERATIONS bounds the operations, audit records and feed events of one round's changes."""
+"""Bounds the operations, audit records and feed events of one round's changes."""
 
 _MAX_CHAIN_RETRIES = 50
 
 
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
-    """AuditEvent is what an audit record says: who did what to which subject (never a secret)."""
+    """What an audit record says: who did what to which subject (never a secret)."""
 
     actor: str
     action: str
@@ -63,7 +63,7 @@ class AuditEvent:
 
 @dataclass(frozen=True, slots=True)
 class FeedEvent:
-    """FeedEvent is an event to publish on the journal's feed (the CA's revocations); numbered at commit."""
+    """An event to publish on the journal's feed (the CA's revocations); numbered at commit."""
 
     serial_hex: str
     body: Mapping[str, object]
@@ -71,7 +71,7 @@ class FeedEvent:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """Change is one atomic state change: its store operations, its audit events and its feed events."""
+    """One atomic state change: its store operations, its audit events and its feed events."""
 
     operations: Sequence[Operation]
     audit: Sequence[AuditEvent]
@@ -79,7 +79,7 @@ class Change:
 
 
 class Journal:
-    """Journal commits Changes with their audit records in rounds, chained from the head kept in the store."""
+    """Commits Changes with their audit records in rounds, chained from the head kept in the store."""
 
     def __init__(
         self, store: KeyValueStore, clock: Clock, *, max_round: int = MAX_ROUND, feed_collection: str = ""
@@ -224,7 +224,7 @@ def audit_key(sequence: int) -> str:
 
 
 class ChainBroken(KagiError):
-    """ChainBroken: the stored audit head does not match the record it names (the chain was tampered with).
+    """The stored audit head does not match the record it names (the chain was tampered with).
 
     Nothing more is appended until an operator has looked: `kagi admin verify-audit` shows where it breaks.
     """
@@ -246,7 +246,7 @@ async def audit_records(store: KeyValueStore, *, page_size: int = 1000) -> Async
 
 @dataclass(frozen=True, slots=True)
 class AuditReport:
-    """AuditReport is the verdict on the stored chain: ok with the record count, or the first bad record."""
+    """The verdict on the stored chain: ok with the record count, or the first bad record."""
 
     ok: bool
     checked: int

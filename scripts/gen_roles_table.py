@@ -37,7 +37,7 @@ TICK = "✓"
 
 @dataclass(frozen=True)
 class ServiceTable:
-    """ServiceTable is one gRPC service: its descriptor and the allow-list the server enforces."""
+    """One gRPC service: its descriptor and the allow-list the server enforces."""
 
     name: str
     descriptor: ServiceDescriptor
@@ -45,7 +45,7 @@ class ServiceTable:
 
 
 def service_tables() -> list[ServiceTable]:
-    """service_tables are the four services with their allow-lists, as the servers load them."""
+    """Return the four services with their allow-lists, as the servers load them."""
     return [
         ServiceTable(
             ca_api.SERVICE_NAME,
@@ -67,7 +67,7 @@ def service_tables() -> list[ServiceTable]:
 
 
 def check_consistency(tables: list[ServiceTable]) -> list[str]:
-    """check_consistency names allow-list entries that match no RPC (a typo there leaves the real RPC to nobody)."""
+    """Name allow-list entries that match no RPC (a typo there leaves the real RPC to nobody)."""
     problems = []
     for table in tables:
         if table.descriptor.full_name != table.name:
@@ -79,7 +79,7 @@ def check_consistency(tables: list[ServiceTable]) -> list[str]:
 
 
 def render_table(table: ServiceTable) -> list[str]:
-    """render_table is one service's Markdown table (blank cells where a role may not call)."""
+    """Return one service's Markdown table (blank cells where a role may not call)."""
     roles = list(Role)
     lines = [
         f"#### `{table.name}`",
@@ -96,7 +96,7 @@ def render_table(table: ServiceTable) -> list[str]:
 
 
 def render_section(tables: list[ServiceTable]) -> str:
-    """render_section is everything between the markers (without them), ending in a newline."""
+    """Return everything between the markers (without them), ending in a newline."""
     lines = [
         "",
         "Generated; edit the allow-lists (`ALLOWED_ROLES` in each service's `api.py`, `USER_ALLOWED_ROLES` in",
@@ -112,7 +112,7 @@ def render_section(tables: list[ServiceTable]) -> str:
 
 
 def replace_section(document: str, section: str) -> str:
-    """replace_section puts `section` between the marker lines of `document`."""
+    """Put `section` between the marker lines of `document`."""
     if document.count(START) != 1 or document.count(END) != 1:
         raise ValueError(f"expected exactly one {START} line and one {END} line")
     head, _, rest = document.partition(START)
@@ -123,7 +123,7 @@ def replace_section(document: str, section: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Main writes (or with --check compares) the generated section; the exit status says what happened."""
+    """Write (or with --check compares) the generated section; the exit status says what happened."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when the file differs; change nothing")
     parser.add_argument("--file", type=Path, default=DESIGN, help="the Markdown file (default: docs/design.md)")

@@ -34,7 +34,7 @@ _NO_REDIS = (
 
 
 class RedisServer:
-    """RedisServer is one redis-server child process on 127.0.0.1 that a test may kill and restart.
+    """One redis-server child process on 127.0.0.1 that a test may kill and restart.
 
     Persistence defaults to AOF with `appendfsync always`, so every acknowledged write is on disk; a restart
     reuses the same directory and port, so it reloads what the killed process had written.
@@ -48,11 +48,11 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        """Url is the redis:// URL of this server (database 0)."""
+        """Return the redis:// URL of this server (database 0)."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> None:
-        """Start launches the server and returns once it answers PING (after loading its AOF)."""
+        """Launch the server and return once it answers PING (after loading its AOF)."""
         if REDIS_BINARY is None:
             pytest.fail(_NO_REDIS)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ class RedisServer:
             time.sleep(0.02)  # polling a starting process, not waiting out a window
 
     def kill(self) -> None:
-        """Kill sends SIGKILL (no shutdown, no final fsync) and reaps the process."""
+        """Send SIGKILL (no shutdown, no final fsync) and reap the process."""
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGCONT)  # a stopped process must not stay stopped for good
             self._process.kill()
@@ -82,12 +82,12 @@ class RedisServer:
         self._process = None
 
     def pause(self) -> None:
-        """Pause freezes the server with SIGSTOP: connections stay open but nothing answers."""
+        """Freeze the server with SIGSTOP: connections stay open but nothing answers."""
         assert self._process is not None
         self._process.send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        """Resume undoes `pause` with SIGCONT."""
+        """Undo `pause` with SIGCONT."""
         assert self._process is not None
         self._process.send_signal(signal.SIGCONT)
 
@@ -102,7 +102,7 @@ class RedisServer:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """redis_server is the URL of the Redis shared by the whole test run (see the module docstring)."""
+    """Return the URL of the Redis shared by the whole test run (see the module docstring)."""
     if url := os.environ.get("KAGI_TEST_REDIS_URL"):
         # A Redis the runner brings (the machine's, often without AOF): the store's durability check would
         # refuse it, and these tests do not restart it. Children (kagi serve) inherit the setting.
@@ -138,7 +138,7 @@ def _docker_redis() -> Iterator[str]:
 
 @pytest.fixture
 def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
-    """redis_factory starts separate, killable redis-servers (needs the redis-server binary); all die after."""
+    """Start separate, killable redis-servers (needs the redis-server binary); all die after."""
     if REDIS_BINARY is None:
         pytest.fail("killing and restarting Redis needs the redis-server binary: " + _NO_REDIS)
     servers: list[RedisServer] = []
@@ -158,5 +158,5 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
 
 @pytest.fixture
 def namespace() -> str:
-    """namespace is a store namespace no other test uses."""
+    """Return a store namespace no other test uses."""
     return f"t{uuid.uuid4().hex[:16]}"

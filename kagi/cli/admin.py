@@ -24,14 +24,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class AdminContext:
-    """AdminContext is how `kagi admin` reaches the services: targets and the operator's mTLS files."""
+    """How `kagi admin` reaches the services: targets and the operator's mTLS files."""
 
     state_dir: Path
     tls: TlsFiles
     targets: dict[str, str]
 
     def channel(self, service: str) -> grpc.aio.Channel:
-        """Channel opens an mTLS channel to one service as the operator."""
+        """Open an mTLS channel to one service as the operator."""
         return open_channel(self.targets[service], self.tls, server_name="localhost")
 
 
@@ -100,7 +100,7 @@ def _context(state_dir: str) -> AdminContext:
 
 
 def run_call(call: Callable[[], Awaitable[T]]) -> T:
-    """run_call runs one async operator call, turning service errors into a clear command-line error."""
+    """Run one async operator call, turning service errors into a clear command-line error."""
     try:
         return asyncio.run(_translated(call))
     except KagiError as exc:

@@ -109,7 +109,7 @@ def init_ca_command(
     key_algorithm: str,
     base_url: str,
 ) -> None:
-    """init_ca_command is `kagi admin init-ca` (local files; refuses to overwrite a CA or a root key)."""
+    """Run `kagi admin init-ca` (local files; refuses to overwrite a CA or a root key)."""
     directory = ca_dir or obj.state_dir / "ca"
     root_key = OfflineRootKey(root_key_out, _root_passphrase(root_passphrase_file))
     try:
@@ -141,7 +141,7 @@ def init_ca_command(
 )
 @click.pass_obj
 def revoke_command(obj: AdminContext, serial: str, reason: str) -> None:
-    """revoke_command is `kagi admin revoke` (gRPC RevokeCertificate as the operator)."""
+    """Run `kagi admin revoke` (gRPC RevokeCertificate as the operator)."""
     try:
         code = int(parse_revocation_reason(reason))
     except KagiError as exc:
@@ -172,7 +172,7 @@ def revoke_command(obj: AdminContext, serial: str, reason: str) -> None:
 @click.option("--state", type=click.Choice(sorted(_STATES)), help="Only certificates in this state.")
 @click.pass_obj
 def list_certificates_command(obj: AdminContext, subject: str, state: str | None) -> None:
-    """list_certificates_command is `kagi admin list-certificates` (gRPC, paged)."""
+    """Run `kagi admin list-certificates` (gRPC, paged)."""
 
     async def call() -> list[ca_pb2.Certificate]:
         found: list[ca_pb2.Certificate] = []
@@ -222,7 +222,7 @@ def list_certificates_command(obj: AdminContext, subject: str, state: str | None
 @click.option("--namespace", default="", hidden=True, help="A store namespace (tests).")
 @click.pass_obj
 def verify_audit_command(obj: AdminContext, store_url: str, services: tuple[str, ...], namespace: str) -> None:
-    """verify_audit_command is `kagi admin verify-audit` (reads each chain from its store)."""
+    """Run `kagi admin verify-audit` (reads each chain from its store)."""
 
     async def verify(name: str) -> AuditReport:
         store = open_store(store_url, namespace=name, state_dir=obj.state_dir)
@@ -294,7 +294,7 @@ def _certificate_json(certificate: ca_pb2.Certificate) -> dict[str, object]:
 def sign_root_crl_command(
     obj: AdminContext, ca_dir: Path | None, root_key: Path, root_passphrase_file: Path, base_url: str
 ) -> None:
-    """sign_root_crl_command is `kagi admin sign-root-crl` (local files, opens the offline root key only)."""
+    """Run `kagi admin sign-root-crl` (local files, opens the offline root key only)."""
     directory = CaDirectory(ca_dir or obj.state_dir / "ca")
     offline = OfflineRootKey(root_key, _root_passphrase(root_passphrase_file))
     try:
@@ -327,7 +327,7 @@ def sign_root_crl_command(
 def move_root_key_command(
     obj: AdminContext, ca_dir: Path | None, root_key_out: Path, root_passphrase_file: Path
 ) -> None:
-    """move_root_key_command is `kagi admin move-root-key` (local files)."""
+    """Run `kagi admin move-root-key` (local files)."""
     directory = CaDirectory(ca_dir or obj.state_dir / "ca")
     root_key = OfflineRootKey(root_key_out, _root_passphrase(root_passphrase_file))
     try:
@@ -346,4 +346,4 @@ CA_COMMANDS = (
     sign_root_crl_command,
     move_root_key_command,
 )
-"""CA_COMMANDS are the CA's admin commands, to be added to the `admin` group."""
+"""The CA's admin commands, to be added to the `admin` group."""

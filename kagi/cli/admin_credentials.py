@@ -41,13 +41,13 @@ from services.ca_service.domain.serials import serial_hex
 from services.ca_service.domain.settings import PkiSettings
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-"""NAME_RE is what a credential's NAME may be: it names files, so no path separators and no leading dot."""
+"""What a credential's NAME may be: it names files, so no path separators and no leading dot."""
 
 DEFAULT_DAYS = SERVICE_PROFILE.validity.days
-"""DEFAULT_DAYS is the service profile's lifetime (90 days): what the CA issues unless told otherwise."""
+"""The service profile's lifetime (90 days): what the CA issues unless told otherwise."""
 
 MAX_DAYS = 825
-"""MAX_DAYS bounds --days: the longest lifetime TLS certificates were ever allowed in the Web PKI."""
+"""Bounds --days: the longest lifetime TLS certificates were ever allowed in the Web PKI."""
 
 _OPTION_OF_FIELD = {"role": "--role", "dns_names": "--dns", "ip_addresses": "--ip"}
 
@@ -118,7 +118,7 @@ class _Files:
                 )
 
     def check_root(self, root_pem: bytes, *, force: bool) -> None:
-        """Check_root refuses to replace a DIR/ca.pem holding another root (credentials there trust it)."""
+        """Refuse to replace a DIR/ca.pem holding another root (credentials there trust it)."""
         if force or not self.root.exists():
             return
         if self.root.read_bytes() != root_pem:
@@ -128,7 +128,7 @@ class _Files:
             )
 
     def write(self, key_pem: bytes, chain_pem: bytes, root_pem: bytes, *, force: bool) -> None:
-        """Write puts the key (0600), the chain and the root in place, each atomically."""
+        """Put the key (0600), the chain and the root in place, each atomically."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         _write_atomically(self.key, key_pem, 0o600, replace=force)
         _write_atomically(self.certificate, chain_pem, 0o644, replace=force)
@@ -403,7 +403,7 @@ def issue_credential_command(
     base_url: str,
     as_json: bool,
 ) -> None:
-    """issue_credential_command is `kagi admin issue-credential` (gRPC as the operator, or --offline)."""
+    """Run `kagi admin issue-credential` (gRPC as the operator, or --offline)."""
     obj: AdminContext = ctx.obj
     if not offline:
         for option, param in (("--ca-dir", "ca_dir"), ("--passphrase-file", "passphrase_file")):

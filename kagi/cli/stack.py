@@ -36,12 +36,12 @@ DEV_PORTS = {
 }
 
 FREE_PORTS = dict.fromkeys(DEV_PORTS, 0)
-"""FREE_PORTS lets every component bind a free port; later components are pointed at the ports taken."""
+"""Lets every component bind a free port; later components are pointed at the ports taken."""
 
 COMPONENTS = ("ca", "otp", "enrollment", "gateway")
 
 Management = Literal["shared", "each", "off"]
-"""Management is where the stack serves /healthz, /readyz and /metrics: one listener for all (`kagi dev`), one
+"""Where the stack serves /healthz, /readyz and /metrics: one listener for all (`kagi dev`), one
 per component on a free port (as `kagi serve` runs them), or none."""
 
 

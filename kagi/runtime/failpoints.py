@@ -16,7 +16,7 @@ EXIT_STATUS = 86
 
 
 def arm(names: str | None) -> None:
-    """Arm enables the comma-separated failpoint names (empty or None disarms all)."""
+    """Enable the comma-separated failpoint names (empty or None disarms all)."""
     global _armed  # one process-wide switch, set once by main
     _armed = frozenset(n.strip() for n in (names or "").split(",") if n.strip())
     if _armed:
@@ -24,6 +24,6 @@ def arm(names: str | None) -> None:
 
 
 def failpoint(name: str) -> None:
-    """Failpoint ends the process immediately when `name` is armed; otherwise it does nothing."""
+    """End the process immediately when `name` is armed; otherwise it does nothing."""
     if name in _armed:
         os._exit(EXIT_STATUS)

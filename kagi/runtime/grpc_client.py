@@ -19,7 +19,7 @@ from kagi.runtime.settings import TlsFiles, is_loopback
 
 
 class RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """RequestIdInterceptor sends the current request id along, so one id follows a request across services."""
+    """Sends the current request id along, so one id follows a request across services."""
 
     async def intercept_unary_unary(
         self,
@@ -37,7 +37,7 @@ class RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignor
 
 
 def open_channel(target: str, tls: TlsFiles | None, *, server_name: str | None = None) -> grpc.aio.Channel:
-    """open_channel connects to a kagi service: mTLS with `tls`, or plaintext only to a loopback target."""
+    """Connect to a kagi service: mTLS with `tls`, or plaintext only to a loopback target."""
     options: list[tuple[str, Any]] = [
         ("grpc.keepalive_time_ms", 30_000),
         # Answers may be large (CRLs, list pages); what a client sends is capped by the server (MAX_REQUEST_BYTES).
@@ -57,7 +57,7 @@ def open_channel(target: str, tls: TlsFiles | None, *, server_name: str | None =
 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> KagiError:
-    """error_from_rpc turns a failed call into the domain error the server raised (reason and fields kept)."""
+    """Turn a failed call into the domain error the server raised (reason and fields kept)."""
     for key, value in exc.trailing_metadata() or ():
         if key == GRPC_DETAILS_METADATA_KEY and isinstance(value, bytes):
             return error_from_status(status_pb2.Status.FromString(value))

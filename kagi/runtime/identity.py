@@ -15,7 +15,7 @@ SPIFFE_PREFIX = f"spiffe://{TRUST_DOMAIN}/"
 
 
 class Role(Enum):
-    """Role is an internal identity named by the certificate's URI SAN spiffe://kagi.internal/<role>."""
+    """An internal identity named by the certificate's URI SAN spiffe://kagi.internal/<role>."""
 
     CA = "ca"
     OTP = "otp"
@@ -26,20 +26,20 @@ class Role(Enum):
 
     @property
     def spiffe_id(self) -> str:
-        """Spiffe_id is the URI SAN that an internal certificate of this role carries."""
+        """Return the URI SAN that an internal certificate of this role carries."""
         return SPIFFE_PREFIX + self.value
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Caller is who made a request: a role proven by an internal certificate (or granted in plaintext dev)."""
+    """Who made a request: a role proven by an internal certificate (or granted in plaintext dev)."""
 
     role: Role | None
     spiffe_id: str
     plaintext: bool = False
 
     def require(self, allowed: frozenset[Role], method: str) -> None:
-        """Require raises PermissionDenied unless the caller's role is in `allowed`."""
+        """Raise PermissionDenied unless the caller's role is in `allowed`."""
         if self.plaintext:
             return
         if self.role is None:
@@ -58,7 +58,7 @@ ANONYMOUS = Caller(role=None, spiffe_id="")
 
 
 def role_from_spiffe_id(spiffe_id: str) -> Role | None:
-    """role_from_spiffe_id maps spiffe://kagi.internal/<role> to a Role, or None for anything else."""
+    """Map spiffe://kagi.internal/<role> to a Role, or None for anything else."""
     if not spiffe_id.startswith(SPIFFE_PREFIX):
         return None
     try:
@@ -69,7 +69,7 @@ def role_from_spiffe_id(spiffe_id: str) -> Role | None:
 
 @functools.lru_cache(maxsize=4096)
 def caller_from_pem(pem: bytes) -> Caller:
-    """caller_from_pem reads the caller's role from the peer certificate's single SPIFFE URI SAN.
+    """Read the caller's role from the peer certificate's single SPIFFE URI SAN.
 
     The TLS layer has already verified the chain; a certificate with no SPIFFE ID (a customer's), with
     several, or with an unknown role gets no role, so it can never pass an allow-list. Cached because the
@@ -87,5 +87,5 @@ def caller_from_pem(pem: bytes) -> Caller:
 
 
 def allow(*roles: Role) -> frozenset[Role]:
-    """Allow builds an allow-list of roles for a method table."""
+    """Build an allow-list of roles for a method table."""
     return frozenset(roles)

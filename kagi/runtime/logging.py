@@ -42,12 +42,12 @@ REDACTED = "[REDACTED]"
 
 
 def new_request_id() -> str:
-    """new_request_id returns a fresh random request id."""
+    """Return a fresh random request id."""
     return uuid.uuid4().hex
 
 
 def redact(value: Any) -> Any:
-    """Redact returns `value` with every secret-looking key's value replaced, recursively."""
+    """Return `value` with every secret-looking key's value replaced, recursively."""
     if isinstance(value, Mapping):
         return {k: (REDACTED if _is_secret_key(k) else redact(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -60,7 +60,7 @@ def _is_secret_key(key: object) -> bool:
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """redact_secrets is a structlog processor replacing the values of secret-looking keys."""
+    """Return a structlog processor replacing the values of secret-looking keys."""
     for key in list(event_dict):
         if _is_secret_key(key):
             event_dict[key] = REDACTED
@@ -95,7 +95,7 @@ def scrub(text: str) -> str:
 
 
 def scrub_text(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """scrub_text is a structlog processor scrubbing credential-shaped text from the message and string values."""
+    """Return a structlog processor scrubbing credential-shaped text from the message and string values."""
     for key, value in list(event_dict.items()):
         if isinstance(value, str):
             event_dict[key] = scrub(value)
@@ -103,7 +103,7 @@ def scrub_text(_logger: Any, _method: str, event_dict: MutableMapping[str, Any])
 
 
 def add_request_id(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """add_request_id is a structlog processor adding the current request id, when there is one."""
+    """Return a structlog processor adding the current request id, when there is one."""
     request_id = request_id_var.get()
     if request_id and "request_id" not in event_dict:
         event_dict["request_id"] = request_id
@@ -111,7 +111,7 @@ def add_request_id(_logger: Any, _method: str, event_dict: MutableMapping[str, A
 
 
 def configure_logging(component: str, *, level: str = "INFO", json: bool = True) -> None:
-    """configure_logging sets structlog and stdlib logging (aiohttp's, grpc's, asyncio's records too) to write one
+    """Set structlog and stdlib logging (aiohttp's, grpc's, asyncio's records too) to write one
     JSON object per line to stderr, through the same redaction."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()

@@ -29,7 +29,7 @@ from kagi.errors import InvalidArgument
 log = structlog.get_logger("kagi.management")
 
 Probe = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
-"""Probe says whether a component is ready, with details for the /readyz answer."""
+"""Says whether a component is ready, with details for the /readyz answer."""
 
 DEFAULT_ADDRESSES = {
     "gateway": "127.0.0.1:9090",
@@ -37,15 +37,15 @@ DEFAULT_ADDRESSES = {
     "otp": "127.0.0.1:9092",
     "enrollment": "127.0.0.1:9093",
 }
-"""DEFAULT_ADDRESSES are where each component's management listener binds unless told otherwise."""
+"""Where each component's management listener binds unless told otherwise."""
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-"""MULTIPROCESS_ENV names the directory of prometheus-client's multiprocess mode (set by `kagi serve` for
+"""Names the directory of prometheus-client's multiprocess mode (set by `kagi serve` for
 workers; prometheus-client reads it at import, so it must be set before a worker starts)."""
 
 
 def parse_address(name: str, value: str) -> tuple[str, int] | None:
-    """parse_address reads HOST:PORT ([v6]:PORT too); `off` turns the listener off (None)."""
+    """Read HOST:PORT ([v6]:PORT too); `off` turns the listener off (None)."""
     if value.strip().lower() in ("off", "none", "-"):
         return None
     host, sep, port = value.strip().rpartition(":")
@@ -56,13 +56,13 @@ def parse_address(name: str, value: str) -> tuple[str, int] | None:
 
 
 def management_address(environ: Mapping[str, str], component: str) -> tuple[str, int] | None:
-    """management_address is KAGI_<C>_MANAGEMENT_ADDR of `component`, or its default."""
+    """Return KAGI_<C>_MANAGEMENT_ADDR of `component`, or its default."""
     name = f"KAGI_{component.upper()}_MANAGEMENT_ADDR"
     return parse_address(name, environ.get(name) or DEFAULT_ADDRESSES[component])
 
 
 def render_metrics(registries: Sequence[CollectorRegistry] = ()) -> bytes:
-    """render_metrics is the process's default registry (process and Python metrics, the services' own) followed
+    """Return the process's default registry (process and Python metrics, the services' own) followed
     by `registries` (each family appears in one registry only). In multiprocess mode (PROMETHEUS_MULTIPROC_DIR
     set) it is instead every worker's metrics, merged from the directory: `registries` hold only this worker's
     share of them."""
@@ -79,7 +79,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 class ManagementListener:
-    """ManagementListener serves /healthz (alive), /readyz (every probe ready: 200, else 503 naming which) and
+    """Serves /healthz (alive), /readyz (every probe ready: 200, else 503 naming which) and
     /metrics (Prometheus text) on host:port. `reuse_port` lets N worker processes bind the same port."""
 
     def __init__(
@@ -100,7 +100,7 @@ class ManagementListener:
         self.port = port
 
     async def start(self) -> int:
-        """Start binds host:port (0: a free port) and returns the port."""
+        """Bind host:port (0: a free port) and return the port."""
         app = web.Application()
         app.add_routes(
             [web.get("/healthz", self.healthz), web.get("/readyz", self.readyz), web.get("/metrics", self.metrics)]
@@ -116,17 +116,17 @@ class ManagementListener:
         return self.port
 
     async def stop(self) -> None:
-        """Stop closes the listener."""
+        """Close the listener."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
     async def healthz(self, request: web.Request) -> web.Response:
-        """Healthz: the process is alive and answering."""
+        """The process is alive and answering."""
         return _json({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        """Readyz: each component's readiness; 503 when any is not ready."""
+        """Each component's readiness; 503 when any is not ready."""
         components: dict[str, Any] = {}
         ready = True
         for name, probe in self._probes.items():
@@ -139,7 +139,7 @@ class ManagementListener:
         return _json({"ready": ready, "components": components}, 200 if ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """Metrics: Prometheus text format."""
+        """Prometheus text format."""
         return web.Response(body=render_metrics(self._registries()), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -148,7 +148,7 @@ class _Readiness(Protocol):
 
 
 def grpc_readiness(server: _Readiness) -> Probe:
-    """grpc_readiness is the probe of a gRPC server: its readiness check (the store answers), which also sets
+    """Return the probe of a gRPC server: its readiness check (the store answers), which also sets
     what its gRPC health reports."""
 
     async def probe() -> tuple[bool, dict[str, Any]]:
@@ -161,7 +161,7 @@ def grpc_readiness(server: _Readiness) -> Probe:
 async def start_management(
     address: tuple[str, int] | None, probes: Mapping[str, Probe], *, reuse_port: bool = False
 ) -> ManagementListener | None:
-    """start_management starts a management listener at `address` (None: none) and returns it."""
+    """Start a management listener at `address` (None: none) and return it."""
     if address is None:
         return None
     listener = ManagementListener(*address, probes, reuse_port=reuse_port)

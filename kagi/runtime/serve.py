@@ -23,13 +23,13 @@ log = structlog.get_logger("kagi.serve")
 
 
 class Stoppable(Protocol):
-    """Stoppable is a running component that can be asked to stop gracefully."""
+    """A running component that can be asked to stop gracefully."""
 
     async def stop(self, grace: float = 5.0) -> None: ...
 
 
 async def serve_until_signalled(start: Callable[[], Awaitable[Stoppable]], *, grace: float = 5.0) -> None:
-    """serve_until_signalled starts a component, waits for SIGINT or SIGTERM, then stops it within `grace`."""
+    """Start a component, waits for SIGINT or SIGTERM, then stop it within `grace`."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -45,7 +45,7 @@ async def serve_until_signalled(start: Callable[[], Awaitable[Stoppable]], *, gr
 
 
 def run_workers(workers: int, target: Callable[[], None]) -> None:
-    """run_workers runs `target` in `workers` processes (they share the port through SO_REUSEPORT).
+    """Run `target` in `workers` processes (they share the port through SO_REUSEPORT).
 
     With one worker it runs in this process. A worker that dies takes the others down, so a supervisor
     (systemd, Kubernetes) restarts the whole set rather than leaving it half-alive.

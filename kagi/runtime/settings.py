@@ -15,7 +15,7 @@ from kagi.errors import InvalidArgument
 
 
 class Secret:
-    """Secret holds a sensitive string or bytes; its repr and str are always masked."""
+    """Holds a sensitive string or bytes; its repr and str are always masked."""
 
     __slots__ = ("_value",)
 
@@ -23,11 +23,11 @@ class Secret:
         self._value = value.encode() if isinstance(value, str) else bytes(value)
 
     def reveal(self) -> bytes:
-        """Reveal returns the secret bytes; call it only where the secret is used, never to log it."""
+        """Return the secret bytes; call it only where the secret is used, never to log it."""
         return self._value
 
     def reveal_text(self) -> str:
-        """Reveal_text returns the secret as UTF-8 text."""
+        """Return the secret as UTF-8 text."""
         return self._value.decode()
 
     def __repr__(self) -> str:
@@ -43,13 +43,13 @@ class Secret:
 
 
 class Environment:
-    """Environment reads typed settings from a mapping (os.environ in `main`), naming the variable on error."""
+    """Reads typed settings from a mapping (os.environ in `main`), naming the variable on error."""
 
     def __init__(self, values: Mapping[str, str]) -> None:
         self._values = values
 
     def text(self, name: str, default: str | None = None) -> str:
-        """Text returns the variable or its default; a missing one without default is an error naming it."""
+        """Return the variable or its default; a missing one without default is an error naming it."""
         value = self._values.get(name)
         if value is None or value == "":
             if default is None:
@@ -58,12 +58,12 @@ class Environment:
         return value
 
     def optional(self, name: str) -> str | None:
-        """Optional returns the variable, or None when it is unset or empty."""
+        """Return the variable, or None when it is unset or empty."""
         value = self._values.get(name)
         return value if value else None
 
     def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 2**31) -> int:
-        """Integer returns the variable as an int within [minimum, maximum]."""
+        """Return the variable as an int within [minimum, maximum]."""
         raw = self._values.get(name)
         if not raw:
             return default
@@ -76,7 +76,7 @@ class Environment:
         return value
 
     def flag(self, name: str, default: bool = False) -> bool:
-        """Flag returns the variable as a boolean (1/true/yes or 0/false/no)."""
+        """Return the variable as a boolean (1/true/yes or 0/false/no)."""
         raw = self._values.get(name)
         if not raw:
             return default
@@ -88,11 +88,11 @@ class Environment:
         raise InvalidArgument(f"{name} must be true or false", fields={name: "not a boolean"})
 
     def path(self, name: str, default: str | None = None) -> Path:
-        """Path returns the variable as a filesystem path."""
+        """Return the variable as a filesystem path."""
         return Path(self.text(name, default))
 
     def secret(self, name: str, *, required: bool = True) -> Secret | None:
-        """Secret reads NAME, or the file named by NAME_FILE (preferred: keeps it out of the process table)."""
+        """Read NAME, or the file named by NAME_FILE (preferred: keeps it out of the process table)."""
         file_name = self._values.get(f"{name}_FILE")
         if file_name:
             try:
@@ -109,7 +109,7 @@ class Environment:
         return None
 
     def required_secret(self, name: str) -> Secret:
-        """Required_secret is `secret` for a setting that must be present."""
+        """Return `secret` for a setting that must be present."""
         secret = self.secret(name, required=True)
         if secret is None:  # pragma: no cover - secret() raises first
             raise InvalidArgument(f"{name} is not set", fields={name: f"set {name} or {name}_FILE"})
@@ -118,7 +118,7 @@ class Environment:
 
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
-    """TlsFiles names a component's mTLS material: its certificate chain, its key, and the CA bundle it trusts.
+    """Names a component's mTLS material: its certificate chain, its key, and the CA bundle it trusts.
 
     `ca_file` is what the component verifies the servers it calls against (the root). A gRPC server verifies
     its callers' certificates against `client_ca_file` instead: the internal CA only, so no certificate of the
@@ -132,13 +132,13 @@ class TlsFiles:
     client_ca_file: Path | None = None
 
     def read(self) -> tuple[bytes, bytes, bytes]:
-        """Read returns (certificate chain PEM, key PEM, trusted CA PEM)."""
+        """Return (certificate chain PEM, key PEM, trusted CA PEM)."""
         return self.cert_file.read_bytes(), self.key_file.read_bytes(), self.ca_file.read_bytes()
 
 
 @dataclass(frozen=True, slots=True)
 class ListenSettings:
-    """ListenSettings says where a gRPC server listens and how it authenticates callers.
+    """Says where a gRPC server listens and how it authenticates callers.
 
     `tls` is None only in plaintext development mode, which is allowed on loopback addresses only.
     """
@@ -157,13 +157,13 @@ class ListenSettings:
 
     @property
     def address(self) -> str:
-        """Address is host:port as gRPC expects it (IPv6 in brackets)."""
+        """Return host:port as gRPC expects it (IPv6 in brackets)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
 
 def is_loopback(host: str) -> bool:
-    """is_loopback tells whether a host name or address is this machine's loopback."""
+    """Tell whether a host name or address is this machine's loopback."""
     if host == "localhost":
         return True
     try:
@@ -173,7 +173,7 @@ def is_loopback(host: str) -> bool:
 
 
 def tls_files_from_env(env: Environment, prefix: str) -> TlsFiles | None:
-    """tls_files_from_env reads PREFIX_TLS_CERT, PREFIX_TLS_KEY, PREFIX_TLS_CA and the optional
+    """Read PREFIX_TLS_CERT, PREFIX_TLS_KEY, PREFIX_TLS_CA and the optional
     PREFIX_TLS_CLIENT_CA (the internal CA the server trusts callers under; default: the issuer of its own
     certificate, from the chain in PREFIX_TLS_CERT); None when plaintext is asked.
 

@@ -15,11 +15,11 @@ from kagi.softtoken.vault import SoftToken
 
 
 class GatewayError(KagiError):
-    """GatewayError is an error answer of the gateway, with its code, reason, message and fields."""
+    """An error answer of the gateway, with its code, reason, message and fields."""
 
 
 class GatewayClient:
-    """GatewayClient calls the gateway's app routes; TLS is verified against the system or a given CA file."""
+    """Calls the gateway's app routes; TLS is verified against the system or a given CA file."""
 
     def __init__(self, base_url: str, *, cafile: Path | None = None, timeout: float = 15.0) -> None:
         if not base_url.startswith("https://"):
@@ -45,7 +45,7 @@ class GatewayClient:
             raise Unavailable(f"cannot reach the gateway: {exc}", reason="GATEWAY_UNREACHABLE") from None
 
     def activate(self, *, service_id: str, user_id: str, usage_start_password: str) -> SoftToken:
-        """Activate sends step 8 with consent and returns the token (seed included), then step 9 registers it."""
+        """Send step 8 with consent and return the token (seed included), then step 9 registers it."""
         answer = self._post(
             "/v1/app/activation",
             {
@@ -68,7 +68,7 @@ class GatewayClient:
         )
 
     def register(self, token: SoftToken) -> str:
-        """Register sends step 9: the app has stored the seed. Returns the enrollment state the gateway reports."""
+        """Send step 9: the app has stored the seed. Returns the enrollment state the gateway reports."""
         answer = self._post(
             "/v1/app/registration",
             {"service_id": token.service_id, "user_id": token.user_id, "activation_id": token.activation_id},

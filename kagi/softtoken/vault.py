@@ -30,7 +30,7 @@ KDF_MEMORY_KIB = 64 * 1024
 
 @dataclass(frozen=True)
 class SoftToken:
-    """SoftToken is what the app keeps: the seed (secret) and what it needs to show codes."""
+    """What the app keeps: the seed (secret) and what it needs to show codes."""
 
     secret: str = field(repr=False)
     algorithm: str
@@ -43,7 +43,7 @@ class SoftToken:
 
 
 def default_path() -> Path:
-    """default_path is $KAGI_TOKEN_FILE, or kagi/token.json under the user's config directory."""
+    """Return $KAGI_TOKEN_FILE, or kagi/token.json under the user's config directory."""
     configured = os.environ.get("KAGI_TOKEN_FILE")
     if configured:
         return Path(configured)
@@ -58,7 +58,7 @@ def _key(password: str, salt: bytes, time_cost: int, memory_kib: int) -> bytes:
 
 
 def save(path: Path, token: SoftToken, password: str) -> None:
-    """Save encrypts `token` under `password` and writes it atomically with mode 0600."""
+    """Encrypt `token` under `password` and writes it atomically with mode 0600."""
     salt, nonce = secrets.token_bytes(16), secrets.token_bytes(12)
     key = _key(password, salt, KDF_TIME_COST, KDF_MEMORY_KIB)
     ciphertext = AESGCM(key).encrypt(nonce, json.dumps(asdict(token)).encode(), _AAD)
@@ -73,7 +73,7 @@ def save(path: Path, token: SoftToken, password: str) -> None:
 
 
 def load(path: Path, password: str) -> SoftToken:
-    """Load decrypts the token file; a wrong usage-start password is Unauthenticated, a missing file NotFound."""
+    """Decrypt the token file; a wrong usage-start password is Unauthenticated, a missing file NotFound."""
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:

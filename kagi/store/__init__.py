@@ -73,7 +73,7 @@ _SCHEMES = "sqlite:, sqlite:///<absolute path>, redis://host:port/db or rediss:/
 
 
 def open_store(url: str, *, namespace: str, state_dir: Path | None, clock: Clock | None = None) -> KeyValueStore:
-    """open_store returns the store a URL names for one service (`namespace`, e.g. "ca", "otp").
+    """Return the store a URL names for one service (`namespace`, e.g. "ca", "otp").
 
     Nothing is connected yet: the first call (or `ping`) opens the file or the connection, so a backend that
     is down shows up as StoreUnavailable there, not here; `sqlite:` creates the state directory then. A
@@ -95,7 +95,7 @@ def open_store(url: str, *, namespace: str, state_dir: Path | None, clock: Clock
 
 
 async def check_at_start(store: KeyValueStore) -> None:
-    """check_at_start makes a service's start refuse a store that would lose acknowledged state (a Redis
+    """Make a service's start refuse a store that would lose acknowledged state (a Redis
     without AOF or with eviction: InvalidStoreConfig naming the settings). A store that is down is not a
     refusal: readiness waits it out, and the check runs on its first contact."""
     with contextlib.suppress(StoreUnavailable):

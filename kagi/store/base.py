@@ -37,7 +37,7 @@ _INT64_MAX = 2**63 - 1
 
 
 class StoreError(Exception):
-    """StoreError marks an error raised by a store driver (mixed into the domain error it corresponds to)."""
+    """Marks an error raised by a store driver (mixed into the domain error it corresponds to)."""
 
 
 class FailureCause(enum.Enum):
@@ -95,38 +95,38 @@ class ConditionFailed(StoreError, KagiError):
 
 
 class KeyExists(ConditionFailed, AlreadyExists):
-    """KeyExists: create-if-absent found a live entry under that key."""
+    """Create-if-absent found a live entry under that key."""
 
     reason = "KEY_EXISTS"
 
 
 class VersionMismatch(ConditionFailed, Aborted):
-    """VersionMismatch: the entry's version is not the one the write expected (or the entry is gone)."""
+    """The entry's version is not the one the write expected (or the entry is gone)."""
 
     reason = "VERSION_MISMATCH"
 
 
 class StoreUnavailable(StoreError, Unavailable):
-    """StoreUnavailable: the backend cannot be reached or did not answer in time; nothing was written."""
+    """The backend cannot be reached or did not answer in time; nothing was written."""
 
     reason = "STORE_UNAVAILABLE"
 
 
 class InvalidKey(StoreError, InvalidArgument):
-    """InvalidKey: a collection or key breaks the naming rules (empty, too long, bad characters)."""
+    """A collection or key breaks the naming rules (empty, too long, bad characters)."""
 
     reason = "INVALID_KEY"
 
 
 class InvalidStoreConfig(StoreError, InvalidArgument):
-    """InvalidStoreConfig: a bad store URL or namespace, or a file that belongs to another namespace."""
+    """A bad store URL or namespace, or a file that belongs to another namespace."""
 
     reason = "INVALID_STORE_CONFIG"
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """Entry is one stored value with the version it was written at."""
+    """One stored value with the version it was written at."""
 
     key: str
     value: bytes
@@ -135,7 +135,7 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """Page is one slice of a listing; `next_page_token` is empty on the last page."""
+    """One slice of a listing; `next_page_token` is empty on the last page."""
 
     entries: list[Entry]
     next_page_token: str
@@ -143,7 +143,7 @@ class Page:
 
 @dataclass(frozen=True, slots=True)
 class Create:
-    """Create writes `value` under the key only if no live entry is there."""
+    """Writes `value` under the key only if no live entry is there."""
 
     collection: str
     key: str
@@ -153,7 +153,7 @@ class Create:
 
 @dataclass(frozen=True, slots=True)
 class Replace:
-    """Replace overwrites the entry only if its current version is `version` (compare-and-swap)."""
+    """Overwrites the entry only if its current version is `version` (compare-and-swap)."""
 
     collection: str
     key: str
@@ -164,7 +164,7 @@ class Replace:
 
 @dataclass(frozen=True, slots=True)
 class Delete:
-    """Delete removes the entry; with `version`, only if that is its current version."""
+    """Removes the entry; with `version`, only if that is its current version."""
 
     collection: str
     key: str
@@ -175,7 +175,7 @@ Operation = Create | Replace | Delete
 
 
 def check_collection(collection: str) -> str:
-    """check_collection returns `collection` or raises InvalidKey naming the rule it breaks."""
+    """Return `collection` or raise InvalidKey naming the rule it breaks."""
     if not isinstance(collection, str) or not _COLLECTION_RE.fullmatch(collection):
         raise InvalidKey(
             "invalid collection name",
@@ -185,7 +185,7 @@ def check_collection(collection: str) -> str:
 
 
 def check_key(key: str) -> str:
-    """check_key returns `key` or raises InvalidKey: keys are 1-512 UTF-8 bytes with no control characters.
+    """Return `key` or raise InvalidKey: keys are 1-512 UTF-8 bytes with no control characters.
 
     Any other character is allowed, separators and glob characters included: drivers place the key last in
     the physical name after a collection that cannot contain the separator, and never use pattern matching,
@@ -208,7 +208,7 @@ def check_key(key: str) -> str:
 
 
 def check_value(value: bytes) -> bytes:
-    """check_value returns `value` or raises InvalidKey when it is not bytes or is over the size limit."""
+    """Return `value` or raise InvalidKey when it is not bytes or is over the size limit."""
     if not isinstance(value, bytes | bytearray):
         raise InvalidKey("invalid value", fields={"value": "must be bytes"})
     if len(value) > MAX_VALUE_BYTES:
@@ -217,14 +217,14 @@ def check_value(value: bytes) -> bytes:
 
 
 def check_ttl(ttl: float | None) -> float | None:
-    """check_ttl returns `ttl` or raises InvalidKey when it is not a positive number of seconds."""
+    """Return `ttl` or raise InvalidKey when it is not a positive number of seconds."""
     if ttl is not None and not ttl > 0:
         raise InvalidKey("invalid ttl", fields={"ttl": "must be a positive number of seconds"})
     return ttl
 
 
 def ttl_millis(ttl: float) -> int:
-    """ttl_millis returns a valid `ttl` in whole milliseconds (rounded up), or raises InvalidKey.
+    """Return a valid `ttl` in whole milliseconds (rounded up), or raise InvalidKey.
 
     Drivers use it to refuse infinite or absurdly long TTLs that `check_ttl` lets through.
     """
@@ -235,14 +235,14 @@ def ttl_millis(ttl: float) -> int:
 
 
 def check_page_size(page_size: int) -> int:
-    """check_page_size returns `page_size` or raises InvalidKey when it is outside 1..MAX_PAGE_SIZE."""
+    """Return `page_size` or raise InvalidKey when it is outside 1..MAX_PAGE_SIZE."""
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise InvalidKey("invalid page size", fields={"page_size": f"must be between 1 and {MAX_PAGE_SIZE}"})
     return page_size
 
 
 def check_operation(op: Operation) -> Operation:
-    """check_operation validates every part of one `commit` operation."""
+    """Validate every part of one `commit` operation."""
     check_collection(op.collection)
     check_key(op.key)
     if isinstance(op, Create | Replace):
@@ -252,7 +252,7 @@ def check_operation(op: Operation) -> Operation:
 
 
 def check_commit(operations: Sequence[Operation]) -> list[Operation]:
-    """check_commit validates every operation of a `commit` and rejects a key named twice.
+    """Validate every operation of a `commit` and reject a key named twice.
 
     Conditions are all checked against the state before the commit, so two operations on one key would have
     no clear meaning; drivers rely on the keys being distinct.
@@ -267,21 +267,21 @@ def check_commit(operations: Sequence[Operation]) -> list[Operation]:
 
 
 def check_amount(amount: int) -> int:
-    """check_amount returns `amount` or raises InvalidKey when it is not a signed 64-bit integer."""
+    """Return `amount` or raise InvalidKey when it is not a signed 64-bit integer."""
     if isinstance(amount, bool) or not isinstance(amount, int) or not _INT64_MIN <= amount <= _INT64_MAX:
         raise InvalidKey("invalid amount", fields={"amount": "must be a signed 64-bit integer"})
     return amount
 
 
 def check_counter(value: int) -> int:
-    """check_counter returns a counter's new `value` or raises InvalidKey when it leaves the 64-bit range."""
+    """Return a counter's new `value` or raise InvalidKey when it leaves the 64-bit range."""
     if not _INT64_MIN <= value <= _INT64_MAX:
         raise InvalidKey("invalid increment", fields={"amount": "the counter would overflow 64 bits"})
     return value
 
 
 def check_namespace(namespace: str) -> str:
-    """check_namespace returns `namespace` or raises InvalidStoreConfig: a service name usable as a file name.
+    """Return `namespace` or raise InvalidStoreConfig: a service name usable as a file name.
 
     Letters, digits, '_' and '-' only, so it is safe both as a file name and inside a Redis hash tag.
     """
@@ -294,12 +294,12 @@ def check_namespace(namespace: str) -> str:
 
 
 def encode_page_token(last_key: str) -> str:
-    """encode_page_token turns the last key of a page into the opaque token that resumes after it."""
+    """Turn the last key of a page into the opaque token that resumes after it."""
     return base64.urlsafe_b64encode(last_key.encode("utf-8")).decode("ascii").rstrip("=")
 
 
 def decode_page_token(page_token: str) -> str | None:
-    """decode_page_token returns the key a listing resumes after (None at the start); raises InvalidKey."""
+    """Return the key a listing resumes after (None at the start); raise InvalidKey."""
     if not page_token:
         return None
     try:
@@ -310,7 +310,7 @@ def decode_page_token(page_token: str) -> str | None:
 
 
 class KeyValueStore(abc.ABC):
-    """KeyValueStore is the whole state interface of a kagi service. Drivers: SQLite (embedded) and Redis.
+    """The whole state interface of a kagi service. Drivers: SQLite (embedded) and Redis.
 
     Every method raises StoreUnavailable when the backend is down or too slow; a write that raised was not
     applied, or (for a lost connection after sending) is reported as unavailable and must be retried with the
@@ -319,31 +319,31 @@ class KeyValueStore(abc.ABC):
 
     @abc.abstractmethod
     async def get(self, collection: str, key: str) -> Entry | None:
-        """Get returns the live entry under the key, or None."""
+        """Return the live entry under the key, or None."""
 
     @abc.abstractmethod
     async def create(self, collection: str, key: str, value: bytes, *, ttl: float | None = None) -> Entry:
-        """Create writes a new entry if none is live under the key; otherwise raises KeyExists."""
+        """Write a new entry if none is live under the key; otherwise raise KeyExists."""
 
     @abc.abstractmethod
     async def compare_and_swap(
         self, collection: str, key: str, value: bytes, *, version: int, ttl: float | None = None
     ) -> Entry:
-        """Compare_and_swap replaces the entry if its version is `version`; otherwise raises VersionMismatch.
+        """Replace the entry if its version is `version`; otherwise raise VersionMismatch.
 
         Without `ttl` the entry becomes durable; with it, transient.
         """
 
     @abc.abstractmethod
     async def delete(self, collection: str, key: str, *, version: int | None = None) -> bool:
-        """Delete removes the entry (only at `version` when given) and says whether one was removed.
+        """Remove the entry (only at `version` when given) and say whether one was removed.
 
         A version that does not match raises VersionMismatch.
         """
 
     @abc.abstractmethod
     async def increment(self, collection: str, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
-        """Increment adds `amount` to a counter and returns the new value.
+        """Add `amount` to a counter and return the new value.
 
         A missing or expired counter starts from zero; `ttl` is set when the counter is created and not
         extended by later increments (a fixed window). Read a counter with `get` (value is ASCII decimal).
@@ -351,12 +351,12 @@ class KeyValueStore(abc.ABC):
 
     @abc.abstractmethod
     async def list(self, collection: str, *, page_size: int = 100, page_token: str = "") -> Page:
-        """List returns the durable entries of a collection in key order, one page at a time."""
+        """Return the durable entries of a collection in key order, one page at a time."""
 
     @abc.abstractmethod
     # builtins.list: inside the class body `list` names the method above, not the type.
     async def commit(self, operations: Sequence[Operation]) -> builtins.list[Entry | None]:
-        """Commit applies all operations atomically, or none.
+        """Apply all operations atomically, or none.
 
         Returns, per operation, the written entry (None for a delete). The first failing condition raises
         KeyExists or VersionMismatch, whose `failed` names that operation, and nothing is written.
@@ -364,8 +364,8 @@ class KeyValueStore(abc.ABC):
 
     @abc.abstractmethod
     async def ping(self) -> None:
-        """Ping returns when the backend answers; raises StoreUnavailable otherwise (for readiness checks)."""
+        """Return when the backend answers; raise StoreUnavailable otherwise (for readiness checks)."""
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Close releases connections and threads; the store is unusable afterwards."""
+        """Release connections and thread; the store is unusable afterwards."""

@@ -239,7 +239,7 @@ def _info_field(info: object, name: str) -> str | None:
 
 
 class RedisStore(KeyValueStore):
-    """RedisStore keeps one service's state in Redis under the `kagi:{namespace}:` prefix.
+    """Keeps one service's state in Redis under the `kagi:{namespace}:` prefix.
 
     Commands are never retried by the client: a write whose reply was lost is reported as StoreUnavailable
     rather than silently re-sent (a re-sent create would report KeyExists for its own write); the caller
@@ -298,7 +298,7 @@ class RedisStore(KeyValueStore):
         return f"RedisStore(server={self._where!r}, namespace={self._namespace!r})"
 
     async def get(self, collection: str, key: str) -> Entry | None:
-        """Get returns the live entry under the key, or None."""
+        """Return the live entry under the key, or None."""
         check_collection(collection)
         check_key(key)
         async with self._guard():
@@ -308,24 +308,24 @@ class RedisStore(KeyValueStore):
         return Entry(key, _as_bytes(value), int(_as_bytes(version)))
 
     async def create(self, collection: str, key: str, value: bytes, *, ttl: float | None = None) -> Entry:
-        """Create writes a new entry if none is live under the key; otherwise raises KeyExists."""
+        """Write a new entry if none is live under the key; otherwise raise KeyExists."""
         (entry,) = await self.commit([Create(collection, key, value, ttl)])
         return cast(Entry, entry)
 
     async def compare_and_swap(
         self, collection: str, key: str, value: bytes, *, version: int, ttl: float | None = None
     ) -> Entry:
-        """Compare_and_swap replaces the entry if it is at `version`; otherwise raises VersionMismatch."""
+        """Replace the entry if it is at `version`; otherwise raise VersionMismatch."""
         (entry,) = await self.commit([Replace(collection, key, value, version, ttl)])
         return cast(Entry, entry)
 
     async def delete(self, collection: str, key: str, *, version: int | None = None) -> bool:
-        """Delete removes the entry (only at `version` when given) and says whether one was removed."""
+        """Remove the entry (only at `version` when given) and say whether one was removed."""
         (removed,) = await self._commit(check_commit([Delete(collection, key, version)]))
         return removed == 1
 
     async def increment(self, collection: str, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
-        """Increment adds `amount` to a counter and returns the new value (fixed window `ttl` at creation)."""
+        """Add `amount` to a counter and return the new value (fixed window `ttl` at creation)."""
         check_collection(collection)
         check_key(key)
         check_amount(amount)
@@ -341,7 +341,7 @@ class RedisStore(KeyValueStore):
         raise InvalidKey("the entry is not a counter", fields={"key": "value is not a decimal integer"})
 
     async def list(self, collection: str, *, page_size: int = 100, page_token: str = "") -> Page:
-        """List returns the durable entries of a collection in key order, one page at a time."""
+        """Return the durable entries of a collection in key order, one page at a time."""
         check_collection(collection)
         check_page_size(page_size)
         after = decode_page_token(page_token)
@@ -360,7 +360,7 @@ class RedisStore(KeyValueStore):
         return Page(entries, token)
 
     async def commit(self, operations: Sequence[Operation]) -> builtins.list[Entry | None]:
-        """Commit applies all operations in one Lua script, or none."""
+        """Apply all operations in one Lua script, or none."""
         ops = check_commit(operations)
         results = await self._commit(ops)
         return [
@@ -369,13 +369,13 @@ class RedisStore(KeyValueStore):
         ]
 
     async def ping(self) -> None:
-        """Ping returns when Redis answers; raises StoreUnavailable otherwise, InvalidStoreConfig when the
+        """Return when Redis answers; raise StoreUnavailable otherwise, InvalidStoreConfig when the
         server is not durable (see the module docstring)."""
         async with self._guard():
             await self._client.ping()
 
     async def check_durability(self) -> None:
-        """Check_durability refuses (InvalidStoreConfig, for good) a server without AOF or with eviction.
+        """Refuse (InvalidStoreConfig, for good) a server without AOF or with eviction.
 
         A server that cannot be reached raises StoreUnavailable and is checked again on the next call.
         """
@@ -421,7 +421,7 @@ class RedisStore(KeyValueStore):
         return problems
 
     async def close(self) -> None:
-        """Close closes every pooled connection; the store is unusable afterwards."""
+        """Close every pooled connection; the store is unusable afterwards."""
         if self._closed:
             return
         self._closed = True

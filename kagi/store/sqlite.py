@@ -73,7 +73,7 @@ _Outcome = Entry | bool
 
 
 class SQLiteStore(KeyValueStore):
-    """SQLiteStore keeps one service's state in a SQLite file; several processes may share the file.
+    """Keeps one service's state in a SQLite file; several processes may share the file.
 
     One worker thread owns the connection and runs every call, so the connection is never shared between
     threads. Writes take the file's write lock up front (`BEGIN IMMEDIATE`) and wait for it at most
@@ -109,31 +109,31 @@ class SQLiteStore(KeyValueStore):
 
     @property
     def path(self) -> Path:
-        """Path is the database file."""
+        """Return the database file."""
         return self._path
 
     async def get(self, collection: str, key: str) -> Entry | None:
-        """Get returns the live entry under the key, or None."""
+        """Return the live entry under the key, or None."""
         check_collection(collection)
         check_key(key)
         return await self._run(lambda conn: self._get(conn, collection, key))
 
     async def create(self, collection: str, key: str, value: bytes, *, ttl: float | None = None) -> Entry:
-        """Create writes a new entry if none is live under the key; otherwise raises KeyExists."""
+        """Write a new entry if none is live under the key; otherwise raise KeyExists."""
         return cast(Entry, await self._commit_one(Create(collection, key, value, ttl)))
 
     async def compare_and_swap(
         self, collection: str, key: str, value: bytes, *, version: int, ttl: float | None = None
     ) -> Entry:
-        """Compare_and_swap replaces the entry if it is at `version`; otherwise raises VersionMismatch."""
+        """Replace the entry if it is at `version`; otherwise raise VersionMismatch."""
         return cast(Entry, await self._commit_one(Replace(collection, key, value, version, ttl)))
 
     async def delete(self, collection: str, key: str, *, version: int | None = None) -> bool:
-        """Delete removes the entry (only at `version` when given) and says whether one was removed."""
+        """Remove the entry (only at `version` when given) and say whether one was removed."""
         return cast(bool, await self._commit_one(Delete(collection, key, version)))
 
     async def increment(self, collection: str, key: str, amount: int = 1, *, ttl: float | None = None) -> int:
-        """Increment adds `amount` to a counter and returns the new value (fixed window `ttl` at creation)."""
+        """Add `amount` to a counter and return the new value (fixed window `ttl` at creation)."""
         check_collection(collection)
         check_key(key)
         check_amount(amount)
@@ -144,7 +144,7 @@ class SQLiteStore(KeyValueStore):
         )
 
     async def list(self, collection: str, *, page_size: int = 100, page_token: str = "") -> Page:
-        """List returns the durable entries of a collection in key order, one page at a time."""
+        """Return the durable entries of a collection in key order, one page at a time."""
         check_collection(collection)
         check_page_size(page_size)
         after = decode_page_token(page_token) or ""
@@ -160,7 +160,7 @@ class SQLiteStore(KeyValueStore):
         return Page(entries, token)
 
     async def commit(self, operations: Sequence[Operation]) -> builtins.list[Entry | None]:
-        """Commit applies all operations in one transaction, or none."""
+        """Apply all operations in one transaction, or none."""
         ops = check_commit(operations)
         _check_ttls(ops)
         if not ops:
@@ -169,11 +169,11 @@ class SQLiteStore(KeyValueStore):
         return [o if isinstance(o, Entry) else None for o in outcomes]
 
     async def ping(self) -> None:
-        """Ping returns when the file can be opened and read; raises StoreUnavailable otherwise."""
+        """Return when the file can be opened and read; raise StoreUnavailable otherwise."""
         await self._run(lambda conn: conn.execute("SELECT value FROM meta WHERE name = 'version'").fetchone())
 
     async def close(self) -> None:
-        """Close closes the connection and stops the worker thread; the store is unusable afterwards."""
+        """Close the connection and stop the worker thread; the store is unusable afterwards."""
         if self._closed:
             return
         self._closed = True

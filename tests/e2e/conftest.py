@@ -14,7 +14,7 @@ from tests.integration.gateway.gateway_support import GatewayStack, open_gateway
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[GatewayStack]:
-    """Stack is CA, OTP and enrollment services with the gateway in front, on free loopback ports."""
+    """Return CA, OTP and enrollment services with the gateway in front, on free loopback ports."""
     running = await open_gateway_stack(tmp_path)
     yield running
     await running.close()
@@ -22,7 +22,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[GatewayStack]:
 
 @pytest.fixture
 async def timed(tmp_path: Path) -> AsyncIterator[tuple[GatewayStack, FakeClock]]:
-    """Timed is the same stack with the services on a FakeClock, so a test steps one-time-password windows."""
+    """Return the same stack with the services on a FakeClock, so a test steps one-time-password windows."""
     clock = FakeClock(time.time())
     running = await open_gateway_stack(tmp_path, clock=clock)
     yield running, clock

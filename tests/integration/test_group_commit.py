@@ -84,7 +84,7 @@ async def in_flight(rounds: Rounds, count: int) -> None:
 
 
 async def start(calls: Sequence[Callable[[], Awaitable[object]]]) -> list[asyncio.Future[object]]:
-    """Start CALLS in this order and return once each has queued (or gone out) in that order."""
+    """CALL in this order and return once each has queued (or gone out) in that order."""
     tasks: list[asyncio.Future[object]] = [asyncio.ensure_future(call()) for call in calls]
     await asyncio.sleep(0)  # ready tasks run in the order they were scheduled
     return tasks

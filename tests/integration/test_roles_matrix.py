@@ -114,7 +114,7 @@ DEV_ROLES = ("ca", "otp", "enrollment", "gateway", "operator")
 
 @dataclass(frozen=True)
 class Outcome:
-    """Outcome is what one call got: the status code name and the ErrorInfo reason ("" when OK)."""
+    """What one call got: the status code name and the ErrorInfo reason ("" when OK)."""
 
     code: str
     reason: str = ""
@@ -125,14 +125,14 @@ class Outcome:
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[GatewayStack]:
-    """Stack is the real CA, OTP and enrollment services (and the gateway) with mTLS on free loopback ports."""
+    """Return the real CA, OTP and enrollment services (and the gateway) with mTLS on free loopback ports."""
     running = await open_gateway_stack(tmp_path)
     yield running
     await running.close()
 
 
 async def callers(stack: GatewayStack, directory: Path) -> dict[str, dict[str, grpc.aio.Channel]]:
-    """Callers are, per caller name, a channel to each component: every role, a customer, and no certificate."""
+    """Return, per caller name, a channel to each component: every role, a customer, and no certificate."""
     credentials: dict[str, TlsFiles] = {}
     for role in Role:
         if role.value in DEV_ROLES:
@@ -158,7 +158,7 @@ async def callers(stack: GatewayStack, directory: Path) -> dict[str, dict[str, g
 
 
 async def call(channel: grpc.aio.Channel, method: MethodDescriptor) -> Outcome:
-    """Call sends the method's empty request; a stream is read up to its first message or error, then cancelled."""
+    """Send the method's empty request; a stream is read up to its first message or error, then cancelled."""
     path = f"/{method.containing_service.full_name}/{method.name}"
     request = GetMessageClass(method.input_type)()
     response_class = GetMessageClass(method.output_type)
@@ -180,7 +180,7 @@ async def call(channel: grpc.aio.Channel, method: MethodDescriptor) -> Outcome:
 
 
 def judge(service: str, method: str, caller: str, outcome: Outcome) -> str | None:
-    """Judge is None when `outcome` is what the policy wants for `caller`, else a line saying what went wrong."""
+    """Return None when `outcome` is what the policy wants for `caller`, else a line saying what went wrong."""
     where = f"{service}/{method} as {caller}: "
     if caller in (CUSTOMER, NO_CERTIFICATE):
         if (outcome.code, outcome.reason) == ("UNAUTHENTICATED", "CALLER_NOT_AUTHENTICATED"):
@@ -205,7 +205,7 @@ def judge(service: str, method: str, caller: str, outcome: Outcome) -> str | Non
 
 
 def undecided_rpcs() -> list[str]:
-    """Undecided_rpcs are the RPCs in the protos the policy does not decide, and policy entries no proto has."""
+    """Return the RPCs in the protos the policy does not decide, and policy entries no proto has."""
     problems = []
     for descriptor, _ in SERVICES:
         methods = {method.name for method in descriptor.methods}

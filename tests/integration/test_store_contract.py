@@ -52,7 +52,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass
 class Backend:
-    """Backend is one driver under test: the store, a way to open a second client, and a way to let time pass."""
+    """One driver under test: the store, a way to open a second client, and a way to let time pass."""
 
     kind: str
     url: str
@@ -62,7 +62,7 @@ class Backend:
     extra: list[KeyValueStore] = field(default_factory=list)
 
     def open_another(self) -> KeyValueStore:
-        """Open_another opens a second, independent client on the same data (closed after the test)."""
+        """Open a second, independent client on the same data (closed after the test)."""
         store = self.opener()
         self.extra.append(store)
         return store
@@ -70,7 +70,7 @@ class Backend:
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> AsyncIterator[Backend]:
-    """Backend opens the driver named by the parameter in a namespace of its own."""
+    """Open the driver named by the parameter in a namespace of its own."""
     opener: Callable[[], KeyValueStore]
     if request.param == "sqlite":
         url = f"sqlite://{tmp_path / 'store.db'}"
@@ -101,17 +101,17 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path, namespace: str
 
 @pytest.fixture
 def store(backend: Backend) -> KeyValueStore:
-    """Store is the driver under test, once per driver."""
+    """Return the driver under test, once per driver."""
     return backend.store
 
 
 def byte_order(keys: list[str]) -> list[str]:
-    """byte_order sorts keys the way both drivers list them: by their UTF-8 bytes."""
+    """Sort keys the way both drivers list them: by their UTF-8 bytes."""
     return sorted(keys, key=lambda k: k.encode("utf-8"))
 
 
 async def list_all(store: KeyValueStore, collection: str, page_size: int, token: str = "") -> tuple[list[Entry], int]:
-    """list_all follows page tokens (from `token`) to the end and returns the entries and pages read."""
+    """Follow page tokens (from `token`) to the end and return the entries and page read."""
     entries: list[Entry] = []
     pages = 0
     while True:

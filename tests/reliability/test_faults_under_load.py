@@ -50,7 +50,7 @@ REDIS_GRACE = 10.0  # a Redis fault's window past readiness (kagi.store.redis no
 
 @dataclass(frozen=True)
 class Plan:
-    """Plan is one tier: how long the load runs between faults and how many rounds of the five faults."""
+    """One tier: how long the load runs between faults and how many rounds of the five faults."""
 
     rounds: int
     warmup: float  # clean load before the first fault (setups must complete for logins to start)
@@ -93,7 +93,7 @@ async def _recovered(recorder: Recorder, fault: Fault, load: Load, plan: Plan) -
 
 
 async def run_faults_under_load(directory: Path, redis: Any, plan: Plan) -> dict[str, Any]:
-    """Run_faults_under_load runs one tier and returns its summary, with the problems it found."""
+    """Run one tier and return its summary, with the problems it found."""
     recorder = Recorder()
     cluster = Cluster(directory, redis, recorder)
     services: TimedServices | None = None
@@ -166,7 +166,7 @@ def _write_report(directory: Path, summary: dict[str, Any]) -> None:
 
 
 def assert_nothing_lost(summary: dict[str, Any]) -> None:
-    """Assert_nothing_lost states what every tier proves about its run."""
+    """State what every tier proves about its run."""
     assert summary["ledger_problems"] == [], "acknowledged operations missing or twice"
     assert summary["late"] == [], "calls that hung past their deadline"
     assert summary["not_outage_answers"] == [], "failures that were not a clear outage answer"

@@ -43,7 +43,7 @@ PROFILE = {
     "confirmation_password": "Kakunin9",
     "confirmation_password_confirmation": "Kakunin9",
 }
-"""PROFILE is step 2's entries but the login ID, which each customer has its own of (see `profile_entries`)."""
+"""Step 2's entries but the login ID, which each customer has its own of (see `profile_entries`)."""
 
 USAGE_START_PASSWORD = "4831"
 COMPANY = "株式会社サンプル"
@@ -114,13 +114,13 @@ def mailed_ids(messages: Sequence[EmailMessage], to: str) -> tuple[str, str] | N
 
 
 def identity(tls_dir: Path, role: str) -> TlsFiles:
-    """Identity is the stack's internal certificate for a role (developer = the operator)."""
+    """Return the stack's internal certificate for a role (developer = the operator)."""
     return TlsFiles(tls_dir / f"{role}.pem", tls_dir / f"{role}-key.pem", tls_dir / "ca.pem")
 
 
 @dataclass
 class Services:
-    """Services reaches running services as each caller the tests play, one cached channel per caller."""
+    """Reaches running services as each caller the tests play, one cached channel per caller."""
 
     targets: dict[str, str]
     tls_dir: Path
@@ -136,22 +136,22 @@ class Services:
         return self.channels[key]
 
     def enrollment(self, role: str = "gateway") -> enrollment_pb2_grpc.EnrollmentServiceStub:
-        """Enrollment is a stub of the enrollment service as `role` (gateway by default)."""
+        """Return a stub of the enrollment service as `role` (gateway by default)."""
         return enrollment_pb2_grpc.EnrollmentServiceStub(self._channel("enrollment", role))
 
     def ca(self, role: str = "developer") -> ca_pb2_grpc.CertificateAuthorityServiceStub:
-        """Ca is a stub of the CA service (as the operator by default)."""
+        """Return a stub of the CA service (as the operator by default)."""
         return ca_pb2_grpc.CertificateAuthorityServiceStub(self._channel("ca", role))
 
     def otp(self, role: str = "developer") -> otp_pb2_grpc.OtpServiceStub:
-        """Otp is a stub of the OTP service (as the operator by default)."""
+        """Return a stub of the OTP service (as the operator by default)."""
         return otp_pb2_grpc.OtpServiceStub(self._channel("otp", role))
 
     async def deliver_mail(self) -> None:
-        """Deliver_mail waits for the services' own outbox sender (a stack in this process is flushed now)."""
+        """Wait for the services' own outbox sender (a stack in this process is flushed now)."""
 
     async def close(self) -> None:
-        """Close closes the stubs' channels."""
+        """Close the stubs' channels."""
         for channel in self.channels.values():
             await channel.close()
         self.channels.clear()
@@ -159,17 +159,17 @@ class Services:
 
 @dataclass
 class Stack(Services):
-    """Stack is a stack running in this process, reached as each caller the tests play."""
+    """A stack running in this process, reached as each caller the tests play."""
 
     dev: RunningStack | None = None
 
     async def deliver_mail(self) -> None:
-        """Deliver_mail flushes the enrollment's outbox to the SMTP server now."""
+        """Flush the enrollment's outbox to the SMTP server now."""
         assert self.dev is not None
         await self.dev.components["enrollment"].deliver_mail_now()
 
     async def close(self) -> None:
-        """Close closes the stubs' channels and stops the services."""
+        """Close the stubs' channels and stop the services."""
         await super().close()
         if self.dev is not None:
             await self.dev.stop(0)
@@ -186,7 +186,7 @@ async def open_stack(state_dir: Path, *, store_url: str = "sqlite:", clock: Cloc
 
 
 def relayed(certificate_pem: str) -> list[tuple[str, str]]:
-    """Relayed is the metadata the gateway sends for a verified client certificate."""
+    """Return the metadata the gateway sends for a verified client certificate."""
     certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
     der = certificate.public_bytes(serialization.Encoding.DER)
     return [
@@ -196,14 +196,14 @@ def relayed(certificate_pem: str) -> list[tuple[str, str]]:
 
 
 def code_for(secret: str, now: float) -> str:
-    """Code_for is the app's current code for a base32 seed (SHA-1, 6 digits, 60 s)."""
+    """Return the app's current code for a base32 seed (SHA-1, 6 digits, 60 s)."""
     key = base64.b32decode(secret + "=" * (-len(secret) % 8))
     return totp(key, now, TotpParameters())
 
 
 @dataclass
 class Customer:
-    """Customer walks the ten steps; each method is one step, in the bank's words."""
+    """Walks the ten steps; each method is one step, in the bank's words."""
 
     stack: Services
     workdir: Path
@@ -227,7 +227,7 @@ class Customer:
 
     @property
     def cert_metadata(self) -> list[tuple[str, str]]:
-        """Cert_metadata is the relayed client certificate of step 5 onwards (before step 4: someone else's)."""
+        """Return the relayed client certificate of step 5 onwards (before step 4: someone else's)."""
         if not self.certificate_pem:
             return [(CLIENT_CERT_SERIAL_HEADER, "1"), (CLIENT_CERT_SHA256_HEADER, "00" * 32)]
         return relayed(self.certificate_pem)
@@ -388,7 +388,7 @@ class Customer:
         return reply
 
     async def complete(self, now: float) -> Customer:
-        """Complete takes all ten steps, the first code being the app's code at `now`."""
+        """Take all ten steps, the first code being the app's code at `now`."""
         await self.register_application()
         for step in (self.step1, self.step2, self.step3, self.step4, self.step5, self.step6, self.step7):
             await step()
@@ -398,11 +398,11 @@ class Customer:
         return self
 
     def users(self, role: str = "gateway") -> user_pb2_grpc.UserServiceStub:
-        """Users is a UserService stub as `role` (the gateway by default)."""
+        """Return a UserService stub as `role` (the gateway by default)."""
         return user_pb2_grpc.UserServiceStub(self.stack._channel("enrollment", role))
 
     async def login(self, password: str = "Passw0rd", *, login_id: str = "") -> upb.AuthenticateResponse:
-        """Login is the gateway's Authenticate with this customer's certificate relayed."""
+        """Return the gateway's Authenticate with this customer's certificate relayed."""
         reply: upb.AuthenticateResponse = await self.users().Authenticate(
             upb.AuthenticateRequest(login_id=login_id or self.login_id, login_password=password),
             metadata=self.cert_metadata,
@@ -410,7 +410,7 @@ class Customer:
         return reply
 
     async def state(self) -> pb.Enrollment:
-        """State reads the enrollment back: with the session token before step 4, the certificate after it
+        """Read the enrollment back: with the session token before step 4, the certificate after it
         (step 4 retires the token)."""
         if self.certificate_pem:
             reply = await self.stack.enrollment().GetEnrollment(

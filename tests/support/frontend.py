@@ -33,12 +33,12 @@ from tests.support.enrollment_flow import Customer, Stack, code_for, open_stack
 from tests.support.identities import issue_internal_identity
 
 FRONTEND = "frontend"
-"""FRONTEND is the role name a bank front-end's stub is cached under (`customer.users(FRONTEND)`)."""
+"""The role name a bank front-end's stub is cached under (`customer.users(FRONTEND)`)."""
 
 
 @asynccontextmanager
 async def running_stack(state_dir: Path, clock: FakeClock) -> AsyncIterator[Stack]:
-    """Running_stack is CA, OTP and enrollment over mTLS on `clock`, with real SMTP; stopped on exit."""
+    """Return CA, OTP and enrollment over mTLS on `clock`, with real SMTP; stopped on exit."""
     stack = await open_stack(state_dir, clock=clock)
     try:
         yield stack
@@ -48,7 +48,7 @@ async def running_stack(state_dir: Path, clock: FakeClock) -> AsyncIterator[Stac
 
 
 async def completed(stack: Stack, workdir: Path, clock: FakeClock) -> Customer:
-    """Completed is a customer who took all ten steps (the first code was the app's code at the clock's now)."""
+    """Return a customer who took all ten steps (the first code was the app's code at the clock's now)."""
     return await Customer(stack, _new_directory(workdir / uuid.uuid4().hex[:8])).complete(clock.now())
 
 
@@ -58,20 +58,20 @@ def _new_directory(directory: Path) -> Path:
 
 
 def next_code(customer: Customer, clock: FakeClock) -> str:
-    """Next_code moves the clock to the next 60-second step and answers the app's code there (codes are single
+    """Move the clock to the next 60-second step and answers the app's code there (codes are single
     use per step)."""
     clock.advance(60)
     return code_for(customer.secret, clock.now())
 
 
 def wrong_code(customer: Customer, clock: FakeClock) -> str:
-    """Wrong_code is a 6-digit code the app shows in no step near now (not even an expired one)."""
+    """Return a 6-digit code the app shows in no step near now (not even an expired one)."""
     near = {code_for(customer.secret, clock.now() + 60 * step) for step in range(-15, 4)}
     return next(c for c in (f"{n:06d}" for n in range(100_000, 1_000_000, 7919)) if c not in near)
 
 
 def self_signed_client_certificate() -> str:
-    """Self_signed_client_certificate is a client-auth certificate of no CA of the bank's, PEM."""
+    """Return a client-auth certificate of no CA of the bank's, PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "self-signed customer")])
     now = time.time()
@@ -91,14 +91,14 @@ def self_signed_client_certificate() -> str:
 
 @dataclass(frozen=True)
 class Frontend:
-    """Frontend is a bank front-end's mTLS identity and its certificate (PEM)."""
+    """A bank front-end's mTLS identity and its certificate (PEM)."""
 
     tls: TlsFiles
     certificate_pem: str
 
 
 async def issue_frontend(stack: Stack, directory: Path) -> Frontend:
-    """Issue_frontend has the operator certify a new key as `frontend` (internal CA) and caches a UserService
+    """Have the operator certify a new key as `frontend` (internal CA) and cach a UserService
     channel with it on the stack, so `customer.users(FRONTEND)` calls as the front-end (closed with the stack)."""
     tls = await issue_internal_identity(stack.ca(), FRONTEND, directory, stack.tls_dir / "ca.pem")
     stack.channels[("enrollment", FRONTEND)] = open_channel(stack.targets["enrollment"], tls, server_name="localhost")
@@ -117,12 +117,12 @@ def _write_identity(directory: Path, chain_pem: str, key_pem: bytes, tls_dir: Pa
 
 
 def frontend_users(stack: Stack) -> user_pb2_grpc.UserServiceStub:
-    """Frontend_users is the UserService stub of the front-end `issue_frontend` made."""
+    """Return the UserService stub of the front-end `issue_frontend` made."""
     return user_pb2_grpc.UserServiceStub(stack.channels[("enrollment", FRONTEND)])
 
 
 def spiffe_id(certificate_file: Path) -> str:
-    """Spiffe_id is the URI SAN of an internal certificate (the first one in the file)."""
+    """Return the URI SAN of an internal certificate (the first one in the file)."""
     certificate = x509.load_pem_x509_certificate(certificate_file.read_bytes())
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     (uri,) = names.get_values_for_type(x509.UniformResourceIdentifier)
@@ -131,7 +131,7 @@ def spiffe_id(certificate_file: Path) -> str:
 
 @dataclass(frozen=True)
 class Refusal:
-    """Refusal is how a call failed: status code, message, and the ErrorInfo/BadRequest details."""
+    """How a call failed: status code, message, and the ErrorInfo/BadRequest details."""
 
     code: grpc.StatusCode
     message: str
@@ -141,7 +141,7 @@ class Refusal:
 
 
 async def refused(call: Awaitable[object]) -> Refusal:
-    """Refused awaits a call that must fail and answers how it failed."""
+    """Await a call that must fail and answers how it failed."""
     try:
         await call
     except grpc.aio.AioRpcError as exc:
@@ -151,33 +151,33 @@ async def refused(call: Awaitable[object]) -> Refusal:
 
 
 def b64url(data: bytes) -> str:
-    """B64url is base64url without padding (RFC 7515 section 2)."""
+    """Return base64url without padding (RFC 7515 section 2)."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def x5t_s256(certificate_pem: str) -> str:
-    """X5t_s256 is RFC 8705's thumbprint of a certificate: base64url(SHA-256(DER))."""
+    """Return RFC 8705's thumbprint of a certificate: base64url(SHA-256(DER))."""
     der = x509.load_pem_x509_certificate(certificate_pem.encode()).public_bytes(serialization.Encoding.DER)
     return b64url(hashlib.sha256(der).digest())
 
 
 @dataclass(frozen=True)
 class VerifiedToken:
-    """VerifiedToken is a JWT joserfc verified: its protected header and its claims."""
+    """A JWT joserfc verified: its protected header and its claims."""
 
     header: dict[str, Any]
     claims: dict[str, Any]
 
 
 async def jwks(stack: Stack, role: str = "gateway") -> dict[str, Any]:
-    """Jwks is the JWK Set GetJwks answers, parsed."""
+    """Return the JWK Set GetJwks answers, parsed."""
     reply = await user_pb2_grpc.UserServiceStub(stack._channel("enrollment", role)).GetJwks(upb.GetJwksRequest())
     parsed: dict[str, Any] = json.loads(reply.jwks_json)
     return parsed
 
 
 def verify_token(token: str, jwk_set: dict[str, Any], now: float) -> VerifiedToken:
-    """Verify_token checks a kagi JWT with joserfc (not the server's PyJWT): ES256 only, signed by the key its
+    """Check a kagi JWT with joserfc (not the server's PyJWT): ES256 only, signed by the key its
     `kid` names (whose RFC 7638 thumbprint is that kid), `aud` kagi, and not expired at `now`."""
     keys = KeySet.import_key_set(cast(Any, jwk_set))
     decoded = jwt.decode(token, keys, algorithms=["ES256"])

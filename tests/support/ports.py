@@ -8,14 +8,14 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    """free_port returns a TCP port on 127.0.0.1 that nothing listens on right now."""
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
 def stable_port() -> int:
-    """stable_port is a free loopback port below the kernel's ephemeral range.
+    """Return a free loopback port below the kernel's ephemeral range.
 
     A port that must stay free for a while (the CA writes the PKI URL into certificates before the gateway binds
     it; a killed or restarted component must get its port back) cannot come from the ephemeral range, where

@@ -66,7 +66,7 @@ TYPES = ("setup_step", "login", "stepup", "revoke", "ocsp")
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """Attempt is one call a client made: its type, when it started and ended, and what it saw."""
+    """One call a client made: its type, when it started and ended, and what it saw."""
 
     kind: str
     detail: str
@@ -84,7 +84,7 @@ class Attempt:
 
 @dataclass(slots=True)
 class Fault:
-    """Fault is one SIGKILL: which component, when it died, when it was started again, when it was ready."""
+    """One SIGKILL: which component, when it died, when it was started again, when it was ready."""
 
     target: str
     killed: float
@@ -95,7 +95,7 @@ class Fault:
 
 @dataclass
 class Recorder:
-    """Recorder keeps every attempt and every fault, on the monotonic clock."""
+    """Keeps every attempt and every fault, on the monotonic clock."""
 
     attempts: list[Attempt] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
@@ -106,16 +106,16 @@ class Recorder:
         self.attempts.append(attempt)
 
     def successes_since(self, moment: float) -> set[str]:
-        """Successes_since is the types with a success that started at or after `moment`."""
+        """Return the types with a success that started at or after `moment`."""
         return {a.kind for a in self.attempts if a.ok and a.start >= moment}
 
 
 class GaveUp(Exception):
-    """GaveUp: an operation still failed when its retry budget ran out (nothing was acknowledged)."""
+    """An operation still failed when its retry budget ran out (nothing was acknowledged)."""
 
 
 class Refused(Exception):
-    """Refused: the system answered an operation with an error that is no outage (kept in the record)."""
+    """The system answered an operation with an error that is no outage (kept in the record)."""
 
     def __init__(self, text: str, outcome: str, after_outage: bool) -> None:
         super().__init__(text)
@@ -135,7 +135,7 @@ async def with_retries(
     deadline: float,
     budget: float,
 ) -> T:
-    """With_retries makes `call` (which must reuse one request id or Idempotency-Key on every try) until it
+    """Make `call` (which must reuse one request id or Idempotency-Key on every try) until it
     succeeds, retrying outage answers after a short backoff until `budget` seconds have passed."""
     first = time.monotonic()
     backoff = 0.1
@@ -166,7 +166,7 @@ async def with_retries(
 
 
 class HttpFailure(Exception):
-    """HttpFailure is an HTTP answer that is not the expected success."""
+    """An HTTP answer that is not the expected success."""
 
     def __init__(self, status: int, message: str, *, outcome: str = "") -> None:
         super().__init__(f"HTTP {status}: {message}")
@@ -178,7 +178,7 @@ class HttpFailure(Exception):
 
 
 class DefaultDeadline(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """DefaultDeadline gives every call without a timeout of its own this many seconds."""
+    """Gives every call without a timeout of its own this many seconds."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -196,7 +196,7 @@ class DefaultDeadline(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[mis
 
 @dataclass
 class TimedServices(Services):
-    """TimedServices reaches the services as Services does, every call with a deadline; the channels retry a
+    """Reaches the services as Services does, every call with a deadline; the channels retry a
     lost connection quickly (the load's clients, not the services, choose that)."""
 
     deadline: float = 5.0
@@ -225,7 +225,7 @@ class TimedServices(Services):
 
 
 class Process:
-    """Process is one `kagi serve <component>` child, with its output in a log file."""
+    """One `kagi serve <component>` child, with its output in a log file."""
 
     def __init__(self, name: str, env: Mapping[str, str], log: Path, ready_url: str) -> None:
         self.name, self.env, self.log, self.ready_url = name, dict(env), log, ready_url
@@ -238,13 +238,13 @@ class Process:
             )
 
     def kill(self) -> None:
-        """Kill sends SIGKILL and reaps the process."""
+        """Send SIGKILL and reap the process."""
         if self.popen is not None and self.popen.poll() is None:
             self.popen.send_signal(signal.SIGKILL)
             self.popen.wait(timeout=10)
 
     def stop(self) -> None:
-        """Stop asks the process to end (SIGTERM), then kills it."""
+        """Ask the process to end (SIGTERM), then kill it."""
         if self.popen is not None and self.popen.poll() is None:
             self.popen.terminate()
             try:
@@ -253,7 +253,7 @@ class Process:
                 self.kill()
 
     async def wait_ready(self, within: float = 30.0) -> None:
-        """Wait_ready polls /readyz on the management listener until it answers 200."""
+        """Poll /readyz on the management listener until it answers 200."""
         deadline = time.monotonic() + within
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
             while time.monotonic() < deadline:
@@ -270,7 +270,7 @@ class Process:
 
 @dataclass
 class Cluster:
-    """Cluster is the four `kagi serve` processes on one Redis, and the SMTP server their mail goes to."""
+    """The four `kagi serve` processes on one Redis, and the SMTP server their mail goes to."""
 
     directory: Path
     redis: Any  # tests/conftest.py RedisServer
@@ -282,7 +282,7 @@ class Cluster:
     env: dict[str, str] = field(default_factory=dict)
 
     async def start(self, extra: Mapping[str, str] | None = None) -> None:
-        """Start creates the dev PKI in Redis and starts the CA, OTP, enrollment and the gateway, each ready."""
+        """Create the dev PKI in Redis and start the CA, OTP, enrollment and the gateway, each ready."""
         names = (*COMPONENTS, "gateway_http", *(f"{c}_management" for c in COMPONENTS))
         self.ports = {name: stable_port() for name in names}
         state = self.directory / "state"
@@ -316,7 +316,7 @@ class Cluster:
         return f"http://127.0.0.1:{self.ports['gateway_http']}/pki/ocsp"
 
     async def kill_and_restart(self, target: str, down: float) -> Fault:
-        """Kill_and_restart SIGKILLs a component (or Redis), leaves it down `down` seconds, starts it again on
+        """SIGKILL a component (or Redis), leaves it down `down` seconds, starts it again on
         the same port, and returns once it is ready (for Redis: answers PING, and every component is ready)."""
         fault = Fault(target, time.monotonic())
         if target == "redis":
@@ -347,7 +347,7 @@ class Cluster:
 
 @dataclass
 class LoadCustomer(Customer):
-    """LoadCustomer is a Customer whose acknowledged steps are written in the ledger."""
+    """A Customer whose acknowledged steps are written in the ledger."""
 
     acked_step: int = 0
     serial: str = ""
@@ -365,7 +365,7 @@ class LoadCustomer(Customer):
         """The mail is read by the load (`wait_mail`), after step 7 is acknowledged, not inside the call."""
 
     async def wait_mail(self, within: float) -> bool:
-        """Wait_mail waits for a step-7 mail to this customer's phone address (sent by the services' own sender)
+        """Wait for a step-7 mail to this customer's phone address (sent by the services' own sender)
         with IDs other than those already used."""
         end = time.monotonic() + within
         while time.monotonic() < end:
@@ -397,7 +397,7 @@ class LoadCustomer(Customer):
 
 @dataclass
 class Ledger:
-    """Ledger is what the clients saw acknowledged."""
+    """What the clients saw acknowledged."""
 
     customers: list[LoadCustomer] = field(default_factory=list)
     logins: int = 0
@@ -416,7 +416,7 @@ class Ledger:
 
 @dataclass
 class Load:
-    """Load runs the mixed load against a cluster until `stop` is set."""
+    """Runs the mixed load against a cluster until `stop` is set."""
 
     cluster: Cluster
     services: TimedServices
@@ -440,7 +440,7 @@ class Load:
         return await with_retries(self.recorder, kind, detail, call, deadline=self.deadline, budget=self.budget)
 
     async def run(self) -> None:
-        """Run starts every worker and returns when `stop` is set and they have finished what they were doing."""
+        """Start every worker and return when `stop` is set and they have finished what they were doing."""
         reply = await self._op(
             "ocsp", "ca-certificates", lambda: self.services.ca().GetCaCertificates(ca_pb2.GetCaCertificatesRequest())
         )
@@ -670,7 +670,7 @@ class Load:
 
 
 async def verify(services: TimedServices, ledger: Ledger) -> list[str]:
-    """Verify reads every acknowledged operation back from the services; it returns what is missing or twice.
+    """Read every acknowledged operation back from the services; it returns what is missing or twice.
 
     - every acknowledged step: the enrollment is at that step or later (read with the session token before
       step 4, the relayed certificate after it, as the design allows);
@@ -729,24 +729,24 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def in_window(attempt: Attempt, faults: list[Fault]) -> bool:
-    """In_window: the attempt overlaps a fault window (from the kill to the window's end)."""
+    """The attempt overlaps a fault window (from the kill to the window's end)."""
     return any(attempt.start <= f.window_end and attempt.end >= f.killed for f in faults)
 
 
 def hit_by_faults(attempts: list[Attempt], faults: list[Fault]) -> set[int]:
-    """Hit_by_faults is the operations a fault reached: one of their tries overlapped a fault window. Their later
+    """Return the operations a fault reached: one of their tries overlapped a fault window. Their later
     tries belong to the fault too (a request id a killed process had claimed stays claimed until its claim
     expires: the retries meanwhile are told ABORTED, "still in progress")."""
     return {a.op for a in attempts if in_window(a, faults)}
 
 
 def faulted(attempt: Attempt, hit: set[int]) -> bool:
-    """Faulted: the attempt belongs to an operation a fault reached."""
+    """The attempt belongs to an operation a fault reached."""
     return attempt.op in hit
 
 
 def summarize(recorder: Recorder, ledger: Ledger) -> dict[str, Any]:
-    """Summarize is the run's figures: per type the acknowledged rate, p50/p99 of the successful calls outside
+    """Return the run's figures: per type the acknowledged rate, p50/p99 of the successful calls outside
     the fault windows and the error rate inside and outside them; per fault the outcomes clients saw and the
     time from the kill to the first success of each type (of a call started after the kill)."""
     duration = recorder.stopped - recorder.started
@@ -820,7 +820,7 @@ def summarize(recorder: Recorder, ledger: Ledger) -> dict[str, Any]:
 
 
 def format_report(summary: Mapping[str, Any]) -> str:
-    """Format_report is the summary as the tables docs/reliability.md shows."""
+    """Return the summary as the tables docs/reliability.md shows."""
     lines = [
         f"duration {summary['duration_s']} s, {summary['attempts']} calls; setups {summary['setups_started']} "
         f"started, {summary['setups_completed']} completed; {summary['certificates']} certificates, "

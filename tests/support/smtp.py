@@ -15,7 +15,7 @@ from tests.support.ports import free_port
 
 
 class Inbox:
-    """Inbox is an aiosmtpd handler that parses and keeps every delivered message."""
+    """An aiosmtpd handler that parses and keeps every delivered message."""
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
@@ -28,7 +28,7 @@ class Inbox:
 
 
 class SmtpServer:
-    """SmtpServer runs aiosmtpd on 127.0.0.1; with `tls` it offers STARTTLS and requires login over it."""
+    """Runs aiosmtpd on 127.0.0.1; with `tls` it offers STARTTLS and requires login over it."""
 
     def __init__(
         self, *, port: int | None = None, tls: ssl.SSLContext | None = None, login: tuple[str, str] | None = None
@@ -53,12 +53,12 @@ class SmtpServer:
         self._controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port, **kwargs)
 
     def start(self) -> SmtpServer:
-        """Start begins listening."""
+        """Begin listening."""
         self._controller.start()
         return self
 
     def stop(self) -> None:
-        """Stop closes the server."""
+        """Close the server."""
         self._controller.stop()
 
     def environment(self) -> dict[str, str]:

@@ -17,17 +17,17 @@ from kagi.runtime.settings import TlsFiles
 
 @dataclass(frozen=True)
 class Issued:
-    """Issued is a certificate with its key."""
+    """A certificate with its key."""
 
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey
 
     def pem(self) -> bytes:
-        """Pem is the certificate in PEM."""
+        """Return the certificate in PEM."""
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
     def key_pem(self) -> bytes:
-        """Key_pem is the private key, unencrypted PKCS#8 PEM (test material only)."""
+        """Return the private key, unencrypted PKCS#8 PEM (test material only)."""
         return self.key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
@@ -72,14 +72,14 @@ class TestPki:
 
     @classmethod
     def create(cls) -> TestPki:
-        """Create makes a fresh hierarchy."""
+        """Make a fresh hierarchy."""
         root = _build("test root", None, ca=True, sans=[])
         return cls(
             root, _build("test internal", root, ca=True, sans=[]), _build("test customer", root, ca=True, sans=[])
         )
 
     def service(self, role: str) -> Issued:
-        """Service issues an internal certificate for spiffe://kagi.internal/<role>, valid for localhost."""
+        """Issue an internal certificate for spiffe://kagi.internal/<role>, valid for localhost."""
         sans: list[x509.GeneralName] = [
             x509.UniformResourceIdentifier(f"spiffe://kagi.internal/{role}"),
             x509.DNSName("localhost"),
@@ -89,11 +89,11 @@ class TestPki:
         return _build(role, self.internal, ca=False, sans=sans)
 
     def customer_leaf(self, user: str) -> Issued:
-        """Customer_leaf issues a customer-CA certificate with no SPIFFE ID."""
+        """Issue a customer-CA certificate with no SPIFFE ID."""
         return _build(user, self.customer, ca=False, sans=[x509.UniformResourceIdentifier(f"urn:kagi:user:{user}")])
 
     def write(self, directory: Path, name: str, leaf: Issued, issuer: Issued) -> TlsFiles:
-        """Write stores leaf+chain, key and the root bundle under `directory` and names them."""
+        """Store leaf+chain, key and the root bundle under `directory` and names them."""
         directory.mkdir(parents=True, exist_ok=True)
         cert_file, key_file, ca_file = directory / f"{name}.pem", directory / f"{name}-key.pem", directory / "roots.pem"
         cert_file.write_bytes(leaf.pem() + issuer.pem())

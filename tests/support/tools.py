@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def tool(name: str) -> str:
-    """Tool returns the path of a program: beside this interpreter (installed by the dev extras) or on PATH.
+    """Return the path of a program: beside this interpreter (installed by the dev extras) or on PATH.
 
     A missing program fails the test with the package to install; it is never silently skipped.
     """
@@ -23,7 +23,7 @@ def tool(name: str) -> str:
 
 
 async def run(argv: list[str], *, stdin: bytes | None = None, env: dict[str, str] | None = None) -> str:
-    """Run executes a program without blocking the event loop (the servers under test share it).
+    """Execute a program without blocking the event loop (the servers under test share it).
 
     Returns its stdout; a non-zero exit fails with the program's stderr.
     """

@@ -12,7 +12,7 @@ from tests.integration.gateway.gateway_support import GatewayStack, open_gateway
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[GatewayStack]:
-    """Stack is CA, OTP and enrollment services with the gateway in front, on free loopback ports."""
+    """Return CA, OTP and enrollment services with the gateway in front, on free loopback ports."""
     running = await open_gateway_stack(tmp_path)
     yield running
     await running.close()

@@ -47,7 +47,7 @@ MOBILE = "phone@example.jp"
 
 @dataclass
 class Answer:
-    """Answer is one HTTP response: status, headers and the JSON body (None when it is not JSON)."""
+    """One HTTP response: status, headers and the JSON body (None when it is not JSON)."""
 
     status: int
     headers: CIMultiDict[str]
@@ -56,13 +56,13 @@ class Answer:
 
     @property
     def reason(self) -> str:
-        """Reason is error.reason of a JSON error body."""
+        """Return error.reason of a JSON error body."""
         return str(self.body["error"]["reason"])
 
 
 @dataclass
 class GatewayStack:
-    """GatewayStack is the running services, the gateway in front of them, and the files clients need."""
+    """The running services, the gateway in front of them, and the files clients need."""
 
     dev: RunningStack
     smtp: SmtpServer
@@ -87,27 +87,27 @@ class GatewayStack:
 
     @property
     def gateway(self) -> GatewayComponent:
-        """Gateway is the running gateway component."""
+        """Return the running gateway component."""
         component: GatewayComponent = self.components["gateway"]
         return component
 
     def target(self, service: str) -> str:
-        """Target is host:port of a service's gRPC port."""
+        """Return host:port of a service's gRPC port."""
         return f"localhost:{self.components[service].port}"
 
     @property
     def https_url(self) -> str:
-        """Https_url is the gateway's HTTPS base URL (by name: the certificate is for localhost)."""
+        """Return the gateway's HTTPS base URL (by name: the certificate is for localhost)."""
         return f"https://localhost:{self.gateway.https_port}"
 
     def management_url(self, component: str = "gateway") -> str:
-        """Management_url is a component's plain-HTTP management listener (/healthz, /readyz, /metrics)."""
+        """Return a component's plain-HTTP management listener (/healthz, /readyz, /metrics)."""
         listener = self.components[component].management
         assert listener is not None, f"{component} has no management listener"
         return f"http://127.0.0.1:{listener.port}"
 
     async def management_get(self, path: str, component: str = "gateway") -> Answer:
-        """Management_get GETs a path on a component's management listener."""
+        """GET a path on a component's management listener."""
         async with (
             aiohttp.ClientSession() as session,
             session.get(self.management_url(component) + path) as response,
@@ -118,16 +118,16 @@ class GatewayStack:
 
     @property
     def http_url(self) -> str:
-        """Http_url is the gateway's plain-HTTP (PKI) base URL."""
+        """Return the gateway's plain-HTTP (PKI) base URL."""
         return f"http://127.0.0.1:{self.gateway.http_port}"
 
     @property
     def root_file(self) -> Path:
-        """Root_file is the root CA certificate clients trust."""
+        """Return the root CA certificate clients trust."""
         return self.pki.root_file
 
     def identity(self, role: str) -> TlsFiles:
-        """Identity is an internal certificate of the stack (developer is the operator)."""
+        """Return an internal certificate of the stack (developer is the operator)."""
         return self.pki.tls("operator" if role == "developer" else role)
 
     def _channel(self, service: str, role: str) -> grpc.aio.Channel:
@@ -136,15 +136,15 @@ class GatewayStack:
         return channel
 
     def ca(self, role: str = "developer") -> ca_pb2_grpc.CertificateAuthorityServiceStub:
-        """Ca is a CA stub as the operator."""
+        """Return a CA stub as the operator."""
         return ca_pb2_grpc.CertificateAuthorityServiceStub(self._channel("ca", role))
 
     def enrollment(self, role: str = "developer") -> enrollment_pb2_grpc.EnrollmentServiceStub:
-        """Enrollment is an enrollment stub as the operator."""
+        """Return an enrollment stub as the operator."""
         return enrollment_pb2_grpc.EnrollmentServiceStub(self._channel("enrollment", role))
 
     async def revoke(self, serial_hex: str) -> None:
-        """Revoke revokes a certificate at the CA as the operator (key compromise: a lost PC)."""
+        """Revoke a certificate at the CA as the operator (key compromise: a lost PC)."""
         await self.ca().RevokeCertificate(
             ca_pb2.RevokeCertificateRequest(
                 request_id=uuid.uuid4().hex,
@@ -177,11 +177,11 @@ class GatewayStack:
         raise AssertionError("the step-7 mail did not arrive")
 
     def client(self, cert: TlsFiles | None = None, **kwargs: Any) -> HttpsClient:
-        """Client is an HTTPS client trusting the root, presenting `cert` when given."""
+        """Return an HTTPS client trusting the root, presenting `cert` when given."""
         return HttpsClient(self.https_url, client_context(self.root_file, cert), **kwargs)
 
     async def stop(self, name: str) -> None:
-        """Stop stops one component (a test taking a backend down)."""
+        """Stop one component (a test taking a backend down)."""
         component = self.components.pop(name, None)
         if component is not None:
             await component.stop(0)
@@ -242,7 +242,7 @@ async def open_gateway_stack(
 
 
 def client_context(root: Path, cert: TlsFiles | None = None) -> ssl.SSLContext:
-    """client_context is a client ssl context trusting `root`, with `cert` as the client certificate."""
+    """Return a client ssl context trusting `root`, with `cert` as the client certificate."""
     context = ssl.create_default_context(cafile=str(root))
     if cert is not None:
         context.load_cert_chain(cert.cert_file, cert.key_file)
@@ -250,7 +250,7 @@ def client_context(root: Path, cert: TlsFiles | None = None) -> ssl.SSLContext:
 
 
 class HttpsClient:
-    """HttpsClient is an aiohttp client with a real ssl context, keeping connections alive between requests."""
+    """An aiohttp client with a real ssl context, keeping connections alive between requests."""
 
     def __init__(self, base: str, context: ssl.SSLContext, *, force_close: bool = False) -> None:
         self.base = base
@@ -261,7 +261,7 @@ class HttpsClient:
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        """Session is the underlying aiohttp session (for requests `request` cannot express)."""
+        """Return the underlying aiohttp session (for requests `request` cannot express)."""
         return self._session
 
     async def request(
@@ -274,7 +274,7 @@ class HttpsClient:
         headers: dict[str, str] | None = None,
         data: bytes | None = None,
     ) -> Answer:
-        """Request sends one request (`body` as JSON) and reads the whole answer."""
+        """Send one request (`body` as JSON) and reads the whole answer."""
         sent = dict(headers or {})
         if bearer is not None:
             sent["Authorization"] = f"Bearer {bearer}"
@@ -290,7 +290,7 @@ class HttpsClient:
             return Answer(response.status, CIMultiDict(response.headers), parsed, raw)
 
     async def close(self) -> None:
-        """Close closes the connections."""
+        """Close the connections."""
         await self._session.close()
 
     async def __aenter__(self) -> HttpsClient:
@@ -302,7 +302,7 @@ class HttpsClient:
 
 @dataclass
 class GatewayCustomer:
-    """GatewayCustomer is one enrollment driven through the gateway's HTTPS API (`Customer` in
+    """One enrollment driven through the gateway's HTTPS API (`Customer` in
     tests.support.enrollment_flow drives the enrollment service's gRPC API, as the gateway does)."""
 
     stack: GatewayStack
@@ -365,7 +365,7 @@ async def curl(
     cert: TlsFiles | None = None,
     headers: dict[str, str] | None = None,
 ) -> Answer:
-    """Curl sends one request with the real curl (a new TLS connection each time) and reads the answer."""
+    """Send one request with the real curl (a new TLS connection each time) and reads the answer."""
     name = uuid.uuid4().hex[:8]
     body_file, header_file = stack.workdir / f"curl-{name}.body", stack.workdir / f"curl-{name}.headers"
     argv = [tool("curl"), "-sS", "--cacert", str(stack.root_file), "-X", method, "-o", str(body_file)]
@@ -390,12 +390,12 @@ async def curl(
 
 
 async def oathtool_code(secret: str, at: float) -> str:
-    """Oathtool_code is the app's code for `secret` at `at`, as oathtool computes it (SHA-1, 6 digits, 60 s)."""
+    """Return the app's code for `secret` at `at`, as oathtool computes it (SHA-1, 6 digits, 60 s)."""
     return (await run([tool("oathtool"), "--totp", "-b", "-s", "60", "-N", f"@{int(at)}", secret])).strip()
 
 
 async def complete_with_curl(stack: GatewayStack, clock: Clock) -> tuple[GatewayCustomer, str]:
-    """Complete_with_curl takes the ten steps (1-4 with the session token, 5-10 with curl and the certificate, the
+    """Take the ten steps (1-4 with the session token, 5-10 with curl and the certificate, the
     first code from oathtool at the services' `clock`); returns the customer and the seed."""
     customer = GatewayCustomer(stack)
     service_id, app_user_id = await customer.through_step7()
@@ -413,7 +413,7 @@ async def complete_with_curl(stack: GatewayStack, clock: Clock) -> tuple[Gateway
 
 
 async def walk_ten_steps(stack: GatewayStack) -> dict[str, str]:
-    """Walk_ten_steps takes the ten steps through the gateway with curl, openssl and oathtool, asserting each
+    """Take the ten steps through the gateway with curl, openssl and oathtool, asserting each
     answer; returns the secrets that went through the gateway, by name."""
     entries, _notice = await stack.register_application()
     work = stack.workdir

@@ -43,7 +43,7 @@ def _ocsp_request_bytes(context: Any, value: Any) -> bytes:
 
 
 class LoopThread:
-    """LoopThread runs the stack's event loop in a thread, since schemathesis calls the API synchronously."""
+    """Runs the stack's event loop in a thread, since schemathesis calls the API synchronously."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -51,11 +51,11 @@ class LoopThread:
         self._thread.start()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run waits for `coroutine` to finish on the stack's loop."""
+        """Wait for `coroutine` to finish on the stack's loop."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=120)
 
     def close(self) -> None:
-        """Close stops the loop and the thread."""
+        """Stop the loop and the thread."""
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
@@ -63,7 +63,7 @@ class LoopThread:
 
 @dataclass
 class FuzzTarget:
-    """FuzzTarget is the running stack and two enrollments the fuzzer aims at: one with a session token, one
+    """The running stack and two enrollments the fuzzer aims at: one with a session token, one
     with a client certificate."""
 
     stack: GatewayStack
@@ -72,7 +72,7 @@ class FuzzTarget:
     document: dict[str, Any]
 
     def transport(self, with_certificate: bool) -> dict[str, Any]:
-        """Transport is how requests reaches the gateway: the root to trust, the customer certificate if asked."""
+        """Return how requests reaches the gateway: the root to trust, the customer certificate if asked."""
         options: dict[str, Any] = {"verify": str(self.stack.root_file)}
         if with_certificate:
             certificate = self.certificate_customer.certificate
@@ -81,7 +81,7 @@ class FuzzTarget:
         return options
 
     def states(self) -> list[tuple[str, str | None, str | None]]:
-        """States reads both enrollments back (state, next step, expiry) through the gateway."""
+        """Read both enrollments back (state, next step, expiry) through the gateway."""
         result = []
         for customer in (self.session_customer, self.certificate_customer):
             # Step 4 retired the certificate customer's session token: its certificate reads the enrollment.
@@ -100,7 +100,7 @@ class FuzzTarget:
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
-    """Target starts the stack on its own loop, makes the two enrollments and loads /openapi.json."""
+    """Start the stack on its own loop, makes the two enrollments and load /openapi.json."""
     runner = LoopThread()
     directory: Path = tmp_path_factory.mktemp("fuzz")
     stack = runner.run(open_gateway_stack(directory))

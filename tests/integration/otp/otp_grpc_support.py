@@ -27,25 +27,25 @@ from services.otp_service.main import OtpComponent, OtpSettings, start_otp
 from tests.support.tools import run, tool
 
 NOW = 1_800_000_030.0
-"""NOW is where the tests' fake clocks start: the middle of a 60-second step."""
+"""Where the tests' fake clocks start: the middle of a 60-second step."""
 PEPPER = b"pepper-for-the-otp-service-tests!"
-"""PEPPER is the tests' 33-byte pepper."""
+"""The tests' 33-byte pepper."""
 KEK_1 = KeyEncryptionKey("k1", bytes(range(32)))
-"""KEK_1 is the first test key-encryption key."""
+"""The first test key-encryption key."""
 KEK_2 = KeyEncryptionKey("k2", bytes(range(100, 132)))
-"""KEK_2 is the key KEK_1 is rotated to."""
+"""The key KEK_1 is rotated to."""
 USAGE_START_PASSWORD = "482916"
-"""USAGE_START_PASSWORD is the usage-start password tokens are created with."""
+"""The usage-start password tokens are created with."""
 ROLES = ("ca", "otp", "enrollment", "gateway", "operator", "frontend")
-"""ROLES are the SPIFFE roles that get a test certificate."""
+"""The SPIFFE roles that get a test certificate."""
 # The password hash only has to behave like argon2id here, not cost what production pays.
 CHEAP_HASHER = PasswordHasher([Pepper("p1", PEPPER)], Argon2Parameters(time_cost=1, memory_cost_kib=256))
-"""CHEAP_HASHER is a peppered argon2id hasher at test cost."""
+"""A peppered argon2id hasher at test cost."""
 
 
 @dataclass
 class Backend:
-    """Backend is one store for a test: its URL for the service, and raw access for inspecting what it holds."""
+    """One store for a test: its URL for the service, and raw access for inspecting what it holds."""
 
     kind: str
     url: str
@@ -54,11 +54,11 @@ class Backend:
 
     @property
     def sqlite_file(self) -> Path:
-        """Sqlite_file is the SQLite database the service writes (for the sqlite backend)."""
+        """Return the SQLite database the service writes (for the sqlite backend)."""
         return self.state_dir / f"{self.namespace}.db"
 
     async def snapshot(self) -> dict[str, bytes]:
-        """Snapshot is every stored entry (name -> value with version), read around the driver; the version counter
+        """Return every stored entry (name -> value with version), read around the driver; the version counter
         is left out, since a claimed-then-released request id moves it without changing any entry."""
         if self.kind == "sqlite":
             if not self.sqlite_file.exists():
@@ -86,7 +86,7 @@ class Backend:
             await client.aclose()
 
     async def raw_bytes(self) -> bytes:
-        """Raw_bytes is everything the store holds for this namespace as bytes on disk or in Redis values.
+        """Return everything the store holds for this namespace as bytes on disk or in Redis values.
 
         SQLite: the database file and its write-ahead log, byte for byte. Redis: every key's name and value,
         plus the append-only files when the server's directory is on this machine.
@@ -126,7 +126,7 @@ def _files_below(directory: Path) -> list[bytes]:
 
 @dataclass
 class OtpCluster:
-    """OtpCluster starts OTP servers on one store and opens clients to them; `close` stops them all."""
+    """Starts OTP servers on one store and opens clients to them; `close` stops them all."""
 
     backend: Backend
     identities: dict[str, TlsFiles]
@@ -141,7 +141,7 @@ class OtpCluster:
         kek: KeyEncryptionKey = KEK_1,
         older: tuple[KeyEncryptionKey, ...] = (),
     ) -> OtpSettings:
-        """Settings are a server's settings on this cluster's store (port 0, mTLS as the otp identity)."""
+        """Return a server's settings on this cluster's store (port 0, mTLS as the otp identity)."""
         return OtpSettings(
             listen=ListenSettings("127.0.0.1", 0, self.identities["otp"]),
             store_url=self.backend.url,
@@ -154,25 +154,25 @@ class OtpCluster:
         )
 
     async def start(self, settings: OtpSettings | None = None) -> OtpComponent:
-        """Start runs one more server (a replica) on the store and returns it."""
+        """Run one more server (a replica) on the store and return it."""
         server = await start_otp(settings or self.settings(), clock=self.clock, hasher=CHEAP_HASHER)
         self.servers.append(server)
         return server
 
     def stub(self, role: str, server: OtpComponent | None = None) -> otp_pb2_grpc.OtpServiceStub:
-        """Stub is a client of `server` (the first one by default) with the internal identity of `role`."""
+        """Return a client of `server` (the first one by default) with the internal identity of `role`."""
         target = server or self.servers[0]
         channel = open_channel(f"localhost:{target.port}", self.identities[role])
         self.channels.append(channel)
         return otp_pb2_grpc.OtpServiceStub(channel)
 
     async def stop(self, server: OtpComponent) -> None:
-        """Stop stops one server."""
+        """Stop one server."""
         self.servers.remove(server)
         await server.stop(0)
 
     async def close(self) -> None:
-        """Close closes every channel and stops every server."""
+        """Close every channel and stop every server."""
         for channel in self.channels:
             await channel.close()
         for server in list(self.servers):
@@ -180,18 +180,18 @@ class OtpCluster:
 
 
 async def oathtool_code(secret_base32: str, when: float) -> str:
-    """oathtool_code is the code OATH Toolkit's oathtool computes for the seed at POSIX time `when`."""
+    """Return the code OATH Toolkit's oathtool computes for the seed at POSIX time `when`."""
     argv = [tool("oathtool"), "--totp=SHA1", "-s", "60", "-d", "6", "-b", secret_base32, "-N", f"@{int(when)}"]
     return (await run(argv)).strip()
 
 
 def seed_bytes(secret_base32: str) -> bytes:
-    """seed_bytes is the raw seed behind its base32 text."""
+    """Return the raw seed behind its base32 text."""
     return base64.b32decode(secret_base32 + "=" * (-len(secret_base32) % 8))
 
 
 def wrong_code(secret_base32: str, when: float) -> str:
-    """wrong_code is a well-formed code that matches no step within twelve steps of `when`."""
+    """Return a well-formed code that matches no step within twelve steps of `when`."""
     key = seed_bytes(secret_base32)
     current = time_step(when, 60)
     near = {hotp(key, current + d) for d in range(-12, 13)}
@@ -200,7 +200,7 @@ def wrong_code(secret_base32: str, when: float) -> str:
 
 @dataclass(frozen=True)
 class RpcFailure:
-    """RpcFailure is what a failed call told the client: status code, message, ErrorInfo and field violations."""
+    """What a failed call told the client: status code, message, ErrorInfo and field violations."""
 
     code: grpc.StatusCode
     message: str
@@ -210,7 +210,7 @@ class RpcFailure:
 
 
 def failure_of(exc: grpc.aio.AioRpcError) -> RpcFailure:
-    """failure_of decodes the rich status a kagi server sends with an error."""
+    """Decode the rich status a kagi server sends with an error."""
     reason, metadata, fields = "", {}, {}
     for key, value in exc.trailing_metadata() or ():
         if key == GRPC_DETAILS_METADATA_KEY:
@@ -228,7 +228,7 @@ def failure_of(exc: grpc.aio.AioRpcError) -> RpcFailure:
 
 
 async def failing(call: Awaitable[object]) -> RpcFailure:
-    """Failing awaits a call that must fail and returns how it failed."""
+    """Await a call that must fail and return how it failed."""
     try:
         await call
     except grpc.aio.AioRpcError as exc:
@@ -238,7 +238,7 @@ async def failing(call: Awaitable[object]) -> RpcFailure:
 
 @dataclass(frozen=True)
 class Provisioned:
-    """Provisioned is a token taken through steps 7-9 over gRPC, with the seed the app received."""
+    """A token taken through steps 7-9 over gRPC, with the seed the app received."""
 
     token_id: str
     service_id: str
@@ -248,7 +248,7 @@ class Provisioned:
 
 
 async def create_pending(cluster: OtpCluster, *, user_id: str = "user-0001") -> pb.Token:
-    """Create_pending creates a token (step 7) over gRPC as the enrollment; it waits for activation."""
+    """Create a token (step 7) over gRPC as the enrollment; it waits for activation."""
     created = await cluster.stub("enrollment").CreateToken(
         pb.CreateTokenRequest(
             user_id=user_id, delivery_email="taro@example.jp", usage_start_password=USAGE_START_PASSWORD
@@ -258,7 +258,7 @@ async def create_pending(cluster: OtpCluster, *, user_id: str = "user-0001") -> 
 
 
 async def provision(cluster: OtpCluster, *, user_id: str = "user-0001", register: bool = True) -> Provisioned:
-    """Provision creates (enrollment), activates (gateway, for the app) and registers a token over gRPC."""
+    """Create (enrollment), activates (gateway, for the app) and register a token over gRPC."""
     gateway = cluster.stub("enrollment")
     token = await create_pending(cluster, user_id=user_id)
     activated = await gateway.ActivateToken(
@@ -287,7 +287,7 @@ async def provision(cluster: OtpCluster, *, user_id: str = "user-0001", register
 
 
 async def gather_outcomes(calls: list[Callable[[], Awaitable[object]]]) -> list[str]:
-    """Gather_outcomes runs calls concurrently and names each outcome: "OK" or the error's reason."""
+    """Run calls concurrently and names each outcome: "OK" or the error's reason."""
 
     async def one(call: Callable[[], Awaitable[object]]) -> str:
         try:
@@ -300,5 +300,5 @@ async def gather_outcomes(calls: list[Callable[[], Awaitable[object]]]) -> list[
 
 
 def with_policy(settings: OtpSettings, **changes: object) -> OtpSettings:
-    """With_policy is `settings` with some policy limits changed."""
+    """Return `settings` with some policy limits changed."""
     return dataclasses.replace(settings, policy=dataclasses.replace(settings.policy, **changes))  # type: ignore[arg-type]

@@ -16,19 +16,19 @@ from tests.support.frontend import running_stack
 
 @pytest.fixture
 def clock() -> FakeClock:
-    """Clock is the services' clock: the real time at the start, then moved only by the test."""
+    """Return the services' clock: the real time at the start, then moved only by the test."""
     return FakeClock(time.time())
 
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
-    """State_dir holds the stack's CA, stores and credentials (kagi admin --state-dir)."""
+    """Hold the stack's CA, stores and credential (kagi admin --state-dir)."""
     return tmp_path / "kagi"
 
 
 @pytest.fixture
 async def stack(state_dir: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
-    """Stack is CA, OTP and enrollment over mTLS on `clock` with real SMTP; `kagi admin` reaches it."""
+    """Return CA, OTP and enrollment over mTLS on `clock` with real SMTP; `kagi admin` reaches it."""
     async with running_stack(state_dir, clock) as running:
         for name in ("ca", "otp", "enrollment"):
             monkeypatch.setenv(f"KAGI_{name.upper()}_TARGET", running.targets[name])
@@ -37,7 +37,7 @@ async def stack(state_dir: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPat
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    """Workdir is the client's side: keys, CSRs and credentials it writes."""
+    """Return the client's side: keys, CSRs and credentials it writes."""
     directory = tmp_path / "client"
     directory.mkdir()
     return directory

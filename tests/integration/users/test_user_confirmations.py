@@ -28,7 +28,7 @@ SUMMARY = "振込先: 株式会社テスト 普通 1234567 / 金額: 1,000,000�
 
 
 class Confirmer:
-    """Confirmer sends ConfirmTransaction as the gateway for one logged-in customer."""
+    """Sends ConfirmTransaction as the gateway for one logged-in customer."""
 
     def __init__(self, customer: Customer, user_id: str, access_token: str) -> None:
         self.customer, self.user_id, self.access_token = customer, user_id, access_token
@@ -48,14 +48,14 @@ class Confirmer:
 
 
 async def logged_in(stack: Stack, workdir: Path, clock: FakeClock) -> Confirmer:
-    """Logged_in is a customer who completed the setup and logged in, ready to confirm."""
+    """Return a customer who completed the setup and logged in, ready to confirm."""
     customer = await completed(stack, workdir, clock)
     session = await customer.login()
     return Confirmer(customer, session.user.user_id, session.access_token)
 
 
 def digest(summary: str) -> str:
-    """Digest is SHA-256 of the summary's UTF-8 bytes, base64url without padding, computed here."""
+    """Return SHA-256 of the summary's UTF-8 bytes, base64url without padding, computed here."""
     return b64url(hashlib.sha256(summary.encode("utf-8")).digest())
 
 

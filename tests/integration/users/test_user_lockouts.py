@@ -22,14 +22,14 @@ SUMMARY = "振込 株式会社テスト 100,000円"
 
 
 async def get_user(customer: Customer, user_id: str) -> upb.User:
-    """Get_user is the operator's view of a user."""
+    """Return the operator's view of a user."""
     reply = await customer.users("developer").GetUser(upb.GetUserRequest(user_id=user_id))
     user: upb.User = reply.user
     return user
 
 
 async def unlock(customer: Customer, user_id: str) -> upb.User:
-    """Unlock is the operator's UnlockUser."""
+    """Return the operator's UnlockUser."""
     reply = await customer.users("developer").UnlockUser(
         upb.UnlockUserRequest(request_id=uuid.uuid4().hex, user_id=user_id)
     )
@@ -38,7 +38,7 @@ async def unlock(customer: Customer, user_id: str) -> upb.User:
 
 
 def step_up(customer: Customer, user_id: str, code: str, access_token: str) -> grpc.aio.UnaryUnaryCall:
-    """Step_up is the gateway's VerifyOtp(STEP_UP) with the customer's certificate relayed."""
+    """Return the gateway's VerifyOtp(STEP_UP) with the customer's certificate relayed."""
     request = upb.VerifyOtpRequest(
         request_id=uuid.uuid4().hex,
         user_id=user_id,
@@ -52,7 +52,7 @@ def step_up(customer: Customer, user_id: str, code: str, access_token: str) -> g
 def confirm(
     customer: Customer, user_id: str, code: str, access_token: str, *, password: str = CONFIRMATION_PASSWORD
 ) -> grpc.aio.UnaryUnaryCall:
-    """Confirm is the gateway's ConfirmTransaction of a new transaction with the customer's certificate."""
+    """Return the gateway's ConfirmTransaction of a new transaction with the customer's certificate."""
     request = upb.ConfirmTransactionRequest(
         user_id=user_id,
         transaction_id=f"txn-{uuid.uuid4().hex}",

@@ -32,7 +32,7 @@ def verify_otp(
     certificate_of: Customer | None = None,
     request_id: str = "",
 ) -> grpc.aio.UnaryUnaryCall:
-    """Verify_otp is the gateway's VerifyOtp: STEP_UP with a token, with a certificate relayed (the customer's
+    """Return the gateway's VerifyOtp: STEP_UP with a token, with a certificate relayed (the customer's
     own unless another is named)."""
     request = upb.VerifyOtpRequest(
         request_id=request_id or uuid.uuid4().hex,
@@ -47,7 +47,7 @@ def verify_otp(
 def confirm(
     customer: Customer, user_id: str, code: str, access_token: str, *, certificate_of: Customer | None = None
 ) -> grpc.aio.UnaryUnaryCall:
-    """Confirm is the gateway's ConfirmTransaction of a new transaction id."""
+    """Return the gateway's ConfirmTransaction of a new transaction id."""
     request = upb.ConfirmTransactionRequest(
         user_id=user_id,
         transaction_id=f"txn-{uuid.uuid4().hex}",

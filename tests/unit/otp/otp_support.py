@@ -15,7 +15,7 @@ FAST_ARGON2 = Argon2Parameters(time_cost=1, memory_cost_kib=256, parallelism=1)
 
 @dataclass(frozen=True)
 class Provisioned:
-    """Provisioned is a token taken through steps 7-9 (or only 7-8), with the raw seed for computing codes."""
+    """A token taken through steps 7-9 (or only 7-8), with the raw seed for computing codes."""
 
     token: Token
     state: VerificationState
@@ -24,13 +24,13 @@ class Provisioned:
 
 
 def code_at(p: Provisioned, when: float) -> str:
-    """code_at is the code the app shows at `when`."""
+    """Return the code the app shows at `when`."""
     params = p.token.params
     return hotp(p.key, time_step(when, params.period), digits=params.digits, algorithm=params.algorithm)
 
 
 def wrong_code(p: Provisioned, when: float) -> str:
-    """wrong_code is a well-formed code that matches no step within twelve steps of `when`."""
+    """Return a well-formed code that matches no step within twelve steps of `when`."""
     params = p.token.params
     current = time_step(when, params.period)
     near = {hotp(p.key, current + d, digits=params.digits, algorithm=params.algorithm) for d in range(-12, 13)}

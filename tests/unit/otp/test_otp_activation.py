@@ -38,14 +38,14 @@ from tests.unit.otp.otp_support import FAST_ARGON2, USAGE_START_PASSWORD
 
 
 class CountingHasher(PasswordHasher):
-    """CountingHasher counts real and dummy verifications, to show unknown IDs cost the same work."""
+    """Counts real and dummy verifications, to show unknown IDs cost the same work."""
 
     def __init__(self, pepper: Pepper) -> None:
         super().__init__([pepper], FAST_ARGON2)
         self.calls: list[str] = []
 
     def verify(self, stored: str, password: str) -> bool:
-        """Verify records the call and verifies."""
+        """Record the call and verify."""
         self.calls.append("verify")
         return super().verify(stored, password)
 
