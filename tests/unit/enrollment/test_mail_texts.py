@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
+from email.message import EmailMessage
 
 import pytest
 
@@ -193,3 +196,26 @@ def test_the_contact_line_is_configured_by_kagi_contact_text(environ: dict[str, 
         }
     )
     assert settings.policy.contact_text == expected
+
+
+@pytest.mark.parametrize("to", ["phone@example.jp", "Taro Yamada <taro@example.co.jp>"])
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_a_sent_mail_reads_back_as_written(name: str, to: str) -> None:
+    """A rendered mail, sent as bytes and parsed again, has the mail's recipient, subject and body (line for line)
+    and the message headers, whether its headers were stored pre-encoded (a plain address) or through the email
+    package (any other)."""
+    mail = BUILDERS[name](at=AT)
+    mail = Mail(to=to, subject=mail.subject, body=mail.body)
+    message = build_message(mail, sender="no-reply@bank.example", now=AT)
+    parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    assert parsed["To"] == to
+    assert parsed["From"] == "no-reply@bank.example"
+    assert parsed["Subject"] == mail.subject
+    assert parsed["Date"] == "Thu, 31 Dec 2026 17:00:00 +0900"
+    assert parsed["Message-ID"].endswith("@bank.example>")
+    assert parsed.get_content_type() == "text/plain"
+    assert parsed.get_content_charset() == "utf-8"
+    assert parsed["Content-Transfer-Encoding"] == "quoted-printable"
+    assert str(parsed.get_content()).splitlines() == mail.body.splitlines()
+    assert all(len(line) <= 78 for line in message.as_string().splitlines())
