@@ -14,16 +14,22 @@ current pepper hashes, older ones still verify, and `needs_rehash` says when a l
 Parameters follow the OWASP Password Storage Cheat Sheet, whose first argon2id configuration is
 m=19 MiB (19456 KiB), t=2, p=1; the other configurations it lists trade memory for passes at the same cost.
 Hashing blocks the calling thread for tens of milliseconds (argon2-cffi releases the GIL while it works), so an
-asyncio caller should run it in a worker thread.
+asyncio caller runs it with `in_kdf_thread`, on the process's KDF threads: one per core.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import hmac
+import os
 import re
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 from argon2 import PasswordHasher as _Argon2Hasher
 from argon2 import Type
@@ -38,6 +44,33 @@ MIN_PEPPER_BYTES = 32
 _PEPPER_ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,32}")
 # The dummy hash only has to cost what a real verification costs; its password is never compared to anything.
 _DUMMY_INPUT = "kagi-dummy-password-for-equal-timing"
+P = ParamSpec("P")
+T = TypeVar("T")
+_kdf_threads: ThreadPoolExecutor | None = None
+_kdf_threads_lock = threading.Lock()
+
+
+def _cores() -> int:
+    """Return how many cores this process may run on (its affinity where the platform tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+async def in_kdf_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run FUNCTION (argon2 work) on the process's KDF threads, one per core, and return its result.
+
+    Every service of the process shares them. More threads than cores would not finish any hash sooner: the
+    hashes would share the cores, and each would cost more CPU, their 19 MiB working sets evicting each other
+    (and the event loop's) from the caches. The event loop stays free meanwhile, as with `asyncio.to_thread`.
+    """
+    global _kdf_threads
+    if _kdf_threads is None:
+        with _kdf_threads_lock:
+            if _kdf_threads is None:
+                _kdf_threads = ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="kagi-kdf")
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_kdf_threads, functools.partial(function, *args, **kwargs))
 
 
 class PasswordHashError(KagiError):

@@ -14,6 +14,7 @@ from kagi.runtime.grpc_server import current_caller
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
+Result = TypeVar("Result")
 
 
 def _without(message: Message, fields: Iterable[str]) -> Message:
@@ -34,6 +35,32 @@ def _clear_paths(message: Message, paths: Iterable[str]) -> None:
             target.ClearField(leaf)
 
 
+def _entry(
+    request: Message,
+    response_type: type[Resp],
+    secret_request: Iterable[str],
+    secret_response: Iterable[str],
+    subject: str,
+) -> tuple[str, str, str, Codec[Resp]]:
+    """Return the request's ledger scope, request id, fingerprint (secrets left out) and answer codec."""
+    secret_request = list(secret_request)
+    secret_response = list(secret_response)
+    request_id = str(getattr(request, "request_id", ""))
+    scope = scope_of(request.DESCRIPTOR.full_name, caller_identity(), subject)
+    unkept = _without(request, secret_request) if secret_request else request
+    print_ = fingerprint(unkept.SerializeToString(deterministic=True))
+
+    def dump(answer: Resp) -> bytes:
+        if not secret_response:
+            return answer.SerializeToString(deterministic=True)
+        stored = response_type()
+        stored.CopyFrom(answer)
+        _clear_paths(stored, secret_response)
+        return stored.SerializeToString(deterministic=True)
+
+    return scope, request_id, print_, Codec[Resp](dump=dump, load=response_type.FromString)
+
+
 async def run_idempotent(
     ledger: IdempotencyLedger,
     request: Req,
@@ -45,7 +72,7 @@ async def run_idempotent(
     subject: str = "",
     before_replay: Callable[[], Awaitable[None]] | None = None,
 ) -> Resp:
-    """run_idempotent runs `action` once per (caller, method, subject, request_id) and replays its answer.
+    """Run `action` once per (caller, method, subject, request_id) and replay its answer.
 
     The caller is the authenticated service identity (its SPIFFE ID); the subject is what the request is about
     (an account, an enrollment and its credential, a token): another caller or another subject reusing a
@@ -56,24 +83,38 @@ async def run_idempotent(
     give it away. Secret response fields (seeds, temporary passwords, session tokens; dotted paths for nested
     ones) are cleared in the stored answer, so a replay never returns a secret a second time.
     """
-    secret_request = list(secret_request_fields)
-    secret_response = list(secret_response_fields)
-    request_id = str(getattr(request, "request_id", ""))
-    scope = scope_of(request.DESCRIPTOR.full_name, caller_identity(), subject)
-    print_ = fingerprint(_without(request, secret_request).SerializeToString(deterministic=True))
-
-    def dump(answer: Resp) -> bytes:
-        stored = response_type()
-        stored.CopyFrom(answer)
-        _clear_paths(stored, secret_response)
-        return stored.SerializeToString(deterministic=True)
-
-    codec = Codec[Resp](dump=dump, load=response_type.FromString)
+    scope, request_id, print_, codec = _entry(
+        request, response_type, secret_request_fields, secret_response_fields, subject
+    )
     return await ledger.run(scope, request_id, print_, action, codec, before_replay=before_replay)
 
 
+async def run_idempotent_in_commit(
+    ledger: IdempotencyLedger,
+    request: Req,
+    action: Callable[[], Awaitable[Result]],
+    answer: Callable[[Result], Resp],
+    response_type: type[Resp],
+    *,
+    secret_request_fields: Iterable[str] = (),
+    secret_response_fields: Iterable[str] = (),
+    subject: str = "",
+    before_replay: Callable[[], Awaitable[None]] | None = None,
+) -> Resp:
+    """Run `action` once per (caller, method, subject, request_id), its answer written by its own commit.
+
+    As `run_idempotent`, for a use case that ends in one atomic commit made through
+    `kagi.idempotency.commit_answering` with its result; `answer` renders that result as the response, both
+    for the stored answer (secret fields cleared) and for this call.
+    """
+    scope, request_id, print_, codec = _entry(
+        request, response_type, secret_request_fields, secret_response_fields, subject
+    )
+    return await ledger.run_in_commit(scope, request_id, print_, action, answer, codec, before_replay=before_replay)
+
+
 def caller_identity() -> str:
-    """caller_identity names the authenticated caller of this RPC for ledger scopes."""
+    """Name the authenticated caller of this RPC for ledger scopes."""
     caller = current_caller()
     if caller.plaintext:
         return "plaintext"
@@ -81,7 +122,8 @@ def caller_identity() -> str:
 
 
 class IdempotentApi:
-    """IdempotentApi gives a gRPC servicer `_once`: each mutation runs once per request_id through `_ledger`."""
+    """Give a gRPC servicer `_once` and `_once_in_commit`: each mutation runs once per request_id through
+    `_ledger`."""
 
     _ledger: IdempotencyLedger
 
@@ -100,6 +142,30 @@ class IdempotentApi:
             self._ledger,
             request,
             action,
+            response_type,
+            secret_request_fields=secret_request,
+            secret_response_fields=secret_response,
+            subject=subject,
+            before_replay=before_replay,
+        )
+
+    async def _once_in_commit(
+        self,
+        request: Message,
+        action: Callable[[], Awaitable[Result]],
+        answer: Callable[[Result], Resp],
+        response_type: type[Resp],
+        *,
+        secret_request: tuple[str, ...] = (),
+        secret_response: tuple[str, ...] = (),
+        subject: str = "",
+        before_replay: Callable[[], Awaitable[None]] | None = None,
+    ) -> Resp:
+        return await run_idempotent_in_commit(
+            self._ledger,
+            request,
+            action,
+            answer,
             response_type,
             secret_request_fields=secret_request,
             secret_response_fields=secret_response,

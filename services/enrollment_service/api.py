@@ -17,6 +17,7 @@ from kagi.idempotency import IdempotencyLedger
 from kagi.runtime.grpc_idempotency import IdempotentApi
 from kagi.runtime.grpc_server import ServiceBinding, relayed_client_address, relayed_client_certificate
 from kagi.runtime.identity import Role, allow
+from services.enrollment_service.app.ports import AppActivation, IssuedCertificate
 from services.enrollment_service.app.use_cases import EnrollmentService, Notice, activation_already_delivered
 from services.enrollment_service.domain.client_certificates import ClientCertificate
 from services.enrollment_service.domain.records import (
@@ -196,15 +197,16 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             "client_address": relayed_client_address(),
         }
 
-        async def act() -> pb.VerifyNoticeResponse:
-            enrollment, session = await self._service.verify_notice(**entries)  # type: ignore[arg-type]
+        def answer(granted: tuple[Enrollment, str]) -> pb.VerifyNoticeResponse:
+            enrollment, session = granted
             return pb.VerifyNoticeResponse(
                 enrollment=enrollment_message(enrollment, self._now()), session_token=session
             )
 
-        return await self._once(
+        return await self._once_in_commit(
             request,
-            act,
+            lambda: self._service.verify_notice(**entries),  # type: ignore[arg-type]
+            answer,
             pb.VerifyNoticeResponse,
             secret_request=("temporary_login_password", "temporary_confirmation_password"),
             secret_response=("session_token",),
@@ -216,8 +218,8 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     async def SubmitProfile(
         self, request: pb.SubmitProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitProfileResponse:
-        async def act() -> pb.SubmitProfileResponse:
-            enrollment, company = await self._service.submit_profile(
+        def act() -> Awaitable[tuple[Enrollment, str]]:
+            return self._service.submit_profile(
                 request.enrollment_id,
                 request.session_token,
                 user_name=request.user_name,
@@ -230,6 +232,9 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
                 confirmation_password=request.confirmation_password,
                 confirmation_password_confirmation=request.confirmation_password_confirmation,
             )
+
+        def answer(submitted: tuple[Enrollment, str]) -> pb.SubmitProfileResponse:
+            enrollment, company = submitted
             summary = pb.ProfileSummary(
                 user_name=enrollment.user_name,
                 email=enrollment.email,
@@ -238,9 +243,10 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             )
             return pb.SubmitProfileResponse(enrollment=enrollment_message(enrollment, self._now()), summary=summary)
 
-        return await self._once(
+        return await self._once_in_commit(
             request,
             act,
+            answer,
             pb.SubmitProfileResponse,
             secret_request=(
                 "session_token",
@@ -256,15 +262,15 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     async def ConfirmRegistration(
         self, request: pb.ConfirmRegistrationRequest, context: grpc.aio.ServicerContext
     ) -> pb.ConfirmRegistrationResponse:
-        async def act() -> pb.ConfirmRegistrationResponse:
-            enrollment = await self._service.confirm_registration(request.enrollment_id, request.session_token)
+        def answer(enrollment: Enrollment) -> pb.ConfirmRegistrationResponse:
             return pb.ConfirmRegistrationResponse(
                 enrollment=enrollment_message(enrollment, self._now()), user_id=enrollment.user_id
             )
 
-        return await self._once(
+        return await self._once_in_commit(
             request,
-            act,
+            lambda: self._service.confirm_registration(request.enrollment_id, request.session_token),
+            answer,
             pb.ConfirmRegistrationResponse,
             secret_request=("session_token",),
             subject=request.enrollment_id,
@@ -274,10 +280,8 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     async def IssueCertificate(
         self, request: pb.IssueCertificateRequest, context: grpc.aio.ServicerContext
     ) -> pb.IssueCertificateResponse:
-        async def act() -> pb.IssueCertificateResponse:
-            enrollment, certificate = await self._service.issue_certificate(
-                request.enrollment_id, request.session_token, request.csr_pem, request.request_id
-            )
+        def answer(issued: tuple[Enrollment, IssuedCertificate]) -> pb.IssueCertificateResponse:
+            enrollment, certificate = issued
             return pb.IssueCertificateResponse(
                 enrollment=enrollment_message(enrollment, self._now()),
                 certificate_pem=certificate.certificate_pem,
@@ -286,9 +290,12 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             )
 
         # A replay of this step (its answer lost) still takes the session token step 4 retired.
-        return await self._once(
+        return await self._once_in_commit(
             request,
-            act,
+            lambda: self._service.issue_certificate(
+                request.enrollment_id, request.session_token, request.csr_pem, request.request_id
+            ),
+            answer,
             pb.IssueCertificateResponse,
             secret_request=("session_token",),
             subject=request.enrollment_id,
@@ -302,13 +309,10 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     ) -> pb.CertificateLoginResponse:
         certificate = relayed_certificate()
 
-        async def act() -> pb.CertificateLoginResponse:
-            enrollment = await self._service.certificate_login(request.enrollment_id, certificate)
-            return pb.CertificateLoginResponse(enrollment=enrollment_message(enrollment, self._now()))
-
-        return await self._once(
+        return await self._once_in_commit(
             request,
-            act,
+            lambda: self._service.certificate_login(request.enrollment_id, certificate),
+            lambda enrollment: pb.CertificateLoginResponse(enrollment=enrollment_message(enrollment, self._now())),
             pb.CertificateLoginResponse,
             subject=_certificate_subject(request.enrollment_id, certificate),
             before_replay=lambda: self._service.check_certificate(request.enrollment_id, certificate),
@@ -319,13 +323,10 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     ) -> pb.PasswordLoginResponse:
         certificate = relayed_certificate()
 
-        async def act() -> pb.PasswordLoginResponse:
-            enrollment = await self._service.password_login(request.enrollment_id, certificate, request.login_password)
-            return pb.PasswordLoginResponse(enrollment=enrollment_message(enrollment, self._now()))
-
-        return await self._once(
+        return await self._once_in_commit(
             request,
-            act,
+            lambda: self._service.password_login(request.enrollment_id, certificate, request.login_password),
+            lambda enrollment: pb.PasswordLoginResponse(enrollment=enrollment_message(enrollment, self._now())),
             pb.PasswordLoginResponse,
             secret_request=("login_password",),
             subject=_certificate_subject(request.enrollment_id, certificate),
@@ -339,8 +340,8 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     ) -> pb.RequestTokenResponse:
         certificate = relayed_certificate()
 
-        async def act() -> pb.RequestTokenResponse:
-            enrollment = await self._service.request_token(
+        def act() -> Awaitable[Enrollment]:
+            return self._service.request_token(
                 request.enrollment_id,
                 certificate,
                 request.request_id,
@@ -349,11 +350,11 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
                 usage_start_password=request.usage_start_password,
                 usage_start_password_confirmation=request.usage_start_password_confirmation,
             )
-            return pb.RequestTokenResponse(enrollment=enrollment_message(enrollment, self._now()))
 
-        return await self._once(
+        return await self._once_in_commit(
             request,
             act,
+            lambda enrollment: pb.RequestTokenResponse(enrollment=enrollment_message(enrollment, self._now())),
             pb.RequestTokenResponse,
             secret_request=("usage_start_password", "usage_start_password_confirmation"),
             subject=_certificate_subject(request.enrollment_id, certificate),
@@ -363,14 +364,16 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     async def ActivateApp(
         self, request: pb.ActivateAppRequest, context: grpc.aio.ServicerContext
     ) -> pb.ActivateAppResponse:
-        async def act() -> pb.ActivateAppResponse:
-            activation = await self._service.activate_app(
+        def act() -> Awaitable[AppActivation]:
+            return self._service.activate_app(
                 service_id=request.service_id,
                 app_user_id=request.user_id,
                 usage_start_password=request.usage_start_password,
                 agreed=request.agreed,
                 request_id=request.request_id,
             )
+
+        def answer(activation: AppActivation) -> pb.ActivateAppResponse:
             return pb.ActivateAppResponse(
                 activation=common_pb2.AppActivation(
                     secret=activation.secret,
@@ -382,9 +385,10 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
                 )
             )
 
-        return await self._once(
+        return await self._once_in_commit(
             request,
             act,
+            answer,
             pb.ActivateAppResponse,
             secret_request=("usage_start_password",),
             secret_response=("activation.secret", "activation.otpauth_uri"),
@@ -395,13 +399,15 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     async def RegisterApp(
         self, request: pb.RegisterAppRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterAppResponse:
-        async def act() -> pb.RegisterAppResponse:
-            enrollment = await self._service.register_app(
+        def act() -> Awaitable[Enrollment | None]:
+            return self._service.register_app(
                 service_id=request.service_id,
                 app_user_id=request.user_id,
                 activation_id=request.activation_id,
                 request_id=request.request_id,
             )
+
+        def answer(enrollment: Enrollment | None) -> pb.RegisterAppResponse:
             state = (
                 pb.Enrollment.State.Value(f"STATE_{enrollment.state.value}")
                 if enrollment is not None
@@ -410,9 +416,10 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             return pb.RegisterAppResponse(state=state)
 
         # The activation ID (high-entropy, from step 8) is this step's credential: it scopes the entry.
-        return await self._once(
+        return await self._once_in_commit(
             request,
             act,
+            answer,
             pb.RegisterAppResponse,
             subject=f"{request.service_id}/{request.user_id}/{request.activation_id}",
         )
@@ -422,15 +429,12 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
     ) -> pb.VerifyFirstCodeResponse:
         certificate = relayed_certificate()
 
-        async def act() -> pb.VerifyFirstCodeResponse:
-            enrollment = await self._service.verify_first_code(
-                request.enrollment_id, certificate, request.otp, request.request_id
-            )
-            return pb.VerifyFirstCodeResponse(enrollment=enrollment_message(enrollment, self._now()))
-
-        return await self._once(
+        return await self._once_in_commit(
             request,
-            act,
+            lambda: self._service.verify_first_code(
+                request.enrollment_id, certificate, request.otp, request.request_id
+            ),
+            lambda enrollment: pb.VerifyFirstCodeResponse(enrollment=enrollment_message(enrollment, self._now())),
             pb.VerifyFirstCodeResponse,
             secret_request=("otp",),
             subject=_certificate_subject(request.enrollment_id, certificate),
@@ -458,19 +462,16 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
         # Before step 4 the session token cancels; from step 4 (the token retired) the relayed certificate.
         certificate = None if request.session_token else relayed_certificate()
 
-        async def act() -> pb.CancelEnrollmentResponse:
-            enrollment = await self._service.cancel(request.enrollment_id, request.session_token, certificate)
-            return pb.CancelEnrollmentResponse(enrollment=enrollment_message(enrollment, self._now()))
-
         async def check() -> None:
             if certificate is not None:
                 await self._service.check_certificate(request.enrollment_id, certificate)
             else:
                 await self._service.check_session(request.enrollment_id, request.session_token)
 
-        return await self._once(
+        return await self._once_in_commit(
             request,
-            act,
+            lambda: self._service.cancel(request.enrollment_id, request.session_token, certificate),
+            lambda enrollment: pb.CancelEnrollmentResponse(enrollment=enrollment_message(enrollment, self._now())),
             pb.CancelEnrollmentResponse,
             secret_request=("session_token",),
             subject=request.enrollment_id,

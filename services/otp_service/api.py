@@ -1,9 +1,11 @@
 """The OTP gRPC API: translates messages to use-case calls and back, and nothing more.
 
-Every mutation but VerifyCode runs through the request_id ledger (`run_idempotent`), with the usage-start
-password kept out of fingerprints and the seed (base32 and otpauth URI) cleared from stored answers, so a replay
-never hands the seed out again. VerifyCode's request_id is honoured inside the verification's own atomic
-commit instead (see `services.otp_service.app.verifier`): same guarantee, one store round trip instead of three.
+Every mutation but VerifyCode runs through the request_id ledger, with the usage-start password kept out of
+fingerprints and the seed (base32 and otpauth URI) cleared from stored answers, so a replay never hands the seed
+out again. CreateToken, ActivateToken and ConfirmRegistration (steps 7-9) write their answer with their own
+commit (`_once_in_commit`); the others claim the id first (`_once`). VerifyCode's request_id is honoured inside
+the verification's own atomic commit instead (see `services.otp_service.app.verifier`): same guarantee, one store
+round trip instead of three.
 
 Domain errors name the domain's fields (`email`, `owner_id`, `user_id`); each RPC renames them to its own
 request's fields (`delivery_email`, `user_id`, `app_user_id`) so a caller is told which of *its* fields is wrong.
@@ -27,7 +29,7 @@ from kagi.otp.v1 import otp_pb2_grpc
 from kagi.runtime.grpc_idempotency import IdempotentApi
 from kagi.runtime.grpc_server import ServiceBinding
 from kagi.runtime.identity import Role, allow
-from services.otp_service.app.use_cases import OtpService
+from services.otp_service.app.use_cases import Activation, OtpService
 from services.otp_service.domain import Algorithm, Token, TokenState
 from services.otp_service.domain.totp import seconds_remaining
 
@@ -138,32 +140,38 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
     async def CreateToken(
         self, request: pb.CreateTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateTokenResponse:
-        async def act() -> pb.CreateTokenResponse:
+        async def act() -> Token:
             with _request_fields({"owner_id": "user_id", "email": "delivery_email"}):
-                token = await self._service.create(
+                return await self._service.create(
                     owner_id=request.user_id,
                     email=request.delivery_email,
                     usage_start_password=request.usage_start_password,
                     algorithm=_algorithm(request.algorithm),
                     digits=request.digits or None,
                 )
-            return pb.CreateTokenResponse(token=self._token(token))
 
-        return await self._once(
-            request, act, pb.CreateTokenResponse, secret_request=("usage_start_password",), subject=request.user_id
+        return await self._once_in_commit(
+            request,
+            act,
+            lambda token: pb.CreateTokenResponse(token=self._token(token)),
+            pb.CreateTokenResponse,
+            secret_request=("usage_start_password",),
+            subject=request.user_id,
         )
 
     async def ActivateToken(
         self, request: pb.ActivateTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.ActivateTokenResponse:
-        async def act() -> pb.ActivateTokenResponse:
+        async def act() -> Activation:
             with _request_fields({"user_id": "app_user_id"}):
-                activation = await self._service.activate(
+                return await self._service.activate(
                     service_id=request.service_id,
                     app_user_id=request.app_user_id,
                     usage_start_password=request.usage_start_password,
                     consent=request.consent,
                 )
+
+        def answer(activation: Activation) -> pb.ActivateTokenResponse:
             seed = activation.seed
             return pb.ActivateTokenResponse(
                 token=self._token(activation.token),
@@ -177,9 +185,10 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
                 ),
             )
 
-        return await self._once(
+        return await self._once_in_commit(
             request,
             act,
+            answer,
             pb.ActivateTokenResponse,
             secret_request=("usage_start_password",),
             secret_response=_SEED_FIELDS,
@@ -189,17 +198,20 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
     async def ConfirmRegistration(
         self, request: pb.ConfirmRegistrationRequest, context: grpc.aio.ServicerContext
     ) -> pb.ConfirmRegistrationResponse:
-        async def act() -> pb.ConfirmRegistrationResponse:
+        async def act() -> Token:
             with _request_fields({"user_id": "app_user_id"}):
-                token = await self._service.confirm_registration(
+                return await self._service.confirm_registration(
                     service_id=request.service_id,
                     app_user_id=request.app_user_id,
                     activation_id=request.activation_id,
                 )
-            return pb.ConfirmRegistrationResponse(token=self._token(token))
 
-        return await self._once(
-            request, act, pb.ConfirmRegistrationResponse, subject=f"{request.service_id}/{request.app_user_id}"
+        return await self._once_in_commit(
+            request,
+            act,
+            lambda token: pb.ConfirmRegistrationResponse(token=self._token(token)),
+            pb.ConfirmRegistrationResponse,
+            subject=f"{request.service_id}/{request.app_user_id}",
         )
 
     async def VerifyCode(

@@ -16,7 +16,7 @@ from typing import Any
 from kagi.clock import Clock
 from kagi.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated
 from kagi.journal import AuditEvent, Change, Journal
-from kagi.passwords import PasswordHasher
+from kagi.passwords import PasswordHasher, in_kdf_thread
 from kagi.store.base import Operation, VersionMismatch
 from kagi.store.races import retry_lost_races
 from services.enrollment_service.app.ports import CertificateAuthority, TokenService
@@ -137,7 +137,7 @@ class CredentialLifecycle:
         validate_new_password(
             login_id=user.login_id, new_password=new_password, new_password_confirmation=new_password_confirmation
         )
-        right = await asyncio.to_thread(self._hasher.verify, user.password_hash(kind), current_password)
+        right = await in_kdf_thread(self._hasher.verify, user.password_hash(kind), current_password)
         if not right:
             failed = await self._update(
                 user_id, lambda u: u.with_failure(kind), actor, "password.change.refused", {"kind": kind.value}
@@ -151,7 +151,7 @@ class CredentialLifecycle:
         """Make a temporary password for a forgotten one (the reset notice); every session ends."""
         check_user_id(user_id)
         temporary = temporary_password()
-        digest = await asyncio.to_thread(self._hasher.hash, temporary)
+        digest = await in_kdf_thread(self._hasher.hash, temporary)
         expires_at = self._clock.now() + self._policy.reset_notice_days * DAY
         ticket = ResetTicket(user_id, kind, digest, expires_at)
 
@@ -186,7 +186,7 @@ class CredentialLifecycle:
         ticket = await self._repo.reset_ticket(user.user_id, kind)
         if ticket is None or ticket.record.expires_at <= self._clock.now():
             raise NotFound(MSG_NO_RESET, reason="NO_RESET_NOTICE")
-        if not await asyncio.to_thread(self._hasher.verify, ticket.record.password_hash, temporary):
+        if not await in_kdf_thread(self._hasher.verify, ticket.record.password_hash, temporary):
             failures = ticket.record.failures + 1
             event = AuditEvent(actor, "password.reset.refused", user.user_id, {"kind": kind.value})
             spent = failures >= MAX_RESET_FAILURES
@@ -229,8 +229,8 @@ class CredentialLifecycle:
     ) -> User:
         other = PasswordKind.CONFIRMATION if kind is PasswordKind.LOGIN else PasswordKind.LOGIN
         same_as_other, digest = await asyncio.gather(
-            asyncio.to_thread(self._hasher.verify, user.password_hash(other), new_password),
-            asyncio.to_thread(self._hasher.hash, new_password),
+            in_kdf_thread(self._hasher.verify, user.password_hash(other), new_password),
+            in_kdf_thread(self._hasher.hash, new_password),
         )
         if same_as_other:
             raise InvalidArgument(
@@ -290,7 +290,7 @@ class CredentialLifecycle:
                 metadata={"renewable_from_days_before_expiry": str(self._policy.renewal_window_days)},
             )
         check_new_key(csr_pem, old.certificate_pem)
-        if not await asyncio.to_thread(self._hasher.verify, user.login_password_hash, login_password):
+        if not await in_kdf_thread(self._hasher.verify, user.login_password_hash, login_password):
             failed = await self._update(
                 user.user_id, lambda u: u.with_login_failure(), actor, "certificate.renew.refused", {}
             )
@@ -404,7 +404,7 @@ class CredentialLifecycle:
         user = current.record
         user.check_usable()
         request = validate_token_request(**entries)
-        right = await asyncio.to_thread(self._hasher.verify, user.confirmation_password_hash, confirmation_password)
+        right = await in_kdf_thread(self._hasher.verify, user.confirmation_password_hash, confirmation_password)
         if not right:
             failed = await self._update(
                 user.user_id, lambda u: u.with_confirmation_failure(), actor, "token.reissue.refused", {}
@@ -444,7 +444,7 @@ class CredentialLifecycle:
             self._repo.user_for_login(login_id), self._repo.certificate_owner(certificate.fingerprint_sha256)
         )
         if found is None or owner is None or owner.user_id != found.record.user_id:
-            await asyncio.to_thread(self._hasher.verify_dummy, login_password)
+            await in_kdf_thread(self._hasher.verify_dummy, login_password)
             raise LoginFailed(MSG_LOGIN_FAILED)
         if not found.record.token_reissue_allowed:
             raise FailedPrecondition(
@@ -454,7 +454,7 @@ class CredentialLifecycle:
             )
         if found.record.lock_reason.value:
             raise UserLocked(MSG_LOCKED, metadata={"lock_reason": found.record.lock_reason.value})
-        if not await asyncio.to_thread(self._hasher.verify, found.record.login_password_hash, login_password):
+        if not await in_kdf_thread(self._hasher.verify, found.record.login_password_hash, login_password):
             # The user's own certificate with a wrong password: it counts, as at login.
             failed = await self._update(
                 found.record.user_id, lambda u: u.with_login_failure(), "gateway", "token.reissue.refused", {}

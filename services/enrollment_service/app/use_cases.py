@@ -2,7 +2,9 @@
 
 Each step reads the enrollment with its version, checks the caller's credential and that the state allows the
 step (before calling the CA or the OTP service, so a wrong-state call has no side effect), does its work, and
-writes everything it changed in one atomic commit conditioned on the version it read.
+writes everything it changed in one atomic commit conditioned on the version it read. That commit also writes
+the request id's answer (kagi.idempotency.commit_answering with the step's result), so a step and its answer
+land together or not at all.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from kagi.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from kagi.idempotency import acting_request
-from kagi.passwords import PasswordHasher
+from kagi.idempotency import acting_request, commit_answering
+from kagi.passwords import PasswordHasher, in_kdf_thread
 from kagi.runtime.failpoints import failpoint
 from kagi.store.base import KeyExists, Operation, VersionMismatch
 from kagi.store.races import retry_lost_races
@@ -123,8 +125,8 @@ def activation_already_delivered() -> FailedPrecondition:
 
 
 def _answered(current: Versioned[Enrollment]) -> bool:
-    """Tell whether the running request already wrote this enrollment: its step is done, and only the answer was
-    lost (a crash between the step's write and the ledger's); the step then answers from the record."""
+    """Tell whether the running request already wrote this enrollment: its step is done and the call is a twin
+    (a concurrent call with the same request id) or its stored answer is gone; the step answers from the record."""
     acting = acting_request.get()
     return bool(acting) and current.record.last_request == acting
 
@@ -179,7 +181,7 @@ class EnrollmentService:
         )
         login, confirmation = temporary_password(), temporary_password()
         login_hash, confirmation_hash = await asyncio.gather(
-            asyncio.to_thread(self._hasher.hash, login), asyncio.to_thread(self._hasher.hash, confirmation)
+            in_kdf_thread(self._hasher.hash, login), in_kdf_thread(self._hasher.hash, confirmation)
         )
         now = self._clock.now()
         application = Application(
@@ -315,12 +317,13 @@ class EnrollmentService:
                 expiring_entry(enrollment),
                 put_application(granted, application.version),
             ]
+            granted_step = (enrollment, token)
             try:
-                await self._repo.commit(operations)
+                await commit_answering(self._repo.commit, operations, granted_step)
             except KeyExists:
                 # The new enrollment's own keys: nothing a retry could change.
                 raise ConcurrentChange("the enrollment changed concurrently; retry") from None
-            return enrollment, token
+            return granted_step
 
         return await retry_lost_races(grant, what="the application")
 
@@ -347,14 +350,14 @@ class EnrollmentService:
         if found is None:
             # Cost the same as a real check (both passwords), and answer the same: accounts cannot be probed.
             await asyncio.gather(
-                asyncio.to_thread(self._hasher.verify_dummy, temporary_login_password),
-                asyncio.to_thread(self._hasher.verify_dummy, temporary_confirmation_password),
+                in_kdf_thread(self._hasher.verify_dummy, temporary_login_password),
+                in_kdf_thread(self._hasher.verify_dummy, temporary_confirmation_password),
             )
             await self._notice_failed(None, client_address)
         assert found is not None  # _notice_failed always raises
         login_ok, confirmation_ok = await asyncio.gather(
-            asyncio.to_thread(self._hasher.verify, found.record.temporary_login_hash, temporary_login_password),
-            asyncio.to_thread(
+            in_kdf_thread(self._hasher.verify, found.record.temporary_login_hash, temporary_login_password),
+            in_kdf_thread(
                 self._hasher.verify, found.record.temporary_confirmation_hash, temporary_confirmation_password
             ),
         )
@@ -430,8 +433,8 @@ class EnrollmentService:
         if await self._repo.login_id_taken(profile.login_id):
             raise InvalidArgument("入力内容に誤りがあります", reason="LOGIN_ID_TAKEN", fields={"login_id": MSG_TAKEN})
         login_hash, confirmation_hash = await asyncio.gather(
-            asyncio.to_thread(self._hasher.hash, profile.login_password),
-            asyncio.to_thread(self._hasher.hash, profile.confirmation_password),
+            in_kdf_thread(self._hasher.hash, profile.login_password),
+            in_kdf_thread(self._hasher.hash, profile.confirmation_password),
         )
         advanced = enrollment.advanced(
             Step.SUBMIT_PROFILE,
@@ -443,9 +446,10 @@ class EnrollmentService:
             login_password_hash=login_hash,
             confirmation_password_hash=confirmation_hash,
         )
-        await self._write([put_enrollment(advanced, current.version)])
         application = await self._repo.application(enrollment.application_id)
-        return advanced, application.record.company_name
+        answer = (advanced, application.record.company_name)
+        await self._write_step([put_enrollment(advanced, current.version)], answer)
+        return answer
 
     async def confirm_registration(self, enrollment_id: str, session: str) -> Enrollment:
         """Step 3: create the user, reserve the login ID and spend the notice."""
@@ -482,7 +486,7 @@ class EnrollmentService:
             put_enrollment(advanced, current.version),
         ]
         try:
-            await self._repo.commit(operations)
+            await commit_answering(self._repo.commit, operations, advanced)
         except KeyExists:
             raise InvalidArgument(
                 "入力内容に誤りがあります", reason="LOGIN_ID_TAKEN", fields={"login_id": MSG_TAKEN}
@@ -557,15 +561,14 @@ class EnrollmentService:
         spent: list[Operation] = []
         if enrollment.kind is Kind.REISSUE:
             spent = [put_application(application.record.spent(enrollment.enrollment_id), application.version)]
+        operations = [
+            *spent,
+            put_enrollment(advanced, current.version),
+            certificate_owner_record(advanced.certificate_fingerprint, owner),
+            put_certificate_expiry(expiry, None),
+        ]
         try:
-            await self._repo.commit(
-                [
-                    *spent,
-                    put_enrollment(advanced, current.version),
-                    certificate_owner_record(advanced.certificate_fingerprint, owner),
-                    put_certificate_expiry(expiry, None),
-                ]
-            )
+            await commit_answering(self._repo.commit, operations, (advanced, certificate))
         except (VersionMismatch, KeyExists):
             return await self._certificate_write_lost(enrollment_id, certificate)
         return advanced, certificate
@@ -598,7 +601,7 @@ class EnrollmentService:
         if status is not CertificateStatus.GOOD:
             raise PermissionDenied(f"the certificate is {status.value.lower()}", reason="CERTIFICATE_NOT_GOOD")
         advanced = current.record.advanced(Step.CERTIFICATE_LOGIN, self._clock.now(), self._policy.idle_seconds)
-        await self._write([put_enrollment(advanced, current.version)])
+        await self._write_step([put_enrollment(advanced, current.version)], advanced)
         return advanced
 
     async def password_login(self, enrollment_id: str, certificate: ClientCertificate, password: str) -> Enrollment:
@@ -610,7 +613,7 @@ class EnrollmentService:
         transition(enrollment.state, Step.PASSWORD_LOGIN, enrollment.kind)
         if not password:
             raise InvalidArgument("the login password is required", fields={"login_password": "required"})
-        if await asyncio.to_thread(self._hasher.verify, enrollment.login_password_hash, password):
+        if await in_kdf_thread(self._hasher.verify, enrollment.login_password_hash, password):
             now = self._clock.now()
             advanced = enrollment.advanced(Step.PASSWORD_LOGIN, now, self._policy.idle_seconds, password_failures=0)
             operations: list[Operation] = [put_enrollment(advanced, current.version)]
@@ -623,7 +626,7 @@ class EnrollmentService:
                     contact=self._policy.contact_text,
                 )
                 operations.append(outbox_entry(mail, now))
-            await self._write(operations)
+            await self._write_step(operations, advanced)
             return advanced
         failed = enrollment.with_password_failure(self._clock.now())
         await self._write([put_enrollment(failed, current.version)])
@@ -683,13 +686,12 @@ class EnrollmentService:
             at=now,
             contact=self._policy.contact_text,
         )
-        await self._write(
-            [
-                put_enrollment(advanced, current.version),
-                index_app(token.service_id, token.app_user_id, enrollment_id),
-                outbox_entry(mail, now),
-            ]
-        )
+        operations = [
+            put_enrollment(advanced, current.version),
+            index_app(token.service_id, token.app_user_id, enrollment_id),
+            outbox_entry(mail, now),
+        ]
+        await self._write_step(operations, advanced)
         return advanced
 
     # -- steps 8 and 9: the app -------------------------------------------------------------------------------
@@ -699,6 +701,9 @@ class EnrollmentService:
     ) -> AppActivation:
         """Step 8: the OTP service checks the app's entry and delivers the seed, once."""
         current = await self._repo.enrollment_for_app(service_id, app_user_id)
+        if current is not None and _answered(current):
+            # This very request activated the app (a concurrent call with its request id): the secret went out.
+            raise activation_already_delivered()
         if current is not None:
             transition(current.record.current(self._clock.now()).state, Step.ACTIVATE_APP, current.record.kind)
         # With no enrollment the OTP service still answers (the same as for a wrong password).
@@ -714,7 +719,7 @@ class EnrollmentService:
             raise activation_already_delivered()
         if current is not None:
             advanced = current.record.advanced(Step.ACTIVATE_APP, self._clock.now(), self._policy.idle_seconds)
-            await self._write([put_enrollment(advanced, current.version)])
+            await self._write_step([put_enrollment(advanced, current.version)], activation)
         return activation
 
     async def register_app(
@@ -735,7 +740,7 @@ class EnrollmentService:
         if current is None:
             return None
         advanced = current.record.advanced(Step.REGISTER_APP, self._clock.now(), self._policy.idle_seconds)
-        await self._write([put_enrollment(advanced, current.version)])
+        await self._write_step([put_enrollment(advanced, current.version)], advanced)
         return advanced
 
     async def verify_first_code(
@@ -762,13 +767,12 @@ class EnrollmentService:
             at=now,
             contact=self._policy.contact_text,
         )
-        await self._write(
-            [
-                put_enrollment(advanced, current.version),
-                put_user(user.record.completed(enrollment.token_id), user.version),
-                outbox_entry(mail, now),
-            ]
-        )
+        operations = [
+            put_enrollment(advanced, current.version),
+            put_user(user.record.completed(enrollment.token_id), user.version),
+            outbox_entry(mail, now),
+        ]
+        await self._write_step(operations, advanced)
         return advanced
 
     # -- reading and cancelling -------------------------------------------------------------------------------
@@ -805,7 +809,7 @@ class EnrollmentService:
         else:
             current = await self._session_enrollment(enrollment_id, session)
         cancelled = current.record.abandoned(Event.CANCEL, self._clock.now())
-        await self._write([put_enrollment(cancelled, current.version), *abandonment_markers(cancelled)])
+        await self._write_step([put_enrollment(cancelled, current.version), *abandonment_markers(cancelled)], cancelled)
         failpoint("enrollment.after_abandon")
         await self.setups.clean_up_now(enrollment_id)
         return cancelled
@@ -834,7 +838,7 @@ class EnrollmentService:
         """Check step 6's credentials before a replay: the certificate and the password."""
         current = await self._certificate_enrollment(enrollment_id, certificate)
         hashed = current.record.login_password_hash
-        if not password or not hashed or not await asyncio.to_thread(self._hasher.verify, hashed, password):
+        if not password or not hashed or not await in_kdf_thread(self._hasher.verify, hashed, password):
             raise Unauthenticated(
                 "ログインパスワードが正しくありません / the login password is wrong", reason="WRONG_PASSWORD"
             )
@@ -871,5 +875,12 @@ class EnrollmentService:
     async def _write(self, operations: list[Operation]) -> None:
         try:
             await self._repo.commit(operations)
+        except (VersionMismatch, KeyExists):
+            raise ConcurrentChange("the enrollment changed concurrently; retry") from None
+
+    async def _write_step(self, operations: list[Operation], result: object) -> None:
+        """Write a step's changes, and with them the running request's answer to RESULT, the step's return."""
+        try:
+            await commit_answering(self._repo.commit, operations, result)
         except (VersionMismatch, KeyExists):
             raise ConcurrentChange("the enrollment changed concurrently; retry") from None

@@ -19,7 +19,7 @@ from typing import Any
 from kagi.clock import Clock
 from kagi.errors import FailedPrecondition, InvalidArgument, KagiError, ResourceExhausted, Unauthenticated
 from kagi.journal import AuditEvent, Change, Journal
-from kagi.passwords import PasswordHasher
+from kagi.passwords import PasswordHasher, in_kdf_thread
 from kagi.store.base import KeyExists, Operation, VersionMismatch
 from kagi.store.races import retry_lost_races
 from services.enrollment_service.app.ports import (
@@ -168,7 +168,7 @@ class UserSessions:
         self._check_throttle(refusals)
         if found is None or owner is None or owner.user_id != found.record.user_id:
             # Cost what a real check costs; count against the certificate, never against the user.
-            await asyncio.to_thread(self._hasher.verify_dummy, login_password)
+            await in_kdf_thread(self._hasher.verify_dummy, login_password)
             await self._refuse_login(fingerprint, login_id, actor, "unknown login or foreign certificate")
         assert found is not None
         user = found.record
@@ -176,7 +176,7 @@ class UserSessions:
             await self._audit(actor, "login.refused", user.user_id, {"why": "locked"})
             raise UserLocked(MSG_LOCKED, metadata={"lock_reason": user.lock_reason.value})
         right, token_state = await asyncio.gather(
-            asyncio.to_thread(self._hasher.verify, user.login_password_hash, login_password),
+            in_kdf_thread(self._hasher.verify, user.login_password_hash, login_password),
             self._otp.token_state(user.token_id),
         )
         if not right:
@@ -367,7 +367,7 @@ class UserSessions:
         user = current.record
         user.check_usable()
         existing = await self._repo.confirmation(user_id, transaction_id)
-        right = await asyncio.to_thread(self._hasher.verify, user.confirmation_password_hash, confirmation_password)
+        right = await in_kdf_thread(self._hasher.verify, user.confirmation_password_hash, confirmation_password)
         if not right:
             failed = await self.update_user(
                 user_id,

@@ -3,8 +3,8 @@
 Each reads the records it needs with their versions, lets the domain decide, and writes everything that
 changed in one atomic commit conditioned on those versions; a lost race re-reads and re-decides (a bounded
 number of times, then ABORTED CONCURRENT_CHANGE: kagi.store.races). Password hashing (argon2id, tens of
-milliseconds) runs in a worker thread so the event loop keeps serving verifications meanwhile. Verification itself
-lives in `verifier`.
+milliseconds) runs on the process's KDF threads (kagi.passwords.in_kdf_thread) so the event loop keeps serving
+verifications meanwhile. Verification itself lives in `verifier`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import structlog
 
 from kagi.clock import Clock
 from kagi.errors import InvalidArgument
-from kagi.passwords import PasswordHasher
+from kagi.idempotency import commit_answering
+from kagi.passwords import PasswordHasher, in_kdf_thread
 from kagi.store.base import MAX_PAGE_SIZE, Create, Delete, Entry, KeyExists, KeyValueStore, VersionMismatch
 from kagi.store.races import retry_lost_races
 from services.otp_service.app.cache import DEFAULT_CACHE_SIZE, TokenCache
@@ -157,7 +158,7 @@ class OtpService:
             # A drawn ID (the service ID has 50 random bits) that another token holds fails the create-if-absent
             # with KeyExists: the next attempt draws new IDs.
             new = await self._new_token(owner_id, email, usage_start_password, params)
-            entries = await self._repo.commit(create_ops(new))
+            entries = await commit_answering(self._repo.commit, create_ops(new), new.token)
             self._remember_created(new, entries)
             log.info("token created", token_id=new.token.token_id)
             return new.token
@@ -165,7 +166,7 @@ class OtpService:
         return await retry_lost_races(draw, what="the new token's identifiers", on=(KeyExists,))
 
     async def _new_token(self, owner_id: str, email: str, password: str, params: TotpParameters) -> NewToken:
-        return await asyncio.to_thread(
+        return await in_kdf_thread(
             create_token,
             owner_id=owner_id,
             email=email,
@@ -200,7 +201,7 @@ class OtpService:
         async def attempt() -> Activation:
             token_id = await self._repo.token_id_for_service(request.service_id)
             records = await self._repo.records(token_id) if token_id is not None else None
-            result = await asyncio.to_thread(
+            result = await in_kdf_thread(
                 activate,
                 records.token if records is not None else None,
                 request,
@@ -210,19 +211,22 @@ class OtpService:
                 vault=self._vault,
                 random=self._random,
             )
-            activation_id = ""
+            activation: Activation | None = None
             if result.token is not None and records is not None:
                 ops = write_ops(records, result.token, records.state)
                 if result.seed is not None:
-                    activation_id = secrets.token_urlsafe(18)
-                    ops.append(Create(ACTIVATIONS, result.token.token_id, _digest(activation_id)))
-                entries = await self._repo.commit(ops)
+                    activation = Activation(result.token, result.seed, secrets.token_urlsafe(18))
+                    ops.append(Create(ACTIVATIONS, result.token.token_id, _digest(activation.activation_id)))
+                    # The activation's commit is its answer's too (kagi.idempotency); a refusal's is not.
+                    entries = await commit_answering(self._repo.commit, ops, activation)
+                else:
+                    entries = await self._repo.commit(ops)
                 self._cache.put(records.written(result.token, records.state, entries))
-            seed = result.unwrap()  # raises the refusal, now that its count is stored
-            if result.token is None:  # pragma: no cover - the domain returns a seed only with the activated token
+            result.unwrap()  # raises the refusal, now that its count is stored
+            if activation is None:  # pragma: no cover - the domain returns a seed only with the activated token
                 raise CorruptRecord("activation returned a seed without a token")
-            log.info("token activated", token_id=result.token.token_id)
-            return Activation(token=result.token, seed=seed, activation_id=activation_id)
+            log.info("token activated", token_id=activation.token.token_id)
+            return activation
 
         return await retry_lost_races(attempt, what="the token")
 
@@ -394,9 +398,11 @@ class OtpService:
         return await self._apply(await self._records(token_id), event)
 
     async def _apply(self, records: TokenRecords, event: TokenEvent) -> Token:
-        """Apply one lifecycle event to both records and swap them (VersionMismatch on a lost race)."""
+        """Apply one lifecycle event to both records and swap them (VersionMismatch on a lost race); the commit
+        answers the running request with the token (kagi.idempotency.commit_answering)."""
         change = change_lifecycle(records.token, records.state, event, now=self._clock.now(), policy=self._policy)
-        entries = await self._repo.commit(write_ops(records, change.token, change.verification_state))
+        ops = write_ops(records, change.token, change.verification_state)
+        entries = await commit_answering(self._repo.commit, ops, change.token)
         self._cache.put(records.written(change.token, change.verification_state, entries))
         log.info(
             "token state changed", token_id=change.token.token_id, change=event.value, state=change.token.state.value
