@@ -70,22 +70,22 @@ from services.ca_service.domain.settings import CaKind, PkiSettings
 from services.ca_service.main import CaSettings, open_runtime, start_ca
 
 CLIENT_CHANNELS = 8
-"""CLIENT_CHANNELS: connections the client spreads its calls over (SO_REUSEPORT balances per connection)."""
+"""Connections the client spreads its calls over (SO_REUSEPORT balances per connection)."""
 
 IN_FLIGHT = 64
-"""IN_FLIGHT is how many calls the client keeps outstanding."""
+"""How many calls the client keeps outstanding."""
 
 CRL_ENTRIES = 100_000
 CRL_BUDGET_SECONDS = 1.5
 
 TARGET_ISSUE = 1.5
-"""TARGET_ISSUE: an issuance through gRPC costs at most this times (RPC floor + in-process issuance), server CPU."""
+"""An issuance through gRPC costs at most this times (RPC floor + in-process issuance), server CPU."""
 
 TARGET_OCSP = 1.2
-"""TARGET_OCSP: a cached OCSP answer through gRPC costs at most this times the RPC floor, server CPU."""
+"""A cached OCSP answer through gRPC costs at most this times the RPC floor, server CPU."""
 
 TARGET_ROUNDS = 2
-"""TARGET_ROUNDS: how many times each kind of call is measured for the targets (the lowest figure is kept)."""
+"""How many times each kind of call is measured for the targets (the lowest figure is kept)."""
 
 _CLIENT_ROLES = {"issue": "enrollment", "status": "gateway", "ocsp-cached": "gateway", "ocsp-uncached": "gateway"}
 
@@ -250,7 +250,7 @@ async def _wait_ready(target: str, tls: TlsFiles, process: subprocess.Popen[byte
 
 @dataclass
 class Row:
-    """Row is one line of a table."""
+    """One line of a table."""
 
     cells: list[str]
 
@@ -486,7 +486,7 @@ def bench_ocsp(base: Path, redis_base: str, seconds: float, warmup: float) -> li
 
 @dataclass
 class Targets:
-    """Targets is one store's per-call figures (server CPU ms) and the two ratios against their targets."""
+    """One store's per-call figures (server CPU ms) and the two ratios against their targets."""
 
     store: str
     floor_ms: float

@@ -34,23 +34,23 @@ from services.ca_service.domain.serials import new_serial
 from services.ca_service.domain.settings import CaKind, PkiSettings
 
 CRL_ENTRIES = 100_000
-"""CRL_ENTRIES is the size of the large CRL the issue asks for."""
+"""The size of the large CRL the issue asks for."""
 
 CRL_BUDGET_SECONDS = 1.5
-"""CRL_BUDGET_SECONDS is the most building and signing that CRL may take."""
+"""The most building and signing that CRL may take."""
 
 NAIVE_CRL_ENTRIES = 10_000
-"""NAIVE_CRL_ENTRIES sizes the one-by-one comparison (it grows quadratically, so it stays small)."""
+"""Sizes the one-by-one comparison (it grows quadratically, so it stays small)."""
 
 MIN_SECONDS = 1.0
-"""MIN_SECONDS is how long each per-operation measurement runs."""
+"""How long each per-operation measurement runs."""
 
 Row = tuple[str, str, float]
-"""Row is one table line: operation, CA key algorithm, seconds per operation."""
+"""One table line: operation, CA key algorithm, seconds per operation."""
 
 
 def per_op(operation: Callable[[], object], *, min_seconds: float = MIN_SECONDS, min_runs: int = 20) -> float:
-    """per_op runs `operation` for at least `min_seconds` and `min_runs` times; returns seconds per call."""
+    """Run `operation` for at least `min_seconds` and `min_runs` times; return seconds per call."""
     operation()  # warm-up
     runs = 0
     started = time.perf_counter()
@@ -63,7 +63,7 @@ def per_op(operation: Callable[[], object], *, min_seconds: float = MIN_SECONDS,
 
 
 def best_of(operation: Callable[[], object], repeats: int = 3) -> float:
-    """best_of times `operation` `repeats` times and returns the fastest (for one-shot heavy work)."""
+    """Time `operation` `repeats` times and return the fastest (for one-shot heavy work)."""
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -149,7 +149,7 @@ def _bare_issue(
 
 
 def bench_issuance(algorithm: KeyAlgorithm, settings: PkiSettings, clock: FakeClock) -> list[Row]:
-    """bench_issuance times one customer issuance end to end, with the domain and with bare cryptography."""
+    """Time one customer issuance end to end, with the domain and with bare cryptography."""
     ca_key = generate_private_key(algorithm)
     signers = {kind: PrivateKeySigner.generate(algorithm) for kind in CaKind}
     signers[CaKind.CUSTOMER] = PrivateKeySigner(ca_key)
@@ -171,7 +171,7 @@ def bench_issuance(algorithm: KeyAlgorithm, settings: PkiSettings, clock: FakeCl
 
 
 def bench_crl(algorithm: KeyAlgorithm, settings: PkiSettings, clock: FakeClock) -> tuple[list[Row], float]:
-    """bench_crl times a 100k-entry CRL built and signed by the domain, and the naive one-by-one way at 10k."""
+    """Time a 100k-entry CRL built and signed by the domain, and the naive one-by-one way at 10k."""
     hierarchy = build_hierarchy(
         {kind: PrivateKeySigner.generate(algorithm) for kind in CaKind}, settings=settings, clock=clock
     )
@@ -213,7 +213,7 @@ def _naive_crl(hierarchy: Hierarchy, statuses: list[CertificateStatus], now: obj
 
 
 def bench_ocsp(algorithm: KeyAlgorithm, settings: PkiSettings, clock: FakeClock) -> list[Row]:
-    """bench_ocsp times parse + answer for one serial, signed every time and served from the cache."""
+    """Time parse + answer for one serial, signed every time and served from the cache."""
     fixture = ocsp_fixture(algorithm, settings, clock)
     return [
         ("OCSP: parse + sign response (uncached)", algorithm.value, per_op(fixture.uncached)),
@@ -230,7 +230,7 @@ def _format(seconds: float) -> tuple[str, str]:
 
 
 def main() -> int:
-    """Main runs every measurement and prints the table; exits 1 if the 100k CRL misses its budget."""
+    """Run every measurement and print the table; exit 1 if the 100k CRL misses its budget."""
     settings = PkiSettings()
     clock = FakeClock(time.time())
     started = time.perf_counter()

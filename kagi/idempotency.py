@@ -73,7 +73,7 @@ class Codec(Generic[T]):
 
 
 acting_request: ContextVar[str] = ContextVar("kagi_acting_request", default="")
-"""acting_request names the request (its ledger key) whose action is running, for a step that records it with
+"""Names the request (its ledger key) whose action is running, for a step that records it with
 its own write: a retry after a crash that lost the stored answer then finds the step done by this very request
 and answers from its record instead of refusing it as out of order."""
 

@@ -38,9 +38,9 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from kagi.errors import KagiError
 
 SCHEME = "kagi-pw1"
-"""SCHEME is the tag that starts every stored hash, so a future format can be told apart."""
+"""The tag that starts every stored hash, so a future format can be told apart."""
 MIN_PEPPER_BYTES = 32
-"""MIN_PEPPER_BYTES is the shortest pepper accepted: 256 bits, as strong as HMAC-SHA256 itself."""
+"""The shortest pepper accepted: 256 bits, as strong as HMAC-SHA256 itself."""
 _PEPPER_ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,32}")
 # The dummy hash only has to cost what a real verification costs; its password is never compared to anything.
 _DUMMY_INPUT = "kagi-dummy-password-for-equal-timing"
@@ -74,7 +74,7 @@ async def in_kdf_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwa
 
 
 class PasswordHashError(KagiError):
-    """PasswordHashError: a stored hash is malformed or names a pepper this service no longer holds.
+    """A stored hash is malformed or names a pepper this service no longer holds.
 
     It is an INTERNAL error: the stored data or the configuration is wrong, not the caller's input.
     """
@@ -84,7 +84,7 @@ class PasswordHashError(KagiError):
 
 @dataclass(frozen=True, slots=True)
 class Argon2Parameters:
-    """Argon2Parameters are the argon2id cost settings; the defaults are OWASP's first recommendation."""
+    """The argon2id cost settings; the defaults are OWASP's first recommendation."""
 
     time_cost: int = 2
     memory_cost_kib: int = 19 * 1024
@@ -106,12 +106,12 @@ class Argon2Parameters:
 
 
 OWASP_ARGON2ID = Argon2Parameters()
-"""OWASP_ARGON2ID is the OWASP cheat sheet's first argon2id configuration (19 MiB, 2 passes, 1 lane)."""
+"""The OWASP cheat sheet's first argon2id configuration (19 MiB, 2 passes, 1 lane)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Pepper:
-    """Pepper is one named HMAC key applied to passwords before argon2; its secret never prints."""
+    """One named HMAC key applied to passwords before argon2; its secret never prints."""
 
     pepper_id: str
     secret: bytes = field(repr=False)
@@ -124,7 +124,7 @@ class Pepper:
 
 
 class PasswordHasher:
-    """PasswordHasher hashes and verifies passwords with a pepper and argon2id; safe to share across threads.
+    """Hashes and verifies passwords with a pepper and argon2id; safe to share across threads.
 
     `peppers` lists the current pepper first, then older ones kept only to verify existing hashes.
     """
@@ -154,16 +154,16 @@ class PasswordHasher:
 
     @property
     def parameters(self) -> Argon2Parameters:
-        """Parameters are the argon2id settings new hashes are made with."""
+        """Return the argon2id settings new hashes are made with."""
         return self._parameters
 
     def hash(self, password: str) -> str:
-        """Hash returns the storable hash of `password` under the current pepper and a fresh salt."""
+        """Return the storable hash of `password` under the current pepper and a fresh salt."""
         phc = self._argon2.hash(self._peppered(self._current, password))
         return f"{SCHEME}${self._current.pepper_id}{phc}"
 
     def verify(self, stored: str, password: str) -> bool:
-        """Verify says whether `password` matches `stored`; argon2 compares the digests in constant time.
+        """Say whether `password` matches `stored`; argon2 compares the digests in constant time.
 
         Raises PasswordHashError when `stored` is malformed or names an unknown pepper.
         """
@@ -176,7 +176,7 @@ class PasswordHasher:
             raise PasswordHashError("stored password hash is malformed") from exc
 
     def verify_dummy(self, password: str) -> bool:
-        """Verify_dummy costs what `verify` costs and always answers False.
+        """Cost what `verify` costs and always answers False.
 
         Call it when there is no stored hash (an unknown user) so that the answer's timing does not tell
         "no such user" from "wrong password".
@@ -185,7 +185,7 @@ class PasswordHasher:
         return False
 
     def needs_rehash(self, stored: str) -> bool:
-        """Needs_rehash says whether `stored` was made with an older pepper or other argon2 parameters."""
+        """Say whether `stored` was made with an older pepper or other argon2 parameters."""
         pepper, phc = self._split(stored)
         if pepper.pepper_id != self._current.pepper_id:
             return True

@@ -100,7 +100,7 @@ class _Files:
         return cls(directory, directory / f"{name}.pem", directory / f"{name}-key.pem", directory / "ca.pem")
 
     def check_free(self, *, force: bool) -> None:
-        """Check_free refuses, before anything is issued, what the write would fail on or replace silently."""
+        """Refuse, before anything is issued, what the write would fail on or replace silently."""
         if self.directory.exists() and not self.directory.is_dir():
             raise click.BadParameter(f"{self.directory} exists and is not a directory", param_hint="'--out'")
         existing = self.directory

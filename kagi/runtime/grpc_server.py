@@ -57,20 +57,20 @@ _CLIENT_CERT_RELAYS = frozenset({Role.GATEWAY})
 _OPEN_SERVICES = frozenset({"grpc.health.v1.Health", reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"})
 
 MAX_REQUEST_BYTES = 64 * 1024
-"""MAX_REQUEST_BYTES caps every request a kagi server receives, refused (RESOURCE_EXHAUSTED) before the method or
+"""Caps every request a kagi server receives, refused (RESOURCE_EXHAUSTED) before the method or
 the role check runs. The largest requests carry a CSR or a client certificate, each capped at 16 KiB by its
 service."""
 
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
-"""MAX_RESPONSE_BYTES is the largest answer a server sends and a client accepts: a CRL of 100k revoked
+"""The largest answer a server sends and a client accepts: a CRL of 100k revoked
 certificates is about 5 MB of DER."""
 
 MAX_MESSAGE_BYTES = MAX_RESPONSE_BYTES
-"""MAX_MESSAGE_BYTES is MAX_RESPONSE_BYTES under its former name (what clients accept)."""
+"""MAX_RESPONSE_BYTES under its former name (what clients accept)."""
 
 
 def client_trust_anchor(tls: TlsFiles) -> bytes:
-    """client_trust_anchor is the PEM of the CA a server verifies its callers' certificates against.
+    """Return the PEM of the CA a server verifies its callers' certificates against.
 
     That is `tls.client_ca_file` when set, else the issuer of the server's own certificate taken from its chain
     (the internal CA: every kagi service certificate comes from it). Never the root: the customer CA shares the
@@ -116,13 +116,13 @@ def _issued(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def current_caller() -> Caller:
-    """current_caller is the authenticated caller of the RPC being served."""
+    """Return the authenticated caller of the RPC being served."""
     return caller_var.get()
 
 
 @dataclass(frozen=True, slots=True)
 class RelayedCertificate:
-    """RelayedCertificate is a customer's client certificate as verified and relayed by the gateway."""
+    """A customer's client certificate as verified and relayed by the gateway."""
 
     serial_number: str
     fingerprint_sha256: str
@@ -130,7 +130,7 @@ class RelayedCertificate:
 
 
 def relayed_client_certificate() -> RelayedCertificate:
-    """relayed_client_certificate returns the customer certificate the gateway verified for this request.
+    """Return the customer certificate the gateway verified for this request.
 
     The metadata is trusted only when the caller is the gateway; anyone else sending it is refused, so a
     service never believes a certificate it did not see verified.
@@ -145,7 +145,7 @@ def relayed_client_certificate() -> RelayedCertificate:
 
 
 def relayed_client_address() -> str:
-    """relayed_client_address is the customer's address the gateway relayed for this call ("" when none).
+    """Return the customer's address the gateway relayed for this call ("" when none).
 
     Only the gateway (or a plaintext development caller) is believed; `_enter` refuses it from anyone else.
     """
@@ -165,7 +165,7 @@ def _check_relay(caller: Caller) -> None:
 
 @dataclass(frozen=True)
 class ServiceBinding:
-    """ServiceBinding is one gRPC service to serve: how to register it and which roles may call each method.
+    """One gRPC service to serve: how to register it and which roles may call each method.
 
     A method missing from `allowed_roles` may be called by no one: access is denied by default.
     """
@@ -181,7 +181,7 @@ class _Policy:
 
 
 class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """KagiServerInterceptor authenticates the caller, applies the allow-list and maps errors, per RPC.
+    """Authenticates the caller, applies the allow-list and maps errors, per RPC.
 
     A method's wrapped handler is built once, on its first call, and kept: the per-call work is the checks
     themselves (caller, allow-list, relayed headers), the request id and the error mapping, nothing more.
@@ -310,7 +310,7 @@ class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 class GrpcServer:
-    """GrpcServer runs one or more kagi gRPC services on one port with health and reflection."""
+    """Runs one or more kagi gRPC services on one port with health and reflection."""
 
     def __init__(
         self,
@@ -347,11 +347,11 @@ class GrpcServer:
 
     @property
     def service_names(self) -> list[str]:
-        """Service_names are the kagi services this server carries."""
+        """Return the kagi services this server carries."""
         return [b.name for b in self._bindings]
 
     async def start(self) -> int:
-        """Start binds the port (returning it: 0 asks for a free one) and begins serving."""
+        """Bind the port (returning it: 0 asks for a free one) and begin serving."""
         if self._listen.tls is None:
             self.port = self._server.add_insecure_port(self._listen.address)
         else:
@@ -382,7 +382,7 @@ class GrpcServer:
         return self.port
 
     async def check_readiness(self) -> bool:
-        """Check_readiness runs the readiness probe once and publishes SERVING or NOT_SERVING."""
+        """Run the readiness probe once and publish SERVING or NOT_SERVING."""
         if self._readiness is None:
             return True
         try:
@@ -405,7 +405,7 @@ class GrpcServer:
             await self.health.set(name, status)
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop refuses new calls, lets calls in flight finish for up to `grace` seconds, then closes."""
+        """Refuse new calls, lets calls in flight finish for up to `grace` seconds, then close."""
         if self._readiness_task is not None:
             self._readiness_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -414,5 +414,5 @@ class GrpcServer:
         await self._server.stop(grace)
 
     async def wait(self) -> None:
-        """Wait returns when the server has stopped."""
+        """Return when the server has stopped."""
         await self._server.wait_for_termination()

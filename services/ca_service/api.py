@@ -158,7 +158,7 @@ def certificate_message(record: CertificateRecord, now: float) -> pb.Certificate
 
 
 class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
-    """CaApi is the gRPC face of the CA's use cases: issuance, revocation and publication."""
+    """The gRPC face of the CA's use cases: issuance, revocation and publication."""
 
     def __init__(
         self,

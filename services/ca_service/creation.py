@@ -43,25 +43,25 @@ from services.ca_service.domain.settings import CaKind, PkiSettings
 from services.ca_service.main import CaRuntime, open_runtime
 
 DEV_SERVICE_ROLES = ("ca", "otp", "enrollment", "gateway")
-"""DEV_SERVICE_ROLES are the components `kagi dev` runs, each with its own mTLS certificate."""
+"""The components `kagi dev` runs, each with its own mTLS certificate."""
 
 DEV_RENEW_WITHIN = timedelta(days=7)
-"""DEV_RENEW_WITHIN: a dev certificate this close to expiry is replaced on the next start."""
+"""A dev certificate this close to expiry is replaced on the next start."""
 
 # tls/ca.pem is the root (what every client trusts), so the CA service's own certificate needs another name.
 _TLS_NAMES = {"ca": "ca-service", "operator": "developer"}
 
 PASSPHRASE_FILE = "ca-passphrase"
-"""PASSPHRASE_FILE is the name of the dev CA passphrase file under <state-dir>/secrets/."""
+"""The name of the dev CA passphrase file under <state-dir>/secrets/."""
 
 OFFLINE_DIR = "offline"
-"""OFFLINE_DIR is where, under the state dir, `kagi dev` keeps what stays offline in production: the root key."""
+"""Where, under the state dir, `kagi dev` keeps what stays offline in production: the root key."""
 
 ROOT_KEY_FILE = "root-key.pem"
-"""ROOT_KEY_FILE is the dev root key (encrypted PKCS#8) under <state-dir>/offline/."""
+"""The dev root key (encrypted PKCS#8) under <state-dir>/offline/."""
 
 ROOT_PASSPHRASE_FILE = "root-passphrase"
-"""ROOT_PASSPHRASE_FILE is the dev root key's own passphrase under <state-dir>/offline/."""
+"""The dev root key's own passphrase under <state-dir>/offline/."""
 
 
 def init_ca(
@@ -90,7 +90,7 @@ def init_ca(
 
 @dataclass(frozen=True)
 class DevPki:
-    """DevPki is where `ensure_dev_pki` put everything: the CA, its passphrase file, the offline root key and its
+    """Where `ensure_dev_pki` put everything: the CA, its passphrase file, the offline root key and its
     own passphrase file (<state-dir>/offline/, never read by the CA service), and the mTLS files.
 
     `services` maps ca, otp, enrollment and gateway to their TlsFiles (leaf + internal CA chain, key, root):

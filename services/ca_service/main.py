@@ -33,12 +33,12 @@ from services.ca_service.domain.settings import PkiSettings
 log = structlog.get_logger("kagi.ca")
 
 DEFAULT_PORT = 50051
-"""DEFAULT_PORT is the CA's gRPC port."""
+"""The CA's gRPC port."""
 
 
 @dataclass(frozen=True)
 class CaSettings:
-    """CaSettings is everything the CA service is configured with."""
+    """Everything the CA service is configured with."""
 
     listen: ListenSettings
     store_url: str
@@ -94,7 +94,7 @@ class CaSettings:
 
 @dataclass
 class CaRuntime:
-    """CaRuntime is the CA's use cases on a store, with the background parts they need started."""
+    """The CA's use cases on a store, with the background parts they need started."""
 
     store: KeyValueStore
     journal: Journal
@@ -156,7 +156,7 @@ def open_runtime(
 
 
 class CaComponent:
-    """CaComponent is a running CA service: its gRPC server over the CA runtime."""
+    """A running CA service: its gRPC server over the CA runtime."""
 
     management: ManagementListener | None = None
 

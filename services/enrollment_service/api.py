@@ -93,7 +93,7 @@ def _account_type(value: int) -> AccountType:
 
 
 def enrollment_message(enrollment: Enrollment, now: float) -> pb.Enrollment:
-    """enrollment_message renders an enrollment for the API (expiry applied, no secret)."""
+    """Render an enrollment for the API (expiry applied, no secret)."""
     current = enrollment.current(now)
     step = current.next_step
     return pb.Enrollment(
@@ -112,7 +112,7 @@ def enrollment_message(enrollment: Enrollment, now: float) -> pb.Enrollment:
 
 
 def application_message(application: Application, now: float) -> pb.Application:
-    """application_message renders an application for the API (never its password hashes)."""
+    """Render an application for the API (never its password hashes)."""
     return pb.Application(
         application_id=application.application_id,
         company_name=application.company_name,
@@ -145,7 +145,7 @@ async def _already_delivered() -> None:
 
 
 class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer):
-    """EnrollmentApi is the gRPC face of EnrollmentService."""
+    """The gRPC face of EnrollmentService."""
 
     def __init__(self, service: EnrollmentService, ledger: IdempotencyLedger, now: Callable[[], float]) -> None:
         self._service = service
@@ -528,7 +528,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
 
 
 def binding(api: EnrollmentApi) -> ServiceBinding:
-    """Binding registers the API on a server with its per-method allow-list."""
+    """Register the API on a server with its per-method allow-list."""
     return ServiceBinding(
         name=SERVICE_NAME,
         register=lambda server: enrollment_pb2_grpc.add_EnrollmentServiceServicer_to_server(api, server),

@@ -39,7 +39,7 @@ DEFAULT_TOKEN_ISSUER = "https://localhost:8443"
 
 @dataclass(frozen=True)
 class EnrollmentSettings:
-    """EnrollmentSettings is everything the enrollment service is configured with."""
+    """Everything the enrollment service is configured with."""
 
     listen: ListenSettings
     store_url: str
@@ -69,7 +69,7 @@ class EnrollmentSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> EnrollmentSettings:
-        """From_env reads KAGI_* variables (see the README) and validates them."""
+        """Read KAGI_* variables (see the README) and validate them."""
         env = Environment(environ)
         tls = tls_files_from_env(env, "KAGI_ENROLLMENT")
         return cls(
@@ -119,7 +119,7 @@ class EnrollmentSettings:
 
 
 class EnrollmentComponent:
-    """EnrollmentComponent is a running enrollment service: its gRPC server, channels and mail sender."""
+    """A running enrollment service: its gRPC server, channels and mail sender."""
 
     lifecycle: CredentialLifecycle | None = None
     setups: AbandonedSetups | None = None
@@ -143,26 +143,26 @@ class EnrollmentComponent:
 
     @property
     def port(self) -> int:
-        """Port is where the gRPC server listens."""
+        """Return where the gRPC server listens."""
         return self.server.port
 
     async def deliver_mail_now(self) -> int:
-        """Deliver_mail_now sends every due mail at once (tests and operators use it)."""
+        """Send every due mail at once (tests and operator use it)."""
         return await self._sender.deliver_due()
 
     def start_sweeper(self, setups: AbandonedSetups, interval: float) -> None:
-        """Start_sweeper runs the sweeper of idle and abandoned enrollments every `interval` seconds."""
+        """Run the sweeper of idle and abandoned enrollments every `interval` seconds."""
         self.setups = setups
         self._stop_sweep = asyncio.Event()
         self._sweep_task = asyncio.create_task(setups.run(self._stop_sweep, interval=interval))
 
     async def sweep_now(self) -> SweepReport:
-        """Sweep_now runs one pass of the sweeper at once (tests and operators use it)."""
+        """Run one pass of the sweeper at once (tests and operator use it)."""
         assert self.setups is not None, "the sweeper was not started"
         return await self.setups.sweep()
 
     async def stop_sweeper(self) -> None:
-        """Stop_sweeper ends the background sweeper (a test that runs each pass itself with `sweep_now`)."""
+        """End the background sweeper (a test that runs each pass itself with `sweep_now`)."""
         if self._sweep_task is not None:
             self._stop_sweep.set()
             # A pass in flight is waited for briefly, then cancelled: every step of it is safe to redo.
@@ -170,7 +170,7 @@ class EnrollmentComponent:
                 await asyncio.wait_for(self._sweep_task, 10.0)
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop ends the server gracefully, then the mail sender, channels and store."""
+        """End the server gracefully, then the mail sender, channels and store."""
         if self.management is not None:
             await self.management.stop()
         await self.server.stop(grace)
@@ -189,7 +189,7 @@ async def start_enrollment(
     clock: Clock | None = None,
     hasher: PasswordHasher | None = None,
 ) -> EnrollmentComponent:
-    """start_enrollment builds the enrollment service from its settings and starts serving."""
+    """Build the enrollment service from its settings and start serving."""
     clock = clock or SystemClock()
     arm(settings.failpoints)
     store = open_store(settings.store_url, namespace="enrollment", state_dir=settings.state_dir, clock=clock)

@@ -112,7 +112,7 @@ def _session_certificate() -> ClientCertificate | None:
 
 
 class UserApi(IdempotentApi, user_pb2_grpc.UserServiceServicer):
-    """UserApi is the gRPC face of UserSessions."""
+    """The gRPC face of UserSessions."""
 
     def __init__(self, sessions: UserSessions, lifecycle: CredentialLifecycle, ledger: IdempotencyLedger) -> None:
         self._sessions = sessions

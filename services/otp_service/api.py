@@ -34,7 +34,7 @@ from services.otp_service.domain import Algorithm, Token, TokenState
 from services.otp_service.domain.totp import seconds_remaining
 
 SERVICE_NAME = "kagi.otp.v1.OtpService"
-"""SERVICE_NAME is the full gRPC name of the service."""
+"""The full gRPC name of the service."""
 
 ALLOWED_ROLES = {
     # Only the enrollment service drives a token and checks codes; front-ends and the gateway reach tokens
@@ -50,7 +50,7 @@ ALLOWED_ROLES = {
     "RevokeToken": allow(Role.ENROLLMENT, Role.OPERATOR),
     "UnlockToken": allow(Role.OPERATOR),
 }
-"""ALLOWED_ROLES is, per RPC, the caller roles that may call it; any other role is PERMISSION_DENIED."""
+"""Is, per RPC, the caller roles that may call it; any other role is PERMISSION_DENIED."""
 
 # The API has one LOCKED state for both lockouts. An expired token shows as pending with its activation
 # deadline in the past, which is also how a pending token past its deadline looks before anyone touches it.
@@ -83,7 +83,7 @@ def _timestamp(seconds: float) -> Timestamp:
 
 
 def token_message(token: Token, now: float) -> pb.Token:
-    """token_message renders a token's public information (never its seed or password hash)."""
+    """Render a token's public information (never its seed or password hash)."""
     return pb.Token(
         token_id=token.token_id,
         user_id=token.owner_id,
@@ -128,7 +128,7 @@ def _request_fields(rename: Mapping[str, str]) -> Iterator[None]:
 
 
 class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
-    """OtpApi is the gRPC face of OtpService."""
+    """The gRPC face of OtpService."""
 
     def __init__(self, service: OtpService, ledger: IdempotencyLedger) -> None:
         self._service = service
@@ -281,7 +281,7 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
 
 
 def binding(api: OtpApi) -> ServiceBinding:
-    """Binding registers the API on a server with its per-method allow-list."""
+    """Register the API on a server with its per-method allow-list."""
     return ServiceBinding(
         name=SERVICE_NAME,
         register=lambda server: otp_pb2_grpc.add_OtpServiceServicer_to_server(api, server),

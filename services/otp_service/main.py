@@ -44,9 +44,9 @@ from services.otp_service.domain.policy import MAX_FUTURE_STEPS, MAX_PAST_STEPS
 from services.otp_service.domain.uri import key_uri
 
 DEFAULT_PORT = 50052
-"""DEFAULT_PORT is the OTP service's gRPC port."""
+"""The OTP service's gRPC port."""
 STORE_NAMESPACE = "otp"
-"""STORE_NAMESPACE is the store namespace the OTP service keeps its records under."""
+"""The store namespace the OTP service keeps its records under."""
 
 
 def _kek(name: str, key_id: str, encoded: str) -> KeyEncryptionKey:
@@ -74,7 +74,7 @@ def _older_keks(env: Environment) -> tuple[KeyEncryptionKey, ...]:
 
 @dataclass(frozen=True)
 class OtpSettings:
-    """OtpSettings is everything the OTP service is configured with; keys and pepper never print."""
+    """Everything the OTP service is configured with; keys and pepper never print."""
 
     listen: ListenSettings
     store_url: str
@@ -102,7 +102,7 @@ class OtpSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OtpSettings:
-        """From_env reads the KAGI_* variables listed in the module docstring and validates them."""
+        """Read the KAGI_* variables listed in the module docstring and validate them."""
         env = Environment(environ)
         key_id = env.text("KAGI_OTP_KEK_ID", "k1")
         issuer = env.text("KAGI_OTP_ISSUER", "kagi")
@@ -138,24 +138,24 @@ class OtpSettings:
         )
 
     def groups_commits(self) -> bool:
-        """Groups_commits says whether concurrent writes share store rounds (kagi.store.group_commit)."""
+        """Say whether concurrent writes share store rounds (kagi.store.group_commit)."""
         if self.group_commit is not None:
             return self.group_commit
         return self.store_url.partition(":")[0].lower() == "sqlite"
 
     def vault(self) -> SeedVault:
-        """Vault is the seed vault: seals under `kek`, opens under it and every older key."""
+        """Return the seed vault: seals under `kek`, opens under it and every older key."""
         return SeedVault(self.kek, self.older_keks)
 
     def open_store(self, clock: Clock | None = None) -> KeyValueStore:
-        """Open_store opens (lazily) the store these settings name, under the OTP namespace."""
+        """Open (lazily) the store these settings name, under the OTP namespace."""
         return open_store(self.store_url, namespace=self.namespace, state_dir=self.state_dir, clock=clock)
 
 
 def build_service(
     settings: OtpSettings, store: KeyValueStore, *, clock: Clock, hasher: PasswordHasher | None = None
 ) -> OtpService:
-    """build_service wires the use cases over an open store (the server, `kagi admin` and benchmarks share it).
+    """Wire the use cases over an open store (the server, `kagi admin` and benchmark share it).
 
     When `settings.groups_commits()`, concurrent writes share store rounds (see kagi.store.group_commit);
     closing `store` remains the caller's job.
@@ -171,7 +171,7 @@ def build_service(
 
 
 class OtpComponent:
-    """OtpComponent is a running OTP service: its gRPC server, use cases and store."""
+    """A running OTP service: its gRPC server, use cases and store."""
 
     management: ManagementListener | None = None
 
@@ -182,11 +182,11 @@ class OtpComponent:
 
     @property
     def port(self) -> int:
-        """Port is where the gRPC server listens."""
+        """Return where the gRPC server listens."""
         return self.server.port
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop ends the server gracefully (calls in flight get `grace` seconds), then closes the store."""
+        """End the server gracefully (calls in flight get `grace` seconds), then close the store."""
         if self.management is not None:
             await self.management.stop()
         await self.server.stop(grace)
@@ -196,7 +196,7 @@ class OtpComponent:
 async def start_otp(
     settings: OtpSettings, *, clock: Clock | None = None, hasher: PasswordHasher | None = None
 ) -> OtpComponent:
-    """start_otp builds the OTP service from its settings and starts serving; health turns SERVING once the
+    """Build the OTP service from its settings and start serving; health turns SERVING once the
     store answers."""
     clock = clock or SystemClock()
     store = settings.open_store(clock)

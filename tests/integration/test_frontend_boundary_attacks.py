@@ -32,26 +32,26 @@ ATTACKER_MAIL = "attacker@evil.example"
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[GatewayStack]:
-    """Stack is the real CA, OTP and enrollment services (and the gateway) with mTLS on free loopback ports."""
+    """Return the real CA, OTP and enrollment services (and the gateway) with mTLS on free loopback ports."""
     running = await open_stack(tmp_path)
     yield running
     await running.close()
 
 
 async def issue_frontend(stack: GatewayStack) -> TlsFiles:
-    """Issue_frontend is a bank front-end's mTLS identity: a new key, certified by the CA at the operator's request."""
+    """Return a bank front-end's mTLS identity: a new key, certified by the CA at the operator's request."""
     return await issue_internal_identity(stack.ca("operator"), "frontend", stack.workdir / "frontend", stack.root_file)
 
 
 def channel_as(stack: GatewayStack, tls: TlsFiles, component: str) -> grpc.aio.Channel:
-    """Channel_as is a channel to a component with the `tls` identity, closed with the stack."""
+    """Return a channel to a component with the `tls` identity, closed with the stack."""
     channel = open_channel(stack.target(component), tls, server_name="localhost")
     stack.channels.append(channel)
     return channel
 
 
 def relayed(victim: GatewayCustomer) -> tuple[tuple[str, str], ...]:
-    """Relayed is the victim's certificate as the gateway would relay it (serial, SHA-256 of the DER, subject)."""
+    """Return the victim's certificate as the gateway would relay it (serial, SHA-256 of the DER, subject)."""
     assert victim.certificate is not None
     certificate = x509.load_pem_x509_certificate(victim.certificate.cert_file.read_bytes())
     fingerprint = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
@@ -63,20 +63,20 @@ def relayed(victim: GatewayCustomer) -> tuple[tuple[str, str], ...]:
 
 
 async def refusal(call: Awaitable[Message]) -> tuple[grpc.StatusCode, str]:
-    """Refusal awaits a call that must fail and answers its status code and ErrorInfo reason."""
+    """Await a call that must fail and answers its status code and ErrorInfo reason."""
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await call
     return failure.value.code(), error_from_rpc(failure.value).reason
 
 
 async def delivered_mail(stack: GatewayStack) -> list[str]:
-    """Delivered_mail flushes the enrollment's outbox and lists the recipients of every mail the SMTP server got."""
+    """Flush the enrollment's outbox and lists the recipients of every mail the SMTP server got."""
     await stack.components["enrollment"].deliver_mail_now()
     return [str(message["To"]) for message in stack.smtp.inbox.messages]
 
 
 async def subject_id(stack: GatewayStack, serial_hex: str) -> str:
-    """Subject_id is the user id the CA bound a customer certificate to (asked as the operator)."""
+    """Return the user id the CA bound a customer certificate to (asked as the operator)."""
     reply = await stack.ca("operator").GetCertificate(ca_pb2.GetCertificateRequest(serial_number=serial_hex))
     return reply.certificate.subject_id
 

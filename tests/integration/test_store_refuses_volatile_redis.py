@@ -28,7 +28,7 @@ def _no_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def custom_redis(tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """custom_redis starts a redis-server with extra arguments (renamed commands) on a free port."""
+    """Start a redis-server with extra arguments (renamed commands) on a free port."""
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(*extra: str) -> str:

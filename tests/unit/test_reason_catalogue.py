@@ -38,7 +38,7 @@ CATALOGUES_BY_PREFIX: dict[str, tuple[type[ReasonCatalogue], ...]] = {
     "kagi/": (SharedReason,),
     "gateway/": (SharedReason,),
 }
-"""CATALOGUES_BY_PREFIX says where a reason raised under each folder must be catalogued (any one of them)."""
+"""Says where a reason raised under each folder must be catalogued (any one of them)."""
 
 HTTP_STATUSES_OF_KIND: dict[ErrorKind, frozenset[int]] = {
     ErrorKind.INVALID_ARGUMENT: frozenset({400, 422}),
@@ -52,22 +52,22 @@ HTTP_STATUSES_OF_KIND: dict[ErrorKind, frozenset[int]] = {
     ErrorKind.UNAVAILABLE: frozenset({503}),
     ErrorKind.INTERNAL: frozenset({500}),
 }
-"""HTTP_STATUSES_OF_KIND are the HTTP statuses an entry of each kind may have."""
+"""The HTTP statuses an entry of each kind may have."""
 
 HELPERS: dict[str, tuple[ErrorKind, int | None]] = {
     "raise_if_any": (ErrorKind.INVALID_ARGUMENT, None),  # enrollment's rules: raises InvalidArgument
     "invalid_input": (ErrorKind.INVALID_ARGUMENT, 400),  # the gateway's 400
 }
-"""HELPERS are the functions that raise an error with the `reason=` they are given, with its kind and status."""
+"""The functions that raise an error with the `reason=` they are given, with its kind and status."""
 
 HTTP_ERRORS = frozenset({"HttpError", "_Refused"})
-"""HTTP_ERRORS are the gateway's constructors taking (HTTP status, reason, ...) positionally."""
+"""The gateway's constructors taking (HTTP status, reason, ...) positionally."""
 
 RETIRED = frozenset({"CONCURRENT_UPDATE", "CONTENDED"})
-"""RETIRED are the lost-race reasons CONCURRENT_CHANGE replaced."""
+"""The lost-race reasons CONCURRENT_CHANGE replaced."""
 
 REASON_SHAPE = re.compile(r"[A-Z][A-Z0-9_]{0,61}[A-Z0-9]")
-"""REASON_SHAPE is AIP-193's form of an ErrorInfo reason: UPPER_SNAKE_CASE, at most 63 characters."""
+"""AIP-193's form of an ErrorInfo reason: UPPER_SNAKE_CASE, at most 63 characters."""
 
 
 @dataclass(frozen=True)

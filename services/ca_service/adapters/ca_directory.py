@@ -53,7 +53,7 @@ from services.ca_service.domain.signer import SignatureAlgorithm, signature_algo
 
 
 class OfflineKeySigner:
-    """OfflineKeySigner stands for a CA whose key stays closed (the root, in the running service): it refuses
+    """Stands for a CA whose key stays closed (the root, in the running service): it refuses
     to sign, but lets the CA's certificate be paired and checked."""
 
     def __init__(self, public_key: CaPublicKey) -> None:
@@ -62,21 +62,21 @@ class OfflineKeySigner:
 
     @property
     def algorithm(self) -> SignatureAlgorithm:
-        """Algorithm is the signature algorithm of the key."""
+        """Return the signature algorithm of the key."""
         return self._algorithm
 
     def public_key(self) -> CaPublicKey:
-        """Public_key is the public half of the key."""
+        """Return the public half of the key."""
         return self._public_key
 
     def sign(self, data: bytes) -> bytes:
-        """Sign always refuses: this key is offline."""
+        """Alway refuses: this key is offline."""
         raise CaKeyUnreadable("this CA's key is offline; it signs nothing in the running service")
 
 
 @dataclass(frozen=True)
 class OfflineRootKey:
-    """OfflineRootKey is where the root's encrypted key lives, outside the CA directory, and its own passphrase."""
+    """Where the root's encrypted key lives, outside the CA directory, and its own passphrase."""
 
     path: Path
     passphrase: Passphrase
@@ -91,7 +91,7 @@ def _passphrase_bytes(passphrase: Passphrase) -> bytes:
 
 @dataclass(frozen=True)
 class LoadedCa:
-    """LoadedCa is the hierarchy and the current OCSP signers read from a CA directory."""
+    """The hierarchy and the current OCSP signers read from a CA directory."""
 
     hierarchy: Hierarchy
     delegates: dict[CaKind, DelegatedOcspSigner]
@@ -109,30 +109,30 @@ def _pem(certificate: x509.Certificate) -> bytes:
 
 
 class CaDirectory:
-    """CaDirectory creates and reads the CA files under one directory."""
+    """Creates and reads the CA files under one directory."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
     def cert_path(self, name: str) -> Path:
-        """Cert_path is the certificate file of `name` (root, customer, internal, <kind>-ocsp-<id>)."""
+        """Return the certificate file of `name` (root, customer, internal, <kind>-ocsp-<id>)."""
         return self.path / f"{name}.pem"
 
     def key_path(self, name: str) -> Path:
-        """Key_path is the encrypted key file of `name`."""
+        """Return the encrypted key file of `name`."""
         return self.path / f"{name}-key.pem"
 
     def initialized(self) -> bool:
-        """Initialized tells whether a CA already lives here (any of the CA files exists)."""
+        """Tell whether a CA already lives here (any of the CA files exists)."""
         return any(self.cert_path(k.value).exists() or self.key_path(k.value).exists() for k in CaKind)
 
     @property
     def root_key_path(self) -> Path:
-        """Root_key_path is where a CA directory made before the root went offline kept the root's key."""
+        """Return where a CA directory made before the root went offline kept the root's key."""
         return self.key_path(CaKind.ROOT.value)
 
     def holds_root_key(self) -> bool:
-        """Holds_root_key tells whether the root's key is (still) in this directory, which it must not be."""
+        """Tell whether the root's key is (still) in this directory, which it must not be."""
         return self.root_key_path.exists()
 
     def create(
@@ -144,7 +144,7 @@ class CaDirectory:
         clock: Clock,
         algorithm: KeyAlgorithm | None = None,
     ) -> LoadedCa:
-        """Create makes the root, the customer and internal CAs and an OCSP signer for each, once.
+        """Make the root, the customer and internal CAs and an OCSP signer for each, once.
 
         The root's key goes to `root_key.path` (outside this directory) under `root_key.passphrase`, which must
         differ from `passphrase` (the online keys'). Raises AlreadyExists when a CA is already here or a file is
@@ -178,7 +178,7 @@ class CaDirectory:
         return LoadedCa(hierarchy, delegates)
 
     def load(self, passphrase: Passphrase) -> LoadedCa:
-        """Load reads the hierarchy and the newest OCSP signer of each issuing CA, checking every pairing.
+        """Read the hierarchy and the newest OCSP signer of each issuing CA, checking every pairing.
 
         The root's key is never opened (nor looked for): the root signs nothing in the running service.
         """
@@ -198,7 +198,7 @@ class CaDirectory:
         return LoadedCa(hierarchy, delegates)
 
     def open_root(self, root_key: OfflineRootKey) -> CertificateAuthority:
-        """Open_root pairs this directory's root certificate with its offline key (a ceremony: sign-root-crl).
+        """Pair this directory's root certificate with its offline key (a ceremony: sign-root-crl).
 
         A key inside this directory is refused: move it out first (`move_root_key`).
         """
@@ -213,7 +213,7 @@ class CaDirectory:
         return CertificateAuthority(CaKind.ROOT, certificate, FileSigner.open(root_key.path, root_key.passphrase))
 
     def move_root_key(self, passphrase: Passphrase, root_key: OfflineRootKey) -> Path:
-        """Move_root_key takes the root's key out of a directory made before the root went offline.
+        """Take the root's key out of a directory made before the root went offline.
 
         The key (under the online `passphrase`) is re-encrypted under `root_key.passphrase` (which must differ)
         and written to `root_key.path` (outside this directory, never over a file); once that copy opens and
@@ -248,18 +248,18 @@ class CaDirectory:
 
     @property
     def root_crl_path(self) -> Path:
-        """Root_crl_path is the root's CRL (DER), signed offline and served as it is."""
+        """Return the root's CRL (DER), signed offline and served as it is."""
         return self.path / "root.crl"
 
     def root_crl(self) -> bytes | None:
-        """Root_crl is the root's current CRL (DER), or None when none was ever signed."""
+        """Return the root's current CRL (DER), or None when none was ever signed."""
         try:
             return self.root_crl_path.read_bytes()
         except FileNotFoundError:
             return None
 
     def sign_root_crl(self, root: CertificateAuthority, *, settings: PkiSettings, clock: Clock) -> SignedCrl:
-        """Sign_root_crl signs the root's next CRL with its open key; it lists nothing, as no intermediate is
+        """Sign the root's next CRL with its open key; it lists nothing, as no intermediate is
         revoked, and is valid for `root_crl_validity`, since the root key is opened only at a ceremony."""
         previous = self.root_crl()
         number = 1
@@ -275,7 +275,7 @@ class CaDirectory:
         return signed
 
     def load_ocsp_signer(self, issuer: CertificateAuthority, passphrase: Passphrase) -> DelegatedOcspSigner:
-        """Load_ocsp_signer returns the OCSP signer of `issuer` with the latest notAfter whose key opens."""
+        """Return the OCSP signer of `issuer` with the latest notAfter whose key opens."""
         candidates: list[tuple[datetime, Path, x509.Certificate]] = []
         for path in self.path.glob(f"{issuer.kind.value}-ocsp-*.pem"):
             if path.name.endswith("-key.pem") or not path.with_name(path.stem + "-key.pem").exists():
@@ -295,13 +295,13 @@ class CaDirectory:
     def new_ocsp_signer(
         self, kind: CaKind, passphrase: Passphrase, algorithm: KeyAlgorithm, clock: Clock
     ) -> tuple[FileSigner, str]:
-        """New_ocsp_signer writes a fresh encrypted key for an OCSP signer of `kind`; returns it and its name."""
+        """Write a fresh encrypted key for an OCSP signer of `kind`; return it and its name."""
         stamp = datetime.fromtimestamp(clock.now(), tz=UTC).strftime("%Y%m%d%H%M%S")
         name = f"{kind.value}-ocsp-{stamp}-{secrets.token_hex(3)}"
         return FileSigner.create(self.key_path(name), passphrase, algorithm), name
 
     def write_ocsp_certificate(self, name: str, certificate: x509.Certificate) -> Path:
-        """Write_ocsp_certificate stores an OCSP signer's certificate beside its key."""
+        """Store an OCSP signer's certificate beside its key."""
         path = self.cert_path(name)
         _write_new(path, _pem(certificate), 0o644)
         return path

@@ -28,15 +28,15 @@ _ENCRYPTED_PEM_HEADER = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
 
 
 class Revealable(Protocol):
-    """Revealable is a wrapped secret (such as kagi's Secret) that hands out its bytes only when asked."""
+    """A wrapped secret (such as kagi's Secret) that hands out its bytes only when asked."""
 
     def reveal(self) -> bytes:
-        """Reveal returns the secret bytes."""
+        """Return the secret bytes."""
         ...
 
 
 Passphrase = bytes | Revealable
-"""Passphrase is a key passphrase: raw bytes, or a secret wrapper whose repr hides it."""
+"""A key passphrase: raw bytes, or a secret wrapper whose repr hides it."""
 
 
 def _passphrase_bytes(passphrase: Passphrase) -> bytes:
@@ -47,7 +47,7 @@ def _passphrase_bytes(passphrase: Passphrase) -> bytes:
 
 
 class PrivateKeySigner:
-    """PrivateKeySigner signs with a `cryptography` private key held in this process's memory."""
+    """Signs with a `cryptography` private key held in this process's memory."""
 
     __slots__ = ("_algorithm", "_key", "_public_key")
 
@@ -63,26 +63,26 @@ class PrivateKeySigner:
 
     @classmethod
     def generate(cls, algorithm: KeyAlgorithm = KeyAlgorithm.EC_P256) -> PrivateKeySigner:
-        """Generate makes a signer with a fresh key of `algorithm`."""
+        """Make a signer with a fresh key of `algorithm`."""
         return cls(generate_private_key(algorithm))
 
     @property
     def algorithm(self) -> SignatureAlgorithm:
-        """Algorithm is the signature algorithm this key produces."""
+        """Return the signature algorithm this key produces."""
         return self._algorithm
 
     def public_key(self) -> CaPublicKey:
-        """Public_key is the public half of the key."""
+        """Return the public half of the key."""
         return self._public_key
 
     def sign(self, data: bytes) -> bytes:
-        """Sign signs `data` with ECDSA or RSA PKCS#1 v1.5 over the algorithm's digest."""
+        """Sign `data` with ECDSA or RSA PKCS#1 v1.5 over the algorithm's digest."""
         if isinstance(self._key, ec.EllipticCurvePrivateKey):
             return self._key.sign(data, ec.ECDSA(self._algorithm.hash))
         return self._key.sign(data, padding.PKCS1v15(), self._algorithm.hash)
 
     def encrypted_pkcs8(self, passphrase: Passphrase) -> bytes:
-        """Encrypted_pkcs8 is the key as an ENCRYPTED PRIVATE KEY PEM under `passphrase`."""
+        """Return the key as an ENCRYPTED PRIVATE KEY PEM under `passphrase`."""
         return self._key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -97,7 +97,7 @@ class PrivateKeySigner:
 
 
 def load_encrypted_pkcs8(pem: bytes, passphrase: Passphrase) -> PrivateKeySigner:
-    """load_encrypted_pkcs8 decrypts an ENCRYPTED PRIVATE KEY PEM; a clear key or wrong passphrase is refused."""
+    """Decrypt an ENCRYPTED PRIVATE KEY PEM; a clear key or wrong passphrase is refused."""
     if _ENCRYPTED_PEM_HEADER not in pem:
         raise CaKeyUnreadable("CA keys must be stored as encrypted PKCS#8 (ENCRYPTED PRIVATE KEY)")
     try:
@@ -114,7 +114,7 @@ def load_encrypted_pkcs8(pem: bytes, passphrase: Passphrase) -> PrivateKeySigner
 
 
 class FileSigner(PrivateKeySigner):
-    """FileSigner is a CA key kept in an encrypted PKCS#8 file and decrypted into memory when opened."""
+    """A CA key kept in an encrypted PKCS#8 file and decrypted into memory when opened."""
 
     __slots__ = ("_path",)
 
@@ -124,12 +124,12 @@ class FileSigner(PrivateKeySigner):
 
     @property
     def path(self) -> Path:
-        """Path is the key file."""
+        """Return the key file."""
         return self._path
 
     @classmethod
     def open(cls, path: Path, passphrase: Passphrase) -> FileSigner:
-        """Open loads and decrypts the key file at `path`."""
+        """Load and decrypt the key file at `path`."""
         try:
             pem = Path(path).read_bytes()
         except OSError as exc:
@@ -139,7 +139,7 @@ class FileSigner(PrivateKeySigner):
 
     @classmethod
     def create(cls, path: Path, passphrase: Passphrase, algorithm: KeyAlgorithm = KeyAlgorithm.EC_P256) -> FileSigner:
-        """Create generates a key, writes it encrypted to `path` (mode 0600, never over an existing file)."""
+        """Generate a key, writes it encrypted to `path` (mode 0600, never over an existing file)."""
         signer = cls(generate_private_key(algorithm), Path(path))
         write_key_file(Path(path), signer.encrypted_pkcs8(passphrase))
         return signer
@@ -149,7 +149,7 @@ class FileSigner(PrivateKeySigner):
 
 
 def write_key_file(path: Path, encrypted_pem: bytes) -> None:
-    """write_key_file writes an encrypted key atomically with mode 0600, refusing to replace an existing key."""
+    """Write an encrypted key atomically with mode 0600, refusing to replace an existing key."""
     if _ENCRYPTED_PEM_HEADER not in encrypted_pem:
         raise CaKeyUnreadable("refusing to write a CA key that is not encrypted PKCS#8")
     # Never replaced: two initialisations racing cannot overwrite a CA key.

@@ -19,19 +19,19 @@ ISSUE_ROLES: Mapping[str, frozenset[Role]] = {
     "customer": allow(Role.ENROLLMENT, Role.OPERATOR),
     "service": allow(Role.OPERATOR),
 }
-"""ISSUE_ROLES says who may have a certificate of each profile issued: service identities only the operator."""
+"""Says who may have a certificate of each profile issued: service identities only the operator."""
 
 MANAGE_ROLES: Mapping[str, frozenset[Role]] = {
     "customer": allow(Role.ENROLLMENT, Role.OPERATOR),
     "service": allow(Role.OPERATOR),
     OCSP_SIGNER_PROFILE: allow(Role.OPERATOR),
 }
-"""MANAGE_ROLES says who may renew or revoke a certificate of each profile: kagi's own ones only the operator."""
+"""Says who may renew or revoke a certificate of each profile: kagi's own ones only the operator."""
 
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Actor is who asks for a change: named in the audit trail, authorised by role.
+    """Who asks for a change: named in the audit trail, authorised by role.
 
     `unrestricted` is for the bootstrap and for loopback plaintext development, where no certificate exists.
     """
@@ -57,7 +57,7 @@ class Actor:
 
 
 BOOTSTRAP = Actor("bootstrap", None, unrestricted=True)
-"""BOOTSTRAP is the actor of certificates the CA issues to itself (dev service certificates, OCSP signers)."""
+"""The actor of certificates the CA issues to itself (dev service certificates, OCSP signers)."""
 
 
 def parse_serial_field(text: str, field: str = "serial_number") -> int:

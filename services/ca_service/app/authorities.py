@@ -11,7 +11,7 @@ from services.ca_service.domain.settings import CaKind
 
 
 class Authorities:
-    """Authorities holds the hierarchy and the OCSP responders; a renewed OCSP signer replaces its responder."""
+    """Holds the hierarchy and the OCSP responders; a renewed OCSP signer replaces its responder."""
 
     def __init__(self, hierarchy: Hierarchy, delegates: Mapping[CaKind, DelegatedOcspSigner]) -> None:
         missing = [kind.value for kind in ISSUING_KINDS if kind not in delegates]

@@ -33,11 +33,11 @@ from services.ca_service.domain.settings import CaKind, PkiSettings
 log = structlog.get_logger("kagi.ca.crl")
 
 COVER_MARGIN = 1.0
-"""COVER_MARGIN: a CRL listed this long after a revocation's feed stamp surely includes it (commit latency)."""
+"""A CRL listed this long after a revocation's feed stamp surely includes it (commit latency)."""
 
 
 class CrlPublisher:
-    """CrlPublisher builds, publishes and serves the CRLs of the issuing CAs."""
+    """Builds, publishes and serves the CRLs of the issuing CAs."""
 
     def __init__(
         self,

@@ -38,31 +38,31 @@ from services.ca_service.domain.settings import CaKind
 log = structlog.get_logger("kagi.ca.feed")
 
 POLL_INTERVAL = 0.25
-"""POLL_INTERVAL is how often each replica reads new revocation events (seconds)."""
+"""How often each replica reads new revocation events (seconds)."""
 
 REPLAY = 10.0
-"""REPLAY is how long (seconds) a delivered notice is replayed to new subscribers: longer than a CRL takes to
+"""How long (seconds) a delivered notice is replayed to new subscribers: longer than a CRL takes to
 cover a revocation (the debounce, or another replica's cover grace), so subscribe-then-load-the-CRL is whole."""
 
 RETENTION = 24 * 3600.0
-"""RETENTION is how long revocation events are kept."""
+"""How long revocation events are kept."""
 
 PRUNE_INTERVAL = 600.0
-"""PRUNE_INTERVAL is how often a replica deletes events past the retention."""
+"""How often a replica deletes events past the retention."""
 
 LIVE_WITHIN = 1.0
-"""LIVE_WITHIN is how recent (seconds) the start of the last complete read must be for the feed to be live: four
+"""How recent (seconds) the start of the last complete read must be for the feed to be live: four
 polls, so one slow or failed poll does not end it."""
 
 QUEUE_LIMIT = 10_000
-"""QUEUE_LIMIT is how many notices a subscriber may have waiting before its stream is ended."""
+"""How many notices a subscriber may have waiting before its stream is ended."""
 
 _RECENT_LIMIT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
 class RevocationNotice:
-    """RevocationNotice is one revocation as the feed delivers it.
+    """One revocation as the feed delivers it.
 
     `position` is its place in the feed (assigned at commit); `observed_at` is when this replica read it, by
     its own clock, and never earlier than the revoking replica's stamp: whatever a CRL listed later than that
@@ -79,7 +79,7 @@ class RevocationNotice:
 
 
 class RevocationFeed:
-    """RevocationFeed reads the store's revocation events after its cursor and hands each to every subscriber."""
+    """Reads the store's revocation events after its cursor and hands each to every subscriber."""
 
     def __init__(
         self,
@@ -97,7 +97,7 @@ class RevocationFeed:
         self._replay = replay
         self._retention = retention
         self.queue_limit = queue_limit
-        """queue_limit is how far behind a subscriber may fall before its stream is ended."""
+        """How far behind a subscriber may fall before its stream is ended."""
         # queue -> how many notices it was replayed (allowed on top of the limit)
         self._subscribers: dict[asyncio.Queue[RevocationNotice | None], int] = {}
         self._listeners: list[Callable[[RevocationNotice], None]] = []

@@ -55,13 +55,13 @@ from services.ca_service.domain.signer import Signer
 
 MIN_SERVICE_LIFETIME = timedelta(days=1)
 MAX_SERVICE_LIFETIME = timedelta(days=825)
-"""MAX_SERVICE_LIFETIME: the longest lifetime TLS certificates were ever allowed in the Web PKI."""
+"""The longest lifetime TLS certificates were ever allowed in the Web PKI."""
 
 _SERIAL_ATTEMPTS = 5
 
 
 class Issuance:
-    """Issuance signs certificates and records them: issue, renew, OCSP signers, certificates made offline."""
+    """Signs certificates and records them: issue, renew, OCSP signers, certificates made offline."""
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ _Slot = tuple[CaKind, int]
 
 @dataclass(frozen=True, slots=True)
 class OcspAnswer:
-    """OcspAnswer is a DER OCSP response with its certificate status and nextUpdate (None for errors and
+    """A DER OCSP response with its certificate status and nextUpdate (None for errors and
     unknown serials)."""
 
     der: bytes
@@ -33,7 +33,7 @@ class OcspAnswer:
 
 @dataclass(frozen=True, slots=True)
 class CachedAnswer:
-    """CachedAnswer is an answer with the record version it was signed from (None: unknown serial) and until
+    """An answer with the record version it was signed from (None: unknown serial) and until
     when (POSIX seconds) it is served."""
 
     answer: OcspAnswer
@@ -44,14 +44,14 @@ class CachedAnswer:
 
 
 class OcspAnswerCache:
-    """OcspAnswerCache keeps signed answers per request bytes; see the module docstring."""
+    """Keeps signed answers per request bytes; see the module docstring."""
 
     def __init__(self, max_entries: int) -> None:
         self._max_entries = max_entries
         self._entries: dict[bytes, CachedAnswer] = {}
         self._by_serial: dict[_Slot, list[bytes]] = {}
         self.invalidations = 0
-        """invalidations counts `invalidate` calls: read it before a status read, compare it before `put`."""
+        """Counts `invalidate` calls: read it before a status read, compare it before `put`."""
 
     def __len__(self) -> int:
         return len(self._entries)

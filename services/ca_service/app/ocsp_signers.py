@@ -30,14 +30,14 @@ from services.ca_service.domain.signer import Signer
 log = structlog.get_logger("kagi.ca")
 
 OCSP_RENEW_CHECK = 3600.0
-"""OCSP_RENEW_CHECK is how often (seconds) a running CA checks whether an OCSP signer is due for renewal."""
+"""How often (seconds) a running CA checks whether an OCSP signer is due for renewal."""
 
 RENEWAL_LOCK_TTL = 120.0
-"""RENEWAL_LOCK_TTL is how long (seconds) one replica holds an issuer's renewal to itself."""
+"""How long (seconds) one replica holds an issuer's renewal to itself."""
 
 
 class OcspSignerFiles(Protocol):
-    """OcspSignerFiles is where OCSP signer keys and certificates are kept (the CA directory)."""
+    """Where OCSP signer keys and certificates are kept (the CA directory)."""
 
     def load_ocsp_signer(self, issuer: CertificateAuthority, passphrase: Secret) -> DelegatedOcspSigner:
         """Return the newest usable OCSP signer of ISSUER."""
@@ -64,7 +64,7 @@ async def record_ocsp_signers(issuance: Issuance, authorities: Authorities) -> N
 
 
 class OcspSignerRenewal:
-    """OcspSignerRenewal renews the OCSP signers that are due and switches the responders to them."""
+    """Renews the OCSP signers that are due and switches the responders to them."""
 
     def __init__(
         self,

@@ -44,11 +44,11 @@ _UNAUTHORIZED = OcspAnswer(OCSP_UNAUTHORIZED, "error", None)
 _TRY_LATER = OcspAnswer(OCSP_TRY_LATER, "error", None)
 
 OCSP_CACHE_SIZE = 100_000
-"""OCSP_CACHE_SIZE is how many signed OCSP answers a replica keeps."""
+"""How many signed OCSP answers a replica keeps."""
 
 
 class Publication:
-    """Publication answers the CA's public readers: CRL, OCSP, CA certificates and the revocation stream."""
+    """Answers the CA's public readers: CRL, OCSP, CA certificates and the revocation stream."""
 
     def __init__(
         self,

@@ -21,11 +21,11 @@ from services.ca_service.domain.serials import serial_hex
 from services.ca_service.domain.settings import CaKind
 
 OCSP_SIGNER_PROFILE = "ocsp-signer"
-"""OCSP_SIGNER_PROFILE names the records of delegated OCSP signer certificates (not an issuance profile)."""
+"""Names the records of delegated OCSP signer certificates (not an issuance profile)."""
 
 
 class RecordState(Enum):
-    """RecordState is how far a certificate got: a signed certificate, or (in stores written by earlier versions,
+    """How far a certificate got: a signed certificate, or (in stores written by earlier versions,
     which reserved the serial before signing) a reservation that was never signed, which counts as nothing."""
 
     RESERVED = "reserved"
@@ -33,7 +33,7 @@ class RecordState(Enum):
 
 
 class CertificateState(Enum):
-    """CertificateState is what a caller sees: active, revoked (hold included) or expired."""
+    """What a caller sees: active, revoked (hold included) or expired."""
 
     ACTIVE = "active"
     REVOKED = "revoked"
@@ -84,7 +84,7 @@ def subject_id_of(identity: Identity) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CertificateRecord:
-    """CertificateRecord is one certificate the CA issued, with its revocation once revoked.
+    """One certificate the CA issued, with its revocation once revoked.
 
     Times are whole POSIX seconds. `identity` is None only for OCSP signer records.
     """
@@ -215,7 +215,7 @@ def status_from_crl_entry(issuer: CaKind, serial_text: str, value: bytes) -> Cer
 
 @dataclass(frozen=True, slots=True)
 class PublishedCrl:
-    """PublishedCrl is a signed CRL as published in the store."""
+    """A signed CRL as published in the store."""
 
     issuer: CaKind
     der: bytes
@@ -228,7 +228,7 @@ class PublishedCrl:
 
 @dataclass(frozen=True, slots=True)
 class CrlMeta:
-    """CrlMeta is what the store says of a published CRL: its number, times, size in parts and digest."""
+    """What the store says of a published CRL: its number, times, size in parts and digest."""
 
     number: int
     this_update: int
@@ -269,7 +269,7 @@ class CrlMeta:
 
 @dataclass(frozen=True, slots=True)
 class RevocationEvent:
-    """RevocationEvent is one revocation as the feed stores it.
+    """One revocation as the feed stores it.
 
     `stamped_at` is when the revoking replica committed it, by that replica's clock (POSIX seconds).
     """

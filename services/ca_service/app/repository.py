@@ -75,10 +75,10 @@ CRL_NUMBERS = "crl-numbers"
 LOCKS = "locks"
 
 REQUEST_TTL = 24 * 3600.0
-"""REQUEST_TTL is how long an issuance stays findable by its request id (the idempotency ledger's own TTL)."""
+"""How long an issuance stays findable by its request id (the idempotency ledger's own TTL)."""
 
 PART_BYTES = 1024 * 1024
-"""PART_BYTES is the size of the parts a CRL's DER is stored in (a store value is at most 4 MiB)."""
+"""The size of the parts a CRL's DER is stored in (a store value is at most 4 MiB)."""
 
 _SUBJECT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
 _SCAN_PAGES = 5
@@ -146,7 +146,7 @@ def request_taken(error: KeyExists) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class RequestEntry:
-    """RequestEntry names an issuance by the caller's request id: its key and the request's fingerprint.
+    """Names an issuance by the caller's request id: its key and the request's fingerprint.
 
     The entry is created with the certificate, in the same commit, only if absent: the first request with the
     id wins, and a later one finds the certificate under it (same fingerprint) or is another request reusing
@@ -163,7 +163,7 @@ class RequestEntry:
 
 @dataclass(frozen=True, slots=True)
 class FeedEntry:
-    """FeedEntry is one positioned event of the revocation feed; `event` is None when it cannot be read."""
+    """One positioned event of the revocation feed; `event` is None when it cannot be read."""
 
     key: str
     position: int
@@ -171,7 +171,7 @@ class FeedEntry:
 
 
 class CaRepository:
-    """CaRepository is everything the CA stores: certificates and their indexes, the request-id ledger, the
+    """Everything the CA stores: certificates and their indexes, the request-id ledger, the
     revoked lists, the revocation feed, CRLs and locks.
 
     Methods returning operations build a state change for the journal; the others read or write directly.

@@ -26,12 +26,12 @@ from services.ca_service.domain.serials import serial_hex
 from services.ca_service.domain.settings import CaKind
 
 MAX_LIST_PAGE = 1000
-"""MAX_LIST_PAGE is the largest page ListCertificates serves."""
+"""The largest page ListCertificates serves."""
 
 
 @dataclass(frozen=True, slots=True)
 class StatusAnswer:
-    """StatusAnswer is good, revoked (with the record) or unknown (record None) for a serial."""
+    """Good, revoked (with the record) or unknown (record None) for a serial."""
 
     record: CertificateRecord | None
 
@@ -43,7 +43,7 @@ class StatusAnswer:
 
 @dataclass(frozen=True, slots=True)
 class PlannedRevocation:
-    """PlannedRevocation is a revocation ready to commit: its operations, audit and feed events, and the result."""
+    """A revocation ready to commit: its operations, audit and feed events, and the result."""
 
     operations: list[Operation]
     audit: AuditEvent
@@ -52,7 +52,7 @@ class PlannedRevocation:
 
 
 class Revocation:
-    """Revocation reads the CA's certificates and revokes them."""
+    """Reads the CA's certificates and revokes them."""
 
     def __init__(self, repository: CaRepository, journal: Journal, clock: Clock, *, publication: Publication) -> None:
         self._repository = repository

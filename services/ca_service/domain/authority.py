@@ -16,20 +16,20 @@ from services.ca_service.domain.signer import Signer, signing_key
 
 
 def same_public_key(a: PublicKeyTypes, b: PublicKeyTypes) -> bool:
-    """same_public_key tells whether two public keys are the same key (compared by SubjectPublicKeyInfo)."""
+    """Tell whether two public keys are the same key (compared by SubjectPublicKeyInfo)."""
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     return a.public_bytes(*spki) == b.public_bytes(*spki)
 
 
 def check_key_pair(certificate: x509.Certificate, signer: Signer, what: str) -> None:
-    """check_key_pair raises SignerKeyMismatch unless `signer` holds the key `certificate` certifies."""
+    """Raise SignerKeyMismatch unless `signer` holds the key `certificate` certifies."""
     if not same_public_key(certificate.public_key(), signer.public_key()):
         raise SignerKeyMismatch(f"the {what} key does not match its certificate")
 
 
 @dataclass(frozen=True, slots=True)
 class CertificateAuthority:
-    """CertificateAuthority is one of the three CAs: its kind, its certificate and its Signer (key pair checked)."""
+    """One of the three CAs: its kind, its certificate and its Signer (key pair checked)."""
 
     kind: CaKind
     certificate: x509.Certificate
@@ -40,17 +40,17 @@ class CertificateAuthority:
 
     @property
     def name(self) -> x509.Name:
-        """Name is the CA's subject, the issuer name of everything it signs."""
+        """Return the CA's subject, the issuer name of everything it signs."""
         return self.certificate.subject
 
     @property
     def public_key(self) -> CaPublicKey:
-        """Public_key is the CA's public key."""
+        """Return the CA's public key."""
         return self.signer.public_key()
 
     @property
     def subject_key_identifier(self) -> x509.SubjectKeyIdentifier:
-        """Subject_key_identifier is the SKI of the CA certificate (derived from the key if absent)."""
+        """Return the SKI of the CA certificate (derived from the key if absent)."""
         try:
             return self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         except x509.ExtensionNotFound:
@@ -58,31 +58,31 @@ class CertificateAuthority:
 
     @property
     def authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
-        """Authority_key_identifier is the AKI every certificate and CRL this CA signs carries."""
+        """Return the AKI every certificate and CRL this CA signs carries."""
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self.subject_key_identifier)
 
     @property
     def hash_algorithm(self) -> hashes.SHA256 | hashes.SHA384:
-        """Hash_algorithm is the digest this CA's signatures use."""
+        """Return the digest this CA's signatures use."""
         return self.signer.algorithm.hash
 
     @property
     def private_key(self) -> CaPrivateKey:
-        """Private_key is the Signer seen as a `cryptography` private key, to pass to a builder's sign()."""
+        """Return the Signer seen as a `cryptography` private key, to pass to a builder's sign()."""
         return signing_key(self.signer)
 
     @property
     def pem(self) -> bytes:
-        """Pem is the CA certificate in PEM."""
+        """Return the CA certificate in PEM."""
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
     @property
     def der(self) -> bytes:
-        """Der is the CA certificate in DER (what AIA caIssuers URLs serve)."""
+        """Return the CA certificate in DER (what AIA caIssuers URLs serve)."""
         return self.certificate.public_bytes(serialization.Encoding.DER)
 
     def validity_for(self, now: datetime, lifetime: timedelta, backdate: timedelta) -> tuple[datetime, datetime]:
-        """Validity_for is (notBefore, notAfter) for a certificate signed now, kept inside the CA's own validity.
+        """Return (notBefore, notAfter) for a certificate signed now, kept inside the CA's own validity.
 
         notBefore is backdated by `backdate` to absorb clock skew but never before the CA's notBefore;
         notAfter is `lifetime` from now but never after the CA's notAfter.

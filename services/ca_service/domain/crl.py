@@ -21,7 +21,7 @@ from services.ca_service.domain.revocation import CertificateStatus, RevocationR
 from services.ca_service.domain.settings import PkiSettings
 
 MAX_CRL_NUMBER: int = 2**159 - 1
-"""MAX_CRL_NUMBER: RFC 5280 section 5.2.3 caps CRL numbers at 20 octets."""
+"""RFC 5280 section 5.2.3 caps CRL numbers at 20 octets."""
 
 _REASON_EXTENSIONS: dict[RevocationReason, x509.Extension[x509.CRLReason]] = {
     reason: x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(reason.flag))
@@ -32,7 +32,7 @@ _REASON_EXTENSIONS: dict[RevocationReason, x509.Extension[x509.CRLReason]] = {
 
 @dataclass(frozen=True, slots=True)
 class SignedCrl:
-    """SignedCrl is a signed CRL in DER with the facts a publisher needs about it."""
+    """A signed CRL in DER with the facts a publisher needs about it."""
 
     der: bytes
     number: int
@@ -42,7 +42,7 @@ class SignedCrl:
 
     @property
     def pem(self) -> bytes:
-        """Pem is the CRL in PEM (X509 CRL)."""
+        """Return the CRL in PEM (X509 CRL)."""
         crl = x509.load_der_x509_crl(self.der)
         return crl.public_bytes(serialization.Encoding.PEM)
 
@@ -55,7 +55,7 @@ def build_crl(
     settings: PkiSettings,
     clock: Clock,
 ) -> SignedCrl:
-    """build_crl signs the CRL of `ca` listing every revoked certificate in `revoked`.
+    """Sign the CRL of `ca` listing every revoked certificate in `revoked`.
 
     Statuses that are not revoked are skipped. An entry is dropped once its certificate expired more than
     one CRL period ago: RFC 5280 section 3.3 wants it on one scheduled CRL issued after expiry, and every

@@ -23,7 +23,7 @@ from services.ca_service.domain.errors import (
 from services.ca_service.domain.keys import CaPublicKey, check_subject_key, describe_key
 
 MAX_CSR_BYTES = 16 * 1024
-"""MAX_CSR_BYTES caps a CSR; a P-256 CSR is ~0.4 KiB and an RSA-8192 one ~2.5 KiB."""
+"""Caps a CSR; a P-256 CSR is ~0.4 KiB and an RSA-8192 one ~2.5 KiB."""
 
 _PEM_BEGIN_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,64})-----")
 _CSR_LABELS = (b"CERTIFICATE REQUEST", b"NEW CERTIFICATE REQUEST")
@@ -33,14 +33,14 @@ _FIELD = "csr"
 
 @dataclass(frozen=True, slots=True)
 class ValidatedCsr:
-    """ValidatedCsr is a CSR whose signature verified and whose key passed the policy."""
+    """A CSR whose signature verified and whose key passed the policy."""
 
     public_key: CaPublicKey
     key_description: str
 
 
 def parse_csr(data: bytes | str) -> ValidatedCsr:
-    """parse_csr reads a PEM or DER CSR, checks its size, type, self-signature and key policy.
+    """Read a PEM or DER CSR, checks its size, type, self-signature and key policy.
 
     Every failure raises an InvalidArgument subclass naming the field "csr" and the rule that failed.
     """

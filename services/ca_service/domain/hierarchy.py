@@ -25,7 +25,7 @@ from services.ca_service.domain.settings import CaKind, PkiSettings
 from services.ca_service.domain.signer import Signer, signing_key
 
 ISSUING_KINDS = (CaKind.CUSTOMER, CaKind.INTERNAL)
-"""ISSUING_KINDS are the CAs that issue end-entity certificates (and so have CRLs and OCSP signers)."""
+"""The CAs that issue end-entity certificates (and so have CRLs and OCSP signers)."""
 
 _CA_KEY_USAGE = x509.KeyUsage(
     digital_signature=False,
@@ -52,7 +52,7 @@ _SIGNING_KEY_USAGE = x509.KeyUsage(
 
 
 def ca_name(settings: PkiSettings, kind: CaKind) -> x509.Name:
-    """ca_name is the subject of the CA of `kind`: O=<organization>, CN=<its common name>."""
+    """Return the subject of the CA of `kind`: O=<organization>, CN=<its common name>."""
     return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, settings.organization, _type=_ASN1Type.UTF8String),
@@ -64,7 +64,7 @@ def ca_name(settings: PkiSettings, kind: CaKind) -> x509.Name:
 def build_root(
     signer: Signer, *, settings: PkiSettings, clock: Clock, random_bytes: RandomBytes = os.urandom
 ) -> CertificateAuthority:
-    """build_root self-signs the root CA certificate with `signer`."""
+    """Self-sign the root CA certificate with `signer`."""
     now = utc_datetime(clock).replace(microsecond=0)
     name = ca_name(settings, CaKind.ROOT)
     ski = x509.SubjectKeyIdentifier.from_public_key(signer.public_key())
@@ -94,7 +94,7 @@ def build_intermediate(
     clock: Clock,
     random_bytes: RandomBytes = os.urandom,
 ) -> CertificateAuthority:
-    """build_intermediate has the root certify `signer`'s key as the customer or internal CA."""
+    """Have the root certify `signer`'s key as the customer or internal CA."""
     if root.kind is not CaKind.ROOT or kind not in ISSUING_KINDS:
         raise IssuerCannotIssue(f"the {root.kind.value} CA cannot certify a {kind.value} CA")
     now = utc_datetime(clock).replace(microsecond=0)
@@ -130,14 +130,14 @@ def build_intermediate(
 
 @dataclass(frozen=True, slots=True)
 class Hierarchy:
-    """Hierarchy is the root and its two issuing CAs."""
+    """The root and its two issuing CAs."""
 
     root: CertificateAuthority
     customer: CertificateAuthority
     internal: CertificateAuthority
 
     def issuing(self, kind: CaKind) -> CertificateAuthority:
-        """Issuing returns the issuing CA of `kind` (customer or internal)."""
+        """Return the issuing CA of `kind` (customer or internal)."""
         if kind is CaKind.CUSTOMER:
             return self.customer
         if kind is CaKind.INTERNAL:
@@ -145,7 +145,7 @@ class Hierarchy:
         raise IssuerCannotIssue("the root CA does not issue end-entity certificates")
 
     def bundle_pem(self, kind: CaKind) -> bytes:
-        """Bundle_pem is the chain a relying party needs for `kind`: the issuing CA then the root, in PEM."""
+        """Return the chain a relying party needs for `kind`: the issuing CA then the root, in PEM."""
         return self.issuing(kind).pem + self.root.pem
 
 
@@ -156,7 +156,7 @@ def build_hierarchy(
     clock: Clock,
     random_bytes: RandomBytes = os.urandom,
 ) -> Hierarchy:
-    """build_hierarchy creates the root and both intermediates, one Signer per CA kind."""
+    """Create the root and both intermediates, one Signer per CA kind."""
     root = build_root(signers[CaKind.ROOT], settings=settings, clock=clock, random_bytes=random_bytes)
     customer, internal = (
         build_intermediate(root, kind, signers[kind], settings=settings, clock=clock, random_bytes=random_bytes)
@@ -166,7 +166,7 @@ def build_hierarchy(
 
 
 def crl_distribution_points(settings: PkiSettings, issuer: CaKind) -> x509.CRLDistributionPoints:
-    """crl_distribution_points points at the CRL that `issuer` publishes."""
+    """Point at the CRL that `issuer` publishes."""
     return x509.CRLDistributionPoints(
         [
             x509.DistributionPoint(
@@ -181,7 +181,7 @@ def crl_distribution_points(settings: PkiSettings, issuer: CaKind) -> x509.CRLDi
 
 @dataclass(frozen=True, slots=True)
 class DelegatedOcspSigner:
-    """DelegatedOcspSigner is the certificate and Signer that sign OCSP responses on behalf of `issuer`."""
+    """The certificate and Signer that sign OCSP responses on behalf of `issuer`."""
 
     issuer: CertificateAuthority
     certificate: x509.Certificate
@@ -194,7 +194,7 @@ class DelegatedOcspSigner:
 
     @property
     def pem(self) -> bytes:
-        """Pem is the OCSP signer certificate in PEM."""
+        """Return the OCSP signer certificate in PEM."""
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
 
@@ -206,7 +206,7 @@ def issue_ocsp_signer(
     clock: Clock,
     random_bytes: RandomBytes = os.urandom,
 ) -> DelegatedOcspSigner:
-    """issue_ocsp_signer has `issuer` certify `signer`'s key for OCSP signing, valid `ocsp_signer_validity`."""
+    """Have `issuer` certify `signer`'s key for OCSP signing, valid `ocsp_signer_validity`."""
     if issuer.kind not in ISSUING_KINDS:
         raise IssuerCannotIssue("only the customer and internal CAs have delegated OCSP signers")
     now = utc_datetime(clock).replace(microsecond=0)
@@ -239,7 +239,7 @@ def issue_ocsp_signer(
 
 
 def ocsp_signer_needs_renewal(current: DelegatedOcspSigner, *, settings: PkiSettings, clock: Clock) -> bool:
-    """ocsp_signer_needs_renewal: true within `ocsp_signer_renew_before` of expiry, or once the CA was re-keyed."""
+    """True within `ocsp_signer_renew_before` of expiry, or once the CA was re-keyed."""
     now = utc_datetime(clock)
     if now + settings.ocsp_signer_renew_before >= current.certificate.not_valid_after_utc:
         return True
@@ -258,7 +258,7 @@ def renew_ocsp_signer(
     clock: Clock,
     random_bytes: RandomBytes = os.urandom,
 ) -> DelegatedOcspSigner:
-    """renew_ocsp_signer returns `current` while it is fresh, else a new signer certified with a new key.
+    """Return `current` while it is fresh, else a new signer certified with a new key.
 
     A fresh key each time (from `new_signer`) limits what a leaked responder key can sign to one period.
     """

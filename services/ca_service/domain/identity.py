@@ -18,10 +18,10 @@ from services.ca_service.domain.errors import InvalidIdentity
 from services.ca_service.domain.settings import PkiSettings
 
 SERVICE_ROLES = ("ca", "otp", "enrollment", "gateway", "operator", "frontend")
-"""SERVICE_ROLES are the SPIFFE roles an internal certificate may name (the per-RPC allow-lists use them)."""
+"""The SPIFFE roles an internal certificate may name (the per-RPC allow-lists use them)."""
 
 MAX_NAME_CHARS = 64
-"""MAX_NAME_CHARS is the X.520 upper bound of an organization or common name (ub-organization-name etc.)."""
+"""The X.520 upper bound of an organization or common name (ub-organization-name etc.)."""
 
 _USER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
 # X.520 serialNumber is a PrintableString, so a login ID is limited to that alphabet.
@@ -46,7 +46,7 @@ def _clean(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CustomerIdentity:
-    """CustomerIdentity is the bank customer's user a client certificate is issued to.
+    """The bank customer's user a client certificate is issued to.
 
     Subject: O=company, CN=user name (UTF8String, so Japanese names are kept as typed), serialNumber=login ID
     (PrintableString, as X.520 requires). SAN: the stable URI `urn:kagi:user:<user_id>`, which survives a
@@ -83,11 +83,11 @@ class CustomerIdentity:
 
     @property
     def user_uri(self) -> str:
-        """User_uri is the stable name of the user, `urn:kagi:user:<user_id>`."""
+        """Return the stable name of the user, `urn:kagi:user:<user_id>`."""
         return f"urn:kagi:user:{self.user_id}"
 
     def subject(self, settings: PkiSettings) -> x509.Name:
-        """Subject is the certificate subject: O=company, CN=user name, serialNumber=login ID."""
+        """Return the certificate subject: O=company, CN=user name, serialNumber=login ID."""
         return x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.company, _type=_ASN1Type.UTF8String),
@@ -97,13 +97,13 @@ class CustomerIdentity:
         )
 
     def subject_alt_name(self, settings: PkiSettings) -> x509.SubjectAlternativeName:
-        """Subject_alt_name holds the user URI only."""
+        """Hold the user URI only."""
         return x509.SubjectAlternativeName([x509.UniformResourceIdentifier(self.user_uri)])
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceIdentity:
-    """ServiceIdentity is a kagi service or bank front-end; its one URI SAN is spiffe://<trust domain>/<role>.
+    """A kagi service or bank front-end; its one URI SAN is spiffe://<trust domain>/<role>.
 
     DNS names and IP addresses are added so that TLS clients can check the server's name as well.
     """
@@ -132,11 +132,11 @@ class ServiceIdentity:
             raise InvalidIdentity("the service identity to certify is ill-formed", fields=problems)
 
     def spiffe_id(self, settings: PkiSettings) -> str:
-        """Spiffe_id is the service's SPIFFE ID in the deployment's trust domain."""
+        """Return the service's SPIFFE ID in the deployment's trust domain."""
         return f"spiffe://{settings.spiffe_trust_domain}/{self.role}"
 
     def subject(self, settings: PkiSettings) -> x509.Name:
-        """Subject is O=<deployment organization>, CN=<role>."""
+        """Return O=<deployment organization>, CN=<role>."""
         return x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, settings.organization, _type=_ASN1Type.UTF8String),
@@ -145,7 +145,7 @@ class ServiceIdentity:
         )
 
     def subject_alt_name(self, settings: PkiSettings) -> x509.SubjectAlternativeName:
-        """Subject_alt_name holds the SPIFFE URI first, then the DNS names and IP addresses."""
+        """Hold the SPIFFE URI first, then the DNS names and IP addresses."""
         names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(self.spiffe_id(settings))]
         names += [x509.DNSName(name) for name in self.dns_names]
         names += [x509.IPAddress(ipaddress.ip_address(address)) for address in self.ip_addresses]
@@ -153,4 +153,4 @@ class ServiceIdentity:
 
 
 Identity = CustomerIdentity | ServiceIdentity
-"""Identity is anything a certificate can be issued to."""
+"""Anything a certificate can be issued to."""

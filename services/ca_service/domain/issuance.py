@@ -42,7 +42,7 @@ _END_ENTITY_KEY_USAGE = x509.KeyUsage(
 
 @dataclass(frozen=True, slots=True)
 class PreparedIssuance:
-    """PreparedIssuance is a validated request with its serial and validity fixed, ready to be signed."""
+    """A validated request with its serial and validity fixed, ready to be signed."""
 
     issuer: CaKind
     serial: int
@@ -55,13 +55,13 @@ class PreparedIssuance:
 
     @property
     def serial_hex(self) -> str:
-        """Serial_hex is the serial in its canonical text form (the certificate's key in the store)."""
+        """Return the serial in its canonical text form (the certificate's key in the store)."""
         return serial_hex(self.serial)
 
 
 @dataclass(frozen=True, slots=True)
 class IssuedCertificate:
-    """IssuedCertificate is a signed end-entity certificate and what the CA records about it."""
+    """A signed end-entity certificate and what the CA records about it."""
 
     issuer: CaKind
     profile: str
@@ -69,37 +69,37 @@ class IssuedCertificate:
 
     @property
     def serial(self) -> int:
-        """Serial is the certificate's serial number."""
+        """Return the certificate's serial number."""
         return self.certificate.serial_number
 
     @property
     def serial_hex(self) -> str:
-        """Serial_hex is the serial in its canonical text form."""
+        """Return the serial in its canonical text form."""
         return serial_hex(self.certificate.serial_number)
 
     @property
     def not_before(self) -> datetime:
-        """Not_before is the start of validity (UTC)."""
+        """Return the start of validity (UTC)."""
         return self.certificate.not_valid_before_utc
 
     @property
     def not_after(self) -> datetime:
-        """Not_after is the end of validity (UTC)."""
+        """Return the end of validity (UTC)."""
         return self.certificate.not_valid_after_utc
 
     @property
     def der(self) -> bytes:
-        """Der is the certificate in DER."""
+        """Return the certificate in DER."""
         return self.certificate.public_bytes(serialization.Encoding.DER)
 
     @property
     def pem(self) -> bytes:
-        """Pem is the certificate in PEM."""
+        """Return the certificate in PEM."""
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
     @property
     def fingerprint_sha256(self) -> str:
-        """Fingerprint_sha256 is the lower-case hex SHA-256 of the DER certificate."""
+        """Return the lower-case hex SHA-256 of the DER certificate."""
         return self.certificate.fingerprint(hashes.SHA256()).hex()
 
 
@@ -114,7 +114,7 @@ def prepare_issuance(
     profiles: Mapping[str, CertificateProfile] = DEFAULT_PROFILES,
     random_bytes: RandomBytes = os.urandom,
 ) -> PreparedIssuance:
-    """prepare_issuance validates everything about a request and draws its serial; nothing is signed yet.
+    """Validate everything about a request and draw its serial; nothing is signed yet.
 
     Raises UnknownProfile, InvalidIdentity, the CSR errors of `parse_csr` (all InvalidArgument naming the
     field), or IssuerCannotIssue when `ca` is not the profile's issuer or is outside its validity.
@@ -150,7 +150,7 @@ def prepare_issuance(
 def sign_certificate(
     ca: CertificateAuthority, prepared: PreparedIssuance, *, settings: PkiSettings
 ) -> IssuedCertificate:
-    """sign_certificate signs a prepared issuance with `ca` (return it only once its record is committed)."""
+    """Sign a prepared issuance with `ca` (return it only once its record is committed)."""
     if ca.kind is not prepared.issuer:
         raise IssuerCannotIssue(f"this issuance was prepared for the {prepared.issuer.value} CA")
     identity = prepared.identity

@@ -15,26 +15,26 @@ from services.ca_service.domain.errors import (
 )
 
 CaPrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-"""CaPrivateKey is a private key type the CA may sign with."""
+"""A private key type the CA may sign with."""
 
 CaPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
-"""CaPublicKey is a public key type the CA certifies (and signs with)."""
+"""A public key type the CA certifies (and signs with)."""
 
 RSA_MIN_BITS = 2048
-"""RSA_MIN_BITS is the smallest RSA modulus the CA certifies."""
+"""The smallest RSA modulus the CA certifies."""
 
 # An upper bound keeps a hostile CSR from making every later signature check on it expensive.
 RSA_MAX_BITS = 8192
-"""RSA_MAX_BITS is the largest RSA modulus the CA certifies."""
+"""The largest RSA modulus the CA certifies."""
 
 RSA_EXPONENT = 65537
-"""RSA_EXPONENT is the only RSA public exponent the CA certifies."""
+"""The only RSA public exponent the CA certifies."""
 
 _ALLOWED_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}
 
 
 class KeyAlgorithm(Enum):
-    """KeyAlgorithm is a key type and size the CA can generate for its own keys; P-256 is the default."""
+    """A key type and size the CA can generate for its own keys; P-256 is the default."""
 
     EC_P256 = "ec-p256"
     EC_P384 = "ec-p384"
@@ -43,7 +43,7 @@ class KeyAlgorithm(Enum):
 
 
 def parse_key_algorithm(text: str) -> KeyAlgorithm:
-    """parse_key_algorithm reads a setting such as "ec-p256" or "rsa-3072" (case-insensitive)."""
+    """Read a setting such as "ec-p256" or "rsa-3072" (case-insensitive)."""
     try:
         return KeyAlgorithm(text.strip().lower())
     except ValueError:
@@ -54,7 +54,7 @@ def parse_key_algorithm(text: str) -> KeyAlgorithm:
 
 
 def generate_private_key(algorithm: KeyAlgorithm = KeyAlgorithm.EC_P256) -> CaPrivateKey:
-    """generate_private_key makes a fresh key of `algorithm` from the operating system's CSPRNG."""
+    """Make a fresh key of `algorithm` from the operating system's CSPRNG."""
     if algorithm is KeyAlgorithm.EC_P256:
         return ec.generate_private_key(ec.SECP256R1())
     if algorithm is KeyAlgorithm.EC_P384:
@@ -64,21 +64,21 @@ def generate_private_key(algorithm: KeyAlgorithm = KeyAlgorithm.EC_P256) -> CaPr
 
 
 def key_algorithm_of(public_key: CaPublicKey) -> KeyAlgorithm | None:
-    """key_algorithm_of names the KeyAlgorithm a public key belongs to, or None for other sizes."""
+    """Name the KeyAlgorithm a public key belongs to, or None for other sizes."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         return {"secp256r1": KeyAlgorithm.EC_P256, "secp384r1": KeyAlgorithm.EC_P384}.get(public_key.curve.name)
     return {2048: KeyAlgorithm.RSA_2048, 3072: KeyAlgorithm.RSA_3072}.get(public_key.key_size)
 
 
 def describe_key(public_key: CaPublicKey) -> str:
-    """describe_key is a short human name for a key, such as "EC P-256" or "RSA 2048"."""
+    """Return a short human name for a key, such as "EC P-256" or "RSA 2048"."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         return f"EC {_ALLOWED_CURVES.get(public_key.curve.name, public_key.curve.name)}"
     return f"RSA {public_key.key_size}"
 
 
 def check_subject_key(public_key: PublicKeyTypes, *, field: str = "csr") -> CaPublicKey:
-    """check_subject_key returns the key if policy allows it, else raises naming the rule it breaks.
+    """Return the key if policy allows it, else raise naming the rule it breaks.
 
     Policy: RSA of 2048-8192 bits with exponent 65537, or EC on P-256 or P-384. Everything else (Ed25519,
     Ed448, DSA, P-521, secp256k1, ...) is refused: relying parties in the bank's estate do not all accept it.

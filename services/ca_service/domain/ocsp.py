@@ -25,10 +25,10 @@ from services.ca_service.domain.settings import CaKind, PkiSettings
 from services.ca_service.domain.signer import signing_key
 
 MAX_OCSP_REQUEST_BYTES = 8 * 1024
-"""MAX_OCSP_REQUEST_BYTES caps a request; a one-certificate request with a nonce is about 100 bytes."""
+"""Caps a request; a one-certificate request with a nonce is about 100 bytes."""
 
 MAX_NONCE_BYTES = 32
-"""MAX_NONCE_BYTES: RFC 8954 section 2.1 has responders refuse nonces outside 1-32 octets as malformed."""
+"""RFC 8954 section 2.1 has responders refuse nonces outside 1-32 octets as malformed."""
 
 
 def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
@@ -36,16 +36,16 @@ def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
 
 
 OCSP_MALFORMED_REQUEST = _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
-"""OCSP_MALFORMED_REQUEST is the (unsigned) answer to a request that cannot be parsed or is too large."""
+"""The (unsigned) answer to a request that cannot be parsed or is too large."""
 
 OCSP_UNAUTHORIZED = _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
-"""OCSP_UNAUTHORIZED is the answer for an issuer this responder does not serve (RFC 6960 section 2.3)."""
+"""The answer for an issuer this responder does not serve (RFC 6960 section 2.3)."""
 
 OCSP_INTERNAL_ERROR = _unsuccessful(ocsp.OCSPResponseStatus.INTERNAL_ERROR)
-"""OCSP_INTERNAL_ERROR is the answer when the responder itself failed."""
+"""The answer when the responder itself failed."""
 
 OCSP_TRY_LATER = _unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
-"""OCSP_TRY_LATER is the answer when the status store is unavailable."""
+"""The answer when the status store is unavailable."""
 
 _HASHES: dict[str, hashes.HashAlgorithm] = {
     "sha1": hashes.SHA1(),  # noqa: S303 - RFC 6960 CertIDs are SHA-1 by default; it names, it does not sign
@@ -57,7 +57,7 @@ _HASHES: dict[str, hashes.HashAlgorithm] = {
 
 @dataclass(frozen=True, slots=True)
 class OcspQuery:
-    """OcspQuery is the one CertID an OCSP request asks about, and its nonce if it sent one."""
+    """The one CertID an OCSP request asks about, and its nonce if it sent one."""
 
     serial: int
     hash_algorithm: str
@@ -67,7 +67,7 @@ class OcspQuery:
 
 
 def parse_ocsp_request(der: bytes) -> OcspQuery:
-    """parse_ocsp_request reads a DER OCSPRequest for exactly one certificate.
+    """Read a DER OCSPRequest for exactly one certificate.
 
     Raises MalformedOcspRequest (answer it with OCSP_MALFORMED_REQUEST) for oversize, undecodable or
     multi-certificate requests and for unknown CertID hash algorithms.
@@ -110,7 +110,7 @@ def parse_ocsp_request(der: bytes) -> OcspQuery:
 
 @dataclass(frozen=True, slots=True)
 class OcspResponder:
-    """OcspResponder answers for one issuing CA with its delegated OCSP signer."""
+    """Answers for one issuing CA with its delegated OCSP signer."""
 
     delegate: DelegatedOcspSigner
     _issuer_hashes: dict[str, tuple[bytes, bytes]] = field(init=False, repr=False, compare=False)
@@ -130,17 +130,17 @@ class OcspResponder:
 
     @property
     def issuer(self) -> CaKind:
-        """Issuer is the kind of CA this responder answers for."""
+        """Return the kind of CA this responder answers for."""
         return self.delegate.issuer.kind
 
     def serves(self, query: OcspQuery) -> bool:
-        """Serves tells whether the query's CertID names this responder's CA (name and key hash)."""
+        """Tell whether the query's CertID names this responder's CA (name and key hash)."""
         expected = self._issuer_hashes.get(query.hash_algorithm)
         return expected == (query.issuer_name_hash, query.issuer_key_hash)
 
 
 def select_responder(query: OcspQuery, responders: Iterable[OcspResponder]) -> OcspResponder | None:
-    """select_responder returns the responder for the query's issuer, or None (answer OCSP_UNAUTHORIZED)."""
+    """Return the responder for the query's issuer, or None (answer OCSP_UNAUTHORIZED)."""
     return next((responder for responder in responders if responder.serves(query)), None)
 
 
@@ -158,7 +158,7 @@ def sign_ocsp_response(
 
 @dataclass(frozen=True, slots=True)
 class SignedOcspResponse:
-    """SignedOcspResponse is a DER OCSP response with what it says: its certificate status and its nextUpdate
+    """A DER OCSP response with what it says: its certificate status and its nextUpdate
     (None for an unsuccessful response), so nobody parses the DER back to learn them."""
 
     der: bytes
@@ -222,7 +222,7 @@ def sign_ocsp_answer(
 
 @dataclass(frozen=True, slots=True)
 class OcspCacheKey:
-    """OcspCacheKey names one cacheable answer: issuer, serial, status version (None: unknown), CertID hash."""
+    """Names one cacheable answer: issuer, serial, status version (None: unknown), CertID hash."""
 
     issuer: CaKind
     serial: int
@@ -231,7 +231,7 @@ class OcspCacheKey:
 
 
 class OcspResponseCache:
-    """OcspResponseCache keeps signed responses until their status changes or they are half-way to nextUpdate.
+    """Keeps signed responses until their status changes or they are half-way to nextUpdate.
 
     Keyed by status version, a changed status can never be answered from the cache; `invalidate` also frees
     the stale entry at once. Bounded (least recently used serials go first). Not thread-safe: one per event
@@ -246,7 +246,7 @@ class OcspResponseCache:
         return len(self._entries)
 
     def get(self, key: OcspCacheKey, now: datetime) -> bytes | None:
-        """Get returns the cached response for `key` if it is still fresh at `now`."""
+        """Return the cached response for `key` if it is still fresh at `now`."""
         slot = (key.issuer, key.serial)
         entry = self._entries.get(slot)
         if entry is None:
@@ -258,7 +258,7 @@ class OcspResponseCache:
         return response
 
     def put(self, key: OcspCacheKey, response: bytes, fresh_until: datetime) -> None:
-        """Put stores `response` for `key` until `fresh_until`, replacing any answer for an older status."""
+        """Store `response` for `key` until `fresh_until`, replacing any answer for an older status."""
         slot = (key.issuer, key.serial)
         self._entries[slot] = (key, response, fresh_until)
         self._entries.move_to_end(slot)
@@ -266,11 +266,11 @@ class OcspResponseCache:
             self._entries.popitem(last=False)
 
     def invalidate(self, issuer: CaKind, serial: int) -> bool:
-        """Invalidate drops the cached answer for a serial (call it when its status changes)."""
+        """Drop the cached answer for a serial (call it when its status changes)."""
         return self._entries.pop((issuer, serial), None) is not None
 
     def clear(self) -> None:
-        """Clear drops every cached answer (for example after the OCSP signer is renewed)."""
+        """Drop every cached answer (for example after the OCSP signer is renewed)."""
         self._entries.clear()
 
 
@@ -283,7 +283,7 @@ def answer_ocsp(
     clock: Clock,
     cache: OcspResponseCache | None = None,
 ) -> bytes:
-    """answer_ocsp returns the signed response for `query`, from `cache` when a fresh one is there.
+    """Return the signed response for `query`, from `cache` when a fresh one is there.
 
     Requests with a nonce are always signed afresh, since the nonce must be echoed in the signed data.
     Cached answers are served until half their validity has passed, so a client never gets a nearly stale one.

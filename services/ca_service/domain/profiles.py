@@ -17,7 +17,7 @@ from services.ca_service.domain.settings import CaKind
 
 @dataclass(frozen=True, slots=True)
 class CertificateProfile:
-    """CertificateProfile fixes everything about an end-entity certificate that does not come from the request."""
+    """Fixes everything about an end-entity certificate that does not come from the request."""
 
     name: str
     issuer: CaKind
@@ -33,7 +33,7 @@ CUSTOMER_PROFILE = CertificateProfile(
     validity=timedelta(days=365),
     extended_key_usages=(ExtendedKeyUsageOID.CLIENT_AUTH,),
 )
-"""CUSTOMER_PROFILE is a customer user's TLS client certificate, issued by the customer CA."""
+"""A customer user's TLS client certificate, issued by the customer CA."""
 
 SERVICE_PROFILE = CertificateProfile(
     name="service",
@@ -42,16 +42,16 @@ SERVICE_PROFILE = CertificateProfile(
     validity=timedelta(days=90),
     extended_key_usages=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
 )
-"""SERVICE_PROFILE is an internal mTLS certificate (server and client), issued by the internal CA."""
+"""An internal mTLS certificate (server and client), issued by the internal CA."""
 
 DEFAULT_PROFILES: Mapping[str, CertificateProfile] = MappingProxyType(
     {profile.name: profile for profile in (CUSTOMER_PROFILE, SERVICE_PROFILE)}
 )
-"""DEFAULT_PROFILES are the profiles a deployment has unless it configures others."""
+"""The profiles a deployment has unless it configures others."""
 
 
 def get_profile(name: str, profiles: Mapping[str, CertificateProfile] = DEFAULT_PROFILES) -> CertificateProfile:
-    """get_profile returns the profile called `name`, or raises UnknownProfile naming the field "profile"."""
+    """Return the profile called `name`, or raise UnknownProfile naming the field "profile"."""
     profile = profiles.get(name) if isinstance(name, str) else None
     if profile is None:
         known = ", ".join(sorted(profiles))

@@ -15,7 +15,7 @@ from services.ca_service.domain.settings import CaKind
 
 
 class RevocationReason(IntEnum):
-    """RevocationReason is an RFC 5280 CRLReason code (section 5.3.1); value 7 is unassigned."""
+    """An RFC 5280 CRLReason code (section 5.3.1); value 7 is unassigned."""
 
     UNSPECIFIED = 0
     KEY_COMPROMISE = 1
@@ -30,12 +30,12 @@ class RevocationReason(IntEnum):
 
     @property
     def rfc_name(self) -> str:
-        """Rfc_name is the name RFC 5280 gives the reason, e.g. "keyCompromise"."""
+        """Return the name RFC 5280 gives the reason, e.g. "keyCompromise"."""
         return _RFC_NAMES[self]
 
     @property
     def flag(self) -> x509.ReasonFlags:
-        """Flag is the reason as `cryptography`'s ReasonFlags."""
+        """Return the reason as `cryptography`'s ReasonFlags."""
         return _FLAGS[self]
 
 
@@ -75,7 +75,7 @@ _BY_NAME = {_key(reason.name): reason for reason in _REVOKE_REASONS}
 
 
 def parse_revocation_reason(value: str | int) -> RevocationReason:
-    """parse_revocation_reason reads a reason by RFC name ("keyCompromise"), enum name or number.
+    """Read a reason by RFC name ("keyCompromise"), enum name or number.
 
     removeFromCRL (8), the unassigned 7 and anything out of 0-10 raise InvalidRevocationReason naming the
     field "reason".
@@ -100,7 +100,7 @@ def parse_revocation_reason(value: str | int) -> RevocationReason:
 
 @dataclass(frozen=True, slots=True)
 class Revocation:
-    """Revocation is when and why a certificate was revoked."""
+    """When and why a certificate was revoked."""
 
     revoked_at: datetime
     reason: RevocationReason
@@ -108,7 +108,7 @@ class Revocation:
 
 @dataclass(frozen=True, slots=True)
 class CertificateStatus:
-    """CertificateStatus is what the CA knows of one certificate it issued, as status answers need it.
+    """What the CA knows of one certificate it issued, as status answers need it.
 
     `version` is the stored record's version; it changes with every status change, so it keys OCSP caches.
     """
@@ -124,17 +124,17 @@ class CertificateStatus:
 
     @property
     def serial_hex(self) -> str:
-        """Serial_hex is the serial in its canonical text form."""
+        """Return the serial in its canonical text form."""
         return serial_hex(self.serial)
 
     @property
     def is_revoked(self) -> bool:
-        """Is_revoked tells whether the certificate is revoked (or on hold)."""
+        """Tell whether the certificate is revoked (or on hold)."""
         return self.revocation is not None
 
 
 def revoke(status: CertificateStatus, reason: RevocationReason, at: datetime) -> CertificateStatus:
-    """revoke returns the status with the revocation recorded; the store write that follows is the use case's.
+    """Return the status with the revocation recorded; the store write that follows is the use case's.
 
     A revoked certificate stays revoked; the one allowed change is from certificateHold to a final reason.
     """

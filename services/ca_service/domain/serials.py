@@ -9,20 +9,20 @@ from collections.abc import Callable
 from services.ca_service.domain.errors import InvalidSerial
 
 SERIAL_BITS = 159
-"""SERIAL_BITS: 159 random bits keep the DER INTEGER positive and within RFC 5280's 20 octets."""
+"""159 random bits keep the DER INTEGER positive and within RFC 5280's 20 octets."""
 
 MAX_SERIAL: int = 2**SERIAL_BITS - 1
-"""MAX_SERIAL is the largest serial this CA issues or accepts (any positive 20-octet INTEGER)."""
+"""The largest serial this CA issues or accepts (any positive 20-octet INTEGER)."""
 
 RandomBytes = Callable[[int], bytes]
-"""RandomBytes returns n bytes from a CSPRNG (os.urandom in production; tests inject a fixed source)."""
+"""Returns n bytes from a CSPRNG (os.urandom in production; tests inject a fixed source)."""
 
 _HEX_RE = re.compile(r"(?:0[xX])?[0-9a-fA-F]+")
 _DEC_RE = re.compile(r"[0-9]+")
 
 
 def new_serial(random_bytes: RandomBytes = os.urandom) -> int:
-    """new_serial draws a fresh serial: 159 bits of CSPRNG output, never zero.
+    """Draw a fresh serial: 159 bits of CSPRNG output, never zero.
 
     The use case reserves it in the store (create-if-absent) before anything is signed with it.
     """
@@ -33,12 +33,12 @@ def new_serial(random_bytes: RandomBytes = os.urandom) -> int:
 
 
 def serial_hex(serial: int) -> str:
-    """serial_hex is the canonical text of a serial: lower-case hex without prefix (used as the store key)."""
+    """Return the canonical text of a serial: lower-case hex without prefix (used as the store key)."""
     return format(check_serial(serial), "x")
 
 
 def check_serial(serial: int) -> int:
-    """check_serial returns `serial` if it is a positive integer of at most 20 DER octets."""
+    """Return `serial` if it is a positive integer of at most 20 DER octets."""
     if isinstance(serial, bool) or not isinstance(serial, int) or not 0 < serial <= MAX_SERIAL:
         raise InvalidSerial(
             "serial number out of range", fields={"serial": "must be a positive integer of at most 20 octets"}
@@ -47,7 +47,7 @@ def check_serial(serial: int) -> int:
 
 
 def parse_serial(text: str) -> int:
-    """parse_serial reads a serial given as hex or decimal text.
+    """Read a serial given as hex or decimal text.
 
     Hex is "0x"-prefixed, colon-separated ("1a:2b:..."), or contains a letter a-f; digits alone are decimal.
     Whitespace around the text is ignored. Anything else raises InvalidSerial naming the field "serial".

@@ -12,13 +12,13 @@ from services.ca_service.domain.errors import InvalidPkiSettings
 from services.ca_service.domain.keys import KeyAlgorithm
 
 MAX_BACKDATE = timedelta(minutes=5)
-"""MAX_BACKDATE is the most a notBefore may be set before the signing time (to absorb client clock skew)."""
+"""The most a notBefore may be set before the signing time (to absorb client clock skew)."""
 
 _TRUST_DOMAIN_RE = re.compile(r"[a-z0-9]([a-z0-9.\-]{0,253}[a-z0-9])?")
 
 
 class CaKind(Enum):
-    """CaKind names one of the three authorities: the root and its two issuing intermediates."""
+    """Names one of the three authorities: the root and its two issuing intermediates."""
 
     ROOT = "root"
     CUSTOMER = "customer"
@@ -27,7 +27,7 @@ class CaKind(Enum):
 
 @dataclass(frozen=True, slots=True)
 class PkiSettings:
-    """PkiSettings holds what a deployment chooses about its PKI; the defaults suit `kagi dev`.
+    """Holds what a deployment chooses about its PKI; the defaults suit `kagi dev`.
 
     URL templates take `{base}` (the public base URL) and `{ca}` (root, customer or internal). CA-issuer
     URLs point at DER certificates (".crt"): RFC 5280 section 4.2.2.1 requires DER (or certs-only CMS) there.
@@ -88,19 +88,19 @@ class PkiSettings:
             raise InvalidPkiSettings("invalid PKI settings", fields=problems)
 
     def crl_url(self, ca: CaKind) -> str:
-        """Crl_url is where the CRL of `ca` is published."""
+        """Return where the CRL of `ca` is published."""
         return self._expand(self.crl_url_template, ca)
 
     def ocsp_url(self, ca: CaKind) -> str:
-        """Ocsp_url is where the OCSP responder for certificates issued by `ca` answers."""
+        """Return where the OCSP responder for certificates issued by `ca` answers."""
         return self._expand(self.ocsp_url_template, ca)
 
     def ca_issuers_url(self, ca: CaKind) -> str:
-        """Ca_issuers_url is where the certificate of `ca` is published (for AIA caIssuers)."""
+        """Return where the certificate of `ca` is published (for AIA caIssuers)."""
         return self._expand(self.ca_issuers_url_template, ca)
 
     def common_name(self, ca: CaKind) -> str:
-        """Common_name is the CN in the subject of `ca`'s certificate."""
+        """Return the CN in the subject of `ca`'s certificate."""
         return {
             CaKind.ROOT: self.root_common_name,
             CaKind.CUSTOMER: self.customer_ca_common_name,

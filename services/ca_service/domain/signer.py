@@ -19,7 +19,7 @@ from services.ca_service.domain.keys import CaPrivateKey, CaPublicKey
 
 
 class SignatureAlgorithm(Enum):
-    """SignatureAlgorithm is how a Signer signs: the key type, the padding for RSA, and the digest."""
+    """How a Signer signs: the key type, the padding for RSA, and the digest."""
 
     ECDSA_SHA256 = "ecdsa-with-SHA256"
     ECDSA_SHA384 = "ecdsa-with-SHA384"
@@ -27,12 +27,12 @@ class SignatureAlgorithm(Enum):
 
     @property
     def hash(self) -> hashes.SHA256 | hashes.SHA384:
-        """Hash is the digest the signature is computed over."""
+        """Return the digest the signature is computed over."""
         return hashes.SHA384() if self is SignatureAlgorithm.ECDSA_SHA384 else hashes.SHA256()
 
 
 def signature_algorithm_for(public_key: CaPublicKey) -> SignatureAlgorithm:
-    """signature_algorithm_for picks the signature a CA key makes: SHA-384 for P-384, SHA-256 otherwise."""
+    """Pick the signature a CA key makes: SHA-384 for P-384, SHA-256 otherwise."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         if public_key.curve.name == "secp384r1":
             return SignatureAlgorithm.ECDSA_SHA384
@@ -41,24 +41,24 @@ def signature_algorithm_for(public_key: CaPublicKey) -> SignatureAlgorithm:
 
 
 class Signer(Protocol):
-    """Signer is a CA private key, kept wherever it is kept: it signs bytes and shows its public half."""
+    """A CA private key, kept wherever it is kept: it signs bytes and shows its public half."""
 
     @property
     def algorithm(self) -> SignatureAlgorithm:
-        """Algorithm is the one signature algorithm this signer produces."""
+        """Return the one signature algorithm this signer produces."""
         ...
 
     def public_key(self) -> CaPublicKey:
-        """Public_key is the public half of the signing key."""
+        """Return the public half of the signing key."""
         ...
 
     def sign(self, data: bytes) -> bytes:
-        """Sign returns the signature over `data` (DER ECDSA-Sig-Value, or PKCS#1 v1.5 for RSA)."""
+        """Return the signature over `data` (DER ECDSA-Sig-Value, or PKCS#1 v1.5 for RSA)."""
         ...
 
 
 def signing_key(signer: Signer) -> CaPrivateKey:
-    """signing_key wraps a Signer as the private-key object `cryptography`'s builders accept."""
+    """Wrap a Signer as the private-key object `cryptography`'s builders accept."""
     if isinstance(signer.public_key(), ec.EllipticCurvePublicKey):
         return _EcSignerKey(signer)
     return _RsaSignerKey(signer)

@@ -69,7 +69,7 @@ async def _translated(rename: dict[str, str] | None = None) -> AsyncIterator[Non
 
 
 class GrpcCertificateAuthority:
-    """GrpcCertificateAuthority calls the CA service with the enrollment's identity."""
+    """Calls the CA service with the enrollment's identity."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = ca_pb2_grpc.CertificateAuthorityServiceStub(channel)
@@ -78,7 +78,7 @@ class GrpcCertificateAuthority:
     async def issue_customer_certificate(
         self, *, request_id: str, csr_pem: str, user_id: str, company_name: str, user_name: str, login_id: str
     ) -> IssuedCertificate:
-        """Issue_customer_certificate asks for a customer certificate bound to the user."""
+        """Ask for a customer certificate bound to the user."""
         request = ca_pb2.IssueCertificateRequest(
             request_id=request_id,
             csr=csr_pem.encode(),
@@ -98,14 +98,14 @@ class GrpcCertificateAuthority:
         )
 
     async def status(self, serial_number: str) -> CertificateStatus:
-        """Status asks the CA whether a customer certificate is good, revoked or unknown."""
+        """Ask the CA whether a customer certificate is good, revoked or unknown."""
         request = ca_pb2.GetCertificateStatusRequest(serial_number=serial_number, issuer=ca_pb2.ISSUER_CUSTOMER)
         async with _translated():
             response = await self._stub.GetCertificateStatus(request, timeout=CALL_TIMEOUT)
         return _STATUS.get(response.status, CertificateStatus.UNKNOWN)
 
     async def certificate(self, serial_number: str) -> CertificateView:
-        """Certificate reads a certificate's PEM and state at the CA."""
+        """Read a certificate's PEM and state at the CA."""
         async with _translated():
             response = await self._stub.GetCertificate(
                 ca_pb2.GetCertificateRequest(serial_number=serial_number), timeout=CALL_TIMEOUT
@@ -118,7 +118,7 @@ class GrpcCertificateAuthority:
         )
 
     async def renew(self, *, request_id: str, serial_number: str, csr_pem: str) -> IssuedCertificate:
-        """Renew asks for a certificate with the identity of `serial_number`, for the CSR's new key."""
+        """Ask for a certificate with the identity of `serial_number`, for the CSR's new key."""
         request = ca_pb2.RenewCertificateRequest(
             request_id=request_id, serial_number=serial_number, csr=csr_pem.encode(), revoke_previous=False
         )
@@ -133,7 +133,7 @@ class GrpcCertificateAuthority:
         )
 
     async def revoke_superseded(self, *, request_id: str, serial_number: str) -> None:
-        """Revoke_superseded revokes a renewed certificate (reason superseded); an already revoked one is done."""
+        """Revoke a renewed certificate (reason superseded); an already revoked one is done."""
         request = ca_pb2.RevokeCertificateRequest(
             request_id=request_id, serial_number=serial_number, reason=ca_pb2.REVOCATION_REASON_SUPERSEDED
         )
@@ -145,7 +145,7 @@ class GrpcCertificateAuthority:
                 raise
 
     async def revoke_subject(self, *, request_id: str, user_id: str, reason: str) -> int:
-        """Revoke_subject revokes every active certificate of the user at the CA (reason by RFC 5280 name)."""
+        """Revoke every active certificate of the user at the CA (reason by RFC 5280 name)."""
         request = ca_pb2.RevokeSubjectCertificatesRequest(
             request_id=request_id, subject_id=user_id, reason=_REVOCATION_REASONS[reason]
         )
@@ -154,7 +154,7 @@ class GrpcCertificateAuthority:
         return len(response.certificates)
 
     async def revoke(self, *, serial_number: str, reason: RevocationReason, request_id: str) -> None:
-        """Revoke revokes a customer certificate with `reason`; an already revoked one is done (idempotent)."""
+        """Revoke a customer certificate with `reason`; an already revoked one is done (idempotent)."""
         request = ca_pb2.RevokeCertificateRequest(
             request_id=request_id, serial_number=serial_number, reason=_REVOCATION_REASON[reason]
         )
@@ -166,7 +166,7 @@ class GrpcCertificateAuthority:
                 raise
 
     async def active_certificates(self, subject_id: str) -> list[str]:
-        """Active_certificates lists the serial numbers of a user's certificates still active at the CA."""
+        """List the serial numbers of a user's certificates still active at the CA."""
         serials: list[str] = []
         token = ""
         while True:
@@ -181,7 +181,7 @@ class GrpcCertificateAuthority:
                 return serials
 
     async def customer_ca_pem(self) -> bytes:
-        """Customer_ca_pem asks the CA for the customer CA's certificate once, then answers from memory."""
+        """Ask the CA for the customer CA's certificate once, then answers from memory."""
         if self._customer_ca is None:
             async with _translated():
                 response = await self._stub.GetCaCertificates(ca_pb2.GetCaCertificatesRequest(), timeout=CALL_TIMEOUT)
@@ -190,7 +190,7 @@ class GrpcCertificateAuthority:
 
 
 class GrpcTokenService:
-    """GrpcTokenService calls the OTP service with the enrollment's identity."""
+    """Calls the OTP service with the enrollment's identity."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = otp_pb2_grpc.OtpServiceStub(channel)
@@ -198,7 +198,7 @@ class GrpcTokenService:
     async def create_token(
         self, *, request_id: str, user_id: str, delivery_email: str, usage_start_password: str
     ) -> PendingToken:
-        """Create_token creates the pending token of step 7."""
+        """Create the pending token of step 7."""
         request = otp_pb2.CreateTokenRequest(
             request_id=request_id,
             user_id=user_id,
@@ -213,7 +213,7 @@ class GrpcTokenService:
     async def activate(
         self, *, request_id: str, service_id: str, app_user_id: str, usage_start_password: str, consent: bool
     ) -> AppActivation:
-        """Activate delivers the seed to the app (step 8)."""
+        """Deliver the seed to the app (step 8)."""
         request = otp_pb2.ActivateTokenRequest(
             request_id=request_id,
             service_id=service_id,
@@ -237,7 +237,7 @@ class GrpcTokenService:
     async def confirm_registration(
         self, *, request_id: str, service_id: str, app_user_id: str, activation_id: str
     ) -> str:
-        """Confirm_registration records that the app stored the seed (step 9); returns the token id."""
+        """Record that the app stored the seed (step 9); return the token id."""
         request = otp_pb2.ConfirmRegistrationRequest(
             request_id=request_id, service_id=service_id, app_user_id=app_user_id, activation_id=activation_id
         )
@@ -247,13 +247,13 @@ class GrpcTokenService:
         return token_id
 
     async def verify(self, *, request_id: str, token_id: str, code: str) -> None:
-        """Verify checks a code; a wrong, replayed or expired code raises the OTP service's error."""
+        """Check a code; a wrong, replayed or expired code raises the OTP service's error."""
         request = otp_pb2.VerifyCodeRequest(request_id=request_id, token_id=token_id, code=code)
         async with _translated({"code": "otp"}):
             await self._stub.VerifyCode(request, timeout=CALL_TIMEOUT)
 
     async def token_state(self, token_id: str) -> TokenState:
-        """Token_state reads a token's state (disabled, revoked and expired all show as DISABLED)."""
+        """Read a token's state (disabled, revoked and expired all show as DISABLED)."""
         if not token_id:
             return TokenState.NONE
         async with _translated():
@@ -263,7 +263,7 @@ class GrpcTokenService:
     async def reissue(
         self, *, request_id: str, token_id: str, delivery_email: str, usage_start_password: str
     ) -> PendingToken:
-        """Reissue revokes the token and creates a new pending one (a new phone)."""
+        """Revoke the token and create a new pending one (a new phone)."""
         request = otp_pb2.ReissueTokenRequest(
             request_id=request_id,
             token_id=token_id,
@@ -276,19 +276,19 @@ class GrpcTokenService:
         return PendingToken(token.token_id, token.service_id, token.app_user_id)
 
     async def disable(self, *, request_id: str, token_id: str) -> None:
-        """Disable stops the token from verifying (a lost phone)."""
+        """Stop the token from verifying (a lost phone)."""
         request = otp_pb2.DisableTokenRequest(request_id=request_id, token_id=token_id)
         async with _translated():
             await self._stub.DisableToken(request, timeout=CALL_TIMEOUT)
 
     async def revoke_token(self, *, request_id: str, token_id: str) -> None:
-        """Revoke_token ends a token for good (RevokeToken); revoking a revoked token again changes nothing."""
+        """End a token for good (RevokeToken); revoking a revoked token again changes nothing."""
         request = otp_pb2.RevokeTokenRequest(request_id=request_id, token_id=token_id)
         async with _translated():
             await self._stub.RevokeToken(request, timeout=CALL_TIMEOUT)
 
     async def live_token_ids(self, user_id: str) -> list[str]:
-        """Live_token_ids lists the ids of a user's tokens that are not revoked yet."""
+        """List the ids of a user's tokens that are not revoked yet."""
         found: list[str] = []
         token = ""
         while True:

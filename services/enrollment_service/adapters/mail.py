@@ -25,7 +25,7 @@ _SUBJECT_LINE = 76  # the longest line of an encoded subject, "Subject: " includ
 
 
 class MailTransport(Protocol):
-    """MailTransport delivers one message or raises Unavailable (the outbox retries it later)."""
+    """Delivers one message or raises Unavailable (the outbox retries it later)."""
 
     async def send(self, message: EmailMessage) -> None: ...
 
@@ -81,7 +81,7 @@ def _parsed_message(mail: Mail, *, sender: str, now: float) -> EmailMessage:
 
 @dataclass(frozen=True)
 class SmtpSettings:
-    """SmtpSettings is a parsed KAGI_SMTP_URL: smtp://[user:pass@]host:port[?starttls=false&cafile=...] or smtps://.
+    """A parsed KAGI_SMTP_URL: smtp://[user:pass@]host:port[?starttls=false&cafile=...] or smtps://.
 
     smtp:// upgrades with STARTTLS (verified) unless `?starttls=false` says otherwise; smtps:// is implicit TLS.
     `timeout` bounds one whole send (connect, TLS, login and the message), not each exchange.
@@ -101,7 +101,7 @@ class SmtpSettings:
 
     @classmethod
     def from_url(cls, url: str) -> SmtpSettings:
-        """From_url parses the URL, naming the part that is wrong (the password is never echoed)."""
+        """Parse the URL, naming the part that is wrong (the password is never echoed)."""
         parts = urlsplit(url)
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
             raise InvalidArgument(
@@ -122,7 +122,7 @@ class SmtpSettings:
 
 
 class SmtpTransport:
-    """SmtpTransport sends through an SMTP relay; TLS is verified against the system or the given CA file."""
+    """Sends through an SMTP relay; TLS is verified against the system or the given CA file."""
 
     def __init__(self, settings: SmtpSettings) -> None:
         self._settings = settings
@@ -134,7 +134,7 @@ class SmtpTransport:
         )
 
     async def send(self, message: EmailMessage) -> None:
-        """Send delivers the message in a worker thread; any network or SMTP failure is Unavailable."""
+        """Deliver the message in a worker thread; any network or SMTP failure is Unavailable."""
         try:
             await asyncio.to_thread(self._send, message)
         except (OSError, smtplib.SMTPException) as exc:
@@ -173,13 +173,13 @@ class SmtpTransport:
 
 
 class MaildirTransport:
-    """MaildirTransport drops each message into a Maildir (the development default: `<state-dir>/mail`)."""
+    """Drops each message into a Maildir (the development default: `<state-dir>/mail`)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
 
     async def send(self, message: EmailMessage) -> None:
-        """Send writes the message atomically into the Maildir's new/ folder."""
+        """Write the message atomically into the Maildir's new/ folder."""
         try:
             await asyncio.to_thread(self._write, message)
         except OSError as exc:
@@ -192,7 +192,7 @@ class MaildirTransport:
 
 
 def transport_from_settings(smtp_url: str | None, maildir: Path) -> MailTransport:
-    """transport_from_settings picks SMTP when a URL is configured, otherwise the Maildir."""
+    """Pick SMTP when a URL is configured, otherwise the Maildir."""
     if smtp_url:
         return SmtpTransport(SmtpSettings.from_url(smtp_url))
     return MaildirTransport(maildir)

@@ -38,7 +38,7 @@ def lease_for(transport: MailTransport) -> float:
 
 @dataclass
 class OutboxSender:
-    """OutboxSender delivers queued mails; several replicas may run one, as each mail is claimed by CAS."""
+    """Delivers queued mails; several replicas may run one, as each mail is claimed by CAS."""
 
     store: KeyValueStore
     transport: MailTransport

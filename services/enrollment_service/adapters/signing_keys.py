@@ -45,9 +45,9 @@ from services.enrollment_service.domain.sessions import (
 
 ALGORITHM = "ES256"
 ACTIVATION_DELAY_SECONDS = 60
-"""ACTIVATION_DELAY_SECONDS: a new key is published this long before it signs (replicas reload within 5 s)."""
+"""A new key is published this long before it signs (replicas reload within 5 s)."""
 RETIRE_AFTER_SECONDS = max(MAX_ACCESS_TOKEN_SECONDS, CONFIRMATION_TOKEN_SECONDS) + 60
-"""RETIRE_AFTER_SECONDS: a key that stopped signing is kept this long, past the life of its last token."""
+"""A key that stopped signing is kept this long, past the life of its last token."""
 RELOAD_CHECK_SECONDS = 5.0
 
 _BLOCK = re.compile(
@@ -58,14 +58,14 @@ _BLOCK = re.compile(
 
 
 class SigningKeyUnreadable(KagiError):
-    """SigningKeyUnreadable: the key ring file is missing, malformed, unencrypted or the passphrase is wrong."""
+    """The key ring file is missing, malformed, unencrypted or the passphrase is wrong."""
 
     reason = "SIGNING_KEY_UNREADABLE"
 
 
 @dataclass(frozen=True)
 class SigningKey:
-    """SigningKey is one EC P-256 key of the ring, its kid and when it starts signing."""
+    """One EC P-256 key of the ring, its kid and when it starts signing."""
 
     kid: str
     private_key: ec.EllipticCurvePrivateKey = field(repr=False)
@@ -181,7 +181,7 @@ def ensure_dev_signing_key(state_dir: Path) -> tuple[Path, Secret]:
 
 
 class JwsSigner:
-    """JwsSigner signs and verifies kagi's JWTs with the key ring, reloading the file when it changes.
+    """Signs and verifies kagi's JWTs with the key ring, reloading the file when it changes.
 
     Expiry is checked against the service's clock (not the library's), so tests can move time.
     """

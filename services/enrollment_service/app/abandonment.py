@@ -66,7 +66,7 @@ INLINE_CLEANUP_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class SweepReport:
-    """SweepReport says what one pass of the sweeper did."""
+    """Says what one pass of the sweeper did."""
 
     expired: int = 0
     cleaned: int = 0
@@ -82,7 +82,7 @@ def revocation_request_id(enrollment_id: str, what: str, credential_id: str) -> 
 
 
 class AbandonedSetups:
-    """AbandonedSetups expires idle enrollments, cleans up abandoned ones, erases their personal data after the
+    """Expires idle enrollments, cleans up abandoned ones, erases their personal data after the
     retention period, and re-opens an expired one for an operator. Any number of replicas may sweep at once:
     every write is conditioned on the version it read, and every call to the CA or OTP service is idempotent."""
 

@@ -64,7 +64,7 @@ MSG_OUTSIDE_WINDOW = "更新できる期間ではありません / the certifica
 
 @dataclass(frozen=True)
 class LifecyclePolicy:
-    """LifecyclePolicy holds the renewal window, reminder days, the superseded grace and notice lifetimes."""
+    """Holds the renewal window, reminder days, the superseded grace and notice lifetimes."""
 
     renewal_window_days: int = 30
     reminder_days: tuple[int, ...] = (30, 7)
@@ -76,7 +76,7 @@ class LifecyclePolicy:
 
 @dataclass(frozen=True)
 class ResetNotice:
-    """ResetNotice is what an operator hands the customer once: the temporary password and its expiry."""
+    """What an operator hands the customer once: the temporary password and its expiry."""
 
     user: User
     kind: PasswordKind
@@ -86,7 +86,7 @@ class ResetNotice:
 
 @dataclass(frozen=True)
 class RenewedCertificate:
-    """RenewedCertificate is the customer's new certificate and its chain."""
+    """The customer's new certificate and its chain."""
 
     serial_number: str
     certificate_pem: str
@@ -94,7 +94,7 @@ class RenewedCertificate:
 
 
 class CredentialLifecycle:
-    """CredentialLifecycle changes, resets and replaces a user's credentials."""
+    """Changes, resets and replaces a user's credentials."""
 
     def __init__(
         self,

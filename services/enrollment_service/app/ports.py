@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True)
 class IssuedCertificate:
-    """IssuedCertificate is a customer certificate the CA signed for an enrollment."""
+    """A customer certificate the CA signed for an enrollment."""
 
     serial_number: str
     fingerprint_sha256: str
@@ -18,7 +18,7 @@ class IssuedCertificate:
 
 
 class CertificateStatus(Enum):
-    """CertificateStatus is the CA's answer for a serial."""
+    """The CA's answer for a serial."""
 
     GOOD = "GOOD"
     REVOKED = "REVOKED"
@@ -26,7 +26,7 @@ class CertificateStatus(Enum):
 
 
 class RevocationReason(Enum):
-    """RevocationReason is the RFC 5280 reason the enrollment gives when it revokes a customer certificate."""
+    """The RFC 5280 reason the enrollment gives when it revokes a customer certificate."""
 
     UNSPECIFIED = "unspecified"
     KEY_COMPROMISE = "keyCompromise"
@@ -35,7 +35,7 @@ class RevocationReason(Enum):
 
 
 class CertificateAuthority(Protocol):
-    """CertificateAuthority issues customer certificates and reports their status."""
+    """Issues customer certificates and reports their status."""
 
     async def issue_customer_certificate(
         self, *, request_id: str, csr_pem: str, user_id: str, company_name: str, user_name: str, login_id: str
@@ -74,7 +74,7 @@ class CertificateAuthority(Protocol):
 
 @dataclass(frozen=True)
 class CertificateView:
-    """CertificateView is a certificate as the CA holds it: its PEM and whether it is active."""
+    """A certificate as the CA holds it: its PEM and whether it is active."""
 
     serial_number: str
     certificate_pem: str
@@ -83,7 +83,7 @@ class CertificateView:
 
 @dataclass(frozen=True)
 class PendingToken:
-    """PendingToken is a token created in step 7, with the IDs the app will enter."""
+    """A token created in step 7, with the IDs the app will enter."""
 
     token_id: str
     service_id: str
@@ -92,7 +92,7 @@ class PendingToken:
 
 @dataclass(frozen=True)
 class AppActivation:
-    """AppActivation is the once-only answer of step 8; `secret` is the seed."""
+    """The once-only answer of step 8; `secret` is the seed."""
 
     token_id: str
     secret: str = field(repr=False)
@@ -104,7 +104,7 @@ class AppActivation:
 
 
 class TokenService(Protocol):
-    """TokenService is the OTP service as the enrollment uses it."""
+    """The OTP service as the enrollment uses it."""
 
     async def create_token(
         self, *, request_id: str, user_id: str, delivery_email: str, usage_start_password: str
@@ -144,7 +144,7 @@ class TokenService(Protocol):
 
 
 class TokenState(Enum):
-    """TokenState is a user's token as the front-end boundary shows it."""
+    """A user's token as the front-end boundary shows it."""
 
     NONE = "NONE"
     PENDING = "PENDING"
@@ -154,7 +154,7 @@ class TokenState(Enum):
 
 
 class TokenSigner(Protocol):
-    """TokenSigner signs and verifies kagi's JWTs (access and confirmation tokens) and publishes the JWKS."""
+    """Signs and verifies kagi's JWTs (access and confirmation tokens) and publishes the JWKS."""
 
     issuer: str
 

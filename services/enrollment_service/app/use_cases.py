@@ -83,7 +83,7 @@ from services.enrollment_service.domain.states import Event, Kind, State, Step, 
 from services.enrollment_service.domain.users import User
 
 RevocationReasonName = str
-"""RevocationReasonName is an RFC 5280 reason by name (keyCompromise, superseded, ...), as the CA port takes it."""
+"""An RFC 5280 reason by name (keyCompromise, superseded, ...), as the CA port takes it."""
 
 NOTICE_MISMATCH = "口座情報または仮パスワードが正しくありません / the account or the temporary passwords do not match"
 ACTIVATION_ALREADY_DELIVERED = (
@@ -96,7 +96,7 @@ ACTIVATION_ALREADY_DELIVERED = (
 
 @dataclass(frozen=True)
 class EnrollmentPolicy:
-    """EnrollmentPolicy holds the service's time limits and the app link sent by mail."""
+    """Holds the service's time limits and the app link sent by mail."""
 
     idle_seconds: float = 60 * 60
     application_ttl_seconds: float = 30 * 24 * 3600
@@ -112,7 +112,7 @@ class EnrollmentPolicy:
 
 @dataclass(frozen=True)
 class Notice:
-    """Notice is what registering an application returns once: the record and its temporary passwords."""
+    """What registering an application returns once: the record and its temporary passwords."""
 
     application: Application
     temporary_login_password: str
@@ -132,7 +132,7 @@ def _answered(current: Versioned[Enrollment]) -> bool:
 
 
 class EnrollmentService:
-    """EnrollmentService drives enrollments through the ten steps."""
+    """Drives enrollments through the ten steps."""
 
     def __init__(
         self,

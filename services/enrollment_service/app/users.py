@@ -73,7 +73,7 @@ MSG_THROTTLED = (
 
 @dataclass(frozen=True)
 class SessionPolicy:
-    """SessionPolicy holds the access tokens' lifetime and the per-certificate throttle of failed logins."""
+    """Holds the access tokens' lifetime and the per-certificate throttle of failed logins."""
 
     access_token_seconds: int = 900
     refusals_per_certificate: int = 10
@@ -82,7 +82,7 @@ class SessionPolicy:
 
 @dataclass(frozen=True)
 class UserView:
-    """UserView is a user as the API shows it, with the token's state read from the OTP service."""
+    """A user as the API shows it, with the token's state read from the OTP service."""
 
     user: User
     token_state: TokenState
@@ -90,7 +90,7 @@ class UserView:
 
 @dataclass(frozen=True)
 class Session:
-    """Session is a signed access token and its lifetime in seconds."""
+    """A signed access token and its lifetime in seconds."""
 
     access_token: str
     expires_in: int
@@ -98,7 +98,7 @@ class Session:
 
 @dataclass(frozen=True)
 class Confirmation:
-    """Confirmation is the record of one confirmed transaction, and its signed token."""
+    """The record of one confirmed transaction, and its signed token."""
 
     confirmation_id: str
     transaction_id: str
@@ -109,13 +109,13 @@ class Confirmation:
 
 
 class WrongConfirmationPassword(Unauthenticated):
-    """WrongConfirmationPassword: the confirmation password does not match (five in a row lock the user)."""
+    """The confirmation password does not match (five in a row lock the user)."""
 
     reason = "WRONG_CONFIRMATION_PASSWORD"
 
 
 class UserSessions:
-    """UserSessions is the front-end boundary: sessions bound to certificates, step-up, confirmations."""
+    """The front-end boundary: sessions bound to certificates, step-up, confirmations."""
 
     def __init__(
         self,
@@ -474,7 +474,7 @@ class UserSessions:
         return UserView(user, await self._otp.token_state(user.token_id))
 
     async def list(self, page_size: int, page_token: str, *, company: str, account: str) -> tuple[list[UserView], str]:
-        """List users (all, one company's or one account's) a page at a time, with their tokens' states."""
+        """User (all, one company's or one account's) a page at a time, with their tokens' states."""
         if page_size < 0 or page_size > MAX_PAGE:
             raise InvalidArgument("invalid page size", fields={"page_size": f"0 (default 50) to {MAX_PAGE}"})
         if company and account:

@@ -19,14 +19,14 @@ MSG_CERTIFICATE_INVALID = (
 
 
 class CertificateInvalid(Unauthenticated):
-    """CertificateInvalid: not from the customer CA, outside its validity, not for client auth, or not GOOD."""
+    """Not from the customer CA, outside its validity, not for client auth, or not GOOD."""
 
     reason = "CERTIFICATE_INVALID"
 
 
 @dataclass(frozen=True)
 class ClientCertificate:
-    """ClientCertificate is a customer certificate whose possession was proven in a TLS handshake."""
+    """A customer certificate whose possession was proven in a TLS handshake."""
 
     serial_number: str
     fingerprint_sha256: str

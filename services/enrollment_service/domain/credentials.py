@@ -13,22 +13,22 @@ SESSION_TOKEN_BYTES = 32
 
 
 def temporary_password(length: int = TEMPORARY_PASSWORD_LENGTH) -> str:
-    """temporary_password draws a CSPRNG password from the unambiguous alphabet (12 characters: ~67 bits)."""
+    """Draw a CSPRNG password from the unambiguous alphabet (12 characters: ~67 bits)."""
     if length < 10:
         raise ValueError("temporary passwords are at least 10 characters")
     return "".join(secrets.choice(UNAMBIGUOUS_ALPHABET) for _ in range(length))
 
 
 def session_token() -> str:
-    """session_token is 256 random bits, URL-safe; only its hash is stored."""
+    """Return 256 random bits, URL-safe; only its hash is stored."""
     return secrets.token_urlsafe(SESSION_TOKEN_BYTES)
 
 
 def token_digest(token: str) -> str:
-    """token_digest is the stored form of a high-entropy token: SHA-256 suffices, as guessing is hopeless."""
+    """Return the stored form of a high-entropy token: SHA-256 suffices, as guessing is hopeless."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 def token_matches(token: str, digest: str) -> bool:
-    """token_matches compares a presented token with a stored digest in constant time."""
+    """Compare a presented token with a stored digest in constant time."""
     return hmac.compare_digest(token_digest(token), digest)

@@ -11,10 +11,10 @@ from services.enrollment_service.domain.records import AccountType, Application
 ACCOUNT_TYPE_JA = {AccountType.ORDINARY: "普通", AccountType.CURRENT: "当座"}
 
 JST = ZoneInfo("Asia/Tokyo")
-"""JST is Japan time: every time a customer reads (notice, mails) is shown in it."""
+"""Japan time: every time a customer reads (notice, mails) is shown in it."""
 
 DEFAULT_CONTACT_TEXT = "お問い合わせ: お取引店までご連絡ください / Contact: your branch"
-"""DEFAULT_CONTACT_TEXT is the bank's contact line at the foot of every mail and notice (KAGI_CONTACT_TEXT)."""
+"""The bank's contact line at the foot of every mail and notice (KAGI_CONTACT_TEXT)."""
 
 CARRIER_FILTER_NOTE = (
     "※携帯電話のメール受信を制限している場合には、当組合のドメインからのメールを受信できるよう解除等を行わないと、"
@@ -22,13 +22,13 @@ CARRIER_FILTER_NOTE = (
     " / If your mobile phone restricts the mail it receives, allow mail from the bank's domain, or the mail"
     " may not arrive. Ask your mobile carrier how to do so."
 )
-"""CARRIER_FILTER_NOTE is the procedure's warning at step ⑱ (step 7): a phone filtering mail may never get the
+"""The procedure's warning at step ⑱ (step 7): a phone filtering mail may never get the
 mail with the service ID and user ID."""
 
 
 @dataclass(frozen=True)
 class Mail:
-    """Mail is one outgoing message: recipient, subject and plain-text body."""
+    """One outgoing message: recipient, subject and plain-text body."""
 
     to: str
     subject: str
@@ -36,7 +36,7 @@ class Mail:
 
 
 def japan_time(timestamp: float) -> str:
-    """japan_time is a POSIX time in Japan time, in Japanese and in English beside it, to the minute:
+    """Return a POSIX time in Japan time, in Japanese and in English beside it, to the minute:
     "2026年12月31日 17:00 (JST) / 2026-12-31 17:00 JST"."""
     local = datetime.fromtimestamp(timestamp, JST)
     return f"{local.year}年{local.month}月{local.day}日 {local:%H:%M} (JST) / {local:%Y-%m-%d %H:%M} JST"
@@ -57,7 +57,7 @@ def notice_text(
     *,
     contact: str = DEFAULT_CONTACT_TEXT,
 ) -> str:
-    """notice_text is the application-completion notice (申込受付完了通知書) handed to the customer."""
+    """Return the application-completion notice (申込受付完了通知書) handed to the customer."""
     account_type = ACCOUNT_TYPE_JA[application.account_type]
     return "\n".join(
         [
@@ -88,7 +88,7 @@ def token_mail(
     at: float | None = None,
     contact: str = DEFAULT_CONTACT_TEXT,
 ) -> Mail:
-    """token_mail is the step-7 mail (procedure ⑲-㉔): the service ID and user ID for the app, where to get the
+    """Return the step-7 mail (procedure ⑲-㉔): the service ID and user ID for the app, where to get the
     app, and what to do with it, the same in Japanese and in English; `at` (when the token was requested) is
     shown in Japan time.
 
@@ -137,7 +137,7 @@ def token_mail(
 def completion_mail(
     *, to: str, user_name: str, login_id: str, at: float | None = None, contact: str = DEFAULT_CONTACT_TEXT
 ) -> Mail:
-    """completion_mail tells the user's registered address that the initial setup is complete (`at`, shown in
+    """Tell the user's registered address that the initial setup is complete (`at`, shown in
     Japan time), and that the login ID, login password and confirmation password are needed from now on and
     must be kept secret (the procedure's last note)."""
     body = "\n".join(
@@ -169,7 +169,7 @@ def completion_mail(
 def revocation_mail(
     *, to: str, what: str, identifier: str, at: float | None = None, contact: str = DEFAULT_CONTACT_TEXT
 ) -> Mail:
-    """revocation_mail tells the user that a certificate or token of theirs was revoked (`at`, in Japan time)."""
+    """Tell the user that a certificate or token of theirs was revoked (`at`, in Japan time)."""
     what_ja = {"certificate": "電子証明書", "token": "ワンタイムパスワード"}.get(what, what)
     body = "\n".join(
         [
@@ -193,7 +193,7 @@ PASSWORD_NAMES = {
 def password_changed_mail(
     *, to: str, user_name: str, kind: str, at: float, contact: str = DEFAULT_CONTACT_TEXT
 ) -> Mail:
-    """password_changed_mail tells the user that a password (`kind`: login or confirmation) was changed or reset
+    """Tell the user that a password (`kind`: login or confirmation) was changed or reset
     at `at` (Japan time), and that every open session was logged out."""
     ja, en = PASSWORD_NAMES[kind]
     body = "\n".join(
@@ -216,7 +216,7 @@ def password_changed_mail(
 def renewal_reminder_mail(
     *, to: str, user_name: str, expires_at: float, days_left: int, contact: str = DEFAULT_CONTACT_TEXT
 ) -> Mail:
-    """renewal_reminder_mail reminds the user that the client certificate expires at `expires_at` (Japan time),
+    """Remind the user that the client certificate expires at `expires_at` (Japan time),
     within `days_left` days, and how to renew it."""
     body = "\n".join(
         [

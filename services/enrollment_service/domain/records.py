@@ -21,14 +21,14 @@ MAX_FAILURES = 5
 
 
 class AccountType(Enum):
-    """AccountType is the representative account's type."""
+    """The representative account's type."""
 
     ORDINARY = "ORDINARY"
     CURRENT = "CURRENT"
 
 
 class ApplicationState(Enum):
-    """ApplicationState: OPEN until a user registers with it (USED); LOCKED after five wrong notices."""
+    """OPEN until a user registers with it (USED); LOCKED after five wrong notices."""
 
     OPEN = "OPEN"
     USED = "USED"
@@ -37,13 +37,13 @@ class ApplicationState(Enum):
 
 
 def account_key(branch_code: str, account_type: AccountType, account_number: str) -> str:
-    """account_key names a representative account uniquely (the index from account to application)."""
+    """Name a representative account uniquely (the index from account to application)."""
     return f"{branch_code}-{account_type.value}-{account_number}"
 
 
 @dataclass(frozen=True)
 class Application:
-    """Application is a company's registered application: the notice's account and hashed temporary passwords."""
+    """A company's registered application: the notice's account and hashed temporary passwords."""
 
     application_id: str
     company_name: str
@@ -65,19 +65,19 @@ class Application:
     verifications: int = 0
 
     def current_state(self, now: float) -> ApplicationState:
-        """Current_state is the state with expiry applied at `now`."""
+        """Return the state with expiry applied at `now`."""
         if self.state is ApplicationState.OPEN and now >= self.expires_at:
             return ApplicationState.EXPIRED
         return self.state
 
     def with_failure(self) -> Application:
-        """With_failure counts one wrong notice entry; the fifth locks the application."""
+        """Count one wrong notice entry; the fifth locks the application."""
         failures = self.failures + 1
         state = ApplicationState.LOCKED if failures >= MAX_FAILURES else self.state
         return replace(self, failures=failures, state=state)
 
     def unlocked(self) -> Application:
-        """Unlocked is the operator's unlock: the count starts again."""
+        """Return the operator's unlock: the count starts again."""
         if self.state is not ApplicationState.LOCKED:
             raise FailedPrecondition(
                 f"the application is {self.state.value}, not LOCKED", reason="APPLICATION_NOT_LOCKED"
@@ -85,7 +85,7 @@ class Application:
         return replace(self, state=ApplicationState.OPEN, failures=0)
 
     def spent(self, enrollment_id: str) -> Application:
-        """Spent marks the temporary passwords used by the enrollment that registered a user (step 3)."""
+        """Mark the temporary passwords used by the enrollment that registered a user (step 3)."""
         if self.state is not ApplicationState.OPEN:
             raise FailedPrecondition(
                 f"the application is {self.state.value}: its temporary passwords can no longer be used",
@@ -95,7 +95,7 @@ class Application:
 
 
 class Cleanup(Enum):
-    """Cleanup is how far the clean-up of an abandoned (cancelled or expired) enrollment has come.
+    """How far the clean-up of an abandoned (cancelled or expired) enrollment has come.
 
     PENDING is written in the same commit as the CANCELLED or EXPIRED state; REVOKING once a sweeper has begun
     (the certificate and the token may be revoked from then on); DONE once both are revoked and, the setup never
@@ -110,7 +110,7 @@ class Cleanup(Enum):
 
 @dataclass(frozen=True)
 class Enrollment:
-    """Enrollment is one user's way through the ten steps, with what each step established."""
+    """One user's way through the ten steps, with what each step established."""
 
     enrollment_id: str
     application_id: str
@@ -155,36 +155,36 @@ class Enrollment:
 
     @property
     def next_step(self) -> Step | None:
-        """Next_step is the step the enrollment expects, or None when it takes no more."""
+        """Return the step the enrollment expects, or None when it takes no more."""
         return next_step(self.state, self.kind)
 
     def current(self, now: float) -> Enrollment:
-        """Current is the record with expiry applied at `now` (an idle enrollment in progress becomes EXPIRED)."""
+        """Return the record with expiry applied at `now` (an idle enrollment in progress becomes EXPIRED)."""
         if self.state in _EXPIRABLE and now >= self.expires_at:
             return replace(self, state=transition(self.state, Event.EXPIRE), updated_at=now, expired_from=self.state)
         return self
 
     def advanced(self, step: Step, now: float, idle_seconds: float, **changes: Any) -> Enrollment:
-        """Advanced takes `step` (refused unless the state allows it) and records what the step established."""
+        """Take `step` (refused unless the state allows it) and records what the step established."""
         current = self.current(now)
         state = transition(current.state, step, self.kind)
         return replace(current, state=state, updated_at=now, expires_at=now + idle_seconds, **changes)
 
     def with_event(self, event: Event, now: float) -> Enrollment:
-        """With_event applies a side event (expire, lock, cancel)."""
+        """Apply a side event (expire, lock, cancel)."""
         state = transition(self.state, event)
         locked_from = self.state if event is Event.LOCK else self.locked_from
         return replace(self, state=state, updated_at=now, locked_from=locked_from)
 
     def with_password_failure(self, now: float) -> Enrollment:
-        """With_password_failure counts a wrong login password (step 6); the fifth locks the enrollment."""
+        """Count a wrong login password (step 6); the fifth locks the enrollment."""
         failed = replace(self, password_failures=self.password_failures + 1, updated_at=now)
         if failed.password_failures >= MAX_FAILURES:
             return failed.with_event(Event.LOCK, now)
         return failed
 
     def unlocked(self, now: float, idle_seconds: float) -> Enrollment:
-        """Unlocked is the operator's unlock: the enrollment resumes where it stood, with a fresh count."""
+        """Return the operator's unlock: the enrollment resumes where it stood, with a fresh count."""
         if self.state is not State.LOCKED or self.locked_from is None:
             raise FailedPrecondition(
                 f"the enrollment is {self.state.value}, not LOCKED", reason="ENROLLMENT_NOT_LOCKED"
@@ -199,7 +199,7 @@ class Enrollment:
         )
 
     def abandoned(self, event: Event, now: float) -> Enrollment:
-        """Abandoned is the record cancelled or expired (CANCEL or EXPIRE), its clean-up pending: write it together
+        """Return the record cancelled or expired (CANCEL or EXPIRE), its clean-up pending: write it together
         with the clean-up's marker, so the credentials it created are revoked even after a crash."""
         if event not in (Event.CANCEL, Event.EXPIRE):
             raise ValueError(f"{event.value} does not abandon an enrollment")
@@ -212,11 +212,11 @@ class Enrollment:
         )
 
     def with_cleanup(self, cleanup: Cleanup, now: float) -> Enrollment:
-        """With_cleanup records how far the clean-up of an abandoned enrollment has come."""
+        """Record how far the clean-up of an abandoned enrollment has come."""
         return replace(self, cleanup=cleanup, updated_at=now)
 
     def without_personal_data(self, now: float) -> Enrollment:
-        """Without_personal_data is an abandoned record after its retention period: the user's name, e-mail
+        """Return an abandoned record after its retention period: the user's name, e-mail
         addresses and password hashes are erased; the identifiers (ids, login ID, serial) stay."""
         return replace(
             self,
@@ -232,7 +232,7 @@ class Enrollment:
         )
 
     def reopened(self, now: float, idle_seconds: float, *, credentials_revoked: bool) -> Enrollment:
-        """Reopened is the operator's re-opening of an EXPIRED enrollment with a fresh idle timeout.
+        """Return the operator's re-opening of an EXPIRED enrollment with a fresh idle timeout.
 
         With its credentials untouched it resumes in the state it expired from. Once its certificate and token
         were revoked (or may have been) it resumes where step 4 comes next (REGISTERED for a setup), without
@@ -287,14 +287,14 @@ def _encode(value: Any) -> Any:
 
 
 def dump_record(record: Application | Enrollment) -> bytes:
-    """dump_record serialises a record to JSON bytes with a schema version."""
+    """Serialise a record to JSON bytes with a schema version."""
     body = {f.name: _encode(getattr(record, f.name)) for f in dataclasses.fields(record)}
     body["schema"] = SCHEMA_VERSION
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
 
 def load_application(data: bytes) -> Application:
-    """load_application reads an Application back."""
+    """Read an Application back."""
     body = json.loads(data)
     body.pop("schema", None)
     body["account_type"] = AccountType(body["account_type"])
@@ -304,7 +304,7 @@ def load_application(data: bytes) -> Application:
 
 
 def load_enrollment(data: bytes) -> Enrollment:
-    """load_enrollment reads an Enrollment back."""
+    """Read an Enrollment back."""
     body = json.loads(data)
     body.pop("schema", None)
     body["state"] = State(body["state"])

@@ -43,28 +43,28 @@ EMAIL_MAX = 254
 
 
 class Violations:
-    """Violations collects the first broken rule per field and raises them all together."""
+    """Collects the first broken rule per field and raises them all together."""
 
     def __init__(self) -> None:
         self.fields: dict[str, str] = {}
 
     def add(self, name: str, message: str) -> None:
-        """Add records `message` for `name` unless that field already has one."""
+        """Record `message` for `name` unless that field already has one."""
         self.fields.setdefault(name, message)
 
     def raise_if_any(self, summary: str, *, reason: str = "INVALID_INPUT") -> None:
-        """Raise_if_any raises InvalidArgument carrying every violation, when there is at least one."""
+        """Raise InvalidArgument carrying every violation, when there is at least one."""
         if self.fields:
             raise InvalidArgument(summary, reason=reason, fields=self.fields)
 
 
 def has_full_width(value: str) -> bool:
-    """has_full_width tells whether a value holds a full-width or wide character (e.g. "１" or "Ａ" or "あ")."""
+    """Tell whether a value holds a full-width or wide character (e.g. "１" or "Ａ" or "あ")."""
     return any(unicodedata.east_asian_width(ch) in ("F", "W") for ch in value)
 
 
 def check_alnum_mixed(violations: Violations, name: str, value: str) -> None:
-    """check_alnum_mixed applies the bank's rule: 6-12 half-width letters and digits, at least one of each."""
+    """Apply the bank's rule: 6-12 half-width letters and digit, at least one of each."""
     if not value:
         violations.add(name, MSG_REQUIRED)
     elif has_full_width(value):
@@ -79,7 +79,7 @@ def check_alnum_mixed(violations: Violations, name: str, value: str) -> None:
 
 
 def check_digits_4_8(violations: Violations, name: str, value: str) -> None:
-    """check_digits_4_8 applies the usage-start password rule: 4-8 half-width digits."""
+    """Apply the usage-start password rule: 4-8 half-width digits."""
     if not value:
         violations.add(name, MSG_REQUIRED)
     elif has_full_width(value):
@@ -89,7 +89,7 @@ def check_digits_4_8(violations: Violations, name: str, value: str) -> None:
 
 
 def check_email(violations: Violations, name: str, value: str) -> None:
-    """check_email checks an e-mail address's form (half-width, one @, a dotted domain, at most 254)."""
+    """Check an e-mail address's form (half-width, one @, a dotted domain, at most 254)."""
     if not value:
         violations.add(name, MSG_REQUIRED)
     elif has_full_width(value):
@@ -99,14 +99,14 @@ def check_email(violations: Violations, name: str, value: str) -> None:
 
 
 def check_pair(violations: Violations, name: str, value: str, confirmation: str) -> None:
-    """check_pair requires an entry and its confirmation to match (reported on the confirmation field)."""
+    """Require an entry and its confirmation to match (reported on the confirmation field)."""
     if value and value != confirmation:
         violations.add(f"{name}_confirmation", MSG_MISMATCH)
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Profile is a validated step-2 entry. Its passwords are hashed before anything stores it."""
+    """A validated step-2 entry. Its passwords are hashed before anything stores it."""
 
     user_name: str
     email: str
@@ -127,7 +127,7 @@ def validate_profile(
     confirmation_password: str,
     confirmation_password_confirmation: str,
 ) -> Profile:
-    """validate_profile applies every step-2 rule and reports every violation at once."""
+    """Apply every step-2 rule and report every violation at once."""
     v = Violations()
     name = user_name.strip()
     if not name:
@@ -153,7 +153,7 @@ def validate_profile(
 
 @dataclass(frozen=True)
 class TokenRequest:
-    """TokenRequest is a validated step-7 entry."""
+    """A validated step-7 entry."""
 
     mobile_email: str
     usage_start_password: str = field(repr=False)
@@ -166,7 +166,7 @@ def validate_token_request(
     usage_start_password: str,
     usage_start_password_confirmation: str,
 ) -> TokenRequest:
-    """validate_token_request applies the step-7 rules and reports every violation at once."""
+    """Apply the step-7 rules and report every violation at once."""
     v = Violations()
     check_email(v, "mobile_email", mobile_email)
     check_pair(v, "mobile_email", mobile_email, mobile_email_confirmation)
@@ -179,7 +179,7 @@ def validate_token_request(
 
 
 def check_account(v: Violations, branch_code: str, account_number: str) -> None:
-    """check_account checks a representative account: branch code 3 digits, account number 7 digits."""
+    """Check a representative account: branch code 3 digits, account number 7 digits."""
     if has_full_width(branch_code):
         v.add("branch_code", MSG_FULL_WIDTH)
     elif not re.fullmatch(r"[0-9]{3}", branch_code):
@@ -191,7 +191,7 @@ def check_account(v: Violations, branch_code: str, account_number: str) -> None:
 
 
 def validate_application(*, company_name: str, branch_code: str, account_number: str) -> str:
-    """validate_application checks an application's fields; returns the company name, trimmed."""
+    """Check an application's fields; return the company name, trimmed."""
     v = Violations()
     company = company_name.strip()
     if not company:
@@ -206,7 +206,7 @@ def validate_application(*, company_name: str, branch_code: str, account_number:
 def validate_notice_entry(
     *, branch_code: str, account_number: str, temporary_login_password: str, temporary_confirmation_password: str
 ) -> None:
-    """validate_notice_entry checks step 1's form (not the passwords' correctness, which is counted)."""
+    """Check step 1's form (not the passwords' correctness, which is counted)."""
     v = Violations()
     check_account(v, branch_code, account_number)
     for name, value in (
@@ -219,7 +219,7 @@ def validate_notice_entry(
 
 
 def validate_new_password(*, login_id: str, new_password: str, new_password_confirmation: str) -> str:
-    """validate_new_password applies the setup's rules to a changed or reset password (6-12 half-width letters
+    """Apply the setup's rules to a changed or reset password (6-12 half-width letters
     and digits mixed, typed twice, not the login ID); that it differs from the other password is checked
     against its hash by the caller."""
     v = Violations()

@@ -23,9 +23,9 @@ CONFIRMATION_TOKEN_SECONDS = 5 * 60
 MAX_SUMMARY_BYTES = 1024
 
 AMR_LOGIN = ("swk", "pwd")
-"""AMR_LOGIN: a proof-of-possession key (the client certificate) and a password (RFC 8176)."""
+"""A proof-of-possession key (the client certificate) and a password (RFC 8176)."""
 AMR_STEP_UP = ("otp", "mfa")
-"""AMR_STEP_UP is what a verified one-time password adds."""
+"""What a verified one-time password adds."""
 CONFIRMATION_METHODS = ("pwd", "otp")
 
 _TRANSACTION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -43,13 +43,13 @@ MSG_TOKEN_INVALID = (
 
 
 class LoginFailed(Unauthenticated):
-    """LoginFailed: unknown login ID, someone else's certificate, or a wrong password; told apart to nobody."""
+    """Unknown login ID, someone else's certificate, or a wrong password; told apart to nobody."""
 
     reason = "LOGIN_FAILED"
 
 
 class AccessTokenInvalid(Unauthenticated):
-    """AccessTokenInvalid: malformed, expired, ended, of another user or certificate, or from an old epoch."""
+    """Malformed, expired, ended, of another user or certificate, or from an old epoch."""
 
     reason = "ACCESS_TOKEN_INVALID"
 
@@ -88,7 +88,7 @@ def check_user_id(user_id: str) -> None:
 
 @dataclass(frozen=True)
 class TransactionEntry:
-    """TransactionEntry is a validated confirmation request (the password and code are checked elsewhere)."""
+    """A validated confirmation request (the password and code are checked elsewhere)."""
 
     transaction_id: str
     summary: str
@@ -116,7 +116,7 @@ def check_transaction(
 
 @dataclass(frozen=True)
 class SessionClaims:
-    """SessionClaims is what kagi reads back from a verified access token."""
+    """What kagi reads back from a verified access token."""
 
     user_id: str
     session_id: str

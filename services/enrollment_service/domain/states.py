@@ -8,7 +8,7 @@ from kagi.errors import FailedPrecondition
 
 
 class State(Enum):
-    """State is where an enrollment stands (DESIGN.md section 2); the values match the API's names."""
+    """Where an enrollment stands (DESIGN.md section 2); the values match the API's names."""
 
     NOTICE_VERIFIED = "NOTICE_VERIFIED"
     PROFILE_SUBMITTED = "PROFILE_SUBMITTED"
@@ -26,7 +26,7 @@ class State(Enum):
 
 
 class Step(Enum):
-    """Step is one of the ten steps; the number is the step's place in the bank's procedure table."""
+    """One of the ten steps; the number is the step's place in the bank's procedure table."""
 
     VERIFY_NOTICE = 1
     SUBMIT_PROFILE = 2
@@ -41,14 +41,14 @@ class Step(Enum):
 
 
 class Kind(Enum):
-    """Kind is what an enrollment is for: the initial setup, or a new certificate after a lost PC (reissue)."""
+    """What an enrollment is for: the initial setup, or a new certificate after a lost PC (reissue)."""
 
     SETUP = "SETUP"
     REISSUE = "REISSUE"
 
 
 class Event(Enum):
-    """Event is a side transition that is not a step: expiry, lockout or cancellation."""
+    """A side transition that is not a step: expiry, lockout or cancellation."""
 
     EXPIRE = "EXPIRE"
     LOCK = "LOCK"
@@ -117,24 +117,24 @@ NEXT_STEP: dict[Kind, dict[State, Step]] = {
 
 
 class WrongStep(FailedPrecondition):
-    """WrongStep: the step is not the one the enrollment's state allows; names both."""
+    """The step is not the one the enrollment's state allows; names both."""
 
     reason = "WRONG_STEP"
 
 
 class EnrollmentClosed(FailedPrecondition):
-    """EnrollmentClosed: the enrollment is completed, expired, locked or cancelled and takes no more steps."""
+    """The enrollment is completed, expired, locked or cancelled and takes no more steps."""
 
     reason = "ENROLLMENT_CLOSED"
 
 
 def next_step(state: State, kind: Kind = Kind.SETUP) -> Step | None:
-    """next_step is the step an enrollment of `kind` in `state` expects, or None when it takes no more steps."""
+    """Return the step an enrollment of `kind` in `state` expects, or None when it takes no more steps."""
     return NEXT_STEP[kind].get(state)
 
 
 def transition(state: State, action: Step | Event, kind: Kind = Kind.SETUP) -> State:
-    """Transition returns the state after `action`, or raises FailedPrecondition naming the state and the step
+    """Return the state after `action`, or raise FailedPrecondition naming the state and the step
     the enrollment expects next."""
     if isinstance(action, Step):
         target = TRANSITIONS[kind].get((state, action))

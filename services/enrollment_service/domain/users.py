@@ -27,7 +27,7 @@ MSG_SETUP_INCOMPLETE = "初期設定が完了していません / the initial se
 
 
 class UserState(Enum):
-    """UserState: SETTING_UP until step 10, then ACTIVE; LOCKED while any lock holds."""
+    """SETTING_UP until step 10, then ACTIVE; LOCKED while any lock holds."""
 
     SETTING_UP = "SETTING_UP"
     ACTIVE = "ACTIVE"
@@ -35,7 +35,7 @@ class UserState(Enum):
 
 
 class LockReason(Enum):
-    """LockReason says why a user is locked (NONE: not locked)."""
+    """Says why a user is locked (NONE: not locked)."""
 
     NONE = ""
     LOGIN_PASSWORD = "LOGIN_PASSWORD"
@@ -44,7 +44,7 @@ class LockReason(Enum):
 
 
 class PasswordKind(Enum):
-    """PasswordKind names one of the user's two passwords."""
+    """Names one of the user's two passwords."""
 
     LOGIN = "login"
     CONFIRMATION = "confirmation"
@@ -54,20 +54,20 @@ _LOCK_OF = {PasswordKind.LOGIN: LockReason.LOGIN_PASSWORD, PasswordKind.CONFIRMA
 
 
 class UserLocked(ResourceExhausted):
-    """UserLocked: five wrong passwords in a row or an operator's lock; only an operator unlocks."""
+    """Five wrong passwords in a row or an operator's lock; only an operator unlocks."""
 
     reason = "USER_LOCKED"
 
 
 class SetupIncomplete(FailedPrecondition):
-    """SetupIncomplete: the user's setup has not reached step 10."""
+    """The user's setup has not reached step 10."""
 
     reason = "SETUP_INCOMPLETE"
 
 
 @dataclass(frozen=True)
 class User:
-    """User is a customer: who they are, their password hashes, token, lock state and session epoch."""
+    """A customer: who they are, their password hashes, token, lock state and session epoch."""
 
     user_id: str
     login_id: str
@@ -91,7 +91,7 @@ class User:
 
     @property
     def state(self) -> UserState:
-        """State is LOCKED while a lock holds, else ACTIVE once the setup completed."""
+        """Return LOCKED while a lock holds, else ACTIVE once the setup completed."""
         if self.lock_reason is not LockReason.NONE:
             return UserState.LOCKED
         return UserState.ACTIVE if self.setup_complete else UserState.SETTING_UP

@@ -13,11 +13,11 @@ from collections import OrderedDict
 from services.otp_service.app.repository import TokenRecords
 
 DEFAULT_CACHE_SIZE = 20_000
-"""DEFAULT_CACHE_SIZE is how many tokens a process keeps cached (about 1-2 KB each)."""
+"""How many tokens a process keeps cached (about 1-2 KB each)."""
 
 
 class TokenCache:
-    """TokenCache is a bounded least-recently-used map from token id to TokenRecords (0 entries: disabled).
+    """A bounded least-recently-used map from token id to TokenRecords (0 entries: disabled).
 
     Used from one event loop only, so it needs no lock.
     """
@@ -32,14 +32,14 @@ class TokenCache:
         return len(self._entries)
 
     def get(self, token_id: str) -> TokenRecords | None:
-        """Get returns the cached records of a token (marking them recently used), or None."""
+        """Return the cached records of a token (marking them recently used), or None."""
         records = self._entries.get(token_id)
         if records is not None:
             self._entries.move_to_end(token_id)
         return records
 
     def put(self, records: TokenRecords) -> None:
-        """Put caches records, unless a newer version of them is cached already (concurrent requests race)."""
+        """Cach records, unless a newer version of them is cached already (concurrent requests race)."""
         if self._size == 0:
             return
         token_id = records.token.token_id
@@ -52,5 +52,5 @@ class TokenCache:
             self._entries.popitem(last=False)
 
     def drop(self, token_id: str) -> None:
-        """Drop forgets a token (its records may have changed in a way this process did not see)."""
+        """Forget a token (its records may have changed in a way this process did not see)."""
         self._entries.pop(token_id, None)

@@ -9,17 +9,17 @@ REGISTRATION_FAILED_MESSAGE = (
     "サービスID、ユーザID、またはアクティベーションIDが正しくありません"
     " / the service ID, user ID or activation ID is incorrect"
 )
-"""REGISTRATION_FAILED_MESSAGE is the one answer to unknown IDs and to a wrong activation ID alike."""
+"""The one answer to unknown IDs and to a wrong activation ID alike."""
 
 
 class TokenNotFound(OtpError, NotFound):
-    """TokenNotFound: no token has that token id."""
+    """No token has that token id."""
 
     reason = "TOKEN_NOT_FOUND"
 
 
 class RegistrationFailed(OtpError, Unauthenticated):
-    """RegistrationFailed: step 9 named no activated token, or not with the activation ID activation returned.
+    """Step 9 named no activated token, or not with the activation ID activation returned.
 
     Unknown IDs and a wrong activation ID give this same error, so the answer does not tell which IDs exist.
     """

@@ -26,31 +26,31 @@ from services.otp_service.domain import CorruptRecord, InvalidTokenField, NewTok
 from services.otp_service.domain.errors import field_error
 
 TOKENS = "tokens"
-"""TOKENS holds the token records."""
+"""Holds the token records."""
 VERIFICATION = "verification"
-"""VERIFICATION holds each token's verification state."""
+"""Holds each token's verification state."""
 BY_SERVICE_ID = "tokens-by-service-id"
-"""BY_SERVICE_ID maps the service ID typed into the app to the token id."""
+"""Maps the service ID typed into the app to the token id."""
 ACTIVATIONS = "activations"
-"""ACTIVATIONS holds the digest of each token's activation ID."""
+"""Holds the digest of each token's activation ID."""
 VERIFY_REQUESTS = "verify-requests"
-"""VERIFY_REQUESTS holds the recorded answers of verifications that carried a request id."""
+"""Holds the recorded answers of verifications that carried a request id."""
 USER_INDEX_PREFIX = "user-tokens."
-"""USER_INDEX_PREFIX starts the name of each user's token index collection."""
+"""Starts the name of each user's token index collection."""
 
 _TOKEN_ID_CHARS = frozenset("0123456789abcdef")
 _TOKEN_ID_LENGTH = 32
 
 
 def check_token_id(token_id: object) -> str:
-    """check_token_id returns a well-formed token id (32 lowercase hex characters) or raises InvalidTokenField."""
+    """Return a well-formed token id (32 lowercase hex characters) or raise InvalidTokenField."""
     if not isinstance(token_id, str) or len(token_id) != _TOKEN_ID_LENGTH or not set(token_id) <= _TOKEN_ID_CHARS:
         raise field_error(InvalidTokenField, "token_id", "must be the 32 hexadecimal characters of a token id")
     return token_id
 
 
 def user_collection(owner_id: str) -> str:
-    """user_collection names the index collection of one user's tokens.
+    """Name the index collection of one user's tokens.
 
     The owner id may hold characters a collection name may not (':' '@'), so the name carries its SHA-256.
     """
@@ -58,13 +58,13 @@ def user_collection(owner_id: str) -> str:
 
 
 def user_index_key(token: Token) -> str:
-    """user_index_key orders a user's tokens by creation time, then token id."""
+    """Order a user's tokens by creation time, then token id."""
     return f"{int(token.created_at * 1000):015d}-{token.token_id}"
 
 
 @dataclass(frozen=True, slots=True)
 class TokenRecords:
-    """TokenRecords is a token and its verification state as read, with the versions a later write must name."""
+    """A token and its verification state as read, with the versions a later write must name."""
 
     token: Token
     token_version: int
@@ -72,7 +72,7 @@ class TokenRecords:
     state_version: int
 
     def written(self, token: Token, state: VerificationState, entries: Sequence[Entry | None]) -> TokenRecords:
-        """Written is these records after `write_ops(self, token, state)` committed with `entries` as its result."""
+        """Return these records after `write_ops(self, token, state)` committed with `entries` as its result."""
         state_entry, token_entry = entries[0], entries[1]
         if state_entry is None or token_entry is None:
             raise ValueError("write_ops results start with the verification and token entries")
@@ -80,7 +80,7 @@ class TokenRecords:
 
 
 def write_ops(records: TokenRecords, token: Token, state: VerificationState) -> list[Operation]:
-    """write_ops swaps both records of a token, each conditioned on the version it was read at.
+    """Swap both records of a token, each conditioned on the version it was read at.
 
     The verification record comes first: a commit's result lists entries in this order (see `written`).
     """
@@ -91,7 +91,7 @@ def write_ops(records: TokenRecords, token: Token, state: VerificationState) -> 
 
 
 def create_ops(new: NewToken) -> list[Operation]:
-    """create_ops creates a new token's records and indexes, all-or-nothing (KeyExists on a taken service ID)."""
+    """Create a new token's records and index, all-or-nothing (KeyExists on a taken service ID)."""
     token = new.token
     return [
         Create(VERIFICATION, token.token_id, new.verification_state.to_bytes()),
@@ -102,7 +102,7 @@ def create_ops(new: NewToken) -> list[Operation]:
 
 
 def records_from_entries(state_entry: Entry, token_entry: Entry) -> TokenRecords:
-    """records_from_entries decodes a verification entry and a token entry read in that order."""
+    """Decode a verification entry and a token entry read in that order."""
     return TokenRecords(
         token=Token.from_bytes(token_entry.value),
         token_version=token_entry.version,
@@ -112,17 +112,17 @@ def records_from_entries(state_entry: Entry, token_entry: Entry) -> TokenRecords
 
 
 class TokenRepository:
-    """TokenRepository reads OTP records with their versions; writes go through `commit` with the ops above."""
+    """Reads OTP records with their versions; writes go through `commit` with the ops above."""
 
     def __init__(self, store: KeyValueStore) -> None:
         self.store = store
 
     async def state_entry(self, token_id: str) -> Entry | None:
-        """State_entry reads a token's verification record (None when there is no such token)."""
+        """Read a token's verification record (None when there is no such token)."""
         return await self.store.get(VERIFICATION, token_id)
 
     async def records_after(self, state_entry: Entry) -> TokenRecords:
-        """Records_after reads the token record that goes with a verification record already read.
+        """Read the token record that goes with a verification record already read.
 
         The verification record must be read first: a token change after it bumps its version, so a later
         compare-and-swap on it fails instead of pairing a new token with an old decision.
@@ -133,32 +133,32 @@ class TokenRepository:
         return records_from_entries(state_entry, token_entry)
 
     async def records(self, token_id: str) -> TokenRecords | None:
-        """Records reads a token's verification record, then its token record; None when there is no token."""
+        """Read a token's verification record, then its token record; None when there is no token."""
         state_entry = await self.state_entry(token_id)
         if state_entry is None:
             return None
         return await self.records_after(state_entry)
 
     async def token(self, token_id: str) -> Token | None:
-        """Token reads a token record alone (for answers that need no later write)."""
+        """Read a token record alone (for answers that need no later write)."""
         entry = await self.store.get(TOKENS, token_id)
         return None if entry is None else Token.from_bytes(entry.value)
 
     async def token_id_for_service(self, service_id: str) -> str | None:
-        """Token_id_for_service finds the token a service ID was issued for."""
+        """Find the token a service ID was issued for."""
         entry = await self.store.get(BY_SERVICE_ID, service_id)
         return None if entry is None else entry.value.decode("ascii")
 
     async def activation_digest(self, token_id: str) -> bytes | None:
-        """Activation_digest is the SHA-256 of the activation ID handed out when the token was activated."""
+        """Return the SHA-256 of the activation ID handed out when the token was activated."""
         entry = await self.store.get(ACTIVATIONS, token_id)
         return None if entry is None else entry.value
 
     async def user_token_ids(self, owner_id: str, page_size: int, page_token: str) -> tuple[list[str], str]:
-        """User_token_ids lists one page of a user's token ids, oldest first, and the next page's token."""
+        """List one page of a user's token ids, oldest first, and the next page's token."""
         page = await self.store.list(user_collection(owner_id), page_size=page_size, page_token=page_token)
         return [e.value.decode("ascii") for e in page.entries], page.next_page_token
 
     async def commit(self, operations: Sequence[Operation]) -> list[Entry | None]:
-        """Commit writes all operations atomically (KeyExists / VersionMismatch when a condition fails)."""
+        """Write all operations atomically (KeyExists / VersionMismatch when a condition fails)."""
         return await self.store.commit(operations)

@@ -59,17 +59,17 @@ from services.otp_service.domain.validation import validate_owner_id
 log = structlog.get_logger("kagi.otp")
 
 DEFAULT_PAGE_SIZE = 50
-"""DEFAULT_PAGE_SIZE is the page size of ListTokens when none is asked for."""
+"""The page size of ListTokens when none is asked for."""
 MAX_LIST_PAGE_SIZE = 100
-"""MAX_LIST_PAGE_SIZE is the largest page ListTokens returns (larger requests are cut to it)."""
+"""The largest page ListTokens returns (larger requests are cut to it)."""
 MAX_ACTIVATION_ID = 64
-"""MAX_ACTIVATION_ID is the longest activation ID accepted."""
+"""The longest activation ID accepted."""
 _ROTATION_PAGE = 200
 
 
 @dataclass(frozen=True, slots=True)
 class Activation:
-    """Activation is step 8's answer, returned this once: the token, the seed, and the activation ID."""
+    """Step 8's answer, returned this once: the token, the seed, and the activation ID."""
 
     token: Token
     seed: ProvisionedSeed
@@ -106,7 +106,7 @@ def _page_size(page_size: int) -> int:
 
 
 class OtpService:
-    """OtpService is the OTP service's use cases over one key-value store."""
+    """The OTP service's use cases over one key-value store."""
 
     def __init__(
         self,

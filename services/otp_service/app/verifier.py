@@ -74,14 +74,14 @@ from services.otp_service.domain import (
 log = structlog.get_logger("kagi.otp")
 
 MAX_ATTEMPTS = 100
-"""MAX_ATTEMPTS bounds the lost races one verification retries (50 concurrent requests on one token need 49)."""
+"""Bounds the lost races one verification retries (50 concurrent requests on one token need 49)."""
 REQUEST_TTL = 3600.0
-"""REQUEST_TTL is how long a verification's answer is kept for a retry with the same request_id (seconds)."""
+"""How long a verification's answer is kept for a retry with the same request_id (seconds)."""
 
 
 @dataclass(frozen=True, slots=True)
 class VerifiedCode:
-    """VerifiedCode is a verification's answer: the domain result and the token as it is after it."""
+    """A verification's answer: the domain result and the token as it is after it."""
 
     result: VerificationResult
     token: Token
@@ -120,7 +120,7 @@ def _result_from_record(obj: dict[str, object]) -> VerificationResult:
 
 
 class Verifier:
-    """Verifier checks codes against tokens with the round-trip budget described in the module docstring."""
+    """Checks codes against tokens with the round-trip budget described in the module docstring."""
 
     def __init__(
         self,
@@ -140,7 +140,7 @@ class Verifier:
         self._request_ttl = request_ttl
 
     async def verify(self, token_id: str, code: str, *, request_id: str = "") -> VerifiedCode:
-        """Verify decides one code at the clock's time and records the decision atomically.
+        """Decide one code at the clock's time and records the decision atomically.
 
         Returns the result whether or not the code was accepted (call `result.raise_for_failure()`); raises
         InvalidCodeFormat (nothing recorded) for a malformed code and TokenNotFound for an unknown token.

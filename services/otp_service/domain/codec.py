@@ -9,18 +9,18 @@ from typing import Any, TypeVar
 from services.otp_service.domain.errors import CorruptRecord
 
 T = TypeVar("T")
-"""T is the type a field reader expects."""
+"""The type a field reader expects."""
 
 
 def dump(kind: str, schema: int, body: Mapping[str, Any]) -> bytes:
-    """dump encodes `body` as compact, key-sorted JSON tagged with the record kind and schema version."""
+    """Encode `body` as compact, key-sorted JSON tagged with the record kind and schema version."""
     return json.dumps(
         {"kind": kind, "schema": schema, **body}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
     ).encode("utf-8")
 
 
 def load(data: bytes, kind: str, schema: int) -> dict[str, Any]:
-    """load decodes bytes written by `dump` for `kind`, refusing other kinds and schema versions."""
+    """Decode bytes written by `dump` for `kind`, refusing other kinds and schema versions."""
     try:
         obj = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -37,7 +37,7 @@ def load(data: bytes, kind: str, schema: int) -> dict[str, Any]:
 
 
 def field(obj: Mapping[str, Any], name: str, typ: type[T]) -> T:
-    """field returns obj[name] if it has type `typ` (bool is not accepted as int), else raises CorruptRecord."""
+    """Return obj[name] if it has type `typ` (bool is not accepted as int), else raise CorruptRecord."""
     value = obj.get(name)
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -47,7 +47,7 @@ def field(obj: Mapping[str, Any], name: str, typ: type[T]) -> T:
 
 
 def optional(obj: Mapping[str, Any], name: str, typ: type[T]) -> T | None:
-    """optional is `field` for a value that may be null."""
+    """Return `field` for a value that may be null."""
     if obj.get(name) is None:
         return None
     return field(obj, name, typ)

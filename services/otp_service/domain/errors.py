@@ -15,71 +15,71 @@ from kagi.errors import (
 
 
 class OtpError(KagiError):
-    """OtpError marks every error raised by the OTP domain (always together with one kagi.errors kind)."""
+    """Marks every error raised by the OTP domain (always together with one kagi.errors kind)."""
 
 
 class WrongCode(OtpError, Unauthenticated):
-    """WrongCode: the code matches no time step in the accepted window."""
+    """The code matches no time step in the accepted window."""
 
     reason = "WRONG_CODE"
 
 
 class Replayed(OtpError, Unauthenticated):
-    """Replayed: the code belongs to a time step at or before the last accepted one."""
+    """The code belongs to a time step at or before the last accepted one."""
 
     reason = "REPLAYED"
 
 
 class StepExpired(OtpError, Unauthenticated):
-    """StepExpired: the code was right for a recent time step that has left the accepted window."""
+    """The code was right for a recent time step that has left the accepted window."""
 
     reason = "STEP_EXPIRED"
 
 
 class TokenLocked(OtpError, ResourceExhausted):
-    """TokenLocked: too many failures; only an operator unlocks the token."""
+    """Too many failures; only an operator unlocks the token."""
 
     reason = "TOKEN_LOCKED"
 
 
 class RateLimited(OtpError, ResourceExhausted):
-    """RateLimited: too many failures in the current rate window; `metadata["retry_after"]` says when to retry."""
+    """Too many failures in the current rate window; `metadata["retry_after"]` says when to retry."""
 
     reason = "RATE_LIMITED"
 
 
 class TokenNotActive(OtpError, FailedPrecondition):
-    """TokenNotActive: the token is in a state that does not verify codes (not yet registered, disabled...)."""
+    """The token is in a state that does not verify codes (not yet registered, disabled...)."""
 
     reason = "TOKEN_NOT_ACTIVE"
 
 
 class InvalidCodeFormat(OtpError, InvalidArgument):
-    """InvalidCodeFormat: the code is not exactly `digits` half-width ASCII digits (field "code")."""
+    """The code is not exactly `digits` half-width ASCII digits (field "code")."""
 
     reason = "INVALID_CODE_FORMAT"
 
 
 class InvalidUsageStartPassword(OtpError, InvalidArgument):
-    """InvalidUsageStartPassword: the usage-start password is not 4-8 half-width ASCII digits."""
+    """The usage-start password is not 4-8 half-width ASCII digits."""
 
     reason = "INVALID_USAGE_START_PASSWORD"
 
 
 class InvalidTokenField(OtpError, InvalidArgument):
-    """InvalidTokenField: another input field (e-mail, owner, service ID, user ID) breaks its rule."""
+    """Another input field (e-mail, owner, service ID, user ID) breaks its rule."""
 
     reason = "INVALID_FIELD"
 
 
 class ConsentRequired(OtpError, InvalidArgument):
-    """ConsentRequired: activation was sent without ticking "I agree" (consent=false)."""
+    """Activation was sent without ticking "I agree" (consent=false)."""
 
     reason = "CONSENT_REQUIRED"
 
 
 class ActivationFailed(OtpError, Unauthenticated):
-    """ActivationFailed: wrong usage-start password, or no token with that service ID and user ID.
+    """Wrong usage-start password, or no token with that service ID and user ID.
 
     Both cases give this same error, same message, so the answer does not tell which IDs exist.
     """
@@ -88,19 +88,19 @@ class ActivationFailed(OtpError, Unauthenticated):
 
 
 class ActivationExpired(OtpError, FailedPrecondition):
-    """ActivationExpired: the token was not activated within its activation period; it must be reissued."""
+    """The token was not activated within its activation period; it must be reissued."""
 
     reason = "ACTIVATION_EXPIRED"
 
 
 class IllegalTransition(OtpError, FailedPrecondition):
-    """IllegalTransition: the event is not allowed in the token's current state (named in the message)."""
+    """The event is not allowed in the token's current state (named in the message)."""
 
     reason = "ILLEGAL_TRANSITION"
 
 
 class SeedVaultError(OtpError):
-    """SeedVaultError: a sealed seed cannot be opened (unknown key id, tampered, or sealed for another token).
+    """A sealed seed cannot be opened (unknown key id, tampered, or sealed for another token).
 
     INTERNAL: it means stored data or key configuration is wrong; the detail is for operators, not callers.
     """
@@ -110,12 +110,12 @@ class SeedVaultError(OtpError):
 
 
 class CorruptRecord(OtpError):
-    """CorruptRecord: stored bytes are not a record this code can read (bad JSON, field or schema version)."""
+    """Stored bytes are not a record this code can read (bad JSON, field or schema version)."""
 
     kind = ErrorKind.INTERNAL
     reason = "CORRUPT_RECORD"
 
 
 def field_error(cls: type[OtpError], field: str, rule: str, *, metadata: Mapping[str, str] | None = None) -> OtpError:
-    """field_error builds an InvalidArgument-kind error whose message and `fields` name `field` and `rule`."""
+    """Build an InvalidArgument-kind error whose message and `fields` name `field` and `rule`."""
     return cls(f"invalid {field}: {rule}", fields={field: rule}, metadata=metadata)

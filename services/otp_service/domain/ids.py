@@ -14,19 +14,19 @@ from collections.abc import Callable
 from services.otp_service.domain.errors import InvalidTokenField, field_error
 
 RandomBytes = Callable[[int], bytes]
-"""RandomBytes returns n bytes from a CSPRNG; `secrets.token_bytes` in production."""
+"""Returns n bytes from a CSPRNG; `secrets.token_bytes` in production."""
 
 SYSTEM_RANDOM: RandomBytes = secrets.token_bytes
-"""SYSTEM_RANDOM is the operating system's CSPRNG."""
+"""The operating system's CSPRNG."""
 
 CROCKFORD_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-"""CROCKFORD_ALPHABET is the 32 symbols typed IDs use: digits and letters without I, L, O, U."""
+"""The 32 symbols typed IDs use: digits and letters without I, L, O, U."""
 SERVICE_ID_LENGTH = 10  # 50 bits: collisions are rare and caught by the store's create-if-absent anyway
-"""SERVICE_ID_LENGTH is the characters in a service ID."""
+"""The characters in a service ID."""
 APP_USER_ID_LENGTH = 8  # 40 bits
-"""APP_USER_ID_LENGTH is the characters in an app user ID."""
+"""The characters in an app user ID."""
 TOKEN_ID_BYTES = 16
-"""TOKEN_ID_BYTES is the random bytes in an internal token id."""
+"""The random bytes in an internal token id."""
 
 _DECODE = {ch: ch for ch in CROCKFORD_ALPHABET} | {"O": "0", "I": "1", "L": "1"}
 
@@ -42,17 +42,17 @@ def _crockford(random: RandomBytes, length: int) -> str:
 
 
 def new_token_id(random: RandomBytes = SYSTEM_RANDOM) -> str:
-    """new_token_id returns a 128-bit random internal token id (32 lowercase hex characters)."""
+    """Return a 128-bit random internal token id (32 lowercase hex characters)."""
     return random(TOKEN_ID_BYTES).hex()
 
 
 def new_service_id(random: RandomBytes = SYSTEM_RANDOM) -> str:
-    """new_service_id returns a random 10-character service ID for the e-mail and the app."""
+    """Return a random 10-character service ID for the e-mail and the app."""
     return _crockford(random, SERVICE_ID_LENGTH)
 
 
 def new_app_user_id(random: RandomBytes = SYSTEM_RANDOM) -> str:
-    """new_app_user_id returns a random 8-character user ID for the e-mail and the app."""
+    """Return a random 8-character user ID for the e-mail and the app."""
     return _crockford(random, APP_USER_ID_LENGTH)
 
 
@@ -77,10 +77,10 @@ def _normalise(value: object, field: str, length: int, label_ja: str) -> str:
 
 
 def parse_service_id(value: object) -> str:
-    """parse_service_id returns the canonical service ID typed by a user, or raises InvalidTokenField."""
+    """Return the canonical service ID typed by a user, or raise InvalidTokenField."""
     return _normalise(value, "service_id", SERVICE_ID_LENGTH, "サービスID")
 
 
 def parse_app_user_id(value: object) -> str:
-    """parse_app_user_id returns the canonical user ID typed by a user, or raises InvalidTokenField."""
+    """Return the canonical user ID typed by a user, or raise InvalidTokenField."""
     return _normalise(value, "user_id", APP_USER_ID_LENGTH, "ユーザID")

@@ -26,13 +26,13 @@ from services.otp_service.domain.seeds import SealedSeed
 from services.otp_service.domain.totp import Algorithm, TotpParameters, seconds_remaining
 
 RECORD_KIND = "otp.token"
-"""RECORD_KIND tags stored token records."""
+"""Tags stored token records."""
 SCHEMA_VERSION = 1
-"""SCHEMA_VERSION is the token record layout this code writes and reads."""
+"""The token record layout this code writes and reads."""
 
 
 class TokenState(Enum):
-    """TokenState is where a token is in its life; only `transition` moves it."""
+    """Where a token is in its life; only `transition` moves it."""
 
     PENDING_ACTIVATION = "PENDING_ACTIVATION"
     ACTIVATED = "ACTIVATED"
@@ -46,7 +46,7 @@ class TokenState(Enum):
 
 
 class TokenEvent(Enum):
-    """TokenEvent is something that happens to a token: a verb RPC, a verification outcome, or time."""
+    """Something that happens to a token: a verb RPC, a verification outcome, or time."""
 
     ACTIVATE = "ACTIVATE"
     REGISTER = "REGISTER"
@@ -86,17 +86,17 @@ TRANSITIONS: MappingProxyType[tuple[TokenState, TokenEvent], TokenState] = Mappi
         (_S.EXPIRED, _E.REVOKE): _S.REVOKED,
     }
 )
-"""TRANSITIONS is the whole state machine: (state, event) -> next state; any pair not listed is illegal."""
+"""The whole state machine: (state, event) -> next state; any pair not listed is illegal."""
 
 VERIFYING_STATES = frozenset({TokenState.REGISTERED, TokenState.ACTIVE})
-"""VERIFYING_STATES are the states in which codes are checked at all."""
+"""The states in which codes are checked at all."""
 
 LOCKED_STATES = frozenset({TokenState.ACTIVATION_LOCKED, TokenState.LOCKED})
-"""LOCKED_STATES are the states an operator's UNLOCK leaves."""
+"""The states an operator's UNLOCK leaves."""
 
 
 def transition(state: TokenState, event: TokenEvent) -> TokenState:
-    """transition is the next state for `event` in `state`; an unlisted pair raises IllegalTransition."""
+    """Return the next state for `event` in `state`; an unlisted pair raises IllegalTransition."""
     try:
         return TRANSITIONS[(state, event)]
     except KeyError:
@@ -109,7 +109,7 @@ def transition(state: TokenState, event: TokenEvent) -> TokenState:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TokenInfo:
-    """TokenInfo is what anyone allowed to see a token may learn: never the seed, the code or the password."""
+    """What anyone allowed to see a token may learn: never the seed, the code or the password."""
 
     token_id: str
     state: TokenState
@@ -121,7 +121,7 @@ class TokenInfo:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Token:
-    """Token is the stored record of one soft token of one user; secrets and the e-mail stay out of its repr.
+    """The stored record of one soft token of one user; secrets and the e-mail stay out of its repr.
 
     The usage-start password exists only as a peppered argon2id hash, and only until activation succeeds;
     the seed exists only sealed, from activation until revocation.
@@ -145,11 +145,11 @@ class Token:
     first_verified_at: float | None = None
 
     def activation_expired(self, now: float) -> bool:
-        """Activation_expired says whether a token still waiting for activation is past its deadline."""
+        """Say whether a token still waiting for activation is past its deadline."""
         return self.state is TokenState.PENDING_ACTIVATION and now >= self.activation_expires_at
 
     def apply(self, event: TokenEvent, *, now: float) -> Token:
-        """Apply returns the token after `event` (see TRANSITIONS), with the bookkeeping the event implies.
+        """Return the token after `event` (see TRANSITIONS), with the bookkeeping the event implies.
 
         ACTIVATE is not applied here: it needs the sealed seed, see `activated`.
         """
@@ -172,7 +172,7 @@ class Token:
         return replace(self, **changes)
 
     def activated(self, sealed_seed: SealedSeed, *, now: float) -> Token:
-        """Activated is the token after a successful activation: seed sealed, password hash dropped."""
+        """Return the token after a successful activation: seed sealed, password hash dropped."""
         return replace(
             self,
             state=transition(self.state, TokenEvent.ACTIVATE),
@@ -184,7 +184,7 @@ class Token:
         )
 
     def info(self, now: float) -> TokenInfo:
-        """Info is the token's public view at `now`, including the seconds left in the current step."""
+        """Return the token's public view at `now`, including the seconds left in the current step."""
         return TokenInfo(
             token_id=self.token_id,
             state=self.state,
@@ -195,7 +195,7 @@ class Token:
         )
 
     def to_bytes(self) -> bytes:
-        """To_bytes is the record as schema-versioned JSON for the store."""
+        """Return the record as schema-versioned JSON for the store."""
         return codec.dump(
             RECORD_KIND,
             SCHEMA_VERSION,
@@ -223,7 +223,7 @@ class Token:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Token:
-        """From_bytes reads `to_bytes` output; raises CorruptRecord on anything else."""
+        """Read `to_bytes` output; raise CorruptRecord on anything else."""
         obj = codec.load(data, RECORD_KIND, SCHEMA_VERSION)
         sealed = codec.optional(obj, "sealed_seed", str)
         try:

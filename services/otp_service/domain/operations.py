@@ -62,16 +62,16 @@ ACTIVATION_FAILED_MESSAGE = (
     "サービスID、ユーザID、または利用開始パスワードが正しくありません"
     " / the service ID, user ID or usage-start password is incorrect"
 )
-"""ACTIVATION_FAILED_MESSAGE is the one answer to a wrong password and to unknown IDs alike."""
+"""The one answer to a wrong password and to unknown IDs alike."""
 TOKEN_LOCKED_MESSAGE = (
     "トークンがロックされています。当組合までお問い合わせください / the token is locked; please contact the bank"
 )
-"""TOKEN_LOCKED_MESSAGE tells a locked-out user to call the bank: only an operator unlocks."""
+"""Tells a locked-out user to call the bank: only an operator unlocks."""
 
 
 @dataclass(frozen=True, slots=True)
 class NewToken:
-    """NewToken is what `create_token` makes: both records to create, all-or-nothing."""
+    """What `create_token` makes: both records to create, all-or-nothing."""
 
     token: Token
     verification_state: VerificationState
@@ -88,7 +88,7 @@ def create_token(
     params: TotpParameters | None = None,
     random: RandomBytes = SYSTEM_RANDOM,
 ) -> NewToken:
-    """create_token validates the inputs and makes a PENDING_ACTIVATION token with fresh service and user IDs.
+    """Validate the inputs and make a PENDING_ACTIVATION token with fresh service and user IDs.
 
     The usage-start password is kept only as a peppered argon2id hash. If the store reports the service ID
     taken, call again: the IDs are drawn anew.
@@ -114,7 +114,7 @@ def create_token(
 
 @dataclass(frozen=True, slots=True)
 class ActivationRequest:
-    """ActivationRequest is step 8 as typed into the app, validated; the password never prints."""
+    """Step 8 as typed into the app, validated; the password never prints."""
 
     service_id: str
     app_user_id: str
@@ -124,7 +124,7 @@ class ActivationRequest:
     def parse(
         cls, *, service_id: object, user_id: object, usage_start_password: object, consent: object
     ) -> ActivationRequest:
-        """Parse validates the app's four inputs (consent must be true) and canonicalises the IDs."""
+        """Validate the app's four inputs (consent must be true) and canonicalise the IDs."""
         request = cls(
             service_id=parse_service_id(service_id),
             app_user_id=parse_app_user_id(user_id),
@@ -136,7 +136,7 @@ class ActivationRequest:
 
 @dataclass(frozen=True, slots=True)
 class ProvisionedSeed:
-    """ProvisionedSeed is the seed as handed to the app, once: base32 and otpauth URI, neither in its repr."""
+    """The seed as handed to the app, once: base32 and otpauth URI, neither in its repr."""
 
     token_id: str
     params: TotpParameters
@@ -146,14 +146,14 @@ class ProvisionedSeed:
 
 @dataclass(frozen=True, slots=True)
 class ActivationResult:
-    """ActivationResult is `activate`'s answer: the token to write back (if changed), and the seed or the error."""
+    """`activate`'s answer: the token to write back (if changed), and the seed or the error."""
 
     token: Token | None
     seed: ProvisionedSeed | None = None
     error: OtpError | None = None
 
     def unwrap(self) -> ProvisionedSeed:
-        """Unwrap returns the seed, or raises the error; call it only after writing `token`."""
+        """Return the seed, or raise the error; call it only after writing `token`."""
         if self.error is not None:
             raise self.error
         if self.seed is None:
@@ -171,7 +171,7 @@ def activate(
     vault: SeedVault,
     random: RandomBytes = SYSTEM_RANDOM,
 ) -> ActivationResult:
-    """activate checks step 8's credentials against the token found by service ID (None if there is none).
+    """Check step 8's credentials against the token found by service ID (None if there is none).
 
     No token, another user ID and a wrong password all answer ActivationFailed with the same message, and
     cost the same argon2 verification. Only a wrong password for the right IDs is counted; the
@@ -226,7 +226,7 @@ def activate(
 
 @dataclass(frozen=True, slots=True)
 class VerificationResult:
-    """VerificationResult names the outcome of one code check; it never holds the code or the expected code."""
+    """Names the outcome of one code check; it never holds the code or the expected code."""
 
     verdict: Verdict
     token_state: TokenState
@@ -236,11 +236,11 @@ class VerificationResult:
 
     @property
     def ok(self) -> bool:
-        """Ok says whether the code was accepted."""
+        """Say whether the code was accepted."""
         return self.verdict is Verdict.ACCEPTED
 
     def error(self) -> OtpError | None:
-        """Error is the domain error for a failed check (TokenLocked once this failure locked it), else None."""
+        """Return the domain error for a failed check (TokenLocked once this failure locked it), else None."""
         meta = {"attempts_remaining": str(self.attempts_remaining)}
         if self.ok:
             return None
@@ -279,7 +279,7 @@ class VerificationResult:
         )
 
     def raise_for_failure(self) -> None:
-        """Raise_for_failure raises `error()` when the code was not accepted."""
+        """Raise `error()` when the code was not accepted."""
         err = self.error()
         if err is not None:
             raise err
@@ -287,7 +287,7 @@ class VerificationResult:
 
 @dataclass(frozen=True, slots=True)
 class VerificationOutcome:
-    """VerificationOutcome is `verify_code`'s answer and the records to write (None: leave unchanged).
+    """`verify_code`'s answer and the records to write (None: leave unchanged).
 
     When `token` is set, write it and `state` in one `commit`; otherwise compare-and-swap `state` alone.
     """
@@ -306,7 +306,7 @@ def verify_code(
     policy: OtpPolicy,
     vault: SeedVault,
 ) -> VerificationOutcome:
-    """verify_code checks `code` for `token` at `now`: format, token state, then match and `decide`.
+    """Check `code` for `token` at `now`: format, token state, then match and `decide`.
 
     A malformed code raises InvalidCodeFormat and changes nothing. The first accepted code moves a
     REGISTERED token to ACTIVE; the failure that reaches `max_failures` moves it to LOCKED.
@@ -362,7 +362,7 @@ def verify_code(
 
 @dataclass(frozen=True, slots=True)
 class LifecycleChange:
-    """LifecycleChange is a token and its verification record after an operator or app event; commit both."""
+    """A token and its verification record after an operator or app event; commit both."""
 
     token: Token
     verification_state: VerificationState
@@ -371,7 +371,7 @@ class LifecycleChange:
 def change_lifecycle(
     token: Token, state: VerificationState, event: TokenEvent, *, now: float, policy: OtpPolicy
 ) -> LifecycleChange:
-    """change_lifecycle applies REGISTER, LOCK, UNLOCK, DISABLE, ENABLE, EXPIRE or REVOKE to both records.
+    """Apply REGISTER, LOCK, UNLOCK, DISABLE, ENABLE, EXPIRE or REVOKE to both records.
 
     UNLOCK and ENABLE (operator actions) clear the failure counters but keep the replay floor; an unlocked
     ACTIVATION_LOCKED token gets a fresh activation period. LOCK, DISABLE and REVOKE set the lock flag too,

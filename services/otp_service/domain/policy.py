@@ -7,16 +7,16 @@ from dataclasses import dataclass, field
 from services.otp_service.domain.totp import TotpParameters
 
 DEFAULT_ACTIVATION_TTL = 24 * 60 * 60.0
-"""DEFAULT_ACTIVATION_TTL is 24 hours, in seconds."""
+"""24 hours, in seconds."""
 MAX_PAST_STEPS = 10
-"""MAX_PAST_STEPS is the most steps back a code may still be accepted."""
+"""The most steps back a code may still be accepted."""
 MAX_FUTURE_STEPS = 2
-"""MAX_FUTURE_STEPS is the most steps ahead a code may be accepted (a phone's clock running fast)."""
+"""The most steps ahead a code may be accepted (a phone's clock running fast)."""
 
 
 @dataclass(frozen=True, slots=True)
 class OtpPolicy:
-    """OtpPolicy holds every limit the OTP domain enforces; the defaults are the issue's acceptance criteria.
+    """Holds every limit the OTP domain enforces; the defaults are the issue's acceptance criteria.
 
     - issuer: shown by authenticator apps beside the account.
     - token_parameters: hash, digits and period of newly created tokens (existing tokens keep theirs).

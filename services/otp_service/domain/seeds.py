@@ -23,18 +23,18 @@ from services.otp_service.domain.ids import SYSTEM_RANDOM, RandomBytes
 from services.otp_service.domain.totp import Algorithm
 
 KEK_BYTES = 32
-"""KEK_BYTES is the size of a key-encryption key (AES-256)."""
+"""The size of a key-encryption key (AES-256)."""
 NONCE_BYTES = 12
-"""NONCE_BYTES is the AES-GCM nonce size (96 bits, the size GCM is defined for)."""
+"""The AES-GCM nonce size (96 bits, the size GCM is defined for)."""
 SEALED_FORMAT = "v1"
-"""SEALED_FORMAT is the version tag at the start of a sealed seed's text."""
+"""The version tag at the start of a sealed seed's text."""
 _KEY_ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _AAD_LABEL = b"kagi.otp.seed.v1"
 
 
 @dataclass(frozen=True, slots=True)
 class Seed:
-    """Seed is a token's shared secret; it prints as its length only."""
+    """A token's shared secret; it prints as its length only."""
 
     value: bytes = field(repr=False)
 
@@ -42,12 +42,12 @@ class Seed:
         return f"Seed(<{len(self.value)} bytes redacted>)"
 
     def base32(self) -> str:
-        """Base32 is the seed in RFC 4648 base32 without padding, as authenticator apps and oathtool take it."""
+        """Return the seed in RFC 4648 base32 without padding, as authenticator apps and oathtool take it."""
         return base64.b32encode(self.value).decode("ascii").rstrip("=")
 
 
 def generate_seed(algorithm: Algorithm, random: RandomBytes = SYSTEM_RANDOM) -> Seed:
-    """generate_seed draws a fresh seed as long as the hash output (160/256/512 bits) from a CSPRNG."""
+    """Draw a fresh seed as long as the hash output (160/256/512 bits) from a CSPRNG."""
     value = random(algorithm.seed_bytes)
     if len(value) != algorithm.seed_bytes:
         raise ValueError("the random source returned the wrong number of bytes")
@@ -56,7 +56,7 @@ def generate_seed(algorithm: Algorithm, random: RandomBytes = SYSTEM_RANDOM) -> 
 
 @dataclass(frozen=True, slots=True)
 class KeyEncryptionKey:
-    """KeyEncryptionKey is one named 256-bit AES key that seals seeds; the key itself never prints."""
+    """One named 256-bit AES key that seals seeds; the key itself never prints."""
 
     key_id: str
     key: bytes = field(repr=False)
@@ -69,7 +69,7 @@ class KeyEncryptionKey:
 
     @classmethod
     def from_base64(cls, key_id: str, encoded: str) -> KeyEncryptionKey:
-        """From_base64 builds a KEK from standard or URL-safe base64 text (as kept in settings)."""
+        """Build a KEK from standard or URL-safe base64 text (as kept in settings)."""
         try:
             text = encoded.strip().replace("+", "-").replace("/", "_")
             key = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
@@ -80,19 +80,19 @@ class KeyEncryptionKey:
 
 @dataclass(frozen=True, slots=True)
 class SealedSeed:
-    """SealedSeed is an encrypted seed as kept in the store, with the id of the key that sealed it."""
+    """An encrypted seed as kept in the store, with the id of the key that sealed it."""
 
     key_id: str
     blob: bytes = field(repr=False)
 
     def to_text(self) -> str:
-        """To_text is the storable form `v1:<key id>:<base64url(nonce||ciphertext||tag)>`."""
+        """Return the storable form `v1:<key id>:<base64url(nonce||ciphertext||tag)>`."""
         encoded = base64.urlsafe_b64encode(self.blob).decode("ascii").rstrip("=")
         return f"{SEALED_FORMAT}:{self.key_id}:{encoded}"
 
     @classmethod
     def from_text(cls, text: str) -> SealedSeed:
-        """From_text parses `to_text` output; raises SeedVaultError when it is malformed."""
+        """Parse `to_text` output; raise SeedVaultError when it is malformed."""
         parts = text.split(":")
         if len(parts) != 3 or parts[0] != SEALED_FORMAT or not _KEY_ID_RE.fullmatch(parts[1]):
             raise SeedVaultError("sealed seed is malformed", reason="SEED_MALFORMED")
@@ -108,7 +108,7 @@ def _aad(key_id: str, token_id: str) -> bytes:
 
 
 class SeedVault:
-    """SeedVault seals seeds under the current KEK and opens them under any configured KEK."""
+    """Seals seeds under the current KEK and opens them under any configured KEK."""
 
     def __init__(
         self,
@@ -129,11 +129,11 @@ class SeedVault:
 
     @property
     def current_key_id(self) -> str:
-        """Current_key_id names the KEK that new seals use."""
+        """Name the KEK that new seals use."""
         return self._current_id
 
     def seal(self, token_id: str, seed: Seed) -> SealedSeed:
-        """Seal encrypts `seed` for token `token_id` under the current KEK."""
+        """Encrypt `seed` for token `token_id` under the current KEK."""
         nonce = self._random(NONCE_BYTES)
         if len(nonce) != NONCE_BYTES:
             raise ValueError("the random source returned the wrong number of bytes")
@@ -141,7 +141,7 @@ class SeedVault:
         return SealedSeed(self._current_id, nonce + ciphertext)
 
     def open(self, token_id: str, sealed: SealedSeed) -> Seed:
-        """Open decrypts a seed sealed for `token_id`; raises SeedVaultError if the key is unknown or it fails."""
+        """Decrypt a seed sealed for `token_id`; raise SeedVaultError if the key is unknown or it fails."""
         cipher = self._ciphers.get(sealed.key_id)
         if cipher is None:
             raise SeedVaultError(
@@ -158,9 +158,9 @@ class SeedVault:
         return Seed(value)
 
     def needs_reseal(self, sealed: SealedSeed) -> bool:
-        """Needs_reseal says whether `sealed` was sealed under a KEK other than the current one."""
+        """Say whether `sealed` was sealed under a KEK other than the current one."""
         return sealed.key_id != self._current_id
 
     def reseal(self, token_id: str, sealed: SealedSeed) -> SealedSeed:
-        """Reseal opens `sealed` and seals it again under the current KEK (key rotation)."""
+        """Open `sealed` and seal it again under the current KEK (key rotation)."""
         return self.seal(token_id, self.open(token_id, sealed))

@@ -15,17 +15,17 @@ from enum import Enum
 from services.otp_service.domain.errors import InvalidTokenField, field_error
 
 DEFAULT_PERIOD = 60
-"""DEFAULT_PERIOD is the bank's step length: 60 seconds."""
+"""The bank's step length: 60 seconds."""
 DEFAULT_DIGITS = 6
-"""DEFAULT_DIGITS is the default code length."""
+"""The default code length."""
 MIN_DIGITS = 6
-"""MIN_DIGITS is the shortest code allowed (RFC 4226 requires at least 6)."""
+"""The shortest code allowed (RFC 4226 requires at least 6)."""
 MAX_DIGITS = 8
-"""MAX_DIGITS is the longest code allowed."""
+"""The longest code allowed."""
 
 
 class Algorithm(Enum):
-    """Algorithm is the HMAC hash of a token; the value is the name used in otpauth URIs."""
+    """The HMAC hash of a token; the value is the name used in otpauth URIs."""
 
     SHA1 = "SHA1"
     SHA256 = "SHA256"
@@ -33,18 +33,18 @@ class Algorithm(Enum):
 
     @property
     def digest_name(self) -> str:
-        """Digest_name is the hashlib name of the hash."""
+        """Return the hashlib name of the hash."""
         return self.value.lower()
 
     @property
     def seed_bytes(self) -> int:
-        """Seed_bytes is the seed length RFC 6238's reference uses: the hash's output size (160/256/512 bits)."""
+        """Return the seed length RFC 6238's reference uses: the hash's output size (160/256/512 bits)."""
         return {Algorithm.SHA1: 20, Algorithm.SHA256: 32, Algorithm.SHA512: 64}[self]
 
 
 @dataclass(frozen=True, slots=True)
 class TotpParameters:
-    """TotpParameters are a token's fixed code parameters: hash, number of digits, step length in seconds."""
+    """A token's fixed code parameters: hash, number of digits, step length in seconds."""
 
     algorithm: Algorithm = Algorithm.SHA1
     digits: int = DEFAULT_DIGITS
@@ -58,7 +58,7 @@ class TotpParameters:
 
 
 class MatchFailure(Enum):
-    """MatchFailure is why a well-formed code belongs to no acceptable time step."""
+    """Why a well-formed code belongs to no acceptable time step."""
 
     WRONG_CODE = "WRONG_CODE"
     STEP_EXPIRED = "STEP_EXPIRED"
@@ -66,24 +66,24 @@ class MatchFailure(Enum):
 
 @dataclass(frozen=True, slots=True)
 class CodeMatch:
-    """CodeMatch is the pure verifier's answer: the matching time step, or the failure; never the expected code."""
+    """The pure verifier's answer: the matching time step, or the failure; never the expected code."""
 
     step: int | None
     failure: MatchFailure | None
 
     @classmethod
     def at(cls, step: int) -> CodeMatch:
-        """At is a match at time step `step`."""
+        """Return a match at time step `step`."""
         return cls(step=step, failure=None)
 
     @classmethod
     def miss(cls, failure: MatchFailure) -> CodeMatch:
-        """Miss is a code that matches no acceptable step, for `failure`."""
+        """Return a code that matches no acceptable step, for `failure`."""
         return cls(step=None, failure=failure)
 
 
 def hotp(key: bytes, counter: int, *, digits: int = DEFAULT_DIGITS, algorithm: Algorithm = Algorithm.SHA1) -> str:
-    """hotp is RFC 4226's HOTP value of `counter` under `key`, as a zero-padded decimal string."""
+    """Return RFC 4226's HOTP value of `counter` under `key`, as a zero-padded decimal string."""
     if not 0 <= counter < 1 << 64:
         raise ValueError("counter must fit in 64 unsigned bits")
     if not 1 <= digits <= 10:
@@ -95,19 +95,19 @@ def hotp(key: bytes, counter: int, *, digits: int = DEFAULT_DIGITS, algorithm: A
 
 
 def time_step(now: float, period: int = DEFAULT_PERIOD) -> int:
-    """time_step is RFC 6238's T = floor((now - T0) / X) with T0 = 0."""
+    """Return RFC 6238's T = floor((now - T0) / X) with T0 = 0."""
     if now < 0:
         raise ValueError("time before the epoch")
     return math.floor(now / period)
 
 
 def totp(key: bytes, now: float, params: TotpParameters) -> str:
-    """totp is the code valid at `now` for a token with `params`."""
+    """Return the code valid at `now` for a token with `params`."""
     return hotp(key, time_step(now, params.period), digits=params.digits, algorithm=params.algorithm)
 
 
 def seconds_remaining(now: float, period: int = DEFAULT_PERIOD) -> int:
-    """seconds_remaining is the whole seconds left in the current step, `period` at its very start, down to 1."""
+    """Return the whole seconds left in the current step, `period` at its very start, down to 1."""
     return period - int(now % period)
 
 
@@ -121,7 +121,7 @@ def match_code(
     future_steps: int = 0,
     expired_lookback: int = 10,
 ) -> CodeMatch:
-    """match_code finds the step from `past_steps` before now to `future_steps` after whose code equals `code`,
+    """Find the step from `past_steps` before now to `future_steps` after whose code equals `code`,
     else says why not.
 
     The defaults are the bank's rule: a code is good during its own step and the one after (a user typing in

@@ -16,7 +16,7 @@ from services.otp_service.domain.seeds import Seed
 from services.otp_service.domain.totp import TotpParameters
 
 MAX_LABEL_PART = 100
-"""MAX_LABEL_PART is the longest issuer or account name put in a URI label."""
+"""The longest issuer or account name put in a URI label."""
 
 
 def _check_label_part(value: str, field: str) -> str:
@@ -27,7 +27,7 @@ def _check_label_part(value: str, field: str) -> str:
 
 
 def key_uri(seed: Seed, params: TotpParameters, *, issuer: str, account: str) -> str:
-    """key_uri is the otpauth://totp URI for `seed` with `params`, labelled `issuer:account`."""
+    """Return the otpauth://totp URI for `seed` with `params`, labelled `issuer:account`."""
     _check_label_part(issuer, "issuer")
     _check_label_part(account, "account")
     label = f"{quote(issuer, safe='')}:{quote(account, safe='')}"

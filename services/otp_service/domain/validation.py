@@ -19,13 +19,13 @@ from services.otp_service.domain.errors import (
 )
 
 USAGE_START_PASSWORD_MIN = 4
-"""USAGE_START_PASSWORD_MIN is the fewest digits in a usage-start password."""
+"""The fewest digits in a usage-start password."""
 USAGE_START_PASSWORD_MAX = 8
-"""USAGE_START_PASSWORD_MAX is the most digits in a usage-start password."""
+"""The most digits in a usage-start password."""
 MAX_EMAIL_LENGTH = 254
-"""MAX_EMAIL_LENGTH is the longest deliverable address (RFC 5321 path limit)."""
+"""The longest deliverable address (RFC 5321 path limit)."""
 MAX_OWNER_ID_LENGTH = 128
-"""MAX_OWNER_ID_LENGTH is the longest owning-user id accepted."""
+"""The longest owning-user id accepted."""
 
 _ASCII_DIGITS = frozenset("0123456789")
 _FULL_WIDTH_DIGITS = frozenset("０１２３４５６７８９")
@@ -49,7 +49,7 @@ def _is_ascii_digits(value: str) -> bool:
 
 
 def validate_code(code: object, digits: int) -> str:
-    """validate_code returns `code` if it is exactly `digits` half-width ASCII digits, else InvalidCodeFormat."""
+    """Return `code` if it is exactly `digits` half-width ASCII digits, else InvalidCodeFormat."""
     if not isinstance(code, str):
         raise field_error(InvalidCodeFormat, "code", f"must be a string of {digits} half-width digits")
     if _has_full_width_digit(code):
@@ -62,7 +62,7 @@ def validate_code(code: object, digits: int) -> str:
 
 
 def validate_usage_start_password(password: object) -> str:
-    """validate_usage_start_password returns the password if it is 4-8 half-width digits, else refuses it."""
+    """Return the password if it is 4-8 half-width digits, else refuse it."""
     lo, hi = USAGE_START_PASSWORD_MIN, USAGE_START_PASSWORD_MAX
     if not isinstance(password, str):
         raise field_error(InvalidUsageStartPassword, "usage_start_password", f"must be {lo}-{hi} digits")
@@ -76,14 +76,14 @@ def validate_usage_start_password(password: object) -> str:
 
 
 def validate_consent(consent: object) -> None:
-    """validate_consent refuses anything but consent=True with ConsentRequired (field "consent")."""
+    """Refuse anything but consent=True with ConsentRequired (field "consent")."""
     if consent is not True:
         rule = "「上記の内容に同意する」にチェックしてください / you must agree to the terms (consent must be true)"
         raise field_error(ConsentRequired, "consent", rule)
 
 
 def validate_email(email: object) -> str:
-    """validate_email returns a plain ASCII address of at most 254 characters, else InvalidTokenField."""
+    """Return a plain ASCII address of at most 254 characters, else InvalidTokenField."""
     rule = "メールアドレスの形式が正しくありません / must be an e-mail address such as name@example.jp"
     if not isinstance(email, str) or len(email) > MAX_EMAIL_LENGTH or not _EMAIL_RE.fullmatch(email):
         raise field_error(InvalidTokenField, "email", rule)
@@ -91,7 +91,7 @@ def validate_email(email: object) -> str:
 
 
 def validate_owner_id(owner_id: object) -> str:
-    """validate_owner_id returns the owning user's id (1-128 of A-Z a-z 0-9 _ . : @ -), else InvalidTokenField."""
+    """Return the owning user's id (1-128 of A-Z a-z 0-9 _ . : @ -), else InvalidTokenField."""
     if (
         not isinstance(owner_id, str)
         or not 1 <= len(owner_id) <= MAX_OWNER_ID_LENGTH

@@ -35,15 +35,15 @@ from services.otp_service.domain.policy import OtpPolicy
 from services.otp_service.domain.totp import CodeMatch
 
 RECORD_KIND = "otp.verification_state"
-"""RECORD_KIND tags stored verification records."""
+"""Tags stored verification records."""
 SCHEMA_VERSION = 1
-"""SCHEMA_VERSION is the verification record layout this code writes and reads."""
+"""The verification record layout this code writes and reads."""
 NO_STEP = -1
-"""NO_STEP is `last_step` before any code was accepted (below every real step)."""
+"""`last_step` before any code was accepted (below every real step)."""
 
 
 class Verdict(Enum):
-    """Verdict is the outcome of one verification; every value but ACCEPTED names why it failed."""
+    """The outcome of one verification; every value but ACCEPTED names why it failed."""
 
     ACCEPTED = "ACCEPTED"
     WRONG_CODE = "WRONG_CODE"
@@ -56,7 +56,7 @@ class Verdict(Enum):
 
 @dataclass(frozen=True, slots=True)
 class VerificationState:
-    """VerificationState is a token's hot record: last accepted step, failure counters and the lock flag."""
+    """A token's hot record: last accepted step, failure counters and the lock flag."""
 
     last_step: int = NO_STEP
     failures: int = 0
@@ -65,7 +65,7 @@ class VerificationState:
     rate_window_failures: int = 0
 
     def to_bytes(self) -> bytes:
-        """To_bytes is the record as schema-versioned JSON for the store."""
+        """Return the record as schema-versioned JSON for the store."""
         return codec.dump(
             RECORD_KIND,
             SCHEMA_VERSION,
@@ -80,7 +80,7 @@ class VerificationState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> VerificationState:
-        """From_bytes reads `to_bytes` output; raises CorruptRecord on anything else."""
+        """Read `to_bytes` output; raise CorruptRecord on anything else."""
         obj = codec.load(data, RECORD_KIND, SCHEMA_VERSION)
         return cls(
             last_step=codec.field(obj, "last_step", int),
@@ -93,7 +93,7 @@ class VerificationState:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """Decision is `decide`'s answer: the verdict and the state to write (`changed` False: write nothing)."""
+    """`decide`'s answer: the verdict and the state to write (`changed` False: write nothing)."""
 
     verdict: Verdict
     state: VerificationState
@@ -104,12 +104,12 @@ class Decision:
 
     @property
     def accepted(self) -> bool:
-        """Accepted says whether the code was accepted."""
+        """Say whether the code was accepted."""
         return self.verdict is Verdict.ACCEPTED
 
 
 def retry_after(state: VerificationState, now: float, policy: OtpPolicy) -> float | None:
-    """retry_after is the seconds until the rate window frees up, or None when attempts are allowed now."""
+    """Return the seconds until the rate window frees up, or None when attempts are allowed now."""
     window_end = state.rate_window_start + policy.rate_limit_seconds
     if state.rate_window_failures >= policy.rate_limit_failures and now < window_end:
         return window_end - now
@@ -117,12 +117,12 @@ def retry_after(state: VerificationState, now: float, policy: OtpPolicy) -> floa
 
 
 def attempts_remaining(state: VerificationState, policy: OtpPolicy) -> int:
-    """attempts_remaining is how many more consecutive failures the token takes before it locks."""
+    """Return how many more consecutive failures the token takes before it locks."""
     return 0 if state.locked else max(policy.max_failures - state.failures, 0)
 
 
 def decide(state: VerificationState, match: CodeMatch, *, now: float, policy: OtpPolicy) -> Decision:
-    """decide applies the replay, lockout and rate rules (see the module docstring) to one matched code."""
+    """Apply the replay, lockout and rate rules (see the module docstring) to one matched code."""
     if state.locked:
         return Decision(Verdict.TOKEN_LOCKED, state, changed=False)
     wait = retry_after(state, now, policy)
@@ -152,10 +152,10 @@ def decide(state: VerificationState, match: CodeMatch, *, now: float, policy: Ot
 
 
 def lock(state: VerificationState) -> VerificationState:
-    """lock is `state` locked by an operator or a lifecycle change, with its replay floor kept."""
+    """Return `state` locked by an operator or a lifecycle change, with its replay floor kept."""
     return replace(state, locked=True)
 
 
 def unlock(state: VerificationState) -> VerificationState:
-    """unlock clears the lock and every failure counter but keeps `last_step`, so no old code becomes valid."""
+    """Clear the lock and every failure counter but keep `last_step`, so no old code becomes valid."""
     return VerificationState(last_step=state.last_step)

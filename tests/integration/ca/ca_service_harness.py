@@ -30,7 +30,7 @@ from services.ca_service.main import CaComponent, CaSettings, start_ca
 
 @dataclass
 class StoreTarget:
-    """StoreTarget names one store for the CA under test: its URL, its state directory and its namespace."""
+    """Names one store for the CA under test: its URL, its state directory and its namespace."""
 
     kind: str
     url: str
@@ -38,13 +38,13 @@ class StoreTarget:
     namespace: str
 
     def open(self) -> KeyValueStore:
-        """Open gives a second, independent handle on the same store (to look or to tamper)."""
+        """Give a second, independent handle on the same store (to look or to tamper)."""
         return open_store(self.url, namespace=self.namespace, state_dir=self.state_dir)
 
 
 @dataclass
 class RunningCa:
-    """RunningCa is a CA server under test and how to reach it as each role."""
+    """A CA server under test and how to reach it as each role."""
 
     component: CaComponent
     dev: DevPki
@@ -53,24 +53,24 @@ class RunningCa:
 
     @property
     def address(self) -> str:
-        """Address is host:port of the server."""
+        """Return host:port of the server."""
         return f"localhost:{self.component.port}"
 
     def stub(self, role: str = "operator") -> ca_pb2_grpc.CertificateAuthorityServiceStub:
-        """Stub opens an mTLS channel as `role` (enrollment, gateway, operator, ...) and returns a CA stub."""
+        """Open an mTLS channel as `role` (enrollment, gateway, operator, ...) and return a CA stub."""
         channel = open_channel(self.address, self.dev.tls(role))
         self.channels.append(channel)
         return ca_pb2_grpc.CertificateAuthorityServiceStub(channel)
 
     async def close_channels(self) -> None:
-        """Close_channels closes every channel opened by `stub`."""
+        """Close every channel opened by `stub`."""
         for channel in self.channels:
             await channel.close()
         self.channels.clear()
 
 
 def ca_settings(dev: DevPki, target: StoreTarget, *, crl_debounce: float = 0.2) -> CaSettings:
-    """ca_settings configures a CA server on a free loopback port over `target`, with the dev CA."""
+    """Configure a CA server on a free loopback port over `target`, with the dev CA."""
     return CaSettings(
         listen=ListenSettings("127.0.0.1", 0, dev.tls("ca")),
         store_url=target.url,
@@ -85,7 +85,7 @@ def ca_settings(dev: DevPki, target: StoreTarget, *, crl_debounce: float = 0.2) 
 
 @asynccontextmanager
 async def running_ca(dev: DevPki, target: StoreTarget) -> AsyncIterator[RunningCa]:
-    """running_ca starts a CA server over `target` and stops it afterwards."""
+    """Start a CA server over `target` and stop it afterwards."""
     component = await start_ca(ca_settings(dev, target))
     running = RunningCa(component, dev, target)
     try:
@@ -97,13 +97,13 @@ async def running_ca(dev: DevPki, target: StoreTarget) -> AsyncIterator[RunningC
 
 @pytest.fixture(scope="session")
 def dev_pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
-    """dev_pki is the dev CA and the mTLS certificates of every role, made once per test run."""
+    """Return the dev CA and the mTLS certificates of every role, made once per test run."""
     return ensure_dev_pki(tmp_path_factory.mktemp("ca-dev-pki"))
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreTarget]:
-    """store_target is a fresh CA store: a SQLite file in the test's folder, or a fresh namespace in Redis."""
+    """Return a fresh CA store: a SQLite file in the test's folder, or a fresh namespace in Redis."""
     namespace = f"ca{uuid.uuid4().hex[:12]}"
     if request.param == "sqlite":
         yield StoreTarget("sqlite", "sqlite:", tmp_path, namespace)
@@ -113,13 +113,13 @@ def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sto
 
 @pytest.fixture(name="ca")
 async def ca_fixture(dev_pki: DevPki, store_target: StoreTarget) -> AsyncIterator[RunningCa]:
-    """ca_fixture (fixture `ca`) is a running CA service over a fresh store (parametrised: SQLite and Redis)."""
+    """Yield a running CA service over a fresh store (fixture `ca`, parametrised: SQLite and Redis)."""
     async with running_ca(dev_pki, store_target) as running:
         yield running
 
 
 def make_csr(kind: str = "p256") -> bytes:
-    """make_csr returns a PEM CSR for a fresh key of `kind`: p256, p384, p521, secp256k1, rsa2048, rsa1024."""
+    """Return a PEM CSR for a fresh key of `kind`: p256, p384, p521, secp256k1, rsa2048, rsa1024."""
     key: CertificateIssuerPrivateKeyTypes
     if kind.startswith("rsa"):
         key = rsa.generate_private_key(public_exponent=65537, key_size=int(kind[3:]))
@@ -133,7 +133,7 @@ def make_csr(kind: str = "p256") -> bytes:
 
 
 def customer_identity(user_id: str = "u-0042") -> ca_pb2.CustomerIdentity:
-    """customer_identity is a customer user with Japanese names."""
+    """Return a customer user with Japanese names."""
     return ca_pb2.CustomerIdentity(
         user_id=user_id, company_name="株式会社 鈴木製作所", user_name="鈴木 花子", login_id="suzuki42"
     )
@@ -142,7 +142,7 @@ def customer_identity(user_id: str = "u-0042") -> ca_pb2.CustomerIdentity:
 def issue_request(
     request_id: str = "", *, csr: bytes | None = None, user_id: str = "u-0042"
 ) -> ca_pb2.IssueCertificateRequest:
-    """issue_request asks for a customer certificate as the enrollment does."""
+    """Ask for a customer certificate as the enrollment does."""
     return ca_pb2.IssueCertificateRequest(
         request_id=request_id or uuid.uuid4().hex,
         csr=csr if csr is not None else make_csr(),
@@ -153,14 +153,14 @@ def issue_request(
 
 @dataclass(frozen=True)
 class StoreSnapshot:
-    """StoreSnapshot is what the CA's store holds that bad input must never change."""
+    """What the CA's store holds that bad input must never change."""
 
     certificates: dict[str, bytes]
     audit: list[str]
 
 
 async def snapshot(target: StoreTarget) -> StoreSnapshot:
-    """Snapshot lists every certificate record and audit record in the store."""
+    """List every certificate record and audit record in the store."""
     store = target.open()
     try:
         certificates: dict[str, bytes] = {}
@@ -178,7 +178,7 @@ async def snapshot(target: StoreTarget) -> StoreSnapshot:
 
 
 async def verify_audit(target: StoreTarget) -> AuditReport:
-    """verify_audit checks the stored audit chain as `kagi admin verify-audit` does."""
+    """Check the stored audit chain as `kagi admin verify-audit` does."""
     store = target.open()
     try:
         return await verify_stored_chain(store)
@@ -187,6 +187,6 @@ async def verify_audit(target: StoreTarget) -> AuditReport:
 
 
 def record_json(value: bytes) -> dict[str, object]:
-    """record_json decodes a stored certificate record."""
+    """Decode a stored certificate record."""
     decoded: dict[str, object] = json.loads(value)
     return decoded

@@ -25,7 +25,7 @@ from services.ca_service.domain.settings import CaKind, PkiSettings
 
 @dataclass
 class Pki:
-    """Pki is a live hierarchy with OCSP responders, a status table standing in for the store, and a folder."""
+    """A live hierarchy with OCSP responders, a status table standing in for the store, and a folder."""
 
     directory: Path
     settings: PkiSettings
@@ -36,13 +36,13 @@ class Pki:
     crl_number: int = 0
 
     def write(self, name: str, data: bytes) -> Path:
-        """Write puts `data` in the folder as `name` and returns its path."""
+        """Put `data` in the folder as `name` and return its path."""
         path = self.directory / name
         path.write_bytes(data)
         return path
 
     def issue(self, identity: Identity, profile: str) -> IssuedCertificate:
-        """Issue signs a fresh P-256 CSR for `identity` on `profile` and records it as good."""
+        """Sign a fresh P-256 CSR for `identity` on `profile` and records it as good."""
         key = ec.generate_private_key(ec.SECP256R1())
         csr = (
             x509.CertificateSigningRequestBuilder()
@@ -57,7 +57,7 @@ class Pki:
         return issued
 
     def revoke(self, issued: IssuedCertificate, reason: RevocationReason) -> None:
-        """Revoke marks the certificate revoked now, as the use case will in the store."""
+        """Mark the certificate revoked now, as the use case will in the store."""
         current = self.statuses[issued.serial]
         revoked = revoke(current, reason, utc_datetime(self.clock))
         self.statuses[issued.serial] = CertificateStatus(
@@ -65,7 +65,7 @@ class Pki:
         )
 
     def crl(self, kind: CaKind) -> SignedCrl:
-        """Crl signs the next CRL of `kind` from the status table."""
+        """Sign the next CRL of `kind` from the status table."""
         self.crl_number += 1
         entries = [status for status in self.statuses.values() if status.issuer is kind]
         return build_crl(
@@ -73,11 +73,11 @@ class Pki:
         )
 
     def responder(self, kind: CaKind) -> OcspResponder:
-        """Responder is the OCSP responder of `kind`."""
+        """Return the OCSP responder of `kind`."""
         return OcspResponder(self.delegates[kind])
 
     def bundle(self, kind: CaKind) -> Path:
-        """Bundle writes the issuing CA and root as one PEM file (what relying parties trust)."""
+        """Write the issuing CA and root as one PEM file (what relying parties trust)."""
         return self.write(f"{kind.value}-bundle.pem", self.hierarchy.bundle_pem(kind))
 
 

@@ -61,7 +61,7 @@ async def sweep(stack: Stack) -> None:
 
 
 async def through(customer: Customer, last_step: int) -> Customer:
-    """Through takes the customer from the bank's notice up to and including `last_step` (at most 7)."""
+    """Take the customer from the bank's notice up to and including `last_step` (at most 7)."""
     await customer.register_application()
     steps = (customer.step1, customer.step2, customer.step3, customer.step4, customer.step5, customer.step6)
     for step in (*steps, customer.step7)[:last_step]:

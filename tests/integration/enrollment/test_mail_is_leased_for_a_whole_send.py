@@ -25,7 +25,7 @@ SENDER = "no-reply@bank.example"
 
 
 class SlowTransport:
-    """SlowTransport is a mail server that takes its time: each send waits until released."""
+    """A mail server that takes its time: each send waits until released."""
 
     max_send_seconds = 10.0
 
@@ -41,7 +41,7 @@ class SlowTransport:
 
 
 class DownTransport:
-    """DownTransport is a mail server that is down."""
+    """A mail server that is down."""
 
     max_send_seconds = 10.0
 

@@ -19,7 +19,7 @@ from tests.support.tools import run, tool
 
 
 async def walk_to_completion(customer: Customer) -> None:
-    """Walk_to_completion takes every step in order, checking the state after each."""
+    """Take every step in order, checking the state after each."""
     await customer.register_application()
     expected = [
         (customer.step1, pb.Enrollment.STATE_NOTICE_VERIFIED),

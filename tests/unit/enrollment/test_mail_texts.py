@@ -29,7 +29,7 @@ from services.enrollment_service.domain.records import AccountType, Application
 from services.enrollment_service.main import EnrollmentSettings
 
 AT = datetime(2026, 12, 31, 8, 0, tzinfo=UTC).timestamp()
-"""AT is 2026-12-31 08:00 UTC, which is 17:00 the same day in Japan."""
+"""2026-12-31 08:00 UTC, which is 17:00 the same day in Japan."""
 AT_JST = "2026年12月31日 17:00 (JST) / 2026-12-31 17:00 JST"
 CONTACT = "お問い合わせ: 都留信用組合 事務部 0555-24-2600 / Contact: Tsuru Shinkumi, 0555-24-2600"
 JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
