@@ -199,8 +199,9 @@ async def start_enrollment(
         await store.close()
         raise
     hasher = hasher or PasswordHasher([Pepper("p1", settings.pepper.reveal())])
-    ca_channel = open_channel(settings.ca_target, settings.client_tls, server_name="localhost")
-    otp_channel = open_channel(settings.otp_target, settings.client_tls, server_name="localhost")
+    # The clients send the request id with each call themselves (adapters.clients): no interceptor per call.
+    ca_channel = open_channel(settings.ca_target, settings.client_tls, server_name="localhost", request_ids=False)
+    otp_channel = open_channel(settings.otp_target, settings.client_tls, server_name="localhost", request_ids=False)
     repository = EnrollmentRepository(store)
     ca, otp = GrpcCertificateAuthority(ca_channel), GrpcTokenService(otp_channel)
     service = EnrollmentService(repository, ca, otp, hasher, clock, settings.policy)

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
 from kagi.errors import InvalidArgument, KagiError
-from kagi.runtime.grpc_client import error_from_rpc, open_channel
+from kagi.runtime.grpc_client import error_from_rpc, open_channel, request_metadata
 from kagi.runtime.grpc_server import GrpcServer, ServiceBinding, current_caller
 from kagi.runtime.identity import Role, allow
 from kagi.runtime.logging import request_id_var
@@ -180,6 +180,24 @@ async def test_request_id_is_carried_to_the_server(server: GrpcServer, identitie
     finally:
         request_id_var.reset(token)
     assert reply.root_pem == "req-1234"
+
+
+async def test_request_id_is_carried_by_a_channel_without_interceptor(
+    server: GrpcServer, identities: dict[str, TlsFiles]
+) -> None:
+    """A channel opened with request_ids=False sends the current request id when each call passes
+    `request_metadata()`, as the enrollment service's clients do."""
+    channel = open_channel(
+        f"localhost:{server.port}", identities["operator"], server_name="localhost", request_ids=False
+    )
+    stub = ca_pb2_grpc.CertificateAuthorityServiceStub(channel)
+    token = request_id_var.set("req-5678")
+    try:
+        async with channel:
+            reply = await stub.GetCaCertificates(ca_pb2.GetCaCertificatesRequest(), metadata=request_metadata())
+    finally:
+        request_id_var.reset(token)
+    assert reply.root_pem == "req-5678"
 
 
 async def test_health_reports_serving(server: GrpcServer, identities: dict[str, TlsFiles]) -> None:

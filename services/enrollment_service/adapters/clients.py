@@ -1,5 +1,6 @@
 """gRPC clients of the CA and the OTP service, as the enrollment's ports see them. Errors the services raise
-come back as the same domain errors (reason and fields kept)."""
+come back as the same domain errors (reason and fields kept). Each call carries the request id itself
+(`request_metadata`): the channels have no interceptor (see `kagi.runtime.grpc_client.open_channel`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
 from kagi.common.v1 import common_pb2
 from kagi.errors import FailedPrecondition
 from kagi.otp.v1 import otp_pb2, otp_pb2_grpc
-from kagi.runtime.grpc_client import error_from_rpc
+from kagi.runtime.grpc_client import error_from_rpc, request_metadata
 from services.enrollment_service.app.ports import (
     AppActivation,
     CertificateStatus,
@@ -88,7 +89,7 @@ class GrpcCertificateAuthority:
             ),
         )
         async with _translated({"csr": "csr_pem"}):
-            response = await self._stub.IssueCertificate(request, timeout=CALL_TIMEOUT)
+            response = await self._stub.IssueCertificate(request, timeout=CALL_TIMEOUT, metadata=request_metadata())
         certificate = response.certificate
         return IssuedCertificate(
             serial_number=certificate.serial_number,
@@ -101,14 +102,16 @@ class GrpcCertificateAuthority:
         """Ask the CA whether a customer certificate is good, revoked or unknown."""
         request = ca_pb2.GetCertificateStatusRequest(serial_number=serial_number, issuer=ca_pb2.ISSUER_CUSTOMER)
         async with _translated():
-            response = await self._stub.GetCertificateStatus(request, timeout=CALL_TIMEOUT)
+            response = await self._stub.GetCertificateStatus(request, timeout=CALL_TIMEOUT, metadata=request_metadata())
         return _STATUS.get(response.status, CertificateStatus.UNKNOWN)
 
     async def certificate(self, serial_number: str) -> CertificateView:
         """Read a certificate's PEM and state at the CA."""
         async with _translated():
             response = await self._stub.GetCertificate(
-                ca_pb2.GetCertificateRequest(serial_number=serial_number), timeout=CALL_TIMEOUT
+                ca_pb2.GetCertificateRequest(serial_number=serial_number),
+                timeout=CALL_TIMEOUT,
+                metadata=request_metadata(),
             )
         certificate = response.certificate
         return CertificateView(
@@ -123,7 +126,7 @@ class GrpcCertificateAuthority:
             request_id=request_id, serial_number=serial_number, csr=csr_pem.encode(), revoke_previous=False
         )
         async with _translated({"csr": "csr_pem"}):
-            response = await self._stub.RenewCertificate(request, timeout=CALL_TIMEOUT)
+            response = await self._stub.RenewCertificate(request, timeout=CALL_TIMEOUT, metadata=request_metadata())
         certificate = response.certificate
         return IssuedCertificate(
             serial_number=certificate.serial_number,
@@ -139,7 +142,7 @@ class GrpcCertificateAuthority:
         )
         try:
             async with _translated():
-                await self._stub.RevokeCertificate(request, timeout=CALL_TIMEOUT)
+                await self._stub.RevokeCertificate(request, timeout=CALL_TIMEOUT, metadata=request_metadata())
         except FailedPrecondition as exc:
             if exc.reason != "ALREADY_REVOKED":
                 raise
@@ -150,7 +153,9 @@ class GrpcCertificateAuthority:
             request_id=request_id, subject_id=user_id, reason=_REVOCATION_REASONS[reason]
         )
         async with _translated():
-            response = await self._stub.RevokeSubjectCertificates(request, timeout=CALL_TIMEOUT)
+            response = await self._stub.RevokeSubjectCertificates(
+                request, timeout=CALL_TIMEOUT, metadata=request_metadata()
+            )
         return len(response.certificates)
 
     async def revoke(self, *, serial_number: str, reason: RevocationReason, request_id: str) -> None:
@@ -160,7 +165,7 @@ class GrpcCertificateAuthority:
         )
         try:
             async with _translated():
-                await self._stub.RevokeCertificate(request, timeout=CALL_TIMEOUT)
+                await self._stub.RevokeCertificate(request, timeout=CALL_TIMEOUT, metadata=request_metadata())
         except FailedPrecondition as exc:
             if exc.reason != "ALREADY_REVOKED":
                 raise
@@ -174,7 +179,7 @@ class GrpcCertificateAuthority:
                 subject_id=subject_id, state=ca_pb2.Certificate.STATE_ACTIVE, page_size=_LIST_PAGE, page_token=token
             )
             async with _translated():
-                page = await self._stub.ListCertificates(request, timeout=CALL_TIMEOUT)
+                page = await self._stub.ListCertificates(request, timeout=CALL_TIMEOUT, metadata=request_metadata())
             serials += [c.serial_number for c in page.certificates if c.state == ca_pb2.Certificate.STATE_ACTIVE]
             token = page.next_page_token
             if not token:
@@ -184,7 +189,9 @@ class GrpcCertificateAuthority:
         """Ask the CA for the customer CA's certificate once, then answers from memory."""
         if self._customer_ca is None:
             async with _translated():
-                response = await self._stub.GetCaCertificates(ca_pb2.GetCaCertificatesRequest(), timeout=CALL_TIMEOUT)
+                response = await self._stub.GetCaCertificates(
+                    ca_pb2.GetCaCertificatesRequest(), timeout=CALL_TIMEOUT, metadata=request_metadata()
+                )
             self._customer_ca = response.customer_ca_pem.encode()
         return self._customer_ca
 
@@ -206,7 +213,7 @@ class GrpcTokenService:
             usage_start_password=usage_start_password,
         )
         async with _translated({"delivery_email": "mobile_email"}):
-            response = await self._stub.CreateToken(request, timeout=CALL_TIMEOUT)
+            response = await self._stub.CreateToken(request, timeout=CALL_TIMEOUT, metadata=request_metadata())
         token = response.token
         return PendingToken(token.token_id, token.service_id, token.app_user_id)
 
@@ -222,7 +229,7 @@ class GrpcTokenService:
             consent=consent,
         )
         async with _translated({"app_user_id": "user_id", "consent": "agreed"}):
-            response = await self._stub.ActivateToken(request, timeout=CALL_TIMEOUT)
+            response = await self._stub.ActivateToken(request, timeout=CALL_TIMEOUT, metadata=request_metadata())
         activation = response.activation
         return AppActivation(
             token_id=response.token.token_id,
@@ -242,7 +249,7 @@ class GrpcTokenService:
             request_id=request_id, service_id=service_id, app_user_id=app_user_id, activation_id=activation_id
         )
         async with _translated({"app_user_id": "user_id"}):
-            response = await self._stub.ConfirmRegistration(request, timeout=CALL_TIMEOUT)
+            response = await self._stub.ConfirmRegistration(request, timeout=CALL_TIMEOUT, metadata=request_metadata())
         token_id: str = response.token.token_id
         return token_id
 
@@ -250,14 +257,16 @@ class GrpcTokenService:
         """Check a code; a wrong, replayed or expired code raises the OTP service's error."""
         request = otp_pb2.VerifyCodeRequest(request_id=request_id, token_id=token_id, code=code)
         async with _translated({"code": "otp"}):
-            await self._stub.VerifyCode(request, timeout=CALL_TIMEOUT)
+            await self._stub.VerifyCode(request, timeout=CALL_TIMEOUT, metadata=request_metadata())
 
     async def token_state(self, token_id: str) -> TokenState:
         """Read a token's state (disabled, revoked and expired all show as DISABLED)."""
         if not token_id:
             return TokenState.NONE
         async with _translated():
-            response = await self._stub.GetToken(otp_pb2.GetTokenRequest(token_id=token_id), timeout=CALL_TIMEOUT)
+            response = await self._stub.GetToken(
+                otp_pb2.GetTokenRequest(token_id=token_id), timeout=CALL_TIMEOUT, metadata=request_metadata()
+            )
         return _TOKEN_STATE.get(response.token.state, TokenState.DISABLED)
 
     async def reissue(
@@ -271,7 +280,7 @@ class GrpcTokenService:
             usage_start_password=usage_start_password,
         )
         async with _translated({"delivery_email": "mobile_email"}):
-            response = await self._stub.ReissueToken(request, timeout=CALL_TIMEOUT)
+            response = await self._stub.ReissueToken(request, timeout=CALL_TIMEOUT, metadata=request_metadata())
         token = response.token
         return PendingToken(token.token_id, token.service_id, token.app_user_id)
 
@@ -279,13 +288,13 @@ class GrpcTokenService:
         """Stop the token from verifying (a lost phone)."""
         request = otp_pb2.DisableTokenRequest(request_id=request_id, token_id=token_id)
         async with _translated():
-            await self._stub.DisableToken(request, timeout=CALL_TIMEOUT)
+            await self._stub.DisableToken(request, timeout=CALL_TIMEOUT, metadata=request_metadata())
 
     async def revoke_token(self, *, request_id: str, token_id: str) -> None:
         """End a token for good (RevokeToken); revoking a revoked token again changes nothing."""
         request = otp_pb2.RevokeTokenRequest(request_id=request_id, token_id=token_id)
         async with _translated():
-            await self._stub.RevokeToken(request, timeout=CALL_TIMEOUT)
+            await self._stub.RevokeToken(request, timeout=CALL_TIMEOUT, metadata=request_metadata())
 
     async def live_token_ids(self, user_id: str) -> list[str]:
         """List the ids of a user's tokens that are not revoked yet."""
@@ -294,7 +303,7 @@ class GrpcTokenService:
         while True:
             request = otp_pb2.ListTokensRequest(user_id=user_id, page_size=_LIST_PAGE, page_token=token)
             async with _translated():
-                page = await self._stub.ListTokens(request, timeout=CALL_TIMEOUT)
+                page = await self._stub.ListTokens(request, timeout=CALL_TIMEOUT, metadata=request_metadata())
             found += [t.token_id for t in page.tokens if t.state != otp_pb2.Token.STATE_REVOKED]
             token = page.next_page_token
             if not token:
