@@ -10,7 +10,9 @@ the machine has 2 cores, which the services and this driver share.
 Password, PIN and temporary-credential hashing (argon2id) is deliberately expensive and sets the ceiling: each
 enrollment costs 7 argon2id operations (step 1 verifies 2 temporary passwords, step 2 hashes 2 passwords, step 6
 verifies 1, step 7 hashes the usage-start password, step 8 verifies it). The ceiling is cores / (7 x one hash).
-Applications are registered before the clock starts (the operator's work, not the customer's).
+Applications are registered before the clock starts (the operator's work, not the customer's), and the CPU
+columns count the timed enrollments only. `--profile` samples the service processes with py-spy (in the dev
+extras) while they run and prints the functions they spent their busy samples in.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -27,13 +30,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import RedisServer, cpu_seconds, free_port, percentile, wait_for_port  # noqa: E402
+from bench.harness import (  # noqa: E402
+    RedisServer,
+    cpu_seconds,
+    free_port,
+    machine_busy_seconds,
+    percentile,
+    wait_for_port,
+)
 from kagi.cli.stack import stack_environment  # noqa: E402
 from kagi.passwords import OWASP_ARGON2ID, PasswordHasher, Pepper  # noqa: E402
 from services.ca_service.creation import ensure_dev_pki  # noqa: E402
@@ -105,41 +116,116 @@ def _exited(processes: list[subprocess.Popen[bytes]]) -> int | None:
     return next((status for status in (p.poll() for p in processes) if status is not None), None)
 
 
-async def drive(
-    services: Services, workdir: Path, enrollments: int, concurrency: int
-) -> tuple[float, dict[str, list[float]]]:
-    customers = [Customer(services, workdir) for _ in range(enrollments)]
-    await asyncio.gather(*(c.register_application() for c in customers))
-    latencies: dict[str, list[float]] = defaultdict(list)
-    gate = asyncio.Semaphore(concurrency)
+@dataclass
+class Run:
+    """One configuration's timed enrollments: wall time, step latencies, and the CPU each party used meanwhile."""
 
-    async def enroll(customer: Customer) -> None:
-        async with gate:
-            for name in STEPS:
-                step = getattr(customer, name)
-                start = time.perf_counter()
-                if name == "step10":
-                    await step(time.time())
-                else:
-                    await step()
-                elapsed = time.perf_counter() - start
-                if name == "step7":
-                    # step 7's time includes waiting for the mail to be delivered and read: keep the RPC alone
-                    elapsed = customer.step7_rpc_seconds
-                latencies[name].append(elapsed)
+    elapsed: float
+    latencies: dict[str, list[float]]
+    service_cpu: float  # the service processes
+    driver_cpu: float  # this process (customers, SMTP server) and the openssl processes it ran
+    store_cpu: float  # the redis-server (0 on SQLite, which runs inside the services)
+    machine_cpu: float  # every process on the machine
 
-    start = time.perf_counter()
-    await asyncio.gather(*(enroll(c) for c in customers))
-    return time.perf_counter() - start, latencies
+
+def own_cpu_seconds() -> float:
+    """Return the CPU seconds this process and its reaped children (the customers' openssl runs) have used."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 async def measure(
-    services: Services, workdir: Path, enrollments: int, concurrency: int
-) -> tuple[float, dict[str, list[float]]]:
+    services: Services,
+    workdir: Path,
+    enrollments: int,
+    concurrency: int,
+    service_pids: list[int],
+    store_pids: list[int],
+    profile: Path | None,
+) -> Run:
+    """Register the applications (untimed), then time the customers' ten steps and the CPU spent meanwhile."""
     try:
-        return await drive(services, workdir, enrollments, concurrency)
+        customers = [Customer(services, workdir) for _ in range(enrollments)]
+        await asyncio.gather(*(c.register_application() for c in customers))
+        latencies: dict[str, list[float]] = defaultdict(list)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def enroll(customer: Customer) -> None:
+            async with gate:
+                for name in STEPS:
+                    step = getattr(customer, name)
+                    start = time.perf_counter()
+                    if name == "step10":
+                        await step(time.time())
+                    else:
+                        await step()
+                    elapsed = time.perf_counter() - start
+                    if name == "step7":
+                        # step 7's time includes waiting for the mail to be delivered and read: keep the RPC alone
+                        elapsed = customer.step7_rpc_seconds
+                    latencies[name].append(elapsed)
+
+        spies = start_profiler(profile, service_pids)
+        before = (cpu_seconds(service_pids), own_cpu_seconds(), cpu_seconds(store_pids), machine_busy_seconds())
+        start = time.perf_counter()
+        await asyncio.gather(*(enroll(c) for c in customers))
+        elapsed = time.perf_counter() - start
+        after = (cpu_seconds(service_pids), own_cpu_seconds(), cpu_seconds(store_pids), machine_busy_seconds())
+        stop_profiler(spies)
+        used = [b - a for a, b in zip(before, after, strict=True)]
+        return Run(elapsed, latencies, *used)
     finally:
         await services.close()
+
+
+def start_profiler(directory: Path | None, pids: list[int]) -> list[subprocess.Popen[bytes]]:
+    """Start py-spy on each service process (raw stacks, 100 Hz, not pausing it) when DIRECTORY is given."""
+    if directory is None:
+        return []
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    spies = []
+    for pid in pids:
+        argv = [spy, "record", "--pid", str(pid), "--rate", "100", "--format", "raw", "--nonblocking"]
+        argv += ["--output", str(directory / f"{pid}.txt")]
+        spies.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return spies
+
+
+def stop_profiler(spies: list[subprocess.Popen[bytes]]) -> None:
+    """Stop py-spy (SIGINT makes it write its stacks) and wait for it."""
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        spy.wait(timeout=60)
+
+
+# A thread parked in one of these is waiting, not working: py-spy's --nonblocking sampling still reports it.
+_WAITING = ("EpollSelector.select", "_worker (concurrent/futures/thread.py)", "Condition.wait", "Thread._bootstrap (")
+
+
+def profile_summary(directory: Path, top: int) -> list[str]:
+    """Return the functions the services spent their busy samples in: by own time and with their callees."""
+    own: Counter[str] = Counter()
+    within: Counter[str] = Counter()
+    busy = 0
+    for path in directory.glob("*.txt"):
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            # py-spy names the project's files by their full path, the libraries' by their module path.
+            frames = [re.sub(r":\d+\)$", ")", f.replace(f" ({ROOT}/", " (")) for f in stack.split(";")]
+            if not frames or frames[-1].startswith(_WAITING):
+                continue
+            busy += int(count)
+            own[frames[-1]] += int(count)
+            for frame in set(frames):
+                within[frame] += int(count)
+    lines = [f"{busy} busy samples; own time:"]
+    lines += [f"  {n / busy:6.1%}  {name}" for name, n in own.most_common(top)]
+    lines.append("with callees (entry points and the loop itself left out):")
+    skipped = ("<module>", "run (", "Runner.", "BaseEventLoop.", "Handle._run", "Thread.", "_WorkItem.run")
+    chosen = [(name, n) for name, n in within.most_common() if not name.startswith(skipped)][:top]
+    lines += [f"  {n / busy:6.1%}  {name}" for name, n in chosen]
+    return lines
 
 
 def main() -> None:
@@ -148,19 +234,20 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--stores", default="sqlite,redis", help="comma-separated: sqlite, redis")
     parser.add_argument("--layouts", default="one,per-service", help="comma-separated: one, per-service")
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the service processes with py-spy and print where they spent it"
+    )
     args = parser.parse_args()
 
-    kdf = kdf_cost_seconds()
     cores = os.cpu_count() or 1
-    ceiling = cores / (KDF_OPERATIONS_PER_ENROLLMENT * kdf)
     print(f"{platform.python_implementation()} {platform.python_version()}, {cores} cores, "
           f"{args.enrollments} enrollments per run, {args.concurrency} in flight")  # fmt: skip
-    print(f"argon2id (19 MiB, t=2, p=1): {kdf * 1000:.1f} ms CPU per hash; "
-          f"{KDF_OPERATIONS_PER_ENROLLMENT} per enrollment = {KDF_OPERATIONS_PER_ENROLLMENT * kdf * 1000:.0f} ms; "
-          f"KDF ceiling on {cores} cores = {ceiling:.1f} enrollments/s\n")  # fmt: skip
+    print(f"each enrollment costs {KDF_OPERATIONS_PER_ENROLLMENT} argon2id (19 MiB, t=2, p=1) operations; one is "
+          "timed before each configuration, and the KDF ceiling is cores / (7 x one)\n")  # fmt: skip
 
     rows = []
     step_rows = []
+    profiles = []
     layouts = {"one": "all services in one process", "per-service": "one process per service"}
     for store in args.stores.split(","):
         for layout in (layouts[name] for name in args.layouts.split(",")):
@@ -175,12 +262,23 @@ def main() -> None:
                     workdir = base / "client"
                     workdir.mkdir()
                     services = Services(targets, base / "state" / "tls", smtp)
-                    services_before = cpu_seconds(p.pid for p in processes)
-                    driver_before = time.process_time()
-                    elapsed, latencies = asyncio.run(measure(services, workdir, args.enrollments, args.concurrency))
-                    # CPU spent while the enrollments ran (registrations included), without start-up
-                    service_cpu = cpu_seconds(p.pid for p in processes) - services_before
-                    driver_cpu = time.process_time() - driver_before
+                    kdf = kdf_cost_seconds()
+                    profile = base / "profile" if args.profile else None
+                    if profile is not None:
+                        profile.mkdir()
+                    run = asyncio.run(
+                        measure(
+                            services,
+                            workdir,
+                            args.enrollments,
+                            args.concurrency,
+                            [p.pid for p in processes],
+                            [redis.process.pid] if redis else [],
+                            profile,
+                        )
+                    )
+                    if profile is not None:
+                        profiles.append((store, layout, profile_summary(profile, 15)))
                 finally:
                     for process in processes:
                         process.send_signal(signal.SIGTERM)
@@ -189,22 +287,33 @@ def main() -> None:
                     smtp.stop()
                     if redis:
                         redis.stop()
-            rate = args.enrollments / elapsed
-            rows.append(
-                (store, layout, rate, rate / ceiling, service_cpu / args.enrollments, driver_cpu / args.enrollments)
-            )
+            rows.append((store, layout, kdf, run))
             for name in STEPS:
-                values = latencies[name]
+                values = run.latencies[name]
                 step_rows.append((store, layout, name, percentile(values, 0.5), percentile(values, 0.99)))
 
-    print("| store | layout | enrollments/s | of KDF ceiling | service CPU ms/enrollment | driver CPU ms/enrollment |")
-    print("|---|---|---:|---:|---:|---:|")
-    for store, layout, rate, share, service_cpu, driver_cpu in rows:
-        print(f"| {store} | {layout} | {rate:.1f} | {share:.0%} | {service_cpu * 1000:.0f} | {driver_cpu * 1000:.0f} |")
+    n = args.enrollments
+    print("*of KDF ceiling*: the rate over cores / (7 x argon2id). *by CPU*: 7 x argon2id over the CPU the stack")
+    print("(services, driver, redis-server) used per enrollment: the share of the ceiling the rate reaches when the")
+    print("stack has the cores to itself. *others*: CPU of every other process on the machine meanwhile.\n")
+    print("| store | layout | enrollments/s | of KDF ceiling | by CPU | argon2id ms | service CPU ms/enrollment "
+          "| driver CPU ms/enrollment | redis-server CPU ms/enrollment | others CPU ms/enrollment |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for store, layout, kdf, run in rows:
+        rate = n / run.elapsed
+        ceiling = cores / (KDF_OPERATIONS_PER_ENROLLMENT * kdf)
+        stack = (run.service_cpu + run.driver_cpu + run.store_cpu) / n
+        others = max(0.0, run.machine_cpu - run.service_cpu - run.driver_cpu - run.store_cpu) / n
+        print(f"| {store} | {layout} | {rate:.1f} | {rate / ceiling:.0%} "
+              f"| {KDF_OPERATIONS_PER_ENROLLMENT * kdf / stack:.0%} | {kdf * 1000:.1f} "
+              f"| {run.service_cpu / n * 1000:.0f} | {run.driver_cpu / n * 1000:.0f} | {run.store_cpu / n * 1000:.0f} "
+              f"| {others * 1000:.0f} |")  # fmt: skip
     print("\n| store | layout | step | p50 ms | p99 ms |")
     print("|---|---|---|---:|---:|")
     for store, layout, name, p50, p99 in step_rows:
         print(f"| {store} | {layout} | {name[4:]} | {p50 * 1000:.1f} | {p99 * 1000:.1f} |")
+    for store, layout, lines in profiles:
+        print(f"\nprofile of the services, {store}, {layout}: " + "\n".join(lines))
 
 
 if __name__ == "__main__":
