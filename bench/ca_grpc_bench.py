@@ -6,8 +6,8 @@ Run: `python bench/ca_grpc_bench.py` (about three minutes; `--quick` for a short
 The targets, measured in the same run on one P-256 worker per store, in server CPU per call (read from /proc):
 an issuance through gRPC costs at most TARGET_ISSUE times the RPC floor (`GetCertificateStatus`: one store read)
 plus the in-process issuance (prepare, verify, sign), and a cached OCSP answer at most TARGET_OCSP times the RPC
-floor. Each figure is the lower of TARGET_ROUNDS runs, the three kinds interleaved, so a burst of other work on
-the machine does not land on one kind alone.
+floor. Each figure (the in-process issuance too) is the lowest of TARGET_ROUNDS runs, the kinds interleaved, so a
+burst of other work on the machine does not land on one kind alone.
 
 Everything runs on 127.0.0.1 with real mTLS: the CA is `kagi serve ca` in its own process (1 or 2 worker
 processes sharing the port through SO_REUSEPORT), the load comes from a separate client process (asyncio,
@@ -84,7 +84,7 @@ TARGET_ISSUE = 1.5
 TARGET_OCSP = 1.2
 """A cached OCSP answer through gRPC costs at most this times the RPC floor, server CPU."""
 
-TARGET_ROUNDS = 2
+TARGET_ROUNDS = 3
 """How many times each kind of call is measured for the targets (the lowest figure is kept)."""
 
 _CLIENT_ROLES = {"issue": "enrollment", "status": "gateway", "ocsp-cached": "gateway", "ocsp-uncached": "gateway"}
@@ -112,6 +112,7 @@ async def _client(spec: dict[str, object]) -> dict[str, float]:
     ocsp_request = bytes.fromhex(str(spec.get("ocsp_request", "")))
     counter = 0
     done = 0
+    aborted = 0
     measuring = False
 
     def request_for(n: int) -> tuple[str, object]:
@@ -141,12 +142,20 @@ async def _client(spec: dict[str, object]) -> dict[str, float]:
         return "AnswerOcsp", ca_pb2.AnswerOcspRequest(ocsp_request=der)
 
     async def worker(index: int) -> None:
-        nonlocal counter, done
+        nonlocal counter, done, aborted
         stub = stubs[index % len(stubs)]
         while True:
             counter += 1
             method, request = request_for(counter)
-            await getattr(stub, method)(request, timeout=30)
+            try:
+                await getattr(stub, method)(request, timeout=30)
+            except grpc.aio.AioRpcError as exc:
+                # ABORTED says "retry": a client goes on, and the count is reported (it is not a completed call).
+                if exc.code() != grpc.StatusCode.ABORTED:
+                    raise
+                if measuring:
+                    aborted += 1
+                continue
             if measuring:
                 done += 1
 
@@ -173,6 +182,7 @@ async def _client(spec: dict[str, object]) -> dict[str, float]:
             await channel.close()
     return {
         "ops": done,
+        "aborted": aborted,
         "seconds": elapsed,
         "rate": done / elapsed,
         "server_cpu_ms": 1000 * server_cpu / max(done, 1),
@@ -343,6 +353,7 @@ def bench_issuance(base: Path, redis_base: str, seconds: float, warmup: float) -
                             f"{ceiling_cpu * 1000:.2f}",
                             f"{ceiling_cpu * 1000 / server_ms:.0%}",
                             f"{measured['client_cpu_ms']:.2f}",
+                            f"{measured['aborted']:,.0f}",
                         ]
                     )
                 )
@@ -523,18 +534,19 @@ class Targets:
 
 def bench_targets(base: Path, redis_base: str, seconds: float, warmup: float) -> list[Targets]:
     """Measure, per store on one P-256 worker, the RPC floor, an issuance and a cached OCSP answer (server CPU
-    per call, the lowest of TARGET_ROUNDS interleaved runs) with the in-process issuance taken just before."""
+    per call), and the in-process issuance in this process: each the lowest of TARGET_ROUNDS interleaved runs."""
     clock = FakeClock(time.time())
     dev = dev_pki(base, KeyAlgorithm.EC_P256)
     results: list[Targets] = []
     for index, store in enumerate(("sqlite", "redis")):
-        inprocess_ms = 1000 * inprocess_issue_cpu(KeyAlgorithm.EC_P256, PkiSettings(), clock)
         state_dir = base / f"targets-{store}"
         state_dir.mkdir()
         best: dict[str, float] = {}
         with ca_server(dev, store_url_for(store, redis_base, 12 + index), state_dir, 1) as (target, pids):
             request = asyncio.run(_ocsp_request(target, dev)).hex()
             for _ in range(TARGET_ROUNDS):
+                inprocess = 1000 * inprocess_issue_cpu(KeyAlgorithm.EC_P256, PkiSettings(), clock)
+                best["inprocess"] = min(best.get("inprocess", inprocess), inprocess)
                 for kind in ("status", "ocsp-cached", "issue"):
                     role = dev.tls(_CLIENT_ROLES[kind])
                     spec: dict[str, object] = {
@@ -549,7 +561,7 @@ def bench_targets(base: Path, redis_base: str, seconds: float, warmup: float) ->
                     measured = run_client(spec)["server_cpu_ms"]
                     best[kind] = min(best.get(kind, measured), measured)
                     print(f"  targets {store} {kind}: {measured:.3f} ms server CPU", file=sys.stderr)
-        results.append(Targets(store, best["status"], inprocess_ms, best["issue"], best["ocsp-cached"]))
+        results.append(Targets(store, best["status"], best["inprocess"], best["issue"], best["ocsp-cached"]))
     return results
 
 
@@ -688,9 +700,10 @@ def main() -> int:
                 "in-process CPU ms/issue",
                 "CPU share",
                 "client CPU ms/call",
+                "ABORTED (retried)",
             ],
             issuance,
-            ["---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"],
+            ["---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"],
         )
     )
     print(f"\n### CRL of {CRL_ENTRIES:,} revoked entries through the service path (P-256 customer CA)\n")
