@@ -78,8 +78,8 @@ def start_services(
         ports,
         store_url,
         {
+            # The outbox polls at its default interval: a step's mail rings the sender and goes out at once.
             "KAGI_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}?starttls=false",
-            "KAGI_MAIL_POLL_MS": "20",
             "KAGI_LOG_LEVEL": "WARNING",
         },
     )

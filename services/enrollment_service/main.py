@@ -202,7 +202,12 @@ async def start_enrollment(
     # The clients send the request id with each call themselves (adapters.clients): no interceptor per call.
     ca_channel = open_channel(settings.ca_target, settings.client_tls, server_name="localhost", request_ids=False)
     otp_channel = open_channel(settings.otp_target, settings.client_tls, server_name="localhost", request_ids=False)
-    repository = EnrollmentRepository(store)
+    transport = transport_from_settings(
+        settings.smtp_url.reveal_text() if settings.smtp_url else None, settings.state_dir / "mail"
+    )
+    sender = OutboxSender(store, transport, clock, settings.mail_from)
+    # A step that queues a mail rings the sender: the mail goes out at once, not at the next poll.
+    repository = EnrollmentRepository(store, mail_queued=sender.ring)
     ca, otp = GrpcCertificateAuthority(ca_channel), GrpcTokenService(otp_channel)
     service = EnrollmentService(repository, ca, otp, hasher, clock, settings.policy)
     ledger = IdempotencyLedger(store, pending_ttl=settings.idempotency_pending_seconds)
@@ -243,10 +248,6 @@ async def start_enrollment(
         readiness=store.ping,
     )
     await server.start()
-    transport = transport_from_settings(
-        settings.smtp_url.reveal_text() if settings.smtp_url else None, settings.state_dir / "mail"
-    )
-    sender = OutboxSender(store, transport, clock, settings.mail_from)
     component = EnrollmentComponent(server, store, [ca_channel, otp_channel], sender, settings.mail_poll_seconds)
     component.lifecycle = lifecycle
     service.setups.add_duty(lifecycle.maintain)  # renewal reminders, superseded certificates past their grace

@@ -38,7 +38,7 @@ import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Generic, TypeVar
 
@@ -219,10 +219,14 @@ def _address_key(client_address: str) -> str:
 
 
 class EnrollmentRepository:
-    """Read the enrollment service's records with their versions and commit the operations that write them."""
+    """Read the enrollment service's records with their versions and commit the operations that write them.
 
-    def __init__(self, store: KeyValueStore) -> None:
+    `mail_queued` is called after a commit that queued a mail in the outbox (the sender's doorbell).
+    """
+
+    def __init__(self, store: KeyValueStore, *, mail_queued: Callable[[], None] | None = None) -> None:
         self._store = store
+        self._mail_queued = mail_queued
 
     # applications
 
@@ -447,7 +451,11 @@ class EnrollmentRepository:
     async def commit(self, operations: Sequence[Operation]) -> builtins.list[Entry | None]:
         """Write all operations atomically (KeyExists / VersionMismatch when a condition fails); return, per
         operation, the entry written (None for a delete)."""
-        return await self._store.commit(operations)
+        written = await self._store.commit(operations)
+        queued_mail = any(isinstance(op, Create) and op.collection == OUTBOX for op in operations)
+        if queued_mail and self._mail_queued is not None:
+            self._mail_queued()
+        return written
 
     async def _due(self, collection: str, until: float) -> AsyncGenerator[TimedEntry, None]:
         async with contextlib.aclosing(self._entries(collection, page_size=_PAGE)) as entries:

@@ -3,6 +3,7 @@ mail that cannot be sent yet, delivering it once the server is back."""
 
 from __future__ import annotations
 
+import asyncio
 import mailbox
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +20,7 @@ from services.enrollment_service.adapters.mail import (
     build_message,
 )
 from services.enrollment_service.adapters.outbox import OutboxSender
-from services.enrollment_service.app.repository import outbox_entry
+from services.enrollment_service.app.repository import EnrollmentRepository, outbox_entry
 from services.enrollment_service.domain.messages import Mail, token_mail
 from tests.support.ports import free_port
 from tests.support.smtp import SmtpServer
@@ -103,3 +104,29 @@ async def test_outbox_waits_out_a_down_server_then_delivers(store: KeyValueStore
         assert (await store.list("outbox")).entries == []
     finally:
         server.stop()
+
+
+async def test_a_queued_mail_rings_the_sender_and_goes_out_at_once(smtp: SmtpServer, store: KeyValueStore) -> None:
+    """A commit through the repository that queues a mail rings the outbox's sender: with an hour between polls,
+    the mail still reaches the SMTP server within a second, and leaves the outbox."""
+    transport = SmtpTransport(SmtpSettings.from_url(f"smtp://127.0.0.1:{smtp.port}?starttls=false"))
+    sender = OutboxSender(store, transport, FakeClock(), SENDER)
+    repository = EnrollmentRepository(store, mail_queued=sender.ring)
+    stop = asyncio.Event()
+    running = asyncio.create_task(sender.run(stop, interval=3600))
+    try:
+        await asyncio.sleep(0.1)  # the first round found nothing; the next poll is an hour away
+        await repository.commit([outbox_entry(_mail(), 0)])
+        for _ in range(100):
+            if smtp.inbox.messages:
+                break
+            await asyncio.sleep(0.01)
+        assert [m["To"] for m in smtp.inbox.messages] == ["phone@example.jp"]
+        for _ in range(100):
+            if not (await store.list("outbox")).entries:
+                break
+            await asyncio.sleep(0.01)
+        assert not (await store.list("outbox")).entries
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 5)
