@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -48,7 +49,16 @@ MAX_ROUND = 128
 MAX_ROUND_OPERATIONS = 1024
 """Bounds the operations, audit records and feed events of one round's changes."""
 
-_MAX_CHAIN_RETRIES = 50
+_MAX_CHAIN_RETRIES = 200
+"""How many times a round is re-chained after other replicas moved the head before its changes fail."""
+_MAX_BACKOFF = 0.02
+"""The longest pause, in seconds, before re-chaining a round that lost the head to another replica."""
+_CACHED_ROUNDS = 8
+"""How many rounds in a row are chained from the head this journal wrote last, before it reads the head again.
+
+A replica that keeps committing from its cached head never pauses, while another one needs a read between
+attempts: without this bound a busy replica could starve the other's retries until they give up.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +129,7 @@ class _Chain(RoundPlanner[Change]):
         self._head: tuple[AuditRecord | None, int | None, int] | None = None
         # What the round being committed moves the head to: (tip, last feed position).
         self._planned: tuple[AuditRecord | None, int] = (None, 0)
+        self._cached_rounds = 0
 
     async def plan(self, payloads: Sequence[Change]) -> builtins.list[Operation]:
         """Chain the round's audit events and number its feed events after the current head."""
@@ -166,14 +177,22 @@ class _Chain(RoundPlanner[Change]):
         if tip is None:
             return  # no audit event and no head yet: nothing moved
         head_entry = entries[0]
+        self._cached_rounds += 1
+        if self._cached_rounds >= _CACHED_ROUNDS:
+            # Read the head again before the next round: the pause lets another replica's retry land.
+            self._cached_rounds = 0
+            self._head = None
+            return
         self._head = (tip, head_entry.version if head_entry is not None else None, feed_tip)
 
     async def lost(self, error: ConditionFailed, attempt: int) -> bool:
         """Re-read the head and re-chain the round: another replica appended (or the chain was touched)."""
         self._head = None
+        self._cached_rounds = 0
         if attempt > _MAX_CHAIN_RETRIES:
             return False
-        await asyncio.sleep(0)
+        # A jittered pause that grows with each loss, so two replicas that collide do not collide again in step.
+        await asyncio.sleep(random.uniform(0, min(_MAX_BACKOFF, 0.0005 * 2 ** min(attempt, 10))))  # noqa: S311
         return True
 
     def abandoned(self, error: BaseException) -> None:

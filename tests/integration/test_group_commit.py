@@ -8,6 +8,7 @@ Redis), each in a namespace of its own. Rounds are counted by watching the drive
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -393,3 +394,57 @@ async def test_journal_replans_when_another_journal_moved_the_head(
     assert report.checked == 43
     page = await backend.store.list(AUDIT, page_size=100)
     assert [int(e.key) for e in page.entries] == list(range(43))
+
+
+_OTHER_REPLICA = """
+import asyncio, sys
+from kagi.clock import SystemClock
+from kagi.journal import AuditEvent, Change, Journal
+from kagi.store import Create, GroupCommitStore, open_store
+
+async def main(url, namespace, writers, per_writer):
+    store = open_store(url, namespace=namespace, state_dir=None)
+    journal = Journal(GroupCommitStore(store), SystemClock())
+    async def writer(w):
+        for i in range(per_writer):
+            key = f"other-{w}-{i}"
+            await journal.submit(Change([Create("things", key, b"1")], [AuditEvent("tester", "write", key)]))
+    results = await asyncio.gather(*(writer(w) for w in range(writers)), return_exceptions=True)
+    await journal.close()
+    await store.close()
+    failed = [repr(r) for r in results if isinstance(r, BaseException)]
+    print(len(failed), failed[:1])
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+"""
+
+
+async def test_two_replicas_under_sustained_load_both_keep_landing(backend: contract.Backend, namespace: str) -> None:
+    """Two replicas (two OS processes) appending flat out to one chain: the one holding a fresh head cannot
+    starve the other, whose every retry must re-read the head, into giving up; every change lands on one chain."""
+    writers, per_writer = 32, 150
+    other = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _OTHER_REPLICA,
+        backend.url,
+        namespace,
+        str(writers),
+        str(per_writer),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    journal = Journal(GroupCommitStore(backend.open_another()), SystemClock())
+
+    async def writer(w: int) -> None:
+        for i in range(per_writer):
+            await journal.submit(_change(f"mine-{w}-{i}"))
+
+    results = await asyncio.gather(*(writer(w) for w in range(writers)), return_exceptions=True)
+    await journal.close()
+    out, _ = await other.communicate()
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert other.returncode == 0
+    assert out.decode().split()[0] == "0", out.decode()
+    report = await verify_stored_chain(backend.store)
+    assert report.ok, report.problem
+    assert report.checked == 2 * writers * per_writer
