@@ -5,7 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in redis-server:redis-server openssl:openssl oathtool:oathtool curl:curl; do
+tools="redis-server:redis-server openssl:openssl oathtool:oathtool curl:curl"
+# In CI the container deployment test runs too (tests/deploy: about 4-5 minutes on a clean machine, most of it
+# making the Debian base image): it needs podman with runc and mmdebstrap.
+if [ "${CI:-}" = "true" ]; then
+  export KAGI_CONTAINER_TESTS="${KAGI_CONTAINER_TESTS:-1}"
+fi
+if [ "${KAGI_CONTAINER_TESTS:-}" = "1" ]; then
+  tools="$tools podman:podman runc:runc mmdebstrap:mmdebstrap"
+fi
+for tool in $tools; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
