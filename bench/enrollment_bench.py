@@ -12,7 +12,8 @@ enrollment costs 7 argon2id operations (step 1 verifies 2 temporary passwords, s
 verifies 1, step 7 hashes the usage-start password, step 8 verifies it). The ceiling is cores / (7 x one hash).
 Applications are registered before the clock starts (the operator's work, not the customer's), and the CPU
 columns count the timed enrollments only. `--profile` samples the service processes with py-spy (in the dev
-extras) while they run and prints the functions they spent their busy samples in.
+extras) while they run and prints the functions they spent their busy samples in (a thread blocked inside C, in
+SQLite's fsync or a socket read, counts as busy there: `perf record -e cpu-clock` tells CPU alone).
 """
 
 from __future__ import annotations
@@ -201,6 +202,8 @@ def stop_profiler(spies: list[subprocess.Popen[bytes]]) -> None:
 
 # A thread parked in one of these is waiting, not working: py-spy's --nonblocking sampling still reports it.
 _WAITING = ("EpollSelector.select", "_worker (concurrent/futures/thread.py)", "Condition.wait", "Thread._bootstrap (")
+# The frames that run the work (the event loop's callbacks, an executor's work items), not the work itself.
+_RUNNERS = ("Handle._run (", "_WorkItem.run (", "_worker (concurrent/futures/thread.py)", "Thread.run (")
 
 
 def profile_summary(directory: Path, top: int) -> list[str]:
@@ -217,14 +220,14 @@ def profile_summary(directory: Path, top: int) -> list[str]:
                 continue
             busy += int(count)
             own[frames[-1]] += int(count)
-            for frame in set(frames):
+            # Below the event loop's or the worker thread's own frames: what the work was, not how it was run.
+            runners = [i for i, f in enumerate(frames) if f.startswith(_RUNNERS)]
+            for frame in set(frames[runners[-1] + 1 if runners else 0 :]):
                 within[frame] += int(count)
     lines = [f"{busy} busy samples; own time:"]
     lines += [f"  {n / busy:6.1%}  {name}" for name, n in own.most_common(top)]
-    lines.append("with callees (entry points and the loop itself left out):")
-    skipped = ("<module>", "run (", "Runner.", "BaseEventLoop.", "Handle._run", "Thread.", "_WorkItem.run")
-    chosen = [(name, n) for name, n in within.most_common() if not name.startswith(skipped)][:top]
-    lines += [f"  {n / busy:6.1%}  {name}" for name, n in chosen]
+    lines.append("with callees:")
+    lines += [f"  {n / busy:6.1%}  {name}" for name, n in within.most_common(top)]
     return lines
 
 
