@@ -57,6 +57,16 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
+def _forget_kdf_threads() -> None:
+    # A forked child has none of its parent's threads: it starts its own on its first hash.
+    global _kdf_threads
+    _kdf_threads = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_kdf_threads)
+
+
 async def in_kdf_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run FUNCTION (argon2 work) on the process's KDF threads, one per core, and return its result.
 

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import threading
+
 import pytest
 
 from kagi.errors import ErrorKind
-from kagi.passwords import OWASP_ARGON2ID, Argon2Parameters, PasswordHasher, PasswordHashError, Pepper
+from kagi.passwords import (
+    OWASP_ARGON2ID,
+    Argon2Parameters,
+    PasswordHasher,
+    PasswordHashError,
+    Pepper,
+    in_kdf_thread,
+)
 from tests.unit.otp.otp_support import FAST_ARGON2
 
 PEPPER = Pepper("p2027", b"\x11" * 32)
@@ -103,3 +114,20 @@ def test_bad_configuration_is_refused() -> None:
         PasswordHasher([])
     with pytest.raises(ValueError, match="memory"):
         Argon2Parameters(memory_cost_kib=4)
+
+
+async def test_hashes_run_off_the_event_loop_on_at_most_one_thread_per_core() -> None:
+    """`in_kdf_thread` runs argon2 work on worker threads, never the event loop's, and however many hashes are
+    asked for at once, on no more threads than the process has cores."""
+    hasher = PasswordHasher([PEPPER], FAST_ARGON2)
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
+
+    def hash_noting_thread(password: str) -> str:
+        threads.add(threading.get_ident())
+        return hasher.hash(password)
+
+    stored = await asyncio.gather(*(in_kdf_thread(hash_noting_thread, f"pin{n}") for n in range(24)))
+    assert all(hasher.verify(h, f"pin{n}") for n, h in enumerate(stored))
+    assert loop_thread not in threads
+    assert 1 <= len(threads) <= len(os.sched_getaffinity(0))
