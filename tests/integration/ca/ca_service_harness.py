@@ -18,14 +18,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
+from kagi.clock import SystemClock
 from kagi.journal import AuditReport, audit_records, verify_stored_chain
 from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.settings import ListenSettings, Secret
 from kagi.store import KeyValueStore, open_store
+from services.ca_service.adapters.ca_directory import CaDirectory
 from services.ca_service.app.repository import CERTIFICATES
 from services.ca_service.creation import DevPki, ensure_dev_pki
 from services.ca_service.domain.settings import PkiSettings
-from services.ca_service.main import CaComponent, CaSettings, start_ca
+from services.ca_service.main import CaComponent, CaRuntime, CaSettings, open_runtime, start_ca
 
 
 @dataclass
@@ -116,6 +118,24 @@ async def ca_fixture(dev_pki: DevPki, store_target: StoreTarget) -> AsyncIterato
     """Yield a running CA service over a fresh store (fixture `ca`, parametrised: SQLite and Redis)."""
     async with running_ca(dev_pki, store_target) as running:
         yield running
+
+
+@pytest.fixture(name="runtime")
+async def runtime_fixture(dev_pki: DevPki, store_target: StoreTarget) -> AsyncIterator[CaRuntime]:
+    """Yield the CA's use cases over a fresh store, without a server (fixture `runtime`)."""
+    loaded = CaDirectory(dev_pki.ca_dir).load(Secret(dev_pki.passphrase_file.read_bytes().strip()))
+    opened = open_runtime(
+        store_target.url,
+        state_dir=store_target.state_dir,
+        loaded=loaded,
+        pki=PkiSettings(),
+        clock=SystemClock(),
+        namespace=store_target.namespace,
+    )
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 def make_csr(kind: str = "p256") -> bytes:

@@ -121,4 +121,9 @@ def gateway() -> ServiceIdentity:
 
 
 # Fixtures of the CA service tests (a running CA over SQLite and Redis), shared by the test_ca_service_* modules.
-from tests.integration.ca.ca_service_harness import ca_fixture, dev_pki, store_target  # noqa: E402, F401
+from tests.integration.ca.ca_service_harness import (  # noqa: E402, F401
+    ca_fixture,
+    dev_pki,
+    runtime_fixture,
+    store_target,
+)

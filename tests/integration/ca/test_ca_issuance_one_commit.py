@@ -8,50 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import pytest
 
 from kagi.ca.v1 import ca_pb2
-from kagi.clock import SystemClock
 from kagi.errors import InvalidArgument
 from kagi.journal import Change, verify_stored_chain
 from kagi.runtime.grpc_client import error_from_rpc
 from kagi.runtime.identity import Role
-from kagi.runtime.settings import Secret
 from kagi.store.base import StoreUnavailable
-from services.ca_service.adapters.ca_directory import CaDirectory
 from services.ca_service.app.access import Actor
 from services.ca_service.app.records import CertificateRecord
-from services.ca_service.creation import DevPki
 from services.ca_service.domain.identity import CustomerIdentity
 from services.ca_service.domain.issuance import PreparedIssuance
-from services.ca_service.domain.settings import PkiSettings
-from services.ca_service.main import CaRuntime, open_runtime
-from tests.integration.ca.ca_service_harness import RunningCa, StoreTarget, issue_request, make_csr, verify_audit
+from services.ca_service.main import CaRuntime
+from tests.integration.ca.ca_service_harness import RunningCa, issue_request, make_csr, verify_audit
 
 ENROLLMENT = Actor("spiffe://kagi.internal/enrollment", Role.ENROLLMENT)
 OPERATOR = Actor("spiffe://kagi.internal/operator", Role.OPERATOR)
-
-
-@pytest.fixture
-async def runtime(dev_pki: DevPki, store_target: StoreTarget) -> AsyncIterator[CaRuntime]:
-    """The CA's use cases over a fresh store, without a server."""
-    loaded = CaDirectory(dev_pki.ca_dir).load(Secret(dev_pki.passphrase_file.read_bytes().strip()))
-    opened = open_runtime(
-        store_target.url,
-        state_dir=store_target.state_dir,
-        loaded=loaded,
-        pki=PkiSettings(),
-        clock=SystemClock(),
-        namespace=store_target.namespace,
-    )
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def _prepare(runtime: CaRuntime, user_id: str, actor: Actor = ENROLLMENT) -> PreparedIssuance:

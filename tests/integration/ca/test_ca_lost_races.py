@@ -4,45 +4,22 @@ CONCURRENT_CHANGE) and changes nothing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
-from kagi.clock import SystemClock
 from kagi.errors import ConcurrentChange, ErrorKind
 from kagi.journal import Change
 from kagi.runtime.identity import Role
-from kagi.runtime.settings import Secret
 from kagi.store.base import Entry, VersionMismatch
-from services.ca_service.adapters.ca_directory import CaDirectory
 from services.ca_service.app.access import Actor
 from services.ca_service.app.records import CertificateRecord
-from services.ca_service.creation import DevPki
 from services.ca_service.domain.identity import CustomerIdentity
 from services.ca_service.domain.revocation import RevocationReason
-from services.ca_service.domain.settings import PkiSettings
-from services.ca_service.main import CaRuntime, open_runtime
-from tests.integration.ca.ca_service_harness import StoreTarget, make_csr
+from services.ca_service.main import CaRuntime
+from tests.integration.ca.ca_service_harness import make_csr
 
 OPERATOR = Actor("spiffe://kagi.internal/operator", Role.OPERATOR)
-
-
-@pytest.fixture
-async def runtime(dev_pki: DevPki, store_target: StoreTarget) -> AsyncIterator[CaRuntime]:
-    """The CA's use cases over a fresh store, without a server."""
-    loaded = CaDirectory(dev_pki.ca_dir).load(Secret(dev_pki.passphrase_file.read_bytes().strip()))
-    opened = open_runtime(
-        store_target.url,
-        state_dir=store_target.state_dir,
-        loaded=loaded,
-        pki=PkiSettings(),
-        clock=SystemClock(),
-        namespace=store_target.namespace,
-    )
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def _issue(runtime: CaRuntime, user_id: str) -> CertificateRecord:
