@@ -72,6 +72,7 @@ class _Issuer:
 class _IssuerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Issuer.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ISSUER_UNSPECIFIED: _Issuer.ValueType  # 0
+    """Not given: where a request allows it, every issuing CA (see each field)."""
     ISSUER_CUSTOMER: _Issuer.ValueType  # 1
     """The customer CA: client certificates for people."""
     ISSUER_INTERNAL: _Issuer.ValueType  # 2
@@ -85,6 +86,7 @@ class Issuer(_Issuer, metaclass=_IssuerEnumTypeWrapper):
     """Issuer names an issuing CA of the hierarchy."""
 
 ISSUER_UNSPECIFIED: Issuer.ValueType  # 0
+"""Not given: where a request allows it, every issuing CA (see each field)."""
 ISSUER_CUSTOMER: Issuer.ValueType  # 1
 """The customer CA: client certificates for people."""
 ISSUER_INTERNAL: Issuer.ValueType  # 2
@@ -104,13 +106,21 @@ class _RevocationReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Revo
     REVOCATION_REASON_UNSPECIFIED: _RevocationReason.ValueType  # 0
     """Not given: recorded as RFC 5280 unspecified (0)."""
     REVOCATION_REASON_KEY_COMPROMISE: _RevocationReason.ValueType  # 1
+    """The certificate's private key was (or may have been) disclosed: a lost PC."""
     REVOCATION_REASON_CA_COMPROMISE: _RevocationReason.ValueType  # 2
+    """The issuing CA's key was compromised."""
     REVOCATION_REASON_AFFILIATION_CHANGED: _RevocationReason.ValueType  # 3
+    """The subject's name or other information changed (for example the user left the company)."""
     REVOCATION_REASON_SUPERSEDED: _RevocationReason.ValueType  # 4
+    """Replaced by a newer certificate (renewal, reissue)."""
     REVOCATION_REASON_CESSATION_OF_OPERATION: _RevocationReason.ValueType  # 5
+    """No longer needed (an abandoned setup, a closed account)."""
     REVOCATION_REASON_CERTIFICATE_HOLD: _RevocationReason.ValueType  # 6
+    """On hold: the one revocation that may later become final with another reason."""
     REVOCATION_REASON_PRIVILEGE_WITHDRAWN: _RevocationReason.ValueType  # 9
+    """The subject's privilege to use the certificate was withdrawn."""
     REVOCATION_REASON_AA_COMPROMISE: _RevocationReason.ValueType  # 10
+    """An attribute authority was compromised (RFC 5280; kept for completeness)."""
 
 class RevocationReason(_RevocationReason, metaclass=_RevocationReasonEnumTypeWrapper):
     """RevocationReason is the RFC 5280 CRLReason; values 1-10 equal the RFC codes. removeFromCRL (8) is not a
@@ -120,19 +130,28 @@ class RevocationReason(_RevocationReason, metaclass=_RevocationReasonEnumTypeWra
 REVOCATION_REASON_UNSPECIFIED: RevocationReason.ValueType  # 0
 """Not given: recorded as RFC 5280 unspecified (0)."""
 REVOCATION_REASON_KEY_COMPROMISE: RevocationReason.ValueType  # 1
+"""The certificate's private key was (or may have been) disclosed: a lost PC."""
 REVOCATION_REASON_CA_COMPROMISE: RevocationReason.ValueType  # 2
+"""The issuing CA's key was compromised."""
 REVOCATION_REASON_AFFILIATION_CHANGED: RevocationReason.ValueType  # 3
+"""The subject's name or other information changed (for example the user left the company)."""
 REVOCATION_REASON_SUPERSEDED: RevocationReason.ValueType  # 4
+"""Replaced by a newer certificate (renewal, reissue)."""
 REVOCATION_REASON_CESSATION_OF_OPERATION: RevocationReason.ValueType  # 5
+"""No longer needed (an abandoned setup, a closed account)."""
 REVOCATION_REASON_CERTIFICATE_HOLD: RevocationReason.ValueType  # 6
+"""On hold: the one revocation that may later become final with another reason."""
 REVOCATION_REASON_PRIVILEGE_WITHDRAWN: RevocationReason.ValueType  # 9
+"""The subject's privilege to use the certificate was withdrawn."""
 REVOCATION_REASON_AA_COMPROMISE: RevocationReason.ValueType  # 10
+"""An attribute authority was compromised (RFC 5280; kept for completeness)."""
 Global___RevocationReason: _TypeAlias = RevocationReason  # noqa: Y015
 
 @_typing.final
 class CustomerIdentity(_message.Message):
     """CustomerIdentity is the person a customer certificate is for; subject and SANs come from here, never from
-    the CSR.
+    the CSR. The subject is O=company_name, CN=user_name, serialNumber=login_id. Values are trimmed and
+    NFC-normalised before they are checked.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -142,10 +161,17 @@ class CustomerIdentity(_message.Message):
     USER_NAME_FIELD_NUMBER: _builtins.int
     LOGIN_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """Stable user id; the certificate carries the URI SAN urn:kagi:user:<user_id>."""
+    """Stable user id, 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit; the certificate carries the
+    URI SAN urn:kagi:user:<user_id>, which survives a change of name or login ID.
+    """
     company_name: _builtins.str
+    """The company's name (the subject's O), 1-64 characters, no control characters; Japanese kept as typed."""
     user_name: _builtins.str
+    """The person's name (the subject's CN), 1-64 characters, no control characters; Japanese kept as typed."""
     login_id: _builtins.str
+    """The user's login ID (the subject's serialNumber, an X.520 PrintableString): 1-64 of A-Z a-z 0-9, space
+    and ' ( ) + , - . / : = ?
+    """
     def __init__(
         self,
         *,
@@ -177,11 +203,13 @@ class ServiceIdentity(_message.Message):
     """One of ca, otp, enrollment, gateway, operator, frontend."""
     @_builtins.property
     def dns_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """DNS names for server certificates (for example localhost)."""
+        """DNS names for server certificates (for example localhost): lowercase host names of at most 253
+        characters; a trailing dot is dropped.
+        """
 
     @_builtins.property
     def ip_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """IP addresses for server certificates (for example 127.0.0.1, ::1)."""
+        """IP addresses for server certificates (for example 127.0.0.1, ::1), IPv4 or IPv6 text form."""
 
     def __init__(
         self,
@@ -211,17 +239,25 @@ class Certificate(_message.Message):
     class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Certificate._State.ValueType], _builtins.type):
         DESCRIPTOR: _descriptor.EnumDescriptor
         STATE_UNSPECIFIED: Certificate._State.ValueType  # 0
+        """Not given: in ListCertificatesRequest.state, every state."""
         STATE_ACTIVE: Certificate._State.ValueType  # 1
+        """Within its validity and not revoked."""
         STATE_REVOKED: Certificate._State.ValueType  # 2
+        """Revoked; see revoke_time and revocation_reason."""
         STATE_EXPIRED: Certificate._State.ValueType  # 3
+        """Past its not_after and never revoked."""
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
         """State of a certificate; output only."""
 
     STATE_UNSPECIFIED: Certificate.State.ValueType  # 0
+    """Not given: in ListCertificatesRequest.state, every state."""
     STATE_ACTIVE: Certificate.State.ValueType  # 1
+    """Within its validity and not revoked."""
     STATE_REVOKED: Certificate.State.ValueType  # 2
+    """Revoked; see revoke_time and revocation_reason."""
     STATE_EXPIRED: Certificate.State.ValueType  # 3
+    """Past its not_after and never revoked."""
 
     SERIAL_NUMBER_FIELD_NUMBER: _builtins.int
     ISSUER_FIELD_NUMBER: _builtins.int
@@ -237,24 +273,37 @@ class Certificate(_message.Message):
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
     REVOCATION_REASON_FIELD_NUMBER: _builtins.int
     serial_number: _builtins.str
-    """Serial number, lowercase hexadecimal."""
+    """Serial number, lowercase hexadecimal without separators or leading zeros (up to 40 digits: 20 octets,
+    RFC 5280).
+    """
     issuer: Global___Issuer.ValueType
+    """The CA that issued it: ISSUER_CUSTOMER for people, ISSUER_INTERNAL for services and front-ends."""
     profile: _builtins.str
-    """The profile it was issued under (customer, service)."""
+    """The profile it was issued under: "customer" or "service"."""
     subject_id: _builtins.str
     """The subject's id: the user id for customers, the role for services."""
     subject: _builtins.str
     """Subject distinguished name, RFC 4514 string."""
     state: Global___Certificate.State.ValueType
+    """Active, revoked or expired, as of the answer."""
     certificate_pem: _builtins.str
+    """The certificate, PEM (one block; the chain is in the issuing answers' chain_pem)."""
     fingerprint_sha256: _builtins.str
+    """SHA-256 of the DER certificate, lowercase hexadecimal (64 characters)."""
     revocation_reason: Global___RevocationReason.ValueType
+    """Why it was revoked; unspecified while it is not revoked."""
     @_builtins.property
-    def not_before(self) -> _timestamp_pb2.Timestamp: ...
+    def not_before(self) -> _timestamp_pb2.Timestamp:
+        """Start of the validity period (the certificate's notBefore)."""
+
     @_builtins.property
-    def not_after(self) -> _timestamp_pb2.Timestamp: ...
+    def not_after(self) -> _timestamp_pb2.Timestamp:
+        """End of the validity period (the certificate's notAfter)."""
+
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the CA issued it."""
+
     @_builtins.property
     def revoke_time(self) -> _timestamp_pb2.Timestamp:
         """Set once revoked."""
@@ -286,6 +335,10 @@ Global___Certificate: _TypeAlias = Certificate  # noqa: Y015
 
 @_typing.final
 class IssueCertificateRequest(_message.Message):
+    """IssueCertificateRequest asks for a certificate for one identity; the key comes from the CSR, everything
+    else from the identity and the profile.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -295,9 +348,13 @@ class IssueCertificateRequest(_message.Message):
     SERVICE_FIELD_NUMBER: _builtins.int
     VALIDITY_DAYS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Idempotency key: a retry with the same request_id returns the first answer and issues nothing new."""
+    """Idempotency key: a retry with the same request_id returns the first answer and issues nothing new.
+    At most 128 printable ASCII characters without spaces.
+    """
     csr: _builtins.bytes
-    """PKCS#10 CSR, PEM or DER. Proves possession of the key; its subject and extensions are ignored."""
+    """PKCS#10 CSR, PEM or DER, at most 16 KiB. Proves possession of the key; its subject and extensions are
+    ignored. Keys: EC P-256 or P-384, or RSA of at least 2048 bits with exponent 65537.
+    """
     profile: _builtins.str
     """The profile: "customer" (needs a customer identity) or "service" (needs a service identity)."""
     validity_days: _builtins.int
@@ -305,9 +362,13 @@ class IssueCertificateRequest(_message.Message):
     credentials); 0 means the profile's (90 days). Always kept inside the issuing CA's own validity.
     """
     @_builtins.property
-    def customer(self) -> Global___CustomerIdentity: ...
+    def customer(self) -> Global___CustomerIdentity:
+        """The person, for the customer profile (issued by the customer CA)."""
+
     @_builtins.property
-    def service(self) -> Global___ServiceIdentity: ...
+    def service(self) -> Global___ServiceIdentity:
+        """The service or front-end, for the service profile (issued by the internal CA)."""
+
     def __init__(
         self,
         *,
@@ -330,6 +391,8 @@ Global___IssueCertificateRequest: _TypeAlias = IssueCertificateRequest  # noqa: 
 
 @_typing.final
 class IssueCertificateResponse(_message.Message):
+    """IssueCertificateResponse is the issued certificate with the chain a client installs beside it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CERTIFICATE_FIELD_NUMBER: _builtins.int
@@ -337,7 +400,9 @@ class IssueCertificateResponse(_message.Message):
     chain_pem: _builtins.str
     """The issuing CA's certificate followed by the root, PEM."""
     @_builtins.property
-    def certificate(self) -> Global___Certificate: ...
+    def certificate(self) -> Global___Certificate:
+        """The new certificate (state active)."""
+
     def __init__(
         self,
         *,
@@ -354,10 +419,15 @@ Global___IssueCertificateResponse: _TypeAlias = IssueCertificateResponse  # noqa
 
 @_typing.final
 class GetCertificateRequest(_message.Message):
+    """GetCertificateRequest names one certificate."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SERIAL_NUMBER_FIELD_NUMBER: _builtins.int
     serial_number: _builtins.str
+    """Serial number as text: hexadecimal when "0x"-prefixed, colon-separated ("1a:2b:...") or holding a letter
+    a-f, decimal when digits only (prefix a digits-only hexadecimal serial with 0x); surrounding spaces ignored.
+    """
     def __init__(
         self,
         *,
@@ -373,11 +443,15 @@ Global___GetCertificateRequest: _TypeAlias = GetCertificateRequest  # noqa: Y015
 
 @_typing.final
 class GetCertificateResponse(_message.Message):
+    """GetCertificateResponse is the certificate asked for."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CERTIFICATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def certificate(self) -> Global___Certificate: ...
+    def certificate(self) -> Global___Certificate:
+        """The certificate with its current state."""
+
     def __init__(
         self,
         *,
@@ -393,6 +467,8 @@ Global___GetCertificateResponse: _TypeAlias = GetCertificateResponse  # noqa: Y0
 
 @_typing.final
 class ListCertificatesRequest(_message.Message):
+    """ListCertificatesRequest asks for a page of certificates."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
@@ -400,12 +476,13 @@ class ListCertificatesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
-    """Only this subject's certificates when set."""
+    """Only this subject's certificates when set (a user id or a role)."""
     state: Global___Certificate.State.ValueType
     """Only certificates in this state when set."""
     page_size: _builtins.int
     """At most this many (1-1000; 0 means 100)."""
     page_token: _builtins.str
+    """The previous answer's next_page_token, to read the next page; empty for the first page. Opaque."""
     def __init__(
         self,
         *,
@@ -424,6 +501,8 @@ Global___ListCertificatesRequest: _TypeAlias = ListCertificatesRequest  # noqa: 
 
 @_typing.final
 class ListCertificatesResponse(_message.Message):
+    """ListCertificatesResponse is one page of certificates."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CERTIFICATES_FIELD_NUMBER: _builtins.int
@@ -431,7 +510,9 @@ class ListCertificatesResponse(_message.Message):
     next_page_token: _builtins.str
     """Empty on the last page."""
     @_builtins.property
-    def certificates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Certificate]: ...
+    def certificates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Certificate]:
+        """The certificates of this page."""
+
     def __init__(
         self,
         *,
@@ -448,14 +529,23 @@ Global___ListCertificatesResponse: _TypeAlias = ListCertificatesResponse  # noqa
 
 @_typing.final
 class RevokeCertificateRequest(_message.Message):
+    """RevokeCertificateRequest revokes one certificate."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SERIAL_NUMBER_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry with the same request_id returns the first answer. At most 128 printable ASCII
+    characters without spaces.
+    """
     serial_number: _builtins.str
+    """The certificate's serial number as text: hexadecimal when "0x"-prefixed, colon-separated ("1a:2b:...") or holding a letter
+    a-f, decimal when digits only (prefix a digits-only hexadecimal serial with 0x); surrounding spaces ignored.
+    """
     reason: Global___RevocationReason.ValueType
+    """The RFC 5280 reason recorded in the CRL and OCSP answers; unspecified is recorded as unspecified (0)."""
     def __init__(
         self,
         *,
@@ -473,11 +563,15 @@ Global___RevokeCertificateRequest: _TypeAlias = RevokeCertificateRequest  # noqa
 
 @_typing.final
 class RevokeCertificateResponse(_message.Message):
+    """RevokeCertificateResponse is the certificate after the revocation."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CERTIFICATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def certificate(self) -> Global___Certificate: ...
+    def certificate(self) -> Global___Certificate:
+        """The certificate, now revoked (or as it was, when it was revoked already)."""
+
     def __init__(
         self,
         *,
@@ -493,14 +587,21 @@ Global___RevokeCertificateResponse: _TypeAlias = RevokeCertificateResponse  # no
 
 @_typing.final
 class RevokeSubjectCertificatesRequest(_message.Message):
+    """RevokeSubjectCertificatesRequest revokes every unexpired certificate of one subject (a user's lost PC)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry with the same request_id returns the first answer. At most 128 printable ASCII
+    characters without spaces.
+    """
     subject_id: _builtins.str
+    """The subject: a user id or a role."""
     reason: Global___RevocationReason.ValueType
+    """The RFC 5280 reason recorded for each certificate."""
     def __init__(
         self,
         *,
@@ -518,6 +619,8 @@ Global___RevokeSubjectCertificatesRequest: _TypeAlias = RevokeSubjectCertificate
 
 @_typing.final
 class RevokeSubjectCertificatesResponse(_message.Message):
+    """RevokeSubjectCertificatesResponse lists what the call revoked."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CERTIFICATES_FIELD_NUMBER: _builtins.int
@@ -540,6 +643,8 @@ Global___RevokeSubjectCertificatesResponse: _TypeAlias = RevokeSubjectCertificat
 
 @_typing.final
 class RenewCertificateRequest(_message.Message):
+    """RenewCertificateRequest asks for a new certificate for the same identity and profile as an existing one."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -547,10 +652,15 @@ class RenewCertificateRequest(_message.Message):
     CSR_FIELD_NUMBER: _builtins.int
     REVOKE_PREVIOUS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry with the same request_id returns the first answer and issues nothing new. At
+    most 128 printable ASCII characters without spaces.
+    """
     serial_number: _builtins.str
-    """The certificate to renew; the new one is issued for the same identity and profile."""
+    """The certificate to renew, its serial number as in GetCertificateRequest; the new one is issued for the
+    same identity and profile.
+    """
     csr: _builtins.bytes
-    """A CSR for the new key (PEM or DER)."""
+    """A CSR for the new key (PEM or DER), at most 16 KiB."""
     revoke_previous: _builtins.bool
     """Revoke the old certificate with reason superseded once the new one is issued."""
     def __init__(
@@ -571,13 +681,18 @@ Global___RenewCertificateRequest: _TypeAlias = RenewCertificateRequest  # noqa: 
 
 @_typing.final
 class RenewCertificateResponse(_message.Message):
+    """RenewCertificateResponse is the renewed certificate and its chain."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CERTIFICATE_FIELD_NUMBER: _builtins.int
     CHAIN_PEM_FIELD_NUMBER: _builtins.int
     chain_pem: _builtins.str
+    """The issuing CA's certificate followed by the root, PEM."""
     @_builtins.property
-    def certificate(self) -> Global___Certificate: ...
+    def certificate(self) -> Global___Certificate:
+        """The new certificate (state active)."""
+
     def __init__(
         self,
         *,
@@ -594,10 +709,15 @@ Global___RenewCertificateResponse: _TypeAlias = RenewCertificateResponse  # noqa
 
 @_typing.final
 class GetCrlRequest(_message.Message):
+    """GetCrlRequest names the CA whose CRL is wanted."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ISSUER_FIELD_NUMBER: _builtins.int
     issuer: Global___Issuer.ValueType
+    """ISSUER_CUSTOMER, ISSUER_INTERNAL or ISSUER_ROOT (the root's authority revocation list); unspecified is
+    INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -613,6 +733,8 @@ Global___GetCrlRequest: _TypeAlias = GetCrlRequest  # noqa: Y015
 
 @_typing.final
 class GetCrlResponse(_message.Message):
+    """GetCrlResponse is the CA's current CRL."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CRL_FIELD_NUMBER: _builtins.int
@@ -622,10 +744,15 @@ class GetCrlResponse(_message.Message):
     crl: _builtins.bytes
     """The CRL, DER."""
     crl_number: _builtins.int
+    """The CRL's cRLNumber extension; grows with every CRL the CA signs."""
     @_builtins.property
-    def this_update(self) -> _timestamp_pb2.Timestamp: ...
+    def this_update(self) -> _timestamp_pb2.Timestamp:
+        """When the CRL was signed."""
+
     @_builtins.property
-    def next_update(self) -> _timestamp_pb2.Timestamp: ...
+    def next_update(self) -> _timestamp_pb2.Timestamp:
+        """When the next CRL is due at the latest; a relying party treats the CRL as stale after it."""
+
     def __init__(
         self,
         *,
@@ -644,13 +771,18 @@ Global___GetCrlResponse: _TypeAlias = GetCrlResponse  # noqa: Y015
 
 @_typing.final
 class GetCertificateStatusRequest(_message.Message):
+    """GetCertificateStatusRequest asks for one serial number's status."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SERIAL_NUMBER_FIELD_NUMBER: _builtins.int
     ISSUER_FIELD_NUMBER: _builtins.int
     serial_number: _builtins.str
+    """Serial number as text: hexadecimal when "0x"-prefixed, colon-separated ("1a:2b:...") or holding a letter
+    a-f, decimal when digits only (prefix a digits-only hexadecimal serial with 0x); surrounding spaces ignored.
+    """
     issuer: Global___Issuer.ValueType
-    """The CA that should have issued it."""
+    """The CA that should have issued it; unspecified: either issuing CA."""
     def __init__(
         self,
         *,
@@ -667,6 +799,8 @@ Global___GetCertificateStatusRequest: _TypeAlias = GetCertificateStatusRequest  
 
 @_typing.final
 class GetCertificateStatusResponse(_message.Message):
+    """GetCertificateStatusResponse is a serial number's status, as OCSP would report it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     class _Status:
@@ -676,8 +810,11 @@ class GetCertificateStatusResponse(_message.Message):
     class _StatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[GetCertificateStatusResponse._Status.ValueType], _builtins.type):
         DESCRIPTOR: _descriptor.EnumDescriptor
         STATUS_UNSPECIFIED: GetCertificateStatusResponse._Status.ValueType  # 0
+        """Never sent."""
         STATUS_GOOD: GetCertificateStatusResponse._Status.ValueType  # 1
+        """Issued by this CA and not revoked (it may have expired)."""
         STATUS_REVOKED: GetCertificateStatusResponse._Status.ValueType  # 2
+        """Revoked; see revoke_time and revocation_reason."""
         STATUS_UNKNOWN: GetCertificateStatusResponse._Status.ValueType  # 3
         """Never issued by this CA: never reported as good."""
 
@@ -685,8 +822,11 @@ class GetCertificateStatusResponse(_message.Message):
         """Status of a serial number as OCSP reports it."""
 
     STATUS_UNSPECIFIED: GetCertificateStatusResponse.Status.ValueType  # 0
+    """Never sent."""
     STATUS_GOOD: GetCertificateStatusResponse.Status.ValueType  # 1
+    """Issued by this CA and not revoked (it may have expired)."""
     STATUS_REVOKED: GetCertificateStatusResponse.Status.ValueType  # 2
+    """Revoked; see revoke_time and revocation_reason."""
     STATUS_UNKNOWN: GetCertificateStatusResponse.Status.ValueType  # 3
     """Never issued by this CA: never reported as good."""
 
@@ -694,9 +834,13 @@ class GetCertificateStatusResponse(_message.Message):
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
     REVOCATION_REASON_FIELD_NUMBER: _builtins.int
     status: Global___GetCertificateStatusResponse.Status.ValueType
+    """Good, revoked or unknown."""
     revocation_reason: Global___RevocationReason.ValueType
+    """Why it was revoked; set only for STATUS_REVOKED."""
     @_builtins.property
-    def revoke_time(self) -> _timestamp_pb2.Timestamp: ...
+    def revoke_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was revoked; set only for STATUS_REVOKED."""
+
     def __init__(
         self,
         *,
@@ -714,6 +858,8 @@ Global___GetCertificateStatusResponse: _TypeAlias = GetCertificateStatusResponse
 
 @_typing.final
 class AnswerOcspRequest(_message.Message):
+    """AnswerOcspRequest carries a relying party's OCSP request, as the gateway received it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OCSP_REQUEST_FIELD_NUMBER: _builtins.int
@@ -734,6 +880,8 @@ Global___AnswerOcspRequest: _TypeAlias = AnswerOcspRequest  # noqa: Y015
 
 @_typing.final
 class AnswerOcspResponse(_message.Message):
+    """AnswerOcspResponse is the signed OCSP answer and, for the caller's cache, what it says."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OCSP_RESPONSE_FIELD_NUMBER: _builtins.int
@@ -742,6 +890,7 @@ class AnswerOcspResponse(_message.Message):
     ocsp_response: _builtins.bytes
     """DER-encoded OCSPResponse, signed by the issuing CA's delegated OCSP signer."""
     status: Global___GetCertificateStatusResponse.Status.ValueType
+    """The status the answer reports (unspecified for an OCSP error response, such as a malformed request)."""
     @_builtins.property
     def next_update(self) -> _timestamp_pb2.Timestamp:
         """When a cache may hold the answer until (absent for unknown and error answers)."""
@@ -763,6 +912,8 @@ Global___AnswerOcspResponse: _TypeAlias = AnswerOcspResponse  # noqa: Y015
 
 @_typing.final
 class GetCaCertificatesRequest(_message.Message):
+    """GetCaCertificatesRequest has no fields: the CA certificates are public."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -778,14 +929,19 @@ Global___GetCaCertificatesRequest: _TypeAlias = GetCaCertificatesRequest  # noqa
 
 @_typing.final
 class GetCaCertificatesResponse(_message.Message):
+    """GetCaCertificatesResponse is the hierarchy's public certificates, each PEM."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ROOT_PEM_FIELD_NUMBER: _builtins.int
     CUSTOMER_CA_PEM_FIELD_NUMBER: _builtins.int
     INTERNAL_CA_PEM_FIELD_NUMBER: _builtins.int
     root_pem: _builtins.str
+    """The root CA's certificate: the trust anchor clients and front-ends install."""
     customer_ca_pem: _builtins.str
+    """The customer CA's certificate (issues people's client certificates)."""
     internal_ca_pem: _builtins.str
+    """The internal CA's certificate (issues services' and front-ends' certificates)."""
     def __init__(
         self,
         *,
@@ -803,6 +959,8 @@ Global___GetCaCertificatesResponse: _TypeAlias = GetCaCertificatesResponse  # no
 
 @_typing.final
 class WatchRevocationsRequest(_message.Message):
+    """WatchRevocationsRequest subscribes to revocations from now on (earlier ones are in the CRL)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ISSUER_FIELD_NUMBER: _builtins.int
@@ -836,12 +994,17 @@ class WatchRevocationsResponse(_message.Message):
     REVOCATION_REASON_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     serial_number: _builtins.str
+    """The revoked certificate's serial number, lowercase hexadecimal; empty on a heartbeat."""
     issuer: Global___Issuer.ValueType
+    """The CA that issued the revoked certificate."""
     revocation_reason: Global___RevocationReason.ValueType
+    """Why it was revoked."""
     heartbeat: _builtins.bool
     """True on a heartbeat, which carries no revocation."""
     @_builtins.property
-    def revoke_time(self) -> _timestamp_pb2.Timestamp: ...
+    def revoke_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was revoked."""
+
     def __init__(
         self,
         *,
