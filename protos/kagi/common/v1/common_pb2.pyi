@@ -85,17 +85,25 @@ class _OtpAlgorithm:
 class _OtpAlgorithmEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OtpAlgorithm.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     OTP_ALGORITHM_UNSPECIFIED: _OtpAlgorithm.ValueType  # 0
+    """Not given: in a request, the default (SHA-1); never in an answer."""
     OTP_ALGORITHM_SHA1: _OtpAlgorithm.ValueType  # 1
+    """HMAC-SHA-1, what every authenticator app supports (kagi's default)."""
     OTP_ALGORITHM_SHA256: _OtpAlgorithm.ValueType  # 2
+    """HMAC-SHA-256."""
     OTP_ALGORITHM_SHA512: _OtpAlgorithm.ValueType  # 3
+    """HMAC-SHA-512."""
 
 class OtpAlgorithm(_OtpAlgorithm, metaclass=_OtpAlgorithmEnumTypeWrapper):
     """OtpAlgorithm is the HMAC hash of a TOTP token (RFC 6238)."""
 
 OTP_ALGORITHM_UNSPECIFIED: OtpAlgorithm.ValueType  # 0
+"""Not given: in a request, the default (SHA-1); never in an answer."""
 OTP_ALGORITHM_SHA1: OtpAlgorithm.ValueType  # 1
+"""HMAC-SHA-1, what every authenticator app supports (kagi's default)."""
 OTP_ALGORITHM_SHA256: OtpAlgorithm.ValueType  # 2
+"""HMAC-SHA-256."""
 OTP_ALGORITHM_SHA512: OtpAlgorithm.ValueType  # 3
+"""HMAC-SHA-512."""
 Global___OtpAlgorithm: _TypeAlias = OtpAlgorithm  # noqa: Y015
 
 @_typing.final
@@ -113,16 +121,21 @@ class AppActivation(_message.Message):
     PERIOD_FIELD_NUMBER: _builtins.int
     ACTIVATION_ID_FIELD_NUMBER: _builtins.int
     secret: _builtins.str
-    """The seed, base32 without padding, for manual entry in an authenticator app."""
+    """Secret: the seed, base32 (RFC 4648) without padding, for manual entry in an authenticator app."""
     otpauth_uri: _builtins.str
-    """An otpauth://totp/ Key URI (issuer, account, algorithm, digits, period) for QR codes."""
+    """Secret (it holds the seed): an otpauth://totp/ Key URI (issuer, account, algorithm, digits, period) for
+    QR codes.
+    """
     algorithm: Global___OtpAlgorithm.ValueType
+    """The HMAC hash the codes are computed with."""
     digits: _builtins.int
     """Code length, 6 to 8."""
     period: _builtins.int
     """Seconds per time step; 60 for kagi's tokens."""
     activation_id: _builtins.str
-    """Identifies this activation; the app sends it back when it confirms registration (step 9)."""
+    """Identifies this activation; the app sends it back when it confirms registration (step 9). Not a secret
+    by itself.
+    """
     def __init__(
         self,
         *,

@@ -64,6 +64,7 @@ class Token(_message.Message):
     class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Token._State.ValueType], _builtins.type):
         DESCRIPTOR: _descriptor.EnumDescriptor
         STATE_UNSPECIFIED: Token._State.ValueType  # 0
+        """Never sent."""
         STATE_PENDING_ACTIVATION: Token._State.ValueType  # 1
         """Created; waiting for the app to activate it."""
         STATE_ACTIVATED: Token._State.ValueType  # 2
@@ -75,7 +76,9 @@ class Token(_message.Message):
         STATE_LOCKED: Token._State.ValueType  # 5
         """Five failed codes; only an operator unlocks it."""
         STATE_DISABLED: Token._State.ValueType  # 6
+        """Disabled by DisableToken (a lost phone); it verifies nothing."""
         STATE_REVOKED: Token._State.ValueType  # 7
+        """Revoked (replaced by a reissue, or its setup abandoned); its seed is erased."""
         STATE_EXPIRED: Token._State.ValueType  # 8
         """Not activated within its activation window; reissue it."""
         STATE_ACTIVATION_LOCKED: Token._State.ValueType  # 9
@@ -85,6 +88,7 @@ class Token(_message.Message):
         """State of a token; output only, changed by the verb RPCs."""
 
     STATE_UNSPECIFIED: Token.State.ValueType  # 0
+    """Never sent."""
     STATE_PENDING_ACTIVATION: Token.State.ValueType  # 1
     """Created; waiting for the app to activate it."""
     STATE_ACTIVATED: Token.State.ValueType  # 2
@@ -96,7 +100,9 @@ class Token(_message.Message):
     STATE_LOCKED: Token.State.ValueType  # 5
     """Five failed codes; only an operator unlocks it."""
     STATE_DISABLED: Token.State.ValueType  # 6
+    """Disabled by DisableToken (a lost phone); it verifies nothing."""
     STATE_REVOKED: Token.State.ValueType  # 7
+    """Revoked (replaced by a reissue, or its setup abandoned); its seed is erased."""
     STATE_EXPIRED: Token.State.ValueType  # 8
     """Not activated within its activation window; reissue it."""
     STATE_ACTIVATION_LOCKED: Token.State.ValueType  # 9
@@ -114,22 +120,32 @@ class Token(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     ACTIVATION_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     token_id: _builtins.str
+    """The token's internal id: 32 lowercase hexadecimal characters (128 random bits). Not shown to the user."""
     user_id: _builtins.str
     """The kagi user the token belongs to."""
     state: Global___Token.State.ValueType
+    """Where the token is in its life."""
     algorithm: _common_pb2.OtpAlgorithm.ValueType
+    """The HMAC hash its codes use."""
     digits: _builtins.int
+    """Code length, 6 to 8."""
     period: _builtins.int
+    """Seconds per time step (60)."""
     remaining_seconds: _builtins.int
     """Seconds left in the current time step (what the app shows as "valid for N more seconds")."""
     service_id: _builtins.str
-    """The identifiers the app enters (sent by mail); not secrets by themselves."""
+    """The identifiers the app enters (sent by mail); not secrets by themselves. The service ID: 10 characters
+    of Crockford's base32 (0-9 and A-Z without I, L, O, U).
+    """
     app_user_id: _builtins.str
+    """The user ID the app enters: 8 characters of Crockford's base32. Not the kagi user id."""
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the token was created."""
+
     @_builtins.property
     def activation_expire_time(self) -> _timestamp_pb2.Timestamp:
-        """When a pending token can no longer be activated."""
+        """When a pending token can no longer be activated (24 hours after its creation by default)."""
 
     def __init__(
         self,
@@ -156,6 +172,8 @@ Global___Token: _TypeAlias = Token  # noqa: Y015
 
 @_typing.final
 class CreateTokenRequest(_message.Message):
+    """CreateTokenRequest asks for a pending token; the service ID and user ID go by mail to delivery_email."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -165,15 +183,19 @@ class CreateTokenRequest(_message.Message):
     ALGORITHM_FIELD_NUMBER: _builtins.int
     DIGITS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry with the same request_id returns the first answer and creates nothing new. At
+    most 128 printable ASCII characters without spaces.
+    """
     user_id: _builtins.str
+    """The owning user's id: 1-128 of A-Z a-z 0-9 _ . : @ -"""
     delivery_email: _builtins.str
-    """Where the service ID and user ID are sent."""
+    """Where the service ID and user ID are sent: a plain ASCII e-mail address of at most 254 characters."""
     usage_start_password: _builtins.str
-    """4-8 half-width digits; stored only as a peppered memory-hard hash."""
+    """Secret: 4-8 half-width digits; stored only as a peppered memory-hard hash."""
     algorithm: _common_pb2.OtpAlgorithm.ValueType
     """SHA1 when unspecified."""
     digits: _builtins.int
-    """6 when 0."""
+    """6 when 0; otherwise 6-8."""
     def __init__(
         self,
         *,
@@ -194,11 +216,15 @@ Global___CreateTokenRequest: _TypeAlias = CreateTokenRequest  # noqa: Y015
 
 @_typing.final
 class CreateTokenResponse(_message.Message):
+    """CreateTokenResponse is the new pending token."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def token(self) -> Global___Token: ...
+    def token(self) -> Global___Token:
+        """The token, in STATE_PENDING_ACTIVATION."""
+
     def __init__(
         self,
         *,
@@ -214,6 +240,8 @@ Global___CreateTokenResponse: _TypeAlias = CreateTokenResponse  # noqa: Y015
 
 @_typing.final
 class ActivateTokenRequest(_message.Message):
+    """ActivateTokenRequest is the app's activation (step 8): the mailed IDs, the usage-start password and consent."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -222,9 +250,17 @@ class ActivateTokenRequest(_message.Message):
     USAGE_START_PASSWORD_FIELD_NUMBER: _builtins.int
     CONSENT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry with the same request_id is answered without the seed a second time. At most 128
+    printable ASCII characters without spaces.
+    """
     service_id: _builtins.str
+    """The mailed service ID; case, spaces and hyphens are ignored, O reads as 0 and I, L as 1."""
     app_user_id: _builtins.str
+    """The mailed user ID, read like service_id."""
     usage_start_password: _builtins.str
+    """Secret: the usage-start password chosen at step 7, 4-8 half-width digits; five wrong ones lock the
+    activation.
+    """
     consent: _builtins.bool
     """The user ticked "I agree"; must be true."""
     def __init__(
@@ -246,15 +282,19 @@ Global___ActivateTokenRequest: _TypeAlias = ActivateTokenRequest  # noqa: Y015
 
 @_typing.final
 class ActivateTokenResponse(_message.Message):
+    """ActivateTokenResponse carries the seed, this once."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
     ACTIVATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def token(self) -> Global___Token: ...
+    def token(self) -> Global___Token:
+        """The token, now STATE_ACTIVATED."""
+
     @_builtins.property
     def activation(self) -> _common_pb2.AppActivation:
-        """The seed, this once."""
+        """Secret: the seed, this once."""
 
     def __init__(
         self,
@@ -272,6 +312,8 @@ Global___ActivateTokenResponse: _TypeAlias = ActivateTokenResponse  # noqa: Y015
 
 @_typing.final
 class ConfirmRegistrationRequest(_message.Message):
+    """ConfirmRegistrationRequest is the app's confirmation that it stored the seed (step 9)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -279,9 +321,15 @@ class ConfirmRegistrationRequest(_message.Message):
     APP_USER_ID_FIELD_NUMBER: _builtins.int
     ACTIVATION_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry with the same request_id returns the first answer. At most 128 printable ASCII
+    characters without spaces.
+    """
     service_id: _builtins.str
+    """The mailed service ID, read as in ActivateTokenRequest."""
     app_user_id: _builtins.str
+    """The mailed user ID, read as in ActivateTokenRequest."""
     activation_id: _builtins.str
+    """The activation_id the app received with the seed."""
     def __init__(
         self,
         *,
@@ -300,11 +348,15 @@ Global___ConfirmRegistrationRequest: _TypeAlias = ConfirmRegistrationRequest  # 
 
 @_typing.final
 class ConfirmRegistrationResponse(_message.Message):
+    """ConfirmRegistrationResponse is the registered token."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def token(self) -> Global___Token: ...
+    def token(self) -> Global___Token:
+        """The token, now STATE_REGISTERED: it is waiting for its first code."""
+
     def __init__(
         self,
         *,
@@ -334,6 +386,7 @@ class VerifyCodeRequest(_message.Message):
     request_id: _builtins.str
     """Guards against a retried call consuming a second code; a retry returns the first answer."""
     token_id: _builtins.str
+    """The token's internal id."""
     code: _builtins.str
     """Exactly `digits` half-width digits."""
     def __init__(
@@ -361,7 +414,9 @@ class VerifyCodeResponse(_message.Message):
 
     TOKEN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def token(self) -> Global___Token: ...
+    def token(self) -> Global___Token:
+        """The token after the accepted code (a registered token is now STATE_ACTIVE)."""
+
     def __init__(
         self,
         *,
@@ -377,10 +432,13 @@ Global___VerifyCodeResponse: _TypeAlias = VerifyCodeResponse  # noqa: Y015
 
 @_typing.final
 class GetTokenRequest(_message.Message):
+    """GetTokenRequest names one token."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     token_id: _builtins.str
+    """The token's internal id."""
     def __init__(
         self,
         *,
@@ -396,11 +454,15 @@ Global___GetTokenRequest: _TypeAlias = GetTokenRequest  # noqa: Y015
 
 @_typing.final
 class GetTokenResponse(_message.Message):
+    """GetTokenResponse is the token's public information."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def token(self) -> Global___Token: ...
+    def token(self) -> Global___Token:
+        """The token; never its seed."""
+
     def __init__(
         self,
         *,
@@ -416,14 +478,19 @@ Global___GetTokenResponse: _TypeAlias = GetTokenResponse  # noqa: Y015
 
 @_typing.final
 class ListTokensRequest(_message.Message):
+    """ListTokensRequest asks for a page of one user's tokens."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    """The owning user's id."""
     page_size: _builtins.int
+    """At most this many: 0 means 50, at most 100."""
     page_token: _builtins.str
+    """The previous answer's next_page_token; empty for the first page. Opaque."""
     def __init__(
         self,
         *,
@@ -441,13 +508,18 @@ Global___ListTokensRequest: _TypeAlias = ListTokensRequest  # noqa: Y015
 
 @_typing.final
 class ListTokensResponse(_message.Message):
+    """ListTokensResponse is one page of a user's tokens."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKENS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
-    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___Token]: ...
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___Token]:
+        """The tokens of this page."""
+
     def __init__(
         self,
         *,
@@ -464,12 +536,18 @@ Global___ListTokensResponse: _TypeAlias = ListTokensResponse  # noqa: Y015
 
 @_typing.final
 class DisableTokenRequest(_message.Message):
+    """DisableTokenRequest stops one token (a lost phone)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry with the same request_id returns the first answer. At most 128 printable ASCII
+    characters without spaces.
+    """
     token_id: _builtins.str
+    """The token's internal id."""
     def __init__(
         self,
         *,
@@ -486,11 +564,15 @@ Global___DisableTokenRequest: _TypeAlias = DisableTokenRequest  # noqa: Y015
 
 @_typing.final
 class DisableTokenResponse(_message.Message):
+    """DisableTokenResponse is the disabled token."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def token(self) -> Global___Token: ...
+    def token(self) -> Global___Token:
+        """The token, now STATE_DISABLED."""
+
     def __init__(
         self,
         *,
@@ -506,12 +588,18 @@ Global___DisableTokenResponse: _TypeAlias = DisableTokenResponse  # noqa: Y015
 
 @_typing.final
 class UnlockTokenRequest(_message.Message):
+    """UnlockTokenRequest lifts a lockout (wrong codes, or wrong usage-start passwords at activation)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry with the same request_id returns the first answer. At most 128 printable ASCII
+    characters without spaces.
+    """
     token_id: _builtins.str
+    """The token's internal id."""
     def __init__(
         self,
         *,
@@ -528,11 +616,17 @@ Global___UnlockTokenRequest: _TypeAlias = UnlockTokenRequest  # noqa: Y015
 
 @_typing.final
 class UnlockTokenResponse(_message.Message):
+    """UnlockTokenResponse is the unlocked token."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def token(self) -> Global___Token: ...
+    def token(self) -> Global___Token:
+        """The token: STATE_REGISTERED after a lockout for wrong codes (the next accepted code makes it active
+        again), STATE_PENDING_ACTIVATION after one at activation.
+        """
+
     def __init__(
         self,
         *,
@@ -548,6 +642,8 @@ Global___UnlockTokenResponse: _TypeAlias = UnlockTokenResponse  # noqa: Y015
 
 @_typing.final
 class ReissueTokenRequest(_message.Message):
+    """ReissueTokenRequest replaces a token (a new phone): the old one is revoked, a new pending one created."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -555,10 +651,17 @@ class ReissueTokenRequest(_message.Message):
     DELIVERY_EMAIL_FIELD_NUMBER: _builtins.int
     USAGE_START_PASSWORD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry with the same request_id returns the first answer and creates nothing new. At
+    most 128 printable ASCII characters without spaces.
+    """
     token_id: _builtins.str
     """The token to replace; it is revoked."""
     delivery_email: _builtins.str
+    """Where the new token's service ID and user ID are sent: a plain ASCII e-mail address of at most 254
+    characters.
+    """
     usage_start_password: _builtins.str
+    """Secret: the new token's usage-start password, 4-8 half-width digits."""
     def __init__(
         self,
         *,
@@ -577,6 +680,8 @@ Global___ReissueTokenRequest: _TypeAlias = ReissueTokenRequest  # noqa: Y015
 
 @_typing.final
 class ReissueTokenResponse(_message.Message):
+    """ReissueTokenResponse is the new pending token."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
@@ -599,12 +704,18 @@ Global___ReissueTokenResponse: _TypeAlias = ReissueTokenResponse  # noqa: Y015
 
 @_typing.final
 class RevokeTokenRequest(_message.Message):
+    """RevokeTokenRequest ends one token for good."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry with the same request_id returns the first answer. At most 128 printable ASCII
+    characters without spaces.
+    """
     token_id: _builtins.str
+    """The token's internal id."""
     def __init__(
         self,
         *,
@@ -621,11 +732,15 @@ Global___RevokeTokenRequest: _TypeAlias = RevokeTokenRequest  # noqa: Y015
 
 @_typing.final
 class RevokeTokenResponse(_message.Message):
+    """RevokeTokenResponse is the revoked token."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def token(self) -> Global___Token: ...
+    def token(self) -> Global___Token:
+        """The token, now STATE_REVOKED."""
+
     def __init__(
         self,
         *,
