@@ -90,6 +90,7 @@ class _AccountType:
 class _AccountTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AccountType.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ACCOUNT_TYPE_UNSPECIFIED: _AccountType.ValueType  # 0
+    """Not given: INVALID_ARGUMENT where an account is asked for."""
     ACCOUNT_TYPE_ORDINARY: _AccountType.ValueType  # 1
     """普通預金"""
     ACCOUNT_TYPE_CURRENT: _AccountType.ValueType  # 2
@@ -99,6 +100,7 @@ class AccountType(_AccountType, metaclass=_AccountTypeEnumTypeWrapper):
     """AccountType is the representative account's type."""
 
 ACCOUNT_TYPE_UNSPECIFIED: AccountType.ValueType  # 0
+"""Not given: INVALID_ARGUMENT where an account is asked for."""
 ACCOUNT_TYPE_ORDINARY: AccountType.ValueType  # 1
 """普通預金"""
 ACCOUNT_TYPE_CURRENT: AccountType.ValueType  # 2
@@ -112,6 +114,7 @@ class _EnrollmentKind:
 class _EnrollmentKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EnrollmentKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ENROLLMENT_KIND_UNSPECIFIED: _EnrollmentKind.ValueType  # 0
+    """Never sent."""
     ENROLLMENT_KIND_SETUP: _EnrollmentKind.ValueType  # 1
     """The initial setup: a new user through the ten steps."""
     ENROLLMENT_KIND_REISSUE: _EnrollmentKind.ValueType  # 2
@@ -121,6 +124,7 @@ class EnrollmentKind(_EnrollmentKind, metaclass=_EnrollmentKindEnumTypeWrapper):
     """EnrollmentKind says what an application's notice, and the enrollment it opens, is for."""
 
 ENROLLMENT_KIND_UNSPECIFIED: EnrollmentKind.ValueType  # 0
+"""Never sent."""
 ENROLLMENT_KIND_SETUP: EnrollmentKind.ValueType  # 1
 """The initial setup: a new user through the ten steps."""
 ENROLLMENT_KIND_REISSUE: EnrollmentKind.ValueType  # 2
@@ -134,31 +138,53 @@ class _Step:
 class _StepEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Step.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     STEP_UNSPECIFIED: _Step.ValueType  # 0
+    """None: the enrollment is completed, expired, locked or cancelled."""
     STEP_VERIFY_NOTICE: _Step.ValueType  # 1
+    """Step 1: VerifyNotice."""
     STEP_SUBMIT_PROFILE: _Step.ValueType  # 2
+    """Step 2: SubmitProfile."""
     STEP_CONFIRM_REGISTRATION: _Step.ValueType  # 3
+    """Step 3: ConfirmRegistration."""
     STEP_ISSUE_CERTIFICATE: _Step.ValueType  # 4
+    """Step 4: IssueCertificate."""
     STEP_CERTIFICATE_LOGIN: _Step.ValueType  # 5
+    """Step 5: CertificateLogin."""
     STEP_PASSWORD_LOGIN: _Step.ValueType  # 6
+    """Step 6: PasswordLogin."""
     STEP_REQUEST_TOKEN: _Step.ValueType  # 7
+    """Step 7: RequestToken."""
     STEP_ACTIVATE_APP: _Step.ValueType  # 8
+    """Step 8: ActivateApp."""
     STEP_REGISTER_APP: _Step.ValueType  # 9
+    """Step 9: RegisterApp."""
     STEP_VERIFY_FIRST_CODE: _Step.ValueType  # 10
+    """Step 10: VerifyFirstCode."""
 
 class Step(_Step, metaclass=_StepEnumTypeWrapper):
     """Step names the ten steps; an enrollment's next_step says which it expects."""
 
 STEP_UNSPECIFIED: Step.ValueType  # 0
+"""None: the enrollment is completed, expired, locked or cancelled."""
 STEP_VERIFY_NOTICE: Step.ValueType  # 1
+"""Step 1: VerifyNotice."""
 STEP_SUBMIT_PROFILE: Step.ValueType  # 2
+"""Step 2: SubmitProfile."""
 STEP_CONFIRM_REGISTRATION: Step.ValueType  # 3
+"""Step 3: ConfirmRegistration."""
 STEP_ISSUE_CERTIFICATE: Step.ValueType  # 4
+"""Step 4: IssueCertificate."""
 STEP_CERTIFICATE_LOGIN: Step.ValueType  # 5
+"""Step 5: CertificateLogin."""
 STEP_PASSWORD_LOGIN: Step.ValueType  # 6
+"""Step 6: PasswordLogin."""
 STEP_REQUEST_TOKEN: Step.ValueType  # 7
+"""Step 7: RequestToken."""
 STEP_ACTIVATE_APP: Step.ValueType  # 8
+"""Step 8: ActivateApp."""
 STEP_REGISTER_APP: Step.ValueType  # 9
+"""Step 9: RegisterApp."""
 STEP_VERIFY_FIRST_CODE: Step.ValueType  # 10
+"""Step 10: VerifyFirstCode."""
 Global___Step: _TypeAlias = Step  # noqa: Y015
 
 @_typing.final
@@ -174,6 +200,7 @@ class Application(_message.Message):
     class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Application._State.ValueType], _builtins.type):
         DESCRIPTOR: _descriptor.EnumDescriptor
         STATE_UNSPECIFIED: Application._State.ValueType  # 0
+        """Never sent."""
         STATE_OPEN: Application._State.ValueType  # 1
         """Registered; the notice can be used."""
         STATE_USED: Application._State.ValueType  # 2
@@ -181,11 +208,13 @@ class Application(_message.Message):
         STATE_LOCKED: Application._State.ValueType  # 3
         """Five wrong temporary passwords; an operator must unlock it."""
         STATE_EXPIRED: Application._State.ValueType  # 4
+        """Past its expire_time unused: the bank registers a new application."""
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
         """State of an application; output only."""
 
     STATE_UNSPECIFIED: Application.State.ValueType  # 0
+    """Never sent."""
     STATE_OPEN: Application.State.ValueType  # 1
     """Registered; the notice can be used."""
     STATE_USED: Application.State.ValueType  # 2
@@ -193,6 +222,7 @@ class Application(_message.Message):
     STATE_LOCKED: Application.State.ValueType  # 3
     """Five wrong temporary passwords; an operator must unlock it."""
     STATE_EXPIRED: Application.State.ValueType  # 4
+    """Past its expire_time unused: the bank registers a new application."""
 
     APPLICATION_ID_FIELD_NUMBER: _builtins.int
     COMPANY_NAME_FIELD_NUMBER: _builtins.int
@@ -205,18 +235,29 @@ class Application(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     application_id: _builtins.str
+    """The application's id: 32 lowercase hexadecimal characters."""
     company_name: _builtins.str
+    """The company's name as the bank registered it, 1-100 characters."""
     branch_code: _builtins.str
+    """The representative account's branch code: 3 half-width digits."""
     account_type: Global___AccountType.ValueType
+    """The representative account's type."""
     account_number: _builtins.str
+    """The representative account's number: 7 half-width digits."""
     state: Global___Application.State.ValueType
+    """Open, used, locked or expired."""
     kind: Global___EnrollmentKind.ValueType
+    """A setup's notice or a reissue notice."""
     user_id: _builtins.str
     """For a reissue notice: the user it reissues a certificate for."""
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the bank registered it."""
+
     @_builtins.property
-    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When its notice stops working (KAGI_APPLICATION_TTL_DAYS after registration, 30 by default)."""
+
     def __init__(
         self,
         *,
@@ -252,37 +293,65 @@ class Enrollment(_message.Message):
     class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Enrollment._State.ValueType], _builtins.type):
         DESCRIPTOR: _descriptor.EnumDescriptor
         STATE_UNSPECIFIED: Enrollment._State.ValueType  # 0
+        """Never sent."""
         STATE_NOTICE_VERIFIED: Enrollment._State.ValueType  # 1
+        """After step 1."""
         STATE_PROFILE_SUBMITTED: Enrollment._State.ValueType  # 2
+        """After step 2."""
         STATE_REGISTERED: Enrollment._State.ValueType  # 3
+        """After step 3: the user exists and the login ID is reserved."""
         STATE_CERTIFICATE_ISSUED: Enrollment._State.ValueType  # 4
+        """After step 4: the certificate is issued."""
         STATE_CERTIFICATE_LOGGED_IN: Enrollment._State.ValueType  # 5
+        """After step 5."""
         STATE_PASSWORD_VERIFIED: Enrollment._State.ValueType  # 6
+        """After step 6."""
         STATE_TOKEN_REQUESTED: Enrollment._State.ValueType  # 7
+        """After step 7: the token is pending and its IDs mailed."""
         STATE_APP_ACTIVATED: Enrollment._State.ValueType  # 8
+        """After step 8: the app has the seed."""
         STATE_APP_REGISTERED: Enrollment._State.ValueType  # 9
+        """After step 9."""
         STATE_COMPLETED: Enrollment._State.ValueType  # 10
+        """After step 10: done; the user may log in."""
         STATE_EXPIRED: Enrollment._State.ValueType  # 11
+        """No step within the idle timeout; an operator may reopen it (ReopenEnrollment)."""
         STATE_LOCKED: Enrollment._State.ValueType  # 12
+        """Too many failures; only an operator unlocks it."""
         STATE_CANCELLED: Enrollment._State.ValueType  # 13
+        """Cancelled before completion; what it created is revoked."""
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
         """State after each step (DESIGN.md section 2); output only."""
 
     STATE_UNSPECIFIED: Enrollment.State.ValueType  # 0
+    """Never sent."""
     STATE_NOTICE_VERIFIED: Enrollment.State.ValueType  # 1
+    """After step 1."""
     STATE_PROFILE_SUBMITTED: Enrollment.State.ValueType  # 2
+    """After step 2."""
     STATE_REGISTERED: Enrollment.State.ValueType  # 3
+    """After step 3: the user exists and the login ID is reserved."""
     STATE_CERTIFICATE_ISSUED: Enrollment.State.ValueType  # 4
+    """After step 4: the certificate is issued."""
     STATE_CERTIFICATE_LOGGED_IN: Enrollment.State.ValueType  # 5
+    """After step 5."""
     STATE_PASSWORD_VERIFIED: Enrollment.State.ValueType  # 6
+    """After step 6."""
     STATE_TOKEN_REQUESTED: Enrollment.State.ValueType  # 7
+    """After step 7: the token is pending and its IDs mailed."""
     STATE_APP_ACTIVATED: Enrollment.State.ValueType  # 8
+    """After step 8: the app has the seed."""
     STATE_APP_REGISTERED: Enrollment.State.ValueType  # 9
+    """After step 9."""
     STATE_COMPLETED: Enrollment.State.ValueType  # 10
+    """After step 10: done; the user may log in."""
     STATE_EXPIRED: Enrollment.State.ValueType  # 11
+    """No step within the idle timeout; an operator may reopen it (ReopenEnrollment)."""
     STATE_LOCKED: Enrollment.State.ValueType  # 12
+    """Too many failures; only an operator unlocks it."""
     STATE_CANCELLED: Enrollment.State.ValueType  # 13
+    """Cancelled before completion; what it created is revoked."""
 
     ENROLLMENT_ID_FIELD_NUMBER: _builtins.int
     APPLICATION_ID_FIELD_NUMBER: _builtins.int
@@ -296,8 +365,11 @@ class Enrollment(_message.Message):
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     enrollment_id: _builtins.str
+    """The enrollment's id: 32 lowercase hexadecimal characters."""
     application_id: _builtins.str
+    """The application whose notice opened it."""
     state: Global___Enrollment.State.ValueType
+    """Where the enrollment is."""
     next_step: Global___Step.ValueType
     """The step expected next; unspecified once completed, expired, locked or cancelled."""
     user_id: _builtins.str
@@ -307,13 +379,20 @@ class Enrollment(_message.Message):
     token_id: _builtins.str
     """Set from step 7 on."""
     kind: Global___EnrollmentKind.ValueType
+    """A setup (ten steps) or a reissue (steps 1, 4, 5, 6)."""
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When step 1 opened it."""
+
     @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When its last step was taken."""
+
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
-        """When the enrollment expires unless a step is taken."""
+        """When the enrollment expires unless a step is taken (KAGI_ENROLLMENT_IDLE_MINUTES after the last step, 60
+        by default).
+        """
 
     def __init__(
         self,
@@ -349,9 +428,13 @@ class ProfileSummary(_message.Message):
     LOGIN_ID_FIELD_NUMBER: _builtins.int
     COMPANY_NAME_FIELD_NUMBER: _builtins.int
     user_name: _builtins.str
+    """The user's name as entered (trimmed)."""
     email: _builtins.str
+    """The user's e-mail address."""
     login_id: _builtins.str
+    """The chosen login ID."""
     company_name: _builtins.str
+    """The company's name from the application."""
     def __init__(
         self,
         *,
@@ -370,6 +453,8 @@ Global___ProfileSummary: _TypeAlias = ProfileSummary  # noqa: Y015
 
 @_typing.final
 class RegisterApplicationRequest(_message.Message):
+    """RegisterApplicationRequest is the bank's registration of a company's application."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -378,10 +463,15 @@ class RegisterApplicationRequest(_message.Message):
     ACCOUNT_TYPE_FIELD_NUMBER: _builtins.int
     ACCOUNT_NUMBER_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry with the same request_id answers the same application (without the temporary
+    passwords a second time). At most 128 printable ASCII characters without spaces.
+    """
     company_name: _builtins.str
+    """The company's name, 1-100 characters, no control characters (trimmed)."""
     branch_code: _builtins.str
     """3 digits."""
     account_type: Global___AccountType.ValueType
+    """The representative account's type; required."""
     account_number: _builtins.str
     """7 digits."""
     def __init__(
@@ -411,9 +501,15 @@ class RegisterApplicationResponse(_message.Message):
     TEMPORARY_LOGIN_PASSWORD_FIELD_NUMBER: _builtins.int
     TEMPORARY_CONFIRMATION_PASSWORD_FIELD_NUMBER: _builtins.int
     temporary_login_password: _builtins.str
+    """Secret, shown once: the notice's temporary login password (12 characters of an alphabet without
+    look-alike characters).
+    """
     temporary_confirmation_password: _builtins.str
+    """Secret, shown once: the notice's temporary confirmation password (12 characters, same alphabet)."""
     @_builtins.property
-    def application(self) -> Global___Application: ...
+    def application(self) -> Global___Application:
+        """The new application (open)."""
+
     def __init__(
         self,
         *,
@@ -431,6 +527,8 @@ Global___RegisterApplicationResponse: _TypeAlias = RegisterApplicationResponse  
 
 @_typing.final
 class VerifyNoticeRequest(_message.Message):
+    """VerifyNoticeRequest is step 1: the representative account and the notice's temporary passwords, as typed."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -440,11 +538,19 @@ class VerifyNoticeRequest(_message.Message):
     TEMPORARY_LOGIN_PASSWORD_FIELD_NUMBER: _builtins.int
     TEMPORARY_CONFIRMATION_PASSWORD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry with the same request_id answers the same enrollment (without the session token
+    a second time). At most 128 printable ASCII characters without spaces.
+    """
     branch_code: _builtins.str
+    """The representative account's branch code: 3 half-width digits."""
     account_type: Global___AccountType.ValueType
+    """The representative account's type."""
     account_number: _builtins.str
+    """The representative account's number: 7 half-width digits."""
     temporary_login_password: _builtins.str
+    """Secret: the notice's temporary login password; five wrong entries lock the application."""
     temporary_confirmation_password: _builtins.str
+    """Secret: the notice's temporary confirmation password."""
     def __init__(
         self,
         *,
@@ -465,14 +571,20 @@ Global___VerifyNoticeRequest: _TypeAlias = VerifyNoticeRequest  # noqa: Y015
 
 @_typing.final
 class VerifyNoticeResponse(_message.Message):
+    """VerifyNoticeResponse opens the enrollment."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENROLLMENT_FIELD_NUMBER: _builtins.int
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     session_token: _builtins.str
-    """Authenticates steps 2-4 and GetEnrollment until the enrollment expires. Returned once."""
+    """Secret: authenticates steps 2-4 and GetEnrollment until the enrollment expires. Returned once. 43
+    URL-safe base64 characters (256 random bits); only its hash is stored.
+    """
     @_builtins.property
-    def enrollment(self) -> Global___Enrollment: ...
+    def enrollment(self) -> Global___Enrollment:
+        """The new enrollment, in STATE_NOTICE_VERIFIED."""
+
     def __init__(
         self,
         *,
@@ -489,6 +601,10 @@ Global___VerifyNoticeResponse: _TypeAlias = VerifyNoticeResponse  # noqa: Y015
 
 @_typing.final
 class SubmitProfileRequest(_message.Message):
+    """SubmitProfileRequest is step 2. Every rule is checked and every broken one reported at once, per field
+    (google.rpc.BadRequest), in Japanese and English.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -504,17 +620,33 @@ class SubmitProfileRequest(_message.Message):
     CONFIRMATION_PASSWORD_FIELD_NUMBER: _builtins.int
     CONFIRMATION_PASSWORD_CONFIRMATION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key. At most 128 printable ASCII characters without spaces."""
     enrollment_id: _builtins.str
+    """The enrollment from step 1."""
     session_token: _builtins.str
+    """Secret: step 1's session token."""
     user_name: _builtins.str
+    """The user's name, 1-30 characters, no control characters (trimmed); Japanese as typed."""
     email: _builtins.str
+    """The user's e-mail address: half-width, one @, a dotted domain, at most 254 characters."""
     email_confirmation: _builtins.str
+    """The same address typed again; must match."""
     login_id: _builtins.str
+    """The login ID: 6-12 half-width letters and digits, at least one of each, case-sensitive; unique."""
     login_id_confirmation: _builtins.str
+    """The same login ID typed again; must match."""
     login_password: _builtins.str
+    """Secret: the login password, 6-12 half-width letters and digits mixed, case-sensitive, not equal to the
+    login ID.
+    """
     login_password_confirmation: _builtins.str
+    """Secret: the same login password typed again; must match."""
     confirmation_password: _builtins.str
+    """Secret: the confirmation password (for transactions), 6-12 half-width letters and digits mixed, not equal
+    to the login ID or the login password.
+    """
     confirmation_password_confirmation: _builtins.str
+    """Secret: the same confirmation password typed again; must match."""
     def __init__(
         self,
         *,
@@ -541,14 +673,20 @@ Global___SubmitProfileRequest: _TypeAlias = SubmitProfileRequest  # noqa: Y015
 
 @_typing.final
 class SubmitProfileResponse(_message.Message):
+    """SubmitProfileResponse shows the profile back for step 3's confirmation."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENROLLMENT_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def enrollment(self) -> Global___Enrollment: ...
+    def enrollment(self) -> Global___Enrollment:
+        """The enrollment, in STATE_PROFILE_SUBMITTED."""
+
     @_builtins.property
-    def summary(self) -> Global___ProfileSummary: ...
+    def summary(self) -> Global___ProfileSummary:
+        """What was entered, without the passwords."""
+
     def __init__(
         self,
         *,
@@ -565,14 +703,19 @@ Global___SubmitProfileResponse: _TypeAlias = SubmitProfileResponse  # noqa: Y015
 
 @_typing.final
 class ConfirmRegistrationRequest(_message.Message):
+    """ConfirmRegistrationRequest is step 3: the customer pressed Register."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ENROLLMENT_ID_FIELD_NUMBER: _builtins.int
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key. At most 128 printable ASCII characters without spaces."""
     enrollment_id: _builtins.str
+    """The enrollment from step 1."""
     session_token: _builtins.str
+    """Secret: step 1's session token."""
     def __init__(
         self,
         *,
@@ -590,13 +733,18 @@ Global___ConfirmRegistrationRequest: _TypeAlias = ConfirmRegistrationRequest  # 
 
 @_typing.final
 class ConfirmRegistrationResponse(_message.Message):
+    """ConfirmRegistrationResponse is the registered user."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENROLLMENT_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    """The new user's id: 32 lowercase hexadecimal characters."""
     @_builtins.property
-    def enrollment(self) -> Global___Enrollment: ...
+    def enrollment(self) -> Global___Enrollment:
+        """The enrollment, in STATE_REGISTERED."""
+
     def __init__(
         self,
         *,
@@ -613,6 +761,8 @@ Global___ConfirmRegistrationResponse: _TypeAlias = ConfirmRegistrationResponse  
 
 @_typing.final
 class IssueCertificateRequest(_message.Message):
+    """IssueCertificateRequest is step 4: a CSR for a key made on the client."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -620,10 +770,15 @@ class IssueCertificateRequest(_message.Message):
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     CSR_PEM_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry with the same request_id and CSR answers the same certificate. At most 128
+    printable ASCII characters without spaces.
+    """
     enrollment_id: _builtins.str
+    """The enrollment from step 1."""
     session_token: _builtins.str
+    """Secret: step 1's session token (retired by this step: later steps use the certificate)."""
     csr_pem: _builtins.str
-    """PKCS#10 CSR made on the client, PEM."""
+    """PKCS#10 CSR made on the client, PEM, at most 16 KiB: EC P-256 or P-384, or RSA of at least 2048 bits."""
     def __init__(
         self,
         *,
@@ -642,6 +797,8 @@ Global___IssueCertificateRequest: _TypeAlias = IssueCertificateRequest  # noqa: 
 
 @_typing.final
 class IssueCertificateResponse(_message.Message):
+    """IssueCertificateResponse is the customer's new certificate."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENROLLMENT_FIELD_NUMBER: _builtins.int
@@ -649,12 +806,15 @@ class IssueCertificateResponse(_message.Message):
     CHAIN_PEM_FIELD_NUMBER: _builtins.int
     SERIAL_NUMBER_FIELD_NUMBER: _builtins.int
     certificate_pem: _builtins.str
+    """The certificate, PEM."""
     chain_pem: _builtins.str
     """The customer CA's certificate and the root, PEM."""
     serial_number: _builtins.str
     """Lowercase hexadecimal."""
     @_builtins.property
-    def enrollment(self) -> Global___Enrollment: ...
+    def enrollment(self) -> Global___Enrollment:
+        """The enrollment, in STATE_CERTIFICATE_ISSUED."""
+
     def __init__(
         self,
         *,
@@ -673,12 +833,16 @@ Global___IssueCertificateResponse: _TypeAlias = IssueCertificateResponse  # noqa
 
 @_typing.final
 class CertificateLoginRequest(_message.Message):
+    """CertificateLoginRequest is step 5; the certificate itself comes as the gateway's relayed metadata."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ENROLLMENT_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key. At most 128 printable ASCII characters without spaces."""
     enrollment_id: _builtins.str
+    """The enrollment the certificate was issued for."""
     def __init__(
         self,
         *,
@@ -695,11 +859,15 @@ Global___CertificateLoginRequest: _TypeAlias = CertificateLoginRequest  # noqa: 
 
 @_typing.final
 class CertificateLoginResponse(_message.Message):
+    """CertificateLoginResponse is the enrollment after step 5."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENROLLMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def enrollment(self) -> Global___Enrollment: ...
+    def enrollment(self) -> Global___Enrollment:
+        """The enrollment, in STATE_CERTIFICATE_LOGGED_IN."""
+
     def __init__(
         self,
         *,
@@ -715,14 +883,19 @@ Global___CertificateLoginResponse: _TypeAlias = CertificateLoginResponse  # noqa
 
 @_typing.final
 class PasswordLoginRequest(_message.Message):
+    """PasswordLoginRequest is step 6, with the certificate relayed as metadata."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ENROLLMENT_ID_FIELD_NUMBER: _builtins.int
     LOGIN_PASSWORD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key. At most 128 printable ASCII characters without spaces."""
     enrollment_id: _builtins.str
+    """The enrollment the certificate was issued for."""
     login_password: _builtins.str
+    """Secret: the login password chosen at step 2; five wrong ones in a row lock the user."""
     def __init__(
         self,
         *,
@@ -740,11 +913,15 @@ Global___PasswordLoginRequest: _TypeAlias = PasswordLoginRequest  # noqa: Y015
 
 @_typing.final
 class PasswordLoginResponse(_message.Message):
+    """PasswordLoginResponse is the enrollment after step 6."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENROLLMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def enrollment(self) -> Global___Enrollment: ...
+    def enrollment(self) -> Global___Enrollment:
+        """The enrollment, in STATE_PASSWORD_VERIFIED."""
+
     def __init__(
         self,
         *,
@@ -760,6 +937,10 @@ Global___PasswordLoginResponse: _TypeAlias = PasswordLoginResponse  # noqa: Y015
 
 @_typing.final
 class RequestTokenRequest(_message.Message):
+    """RequestTokenRequest is step 7, with the certificate relayed as metadata. It may be sent again until the app
+    has registered (step 9): the pending token is revoked and new IDs are mailed.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -769,12 +950,17 @@ class RequestTokenRequest(_message.Message):
     USAGE_START_PASSWORD_FIELD_NUMBER: _builtins.int
     USAGE_START_PASSWORD_CONFIRMATION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key. At most 128 printable ASCII characters without spaces."""
     enrollment_id: _builtins.str
+    """The enrollment the certificate was issued for."""
     mobile_email: _builtins.str
+    """The phone's e-mail address, where the service ID and user ID go: half-width, at most 254 characters."""
     mobile_email_confirmation: _builtins.str
+    """The same address typed again; must match."""
     usage_start_password: _builtins.str
-    """4-8 half-width digits."""
+    """Secret: the app's usage-start password, 4-8 half-width digits."""
     usage_start_password_confirmation: _builtins.str
+    """Secret: the same usage-start password typed again; must match."""
     def __init__(
         self,
         *,
@@ -795,6 +981,8 @@ Global___RequestTokenRequest: _TypeAlias = RequestTokenRequest  # noqa: Y015
 
 @_typing.final
 class RequestTokenResponse(_message.Message):
+    """RequestTokenResponse is the enrollment after step 7."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENROLLMENT_FIELD_NUMBER: _builtins.int
@@ -817,6 +1005,8 @@ Global___RequestTokenResponse: _TypeAlias = RequestTokenResponse  # noqa: Y015
 
 @_typing.final
 class ActivateAppRequest(_message.Message):
+    """ActivateAppRequest is step 8, sent by the app (through the gateway, no certificate)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -825,9 +1015,16 @@ class ActivateAppRequest(_message.Message):
     USAGE_START_PASSWORD_FIELD_NUMBER: _builtins.int
     AGREED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: the seed goes out once, so a retry with the same request_id is refused with
+    ACTIVATION_ALREADY_DELIVERED (request a new token: step 7 again). At most 128 printable ASCII characters
+    without spaces.
+    """
     service_id: _builtins.str
+    """The mailed service ID (10 characters; case, spaces and hyphens ignored)."""
     user_id: _builtins.str
+    """The mailed user ID (8 characters), not the kagi user id."""
     usage_start_password: _builtins.str
+    """Secret: the usage-start password chosen at step 7, 4-8 half-width digits."""
     agreed: _builtins.bool
     """The user ticked "I agree"; must be true."""
     def __init__(
@@ -849,12 +1046,14 @@ Global___ActivateAppRequest: _TypeAlias = ActivateAppRequest  # noqa: Y015
 
 @_typing.final
 class ActivateAppResponse(_message.Message):
+    """ActivateAppResponse carries the seed to the app, once."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACTIVATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def activation(self) -> _common_pb2.AppActivation:
-        """The seed, this once."""
+        """Secret: the seed, this once."""
 
     def __init__(
         self,
@@ -871,6 +1070,8 @@ Global___ActivateAppResponse: _TypeAlias = ActivateAppResponse  # noqa: Y015
 
 @_typing.final
 class RegisterAppRequest(_message.Message):
+    """RegisterAppRequest is step 9: the app stored the seed."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -878,9 +1079,13 @@ class RegisterAppRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     ACTIVATION_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key. At most 128 printable ASCII characters without spaces."""
     service_id: _builtins.str
+    """The mailed service ID."""
     user_id: _builtins.str
+    """The mailed user ID."""
     activation_id: _builtins.str
+    """The activation_id received with the seed at step 8."""
     def __init__(
         self,
         *,
@@ -899,10 +1104,13 @@ Global___RegisterAppRequest: _TypeAlias = RegisterAppRequest  # noqa: Y015
 
 @_typing.final
 class RegisterAppResponse(_message.Message):
+    """RegisterAppResponse is the enrollment's state after step 9 (the app knows no enrollment id)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
     state: Global___Enrollment.State.ValueType
+    """STATE_APP_REGISTERED."""
     def __init__(
         self,
         *,
@@ -918,13 +1126,19 @@ Global___RegisterAppResponse: _TypeAlias = RegisterAppResponse  # noqa: Y015
 
 @_typing.final
 class VerifyFirstCodeRequest(_message.Message):
+    """VerifyFirstCodeRequest is step 10, with the certificate relayed as metadata."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ENROLLMENT_ID_FIELD_NUMBER: _builtins.int
     OTP_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry with the same request_id does not consume a second code. At most 128 printable
+    ASCII characters without spaces.
+    """
     enrollment_id: _builtins.str
+    """The enrollment the certificate was issued for."""
     otp: _builtins.str
     """The code the app shows: 6-8 half-width digits."""
     def __init__(
@@ -944,11 +1158,15 @@ Global___VerifyFirstCodeRequest: _TypeAlias = VerifyFirstCodeRequest  # noqa: Y0
 
 @_typing.final
 class VerifyFirstCodeResponse(_message.Message):
+    """VerifyFirstCodeResponse is the completed enrollment."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENROLLMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def enrollment(self) -> Global___Enrollment: ...
+    def enrollment(self) -> Global___Enrollment:
+        """The enrollment, in STATE_COMPLETED."""
+
     def __init__(
         self,
         *,
@@ -964,11 +1182,14 @@ Global___VerifyFirstCodeResponse: _TypeAlias = VerifyFirstCodeResponse  # noqa: 
 
 @_typing.final
 class GetEnrollmentRequest(_message.Message):
+    """GetEnrollmentRequest reads one enrollment."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENROLLMENT_ID_FIELD_NUMBER: _builtins.int
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     enrollment_id: _builtins.str
+    """The enrollment's id."""
     session_token: _builtins.str
     """Either this or a client certificate (metadata) authenticates the call."""
     def __init__(
@@ -987,11 +1208,15 @@ Global___GetEnrollmentRequest: _TypeAlias = GetEnrollmentRequest  # noqa: Y015
 
 @_typing.final
 class GetEnrollmentResponse(_message.Message):
+    """GetEnrollmentResponse is the enrollment."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENROLLMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def enrollment(self) -> Global___Enrollment: ...
+    def enrollment(self) -> Global___Enrollment:
+        """Its state, next step and expiry; never a secret."""
+
     def __init__(
         self,
         *,
@@ -1007,6 +1232,8 @@ Global___GetEnrollmentResponse: _TypeAlias = GetEnrollmentResponse  # noqa: Y015
 
 @_typing.final
 class GetCurrentEnrollmentRequest(_message.Message):
+    """GetCurrentEnrollmentRequest has no fields: the relayed client certificate names the enrollment."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -1022,11 +1249,15 @@ Global___GetCurrentEnrollmentRequest: _TypeAlias = GetCurrentEnrollmentRequest  
 
 @_typing.final
 class GetCurrentEnrollmentResponse(_message.Message):
+    """GetCurrentEnrollmentResponse is the enrollment the certificate was issued for."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENROLLMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def enrollment(self) -> Global___Enrollment: ...
+    def enrollment(self) -> Global___Enrollment:
+        """The enrollment, with its next step."""
+
     def __init__(
         self,
         *,
@@ -1042,14 +1273,19 @@ Global___GetCurrentEnrollmentResponse: _TypeAlias = GetCurrentEnrollmentResponse
 
 @_typing.final
 class CancelEnrollmentRequest(_message.Message):
+    """CancelEnrollmentRequest ends an enrollment; its certificate and pending token are revoked, its login ID freed."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ENROLLMENT_ID_FIELD_NUMBER: _builtins.int
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key. At most 128 printable ASCII characters without spaces."""
     enrollment_id: _builtins.str
+    """The enrollment's id."""
     session_token: _builtins.str
+    """Secret: step 1's session token before step 4; afterwards the certificate (metadata) authenticates."""
     def __init__(
         self,
         *,
@@ -1067,11 +1303,15 @@ Global___CancelEnrollmentRequest: _TypeAlias = CancelEnrollmentRequest  # noqa: 
 
 @_typing.final
 class CancelEnrollmentResponse(_message.Message):
+    """CancelEnrollmentResponse is the cancelled enrollment."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENROLLMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def enrollment(self) -> Global___Enrollment: ...
+    def enrollment(self) -> Global___Enrollment:
+        """The enrollment, in STATE_CANCELLED."""
+
     def __init__(
         self,
         *,
@@ -1087,12 +1327,16 @@ Global___CancelEnrollmentResponse: _TypeAlias = CancelEnrollmentResponse  # noqa
 
 @_typing.final
 class UnlockApplicationRequest(_message.Message):
+    """UnlockApplicationRequest lifts a lockout (five wrong temporary passwords, or a locked enrollment)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     APPLICATION_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key. At most 128 printable ASCII characters without spaces."""
     application_id: _builtins.str
+    """The application's id."""
     def __init__(
         self,
         *,
@@ -1109,11 +1353,15 @@ Global___UnlockApplicationRequest: _TypeAlias = UnlockApplicationRequest  # noqa
 
 @_typing.final
 class UnlockApplicationResponse(_message.Message):
+    """UnlockApplicationResponse is the unlocked application."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     APPLICATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def application(self) -> Global___Application: ...
+    def application(self) -> Global___Application:
+        """The application, open again (its failure count reset)."""
+
     def __init__(
         self,
         *,
@@ -1129,12 +1377,16 @@ Global___UnlockApplicationResponse: _TypeAlias = UnlockApplicationResponse  # no
 
 @_typing.final
 class ListApplicationsRequest(_message.Message):
+    """ListApplicationsRequest asks for a page of applications."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """At most this many: 0 means 100, at most 1000."""
     page_token: _builtins.str
+    """The previous answer's next_page_token; empty for the first page. Opaque."""
     def __init__(
         self,
         *,
@@ -1151,13 +1403,18 @@ Global___ListApplicationsRequest: _TypeAlias = ListApplicationsRequest  # noqa: 
 
 @_typing.final
 class ListApplicationsResponse(_message.Message):
+    """ListApplicationsResponse is one page of applications."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     APPLICATIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
-    def applications(self) -> _containers.RepeatedCompositeFieldContainer[Global___Application]: ...
+    def applications(self) -> _containers.RepeatedCompositeFieldContainer[Global___Application]:
+        """The applications of this page, without their temporary passwords."""
+
     def __init__(
         self,
         *,
@@ -1174,12 +1431,16 @@ Global___ListApplicationsResponse: _TypeAlias = ListApplicationsResponse  # noqa
 
 @_typing.final
 class ReopenEnrollmentRequest(_message.Message):
+    """ReopenEnrollmentRequest re-opens an expired enrollment."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ENROLLMENT_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key. At most 128 printable ASCII characters without spaces."""
     enrollment_id: _builtins.str
+    """The expired enrollment's id."""
     def __init__(
         self,
         *,
@@ -1196,11 +1457,15 @@ Global___ReopenEnrollmentRequest: _TypeAlias = ReopenEnrollmentRequest  # noqa: 
 
 @_typing.final
 class ReopenEnrollmentResponse(_message.Message):
+    """ReopenEnrollmentResponse is the re-opened enrollment."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENROLLMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def enrollment(self) -> Global___Enrollment: ...
+    def enrollment(self) -> Global___Enrollment:
+        """The enrollment with a fresh expire_time and the step it resumes at."""
+
     def __init__(
         self,
         *,
@@ -1216,13 +1481,19 @@ Global___ReopenEnrollmentResponse: _TypeAlias = ReopenEnrollmentResponse  # noqa
 
 @_typing.final
 class ReissueCertificateRequest(_message.Message):
+    """ReissueCertificateRequest is a lost PC: revoke the user's certificates and make a reissue notice."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     REVOCATION_REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry with the same request_id answers the same notice (without its passwords a second
+    time). At most 128 printable ASCII characters without spaces.
+    """
     user_id: _builtins.str
+    """The user whose PC was lost: 32 lowercase hexadecimal characters."""
     revocation_reason: _builtins.str
     """The RFC 5280 reason the user's certificates are revoked with: keyCompromise (default), affiliationChanged,
     superseded, cessationOfOperation or unspecified.
@@ -1252,9 +1523,13 @@ class ReissueCertificateResponse(_message.Message):
     TEMPORARY_LOGIN_PASSWORD_FIELD_NUMBER: _builtins.int
     TEMPORARY_CONFIRMATION_PASSWORD_FIELD_NUMBER: _builtins.int
     temporary_login_password: _builtins.str
+    """Secret, shown once: the reissue notice's temporary login password."""
     temporary_confirmation_password: _builtins.str
+    """Secret, shown once: the reissue notice's temporary confirmation password."""
     @_builtins.property
-    def application(self) -> Global___Application: ...
+    def application(self) -> Global___Application:
+        """The reissue application (kind ENROLLMENT_KIND_REISSUE, user_id set)."""
+
     def __init__(
         self,
         *,

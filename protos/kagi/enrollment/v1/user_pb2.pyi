@@ -89,6 +89,7 @@ class _OtpPurpose:
 class _OtpPurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OtpPurpose.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     OTP_PURPOSE_UNSPECIFIED: _OtpPurpose.ValueType  # 0
+    """Not given: INVALID_ARGUMENT (the purpose is required)."""
     OTP_PURPOSE_STEP_UP: _OtpPurpose.ValueType  # 1
     """Raise a session to `otp` + `mfa` (send the current access token)."""
     OTP_PURPOSE_CHECK: _OtpPurpose.ValueType  # 2
@@ -98,6 +99,7 @@ class OtpPurpose(_OtpPurpose, metaclass=_OtpPurposeEnumTypeWrapper):
     """OtpPurpose says what a verified one-time password is for (recorded in the audit trail)."""
 
 OTP_PURPOSE_UNSPECIFIED: OtpPurpose.ValueType  # 0
+"""Not given: INVALID_ARGUMENT (the purpose is required)."""
 OTP_PURPOSE_STEP_UP: OtpPurpose.ValueType  # 1
 """Raise a session to `otp` + `mfa` (send the current access token)."""
 OTP_PURPOSE_CHECK: OtpPurpose.ValueType  # 2
@@ -111,6 +113,7 @@ class _PasswordKind:
 class _PasswordKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PasswordKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PASSWORD_KIND_UNSPECIFIED: _PasswordKind.ValueType  # 0
+    """Not given: INVALID_ARGUMENT."""
     PASSWORD_KIND_LOGIN: _PasswordKind.ValueType  # 1
     """ログインパスワード"""
     PASSWORD_KIND_CONFIRMATION: _PasswordKind.ValueType  # 2
@@ -120,6 +123,7 @@ class PasswordKind(_PasswordKind, metaclass=_PasswordKindEnumTypeWrapper):
     """PasswordKind names which of the user's passwords."""
 
 PASSWORD_KIND_UNSPECIFIED: PasswordKind.ValueType  # 0
+"""Not given: INVALID_ARGUMENT."""
 PASSWORD_KIND_LOGIN: PasswordKind.ValueType  # 1
 """ログインパスワード"""
 PASSWORD_KIND_CONFIRMATION: PasswordKind.ValueType  # 2
@@ -139,6 +143,7 @@ class User(_message.Message):
     class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[User._State.ValueType], _builtins.type):
         DESCRIPTOR: _descriptor.EnumDescriptor
         STATE_UNSPECIFIED: User._State.ValueType  # 0
+        """Never sent."""
         STATE_SETTING_UP: User._State.ValueType  # 1
         """The setup has not reached step 10 yet."""
         STATE_ACTIVE: User._State.ValueType  # 2
@@ -150,6 +155,7 @@ class User(_message.Message):
         """State of a user; output only."""
 
     STATE_UNSPECIFIED: User.State.ValueType  # 0
+    """Never sent."""
     STATE_SETTING_UP: User.State.ValueType  # 1
     """The setup has not reached step 10 yet."""
     STATE_ACTIVE: User.State.ValueType  # 2
@@ -164,6 +170,7 @@ class User(_message.Message):
     class _LockReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[User._LockReason.ValueType], _builtins.type):
         DESCRIPTOR: _descriptor.EnumDescriptor
         LOCK_REASON_UNSPECIFIED: User._LockReason.ValueType  # 0
+        """Not locked."""
         LOCK_REASON_LOGIN_PASSWORD: User._LockReason.ValueType  # 1
         """Five wrong login passwords in a row."""
         LOCK_REASON_CONFIRMATION_PASSWORD: User._LockReason.ValueType  # 2
@@ -175,6 +182,7 @@ class User(_message.Message):
         """Why a user is locked."""
 
     LOCK_REASON_UNSPECIFIED: User.LockReason.ValueType  # 0
+    """Not locked."""
     LOCK_REASON_LOGIN_PASSWORD: User.LockReason.ValueType  # 1
     """Five wrong login passwords in a row."""
     LOCK_REASON_CONFIRMATION_PASSWORD: User.LockReason.ValueType  # 2
@@ -189,11 +197,13 @@ class User(_message.Message):
     class _TokenStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[User._TokenState.ValueType], _builtins.type):
         DESCRIPTOR: _descriptor.EnumDescriptor
         TOKEN_STATE_UNSPECIFIED: User._TokenState.ValueType  # 0
+        """Never sent."""
         TOKEN_STATE_NONE: User._TokenState.ValueType  # 1
         """No token yet (the setup has not reached step 7)."""
         TOKEN_STATE_PENDING: User._TokenState.ValueType  # 2
         """Requested, activated or registered, not yet confirmed by a first code."""
         TOKEN_STATE_ACTIVE: User._TokenState.ValueType  # 3
+        """In use: codes verify."""
         TOKEN_STATE_LOCKED: User._TokenState.ValueType  # 4
         """Too many wrong codes; an operator unlocks (kagi admin unlock-token)."""
         TOKEN_STATE_DISABLED: User._TokenState.ValueType  # 5
@@ -203,11 +213,13 @@ class User(_message.Message):
         """State of the user's one-time-password token, as the OTP service reports it; output only."""
 
     TOKEN_STATE_UNSPECIFIED: User.TokenState.ValueType  # 0
+    """Never sent."""
     TOKEN_STATE_NONE: User.TokenState.ValueType  # 1
     """No token yet (the setup has not reached step 7)."""
     TOKEN_STATE_PENDING: User.TokenState.ValueType  # 2
     """Requested, activated or registered, not yet confirmed by a first code."""
     TOKEN_STATE_ACTIVE: User.TokenState.ValueType  # 3
+    """In use: codes verify."""
     TOKEN_STATE_LOCKED: User.TokenState.ValueType  # 4
     """Too many wrong codes; an operator unlocks (kagi admin unlock-token)."""
     TOKEN_STATE_DISABLED: User.TokenState.ValueType  # 5
@@ -225,17 +237,29 @@ class User(_message.Message):
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    """The user's id: 32 lowercase hexadecimal characters; stable (the certificate's urn:kagi:user: SAN)."""
     login_id: _builtins.str
+    """The login ID the user chose at step 2 (6-12 half-width letters and digits, case-sensitive)."""
     user_name: _builtins.str
+    """The user's name as entered at step 2."""
     company_name: _builtins.str
+    """The company's name from the application."""
     state: Global___User.State.ValueType
+    """Setting up, active or locked."""
     token_state: Global___User.TokenState.ValueType
+    """The user's token's state."""
     lock_reason: Global___User.LockReason.ValueType
+    """Why the user is locked; unspecified when not locked."""
     application_id: _builtins.str
+    """The application whose notice started the user's setup."""
     enrollment_id: _builtins.str
+    """The enrollment that created the user."""
     token_id: _builtins.str
+    """The user's current token's internal id; empty before step 7."""
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When step 3 created the user."""
+
     def __init__(
         self,
         *,
@@ -261,6 +285,8 @@ Global___User: _TypeAlias = User  # noqa: Y015
 
 @_typing.final
 class AuthenticateRequest(_message.Message):
+    """AuthenticateRequest is a login: the client certificate, the login ID and the login password."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLIENT_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
@@ -271,7 +297,9 @@ class AuthenticateRequest(_message.Message):
     the kagi gateway, which relays the certificate it verified as metadata instead.
     """
     login_id: _builtins.str
+    """The login ID, as typed (case-sensitive)."""
     login_password: _builtins.str
+    """Secret: the login password; five wrong ones in a row (with the user's own certificate) lock the user."""
     def __init__(
         self,
         *,
@@ -289,6 +317,8 @@ Global___AuthenticateRequest: _TypeAlias = AuthenticateRequest  # noqa: Y015
 
 @_typing.final
 class AuthenticateResponse(_message.Message):
+    """AuthenticateResponse is the logged-in user and the session's first access token."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
@@ -296,13 +326,15 @@ class AuthenticateResponse(_message.Message):
     TOKEN_TYPE_FIELD_NUMBER: _builtins.int
     EXPIRES_IN_FIELD_NUMBER: _builtins.int
     access_token: _builtins.str
-    """A JWT (ES256) bound to the client certificate; `amr` is ["swk", "pwd"]."""
+    """Secret: a JWT (ES256) bound to the client certificate; `amr` is ["swk", "pwd"]."""
     token_type: _builtins.str
     """"Bearer"."""
     expires_in: _builtins.int
     """Seconds until the access token expires."""
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The user (state, token state); never a password."""
+
     def __init__(
         self,
         *,
@@ -321,6 +353,8 @@ Global___AuthenticateResponse: _TypeAlias = AuthenticateResponse  # noqa: Y015
 
 @_typing.final
 class VerifyOtpRequest(_message.Message):
+    """VerifyOtpRequest is one code from the user's app, for a step-up or a check."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -333,11 +367,13 @@ class VerifyOtpRequest(_message.Message):
     again and answers a fresh token; another code with the same id is refused).
     """
     user_id: _builtins.str
+    """The user's id (from AuthenticateResponse.user)."""
     otp: _builtins.str
     """The code the app shows: 6-8 half-width digits."""
     purpose: Global___OtpPurpose.ValueType
+    """A step-up or a check."""
     access_token: _builtins.str
-    """The current access token, for OTP_PURPOSE_STEP_UP."""
+    """Secret: the current access token, for OTP_PURPOSE_STEP_UP."""
     def __init__(
         self,
         *,
@@ -357,13 +393,16 @@ Global___VerifyOtpRequest: _TypeAlias = VerifyOtpRequest  # noqa: Y015
 
 @_typing.final
 class VerifyOtpResponse(_message.Message):
+    """VerifyOtpResponse is the accepted code's result."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
     EXPIRES_IN_FIELD_NUMBER: _builtins.int
     access_token: _builtins.str
-    """The stepped-up access token (`amr` adds otp and mfa; same session), for OTP_PURPOSE_STEP_UP."""
+    """Secret: the stepped-up access token (`amr` adds otp and mfa; same session), for OTP_PURPOSE_STEP_UP."""
     expires_in: _builtins.int
+    """Seconds until that access token expires; 0 for a check."""
     def __init__(
         self,
         *,
@@ -390,11 +429,15 @@ class Confirmation(_message.Message):
     CONFIRM_TIME_FIELD_NUMBER: _builtins.int
     METHODS_FIELD_NUMBER: _builtins.int
     confirmation_id: _builtins.str
+    """The confirmation's id: 32 lowercase hexadecimal characters."""
     transaction_id: _builtins.str
+    """The front-end's transaction id, as sent."""
     txn_digest: _builtins.str
     """SHA-256 of the transaction summary's UTF-8 bytes, base64url without padding."""
     @_builtins.property
-    def confirm_time(self) -> _timestamp_pb2.Timestamp: ...
+    def confirm_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was confirmed."""
+
     @_builtins.property
     def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What the customer proved, RFC 8176 values: "pwd" (the confirmation password) and "otp"."""
@@ -418,6 +461,11 @@ Global___Confirmation: _TypeAlias = Confirmation  # noqa: Y015
 
 @_typing.final
 class ConfirmTransactionRequest(_message.Message):
+    """ConfirmTransactionRequest confirms one transaction with the confirmation password and a one-time password.
+    The same transaction id with the same summary answers the first confirmation again; with another summary it
+    is TRANSACTION_MISMATCH.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
@@ -427,15 +475,17 @@ class ConfirmTransactionRequest(_message.Message):
     OTP_FIELD_NUMBER: _builtins.int
     ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    """The user's id (from AuthenticateResponse.user)."""
     transaction_id: _builtins.str
     """The front-end's id of the transaction, unique per user: 1-128 of A-Z a-z 0-9 . _ : -"""
     transaction_summary: _builtins.str
     """What the customer saw and confirmed, UTF-8 text of at most 1 KiB."""
     confirmation_password: _builtins.str
+    """Secret: the confirmation password; five wrong ones in a row lock the user."""
     otp: _builtins.str
     """A one-time password from the user's app; it confirms this transaction only."""
     access_token: _builtins.str
-    """The session's access token; the gateway always sends it, a front-end may."""
+    """Secret: the session's access token; the gateway always sends it, a front-end may."""
     def __init__(
         self,
         *,
@@ -456,6 +506,8 @@ Global___ConfirmTransactionRequest: _TypeAlias = ConfirmTransactionRequest  # no
 
 @_typing.final
 class ConfirmTransactionResponse(_message.Message):
+    """ConfirmTransactionResponse is the confirmation and its signed token."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONFIRMATION_FIELD_NUMBER: _builtins.int
@@ -463,7 +515,9 @@ class ConfirmTransactionResponse(_message.Message):
     confirmation_token: _builtins.str
     """A JWT (ES256) with `txn` and `txn_digest`, verifiable offline with the JWKS."""
     @_builtins.property
-    def confirmation(self) -> Global___Confirmation: ...
+    def confirmation(self) -> Global___Confirmation:
+        """The confirmation record."""
+
     def __init__(
         self,
         *,
@@ -480,10 +534,13 @@ Global___ConfirmTransactionResponse: _TypeAlias = ConfirmTransactionResponse  # 
 
 @_typing.final
 class EndSessionRequest(_message.Message):
+    """EndSessionRequest logs a session out."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
     access_token: _builtins.str
+    """Secret: an access token of the session to end; every token of that session is refused afterwards."""
     def __init__(
         self,
         *,
@@ -499,6 +556,8 @@ Global___EndSessionRequest: _TypeAlias = EndSessionRequest  # noqa: Y015
 
 @_typing.final
 class EndSessionResponse(_message.Message):
+    """EndSessionResponse is empty: the session has ended."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -514,6 +573,8 @@ Global___EndSessionResponse: _TypeAlias = EndSessionResponse  # noqa: Y015
 
 @_typing.final
 class GetJwksRequest(_message.Message):
+    """GetJwksRequest has no fields."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -529,6 +590,8 @@ Global___GetJwksRequest: _TypeAlias = GetJwksRequest  # noqa: Y015
 
 @_typing.final
 class GetJwksResponse(_message.Message):
+    """GetJwksResponse is the token-signing public keys."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JWKS_JSON_FIELD_NUMBER: _builtins.int
@@ -549,10 +612,13 @@ Global___GetJwksResponse: _TypeAlias = GetJwksResponse  # noqa: Y015
 
 @_typing.final
 class GetUserRequest(_message.Message):
+    """GetUserRequest names one user."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    """The user's id."""
     def __init__(
         self,
         *,
@@ -568,11 +634,15 @@ Global___GetUserRequest: _TypeAlias = GetUserRequest  # noqa: Y015
 
 @_typing.final
 class GetUserResponse(_message.Message):
+    """GetUserResponse is the user."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The user; never a password or its hash."""
+
     def __init__(
         self,
         *,
@@ -588,6 +658,8 @@ Global___GetUserResponse: _TypeAlias = GetUserResponse  # noqa: Y015
 
 @_typing.final
 class ListUsersRequest(_message.Message):
+    """ListUsersRequest asks for a page of users."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
@@ -595,7 +667,9 @@ class ListUsersRequest(_message.Message):
     COMPANY_NAME_FIELD_NUMBER: _builtins.int
     ACCOUNT_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """At most this many: 0 means 50, at most 100."""
     page_token: _builtins.str
+    """The previous answer's next_page_token; empty for the first page. Opaque."""
     company_name: _builtins.str
     """Only this company's users (exact name), when set."""
     account: _builtins.str
@@ -620,13 +694,18 @@ Global___ListUsersRequest: _TypeAlias = ListUsersRequest  # noqa: Y015
 
 @_typing.final
 class ListUsersResponse(_message.Message):
+    """ListUsersResponse is one page of users."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USERS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
-    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___User]: ...
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___User]:
+        """The users of this page."""
+
     def __init__(
         self,
         *,
@@ -643,12 +722,16 @@ Global___ListUsersResponse: _TypeAlias = ListUsersResponse  # noqa: Y015
 
 @_typing.final
 class LockUserRequest(_message.Message):
+    """LockUserRequest locks one user."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key. At most 128 printable ASCII characters without spaces."""
     user_id: _builtins.str
+    """The user's id."""
     def __init__(
         self,
         *,
@@ -665,11 +748,15 @@ Global___LockUserRequest: _TypeAlias = LockUserRequest  # noqa: Y015
 
 @_typing.final
 class LockUserResponse(_message.Message):
+    """LockUserResponse is the locked user."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The user, in STATE_LOCKED with LOCK_REASON_OPERATOR."""
+
     def __init__(
         self,
         *,
@@ -685,12 +772,16 @@ Global___LockUserResponse: _TypeAlias = LockUserResponse  # noqa: Y015
 
 @_typing.final
 class UnlockUserRequest(_message.Message):
+    """UnlockUserRequest unlocks one user."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key. At most 128 printable ASCII characters without spaces."""
     user_id: _builtins.str
+    """The user's id."""
     def __init__(
         self,
         *,
@@ -707,11 +798,15 @@ Global___UnlockUserRequest: _TypeAlias = UnlockUserRequest  # noqa: Y015
 
 @_typing.final
 class UnlockUserResponse(_message.Message):
+    """UnlockUserResponse is the unlocked user."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The user, active again, its failure counts reset."""
+
     def __init__(
         self,
         *,
@@ -727,6 +822,8 @@ Global___UnlockUserResponse: _TypeAlias = UnlockUserResponse  # noqa: Y015
 
 @_typing.final
 class ChangePasswordRequest(_message.Message):
+    """ChangePasswordRequest changes one password with the current one."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
@@ -736,12 +833,17 @@ class ChangePasswordRequest(_message.Message):
     NEW_PASSWORD_FIELD_NUMBER: _builtins.int
     NEW_PASSWORD_CONFIRMATION_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    """The user's id."""
     access_token: _builtins.str
-    """The session's access token; the gateway always sends it, a front-end may."""
+    """Secret: the session's access token; the gateway always sends it, a front-end may."""
     kind: Global___PasswordKind.ValueType
+    """Which password."""
     current_password: _builtins.str
+    """Secret: the password now in use."""
     new_password: _builtins.str
+    """Secret: the new password: 6-12 half-width letters and digits mixed, not the login ID nor the other password."""
     new_password_confirmation: _builtins.str
+    """Secret: the new password typed again; must match."""
     def __init__(
         self,
         *,
@@ -762,11 +864,15 @@ Global___ChangePasswordRequest: _TypeAlias = ChangePasswordRequest  # noqa: Y015
 
 @_typing.final
 class ChangePasswordResponse(_message.Message):
+    """ChangePasswordResponse is the user after the change (every session has ended)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The user."""
+
     def __init__(
         self,
         *,
@@ -782,14 +888,21 @@ Global___ChangePasswordResponse: _TypeAlias = ChangePasswordResponse  # noqa: Y0
 
 @_typing.final
 class IssuePasswordResetRequest(_message.Message):
+    """IssuePasswordResetRequest makes a reset notice for a forgotten password."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key: a retry answers the same notice without its temporary password. At most 128 printable
+    ASCII characters without spaces.
+    """
     user_id: _builtins.str
+    """The user's id."""
     kind: Global___PasswordKind.ValueType
+    """Which password to reset."""
     def __init__(
         self,
         *,
@@ -816,11 +929,17 @@ class IssuePasswordResetResponse(_message.Message):
     TEMPORARY_PASSWORD_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     kind: Global___PasswordKind.ValueType
+    """Which password the notice resets."""
     temporary_password: _builtins.str
+    """Secret, shown once: the notice's temporary password."""
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The user (every session has ended)."""
+
     @_builtins.property
-    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the notice stops working."""
+
     def __init__(
         self,
         *,
@@ -839,6 +958,8 @@ Global___IssuePasswordResetResponse: _TypeAlias = IssuePasswordResetResponse  # 
 
 @_typing.final
 class ResetPasswordRequest(_message.Message):
+    """ResetPasswordRequest sets a new password with the reset notice; the relayed certificate names the user."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KIND_FIELD_NUMBER: _builtins.int
@@ -846,9 +967,13 @@ class ResetPasswordRequest(_message.Message):
     NEW_PASSWORD_FIELD_NUMBER: _builtins.int
     NEW_PASSWORD_CONFIRMATION_FIELD_NUMBER: _builtins.int
     kind: Global___PasswordKind.ValueType
+    """Which password (as on the notice)."""
     temporary_password: _builtins.str
+    """Secret: the notice's temporary password; five wrong ones spend the notice."""
     new_password: _builtins.str
+    """Secret: the new password: 6-12 half-width letters and digits mixed, not the login ID nor the other password."""
     new_password_confirmation: _builtins.str
+    """Secret: the new password typed again; must match."""
     def __init__(
         self,
         *,
@@ -867,11 +992,15 @@ Global___ResetPasswordRequest: _TypeAlias = ResetPasswordRequest  # noqa: Y015
 
 @_typing.final
 class ResetPasswordResponse(_message.Message):
+    """ResetPasswordResponse is the user after the reset."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The user."""
+
     def __init__(
         self,
         *,
@@ -887,6 +1016,8 @@ Global___ResetPasswordResponse: _TypeAlias = ResetPasswordResponse  # noqa: Y015
 
 @_typing.final
 class RenewCertificateRequest(_message.Message):
+    """RenewCertificateRequest renews the relayed certificate for a new key."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -894,10 +1025,13 @@ class RenewCertificateRequest(_message.Message):
     CSR_PEM_FIELD_NUMBER: _builtins.int
     LOGIN_PASSWORD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key. At most 128 printable ASCII characters without spaces."""
     access_token: _builtins.str
+    """Secret: the session's access token (of a session on the certificate being renewed)."""
     csr_pem: _builtins.str
-    """PKCS#10 CSR for a NEW key made on the client, PEM."""
+    """PKCS#10 CSR for a NEW key made on the client, PEM, at most 16 KiB."""
     login_password: _builtins.str
+    """Secret: the login password, asked again for the renewal."""
     def __init__(
         self,
         *,
@@ -916,12 +1050,15 @@ Global___RenewCertificateRequest: _TypeAlias = RenewCertificateRequest  # noqa: 
 
 @_typing.final
 class RenewCertificateResponse(_message.Message):
+    """RenewCertificateResponse is the renewed certificate."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     CHAIN_PEM_FIELD_NUMBER: _builtins.int
     SERIAL_NUMBER_FIELD_NUMBER: _builtins.int
     certificate_pem: _builtins.str
+    """The new certificate, PEM."""
     chain_pem: _builtins.str
     """The customer CA's certificate and the root, PEM."""
     serial_number: _builtins.str
@@ -943,6 +1080,8 @@ Global___RenewCertificateResponse: _TypeAlias = RenewCertificateResponse  # noqa
 
 @_typing.final
 class ReissueTokenRequest(_message.Message):
+    """ReissueTokenRequest replaces the user's token for a new phone; the relayed certificate names the user."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -955,19 +1094,25 @@ class ReissueTokenRequest(_message.Message):
     LOGIN_ID_FIELD_NUMBER: _builtins.int
     LOGIN_PASSWORD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key. At most 128 printable ASCII characters without spaces."""
     access_token: _builtins.str
-    """The session's access token (the old token's step-up is not needed); may be empty only when an operator
-    allowed a reissue without the old token (AllowTokenReissue), with the login password then.
+    """Secret: the session's access token (the old token's step-up is not needed); may be empty only when an
+    operator allowed a reissue without the old token (AllowTokenReissue), with the login password then.
     """
     mobile_email: _builtins.str
+    """The new phone's e-mail address, where the new IDs go: half-width, at most 254 characters."""
     mobile_email_confirmation: _builtins.str
+    """The same address typed again; must match."""
     usage_start_password: _builtins.str
-    """4-8 half-width digits."""
+    """Secret: 4-8 half-width digits."""
     usage_start_password_confirmation: _builtins.str
+    """Secret: the same usage-start password typed again; must match."""
     confirmation_password: _builtins.str
+    """Secret: the confirmation password."""
     login_id: _builtins.str
     """Needed when there is no access token."""
     login_password: _builtins.str
+    """Secret: needed when there is no access token."""
     def __init__(
         self,
         *,
@@ -991,6 +1136,8 @@ Global___ReissueTokenRequest: _TypeAlias = ReissueTokenRequest  # noqa: Y015
 
 @_typing.final
 class ReissueTokenResponse(_message.Message):
+    """ReissueTokenResponse is the user with the new pending token."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
@@ -1013,12 +1160,16 @@ Global___ReissueTokenResponse: _TypeAlias = ReissueTokenResponse  # noqa: Y015
 
 @_typing.final
 class AllowTokenReissueRequest(_message.Message):
+    """AllowTokenReissueRequest lets a user who lost the phone reissue a token without it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key. At most 128 printable ASCII characters without spaces."""
     user_id: _builtins.str
+    """The user's id."""
     def __init__(
         self,
         *,
@@ -1035,11 +1186,15 @@ Global___AllowTokenReissueRequest: _TypeAlias = AllowTokenReissueRequest  # noqa
 
 @_typing.final
 class AllowTokenReissueResponse(_message.Message):
+    """AllowTokenReissueResponse is the user, whose token is now revoked."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The user (token state disabled)."""
+
     def __init__(
         self,
         *,
@@ -1055,13 +1210,17 @@ Global___AllowTokenReissueResponse: _TypeAlias = AllowTokenReissueResponse  # no
 
 @_typing.final
 class DisableUserTokenRequest(_message.Message):
+    """DisableUserTokenRequest disables the user's token."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """Idempotency key. At most 128 printable ASCII characters without spaces."""
     user_id: _builtins.str
+    """The user's id."""
     reason: _builtins.str
     """Why, for the audit trail: e.g. "lost phone"."""
     def __init__(
@@ -1081,11 +1240,15 @@ Global___DisableUserTokenRequest: _TypeAlias = DisableUserTokenRequest  # noqa: 
 
 @_typing.final
 class DisableUserTokenResponse(_message.Message):
+    """DisableUserTokenResponse is the user with the token disabled."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The user (token state disabled)."""
+
     def __init__(
         self,
         *,
