@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,10 +12,23 @@ from typing import Any, TypeVar
 import click
 import grpc
 
+from kagi.cli.output import (
+    EXIT_CODES_HELP,
+    OperationFailed,
+    confirm,
+    dry_run_option,
+    failure,
+    json_option,
+    print_json,
+    print_record,
+    print_rows,
+    progress,
+    yes_option,
+)
 from kagi.enrollment.v1 import enrollment_pb2, enrollment_pb2_grpc
 from kagi.errors import KagiError
 from kagi.runtime.grpc_client import error_from_rpc, open_channel
-from kagi.runtime.settings import TlsFiles
+from kagi.runtime.settings import DEFAULT_INTERNAL_DNS_SUFFIX, Environment, TlsFiles, internal_dns_suffix, role_dns_name
 from services.enrollment_service.domain.messages import DEFAULT_CONTACT_TEXT, japan_time
 
 T = TypeVar("T")
@@ -24,15 +36,17 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class AdminContext:
-    """How `kagi admin` reaches the services: targets and the operator's mTLS files."""
+    """How `kagi admin` reaches the services: targets, the operator's mTLS files, and the suffix of the role
+    DNS names the services' certificates carry (KAGI_INTERNAL_DNS_SUFFIX)."""
 
     state_dir: Path
     tls: TlsFiles
     targets: dict[str, str]
+    dns_suffix: str = DEFAULT_INTERNAL_DNS_SUFFIX
 
     def channel(self, service: str) -> grpc.aio.Channel:
-        """Open an mTLS channel to one service as the operator."""
-        return open_channel(self.targets[service], self.tls, server_name="localhost")
+        """Open an mTLS channel to one service as the operator, verifying its role name (`ca.kagi.internal`)."""
+        return open_channel(self.targets[service], self.tls, server_name=role_dns_name(service, self.dns_suffix))
 
 
 _ACCOUNT_TYPES_SHOWN = {
@@ -96,17 +110,36 @@ def _context(state_dir: str) -> AdminContext:
         "otp": env.get("KAGI_OTP_TARGET", "localhost:50052"),
         "enrollment": env.get("KAGI_ENROLLMENT_TARGET", "localhost:50053"),
     }
-    return AdminContext(base, tls, targets)
+    try:
+        suffix = internal_dns_suffix(Environment(env))
+    except KagiError as exc:
+        raise click.UsageError(str(exc)) from None
+    return AdminContext(base, tls, targets, suffix)
 
 
 def run_call(call: Callable[[], Awaitable[T]]) -> T:
-    """Run one async operator call, turning service errors into a clear command-line error."""
+    """Run one async operator call, turning service errors into a clear command-line error (exit 1, or 3 when the
+    service cannot be reached)."""
     try:
         return asyncio.run(_translated(call))
     except KagiError as exc:
-        raise click.ClickException(f"{exc.reason}: {exc}") from None
+        raise failure(exc) from None
     except OSError as exc:
-        raise click.ClickException(f"cannot read the operator's TLS files: {exc}") from None
+        raise OperationFailed(f"cannot read the operator's TLS files: {exc}") from None
+
+
+async def collect_pages(what: str, fetch: Callable[[str], Awaitable[tuple[Sequence[T], str]]]) -> list[T]:
+    """Return every item of a paged list, `fetch(page_token)` giving a page and the next token; a progress count
+    shows on a terminal's stderr while pages arrive."""
+    found: list[T] = []
+    token = ""
+    with progress(f"listing {what}") as advance:
+        while True:
+            items, token = await fetch(token)
+            found.extend(items)
+            advance(len(items))
+            if not token:
+                return found
 
 
 async def _translated(call: Callable[[], Awaitable[T]]) -> T:
@@ -116,17 +149,50 @@ async def _translated(call: Callable[[], Awaitable[T]]) -> T:
         raise error_from_rpc(exc) from None
 
 
-@click.group()
+_ADMIN_HELP = f"""Operator tasks: applications, users, tokens, certificates, keys, the audit trails.
+
+\b
+How it finds its credential and the services:
+  The operator's mTLS certificate (role operator, from `kagi admin issue-credential --role operator`):
+    KAGI_ADMIN_TLS_CERT  certificate (default <state-dir>/tls/developer.pem)
+    KAGI_ADMIN_TLS_KEY   its private key (default <state-dir>/tls/developer-key.pem)
+    KAGI_ADMIN_TLS_CA    the root that signed the services' certificates (default <state-dir>/tls/ca.pem)
+  The services, over mTLS, checked under the name localhost (a port-forward or a local address):
+    KAGI_CA_TARGET          the CA            (default localhost:50051)
+    KAGI_OTP_TARGET         the OTP service   (default localhost:50052)
+    KAGI_ENROLLMENT_TARGET  the enrollment service (default localhost:50053)
+  --state-dir / KAGI_STATE_DIR is `kagi dev`'s state directory: in production set the variables above and
+  nothing reads it. Commands on files or stores say so in their own --help: verify-audit reads KAGI_STORE_URL;
+  rotate-otp-key runs with the OTP service's environment; init-ca, sign-root-crl, move-root-key and
+  issue-credential --offline work on the CA's files (--ca-dir, KAGI_CA_KEY_PASSPHRASE[_FILE]).
+
+\b
+People get tables and a question before any change that cannot be undone; scripts pass --json and --yes.
+
+{EXIT_CODES_HELP}"""
+
+
+class _AdminGroup(click.Group):
+    """A group whose commands end with a clear message and exit code on any kagi error they let through."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KagiError as exc:
+            raise failure(exc) from None
+
+
+@click.group(cls=_AdminGroup, help=_ADMIN_HELP)
 @click.option(
     "--state-dir",
     default=".kagi",
     show_default=True,
     envvar="KAGI_STATE_DIR",
-    help="Where `kagi dev` keeps its state; its tls/ holds the operator certificate.",
+    help="Where `kagi dev` keeps its state; its tls/ holds the operator certificate (see above for production).",
 )
 @click.pass_context
 def admin(ctx: click.Context, state_dir: str) -> None:
-    """Operator tasks: applications, revocation, unlocking, listing."""
+    """Operator tasks: applications, users, tokens, certificates, keys, the audit trails."""
     ctx.obj = _context(state_dir)
 
 
@@ -162,16 +228,33 @@ def register_application(
 
     reply = run_call(call)
     if as_json:
-        click.echo(json.dumps(notice_json(reply), ensure_ascii=False, indent=2))
+        print_json(notice_json(reply))
         return
     click.echo("\n".join(notice_lines("申込受付完了通知書 / Application-completion notice", reply)))
 
 
+def application_json(application: enrollment_pb2.Application) -> dict[str, str]:
+    """Return what an operator sees of an application in a list (never a temporary password)."""
+    return {
+        "application_id": application.application_id,
+        "company_name": application.company_name,
+        "account": f"{application.branch_code}-{application.account_number}",
+        "state": enrollment_pb2.Application.State.Name(application.state).removeprefix("STATE_"),
+        "expires_at": application.expire_time.ToJsonString(),
+    }
+
+
 @admin.command("unlock-application")
 @click.argument("application_id")
+@yes_option
+@dry_run_option
+@json_option()
 @click.pass_obj
-def unlock_application(obj: AdminContext, application_id: str) -> None:
+def unlock_application(obj: AdminContext, application_id: str, yes: bool, dry_run: bool, as_json: bool) -> None:
     """Lift the lockout of an application (5 wrong temporary passwords) or of its enrollment."""
+    plan = {"application": application_id, "then": "the customer may enter the temporary passwords again"}
+    if not confirm(f"unlock application {application_id}", plan, yes=yes, dry_run=dry_run):
+        return
 
     async def call() -> enrollment_pb2.UnlockApplicationResponse:
         async with obj.channel("enrollment") as channel:
@@ -183,51 +266,53 @@ def unlock_application(obj: AdminContext, application_id: str) -> None:
             return reply
 
     reply = run_call(call)
-    click.echo(f"unlocked: {reply.application.application_id}")
+    print_record(application_json(reply.application), as_json=as_json)
 
 
 @admin.command("list-applications")
+@json_option("Print a JSON list instead of a table.")
 @click.pass_obj
-def list_applications(obj: AdminContext) -> None:
-    """List applications, one JSON object per line."""
+def list_applications(obj: AdminContext, as_json: bool) -> None:
+    """List applications: id, company, account, state and expiry."""
 
     async def call() -> list[enrollment_pb2.Application]:
-        found: list[enrollment_pb2.Application] = []
         async with obj.channel("enrollment") as channel:
             stub = enrollment_pb2_grpc.EnrollmentServiceStub(channel)
-            token = ""
-            while True:
-                page = await stub.ListApplications(
+
+            async def page(token: str) -> tuple[Sequence[enrollment_pb2.Application], str]:
+                reply = await stub.ListApplications(
                     enrollment_pb2.ListApplicationsRequest(page_size=200, page_token=token), timeout=30
                 )
-                found.extend(page.applications)
-                token = page.next_page_token
-                if not token:
-                    return found
+                return reply.applications, reply.next_page_token
 
-    for application in run_call(call):
-        click.echo(
-            json.dumps(
-                {
-                    "application_id": application.application_id,
-                    "company_name": application.company_name,
-                    "account": f"{application.branch_code}-{application.account_number}",
-                    "state": enrollment_pb2.Application.State.Name(application.state).removeprefix("STATE_"),
-                },
-                ensure_ascii=False,
-            )
-        )
+            return await collect_pages("applications", page)
+
+    rows = [application_json(a) for a in run_call(call)]
+    print_rows(
+        rows,
+        ("application_id", "company_name", "account", "state", "expires_at"),
+        as_json=as_json,
+        empty="no applications",
+    )
 
 
 def _attach_service_commands() -> None:
     # The CA's and the OTP service's commands live beside their services' wiring; they join the group here.
     from kagi.cli.admin_ca import CA_COMMANDS
+    from kagi.cli.admin_credential_lifecycle import LIFECYCLE_COMMANDS
     from kagi.cli.admin_credentials import issue_credential_command
     from kagi.cli.admin_enrollments import ENROLLMENT_COMMANDS
     from kagi.cli.admin_otp import rotate_otp_key
     from kagi.cli.admin_users import USER_COMMANDS
 
-    for command in (*CA_COMMANDS, issue_credential_command, rotate_otp_key, *USER_COMMANDS, *ENROLLMENT_COMMANDS):
+    for command in (
+        *CA_COMMANDS,
+        issue_credential_command,
+        *LIFECYCLE_COMMANDS,
+        rotate_otp_key,
+        *USER_COMMANDS,
+        *ENROLLMENT_COMMANDS,
+    ):
         admin.add_command(command)
 
 

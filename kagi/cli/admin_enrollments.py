@@ -5,14 +5,13 @@ People get a table; scripts pass --json and get one JSON document.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import click
 
 from kagi.cli.admin import AdminContext, run_call
-from kagi.cli.admin_users import table
+from kagi.cli.output import json_option, print_json, print_rows
 from kagi.enrollment.v1 import enrollment_pb2, enrollment_pb2_grpc
 
 _COLUMNS = ("enrollment_id", "state", "next_step", "user_id", "expires_at")
@@ -36,7 +35,7 @@ def enrollment_json(enrollment: enrollment_pb2.Enrollment) -> dict[str, Any]:
 
 @click.command("reopen-enrollment")
 @click.option("--enrollment", "enrollment_id", required=True, help="The id of the EXPIRED enrollment.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option()
 @click.pass_obj
 def reopen_enrollment_command(obj: AdminContext, enrollment_id: str, as_json: bool) -> None:
     """Re-open an EXPIRED enrollment with a fresh idle timeout: where it stood while its credentials were
@@ -54,9 +53,9 @@ def reopen_enrollment_command(obj: AdminContext, enrollment_id: str, as_json: bo
 
     shown = enrollment_json(run_call(call))
     if as_json:
-        click.echo(json.dumps(shown, ensure_ascii=False, indent=2))
+        print_json(shown)
         return
-    click.echo(table([shown], _COLUMNS))
+    print_rows([shown], _COLUMNS, as_json=False)
 
 
 ENROLLMENT_COMMANDS = (reopen_enrollment_command,)

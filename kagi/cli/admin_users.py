@@ -1,21 +1,34 @@
 """`kagi admin` commands for users after the setup: list-users, show-user, lock-user, unlock-user, unlock-token
 (gRPC as the operator), and rotate-signing-key (the enrollment service's token key ring, a file).
 
-People get a table; scripts pass --json and get one JSON document (a list for list-users).
+People get a table; scripts pass --json and get one JSON document (a list for list-users). Every change asks
+first, showing the user it acts on (--yes skips the question, --dry-run only shows it).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from kagi.cli.admin import AdminContext, contact_line, notice_json, notice_lines, run_call
+from kagi.cli.admin import AdminContext, collect_pages, contact_line, notice_json, notice_lines, run_call
+from kagi.cli.output import (
+    OperationFailed,
+    Plan,
+    confirm,
+    dry_run_option,
+    failure,
+    json_option,
+    print_json,
+    print_record,
+    print_rows,
+    yes_option,
+)
+from kagi.common.v1 import common_pb2
 from kagi.enrollment.v1 import enrollment_pb2, enrollment_pb2_grpc, user_pb2, user_pb2_grpc
 from kagi.errors import KagiError
 from kagi.otp.v1 import otp_pb2, otp_pb2_grpc
@@ -49,27 +62,6 @@ def user_json(user: user_pb2.User) -> dict[str, Any]:
     }
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """Return rows as a plain text table with a header, columns as wide as their widest cell."""
-    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    return "\n".join(lines)
-
-
-def _show(users: Sequence[dict[str, Any]], as_json: bool, *, many: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(list(users) if many else users[0], ensure_ascii=False, indent=None if many else 2))
-        return
-    if many:
-        click.echo(table(users, _COLUMNS) if users else "no users")
-        return
-    width = max(len(k) for k in users[0])
-    for key, value in users[0].items():
-        click.echo(f"{key.ljust(width)}  {value}")
-
-
 def _account(value: str) -> str:
     """Turn 001-ordinary-1234567 into the API's 001-ORDINARY-1234567, or raise a usage error."""
     parts = value.split("-")
@@ -81,7 +73,7 @@ def _account(value: str) -> str:
 @click.command("list-users")
 @click.option("--company", default="", help="Only this company's users (its exact name).")
 @click.option("--account", default="", help="Only the users of this representative account: 001-ordinary-1234567.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@json_option("Print a JSON list instead of a table.")
 @click.pass_obj
 def list_users_command(obj: AdminContext, company: str, account: str, as_json: bool) -> None:
     """List users (all, one company's or one account's) with their state and their token's state."""
@@ -90,21 +82,19 @@ def list_users_command(obj: AdminContext, company: str, account: str, as_json: b
     wanted = _account(account) if account else ""
 
     async def call() -> list[user_pb2.User]:
-        found: list[user_pb2.User] = []
         async with obj.channel("enrollment") as channel:
             stub = user_pb2_grpc.UserServiceStub(channel)
-            token = ""
-            while True:
-                page = await stub.ListUsers(
+
+            async def page(token: str) -> tuple[Sequence[user_pb2.User], str]:
+                reply = await stub.ListUsers(
                     user_pb2.ListUsersRequest(page_size=100, page_token=token, company_name=company, account=wanted),
                     timeout=30,
                 )
-                found.extend(page.users)
-                token = page.next_page_token
-                if not token:
-                    return found
+                return reply.users, reply.next_page_token
 
-    _show([user_json(u) for u in run_call(call)], as_json, many=True)
+            return await collect_pages("users", page)
+
+    print_rows([user_json(u) for u in run_call(call)], _COLUMNS, as_json=as_json, empty="no users")
 
 
 def _user_call(obj: AdminContext, method: str, user_id: str) -> user_pb2.User:
@@ -129,48 +119,89 @@ def _user_call(obj: AdminContext, method: str, user_id: str) -> user_pb2.User:
     return run_call(call)
 
 
+def _user_plan(obj: AdminContext, user_id: str, then: str) -> Callable[[], Plan]:
+    """Return the look-up of the user a change acts on, as its plan shows it."""
+
+    def plan() -> Plan:
+        user = user_json(_user_call(obj, "GetUser", user_id))
+        return {**{key: user[key] for key in _PLAN_FIELDS}, "then": then}
+
+    return plan
+
+
+_PLAN_FIELDS = ("user_id", "login_id", "user_name", "company_name", "state", "token_state", "lock_reason")
+
+
 @click.command("show-user")
 @click.option("--user", "user_id", required=True, help="The user id.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option()
 @click.pass_obj
 def show_user_command(obj: AdminContext, user_id: str, as_json: bool) -> None:
     """Show one user: login ID, company, state, lock reason, token and its state."""
-    _show([user_json(_user_call(obj, "GetUser", user_id))], as_json, many=False)
+    print_record(user_json(_user_call(obj, "GetUser", user_id)), as_json=as_json)
 
 
 @click.command("lock-user")
 @click.option("--user", "user_id", required=True, help="The user id.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@yes_option
+@dry_run_option
+@json_option()
 @click.pass_obj
-def lock_user_command(obj: AdminContext, user_id: str, yes: bool, as_json: bool) -> None:
+def lock_user_command(obj: AdminContext, user_id: str, yes: bool, dry_run: bool, as_json: bool) -> None:
     """Lock a user: no login and no confirmation, and every live session ends at once."""
-    if not yes:
-        click.confirm(f"Lock user {user_id} and end all of their sessions?", abort=True)
-    _show([user_json(_user_call(obj, "LockUser", user_id))], as_json, many=False)
+    then = "no login or confirmation until unlock-user; every live session ends now"
+    if confirm(f"lock user {user_id}", _user_plan(obj, user_id, then), yes=yes, dry_run=dry_run):
+        print_record(user_json(_user_call(obj, "LockUser", user_id)), as_json=as_json)
 
 
 @click.command("unlock-user")
 @click.option("--user", "user_id", required=True, help="The user id.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@yes_option
+@dry_run_option
+@json_option()
 @click.pass_obj
-def unlock_user_command(obj: AdminContext, user_id: str, as_json: bool) -> None:
+def unlock_user_command(obj: AdminContext, user_id: str, yes: bool, dry_run: bool, as_json: bool) -> None:
     """Unlock a user (five wrong login or confirmation passwords, or an operator's lock)."""
-    _show([user_json(_user_call(obj, "UnlockUser", user_id))], as_json, many=False)
+    then = "the user may log in and confirm again; the wrong-password counts start from zero"
+    if confirm(f"unlock user {user_id}", _user_plan(obj, user_id, then), yes=yes, dry_run=dry_run):
+        print_record(user_json(_user_call(obj, "UnlockUser", user_id)), as_json=as_json)
+
+
+def token_json(token: otp_pb2.Token) -> dict[str, Any]:
+    """Return what an operator sees of a one-time-password token (never its seed)."""
+    return {
+        "token_id": token.token_id,
+        "user_id": token.user_id,
+        "state": otp_pb2.Token.State.Name(token.state).removeprefix("STATE_"),
+        "algorithm": common_pb2.OtpAlgorithm.Name(token.algorithm).removeprefix("OTP_ALGORITHM_"),
+        "digits": token.digits,
+        "period": token.period,
+        "created_at": token.create_time.ToJsonString(),
+    }
 
 
 @click.command("unlock-token")
 @click.option("--user", "user_id", default="", help="The user whose token to unlock.")
 @click.option("--token", "token_id", default="", help="Or the token id.")
+@yes_option
+@dry_run_option
+@json_option()
 @click.pass_obj
-def unlock_token_command(obj: AdminContext, user_id: str, token_id: str) -> None:
+def unlock_token_command(
+    obj: AdminContext, user_id: str, token_id: str, yes: bool, dry_run: bool, as_json: bool
+) -> None:
     """Unlock a one-time-password token locked after too many wrong codes."""
     if bool(user_id) == bool(token_id):
         raise click.UsageError("give exactly one of --user and --token")
+    then = "the token's codes are accepted again; its wrong-code count starts from zero"
+    target = f"the token of user {user_id}" if user_id else f"token {token_id}"
+    plan = _user_plan(obj, user_id, then) if user_id else {"token_id": token_id, "then": then}
+    if not confirm(f"unlock {target}", plan, yes=yes, dry_run=dry_run):
+        return
     if user_id:
         token_id = _user_call(obj, "GetUser", user_id).token_id
         if not token_id:
-            raise click.ClickException(f"user {user_id} has no token yet")
+            raise OperationFailed(f"user {user_id} has no token yet")
 
     async def call() -> otp_pb2.Token:
         async with obj.channel("otp") as channel:
@@ -182,6 +213,9 @@ def unlock_token_command(obj: AdminContext, user_id: str, token_id: str) -> None
             return token
 
     token = run_call(call)
+    if as_json:
+        print_json(token_json(token))
+        return
     click.echo(f"unlocked token {token.token_id}: {otp_pb2.Token.State.Name(token.state).removeprefix('STATE_')}")
 
 
@@ -200,10 +234,17 @@ def _call_users(obj: AdminContext, method: str, request: Any) -> Any:
 @click.command("reset-password")
 @click.option("--user", "user_id", required=True, help="The user id.")
 @click.option("--kind", type=click.Choice(sorted(_KINDS)), required=True, help="Which password was forgotten.")
-@click.option("--json", "as_json", is_flag=True, help="Print the reset notice as JSON.")
+@yes_option
+@dry_run_option
+@json_option("Print the reset notice as JSON.")
 @click.pass_obj
-def reset_password_command(obj: AdminContext, user_id: str, kind: str, as_json: bool) -> None:
+def reset_password_command(obj: AdminContext, user_id: str, kind: str, yes: bool, dry_run: bool, as_json: bool) -> None:
     """Print a reset notice with a temporary password (shown only here); every session of the user ends."""
+    then = f"a temporary {kind} password is printed (only here); every session of the user ends now"
+    if not confirm(
+        f"reset the {kind} password of user {user_id}", _user_plan(obj, user_id, then), yes=yes, dry_run=dry_run
+    ):
+        return
     request = user_pb2.IssuePasswordResetRequest(request_id=os.urandom(16).hex(), user_id=user_id, kind=_KINDS[kind])
     reply = _call_users(obj, "IssuePasswordReset", request)
     notice = {
@@ -215,7 +256,7 @@ def reset_password_command(obj: AdminContext, user_id: str, kind: str, as_json: 
         "expires_at": reply.expire_time.ToJsonString(),
     }
     if as_json:
-        click.echo(json.dumps(notice, ensure_ascii=False))
+        print_json(notice)
         return
     expires = japan_time(reply.expire_time.seconds)
     click.echo(
@@ -242,15 +283,26 @@ def reset_password_command(obj: AdminContext, user_id: str, kind: str, as_json: 
 
 @click.command("reissue-token")
 @click.option("--user", "user_id", required=True, help="The user id.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@yes_option
+@dry_run_option
+@json_option("Print the user afterwards as JSON.")
 @click.pass_obj
-def reissue_token_command(obj: AdminContext, user_id: str, yes: bool) -> None:
+def reissue_token_command(obj: AdminContext, user_id: str, yes: bool, dry_run: bool, as_json: bool) -> None:
     """Revoke the user's token (a lost phone) and let the user reissue one without it, with the certificate, the
     login password and the confirmation password (POST /v1/users/me/token/reissue)."""
-    if not yes:
-        click.confirm(f"Revoke the token of user {user_id} and allow a reissue?", abort=True)
+    then = "the token is revoked for good (its codes stop working); the user may reissue one without it"
+    if not confirm(
+        f"revoke the token of user {user_id} and allow a reissue",
+        _user_plan(obj, user_id, then),
+        yes=yes,
+        dry_run=dry_run,
+    ):
+        return
     request = user_pb2.AllowTokenReissueRequest(request_id=os.urandom(16).hex(), user_id=user_id)
     reply = _call_users(obj, "AllowTokenReissue", request)
+    if as_json:
+        print_json(user_json(reply.user))
+        return
     click.echo(
         f"token of {reply.user.login_id} revoked; the user may now reissue one (POST /v1/users/me/token/reissue)"
     )
@@ -259,14 +311,22 @@ def reissue_token_command(obj: AdminContext, user_id: str, yes: bool) -> None:
 @click.command("disable-token")
 @click.option("--user", "user_id", required=True, help="The user id.")
 @click.option("--reason", required=True, help="Why, for the audit trail: e.g. 'lost phone'.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@yes_option
+@dry_run_option
+@json_option("Print the user afterwards as JSON.")
 @click.pass_obj
-def disable_token_command(obj: AdminContext, user_id: str, reason: str, yes: bool) -> None:
+def disable_token_command(
+    obj: AdminContext, user_id: str, reason: str, yes: bool, dry_run: bool, as_json: bool
+) -> None:
     """Disable the user's one-time-password token (a lost phone or PC)."""
-    if not yes:
-        click.confirm(f"Disable the token of user {user_id}?", abort=True)
+    then = f"the token's codes stop working ({reason}); the user needs a new token"
+    if not confirm(f"disable the token of user {user_id}", _user_plan(obj, user_id, then), yes=yes, dry_run=dry_run):
+        return
     request = user_pb2.DisableUserTokenRequest(request_id=os.urandom(16).hex(), user_id=user_id, reason=reason)
     reply = _call_users(obj, "DisableUserToken", request)
+    if as_json:
+        print_json(user_json(reply.user))
+        return
     click.echo(f"token of {reply.user.login_id} disabled ({reason})")
 
 
@@ -282,14 +342,23 @@ _REISSUE_REASONS = ("keyCompromise", "affiliationChanged", "superseded", "cessat
     show_default=True,
     help="Why the user's certificates are revoked (RFC 5280).",
 )
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True, help="Print the reissue notice as JSON.")
+@yes_option
+@dry_run_option
+@json_option("Print the reissue notice as JSON.")
 @click.pass_obj
-def reissue_certificate_command(obj: AdminContext, user_id: str, reason: str, yes: bool, as_json: bool) -> None:
+def reissue_certificate_command(
+    obj: AdminContext, user_id: str, reason: str, yes: bool, dry_run: bool, as_json: bool
+) -> None:
     """A lost PC: revoke the user's certificates, end every session, and print a reissue notice (its temporary
     passwords appear only here); with it the customer takes steps 1, 4, 5 and 6 again (POST /v1/enrollments)."""
-    if not yes:
-        click.confirm(f"Revoke every certificate of user {user_id} ({reason}) and issue a reissue notice?", abort=True)
+    then = f"every certificate of the user is revoked ({reason}), every session ends; a reissue notice is printed"
+    if not confirm(
+        f"revoke every certificate of user {user_id} and issue a reissue notice",
+        _user_plan(obj, user_id, then),
+        yes=yes,
+        dry_run=dry_run,
+    ):
+        return
 
     async def call() -> enrollment_pb2.ReissueCertificateResponse:
         async with obj.channel("enrollment") as channel:
@@ -304,7 +373,7 @@ def reissue_certificate_command(obj: AdminContext, user_id: str, reason: str, ye
 
     reply = run_call(call)
     if as_json:
-        click.echo(json.dumps(notice_json(reply), ensure_ascii=False, indent=2))
+        print_json(notice_json(reply))
         return
     click.echo(
         "\n".join(
@@ -363,7 +432,7 @@ def rotate_signing_key_command(
     try:
         new, dropped = rotate_key_ring(path, passphrase, now=time.time(), activate_after=activate_in)
     except KagiError as exc:
-        raise click.ClickException(f"{exc.reason}: {exc}") from None
+        raise failure(exc) from None
     click.echo(
         f"added key {new.kid} to {path}; it signs from {time.strftime('%H:%M:%S', time.localtime(new.not_before))}"
     )

@@ -1,4 +1,8 @@
-"""`kagi token ...`: a soft-token app for the terminal (steps 8-9 of the setup, then codes)."""
+"""`kagi token ...`: a soft-token app for the terminal (steps 8-9 of the setup, then codes).
+
+Exit codes as `kagi admin`'s: 0 done, 1 failed (a wrong password, a refused activation), 2 usage, 3 the gateway
+cannot be reached.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 import click
 import segno
 
+from kagi.cli.output import failure
 from kagi.errors import KagiError
 from kagi.softtoken import vault
 from kagi.softtoken.client import GatewayClient
@@ -38,7 +43,7 @@ def _load(token_file: Path | None, from_stdin: bool) -> vault.SoftToken:
     try:
         return vault.load(token_file or vault.default_path(), _password(from_stdin))
     except KagiError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc, with_reason=False) from None
 
 
 def _code(token: vault.SoftToken, now: float) -> tuple[str, int]:
@@ -74,7 +79,7 @@ def activate(
     try:
         validate_usage_start_password(password)
     except KagiError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc, with_reason=False) from None
     if not agree and not click.confirm("上記の内容に同意する / I agree to the terms above", default=False):
         raise click.ClickException("同意が必要です / consent is required")
     path = token_file or vault.default_path()
@@ -84,7 +89,7 @@ def activate(
         vault.save(path, soft, password)
         client.register(soft)
     except KagiError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc, with_reason=False) from None
     click.echo(f"登録しました / registered. The token is stored in {path}; `kagi token show` shows its codes.")
 
 

@@ -179,7 +179,9 @@ async def test_a_customers_year_with_curl_openssl_and_oathtool(year: tuple[Gatew
     new_secret = seed.body["secret"]
 
     # A forgotten confirmation password: the operator's reset notice, then the customer's reset.
-    notice = json.loads(await _admin(stack, "reset-password", "--user", user_id, "--kind", "confirmation", "--json"))
+    notice = json.loads(
+        await _admin(stack, "reset-password", "--user", user_id, "--kind", "confirmation", "--yes", "--json")
+    )
     assert (notice["user_id"], notice["kind"]) == (user_id, "confirmation")
     reset = {
         "kind": "confirmation",

@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import hmac
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -347,25 +347,38 @@ class OtpService:
 
         return await retry_lost_races(swap, what="the token", on=(VersionMismatch, KeyExists))
 
-    async def rotate_keys(self) -> int:
+    async def rotate_keys(self, progress: Callable[[int], None] | None = None) -> int:
         """Re-seal every seed not sealed under the current KEK; return how many were re-sealed.
 
         Run it after every replica holds the new KEK as current and the old one as an older key; afterwards
-        the old key can be removed from the configuration.
+        the old key can be removed from the configuration. `progress(n)` hears of every n tokens looked at.
         """
         resealed = 0
+        async for tokens in self._token_pages():
+            for token in tokens:
+                if token.sealed_seed is not None and self._vault.needs_reseal(token.sealed_seed):
+                    resealed += await self._reseal(token.token_id)
+            if progress is not None:
+                progress(len(tokens))
+        log.info("seeds re-sealed", count=resealed, key_id=self._vault.current_key_id)
+        return resealed
+
+    async def rotation_plan(self) -> tuple[int, int]:
+        """Return how many tokens there are and how many of their seeds a rotation would re-seal now."""
+        total = stale = 0
+        async for tokens in self._token_pages():
+            total += len(tokens)
+            stale += sum(1 for t in tokens if t.sealed_seed is not None and self._vault.needs_reseal(t.sealed_seed))
+        return total, stale
+
+    async def _token_pages(self) -> AsyncIterator[list[Token]]:
         page_token = ""
         while True:
             page = await self._repo.store.list(TOKENS, page_size=_ROTATION_PAGE, page_token=page_token)
-            for entry in page.entries:
-                token = Token.from_bytes(entry.value)
-                if token.sealed_seed is not None and self._vault.needs_reseal(token.sealed_seed):
-                    resealed += await self._reseal(token.token_id)
+            yield [Token.from_bytes(entry.value) for entry in page.entries]
             if not page.next_page_token:
-                break
+                return
             page_token = page.next_page_token
-        log.info("seeds re-sealed", count=resealed, key_id=self._vault.current_key_id)
-        return resealed
 
     async def _reseal(self, token_id: str) -> int:
         async def attempt() -> int:

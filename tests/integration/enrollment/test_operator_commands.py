@@ -54,7 +54,7 @@ async def test_register_application_prints_the_notice_and_it_works(stack: Stack,
     assert "仮ログインパスワード / Temporary login password" in text
     assert "申込受付完了通知書" in text
 
-    listed = [json.loads(line) for line in (await run(_admin(stack, "list-applications"))).splitlines()]
+    listed = json.loads(await run(_admin(stack, "list-applications", "--json")))
     assert notice["application_id"] in {a["application_id"] for a in listed}
 
 
@@ -75,5 +75,5 @@ async def test_unlock_application_after_five_wrong_notices(stack: Stack, tmp_pat
     for _ in range(5):
         with pytest.raises(grpc.aio.AioRpcError):
             await customer.step1(login_password="WRONGwrong99")
-    await run(_admin(stack, "unlock-application", customer.notice.application.application_id))
+    await run(_admin(stack, "unlock-application", customer.notice.application.application_id, "--yes"))
     await customer.step1()

@@ -58,7 +58,7 @@ async def rotate(backend: Backend) -> str:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "from kagi.cli.admin_otp import rotate_otp_key; rotate_otp_key()",
+        "from kagi.cli.admin_otp import rotate_otp_key; rotate_otp_key(['--yes'])",
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

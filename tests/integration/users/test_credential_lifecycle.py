@@ -310,7 +310,7 @@ async def test_a_confirmation_password_change(stack: Stack, clock: FakeClock, wo
 
 async def _reset_notice(stack: Stack, user_id: str, kind: str = "login") -> dict[str, str]:
     notice: dict[str, str] = json.loads(
-        await run(_admin(stack, "reset-password", "--user", user_id, "--kind", kind, "--json"))
+        await run(_admin(stack, "reset-password", "--user", user_id, "--kind", kind, "--yes", "--json"))
     )
     return notice
 
@@ -318,7 +318,7 @@ async def _reset_notice(stack: Stack, user_id: str, kind: str = "login") -> dict
 async def test_an_operators_reset_notice_sets_a_new_login_password(
     stack: Stack, clock: FakeClock, workdir: Path
 ) -> None:
-    """`kagi admin reset-password --kind login --json` prints the notice with a temporary password and ends every
+    """`kagi admin reset-password --kind login --yes --json` prints the notice with a temporary password and ends every
     live session at once; five wrong login passwords lock the user meanwhile; ResetPassword through the gateway
     (the relayed certificate, no session) with the temporary password sets a new password and lifts that lock:
     the old password is refused, the new one logs in, and the notice cannot be used twice."""

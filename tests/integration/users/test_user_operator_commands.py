@@ -27,7 +27,7 @@ def _admin(stack: Stack, *args: str) -> list[str]:
 async def test_list_show_lock_and_unlock_a_user(stack: Stack, clock: FakeClock, workdir: Path) -> None:
     """list-users finds the user in a table and as JSON, by company and by account; show-user shows it ACTIVE;
     after lock-user --yes the user's login answers USER_LOCKED and show-user says LOCKED (OPERATOR); after
-    unlock-user the login works; verify-audit accepts both trails, with the lock and unlock recorded."""
+    unlock-user --yes the login works; verify-audit accepts both trails, with the lock and unlock recorded."""
     customer = await Customer(stack, workdir).complete(clock.now())
     user_id = (await customer.login()).user.user_id
 
@@ -52,7 +52,7 @@ async def test_list_show_lock_and_unlock_a_user(stack: Stack, clock: FakeClock, 
     shown = json.loads(await run(_admin(stack, "show-user", "--user", user_id, "--json")))
     assert (shown["state"], shown["lock_reason"]) == ("LOCKED", "OPERATOR")
 
-    await run(_admin(stack, "unlock-user", "--user", user_id))
+    await run(_admin(stack, "unlock-user", "--user", user_id, "--yes"))
     assert (await customer.login()).access_token
     audit = await run(_admin(stack, "verify-audit"))
     assert "ca: audit chain OK" in audit
@@ -75,7 +75,7 @@ async def test_unlock_token_after_five_wrong_codes(stack: Stack, clock: FakeCloc
             )
     shown = json.loads(await run(_admin(stack, "show-user", "--user", user_id, "--json")))
     assert shown["token_state"] == "LOCKED"
-    out = await run(_admin(stack, "unlock-token", "--user", user_id))
+    out = await run(_admin(stack, "unlock-token", "--user", user_id, "--yes"))
     assert "REGISTERED" in out  # an unlock never claims a code was verified: the next right code reactivates
     clock.advance(60)
     raised = await customer.users().VerifyOtp(
