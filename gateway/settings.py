@@ -11,7 +11,7 @@ from gateway.ocsp_cache import DEFAULT_MAX_ENTRIES
 from gateway.ratelimit import DEFAULT_RULES, Rule, parse_rate_limits
 from kagi.errors import InvalidArgument
 from kagi.runtime.management import management_address
-from kagi.runtime.settings import Environment, TlsFiles, is_loopback
+from kagi.runtime.settings import Environment, TlsFiles, is_loopback, store_url_from_env
 
 DEFAULT_HTTPS_PORT = 8443
 DEFAULT_HTTP_PORT = 8080
@@ -101,7 +101,7 @@ class GatewaySettings:
                 "invalid KAGI_GATEWAY_TRUSTED_PROXIES",
                 fields={"KAGI_GATEWAY_TRUSTED_PROXIES": f"addresses or CIDR blocks, comma-separated ({exc})"},
             ) from None
-        store_url = env.optional("KAGI_STORE_URL")
+        store_url = store_url_from_env(env, "") or None
         return cls(
             host=env.text("KAGI_GATEWAY_HOST", "127.0.0.1"),
             https_port=env.integer("KAGI_GATEWAY_PORT", DEFAULT_HTTPS_PORT, minimum=0, maximum=65535),

@@ -172,6 +172,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def store_url_from_env(env: Environment, default: str = "sqlite:") -> str:
+    """Return the store URL: the content of the file KAGI_STORE_URL_FILE names, else KAGI_STORE_URL, else `default`.
+
+    A Redis URL carries its user's password (`redis://kagi-otp:<password>@redis:6379/0`): the file keeps it out
+    of the process's environment and of the container's or Pod's description, as the other *_FILE settings do.
+    """
+    url = env.secret("KAGI_STORE_URL", required=False)
+    return default if url is None else url.reveal_text().strip()
+
+
 def tls_files_from_env(env: Environment, prefix: str) -> TlsFiles | None:
     """Read PREFIX_TLS_CERT, PREFIX_TLS_KEY, PREFIX_TLS_CA and the optional
     PREFIX_TLS_CLIENT_CA (the internal CA the server trusts callers under; default: the issuer of its own

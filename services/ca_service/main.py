@@ -16,7 +16,7 @@ from kagi.idempotency import IdempotencyLedger
 from kagi.journal import Journal
 from kagi.runtime.grpc_server import GrpcServer
 from kagi.runtime.management import ManagementListener, grpc_readiness, management_address, start_management
-from kagi.runtime.settings import Environment, ListenSettings, Secret, tls_files_from_env
+from kagi.runtime.settings import Environment, ListenSettings, Secret, store_url_from_env, tls_files_from_env
 from kagi.store import GroupCommitStore, KeyValueStore, open_store
 from services.ca_service.adapters.ca_directory import CaDirectory, LoadedCa
 from services.ca_service.api import CaApi, binding
@@ -74,7 +74,7 @@ class CaSettings:
                 tls_files_from_env(env, "KAGI_CA"),
                 env.integer("KAGI_CA_WORKERS", 1, minimum=1, maximum=64),
             ),
-            store_url=env.text("KAGI_STORE_URL", "sqlite:"),
+            store_url=store_url_from_env(env),
             state_dir=state_dir,
             ca_dir=env.path("KAGI_CA_DIR", str(state_dir / "ca")),
             passphrase=env.required_secret("KAGI_CA_KEY_PASSPHRASE"),

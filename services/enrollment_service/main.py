@@ -18,7 +18,7 @@ from kagi.runtime.failpoints import arm
 from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.grpc_server import GrpcServer
 from kagi.runtime.management import ManagementListener, grpc_readiness, management_address, start_management
-from kagi.runtime.settings import Environment, ListenSettings, Secret, TlsFiles, tls_files_from_env
+from kagi.runtime.settings import Environment, ListenSettings, Secret, TlsFiles, store_url_from_env, tls_files_from_env
 from kagi.store import KeyValueStore, check_at_start, open_store
 from services.enrollment_service.adapters.clients import GrpcCertificateAuthority, GrpcTokenService
 from services.enrollment_service.adapters.mail import transport_from_settings
@@ -79,7 +79,7 @@ class EnrollmentSettings:
                 tls,
                 env.integer("KAGI_ENROLLMENT_WORKERS", 1, minimum=1, maximum=64),
             ),
-            store_url=env.text("KAGI_STORE_URL", "sqlite:"),
+            store_url=store_url_from_env(env),
             state_dir=env.path("KAGI_STATE_DIR", ".kagi"),
             ca_target=env.text("KAGI_CA_TARGET", "localhost:50051"),
             otp_target=env.text("KAGI_OTP_TARGET", "localhost:50052"),

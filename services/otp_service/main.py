@@ -34,7 +34,7 @@ from kagi.idempotency import IdempotencyLedger
 from kagi.passwords import MIN_PEPPER_BYTES, PasswordHasher, Pepper
 from kagi.runtime.grpc_server import GrpcServer
 from kagi.runtime.management import ManagementListener, grpc_readiness, management_address, start_management
-from kagi.runtime.settings import Environment, ListenSettings, Secret, tls_files_from_env
+from kagi.runtime.settings import Environment, ListenSettings, Secret, store_url_from_env, tls_files_from_env
 from kagi.store import GroupCommitStore, KeyValueStore, check_at_start, open_store
 from services.otp_service.api import OtpApi, binding
 from services.otp_service.app.cache import DEFAULT_CACHE_SIZE
@@ -125,7 +125,7 @@ class OtpSettings:
                 tls_files_from_env(env, "KAGI_OTP"),
                 env.integer("KAGI_OTP_WORKERS", 1, minimum=1, maximum=64),
             ),
-            store_url=env.text("KAGI_STORE_URL", "sqlite:"),
+            store_url=store_url_from_env(env),
             state_dir=env.path("KAGI_STATE_DIR", ".kagi"),
             pepper=env.required_secret("KAGI_OTP_PEPPER"),
             kek=_kek("KAGI_OTP_KEK", key_id, env.required_secret("KAGI_OTP_KEK").reveal_text()),
