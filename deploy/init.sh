@@ -68,8 +68,9 @@ credential() {  # role, volume, then --dns/--ip options
   fi
 }
 
-# Components reach each other by service name and check that name (clients that name `localhost`, as the
-# development stack does, find it too); the gateway's certificate also names what browsers type.
+# Each service's certificate carries its role name (ca.kagi.internal, ...: issue-credential adds it for the ca, otp
+# and enrollment roles), which its clients verify whatever address they dial; the service name and localhost are for
+# tools that check the address they dialled. The gateway's certificate also names what browsers type.
 credential ca ca --dns ca --dns localhost
 credential otp otp --dns otp --dns localhost
 credential enrollment enrollment --dns enrollment --dns localhost

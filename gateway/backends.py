@@ -17,7 +17,7 @@ from gateway.metrics import GatewayMetrics
 from kagi.ca.v1 import ca_pb2_grpc
 from kagi.enrollment.v1 import enrollment_pb2_grpc, user_pb2_grpc
 from kagi.runtime.grpc_client import open_channel
-from kagi.runtime.settings import TlsFiles
+from kagi.runtime.settings import TlsFiles, role_dns_name
 
 T = TypeVar("T", bound=Message)
 
@@ -47,11 +47,17 @@ class Backends:
         tls: TlsFiles | None,
         metrics: GatewayMetrics,
         *,
-        server_name: str,
+        dns_suffix: str,
         call_timeout: float,
     ) -> Backends:
-        """Create the channels (they connect lazily) with the gateway's internal identity."""
-        channels = {name: open_channel(target, tls, server_name=server_name) for name, target in targets.items()}
+        """Create the channels (they connect lazily) with the gateway's internal identity.
+
+        Each service is verified by its role name (`ca.<dns_suffix>`, ...), whatever address its target names.
+        """
+        channels = {
+            name: open_channel(target, tls, server_name=role_dns_name(name, dns_suffix))
+            for name, target in targets.items()
+        }
         return cls(channels, metrics, call_timeout)
 
     async def call(

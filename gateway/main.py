@@ -121,7 +121,7 @@ async def start_gateway(settings: GatewaySettings) -> GatewayComponent:
         {"ca": settings.ca_target, "otp": settings.otp_target, "enrollment": settings.enrollment_target},
         settings.backend_tls,
         metrics,
-        server_name=settings.backend_server_name,
+        dns_suffix=settings.internal_dns_suffix,
         call_timeout=settings.call_timeout_seconds,
     )
     certificates: CaCertificates | None = None

@@ -11,7 +11,14 @@ from gateway.ocsp_cache import DEFAULT_MAX_ENTRIES
 from gateway.ratelimit import DEFAULT_RULES, Rule, parse_rate_limits
 from kagi.errors import InvalidArgument
 from kagi.runtime.management import management_address
-from kagi.runtime.settings import Environment, TlsFiles, is_loopback, store_url_from_env
+from kagi.runtime.settings import (
+    DEFAULT_INTERNAL_DNS_SUFFIX,
+    Environment,
+    TlsFiles,
+    internal_dns_suffix,
+    is_loopback,
+    store_url_from_env,
+)
 
 DEFAULT_HTTPS_PORT = 8443
 DEFAULT_HTTP_PORT = 8080
@@ -37,7 +44,8 @@ class GatewaySettings:
     otp_target: str
     enrollment_target: str
     workers: int = 1
-    backend_server_name: str = "localhost"
+    # The services' certificates carry <role>.<suffix> (ca.kagi.internal, ...): the names the gateway verifies.
+    internal_dns_suffix: str = DEFAULT_INTERNAL_DNS_SUFFIX
     # How long a GetCertificateStatus answer is trusted while the revocation stream is down. Short, so that a
     # revocation reaches this replica within the 2 seconds the design promises even without the stream.
     status_cache_seconds: float = 1.0
@@ -114,7 +122,7 @@ class GatewaySettings:
             otp_target=env.text("KAGI_OTP_TARGET", "localhost:50052"),
             enrollment_target=env.text("KAGI_ENROLLMENT_TARGET", "localhost:50053"),
             workers=env.integer("KAGI_GATEWAY_WORKERS", 1, minimum=1, maximum=64),
-            backend_server_name=env.text("KAGI_GATEWAY_BACKEND_SERVER_NAME", "localhost"),
+            internal_dns_suffix=internal_dns_suffix(env),
             crl_refresh_seconds=float(env.integer("KAGI_GATEWAY_CRL_REFRESH_SECONDS", 60, minimum=1, maximum=60)),
             edge=EdgeLimits(
                 header_timeout=float(env.integer("KAGI_GATEWAY_HEADER_TIMEOUT_SECONDS", 5, minimum=0, maximum=300)),

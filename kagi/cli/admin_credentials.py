@@ -31,7 +31,7 @@ from kagi.cli.admin import AdminContext, run_call
 from kagi.errors import KagiError
 from kagi.files import write_file
 from kagi.runtime.identity import Role
-from kagi.runtime.settings import Environment, Secret
+from kagi.runtime.settings import INTERNAL_SERVER_ROLES, Environment, Secret, internal_dns_suffix, role_dns_name
 from services.ca_service.adapters.ca_directory import CaDirectory
 from services.ca_service.creation import PASSPHRASE_FILE, issue_service_certificate
 from services.ca_service.domain.errors import InvalidIdentity
@@ -52,7 +52,9 @@ MAX_DAYS = 825
 _OPTION_OF_FIELD = {"role": "--role", "dns_names": "--dns", "ip_addresses": "--ip"}
 
 _HELP = f"""Issue an internal mTLS credential for ROLE: a fresh EC P-256 key made here (only a CSR leaves this
-machine) and a certificate from the internal CA carrying spiffe://kagi.internal/<role>.
+machine) and a certificate from the internal CA carrying spiffe://kagi.internal/<role>. A server role's (ca, otp,
+enrollment) also carries its role DNS name, <role>.kagi.internal (suffix: KAGI_INTERNAL_DNS_SUFFIX), which its
+clients verify whatever address they dial.
 
 \b
 Writes, in --out DIR:
@@ -165,6 +167,17 @@ def _identity(role: str, dns_names: tuple[str, ...], ip_addresses: tuple[str, ..
     except InvalidIdentity as exc:
         field, problem = next(iter(exc.fields.items()), ("role", str(exc)))
         raise click.BadParameter(problem, param_hint=f"'{_OPTION_OF_FIELD.get(field, field)}'") from None
+
+
+def _with_role_name(role: str, dns_names: tuple[str, ...]) -> tuple[str, ...]:
+    """Put a server role's DNS name (`ca.kagi.internal`, suffix KAGI_INTERNAL_DNS_SUFFIX) first: clients verify it."""
+    if role not in INTERNAL_SERVER_ROLES:
+        return dns_names
+    try:
+        name = role_dns_name(role, internal_dns_suffix(Environment(os.environ)))
+    except KagiError as exc:
+        raise click.UsageError(str(exc)) from None
+    return dns_names if name in dns_names else (name, *dns_names)
 
 
 def _local_user() -> str:
@@ -410,7 +423,7 @@ def issue_credential_command(
             if ctx.get_parameter_source(param) is click.core.ParameterSource.COMMANDLINE:
                 raise click.UsageError(f"{option} is only used with --offline")
     lifetime = timedelta(days=days if days is not None else DEFAULT_DAYS)
-    identity = _identity(role, dns_names, ip_addresses)
+    identity = _identity(role, _with_role_name(role, dns_names), ip_addresses)
     spiffe_id = Role(identity.role).spiffe_id
     files = _Files.plan(out, name)
     files.check_free(force=force)

@@ -7,6 +7,7 @@ so that printing a settings object, or logging it by mistake, never shows them.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,35 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+DEFAULT_INTERNAL_DNS_SUFFIX = "kagi.internal"
+"""The suffix of the role DNS names internal servers' certificates carry (`ca.kagi.internal`, ...)."""
+
+INTERNAL_SERVER_ROLES = ("ca", "otp", "enrollment")
+"""The roles that serve gRPC: each one's certificate carries its role DNS name, which its clients verify."""
+
+_DNS_NAME_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+
+
+def role_dns_name(role: str, suffix: str = DEFAULT_INTERNAL_DNS_SUFFIX) -> str:
+    """Return the DNS name a role's server certificate carries and its clients verify, e.g. `ca.kagi.internal`.
+
+    A client checks this name whatever address it dialled (a Service name, a pod address, localhost), so a
+    valid internal certificate of another role (an OTP server answering where the CA was expected) is refused.
+    """
+    return f"{role}.{suffix}"
+
+
+def internal_dns_suffix(env: Environment) -> str:
+    """Return KAGI_INTERNAL_DNS_SUFFIX (default kagi.internal), checked to be a DNS name."""
+    suffix = env.text("KAGI_INTERNAL_DNS_SUFFIX", DEFAULT_INTERNAL_DNS_SUFFIX).strip().lower().rstrip(".")
+    if len(suffix) > 240 or not _DNS_NAME_RE.fullmatch(suffix):
+        raise InvalidArgument(
+            "KAGI_INTERNAL_DNS_SUFFIX is not a DNS name",
+            fields={"KAGI_INTERNAL_DNS_SUFFIX": "must be dot-separated labels of a-z, 0-9 and - (e.g. kagi.internal)"},
+        )
+    return suffix
 
 
 def store_url_from_env(env: Environment, default: str = "sqlite:") -> str:

@@ -29,7 +29,7 @@ from kagi.clock import Clock, SystemClock
 from kagi.errors import KagiError
 from kagi.files import write_file
 from kagi.runtime.identity import Role
-from kagi.runtime.settings import Secret, TlsFiles
+from kagi.runtime.settings import INTERNAL_SERVER_ROLES, Secret, TlsFiles, role_dns_name
 from services.ca_service.adapters.ca_directory import CaDirectory, LoadedCa, OfflineRootKey
 from services.ca_service.adapters.file_signer import Passphrase
 from services.ca_service.app.access import BOOTSTRAP, Actor
@@ -229,10 +229,20 @@ def _ensure_passphrase(secrets_dir: Path, name: str) -> Path:
     return path
 
 
+def dev_dns_names(role: str) -> tuple[str, ...]:
+    """Return the DNS names of a dev certificate: `localhost`, and the role name (`ca.kagi.internal`) of a server.
+
+    Clients verify a server by its role name whatever address they dial; `localhost` lets a browser reach the
+    gateway and a tool check a service by the address it dialled.
+    """
+    return ("localhost", role_dns_name(role)) if role in INTERNAL_SERVER_ROLES else ("localhost",)
+
+
 async def _ensure_leaf(runtime: CaRuntime, role: str, files: TlsFiles, clock: Clock) -> None:
     internal = runtime.authorities.issuing(CaKind.INTERNAL)
     current = _read_leaf(files)
-    if current is not None:
+    dns_names = dev_dns_names(role)
+    if current is not None and set(dns_names) <= set(_dns_names(current)):
         fresh = clock.now() + DEV_RENEW_WITHIN.total_seconds() < current.not_valid_after_utc.timestamp()
         ours = current.issuer == internal.name and _issued_by(current, internal.certificate)
         answer = await runtime.revocation.status(serial_hex(current.serial_number), CaKind.INTERNAL) if ours else None
@@ -245,7 +255,7 @@ async def _ensure_leaf(runtime: CaRuntime, role: str, files: TlsFiles, clock: Cl
         .sign(key, hashes.SHA256())
         .public_bytes(serialization.Encoding.PEM)
     )
-    identity = ServiceIdentity(role, dns_names=("localhost",), ip_addresses=("127.0.0.1", "::1"))
+    identity = ServiceIdentity(role, dns_names=dns_names, ip_addresses=("127.0.0.1", "::1"))
     prepared = runtime.issuance.prepare(csr=csr, identity=identity, profile="service", actor=BOOTSTRAP)
     record = await runtime.issuance.issue(prepared, request_id="", actor=BOOTSTRAP)
     key_pem = key.private_bytes(
@@ -277,6 +287,14 @@ def _read_leaf(files: TlsFiles) -> x509.Certificate | None:
     ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
         return None
     return leaf
+
+
+def _dns_names(certificate: x509.Certificate) -> list[str]:
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return names.get_values_for_type(x509.DNSName)
 
 
 def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:

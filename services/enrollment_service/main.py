@@ -18,7 +18,17 @@ from kagi.runtime.failpoints import arm
 from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.grpc_server import GrpcServer
 from kagi.runtime.management import ManagementListener, grpc_readiness, management_address, start_management
-from kagi.runtime.settings import Environment, ListenSettings, Secret, TlsFiles, store_url_from_env, tls_files_from_env
+from kagi.runtime.settings import (
+    DEFAULT_INTERNAL_DNS_SUFFIX,
+    Environment,
+    ListenSettings,
+    Secret,
+    TlsFiles,
+    internal_dns_suffix,
+    role_dns_name,
+    store_url_from_env,
+    tls_files_from_env,
+)
 from kagi.store import KeyValueStore, check_at_start, open_store
 from services.enrollment_service.adapters.clients import GrpcCertificateAuthority, GrpcTokenService
 from services.enrollment_service.adapters.mail import transport_from_settings
@@ -66,6 +76,8 @@ class EnrollmentSettings:
     sweep_seconds: float = 30.0
     # The management listener (plain HTTP /healthz, /readyz, /metrics): KAGI_ENROLLMENT_MANAGEMENT_ADDR.
     management: tuple[str, int] | None = None
+    # The CA's and the OTP service's certificates carry ca.<suffix> and otp.<suffix>: the names verified.
+    dns_suffix: str = DEFAULT_INTERNAL_DNS_SUFFIX
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> EnrollmentSettings:
@@ -83,6 +95,7 @@ class EnrollmentSettings:
             state_dir=env.path("KAGI_STATE_DIR", ".kagi"),
             ca_target=env.text("KAGI_CA_TARGET", "localhost:50051"),
             otp_target=env.text("KAGI_OTP_TARGET", "localhost:50052"),
+            dns_suffix=internal_dns_suffix(env),
             client_tls=tls,
             pepper=env.required_secret("KAGI_PASSWORD_PEPPER"),
             smtp_url=env.secret("KAGI_SMTP_URL", required=False),
@@ -200,8 +213,10 @@ async def start_enrollment(
         raise
     hasher = hasher or PasswordHasher([Pepper("p1", settings.pepper.reveal())])
     # The clients send the request id with each call themselves (adapters.clients): no interceptor per call.
-    ca_channel = open_channel(settings.ca_target, settings.client_tls, server_name="localhost", request_ids=False)
-    otp_channel = open_channel(settings.otp_target, settings.client_tls, server_name="localhost", request_ids=False)
+    # Each service is verified by its role name (ca.kagi.internal, otp.kagi.internal), whatever address was dialled.
+    ca_name, otp_name = role_dns_name("ca", settings.dns_suffix), role_dns_name("otp", settings.dns_suffix)
+    ca_channel = open_channel(settings.ca_target, settings.client_tls, server_name=ca_name, request_ids=False)
+    otp_channel = open_channel(settings.otp_target, settings.client_tls, server_name=otp_name, request_ids=False)
     transport = transport_from_settings(
         settings.smtp_url.reveal_text() if settings.smtp_url else None, settings.state_dir / "mail"
     )

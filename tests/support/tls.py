@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kagi.runtime.settings import TlsFiles
+from kagi.runtime.settings import TlsFiles, role_dns_name
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,12 @@ class TestPki:
         )
 
     def service(self, role: str) -> Issued:
-        """Issue an internal certificate for spiffe://kagi.internal/<role>, valid for localhost."""
+        """Issue an internal certificate for spiffe://kagi.internal/<role>, valid for localhost and for the role's
+        DNS name (`otp.kagi.internal`), which kagi's clients verify."""
         sans: list[x509.GeneralName] = [
             x509.UniformResourceIdentifier(f"spiffe://kagi.internal/{role}"),
             x509.DNSName("localhost"),
+            x509.DNSName(role_dns_name(role)),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("::1")),
         ]

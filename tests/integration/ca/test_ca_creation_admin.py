@@ -20,7 +20,7 @@ from kagi.cli.admin_ca import init_ca_command, list_certificates_command, revoke
 from kagi.clock import FakeClock
 from kagi.journal import verify_stored_chain
 from kagi.store import open_store
-from services.ca_service.creation import DEV_SERVICE_ROLES, ensure_dev_pki
+from services.ca_service.creation import DEV_SERVICE_ROLES, dev_dns_names, ensure_dev_pki
 from services.ca_service.domain.settings import CaKind
 from services.ca_service.main import start_ca
 from tests.integration.ca.ca_service_harness import RunningCa, StoreTarget, ca_settings, issue_request
@@ -52,8 +52,9 @@ async def _stored(state_dir: Path) -> tuple[dict[str, dict[str, object]], bool]:
 
 def test_dev_pki_is_made_once_recorded_and_reused(tmp_path: Path) -> None:
     """First start: passphrase 0600 in secrets/, CA dir 0700 with 0600 keys, tls/ca.pem the root, each role a
-    leaf with its SPIFFE ID, localhost, 127.0.0.1 and ::1 chained by the internal CA, key 0600; every leaf and
-    OCSP signer is recorded in the CA's store with a verifying audit chain. Second start changes nothing."""
+    leaf with its SPIFFE ID, localhost (and a server's role name, ca.kagi.internal), 127.0.0.1 and ::1 chained
+    by the internal CA, key 0600; every leaf and OCSP signer is recorded in the CA's store with a verifying
+    audit chain. Second start changes nothing."""
     dev = ensure_dev_pki(tmp_path)
     assert dev.created
     assert _mode(dev.passphrase_file) == 0o600
@@ -69,7 +70,7 @@ def test_dev_pki_is_made_once_recorded_and_reused(tmp_path: Path) -> None:
         assert chain[1] == internal
         san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert san.get_values_for_type(x509.UniformResourceIdentifier) == [f"spiffe://kagi.internal/{role}"]
-        assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+        assert san.get_values_for_type(x509.DNSName) == list(dev_dns_names(role))
         assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
         assert _mode(files.key_file) == 0o600
         serials[role] = format(chain[0].serial_number, "x")
