@@ -43,6 +43,7 @@ from gateway.schemas import (
     BodySpec,
 )
 from gateway.tls import CustomerCertificate, CustomerCertificateVerifier, peer_certificate
+from gateway.web import WebPages
 from kagi.common.v1 import common_pb2
 from kagi.enrollment.v1 import enrollment_pb2 as pb
 from kagi.enrollment.v1 import user_pb2 as upb
@@ -756,7 +757,7 @@ def frame(metrics: GatewayMetrics, *, https: bool) -> Middleware:
 
 
 def https_application(context: GatewayContext) -> web.Application:
-    """Return everything the HTTPS port serves: the customer API, PKI files, /healthz and the
+    """Return everything the HTTPS port serves: the customer API, the customer's pages, PKI files, /healthz and the
     OpenAPI document (/readyz and /metrics are on the management listener only)."""
     middlewares = [frame(context.metrics, https=True)]
     if context.rate_limits is not None:
@@ -771,6 +772,7 @@ def https_application(context: GatewayContext) -> web.Application:
             web.get("/openapi.json", ops.openapi),
         ]
     )
+    app.add_routes(WebPages().routes())  # the customer's pages: the app (/app/) and the setup wizard (/setup/)
     return app
 
 

@@ -11,6 +11,12 @@ tools="redis-server:redis-server openssl:openssl oathtool:oathtool curl:curl"
 if [ "${CI:-}" = "true" ]; then
   export KAGI_CONTAINER_TESTS="${KAGI_CONTAINER_TESTS:-1}"
 fi
+# In CI the browser tests run too (tests/browser: the app and the setup wizard in headless Chromium, the customer's
+# certificate imported into NSS with pk12util; a Japanese font so that their screenshots are legible).
+if [ "${CI:-}" = "true" ]; then
+  tools="$tools chromium:chromium chromedriver:chromium-driver pk12util:libnss3-tools"
+  [ -e /usr/share/fonts/opentype/ipafont-gothic/ipag.ttf ] || need+=(fonts-ipafont-gothic)
+fi
 if [ "${KAGI_CONTAINER_TESTS:-}" = "1" ]; then
   tools="$tools podman:podman runc:runc mmdebstrap:mmdebstrap"
 fi
