@@ -4,6 +4,7 @@ translation of a failed call back into the domain error it carried.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,6 +37,10 @@ class RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignor
         return await continuation(details, request)
 
 
+ROUND_ROBIN_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+"""Spreads a channel's calls over every address its target resolves to (each pod behind a headless Service)."""
+
+
 def request_metadata() -> tuple[tuple[str, str]]:
     """Return the metadata that carries the current request id (a new one when there is none) to a called service."""
     return ((REQUEST_ID_HEADER, request_id_var.get() or new_request_id()),)
@@ -46,6 +51,11 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """Connect to a kagi service: mTLS with `tls`, or plaintext only to a loopback target.
 
+    The server's certificate must name `server_name` when one is given (the role name, `ca.kagi.internal`),
+    whatever address `target` names; else the host in `target`. Calls go round-robin over every address the
+    target resolves to (`dns:///kagi-otp.kagi.svc.cluster.local:50052` names every pod of a headless Service;
+    `ipv4:10.0.0.5:50052,10.0.0.6:50052` lists them), so replicas share the load.
+
     The channel sends the current request id along with every call, unless `request_ids` is false: then the caller
     passes `request_metadata()` with each call itself, which costs less (grpc.aio runs every call of a channel with
     an interceptor through tasks of its own, a tenth of a millisecond of CPU per call on the hot path).
@@ -54,6 +64,7 @@ def open_channel(
         ("grpc.keepalive_time_ms", 30_000),
         # Answers may be large (CRLs, list pages); what a client sends is capped by the server (MAX_REQUEST_BYTES).
         ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
+        ("grpc.service_config", ROUND_ROBIN_SERVICE_CONFIG),
     ]
     interceptors = [RequestIdInterceptor()] if request_ids else []
     if tls is None:
