@@ -290,6 +290,13 @@ VARIABLES: tuple[Variable, ...] = (
         "none",
         "comma-separated failure points armed for the reliability tests; never set in production",
     ),
+    Variable(
+        "KAGI_INTERNAL_DNS_SUFFIX",
+        ("enrollment", "gateway", "kagi admin"),
+        "`kagi.internal`",
+        "the suffix of the role names the services' certificates carry and their clients verify, whatever address "
+        "they dial: `ca.<suffix>`, `otp.<suffix>`, `enrollment.<suffix>` (`issue-credential` adds the name)",
+    ),
     # The gateway.
     Variable(
         "KAGI_GATEWAY_HTTP_PORT",
@@ -308,12 +315,6 @@ VARIABLES: tuple[Variable, ...] = (
         ("gateway",),
         "none",
         "load balancers (addresses, CIDR blocks) whose `X-Forwarded-For` names the client",
-    ),
-    Variable(
-        "KAGI_GATEWAY_BACKEND_SERVER_NAME",
-        ("gateway",),
-        "`localhost`",
-        "the name the gateway checks in the services' certificates",
     ),
     Variable(
         "KAGI_GATEWAY_CRL_REFRESH_SECONDS",
