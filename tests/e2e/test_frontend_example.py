@@ -146,7 +146,8 @@ async def test_the_example_frontend_and_the_cookbook_against_kagi_dev(tmp_path: 
     """From a fresh environment with only the kagi-client wheel and its dependencies (where kagi.runtime,
     aiohttp, argon2 and cryptography do not import), examples/frontend.py authenticates a customer who took the
     ten steps against `kagi dev` and confirms a transaction with the app's code (oathtool), using a `frontend`
-    credential from `kagi admin issue-credential`: the answer carries both methods and the summary's digest.
+    credential from `kagi admin issue-credential`: the answer carries both methods and the summary's digest, and a
+    wrong password is reported with its ErrorInfo reason (LOGIN_FAILED).
     Then every `<!-- tested -->` block of examples/grpcurl.md runs as written with grpcurl, jq and openssl."""
     if not all(_free(port) for port in PORTS):
         pytest.fail(f"kagi dev needs ports {PORTS} free on 127.0.0.1")
@@ -190,13 +191,19 @@ async def test_the_example_frontend_and_the_cookbook_against_kagi_dev(tmp_path: 
 
         code = await oathtool_code(customer.secret, time.time())
         summary = "振込 株式会社サンプル → 001-1234567 10,000円"
-        out = await run(
-            [str(python), "-I", str(ROOT / "examples" / "frontend.py"), "--target", "localhost:50053",
-             "--ca", str(work / "creds" / "ca.pem"), "--cert", str(work / "creds" / "web01.pem"),
-             "--key", str(work / "creds" / "web01-key.pem"), "--customer-cert", str(work / "me.pem"),
-             "--login-id", "yamada01", "--transaction-id", "txn-0001", "--summary", summary],
-            stdin=f"Passw0rd\nKakunin9\n{code}\n".encode(),
+        example = [
+            str(python), "-I", str(ROOT / "examples" / "frontend.py"), "--target", "localhost:50053",
+            "--ca", str(work / "creds" / "ca.pem"), "--cert", str(work / "creds" / "web01.pem"),
+            "--key", str(work / "creds" / "web01-key.pem"), "--customer-cert", str(work / "me.pem"),
+            "--login-id", "yamada01", "--transaction-id", "txn-0001", "--summary", summary,
+        ]  # fmt: skip
+        refused = await asyncio.to_thread(
+            subprocess.run, example, input=f"Wrong000\nKakunin9\n{code}\n", capture_output=True, text=True,
+            timeout=120,
         )  # fmt: skip
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "refused: UNAUTHENTICATED LOGIN_FAILED" in refused.stderr
+        out = await run(example, stdin=f"Passw0rd\nKakunin9\n{code}\n".encode())
         confirmation = json.loads(out)
         digest = base64.urlsafe_b64encode(hashlib.sha256(summary.encode()).digest()).rstrip(b"=").decode()
         assert confirmation["transaction_id"] == "txn-0001"
