@@ -1,9 +1,11 @@
 """The key-value store contract every kagi service keeps its state behind, and its errors.
 
-A key is a (collection, key) pair. Every entry carries a version: a store-wide, strictly increasing number
-assigned on each write, so a delete followed by a re-create never revives an old version (no ABA). Writes are
-conditional (create-if-absent, compare-and-swap on the version), and `commit` applies several conditional
-writes to different keys all-or-nothing.
+A key is a (collection, key) pair. Every entry carries a version: a number assigned on each write that strictly
+increases within the key's placement group (see `Placement`; with the default `SERVICE_WIDE` the whole store is
+one group), so a key's versions only ever rise and a delete followed by a re-create never revives an old version
+(no ABA). Versions of keys in different groups are unrelated: never order two keys' writes by their versions.
+Writes are conditional (create-if-absent, compare-and-swap on the version), and `commit` applies several
+conditional writes to different keys of one placement group all-or-nothing.
 
 Entries written with a TTL are transient (sessions, counters, idempotency records): they vanish at expiry and
 are never listed. Entries without a TTL are durable and listed per collection, in key order, a page at a time,
@@ -20,8 +22,9 @@ import dataclasses
 import enum
 import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Self
 
 from kagi.errors import Aborted, AlreadyExists, InvalidArgument, KagiError, Unavailable
@@ -174,6 +177,79 @@ class Delete:
 Operation = Create | Replace | Delete
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Which entries live together: the unit of atomicity and of placement on a Redis Cluster shard.
+
+    Every (collection, key) belongs to one placement group, a string. Collections listed in `spread` are spread
+    by an aggregate id their function derives from the key (a token id, a serial, an enrollment id): all keys of
+    one aggregate, in every spread collection, share its group. Every other collection lives in the service-wide
+    group "" (the default `SERVICE_WIDE` puts everything there, as before placement existed).
+
+    What a group means, for every driver (SQLite included, so unit tests catch mistakes):
+
+    - a `commit` must keep to one group: operations in two or more raise InvalidKey
+      (fields={"operations": "every key of a commit must be in one placement group"}) and nothing is written;
+    - versions strictly increase per group (so per key), not across groups;
+    - on a Redis Cluster one group lives in one hash slot; the service-wide group is one slot for the whole
+      service, each aggregate's group one of 64 buckets spread evenly over the slots (docs/design.md,
+      "Placement in a Redis Cluster"); listing a spread collection merges its buckets in key order.
+
+    The functions must be pure and stable (a key must map to the same aggregate id forever: the group picks
+    where the entry is stored) and return a non-empty string; a function that returns anything else or raises
+    makes the call fail with InvalidKey. Changing a deployed Placement moves where entries are looked for, so
+    it is a data migration, not a setting. Example (OTP token state spread per token id, a key "tok-1/..."
+    belonging to token "tok-1")::
+
+        Placement(spread={"tokens": lambda key: key, "verification": lambda key: key.split("/", 1)[0]})
+    """
+
+    spread: Mapping[str, Callable[[str], str]] = field(default_factory=lambda: types.MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        for collection, aggregate in self.spread.items():
+            check_collection(collection)
+            if not callable(aggregate):
+                raise InvalidStoreConfig(
+                    "invalid placement", fields={"spread": f"{collection!r} must map to a function of the key"}
+                )
+        object.__setattr__(self, "spread", types.MappingProxyType(dict(self.spread)))
+
+    def is_spread(self, collection: str) -> bool:
+        """Say whether COLLECTION is spread by aggregate (listing it merges every bucket)."""
+        return collection in self.spread
+
+    def group(self, collection: str, key: str) -> str:
+        """Return the placement group of (COLLECTION, KEY): "" (service-wide) or its aggregate id.
+
+        Raise InvalidKey when the collection's function fails or returns no non-empty string.
+        """
+        aggregate = self.spread.get(collection)
+        if aggregate is None:
+            return ""
+        try:
+            group = aggregate(key)
+        except Exception:
+            group = None
+        if not isinstance(group, str) or not group:
+            rule = f"the placement of {collection!r} finds no aggregate id in it"
+            raise InvalidKey("the key names no aggregate", fields={"key": rule})
+        return group
+
+    def group_of(self, operations: Sequence[Operation]) -> str:
+        """Return the one group every operation's key is in ("" for none); raise InvalidKey when they span two."""
+        groups = {self.group(op.collection, op.key) for op in operations}
+        if len(groups) > 1:
+            raise InvalidKey("invalid commit", fields={"operations": ONE_GROUP_RULE})
+        return groups.pop() if groups else ""
+
+
+ONE_GROUP_RULE = "every key of a commit must be in one placement group"
+
+SERVICE_WIDE = Placement()
+"""The default placement: every collection in the service-wide group "" (one group, one Cluster slot)."""
+
+
 def check_collection(collection: str) -> str:
     """Return `collection` or raise InvalidKey naming the rule it breaks."""
     if not isinstance(collection, str) or not _COLLECTION_RE.fullmatch(collection):
@@ -315,7 +391,14 @@ class KeyValueStore(abc.ABC):
     Every method raises StoreUnavailable when the backend is down or too slow; a write that raised was not
     applied, or (for a lost connection after sending) is reported as unavailable and must be retried with the
     same conditional write, which then fails cleanly if it had landed.
+
+    `placement` says which keys may be committed together and where they live (see `Placement`).
     """
+
+    @property
+    def placement(self) -> Placement:
+        """Return the placement the store was opened with (`SERVICE_WIDE` unless told)."""
+        return SERVICE_WIDE
 
     @abc.abstractmethod
     async def get(self, collection: str, key: str) -> Entry | None:
@@ -359,7 +442,8 @@ class KeyValueStore(abc.ABC):
         """Apply all operations atomically, or none.
 
         Returns, per operation, the written entry (None for a delete). The first failing condition raises
-        KeyExists or VersionMismatch, whose `failed` names that operation, and nothing is written.
+        KeyExists or VersionMismatch, whose `failed` names that operation, and nothing is written. Every key
+        must be in one placement group (`Placement.group_of`): operations in two raise InvalidKey.
         """
 
     @abc.abstractmethod

@@ -14,6 +14,8 @@ pass or two of the event loop to queue their next writes. Per unit, the semantic
 - A unit's operations are never split across rounds.
 - Two units naming one key never share a round (the later one waits for a later round), so their conditions
   are judged one after the other, in arrival order, exactly as without grouping.
+- A round keeps to one placement group (the store's `placement`): units of other groups wait for a later
+  round, since a commit may not span groups. A unit whose own operations span groups fails alone, at once.
 - A round carries at most `max_operations` operations (a Lua script's size, a transaction's length); a unit
   larger than that goes alone.
 - A failed condition (KeyExists, VersionMismatch) fails only the unit that owns the failing operation, with
@@ -23,7 +25,9 @@ pass or two of the event loop to queue their next writes. Per unit, the semantic
 
 A `RoundPlanner` may add operations of its own to every round (the journal's audit records, chain-head
 compare-and-swap and feed events) and decide what happens when one of those fails: a failed condition on an
-operation no unit owns is the planner's to handle (re-read and re-plan, a bounded number of times).
+operation no unit owns is the planner's to handle (re-read and re-plan, a bounded number of times). The
+planner's operations must be in the round's placement group (the journal's are service-wide, so the units it
+plans for must be too).
 
 `GroupCommitStore` is the store adapter: a KeyValueStore whose conditional writes join rounds. One engine
 belongs to one event loop.
@@ -45,6 +49,7 @@ from kagi.store.base import (
     KeyValueStore,
     Operation,
     Page,
+    Placement,
     Replace,
     check_collection,
     check_commit,
@@ -70,6 +75,7 @@ class _Unit(Generic[T]):
     payload: T
     size: int
     keys: frozenset[_Key]
+    group: str
     future: asyncio.Future[list[Entry | None]]
 
 
@@ -136,9 +142,10 @@ class GroupCommit(Generic[T]):
         journal adds the audit records and feed events it brings). A malformed unit fails here, alone.
         """
         ops = _checked(operations)
+        group = self._store.placement.group_of(ops)
         loop = asyncio.get_running_loop()
         keys = frozenset((op.collection, op.key) for op in ops)
-        unit = _Unit(ops, payload, len(ops) if size is None else size, keys, loop.create_future())
+        unit = _Unit(ops, payload, len(ops) if size is None else size, keys, group, loop.create_future())
         if not self._busy and self._inline:
             # Nothing in flight: go now, alone and without a task switch (the common case at low load).
             self._busy = True
@@ -199,7 +206,8 @@ class GroupCommit(Generic[T]):
                 waiter.set_result(None)
 
     def _next_round(self) -> builtins.list[_Unit[T]]:
-        """Take, in arrival order, waiting units with disjoint keys, up to the round's bounds."""
+        """Take, in arrival order, waiting units of the first one's placement group with disjoint keys, up to
+        the round's bounds."""
         taken: builtins.list[_Unit[T]] = []
         waiting: builtins.list[_Unit[T]] = []
         keys: set[_Key] = set()
@@ -211,7 +219,8 @@ class GroupCommit(Generic[T]):
             if unit.future.done():  # its caller was cancelled: nothing is owed to anyone
                 continue
             full = count + unit.size > self._max_operations or (max_units is not None and len(taken) >= max_units)
-            if (full and taken) or not keys.isdisjoint(unit.keys) or not deferred.isdisjoint(unit.keys):
+            other_group = bool(taken) and unit.group != taken[0].group
+            if (full and taken) or other_group or not keys.isdisjoint(unit.keys) or not deferred.isdisjoint(unit.keys):
                 waiting.append(unit)
                 deferred |= unit.keys
             else:
@@ -332,6 +341,11 @@ class GroupCommitStore(KeyValueStore):
 
     def __repr__(self) -> str:
         return f"GroupCommitStore({self.inner!r})"
+
+    @property
+    def placement(self) -> Placement:
+        """Return INNER's placement (a round never mixes two of its groups)."""
+        return self.inner.placement
 
     async def get(self, collection: str, key: str) -> Entry | None:
         """Return the live entry under the key from INNER, or None."""

@@ -1,4 +1,9 @@
-"""The embedded SQLite driver: one WAL-mode file per service, each write one `BEGIN IMMEDIATE` transaction."""
+"""The embedded SQLite driver: one WAL-mode file per service, each write one `BEGIN IMMEDIATE` transaction.
+
+One file holds every placement group; versions come from one counter for the whole file (so they increase
+store-wide, more than the contract's per-group promise). The placement is still enforced, so a commit that
+would be refused on a Redis Cluster is refused here too.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from typing import Final, TypeVar, cast
 
 from kagi.clock import Clock, SystemClock
 from kagi.store.base import (
+    SERVICE_WIDE,
     Create,
     Delete,
     Entry,
@@ -28,6 +34,7 @@ from kagi.store.base import (
     KeyValueStore,
     Operation,
     Page,
+    Placement,
     Replace,
     StoreUnavailable,
     VersionMismatch,
@@ -89,6 +96,7 @@ class SQLiteStore(KeyValueStore):
         clock: Clock | None = None,
         busy_timeout: float = 5.0,
         make_parent: bool = False,
+        placement: Placement = SERVICE_WIDE,
     ) -> None:
         if not busy_timeout > 0 or not math.isfinite(busy_timeout):
             raise InvalidStoreConfig(
@@ -99,6 +107,7 @@ class SQLiteStore(KeyValueStore):
         self._clock: Clock = clock or SystemClock()
         self._busy_timeout = busy_timeout
         self._make_parent = make_parent
+        self._placement = placement
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kagi-sqlite-{namespace}")
         self._conn: sqlite3.Connection | None = None  # opened and used only on the worker thread
         self._writes = 0  # worker thread only
@@ -106,6 +115,11 @@ class SQLiteStore(KeyValueStore):
 
     def __repr__(self) -> str:
         return f"SQLiteStore(path={str(self._path)!r}, namespace={self._namespace!r})"
+
+    @property
+    def placement(self) -> Placement:
+        """Return the placement the store enforces on commits."""
+        return self._placement
 
     @property
     def path(self) -> Path:
@@ -116,6 +130,7 @@ class SQLiteStore(KeyValueStore):
         """Return the live entry under the key, or None."""
         check_collection(collection)
         check_key(key)
+        self._placement.group(collection, key)
         return await self._run(lambda conn: self._get(conn, collection, key))
 
     async def create(self, collection: str, key: str, value: bytes, *, ttl: float | None = None) -> Entry:
@@ -137,6 +152,7 @@ class SQLiteStore(KeyValueStore):
         check_collection(collection)
         check_key(key)
         check_amount(amount)
+        self._placement.group(collection, key)
         if ttl is not None:
             ttl_millis(ttl)
         return await self._run(
@@ -163,6 +179,7 @@ class SQLiteStore(KeyValueStore):
         """Apply all operations in one transaction, or none."""
         ops = check_commit(operations)
         _check_ttls(ops)
+        self._placement.group_of(ops)
         if not ops:
             return []
         outcomes = await self._run(lambda conn: self._write(conn, lambda now: self._apply(conn, now, ops)))
@@ -191,6 +208,7 @@ class SQLiteStore(KeyValueStore):
     async def _commit_one(self, op: Operation) -> _Outcome:
         ops = check_commit([op])
         _check_ttls(ops)
+        self._placement.group_of(ops)
         outcomes = await self._run(lambda conn: self._write(conn, lambda now: self._apply(conn, now, ops)))
         return outcomes[0]
 

@@ -1,9 +1,13 @@
-"""The KeyValueStore contract, proved against both drivers: SQLite on a real file and a real redis-server.
+"""The KeyValueStore contract, proved against every driver and Redis topology on real processes.
 
-Each test takes the `store` fixture (parametrized over "sqlite" and "redis") and, where it needs time to
-pass or a second client, the `backend` it came from. SQLite runs on a FakeClock, so expiry costs no waiting;
-Redis expires keys on its own clock, so its TTL tests sleep through real TTLs of a fraction of a second.
-Driver-specific tests (outages, a second process, the hypothesis property) follow the shared ones.
+Each test takes the `store` fixture and, where it needs time to pass or a second client, the `backend` it came
+from. The backends: SQLite on a real file; one redis-server, with the service-wide placement (the historical
+layout) and with `SPREAD` (the contract's collections spread by key over the 64 buckets, so every listing
+merges buckets); a 3-master / 3-replica Redis Cluster with `SPREAD` (so entries and listings cross slots and
+shards, and every write waits for a replica); and a Sentinel set (master, replica, three sentinels). SQLite
+runs on a FakeClock, so expiry costs no waiting; Redis expires keys on its own clock, so its TTL tests sleep
+through real TTLs of a fraction of a second. Driver-specific tests (outages, a second process, the hypothesis
+property) follow the shared ones.
 """
 
 from __future__ import annotations
@@ -28,14 +32,17 @@ from kagi.clock import FakeClock
 from kagi.store import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
+    SERVICE_WIDE,
     Create,
     Delete,
     Entry,
+    GroupCommitStore,
     InvalidKey,
     InvalidStoreConfig,
     KeyExists,
     KeyValueStore,
     Operation,
+    Placement,
     Replace,
     StoreUnavailable,
     VersionMismatch,
@@ -46,6 +53,7 @@ from kagi.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from tests.conftest import RedisServer
+    from tests.support.redis_topology import RedisClusterProcesses, SentinelSet
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,41 +65,73 @@ class Backend:
     kind: str
     url: str
     store: KeyValueStore
-    opener: Callable[[], KeyValueStore]
+    opener: Callable[[Placement | None], KeyValueStore]
     elapse: Callable[[float], Awaitable[None]]
     extra: list[KeyValueStore] = field(default_factory=list)
 
-    def open_another(self) -> KeyValueStore:
-        """Open a second, independent client on the same data (closed after the test)."""
-        store = self.opener()
+    def open_another(self, placement: Placement | None = None) -> KeyValueStore:
+        """Open a second, independent client on the same data (closed after the test), with the backend's
+        placement unless told."""
+        store = self.opener(placement)
         self.extra.append(store)
         return store
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def _by_key(key: str) -> str:
+    return key
+
+
+SPREAD_COLLECTIONS = [
+    "docs", "mixed", "app", "app.x", "app-x", "app/x", "apps", "ap", "nothing-here", "sessions", "flip",
+    "rate", "tallies", "counters", "tokens", "long", "blobs", "a.b", "e", "i",
+]  # fmt: skip
+SPREAD = Placement(spread=dict.fromkeys(SPREAD_COLLECTIONS, _by_key))
+"""The contract's single-key collections, each key its own aggregate. Commits across collections use a, b, c and
+z, and the group-commit tests commit "things" with the journal's service-wide audit records: those stay
+service-wide."""
+
+BACKENDS = [
+    "sqlite",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("redis-spread", marks=pytest.mark.redis),
+    pytest.param("redis-cluster", marks=[pytest.mark.redis, pytest.mark.cluster]),
+    pytest.param("redis-sentinel", marks=[pytest.mark.redis, pytest.mark.cluster]),
+]
+
+
+@pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> AsyncIterator[Backend]:
     """Open the driver named by the parameter in a namespace of its own."""
-    opener: Callable[[], KeyValueStore]
-    if request.param == "sqlite":
+    opener: Callable[[Placement | None], KeyValueStore]
+    kind = request.param
+    default = SPREAD if kind in ("redis-spread", "redis-cluster") else SERVICE_WIDE
+    if kind == "sqlite":
         url = f"sqlite://{tmp_path / 'store.db'}"
         clock = FakeClock()
 
-        def opener() -> KeyValueStore:
-            return SQLiteStore(tmp_path / "store.db", namespace=namespace, clock=clock)
+        def opener(placement: Placement | None) -> KeyValueStore:
+            return SQLiteStore(tmp_path / "store.db", namespace=namespace, clock=clock, placement=placement or default)
 
         async def elapse(seconds: float) -> None:
             clock.advance(seconds)
 
     else:
-        url = request.getfixturevalue("redis_server")
+        if kind == "redis-cluster":
+            cluster: RedisClusterProcesses = request.getfixturevalue("redis_cluster")
+            url = cluster.url
+        elif kind == "redis-sentinel":
+            sentinels: SentinelSet = request.getfixturevalue("redis_sentinel")
+            url = sentinels.url
+        else:
+            url = request.getfixturevalue("redis_server")
 
-        def opener() -> KeyValueStore:
-            return RedisStore(url, namespace=namespace)
+        def opener(placement: Placement | None) -> KeyValueStore:
+            return RedisStore(url, namespace=namespace, placement=placement or default)
 
         async def elapse(seconds: float) -> None:
             await asyncio.sleep(seconds)  # Redis expires on its own clock: the one place a test sleeps
 
-    result = Backend(request.param, url, opener(), opener, elapse)
+    result = Backend(kind, url, opener(None), opener, elapse)
     try:
         yield result
     finally:
@@ -198,7 +238,8 @@ async def test_delete_with_version_removes_only_that_version(store: KeyValueStor
 
 
 async def test_versions_strictly_increase_across_keys_collections_and_operations(store: KeyValueStore) -> None:
-    """Every write gets a version higher than any before it, store-wide, whatever the operation."""
+    """Every write gets a version higher than any before it in its placement group (here the service-wide
+    group of collections a, b, c), whatever the key, collection or operation."""
     versions = [(await store.create("a", "k1", b"")).version, (await store.create("b", "k1", b"")).version]
     entry = await store.create("a", "k2", b"")
     versions.append(entry.version)
@@ -210,6 +251,24 @@ async def test_versions_strictly_increase_across_keys_collections_and_operations
     versions.append((await store.create("b", "k4", b"", ttl=60)).version)
     assert versions == sorted(versions)
     assert len(set(versions)) == len(versions)
+
+
+async def test_versions_of_one_key_strictly_increase_whatever_its_group(store: KeyValueStore) -> None:
+    """A key's successive versions rise through create, CAS, delete and re-create, increment, in a spread
+    collection as in a service-wide one."""
+    for collection in ("docs", "a"):
+        first = await store.create(collection, "k", b"1")
+        second = await store.compare_and_swap(collection, "k", b"2", version=first.version)
+        await store.delete(collection, "k")
+        third = await store.create(collection, "k", b"3")
+        assert first.version < second.version < third.version
+    await store.increment("counters", "n")
+    before = await store.get("counters", "n")
+    await store.increment("counters", "n")
+    after = await store.get("counters", "n")
+    assert before is not None
+    assert after is not None
+    assert before.version < after.version
 
 
 async def test_delete_then_recreate_gets_a_new_higher_version(store: KeyValueStore) -> None:
@@ -419,6 +478,121 @@ async def test_commit_validates_every_operation_before_writing(store: KeyValueSt
     with pytest.raises(InvalidKey):
         await store.commit([Create("a", "ok", b"1"), Create("a", "bad\nkey", b"2")])
     assert await store.get("a", "ok") is None
+
+
+# --- placement groups ----------------------------------------------------------------------------------
+
+
+def _token_of(key: str) -> str:
+    return key.split("/", 1)[0]
+
+
+TOKENS = Placement(spread={"tokens": _token_of, "verification": _token_of})
+"""Two collections spread by the token id before the first '/' of the key; every other one is service-wide."""
+ONE_GROUP = {"operations": "every key of a commit must be in one placement group"}
+
+
+async def test_a_commit_across_placement_groups_is_refused_and_writes_nothing(backend: Backend) -> None:
+    """A commit naming two aggregates, or an aggregate and the service-wide group, raises InvalidKey naming the
+    rule, and none of its writes happen; the same writes one group at a time succeed."""
+    store = backend.open_another(TOKENS)
+    existing = await store.create("tokens", "t1/held", b"keep")
+    spans: list[list[Operation]] = [
+        [Create("tokens", "t1/a", b""), Create("tokens", "t2/a", b"")],
+        [Create("tokens", "t1/b", b""), Create("plain", "x", b"")],
+        [Delete("tokens", "t1/held", existing.version), Create("verification", "t9", b"")],
+    ]
+    for operations in spans:
+        with pytest.raises(InvalidKey) as caught:
+            await store.commit(operations)
+        assert caught.value.fields == ONE_GROUP
+        for op in operations:
+            if op.key != "t1/held":
+                assert await store.get(op.collection, op.key) is None
+    assert await store.get("tokens", "t1/held") == existing
+    assert await store.commit([Create("tokens", "t1/a", b""), Create("verification", "t1", b"")])
+    assert await store.commit([Create("plain", "x", b""), Create("other", "y", b"")])
+
+
+async def test_one_aggregate_commits_atomically_across_spread_collections(backend: Backend) -> None:
+    """Keys of one aggregate in two spread collections commit together, all or nothing."""
+    store = backend.open_another(TOKENS)
+    state, last = await store.commit([Create("tokens", "t1", b"state"), Create("verification", "t1/last", b"0")])
+    assert state is not None
+    assert last is not None
+    with pytest.raises(VersionMismatch):
+        await store.commit(
+            [Replace("tokens", "t1", b"next", state.version), Replace("verification", "t1/last", b"1", 0)]
+        )
+    assert await store.get("tokens", "t1") == state
+    moved = await store.commit(
+        [Replace("tokens", "t1", b"next", state.version), Replace("verification", "t1/last", b"1", last.version)]
+    )
+    assert [e.value for e in moved if e is not None] == [b"next", b"1"]
+
+
+async def test_a_key_the_placement_finds_no_aggregate_in_is_refused(backend: Backend) -> None:
+    """A spread collection's function that returns no aggregate id (empty, not text, or raising) makes the call
+    fail with InvalidKey, on reads as on writes."""
+
+    def broken(key: str) -> str:
+        if key == "raises":
+            raise ValueError(key)
+        return "" if key == "empty" else key
+
+    store = backend.open_another(Placement(spread={"tokens": broken}))
+    for key in ("empty", "raises"):
+        with pytest.raises(InvalidKey):
+            await store.create("tokens", key, b"")
+        with pytest.raises(InvalidKey):
+            await store.get("tokens", key)
+        with pytest.raises(InvalidKey):
+            await store.increment("tokens", key)
+    assert (await store.create("tokens", "fine", b"")).key == "fine"
+
+
+async def test_spread_listing_returns_every_key_in_order_across_buckets(backend: Backend) -> None:
+    """A collection spread over many aggregates lists every durable key once, in byte order, across pages
+    that cut through the buckets, and resumes from a token after keys change."""
+    store = backend.open_another(Placement(spread={"wide": _by_key}))
+    keys = [f"user-{i:03}" for i in range(120)] + ["A", "z", "\u00e9t\u00e9", "\U0001f511", "user-050:x"]
+    for key in keys:
+        await store.create("wide", key, key.encode())
+    await store.create("wide", "transient", b"", ttl=60)
+    entries, _ = await list_all(store, "wide", page_size=7)
+    assert [e.key for e in entries] == byte_order(keys)
+    assert all(e.value == e.key.encode() for e in entries)
+    first = await store.list("wide", page_size=10)
+    for key in ("user-010", "user-011", "user-099"):
+        await store.delete("wide", key)
+    await store.create("wide", "user-0995", b"")
+    rest, _ = await list_all(store, "wide", page_size=13, token=first.next_page_token)
+    expected = byte_order([k for k in keys if k not in ("user-010", "user-011", "user-099")] + ["user-0995"])
+    assert [e.key for e in first.entries] + [e.key for e in rest] == expected
+
+
+async def test_group_commit_rounds_never_mix_placement_groups(backend: Backend) -> None:
+    """Concurrent writes of many aggregates and of the service-wide group through one GroupCommitStore all
+    land (a round mixing groups would be refused as a whole); a unit spanning groups fails alone."""
+    grouped = GroupCommitStore(backend.open_another(TOKENS))
+    try:
+        writes = [grouped.create("tokens", f"t{i % 6}/{i}", b"") for i in range(36)]
+        writes += [grouped.create("plain", f"p{i}", b"") for i in range(12)]
+        writes += [
+            grouped.commit([Create("tokens", f"t{i}/pair", b""), Create("verification", f"t{i}", b"")])
+            for i in range(6)
+        ]
+        spanning = grouped.commit([Create("tokens", "t1/x", b""), Create("plain", "x", b"")])
+        *results, refused = await asyncio.gather(*writes, spanning, return_exceptions=True)
+        assert not [r for r in results if isinstance(r, BaseException)]
+        assert isinstance(refused, InvalidKey)
+        assert refused.fields == ONE_GROUP
+        for i in range(36):
+            assert await grouped.get("tokens", f"t{i % 6}/{i}") is not None
+        assert await grouped.get("tokens", "t1/x") is None
+        assert await grouped.get("plain", "x") is None
+    finally:
+        await grouped.close()
 
 
 # --- concurrency -------------------------------------------------------------------------------------------
