@@ -66,7 +66,7 @@ class CrlPublisher:
         self._periodic: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Begin the periodic freshness check."""
+        """Begin the periodic freshness check, after making sure the published CRLs cover the store's revocations."""
         if self._periodic is None or self._periodic.done():
             self._periodic = asyncio.get_running_loop().create_task(self._run_periodic())
 
@@ -197,7 +197,23 @@ class CrlPublisher:
             if published is None or published[0].listed_at - COVER_MARGIN < stamped:
                 self.request_rebuild(issuer, delay=0.0)
 
+    async def _cover_stored_revocations(self) -> None:
+        """Publish a CRL for each issuer whose published one predates a revocation in the store: one committed
+        just before a crash whose debounced CRL never came, or before the snapshot a store was restored from."""
+        for issuer in ISSUING_KINDS:
+            try:
+                statuses = await self._repository.revoked_statuses(issuer)
+                published = await self._repository.crl(issuer)
+                latest = max((s.revocation.revoked_at.timestamp() for s in statuses if s.revocation), default=None)
+                if latest is not None and (published is None or published[0].listed_at - COVER_MARGIN < latest):
+                    await self.rebuild(issuer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("crl coverage check at start failed", issuer=issuer.value, error=str(exc))
+
     async def _run_periodic(self) -> None:
+        await self._cover_stored_revocations()
         while True:
             for issuer in ISSUING_KINDS:
                 try:
