@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -110,11 +111,11 @@ def confirm(action: str, plan: Plan | Callable[[], Plan] = (), *, yes: bool, dry
 
 
 def _show_plan(action: str, plan: Plan, *, dry_run: bool) -> None:
-    console = Console(stderr=True, highlight=False)
-    console.print(f"[bold]{'Would' if dry_run else 'This will'}[/bold] {action}.", markup=True)
+    console = _stdout_console(stderr=True)
+    console.print(f"[bold]{'Would' if dry_run else 'This will'}[/bold] {escape(action)}.")
     if isinstance(plan, Mapping):
         if plan:
-            console.print(_record_table(plan, console.is_terminal))
+            _print(console, _record_table(plan, console.is_terminal))
     else:
         for line in plan:
             console.print(f"  {line}", markup=False)
@@ -192,22 +193,22 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _stdout_console() -> Console:
+def _stdout_console(*, stderr: bool = False) -> Console:
     # Resolved when printing, so that a redirected sys.stdout (click's test runner) is the one written to.
-    probe = Console(highlight=False)
+    probe = Console(highlight=False, stderr=stderr)
     if probe.is_terminal:
         return probe
     # A pipe or a file: no colour, and never a wrapped cell (scripts cut columns out of the lines).
-    return Console(highlight=False, width=100_000, no_color=True)
+    return Console(highlight=False, width=100_000, no_color=True, stderr=stderr)
 
 
-def _print(console: Console, renderable: Table) -> None:
+def _print(console: Console, renderable: Table | str) -> None:
     if console.is_terminal:
         console.print(renderable)
         return
     with console.capture() as captured:
         console.print(renderable)
-    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
+    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()), err=console.stderr)
 
 
 # -- progress ---------------------------------------------------------------------------------------------------
