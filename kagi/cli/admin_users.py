@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -410,9 +411,10 @@ def reissue_certificate_command(
     show_default=True,
     help="Seconds before the new key signs: every replica reloads the file and publishes it first.",
 )
+@json_option('Print {"key_file", "added", "signs_from", "dropped"} as JSON.')
 @click.pass_obj
 def rotate_signing_key_command(
-    obj: AdminContext, key_file: Path | None, passphrase_file: Path | None, activate_in: int
+    obj: AdminContext, key_file: Path | None, passphrase_file: Path | None, activate_in: int, as_json: bool
 ) -> None:
     """Add a new token signing key; old keys stay in the JWKS until the last token they signed has expired."""
     secrets_dir = obj.state_dir / "secrets"
@@ -433,6 +435,10 @@ def rotate_signing_key_command(
         new, dropped = rotate_key_ring(path, passphrase, now=time.time(), activate_after=activate_in)
     except KagiError as exc:
         raise failure(exc) from None
+    if as_json:
+        signs_from = datetime.fromtimestamp(new.not_before, UTC).isoformat().replace("+00:00", "Z")
+        print_json({"key_file": str(path), "added": new.kid, "signs_from": signs_from, "dropped": list(dropped)})
+        return
     click.echo(
         f"added key {new.kid} to {path}; it signs from {time.strftime('%H:%M:%S', time.localtime(new.not_before))}"
     )
