@@ -46,9 +46,12 @@ VARIABLES: tuple[Variable, ...] = (
         (*ALL, "kagi admin", "init"),
         "`sqlite:`",
         "the store: `sqlite:` (a SQLite file per service under `KAGI_STATE_DIR`), `sqlite:///path/file.db`, "
-        "`redis://host:port/db` or `rediss://...` (Redis with AOF; see [Redis](#redis)). The gateway uses only a "
-        "Redis URL, for rate-limit counters every replica shares; `kagi admin issue-credential --offline` and "
-        "`init-ca` record into it",
+        "`redis://` or `rediss://` (one server), `redis+sentinel://` or `redis+cluster://` (see [Redis](#redis)); "
+        "a Redis URL carries its user's password, so give it as a file. The gateway uses only a Redis URL, for "
+        "rate-limit counters every replica shares; `kagi admin issue-credential --offline` and `verify-audit` "
+        "read the store directly",
+        secret=True,
+        file_form=True,
     ),
     Variable(
         "KAGI_STATE_DIR",
