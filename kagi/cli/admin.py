@@ -157,14 +157,17 @@ How it finds its credential and the services:
     KAGI_ADMIN_TLS_CERT  certificate (default <state-dir>/tls/developer.pem)
     KAGI_ADMIN_TLS_KEY   its private key (default <state-dir>/tls/developer-key.pem)
     KAGI_ADMIN_TLS_CA    the root that signed the services' certificates (default <state-dir>/tls/ca.pem)
-  The services, over mTLS, checked under the name localhost (a port-forward or a local address):
-    KAGI_CA_TARGET          the CA            (default localhost:50051)
-    KAGI_OTP_TARGET         the OTP service   (default localhost:50052)
-    KAGI_ENROLLMENT_TARGET  the enrollment service (default localhost:50053)
-  --state-dir / KAGI_STATE_DIR is `kagi dev`'s state directory: in production set the variables above and
-  nothing reads it. Commands on files or stores say so in their own --help: verify-audit reads KAGI_STORE_URL;
-  rotate-otp-key runs with the OTP service's environment; init-ca, sign-root-crl, move-root-key and
-  issue-credential --offline work on the CA's files (--ca-dir, KAGI_CA_KEY_PASSPHRASE[_FILE]).
+  The services, over mTLS, at any address (a Service name, a port-forward); each must present its role name,
+  <role>.<suffix> (ca.kagi.internal, ...), whatever address was dialled:
+    KAGI_CA_TARGET            the CA                 (default localhost:50051)
+    KAGI_OTP_TARGET           the OTP service        (default localhost:50052)
+    KAGI_ENROLLMENT_TARGET    the enrollment service (default localhost:50053)
+    KAGI_INTERNAL_DNS_SUFFIX  the suffix of the role names (default kagi.internal)
+  --state-dir / KAGI_STATE_DIR is `kagi dev`'s state directory: in production the variables above replace it
+  (it still locates sqlite: stores and the default key files). Commands on files or stores say so in their own
+  --help: verify-audit reads KAGI_STORE_URL; rotate-otp-key runs with the OTP service's environment; init-ca,
+  sign-root-crl, move-root-key and issue-credential --offline work on the CA's files (--ca-dir,
+  KAGI_CA_KEY_PASSPHRASE[_FILE]).
 
 \b
 People get tables and a question before any change that cannot be undone; scripts pass --json and --yes.

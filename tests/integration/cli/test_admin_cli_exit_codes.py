@@ -32,6 +32,7 @@ def test_help_documents_the_exit_codes_and_the_production_settings() -> None:
         "KAGI_CA_TARGET",
         "KAGI_OTP_TARGET",
         "KAGI_ENROLLMENT_TARGET",
+        "KAGI_INTERNAL_DNS_SUFFIX",
         "KAGI_STORE_URL",
     ):
         assert variable in text
