@@ -230,3 +230,37 @@ def test_component_users_run_only_the_stores_commands(acl_redis: SecuredRedis, u
         assert client.ping()
     finally:
         client.close()
+
+
+async def test_writes_survive_a_restart_with_the_default_user_off(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A Redis killed and restarted reloads from its AOF every write the components' users made: Redis 7.0
+    replays the AOF's transactions (the effects of kagi's scripts) as the `default` user, so that user is off
+    (no one can log in as it) yet keeps every permission; a restricted `default` drops those writes silently."""
+    directory = tmp_path_factory.mktemp("redis-acl-restart")
+    server = SecuredRedis(directory, ["--aclfile", str(write_acl_file(directory, PASSWORDS))])
+    server.start()
+    try:
+        written = {}
+        for component in COMPONENTS:
+            store = open_store(_url(server, f"kagi-{component}"), namespace=component, state_dir=None)
+            try:
+                written[component] = (await store.create("things", "a", b"kept"), await store.increment("n", "c"))
+            finally:
+                await store.close()
+        server.stop()
+        server.start()
+        for component in COMPONENTS:
+            store = open_store(_url(server, f"kagi-{component}"), namespace=component, state_dir=None)
+            try:
+                entry, count = written[component]
+                assert await store.get("things", "a") == entry
+                assert await store.increment("n", "c") == count + 1
+            finally:
+                await store.close()
+        admin = _client(server, "kagi-admin")
+        try:
+            assert {(user, what) for user, _, what in _refusals(admin) if what != "config|get"} == set()
+        finally:
+            admin.close()
+    finally:
+        server.stop()

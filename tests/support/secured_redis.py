@@ -34,6 +34,7 @@ class SecuredRedis:
         self.options = list(options)
         self.log = directory / "redis.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_start = 0
 
     def start(self, timeout: float = 30.0) -> None:
         """Launch the server and return once its log says it accepts connections."""
@@ -45,9 +46,10 @@ class SecuredRedis:
         argv += ["--daemonize", "no", "--logfile", str(self.log), *self.options]
         if "--port" not in self.options:
             argv += ["--port", str(self.port)]
+        self._log_start = len(self._log_text())  # a restart appends to the same log: read only what it writes
         self._process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while "Ready to accept connections" not in self._log_text():
+        while "Ready to accept connections" not in self._log_text()[self._log_start :]:
             if self._process.poll() is not None:
                 pytest.fail(f"redis-server exited with {self._process.returncode}:\n{self._log_text()[-2000:]}")
             if time.monotonic() > deadline:
@@ -56,7 +58,8 @@ class SecuredRedis:
             time.sleep(0.05)  # polling a starting process, not waiting out a window
 
     def stop(self) -> None:
-        """Kill the server and reap it."""
+        """Kill the server (SIGKILL: no shutdown, no final fsync) and reap it; `start` starts it again on the
+        same port and directory, where it reloads its AOF."""
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait(timeout=10)
