@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-tools="redis-server:redis-server openssl:openssl oathtool:oathtool curl:curl jq:jq"  # jq: examples/grpcurl.md
+tools="redis-server:redis-server redis-cli:redis-tools openssl:openssl oathtool:oathtool curl:curl jq:jq"  # jq: examples/grpcurl.md
 # In CI the container deployment test runs too (tests/deploy: about 4-5 minutes on a clean machine, most of it
 # making the Debian base image): it needs podman with runc and mmdebstrap.
 if [ "${CI:-}" = "true" ]; then
