@@ -12,6 +12,7 @@ another origin; the console log shows Content-Security-Policy violations.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -130,6 +131,7 @@ class Browser:
     requested: list[str] = field(default_factory=list)
     console: list[dict[str, Any]] = field(default_factory=list)
     responses: dict[str, str] = field(default_factory=dict)
+    closed: bool = False
 
     def open(self, path: str) -> None:
         """Navigate to a path of the gateway."""
@@ -177,21 +179,29 @@ class Browser:
             element.send_keys(value)
 
     def click(self, css: str) -> None:
-        """Click the visible element `css` selects."""
-        self.element(css).click()
+        """Click the visible element `css` selects (dispatched to the element itself: a full-page screenshot
+        resizes the viewport for a moment, and a click by coordinates could land beside it)."""
+        self.driver.execute_script("arguments[0].click();", self.element(css))
 
     def text(self, css: str) -> str:
         """Return the visible text of the element `css` selects."""
         return str(self.element(css).text)
 
     def shot(self, name: str) -> Path:
-        """Save a screenshot of the page as NAME.png in the screenshots folder."""
+        """Save a screenshot of the whole page (beyond the window too) as NAME.png in the screenshots folder."""
         path = self.screenshots / f"{name}.png"
-        self.driver.save_screenshot(str(path))
+        size = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        shot = self.driver.execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+        )
+        path.write_bytes(base64.b64decode(shot["data"]))
         return path
 
     def collect_logs(self) -> None:
         """Read the performance log (every request sent) and the console log since the last read."""
+        if self.closed:
+            return
         for entry in self.driver.get_log("performance"):
             message = json.loads(entry["message"])["message"]
             if message.get("method") == "Network.requestWillBeSent":
@@ -226,10 +236,13 @@ class Browser:
         return [str(entry["message"]) for entry in self.console if "Content Security Policy" in entry["message"]]
 
     def quit(self) -> None:
-        """Read the logs a last time and stop the browser."""
+        """Read the logs a last time and stop the browser (once)."""
+        if self.closed:
+            return
         try:
             self.collect_logs()
         finally:
+            self.closed = True
             self.driver.quit()
 
 

@@ -12,13 +12,16 @@ import aiohttp
 from gateway.web import CONTENT_SECURITY_POLICY
 from tests.integration.gateway.gateway_support import GatewayStack
 
-FOLDERS = ("/app/",)
+FOLDERS = ("/app/", "/setup/")
 PAGES = {
     "/app/": "text/html; charset=utf-8",
     "/app/app.js": "text/javascript; charset=utf-8",
     "/app/sw.js": "text/javascript; charset=utf-8",
     "/app/manifest.webmanifest": "application/manifest+json",
     "/app/icon-192.png": "image/png",
+    "/setup/": "text/html; charset=utf-8",
+    "/setup/setup.js": "text/javascript; charset=utf-8",
+    "/setup/certificate.js": "text/javascript; charset=utf-8",
     "/assets/kagi.css": "text/css; charset=utf-8",
     "/assets/api.js": "text/javascript; charset=utf-8",
     "/assets/vendor/pkijs.bundle.js": "text/javascript; charset=utf-8",
