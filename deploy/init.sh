@@ -9,10 +9,13 @@
 #   enrollment/  secrets/password-pepper, secrets/signing-keys.pem and its passphrase, tls/
 #   gateway/     tls/
 #   operator/    tls/ (for `kagi admin`)
-# Each tls/ holds service.pem (certificate + internal CA), service-key.pem and ca.pem (the root).
+#   store-users/ (read-only) the Redis users' passwords, made by Redis's start script (deploy/redis/start.sh)
+# Each tls/ holds service.pem (certificate + internal CA), service-key.pem and ca.pem (the root). With Redis, each
+# component's secrets/store-url is its store URL as its own Redis user (read through KAGI_STORE_URL_FILE).
 #
-# Reads KAGI_PKI_BASE_URL (written into the certificates), KAGI_STORE_URL (the CA's store, where each credential
-# is recorded) and KAGI_GATEWAY_DNS_NAMES / KAGI_GATEWAY_IP_ADDRESSES (the names browsers reach the gateway by).
+# Reads KAGI_PKI_BASE_URL (written into the certificates), KAGI_STORE_URL (the store; for Redis, the server without a
+# user: this job records each credential in the CA's store as kagi-ca) and KAGI_GATEWAY_DNS_NAMES /
+# KAGI_GATEWAY_IP_ADDRESSES (the names browsers reach the gateway by).
 set -eu
 umask 077
 I=/var/lib/kagi-init
@@ -25,9 +28,26 @@ random_key() {  # a fresh base64 256-bit key in file $1, unless it has one
   [ -s "$1" ] || python3 -c 'import base64, secrets, sys; sys.stdout.write(base64.b64encode(secrets.token_bytes(32)).decode())' > "$1"
 }
 
-# Redis may still be starting (not every compose honours `service_healthy`): wait for it, up to a minute.
+# Redis: one user per component, each limited to its own keys (deploy/redis/users.acl); Redis's start script makes
+# their passwords. Each component's URL names its own user; this job uses the CA's. Redis may still be starting
+# (not every compose honours `service_healthy`): wait for the passwords, then for an answer, up to a minute each.
 case "${KAGI_STORE_URL:-}" in
   redis://* | rediss://*)
+    for _ in $(seq 60); do
+      [ -s "$I/store-users/kagi-ca" ] && break
+      sleep 1
+    done
+    [ -s "$I/store-users/kagi-ca" ] || { echo "kagi init: no Redis user passwords in $I/store-users" >&2; exit 1; }
+    scheme=${KAGI_STORE_URL%%://*}
+    server=${KAGI_STORE_URL#*://}
+    server=${server#*@}  # a user given in KAGI_STORE_URL gives way to each component's own
+    for component in ca otp enrollment gateway; do
+      mkdir -p "$I/$component/secrets"
+      printf '%s://kagi-%s:%s@%s\n' "$scheme" "$component" "$(cat "$I/store-users/kagi-$component")" "$server" \
+        > "$I/$component/secrets/store-url"
+    done
+    KAGI_STORE_URL=$(cat "$I/ca/secrets/store-url")
+    export KAGI_STORE_URL
     python3 - <<'PY'
 import os, sys, time
 import redis

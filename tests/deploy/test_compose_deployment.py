@@ -114,15 +114,13 @@ class Deployment:
         self.podman("stop", "-t", "20", self.container(service))
         print(f"{service} stopped in {time.monotonic() - started:.1f} s")
         self.podman("start", self.container(service))
-        if service == "redis":
-            deadline = time.monotonic() + 60
-            while self.podman("exec", self.container("redis"), "redis-cli", "ping", check=False).stdout.strip() != (
-                "PONG"
-            ):
-                assert time.monotonic() < deadline, self.logs("redis")
-                time.sleep(0.5)
-        else:
-            self.wait_healthy(service)
+        self.wait_healthy(service)
+
+    def redis_cli(self, user: str, *args: str) -> str:
+        """Run redis-cli in the Redis container as `user` (its password read there, never on a command line)."""
+        login = 'REDISCLI_AUTH="$(cat /var/lib/kagi-redis/$0)" exec redis-cli --user "$0" "$@"'
+        done = self.podman("exec", self.container("redis"), "sh", "-c", login, user, *args, check=False)
+        return done.stdout + done.stderr
 
     def register_application(self) -> dict[str, str]:
         """Register a company as the bank's operator (`kagi admin` in the compose `admin` service); return the
@@ -334,3 +332,29 @@ def test_no_running_component_mounts_the_root_key(deployment: Deployment) -> Non
     init = json.loads(deployment.podman("inspect", deployment.container("init")).stdout)[0]
     assert f"{deployment.project}_root-key" in {mount.get("Name") for mount in init["Mounts"]}
     assert init["State"]["ExitCode"] == 0
+
+
+def test_each_component_reaches_redis_as_its_own_user(deployment: Deployment) -> None:
+    """Redis's `default` user is off; each component's store URL names its own Redis user and comes from a file
+    in its own volume, not from its environment; the gateway's user is refused the CA's keys; and after the ten
+    steps, a Redis restart included, Redis refused nothing but CONFIG GET (the store's durability check, which
+    then reads INFO): the commands in deploy/redis/users.acl are all the real services need."""
+    anonymous = deployment.podman("exec", deployment.container("redis"), "redis-cli", "ping", check=False)
+    assert "NOAUTH" in anonymous.stdout + anonymous.stderr
+    for component in ("ca", "otp", "enrollment", "gateway"):
+        inspected = json.loads(deployment.podman("inspect", deployment.container(component)).stdout)[0]
+        environment = dict(item.split("=", 1) for item in inspected["Config"]["Env"])
+        assert "KAGI_STORE_URL" not in environment, component
+        assert environment["KAGI_STORE_URL_FILE"] == "/var/lib/kagi/secrets/store-url"
+        url = deployment.podman("exec", deployment.container(component), "cat", "/var/lib/kagi/secrets/store-url")
+        assert url.stdout.startswith(f"redis://kagi-{component}:"), component
+    lines = deployment.redis_cli("kagi-admin", "ACL", "LOG", "1000").splitlines()
+    refused = {
+        (lines[i + 1], lines[i + 3])  # (object, username): they follow each other in every entry
+        for i, line in enumerate(lines[:-3])
+        if line == "object" and lines[i + 2] == "username"
+    }
+    # Nothing else, for anyone: not even the `default` user, as which Redis 7.0 replays the AOF's transactions.
+    assert {(what, user) for what, user in refused if what != "config|get"} == set(), refused
+    assert "NOPERM" in deployment.redis_cli("kagi-gateway", "HMGET", "kagi:{ca}:version", "v")
+    assert "NOPERM" in deployment.redis_cli("kagi-otp", "HMGET", "kagi:{enrollment}:version", "v")
