@@ -21,7 +21,6 @@ from gateway.errors import INTERNAL_MESSAGE, HttpError, invalid_input
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import ID_PATTERN, IDEMPOTENCY_KEY_PATTERN, openapi_document
 from gateway.pki import PkiFiles
-from gateway.revocation import RevocationRegistry, RevocationUnavailable, Status
 from gateway.schemas import (
     ACTIVATE_APP,
     CHANGE_PASSWORD,
@@ -44,6 +43,7 @@ from gateway.schemas import (
 )
 from gateway.tls import CustomerCertificate, CustomerCertificateVerifier, peer_certificate
 from gateway.web import WebPages
+from kagi.clients.revocation import RevocationRegistry, RevocationUnavailable, Status
 from kagi.common.v1 import common_pb2
 from kagi.enrollment.v1 import enrollment_pb2 as pb
 from kagi.enrollment.v1 import user_pb2 as upb

@@ -16,7 +16,6 @@ from gateway.errors import HttpError
 from gateway.metrics import GatewayMetrics
 from gateway.pki import CaCertificates, PkiFiles, fetch_ca_certificates
 from gateway.ratelimit import OcspLimit, RateLimiter, rate_limits
-from gateway.revocation import RevocationRegistry
 from gateway.settings import GatewaySettings
 from gateway.tls import (
     HANDSHAKE_TIMEOUT_SECONDS,
@@ -25,6 +24,7 @@ from gateway.tls import (
     load_customer_cas,
     server_context,
 )
+from kagi.clients.revocation import RevocationRegistry
 from kagi.errors import Unavailable
 from kagi.runtime.management import ManagementListener
 from kagi.store import open_store

@@ -15,7 +15,7 @@ What is served from it, and when:
 
 Invalidation, failing towards freshness:
 
-- The revocation stream (gateway.revocation.RevocationRegistry) reports each revoked serial; every answer for
+- The revocation stream (kagi.clients.revocation.RevocationRegistry) reports each revoked serial; every answer for
   that serial is dropped at once. An answer for a serial revoked in the last `REVOKED_GRACE` seconds is not
   kept either: it may have been fetched before the revocation, or from a CA replica that has not heard of it
   yet (each replica reads the revocation feed on its own).
@@ -43,7 +43,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509 import ocsp
 
-from gateway.revocation import RevocationRegistry
+from kagi.clients.revocation import RevocationRegistry
 
 REVOKED_GRACE = 10.0
 """How long (seconds) after the stream reports a serial revoked no answer for it is kept: far

@@ -38,8 +38,8 @@ from gateway.ocsp_cache import (
     http_date,
     read_ocsp_request,
 )
-from gateway.revocation import RevocationRegistry
 from kagi.ca.v1 import ca_pb2
+from kagi.clients.revocation import RevocationRegistry
 
 log = structlog.get_logger("kagi.gateway.pki")
 

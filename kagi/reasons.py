@@ -101,6 +101,10 @@ class SharedReason(ReasonCatalogue):
     CLIENT_CA_UNKNOWN = Reason(ErrorKind.INVALID_ARGUMENT, 400, "Settings: the CA to trust callers under is unknown.")
     CALLER_NOT_AUTHENTICATED = Reason(_UNAUTH, 401, "The caller showed no kagi internal client certificate.")
     CALLER_NOT_ALLOWED = Reason(ErrorKind.PERMISSION_DENIED, 403, "The caller's role may not call this RPC.")
+    CALLER_CERTIFICATE_REVOKED = Reason(_UNAUTH, 401, "The caller's internal certificate is revoked.")
+    CALLER_REVOCATION_UNKNOWN = Reason(
+        ErrorKind.UNAVAILABLE, 503, "The caller's certificate cannot be checked for revocation now (fails closed)."
+    )
     CLIENT_CERT_REQUIRED = Reason(_UNAUTH, 401, "This step needs the customer's client certificate.")
     CLIENT_CERT_NOT_RELAYED = Reason(
         ErrorKind.PERMISSION_DENIED, 403, "A client certificate came from a caller other than the gateway."

@@ -215,6 +215,7 @@ async def start_stack(
         stack.settings["ca"] = CaSettings.from_env(env)
         stack.components["ca"] = ca = await start_ca(stack.settings["ca"], clock=ca_clock)
         chosen["ca"] = ca.port
+        env.update(stack_environment(pki, chosen, store_url, extra))  # the OTP service follows the CA
         stack.settings["otp"] = OtpSettings.from_env(env)
         stack.components["otp"] = otp = await start_otp(stack.settings["otp"], clock=clock)
         chosen["otp"] = otp.port

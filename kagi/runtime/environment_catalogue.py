@@ -141,7 +141,12 @@ VARIABLES: tuple[Variable, ...] = (
         for c in SERVICES
     ],
     # Where components reach each other.
-    Variable("KAGI_CA_TARGET", ("enrollment", "gateway", "kagi admin"), "`localhost:50051`", "the CA service"),
+    Variable(
+        "KAGI_CA_TARGET",
+        ("otp", "enrollment", "gateway", "kagi admin"),
+        "`localhost:50051`",
+        "the CA service (the OTP service follows its revocation stream to refuse revoked internal callers)",
+    ),
     Variable("KAGI_OTP_TARGET", ("enrollment", "gateway", "kagi admin"), "`localhost:50052`", "the OTP service"),
     Variable(
         "KAGI_ENROLLMENT_TARGET", ("enrollment", "gateway", "kagi admin"), "`localhost:50053`", "the enrollment service"
@@ -295,7 +300,7 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "KAGI_INTERNAL_DNS_SUFFIX",
-        ("enrollment", "gateway", "kagi admin"),
+        ("otp", "enrollment", "gateway", "kagi admin"),
         "`kagi.internal`",
         "the suffix of the role names the services' certificates carry and their clients verify, whatever address "
         "they dial: `ca.<suffix>`, `otp.<suffix>`, `enrollment.<suffix>` (`issue-credential` adds the name)",

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import structlog
@@ -163,6 +163,14 @@ def _check_relay(caller: Caller) -> None:
         )
 
 
+class PeerRevocation(Protocol):
+    """Tells a server whether a caller's internal certificate is revoked (kagi.clients.revocation.RevokedPeers,
+    or the CA's own records)."""
+
+    async def check_peer(self, serial: int) -> None:
+        """Raise Unauthenticated (CALLER_CERTIFICATE_REVOKED) if revoked, Unavailable if that cannot be known."""
+
+
 @dataclass(frozen=True)
 class ServiceBinding:
     """One gRPC service to serve: how to register it and which roles may call each method.
@@ -187,10 +195,18 @@ class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     themselves (caller, allow-list, relayed headers), the request id and the error mapping, nothing more.
     """
 
-    def __init__(self, bindings: Sequence[ServiceBinding], *, domain: str, plaintext: bool) -> None:
+    def __init__(
+        self,
+        bindings: Sequence[ServiceBinding],
+        *,
+        domain: str,
+        plaintext: bool,
+        peers: PeerRevocation | None = None,
+    ) -> None:
         self._policies = {b.name: dict(b.allowed_roles) for b in bindings}
         self._domain = domain
         self._plaintext = plaintext
+        self._peers = peers
         # Wrapped handlers by full method name; only methods the server has (a handler was found) are kept.
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         self._log_ok = False
@@ -234,13 +250,17 @@ class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         return handler
 
-    def _enter(self, context: grpc.aio.ServicerContext, method: str, allowed: frozenset[Role] | None) -> None:
+    async def _enter(self, context: grpc.aio.ServicerContext, method: str, allowed: frozenset[Role] | None) -> None:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         metadata_var.set(metadata)
         request_id = metadata.get(REQUEST_ID_HEADER) or new_request_id()
         request_id_var.set(request_id[:128])
         caller = self._caller(context)
         caller_var.set(caller)
+        # Per call, so a revoked caller is refused on a connection it opened before the revocation too. Health and
+        # reflection (allowed None) stay open to whoever passed the handshake, as the probes need.
+        if self._peers is not None and caller.serial is not None and allowed is not None:
+            await self._peers.check_peer(caller.serial)
         if allowed is not None:
             caller.require(allowed, method)
         if any(header in metadata for header in _RELAYED_HEADERS):
@@ -275,7 +295,7 @@ class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
             try:
-                self._enter(context, method, allowed)
+                await self._enter(context, method, allowed)
                 response = await inner(request, context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
@@ -298,7 +318,7 @@ class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             start = time.perf_counter()
             try:
-                self._enter(context, method, allowed)
+                await self._enter(context, method, allowed)
                 async for item in inner(request, context):
                     yield item
             except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -320,6 +340,7 @@ class GrpcServer:
         domain: str,
         readiness: Callable[[], Awaitable[None]] | None = None,
         readiness_interval: float = 5.0,
+        peers: PeerRevocation | None = None,
     ) -> None:
         self._listen = listen
         self._bindings = list(bindings)
@@ -328,7 +349,9 @@ class GrpcServer:
         self._readiness_task: asyncio.Task[None] | None = None
         self.health = HealthServicer()
         self.port = 0
-        self._interceptor = KagiServerInterceptor(self._bindings, domain=domain, plaintext=listen.tls is None)
+        self._interceptor = KagiServerInterceptor(
+            self._bindings, domain=domain, plaintext=listen.tls is None, peers=peers
+        )
         self._server = grpc.aio.server(
             interceptors=[self._interceptor],
             options=[

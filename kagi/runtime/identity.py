@@ -37,6 +37,8 @@ class Caller:
     role: Role | None
     spiffe_id: str
     plaintext: bool = False
+    # The serial of the caller's certificate (None without one): what the server's revocation check looks up.
+    serial: int | None = None
 
     def require(self, allowed: frozenset[Role], method: str) -> None:
         """Raise PermissionDenied unless the caller's role is in `allowed`."""
@@ -83,7 +85,8 @@ def caller_from_pem(pem: bytes) -> Caller:
     spiffe_ids = [uri for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if uri.startswith("spiffe:")]
     if len(spiffe_ids) != 1:
         return ANONYMOUS
-    return Caller(role=role_from_spiffe_id(spiffe_ids[0]), spiffe_id=spiffe_ids[0])
+    role = role_from_spiffe_id(spiffe_ids[0])
+    return Caller(role=role, spiffe_id=spiffe_ids[0], serial=certificate.serial_number if role else None)
 
 
 def allow(*roles: Role) -> frozenset[Role]:

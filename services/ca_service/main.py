@@ -25,6 +25,7 @@ from services.ca_service.app.crls import CrlPublisher
 from services.ca_service.app.feed import RevocationFeed
 from services.ca_service.app.issuance import Issuance
 from services.ca_service.app.ocsp_signers import OCSP_RENEW_CHECK, OcspSignerRenewal, record_ocsp_signers
+from services.ca_service.app.peers import CallerRevocations
 from services.ca_service.app.publication import Publication
 from services.ca_service.app.repository import REVOCATION_EVENTS, CaRepository
 from services.ca_service.app.revocation import Revocation
@@ -217,7 +218,11 @@ async def start_ca(settings: CaSettings, *, clock: Clock | None = None) -> CaCom
         api = CaApi(
             runtime.issuance, runtime.revocation, runtime.publication, ledger, clock, root_crl=directory.root_crl
         )
-        server = GrpcServer(settings.listen, [binding(api)], domain="ca.kagi", readiness=runtime.store.ping)
+        # A revoked internal caller is refused here too: the CA reads its own records (and its revocation feed).
+        peers = CallerRevocations(runtime.revocation, runtime.feed)
+        server = GrpcServer(
+            settings.listen, [binding(api)], domain="ca.kagi", readiness=runtime.store.ping, peers=peers
+        )
         await server.start()
     except BaseException:
         await runtime.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 
+from kagi.clients.revocation import PEERS_START_WAIT, RevokedPeers, follow_internal_ca
 from kagi.clock import Clock, SystemClock
 from kagi.idempotency import IdempotencyLedger
 from kagi.journal import Journal
@@ -137,6 +138,8 @@ class EnrollmentComponent:
     lifecycle: CredentialLifecycle | None = None
     setups: AbandonedSetups | None = None
     management: ManagementListener | None = None
+    # The follower of the CA's revocation stream that refuses revoked internal callers (None in plaintext).
+    peers: RevokedPeers | None = None
     _sweep_task: asyncio.Task[None] | None = None
 
     def __init__(
@@ -187,6 +190,8 @@ class EnrollmentComponent:
         if self.management is not None:
             await self.management.stop()
         await self.server.stop(grace)
+        if self.peers is not None:
+            await self.peers.stop()
         self._stop_mail.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._mail_task
@@ -256,14 +261,20 @@ async def start_enrollment(
             contact_text=settings.policy.contact_text,
         ),
     )
+    # Every caller's certificate is checked against the internal CA's revocations, followed over the CA channel.
+    peers = follow_internal_ca(ca_channel, settings.listen.tls) if settings.listen.tls is not None else None
     server = GrpcServer(
         settings.listen,
         [binding(api), user_binding(UserApi(sessions, lifecycle, ledger))],
         domain="enrollment.kagi",
         readiness=store.ping,
+        peers=peers,
     )
+    if peers is not None:
+        await peers.start(wait=PEERS_START_WAIT)
     await server.start()
     component = EnrollmentComponent(server, store, [ca_channel, otp_channel], sender, settings.mail_poll_seconds)
+    component.peers = peers
     component.lifecycle = lifecycle
     service.setups.add_duty(lifecycle.maintain)  # renewal reminders, superseded certificates past their grace
     component.start_sweeper(service.setups, settings.sweep_seconds)

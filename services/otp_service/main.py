@@ -5,6 +5,9 @@ Environment (secrets also as NAME_FILE, which keeps them out of the process tabl
     KAGI_OTP_HOST / KAGI_OTP_PORT / KAGI_OTP_WORKERS   where to listen (127.0.0.1, 50052, 1 process)
     KAGI_OTP_TLS_CERT / _KEY / _CA                      mTLS files (KAGI_INSECURE_PLAINTEXT=1: loopback only)
     KAGI_STORE_URL / KAGI_STATE_DIR                     the store ("sqlite:", ".kagi")
+    KAGI_CA_TARGET                                      the CA, whose revocation stream it follows to refuse a
+                                                        revoked internal caller (localhost:50051; with mTLS)
+    KAGI_INTERNAL_DNS_SUFFIX                            the CA's certificate carries ca.<suffix> (kagi.internal)
     KAGI_OTP_PEPPER                                     HMAC pepper for usage-start passwords, >= 32 bytes
     KAGI_OTP_KEK / KAGI_OTP_KEK_ID                      the current key-encryption key (base64 of 32 bytes), "k1"
     KAGI_OTP_KEK_OLD                                    older KEKs that only open: "id:base64,id:base64"
@@ -28,13 +31,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
+from kagi.clients.revocation import PEERS_START_WAIT, RevokedPeers, follow_internal_ca
 from kagi.clock import Clock, SystemClock
 from kagi.errors import InvalidArgument
 from kagi.idempotency import IdempotencyLedger
 from kagi.passwords import MIN_PEPPER_BYTES, PasswordHasher, Pepper
+from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.grpc_server import GrpcServer
 from kagi.runtime.management import ManagementListener, grpc_readiness, management_address, start_management
-from kagi.runtime.settings import Environment, ListenSettings, Secret, store_url_from_env, tls_files_from_env
+from kagi.runtime.settings import (
+    DEFAULT_INTERNAL_DNS_SUFFIX,
+    Environment,
+    ListenSettings,
+    Secret,
+    internal_dns_suffix,
+    role_dns_name,
+    store_url_from_env,
+    tls_files_from_env,
+)
 from kagi.store import GroupCommitStore, KeyValueStore, check_at_start, open_store
 from services.otp_service.api import OtpApi, binding
 from services.otp_service.app.cache import DEFAULT_CACHE_SIZE
@@ -89,6 +105,10 @@ class OtpSettings:
     idempotency_pending_seconds: int = 30
     # The management listener (plain HTTP /healthz, /readyz, /metrics): KAGI_OTP_MANAGEMENT_ADDR; None: none.
     management: tuple[str, int] | None = None
+    # The CA whose revocation stream says which internal callers are revoked (KAGI_CA_TARGET); None: not followed
+    # (plaintext development, or a test with no CA). `from_env` always sets it with mTLS.
+    ca_target: str | None = None
+    dns_suffix: str = DEFAULT_INTERNAL_DNS_SUFFIX
 
     def __post_init__(self) -> None:
         if len(self.pepper.reveal()) < MIN_PEPPER_BYTES:
@@ -118,13 +138,16 @@ class OtpSettings:
             past_steps=env.integer("KAGI_OTP_PAST_STEPS", 1, minimum=0, maximum=MAX_PAST_STEPS),
             future_steps=env.integer("KAGI_OTP_FUTURE_STEPS", 0, minimum=0, maximum=MAX_FUTURE_STEPS),
         )
+        tls = tls_files_from_env(env, "KAGI_OTP")
         return cls(
             listen=ListenSettings(
                 env.text("KAGI_OTP_HOST", "127.0.0.1"),
                 env.integer("KAGI_OTP_PORT", DEFAULT_PORT, minimum=0, maximum=65535),
-                tls_files_from_env(env, "KAGI_OTP"),
+                tls,
                 env.integer("KAGI_OTP_WORKERS", 1, minimum=1, maximum=64),
             ),
+            ca_target=env.text("KAGI_CA_TARGET", "localhost:50051") if tls is not None else None,
+            dns_suffix=internal_dns_suffix(env),
             store_url=store_url_from_env(env),
             state_dir=env.path("KAGI_STATE_DIR", ".kagi"),
             pepper=env.required_secret("KAGI_OTP_PEPPER"),
@@ -174,6 +197,9 @@ class OtpComponent:
     """A running OTP service: its gRPC server, use cases and store."""
 
     management: ManagementListener | None = None
+    # The follower of the CA's revocation stream and its channel (None when not followed).
+    peers: RevokedPeers | None = None
+    _ca_channel: grpc.aio.Channel | None = None
 
     def __init__(self, server: GrpcServer, service: OtpService, store: KeyValueStore) -> None:
         self.server = server
@@ -190,6 +216,10 @@ class OtpComponent:
         if self.management is not None:
             await self.management.stop()
         await self.server.stop(grace)
+        if self.peers is not None:
+            await self.peers.stop()
+        if self._ca_channel is not None:
+            await self._ca_channel.close()
         await self._store.close()
 
 
@@ -207,13 +237,27 @@ async def start_otp(
         raise
     service = build_service(settings, store, clock=clock, hasher=hasher)
     api = OtpApi(service, IdempotencyLedger(store, pending_ttl=settings.idempotency_pending_seconds))
-    server = GrpcServer(settings.listen, [binding(api)], domain="otp.kagi", readiness=store.ping)
+    peers, ca_channel = None, None
+    if settings.ca_target is not None and settings.listen.tls is not None:
+        # Every caller's certificate is checked against the internal CA's revocations (fails closed).
+        ca_channel = open_channel(
+            settings.ca_target, settings.listen.tls, server_name=role_dns_name("ca", settings.dns_suffix)
+        )
+        peers = follow_internal_ca(ca_channel, settings.listen.tls)
+    server = GrpcServer(settings.listen, [binding(api)], domain="otp.kagi", readiness=store.ping, peers=peers)
     try:
+        if peers is not None:
+            await peers.start(wait=PEERS_START_WAIT)
         await server.start()
     except BaseException:
+        if peers is not None:
+            await peers.stop()
+        if ca_channel is not None:
+            await ca_channel.close()
         await store.close()
         raise
     component = OtpComponent(server, service, store)
+    component.peers, component._ca_channel = peers, ca_channel
     component.management = await start_management(
         settings.management, {"otp": grpc_readiness(server)}, reuse_port=settings.listen.workers > 1
     )

@@ -404,18 +404,19 @@ def _pod_labels(kustomization: str, component: str) -> dict[str, str]:
 
 EXPECTED_INGRESS: dict[str, set[Peer]] = {
     "gateway": {("anywhere", 8443), ("anywhere", 8080)},
-    "ca": {("gateway", 50051), ("enrollment", 50051), ("operator", 50051)},
+    "ca": {("gateway", 50051), ("otp", 50051), ("enrollment", 50051), ("operator", 50051)},
     "otp": {("enrollment", 50052), ("operator", 50052)},
     "enrollment": {("gateway", 50053), ("operator", 50053)},
 }
 """docs/design.md §3 as connections: customers reach the gateway only; the gateway calls the enrollment service
 and the CA's public readers; the enrollment service calls the CA and the OTP service; the operator calls each
-service. Prometheus also reaches every component's management port."""
+service; the OTP service calls the CA's revocation stream. Prometheus also reaches every component's
+management port."""
 
 EXPECTED_EGRESS: dict[str, set[Peer]] = {
     "gateway": {("ca", 50051), ("enrollment", 50053)},
     "ca": set(),
-    "otp": set(),
+    "otp": {("ca", 50051)},
     "enrollment": {("ca", 50051), ("otp", 50052)},
     "operator": {("ca", 50051), ("otp", 50052), ("enrollment", 50053)},
 }

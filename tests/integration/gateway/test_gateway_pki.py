@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from gateway.revocation import Status
 from kagi.ca.v1 import ca_pb2
+from kagi.clients.revocation import Status
 from tests.integration.gateway.gateway_support import GatewayCustomer, GatewayStack
 
 

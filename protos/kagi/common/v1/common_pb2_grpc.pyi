@@ -35,6 +35,8 @@ lists its own catalogue and, per RPC, the reasons it can return. Format:
   CLIENT_CA_UNKNOWN (INVALID_ARGUMENT, 400): Settings: the CA to trust callers under is unknown.
   CALLER_NOT_AUTHENTICATED (UNAUTHENTICATED, 401): The caller showed no kagi internal client certificate.
   CALLER_NOT_ALLOWED (PERMISSION_DENIED, 403): The caller's role may not call this RPC.
+  CALLER_CERTIFICATE_REVOKED (UNAUTHENTICATED, 401): The caller's internal certificate is revoked.
+  CALLER_REVOCATION_UNKNOWN (UNAVAILABLE, 503): The caller's certificate cannot be checked for revocation now (fails closed).
   CLIENT_CERT_REQUIRED (UNAUTHENTICATED, 401): This step needs the customer's client certificate.
   CLIENT_CERT_NOT_RELAYED (PERMISSION_DENIED, 403): A client certificate came from a caller other than the gateway.
   SERVICE_UNAVAILABLE (UNAVAILABLE, 503): A called service did not answer (down or too slow).

@@ -1,20 +1,22 @@
-"""Revocation on every gateway replica within two seconds: a revoked-serial set loaded from the customer CRL,
-kept current by the CA's WatchRevocations stream, and a short-lived status lookup while the stream is down.
+"""Revocation on every replica within two seconds: a revoked-serial set loaded from one CA's CRL (customer or
+internal), kept current by the CA's WatchRevocations stream, and a short-lived status lookup while the stream is
+down. The gateway follows the customer CA for its customers' certificates; the OTP and enrollment services follow
+the internal CA and refuse a revoked internal caller (`RevokedPeers`, the gRPC server's peer check).
 
 How a revocation reaches this replica:
 
-1. At start (and after every reconnection) the watcher opens WatchRevocations, then loads the signed customer
+1. At start (and after every reconnection) the watcher opens WatchRevocations, then loads the issuer's signed
    CRL: everything revoked before the stream was up is in the CRL, everything after arrives on the stream.
    Only then is the registry *live*.
-2. While live, a request's check is a set lookup: the CA pushes each revocation (from any CA replica) as it
-   commits, so a revoked serial is known here within the stream's latency. A CA that finds this watcher fell
-   behind ends the stream (an error status): the watcher reconnects and reloads the CRL (step 1).
-   Defence in depth: while live, the CRL is also re-read every `crl_refresh` seconds (60 by default,
-   KAGI_GATEWAY_CRL_REFRESH_SECONDS), so even an event lost on the way is refused within that time; a re-read
-   that fails ends the stream too, so the checks fall back to asking the CA (step 3) until it is back.
+2. While live, a check is a set lookup: the CA pushes each revocation (from any CA replica) as it commits, so a
+   revoked serial is known here within the stream's latency. A CA that finds this watcher fell behind ends the
+   stream (an error status): the watcher reconnects and reloads the CRL (step 1).
+   Defence in depth: while live, the CRL is also re-read every `crl_refresh` seconds (60 by default; the
+   gateway's KAGI_GATEWAY_CRL_REFRESH_SECONDS), so even an event lost on the way is refused within that time; a
+   re-read that fails ends the stream too, so the checks fall back to asking the CA (step 3) until it is back.
 3. While not live (the CA unreachable, the stream broken), each check asks the CA's GetCertificateStatus,
    trusting a "good" answer for at most `status_ttl` seconds (1 s by default), so a revocation still takes
-   effect within 2 s. If the CA cannot answer either, the check fails closed (503).
+   effect within 2 s. If the CA cannot answer either, the check fails closed (RevocationUnavailable).
 4. The stream is reopened with exponential backoff and jitter (0.1 s doubling to 5 s).
 
 Serials only ever join the set: a revocation is final.
@@ -33,16 +35,19 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import structlog
 from cryptography import x509
+from prometheus_client import Counter, Gauge
 
-from gateway.metrics import GatewayMetrics
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
+from kagi.errors import Unauthenticated, Unavailable
+from kagi.runtime.grpc_server import client_trust_anchor
+from kagi.runtime.settings import TlsFiles
 
-log = structlog.get_logger("kagi.gateway.revocation")
+log = structlog.get_logger("kagi.revocation")
 
 BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
@@ -50,6 +55,8 @@ BACKOFF_MAX = 5.0
 SUBSCRIBE_GRACE = 0.3
 # Three missed heartbeats (the CA sends one every quiet second) and the stream counts as dead.
 STREAM_SILENCE_LIMIT = 3.0
+PEERS_START_WAIT = 3.0
+"""How long a service waits at start for the internal CA's stream before it serves (checking with the CA)."""
 _STATUS_CACHE_LIMIT = 65536
 
 
@@ -58,7 +65,7 @@ class Status(Enum):
 
     GOOD = "GOOD"
     REVOKED = "REVOKED"
-    # Never issued by the customer CA, by the CA's own records: never accepted.
+    # Never issued by the followed CA, by the CA's own records.
     UNKNOWN = "UNKNOWN"
 
 
@@ -67,7 +74,16 @@ class RevocationUnavailable(Exception):
 
 
 class CrlRejected(Exception):
-    """The CRL the CA returned is not signed by a customer CA this gateway trusts."""
+    """The CRL the CA returned is not signed by an issuing CA this replica trusts."""
+
+
+class RevocationMetrics(Protocol):
+    """The metrics a registry keeps (the gateway's GatewayMetrics has them)."""
+
+    revoked_serials: Gauge
+    backend_errors: Counter
+    revocation_events: Counter
+    revocation_stream_up: Gauge
 
 
 _STATUS_FROM_PB = {
@@ -82,26 +98,32 @@ def crl_serials(der: bytes, issuers: Sequence[x509.Certificate]) -> set[int]:
     for issuer in issuers:
         if crl.issuer == issuer.subject and crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
             return {entry.serial_number for entry in crl}
-    raise CrlRejected("the customer CRL is not signed by a trusted customer CA")
+    raise CrlRejected("the CRL is not signed by a trusted issuing CA")
 
 
 class RevocationRegistry:
-    """Answers "is this customer certificate revoked?" per request (see the module doc)."""
+    """Answers "is this certificate of the followed CA revoked?" per request (see the module doc).
+
+    `issuer` is the CA followed (ISSUER_CUSTOMER for the gateway's customers, ISSUER_INTERNAL for kagi's own
+    callers) and `issuing_cas` its certificates, which the CRL must be signed by.
+    """
 
     def __init__(
         self,
         ca: ca_pb2_grpc.CertificateAuthorityServiceStub,
-        customer_cas: Sequence[x509.Certificate],
-        metrics: GatewayMetrics,
+        issuing_cas: Sequence[x509.Certificate],
+        metrics: RevocationMetrics | None = None,
         *,
+        issuer: ca_pb2.Issuer.ValueType = ca_pb2.ISSUER_CUSTOMER,
         status_ttl: float = 1.0,
         call_timeout: float = 2.0,
         crl_refresh: float = 60.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ca = ca
-        self._customer_cas = list(customer_cas)
+        self._issuing_cas = list(issuing_cas)
         self._metrics = metrics
+        self._issuer = issuer
         self._status_ttl = status_ttl
         self._call_timeout = call_timeout
         self._crl_refresh = crl_refresh
@@ -188,7 +210,7 @@ class RevocationRegistry:
         future.set_result(status)
         if status is Status.REVOKED:
             self._revoked.add(serial)
-            self._metrics.revoked_serials.set(len(self._revoked))
+            self._count_revoked()
         else:
             if len(self._status_cache) >= _STATUS_CACHE_LIMIT:
                 self._status_cache.clear()
@@ -196,11 +218,11 @@ class RevocationRegistry:
         return status
 
     async def _ask_ca(self, serial_hex: str) -> Status:
-        request = ca_pb2.GetCertificateStatusRequest(serial_number=serial_hex, issuer=ca_pb2.ISSUER_CUSTOMER)
+        request = ca_pb2.GetCertificateStatusRequest(serial_number=serial_hex, issuer=self._issuer)
         try:
             response = await self._ca.GetCertificateStatus(request, timeout=self._call_timeout)
         except grpc.aio.AioRpcError as exc:
-            self._metrics.backend_errors.labels("ca", exc.code().name).inc()
+            self._count_error(exc.code().name)
             raise
         return _STATUS_FROM_PB.get(response.status, Status.UNKNOWN)
 
@@ -230,13 +252,13 @@ class RevocationRegistry:
                 call.cancel()
                 raise
             except TimeoutError:
-                self._metrics.backend_errors.labels("ca", "STREAM_SILENT").inc()
+                self._count_error("STREAM_SILENT")
                 log.warning("revocation stream silent; reconnecting", silent_seconds=STREAM_SILENCE_LIMIT)
             except grpc.aio.AioRpcError as exc:
-                self._metrics.backend_errors.labels("ca", exc.code().name).inc()
+                self._count_error(exc.code().name)
                 log.warning("revocation stream down", grpc_code=exc.code().name, retry_in=round(backoff, 2))
             except (CrlRejected, ValueError) as exc:
-                log.error("customer CRL refused", error=str(exc))
+                log.error("CRL refused", issuer=self._issuer_name, error=str(exc))
             finally:
                 self._set_live(False)
                 call.cancel()
@@ -294,25 +316,26 @@ class RevocationRegistry:
         while True:
             await asyncio.sleep(self._crl_refresh)
             await self._load_crl(announce=True)
-            log.debug("customer CRL re-read", revoked=len(self._revoked))
+            log.debug("CRL re-read", issuer=self._issuer_name, revoked=len(self._revoked))
 
     async def _load_crl(self, *, announce: bool = False) -> None:
-        """Add the customer CRL's serials to the set; with `announce`, tell the listeners of the new ones."""
-        request = ca_pb2.GetCrlRequest(issuer=ca_pb2.ISSUER_CUSTOMER)
+        """Add the issuer's CRL's serials to the set; with `announce`, tell the listeners of the new ones."""
+        request = ca_pb2.GetCrlRequest(issuer=self._issuer)
         response = await self._ca.GetCrl(request, timeout=self._call_timeout * 5)
-        serials = crl_serials(response.crl, self._customer_cas)
+        serials = crl_serials(response.crl, self._issuing_cas)
         # A serial the stream never delivered was lost on the way. At a (re)connection nobody is told: the
         # new epoch already tells every copy that it may be stale.
         missed = serials - self._revoked if announce else set()
         self._revoked |= serials
-        self._metrics.revoked_serials.set(len(self._revoked))
+        self._count_revoked()
         for serial in missed:
             log.warning("revocation found in the CRL but never streamed", serial=f"{serial:x}")
             for listener in self._listeners:
-                listener(ca_pb2.ISSUER_CUSTOMER, serial)
+                listener(self._issuer, serial)
 
     def _revoked_now(self, event: ca_pb2.WatchRevocationsResponse) -> None:
-        self._metrics.revocation_events.inc()
+        if self._metrics is not None:
+            self._metrics.revocation_events.inc()
         serial: int | None = None
         try:
             serial = int(event.serial_number, 16)
@@ -320,19 +343,77 @@ class RevocationRegistry:
             log.error("revocation event with an unreadable serial", serial=event.serial_number[:64])
         for listener in self._listeners:
             listener(event.issuer, serial)
-        if event.issuer != ca_pb2.ISSUER_CUSTOMER or serial is None:
+        if event.issuer != self._issuer or serial is None:
             return
         self._revoked.add(serial)
         self._status_cache.pop(serial, None)
-        self._metrics.revoked_serials.set(len(self._revoked))
-        log.info("certificate revoked", serial=event.serial_number)
+        self._count_revoked()
+        log.info("certificate revoked", issuer=self._issuer_name, serial=event.serial_number)
 
     def _set_live(self, live: bool) -> None:
         if live and not self._live:
             self._epoch += 1
         self._live = live
-        self._metrics.revocation_stream_up.set(1 if live else 0)
+        if self._metrics is not None:
+            self._metrics.revocation_stream_up.set(1 if live else 0)
         if live:
             self._became_live.set()
         else:
             self._became_live.clear()
+
+    @property
+    def _issuer_name(self) -> str:
+        return ca_pb2.Issuer.Name(self._issuer).removeprefix("ISSUER_").lower()
+
+    def _count_revoked(self) -> None:
+        if self._metrics is not None:
+            self._metrics.revoked_serials.set(len(self._revoked))
+
+    def _count_error(self, code: str) -> None:
+        if self._metrics is not None:
+            self._metrics.backend_errors.labels("ca", code).inc()
+
+
+class RevokedPeers:
+    """Refuses a kagi caller whose internal certificate the CA revoked: the gRPC server's peer check.
+
+    A revoked caller is UNAUTHENTICATED (CALLER_CERTIFICATE_REVOKED) on every call, on a new connection or one
+    it already had, within 2 s of its revocation. While the stream is down the CA is asked (each "good" trusted
+    for 1 s); when it cannot answer either, calls fail closed: UNAVAILABLE (CALLER_REVOCATION_UNKNOWN), which
+    callers retry. A serial the CA has no record of is not refused: the TLS handshake proved the internal CA
+    signed it, and the live set (revocations only) could not refuse it either.
+    """
+
+    def __init__(self, registry: RevocationRegistry) -> None:
+        self.registry = registry
+
+    async def check_peer(self, serial: int) -> None:
+        """Raise Unauthenticated when SERIAL is revoked, Unavailable when that cannot be known now."""
+        try:
+            status = await self.registry.status(serial, format(serial, "x"))
+        except RevocationUnavailable:
+            raise Unavailable(
+                "the caller's certificate cannot be checked for revocation now (the CA is unreachable); retry",
+                reason="CALLER_REVOCATION_UNKNOWN",
+            ) from None
+        if status is Status.REVOKED:
+            raise Unauthenticated("the caller's certificate is revoked", reason="CALLER_CERTIFICATE_REVOKED")
+
+    async def start(self, wait: float) -> None:
+        """Begin following the internal CA; wait up to `wait` seconds for the stream (see RevocationRegistry)."""
+        await self.registry.start(wait)
+
+    async def stop(self) -> None:
+        """Stop following."""
+        await self.registry.stop()
+
+
+def follow_internal_ca(channel: grpc.aio.Channel, tls: TlsFiles) -> RevokedPeers:
+    """Return the peer check of a service whose callers the internal CA certifies, following it over `channel`.
+
+    The CRL must be signed by the CA the service trusts its callers under (`client_trust_anchor`: the internal
+    CA). Call `start` before serving and `stop` when done.
+    """
+    internal = x509.load_pem_x509_certificates(client_trust_anchor(tls))
+    stub = ca_pb2_grpc.CertificateAuthorityServiceStub(channel)
+    return RevokedPeers(RevocationRegistry(stub, internal, issuer=ca_pb2.ISSUER_INTERNAL))
