@@ -12,12 +12,24 @@ from tests.support.tools import run, tool
 DIGITS, PERIOD = 6, 60
 
 
-def activate_app(phone: Browser, service_id: str, user_id: str, password: str, shots: str = "app") -> None:
-    """Take the app's screens ⑳ and ㉑ as the customer does, with a screenshot of each."""
+def activate_app(
+    phone: Browser, service_id: str, user_id: str, password: str, shots: str = "app", *, show_refusal: bool = False
+) -> None:
+    """Take the app's screens ⑳ and ㉑ as the customer does, with a screenshot of each; with `show_refusal`,
+    first send ⑳ without agreeing to the terms."""
     phone.open("/app")
     phone.screen("screen-activate")
     phone.shot(f"{shots}-20-activate")
     phone.fill({"service_id": service_id, "user_id": user_id, "usage_start_password": password})
+    if show_refusal:
+        # Sent without ticking 「上記の内容に同意する」: the service's message appears beside the checkbox.
+        phone.click("#send")
+        message = phone.wait(
+            lambda d: d.execute_script("return document.querySelector('[data-error-for=\"agreed\"]').textContent"),
+            "the message beside the checkbox",
+        )
+        assert "上記の内容に同意する" in message, message
+        phone.shot(f"{shots}-20-activate-not-agreed")
     phone.click("#agreed")
     phone.shot(f"{shots}-20-activate-filled")
     phone.click("#send")

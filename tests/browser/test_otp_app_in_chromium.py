@@ -57,7 +57,8 @@ def key_facts(phone: Browser) -> dict[str, Any]:
 async def test_the_app_shows_the_code_oathtool_computes_and_it_completes_the_setup(
     stack: GatewayStack, tmp_path: Path
 ) -> None:
-    """The customer takes steps 1-7, opens the mail's link on the phone and activates the app: the page's code
+    """The customer takes steps 1-7, opens the mail's link on the phone and activates the app (sent first without
+    agreeing to the terms, the service's message appears beside the checkbox): the page's code
     is oathtool's for the seed the activation delivered, its seconds count down in a 60-second window, and step 10
     with it answers COMPLETED. The stored HMAC key is not extractable and the stored record holds no seed. Once
     installed, the app opens and shows the right code with the gateway stopped."""
@@ -70,7 +71,7 @@ async def test_the_app_shows_the_code_oathtool_computes_and_it_completes_the_set
     home = await asyncio.to_thread(chromium.new_home, tmp_path, "phone-home", stack.root_file)
     phone = await asyncio.to_thread(chromium.start, home, stack.https_url, tmp_path / "phone", window=chromium.PHONE)
     try:
-        await asyncio.to_thread(activate_app, phone, service_id, user_id, USAGE_START_PASSWORD)
+        await asyncio.to_thread(activate_app, phone, service_id, user_id, USAGE_START_PASSWORD, show_refusal=True)
         # The network saw the seed go by once; the test reads it there to check the page's codes.
         delivered = await asyncio.to_thread(phone.response_json, "/v1/app/activation")
         assert (delivered["algorithm"], delivered["digits"], delivered["period"]) == ("SHA1", DIGITS, PERIOD)
