@@ -20,9 +20,9 @@ from gateway.settings import GatewaySettings
 from gateway.tls import (
     HANDSHAKE_TIMEOUT_SECONDS,
     CustomerCertificateVerifier,
+    HttpsCertificate,
     TlsListener,
     load_customer_cas,
-    server_context,
 )
 from kagi.clients.revocation import RevocationRegistry
 from kagi.errors import Unavailable
@@ -169,7 +169,7 @@ async def start_gateway(settings: GatewaySettings) -> GatewayComponent:
         https_runner,
         settings.host,
         settings.https_port,
-        server_context(settings.tls, bundle.decode()),
+        HttpsCertificate(*settings.https_certificate, bundle.decode()),
         metrics,
         reuse_port=reuse_port,
         guard=edge.guard,

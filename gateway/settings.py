@@ -28,9 +28,11 @@ DEFAULT_HTTP_PORT = 8080
 class GatewaySettings:
     """Everything the gateway is configured with; built once in `main` and frozen.
 
-    `tls` is the gateway's internal identity (spiffe://kagi.internal/gateway): the HTTPS server certificate and
-    the client certificate it presents to the services. `customer_ca_file` is the bundle (root + customer CA)
-    that client certificates are verified against; when None it is fetched from the CA service at start.
+    `tls` is the gateway's internal identity (spiffe://kagi.internal/gateway): the client certificate it
+    presents to the services. `public_cert_file` and `public_key_file` are the HTTPS certificate customers see
+    (a public CA's in production); when None, the HTTPS listener presents the internal one (`kagi dev`).
+    `customer_ca_file` is the bundle (root + customer CA) that client certificates are verified against; when
+    None it is fetched from the CA service at start.
     `backend_tls` is None only in loopback plaintext development (KAGI_INSECURE_PLAINTEXT=1).
     """
 
@@ -67,6 +69,16 @@ class GatewaySettings:
     management: tuple[str, int] | None = None
     # How many CertIDs the OCSP response cache keeps (gateway.ocsp_cache); 0 turns it off.
     ocsp_cache_size: int = DEFAULT_MAX_ENTRIES
+    # The HTTPS certificate chain and key customers see (KAGI_GATEWAY_PUBLIC_TLS_CERT / _KEY); both or neither.
+    public_cert_file: Path | None = None
+    public_key_file: Path | None = None
+
+    @property
+    def https_certificate(self) -> tuple[Path, Path]:
+        """Return the certificate chain and key the HTTPS listener presents: the public ones, else the internal."""
+        if self.public_cert_file is not None and self.public_key_file is not None:
+            return self.public_cert_file, self.public_key_file
+        return self.tls.cert_file, self.tls.key_file
 
     def __post_init__(self) -> None:
         problems: dict[str, str] = {}
@@ -83,6 +95,10 @@ class GatewaySettings:
         if not 0 < self.crl_refresh_seconds <= 60:
             problems["crl_refresh_seconds"] = (
                 "must be above 0 and at most 60 (a lost revocation must act within a minute)"
+            )
+        if (self.public_cert_file is None) != (self.public_key_file is None):
+            problems["public_key_file"] = (
+                "set KAGI_GATEWAY_PUBLIC_TLS_CERT and KAGI_GATEWAY_PUBLIC_TLS_KEY together, or neither"
             )
         if self.ocsp_cache_size < 0:
             problems["ocsp_cache_size"] = "must be at least 0 (0: no OCSP response cache)"
@@ -110,6 +126,10 @@ class GatewaySettings:
                 fields={"KAGI_GATEWAY_TRUSTED_PROXIES": f"addresses or CIDR blocks, comma-separated ({exc})"},
             ) from None
         store_url = store_url_from_env(env, "") or None
+        public_cert, public_key = (
+            env.optional("KAGI_GATEWAY_PUBLIC_TLS_CERT"),
+            env.optional("KAGI_GATEWAY_PUBLIC_TLS_KEY"),
+        )
         return cls(
             host=env.text("KAGI_GATEWAY_HOST", "127.0.0.1"),
             https_port=env.integer("KAGI_GATEWAY_PORT", DEFAULT_HTTPS_PORT, minimum=0, maximum=65535),
@@ -137,6 +157,8 @@ class GatewaySettings:
             # Only Redis shares counters among replicas; the embedded store is per machine, so stay in memory.
             store_url=store_url if store_url and store_url.lower().startswith(("redis:", "rediss:")) else None,
             management=management_address(environ, "gateway"),
+            public_cert_file=Path(public_cert) if public_cert else None,
+            public_key_file=Path(public_key) if public_key else None,
             ocsp_cache_size=env.integer(
                 "KAGI_GATEWAY_OCSP_CACHE_SIZE", DEFAULT_MAX_ENTRIES, minimum=0, maximum=10_000_000
             ),

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import ssl
+import tempfile
 from asyncio import sslproto
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -25,7 +28,7 @@ from kagi.runtime.grpc_server import (
     CLIENT_CERT_SHA256_HEADER,
     CLIENT_CERT_SUBJECT_HEADER,
 )
-from kagi.runtime.settings import TlsFiles
+from kagi.runtime.tls_reload import CertifiedKey, watch_key_pair
 
 log = structlog.get_logger("kagi.gateway.tls")
 
@@ -57,8 +60,8 @@ _VERIFY_REASONS = {
 }
 
 
-def server_context(identity: TlsFiles, client_ca_pem: str) -> ssl.SSLContext:
-    """Return the HTTPS context: TLS 1.2+, the gateway's certificate, optional client certificates.
+def server_context(identity: CertifiedKey, client_ca_pem: str) -> ssl.SSLContext:
+    """Return the HTTPS context: TLS 1.2+, the gateway's HTTPS certificate, optional client certificates.
 
     Client certificates are optional at the handshake (steps 1-4 and the app have none) but, when presented,
     must chain to `client_ca_pem` (root and customer CA) or the handshake fails. Routes that need one then
@@ -68,12 +71,66 @@ def server_context(identity: TlsFiles, client_ca_pem: str) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
-    context.load_cert_chain(identity.cert_file, identity.key_file)
+    load_certified_key(context, identity)
     context.load_verify_locations(cadata=client_ca_pem)
     context.verify_mode = ssl.CERT_OPTIONAL
     context.verify_flags |= ssl.VERIFY_X509_STRICT
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+@contextlib.contextmanager
+def _memory_file(data: bytes) -> Iterator[str]:
+    """Yield a path to `data` held in memory (Linux memfd), or else in a private temporary file."""
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None:
+        descriptor = memfd_create("kagi-tls", getattr(os, "MFD_CLOEXEC", 0))
+        try:
+            os.write(descriptor, data)
+            yield f"/proc/self/fd/{descriptor}"
+        finally:
+            os.close(descriptor)
+        return
+    with tempfile.TemporaryDirectory(prefix="kagi-tls-") as directory:
+        path = Path(directory) / "pem"
+        path.touch(mode=0o600)
+        path.write_bytes(data)
+        yield str(path)
+
+
+def load_certified_key(context: ssl.SSLContext, identity: CertifiedKey) -> None:
+    """Put a checked certificate chain and key into `context` (new handshakes present them).
+
+    They are loaded from the bytes already checked, never from the files again, so a file replaced meanwhile
+    cannot slip in a key that does not match.
+    """
+    with _memory_file(identity.chain_pem) as chain, _memory_file(identity.key_pem) as key:
+        context.load_cert_chain(chain, key)
+
+
+class HttpsCertificate:
+    """The HTTPS listener's context, kept on the current certificate files (KAGI_GATEWAY_PUBLIC_TLS_CERT / _KEY,
+    or the internal identity's): a changed pair that checks out is loaded into the same context at the next
+    handshake (at most a second after the change, or after SIGHUP); one that does not is logged and ignored."""
+
+    def __init__(self, cert_file: Path, key_file: Path, client_ca_pem: str) -> None:
+        self._watched = watch_key_pair(cert_file, key_file, what="gateway https certificate")
+        self._generation = self._watched.generation
+        self.serial = self._watched.current().serial
+        self.context = server_context(self._watched.current(), client_ca_pem)
+
+    def __call__(self) -> ssl.SSLContext:
+        """Return the context for a new handshake, with the current certificate in it."""
+        if self._watched.changed_since(self._generation):
+            self._generation = self._watched.generation
+            identity = self._watched.current()
+            try:
+                load_certified_key(self.context, identity)
+            except (ssl.SSLError, OSError) as exc:
+                log.warning("https certificate not reloaded: the previous one stays in use", problem=str(exc))
+            else:
+                self.serial = identity.serial
+        return self.context
 
 
 def ascii_rfc4514(name: x509.Name) -> str:
@@ -314,7 +371,7 @@ class TlsListener(web.BaseSite):
         runner: web.BaseRunner,
         host: str,
         port: int,
-        context: ssl.SSLContext,
+        context: ssl.SSLContext | Callable[[], ssl.SSLContext],
         metrics: GatewayMetrics,
         *,
         reuse_port: bool = False,
@@ -385,7 +442,8 @@ class TlsListener(web.BaseSite):
                 self._guard.release(key)
                 key = None
         try:
-            tls = await _start_tls(transport, protocol, self._context, self._handshake_timeout)
+            context = self._context if isinstance(self._context, ssl.SSLContext) else self._context()
+            tls = await _start_tls(transport, protocol, context, self._handshake_timeout)
         except BaseException as exc:
             if key is not None and self._guard is not None:
                 self._guard.release(key)

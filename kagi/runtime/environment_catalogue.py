@@ -307,6 +307,19 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     # The gateway.
     Variable(
+        "KAGI_GATEWAY_PUBLIC_TLS_CERT",
+        ("gateway",),
+        "`KAGI_GATEWAY_TLS_CERT`",
+        "the HTTPS certificate chain customers see (a public CA's in production), reloaded when it changes; the "
+        "internal credential stays what the gateway presents to the services",
+    ),
+    Variable(
+        "KAGI_GATEWAY_PUBLIC_TLS_KEY",
+        ("gateway",),
+        "`KAGI_GATEWAY_TLS_KEY`",
+        "the key of `KAGI_GATEWAY_PUBLIC_TLS_CERT` (a file); set both or neither",
+    ),
+    Variable(
         "KAGI_GATEWAY_HTTP_PORT",
         ("gateway",),
         "8080",
