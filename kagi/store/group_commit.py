@@ -14,8 +14,11 @@ pass or two of the event loop to queue their next writes. Per unit, the semantic
 - A unit's operations are never split across rounds.
 - Two units naming one key never share a round (the later one waits for a later round), so their conditions
   are judged one after the other, in arrival order, exactly as without grouping.
-- A round keeps to one placement group (the store's `placement`): units of other groups wait for a later
-  round, since a commit may not span groups. A unit whose own operations span groups fails alone, at once.
+- A round keeps to one placement group (the store's `placement`), since a commit may not span groups. Without
+  a planner, units of different groups go in separate rounds sent at the same time (up to
+  `MAX_PARALLEL_ROUNDS`: they touch disjoint keys, so their order does not matter), so spreading a service's
+  keys by aggregate does not serialise its writes; with a planner, one round at a time, the others wait. A
+  unit whose own operations span groups fails alone, at once.
 - A round carries at most `max_operations` operations (a Lua script's size, a transaction's length); a unit
   larger than that goes alone.
 - A failed condition (KeyExists, VersionMismatch) fails only the unit that owns the failing operation, with
@@ -60,6 +63,9 @@ from kagi.store.base import (
 
 MAX_ROUND_OPERATIONS = 256
 """The most operations one round carries by default (bounds a Lua script's size and a transaction's length)."""
+
+MAX_PARALLEL_ROUNDS = 16
+"""The most rounds of different placement groups one engine without a planner has in flight at once."""
 
 _SETTLE_PASSES = 3
 """The most passes of the event loop a round waits for the callers the previous round woke."""
@@ -178,10 +184,13 @@ class GroupCommit(Generic[T]):
         try:
             carried = 0
             while self._queue:
-                units = self._next_round()
-                if units:
-                    await self._commit_round(units)
-                    carried = len(units)
+                rounds = self._next_rounds()
+                if len(rounds) == 1:
+                    await self._commit_round(rounds[0])
+                elif rounds:
+                    await asyncio.gather(*(self._commit_round(units) for units in rounds))
+                if rounds:
+                    carried = sum(len(units) for units in rounds)
                 # The callers a round woke come back with their next writes within a pass or two of the event
                 # loop. Waiting for them (a few passes at most, no timer) keeps a burst in one round; sent at
                 # once, the first of them would go alone and the burst would stay split in two for good.
@@ -205,30 +214,36 @@ class GroupCommit(Generic[T]):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _next_round(self) -> builtins.list[_Unit[T]]:
-        """Take, in arrival order, waiting units of the first one's placement group with disjoint keys, up to
-        the round's bounds."""
-        taken: builtins.list[_Unit[T]] = []
+    def _next_rounds(self) -> builtins.list[builtins.list[_Unit[T]]]:
+        """Take, in arrival order, waiting units with disjoint keys into rounds of one placement group each, up
+        to each round's bounds: one round (the first unit's group) with a planner, whose rounds never overlap;
+        without, up to `MAX_PARALLEL_ROUNDS` rounds of different groups, which touch disjoint keys."""
+        rounds: dict[str, builtins.list[_Unit[T]]] = {}
+        counts: dict[str, int] = {}
         waiting: builtins.list[_Unit[T]] = []
         keys: set[_Key] = set()
         # Keys of units left waiting: a later unit on one of them must not overtake it.
         deferred: set[_Key] = set()
-        count = 0
         max_units = self._max_units
+        max_rounds = 1 if self._planner is not None else MAX_PARALLEL_ROUNDS
         for unit in self._queue:
             if unit.future.done():  # its caller was cancelled: nothing is owed to anyone
                 continue
-            full = count + unit.size > self._max_operations or (max_units is not None and len(taken) >= max_units)
-            other_group = bool(taken) and unit.group != taken[0].group
-            if (full and taken) or other_group or not keys.isdisjoint(unit.keys) or not deferred.isdisjoint(unit.keys):
+            taken = rounds.get(unit.group)
+            count = counts.get(unit.group, 0)
+            full = taken is not None and (
+                count + unit.size > self._max_operations or (max_units is not None and len(taken) >= max_units)
+            )
+            no_round = taken is None and len(rounds) >= max_rounds
+            if full or no_round or not keys.isdisjoint(unit.keys) or not deferred.isdisjoint(unit.keys):
                 waiting.append(unit)
                 deferred |= unit.keys
             else:
-                taken.append(unit)
+                rounds.setdefault(unit.group, []).append(unit)
                 keys |= unit.keys
-                count += unit.size
+                counts[unit.group] = count + unit.size
         self._queue = waiting
-        return taken
+        return list(rounds.values())
 
     async def _commit_round(self, units: builtins.list[_Unit[T]]) -> None:
         planner = self._planner

@@ -33,7 +33,8 @@ Durability: replay state, lockouts and revocations live here, so a Redis that fo
 (any `maxmemory-policy` but `noeviction`) is refused on first contact with InvalidStoreConfig naming the
 settings: `CONFIG GET` is asked first, then (managed Redis often disables CONFIG) `INFO persistence` and
 `INFO memory`; where neither tells, `KAGI_STORE_ASSUME_DURABLE=1` vouches for the server. Under Sentinel the
-master is checked, on a Cluster every node (a replica becomes a master on failover). Tests and benchmarks on a
+master is checked, on a Cluster every master and every replica that answers (a replica becomes a master on
+failover). Tests and benchmarks on a
 volatile Redis set `KAGI_STORE_ALLOW_VOLATILE=1` (or pass `allow_volatile=True`).
 """
 
@@ -432,7 +433,10 @@ class RedisStore(KeyValueStore):
         """Return when Redis answers; raise StoreUnavailable otherwise, InvalidStoreConfig when the
         server is not durable (see the module docstring)."""
         async with self._guard():
-            await self._client.ping()
+            if self._cluster is not None:  # the masters serve; a replica that is down is no outage
+                await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await self._client.ping()
 
     async def check_durability(self) -> None:
         """Refuse (InvalidStoreConfig, for good) a server without AOF or with eviction.
@@ -450,12 +454,17 @@ class RedisStore(KeyValueStore):
         self._durable = True
 
     async def _durability_problems(self) -> builtins.list[str]:
-        nodes: builtins.list[ClusterNode | None] = [None]
+        settings: builtins.list[tuple[str | None, str | None]] = []
         async with self._bounded():
-            if self._cluster is not None:
+            if self._cluster is None:
+                settings.append(await self._settings(None))
+            else:
                 await self._cluster.initialize()
-                nodes = list(self._cluster.get_nodes())
-            settings = [await self._settings(node) for node in nodes]
+                for node in self._cluster.get_primaries():
+                    settings.append(await self._settings(node))
+                for node in self._cluster.get_replicas():  # a replica that is down is checked by no one
+                    with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                        settings.append(await self._settings(node))
         problems: builtins.list[str] = []
         for appendonly, policy in settings:
             if (appendonly is None or policy is None) and not self._assume_durable:

@@ -19,7 +19,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -573,8 +573,23 @@ async def test_spread_listing_returns_every_key_in_order_across_buckets(backend:
 
 async def test_group_commit_rounds_never_mix_placement_groups(backend: Backend) -> None:
     """Concurrent writes of many aggregates and of the service-wide group through one GroupCommitStore all
-    land (a round mixing groups would be refused as a whole); a unit spanning groups fails alone."""
-    grouped = GroupCommitStore(backend.open_another(TOKENS))
+    land, each driver commit within one group, rounds of different groups in flight together; a unit spanning
+    groups fails alone."""
+    inner = backend.open_another(TOKENS)
+    grouped = GroupCommitStore(inner)
+    commit = inner.commit
+    in_flight: list[int] = [0, 0]  # now, most
+
+    async def watched(operations: Sequence[Operation]) -> list[Entry | None]:
+        TOKENS.group_of(operations)  # raises if a round mixed groups
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight)
+        try:
+            return await commit(operations)
+        finally:
+            in_flight[0] -= 1
+
+    inner.commit = watched  # type: ignore[method-assign]
     try:
         writes = [grouped.create("tokens", f"t{i % 6}/{i}", b"") for i in range(36)]
         writes += [grouped.create("plain", f"p{i}", b"") for i in range(12)]
@@ -591,6 +606,7 @@ async def test_group_commit_rounds_never_mix_placement_groups(backend: Backend) 
             assert await grouped.get("tokens", f"t{i % 6}/{i}") is not None
         assert await grouped.get("tokens", "t1/x") is None
         assert await grouped.get("plain", "x") is None
+        assert in_flight[1] > 1, "rounds of different groups never went together"
     finally:
         await grouped.close()
 
@@ -1094,6 +1110,17 @@ async def test_open_store_picks_the_driver_from_the_url(tmp_path: Path, redis_se
         ("sqlite:", "", Path("/srv/kagi-state")),
         ("redis://127.0.0.1:6379/0", "a}b{c", None),
         ("redis://127.0.0.1:6379/0?socket_timeout=soon", "ca", None),
+        ("redis://127.0.0.1:6379/0?wait_replicas=many", "ca", None),
+        ("redis://127.0.0.1:6379/0?wait_replicas=1&wait_timeout=5", "ca", None),  # outlives the socket timeout
+        ("redis://127.0.0.1:6379/0?sentinel_password=x", "ca", None),
+        ("redis+sentinel://127.0.0.1:26379", "ca", None),  # no service name
+        ("redis+sentinel://127.0.0.1:26379,/kagi/0", "ca", None),
+        ("redis+sentinel://127.0.0.1:port/kagi/0", "ca", None),
+        ("redis+sentinel://127.0.0.1:26379/kagi/0?wait_timeout=-1", "ca", None),
+        ("redis+cluster://127.0.0.1:7000/3", "ca", None),  # a cluster has database 0 only
+        ("redis+cluster://127.0.0.1:7000?socket_timeout=soon", "ca", None),
+        ("redis+cluster://127.0.0.1:7000?no_such_option=1", "ca", None),
+        ("redis+memcached://127.0.0.1:7000", "ca", None),
     ],
 )
 def test_open_store_rejects_bad_urls_and_namespaces(url: str, namespace: str, state_dir: Path | None) -> None:
@@ -1103,12 +1130,60 @@ def test_open_store_rejects_bad_urls_and_namespaces(url: str, namespace: str, st
     assert caught.value.kind.value == "INVALID_ARGUMENT"
 
 
-def test_open_store_errors_never_echo_a_password() -> None:
-    """An unsupported URL carrying a password is refused without the password in the message."""
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mongodb://user:hunter2@127.0.0.1/x",
+        "redis+sentinel://user:hunter2@127.0.0.1:26379",
+        "redis+cluster://user:hunter2@127.0.0.1:7000/2",
+        "redis+cluster://user:hunter2@127.0.0.1:7000?bogus=1",
+    ],
+)
+def test_open_store_errors_never_echo_a_password(url: str) -> None:
+    """A refused URL carrying a password is refused without the password in the message."""
     with pytest.raises(InvalidStoreConfig) as caught:
-        open_store("mongodb://user:hunter2@127.0.0.1/x", namespace="ca", state_dir=None)
+        open_store(url, namespace="ca", state_dir=None)
     assert "hunter2" not in str(caught.value)
     assert "hunter2" not in repr(caught.value.fields)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://u:hunter2@127.0.0.1:6379/0", "127.0.0.1:6379"),
+        ("rediss://u:hunter2@127.0.0.1:6379/0?ssl_cert_reqs=none", "127.0.0.1:6379"),
+        ("redis+sentinel://u:hunter2@127.0.0.1:26379,[::1]:26380/kagi/1", "sentinel 127.0.0.1:26379,::1:26380/kagi"),
+        ("rediss+sentinel://u:hunter2@s1,s2:26390/kagi?sentinel_password=pw", "sentinel s1:26379,s2:26390/kagi"),
+        ("redis+cluster://u:hunter2@127.0.0.1:7000,127.0.0.1:7001", "cluster 127.0.0.1:7000,127.0.0.1:7001"),
+        ("rediss+cluster://u:hunter2@n1:7000/0?ssl_ca_certs=/etc/ca.pem&wait_replicas=0", "cluster n1:7000"),
+    ],
+)
+def test_every_redis_url_form_opens_without_connecting_or_showing_its_password(url: str, shown: str) -> None:
+    """Each Redis form, with credentials and TLS, opens a store (nothing is connected yet) that names its
+    servers and never its password."""
+    store = open_store(url, namespace="ca", state_dir=None)
+    assert isinstance(store, RedisStore)
+    assert shown in repr(store)
+    assert "hunter2" not in repr(store)
+
+
+@pytest.mark.redis
+async def test_wait_replicas_on_a_server_without_replicas_is_unavailable_though_the_write_landed(
+    redis_server: str, namespace: str
+) -> None:
+    """With ?wait_replicas=1 a write is acknowledged only once a replica has it: on a server without any it
+    raises StoreUnavailable, while the write itself landed (so the caller's retry of the same conditional write
+    fails cleanly, with KeyExists); a write whose condition failed needs no replica and says so at once."""
+    separator = "&" if "?" in redis_server else "?"
+    store = RedisStore(redis_server + separator + "wait_replicas=1&wait_timeout=0.2", namespace=namespace)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.create("c", "k", b"v")
+        with pytest.raises(KeyExists):
+            await store.create("c", "k", b"v")
+        assert (await store.get("c", "k") or Entry("", b"", 0)).value == b"v"
+    finally:
+        await store.close()
 
 
 # --- property: arbitrary keys on SQLite --------------------------------------------------------------------
