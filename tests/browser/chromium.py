@@ -172,9 +172,14 @@ class Browser:
         )
 
     def fill(self, values: dict[str, str]) -> None:
-        """Type each value into the visible input of that name."""
+        """Type each value into the visible input of that name (or choose it in the select of that name)."""
+        from selenium.webdriver.support.select import Select
+
         for name, value in values.items():
             element = self.element(f'section.screen:not([hidden]) [name="{name}"]')
+            if element.tag_name == "select":
+                Select(element).select_by_value(value)
+                continue
             element.clear()
             element.send_keys(value)
 

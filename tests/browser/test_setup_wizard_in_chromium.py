@@ -34,7 +34,7 @@ def steps_1_to_4(pc: Browser, notice: dict[str, str], login_id: str) -> tuple[Pa
     pc.click("#start-setup")
 
     pc.screen("screen-VERIFY_NOTICE")
-    pc.fill({name: value for name, value in notice.items() if name != "account_type"})
+    pc.fill(notice)
     pc.shot("pc-07-notice")
     pc.click("#notice-next")
 
