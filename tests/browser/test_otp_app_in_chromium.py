@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.browser import chromium
 from tests.browser.app_screens import DIGITS, PERIOD, activate_app, oathtool, shown_code
 from tests.browser.chromium import Browser
@@ -54,6 +56,8 @@ def key_facts(phone: Browser) -> dict[str, Any]:
     return facts
 
 
+# Browsers start slowly on a loaded machine, and the code is read with time to spare in its window.
+@pytest.mark.timeout(300)
 async def test_the_app_shows_the_code_oathtool_computes_and_it_completes_the_setup(
     stack: GatewayStack, tmp_path: Path
 ) -> None:

@@ -15,6 +15,8 @@ import time
 import warnings
 from pathlib import Path
 
+import pytest
+
 from kagi.runtime.settings import TlsFiles
 from tests.browser import chromium
 from tests.browser.app_screens import PERIOD, activate_app, oathtool, shown_code
@@ -143,6 +145,8 @@ async def steps_5_to_7_with_curl(stack: GatewayStack, certificate: TlsFiles) -> 
     return path
 
 
+# Browsers start slowly on a loaded machine, and the code is read with time to spare in its window.
+@pytest.mark.timeout(300)
 async def test_the_procedure_in_the_browser_from_the_notice_to_completed(stack: GatewayStack, tmp_path: Path) -> None:
     """Steps 1-4 in the wizard, the PKCS#12 file into NSS, Chromium presenting it for steps 5-7, the mail's link
     to the app on a phone for steps 8-9, and the app's code (oathtool's for the delivered seed) for step 10:
