@@ -28,8 +28,18 @@ COMPONENTS = ("ca", "otp", "enrollment", "gateway")
 class SecuredRedis:
     """One redis-server child on 127.0.0.1 with AOF on and the options a test gives (TLS, ACL, ...)."""
 
-    def __init__(self, directory: Path, options: Sequence[str], *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        options: Sequence[str],
+        *,
+        port: int | None = None,
+        config: Path | None = None,
+        ready_line: str = "Ready to accept connections",
+    ) -> None:
         self.directory = directory
+        self.config = config  # a configuration file, which redis-server takes only as its first argument
+        self.ready_line = ready_line  # what the log says once the server serves (a sentinel says another thing)
         self.port = port or free_port()
         self.options = list(options)
         self.log = directory / "redis.log"
@@ -41,7 +51,16 @@ class SecuredRedis:
         if REDIS_BINARY is None:
             pytest.fail("this test needs the redis-server binary (apt-get install redis-server)")
         self.directory.mkdir(parents=True, exist_ok=True)
-        argv = [REDIS_BINARY, "--bind", "127.0.0.1", "--dir", str(self.directory), "--save", ""]
+        argv = [
+            REDIS_BINARY,
+            *([str(self.config)] if self.config else []),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+        ]
         argv += ["--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction"]
         argv += ["--daemonize", "no", "--logfile", str(self.log), *self.options]
         if "--port" not in self.options:
@@ -49,7 +68,7 @@ class SecuredRedis:
         self._log_start = len(self._log_text())  # a restart appends to the same log: read only what it writes
         self._process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while "Ready to accept connections" not in self._log_text()[self._log_start :]:
+        while self.ready_line not in self._log_text()[self._log_start :]:
             if self._process.poll() is not None:
                 pytest.fail(f"redis-server exited with {self._process.returncode}:\n{self._log_text()[-2000:]}")
             if time.monotonic() > deadline:
@@ -70,11 +89,13 @@ class SecuredRedis:
 
 
 def write_acl_file(directory: Path, passwords: Mapping[str, str]) -> Path:
-    """Make the deployment's ACL file (deploy/redis/users.acl) with `passwords` (user name -> password) the way
-    deploy/init.sh does, through deploy/redis/users-acl.sh; return its path."""
+    """Make the deployment's ACL file (deploy/redis/users.acl) with `passwords` (user name -> password; a user
+    left out gets `<user>-password`) the way deploy/redis/start.sh does, through deploy/redis/users-acl.sh;
+    return its path."""
     password_dir = directory / "passwords"
     password_dir.mkdir(parents=True, exist_ok=True)
-    for user, password in passwords.items():
+    users = [line.split()[1] for line in ACL_POLICY.read_text().splitlines() if " on " in f" {line} "]
+    for user, password in {**{user: f"{user}-password" for user in users}, **passwords}.items():
         (password_dir / user).write_text(password + "\n")
     done = subprocess.run(
         ["sh", str(ACL_SCRIPT), str(ACL_POLICY), str(password_dir)], capture_output=True, text=True, check=False
