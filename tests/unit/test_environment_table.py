@@ -208,34 +208,44 @@ class Scanner:
         """Yield every read of the scanned modules."""
         for module in self.modules:
             for node in ast.walk(module.tree):
-                for expr, with_file_form in self.read_sites(node):
+                for expr, with_file_form, sure in self.read_sites(node):
                     where = f"{module.path}:{getattr(node, 'lineno', 0)}"
                     for name, origin in self.resolve(expr):
+                        if not sure and not name.startswith("KAGI_"):
+                            continue  # a helper-named method on something not known to be the environment
                         if name == WILDCARD or WILDCARD in name or VARIABLE_SHAPE.fullmatch(name):
                             yield Read(name, where, origin)
                             if with_file_form and WILDCARD not in name:
                                 yield Read(f"{name}_FILE", where, origin)
 
-    def read_sites(self, node: ast.AST) -> Iterator[tuple[ast.AST, bool]]:
-        """Yield the name expressions a node reads the environment with (and whether NAME_FILE is read too)."""
+    def read_sites(self, node: ast.AST) -> Iterator[tuple[ast.AST, bool, bool]]:
+        """Yield the name expressions a node reads the environment with, whether NAME_FILE is read too, and
+        whether the reader is surely the environment (else only KAGI_* names count)."""
         if isinstance(node, ast.Call):
             callee = node.func
             for keyword in node.keywords:
                 if keyword.arg == "envvar":
                     values = keyword.value.elts if isinstance(keyword.value, ast.List | ast.Tuple) else [keyword.value]
-                    yield from ((value, False) for value in values)
+                    yield from ((value, False, True) for value in values)
             if not isinstance(callee, ast.Attribute) or not node.args:
                 return
             if self.inside_environment_class(node):
                 return
-            if callee.attr in ENVIRONMENT_HELPERS and _names_environment(callee.value):
-                yield node.args[0], callee.attr in SECRET_HELPERS
+            if callee.attr in ENVIRONMENT_HELPERS:
+                yield node.args[0], callee.attr in SECRET_HELPERS, _names_environment(callee.value)
             elif (callee.attr == "get" and _is_environ(callee.value)) or (
                 callee.attr == "getenv" and isinstance(callee.value, ast.Name) and callee.value.id == "os"
             ):
-                yield node.args[0], False
+                yield node.args[0], False, True
         elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and _is_environ(node.value):
-            yield node.slice, False
+            yield node.slice, False, True
+        elif isinstance(node, ast.Compare) and _tests_membership_of_environ(node):
+            yield node.left, False, True
+
+
+def _tests_membership_of_environ(node: ast.Compare) -> bool:
+    """Tell whether a comparison is `NAME in os.environ` (or `not in`)."""
+    return len(node.ops) == 1 and isinstance(node.ops[0], ast.In | ast.NotIn) and _is_environ(node.comparators[0])
 
 
 def _is_environ(expr: ast.AST) -> bool:
