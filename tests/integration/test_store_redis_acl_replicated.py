@@ -25,6 +25,8 @@ from tests.support.redis_topology import REDIS_CLI, REDIS_SERVER, topology_port
 from tests.support.secured_redis import COMPONENTS, SecuredRedis, exercise_store, write_acl_file
 
 pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.cluster,
     pytest.mark.timeout(300),
     pytest.mark.skipif(REDIS_CLI is None or REDIS_SERVER is None, reason="needs redis-server and redis-cli"),
 ]

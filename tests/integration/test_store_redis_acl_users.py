@@ -21,7 +21,7 @@ from gateway.ratelimit import COLLECTION, RateLimited, RateLimiter, Rule
 from kagi.store import GroupCommitStore, StoreError, open_store
 from tests.support.secured_redis import COMPONENTS, SecuredRedis, exercise_store, write_acl_file
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
 
 PASSWORDS = {f"kagi-{component}": f"{component}-store-password" for component in COMPONENTS}
 PASSWORDS |= {"kagi-health": "health-password", "kagi-admin": "admin-password"}

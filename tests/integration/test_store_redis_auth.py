@@ -19,7 +19,7 @@ from gateway.ratelimit import RateLimited, RateLimiter, Rule
 from kagi.store import InvalidStoreConfig, StoreError, StoreUnavailable, open_store
 from tests.support.secured_redis import SecuredRedis, exercise_store, write_acl_file
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
 PASSWORD = "otp-store-password-7d1c0f"
 WRONG = "wrong-password-3b9e51a2"

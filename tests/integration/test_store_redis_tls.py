@@ -20,7 +20,7 @@ from kagi.store import StoreUnavailable, open_store
 from tests.support.secured_redis import SecuredRedis, exercise_store
 from tests.support.tls import TestPki
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
 
 def _tls_server(directory: Path, server: TlsFiles, *, client_certificates: bool) -> SecuredRedis:
