@@ -13,6 +13,11 @@ Entries are scoped: the caller passes a scope naming who asked (the caller's ide
 about what (the subject: an enrollment, an account, a token), so two customers' keys never meet and a
 caller's key never answers another caller. `before_replay` is the request's credential check, run before
 anything stored for the id is disclosed (its answer, or even that a request with it is in progress).
+
+A ledger keeps its entries in one collection, "idempotency" unless told. A service whose store spreads its
+aggregates over placement groups (kagi.store.Placement) gives `run_in_commit` answers that commit with one
+aggregate a ledger of their own, in a collection spread by the aggregate id that starts the scope
+("<aggregate id>/<method>/<hash>"), so the answer lands in the group of the commit that carries it.
 """
 
 from __future__ import annotations
@@ -96,8 +101,15 @@ class _Answering:
     """The answer a running `run_in_commit` action writes with its own commit, once it knows its result."""
 
     def __init__(
-        self, key: str, request_fingerprint: str, answer: Callable[[Any], Any], dump: Callable[[Any], bytes], ttl: float
+        self,
+        collection: str,
+        key: str,
+        request_fingerprint: str,
+        answer: Callable[[Any], Any],
+        dump: Callable[[Any], bytes],
+        ttl: float,
     ) -> None:
+        self.collection = collection
         self.key = key
         self._fingerprint = request_fingerprint
         self._answer = answer
@@ -111,7 +123,7 @@ class _Answering:
         """Return the create-if-absent of the answer to RESULT, its secrets removed by the codec."""
         self.response = self._answer(result)
         self.offered = True
-        return Create(COLLECTION, self.key, _record(self._fingerprint, self._dump(self.response)), ttl=self._ttl)
+        return Create(self.collection, self.key, _record(self._fingerprint, self._dump(self.response)), ttl=self._ttl)
 
 
 _answering: ContextVar[_Answering | None] = ContextVar("kagi_answering", default=None)
@@ -133,7 +145,7 @@ async def commit_answering(
     try:
         written = await commit([*operations, answer])
     except KeyExists as exc:
-        if exc.failed is not None and exc.failed.collection == COLLECTION and exc.failed.key == answer.key:
+        if exc.failed is not None and exc.failed.collection == answer.collection and exc.failed.key == answer.key:
             raise RequestAnswered("a request with this request_id was answered concurrently; retry") from None
         raise
     answering.committed = True
@@ -148,12 +160,20 @@ class IdempotencyLedger:
     killed, or the store was unreachable when the release was tried) blocks retries, as "still in progress",
     until `pending_ttl` expires it. The services read it from KAGI_IDEMPOTENCY_PENDING_SECONDS (default 30): a
     few times a call's deadline, so a slow action keeps its claim while it runs. `run_in_commit` has no claim.
+    `collection` is where the entries live (see the module docstring).
     """
 
-    def __init__(self, store: KeyValueStore, *, ttl: float = 24 * 3600, pending_ttl: float = 30) -> None:
+    def __init__(
+        self, store: KeyValueStore, *, ttl: float = 24 * 3600, pending_ttl: float = 30, collection: str = COLLECTION
+    ) -> None:
         self._store = store
+        self._collection = collection
         self._ttl = ttl
         self._pending_ttl = pending_ttl
+
+    def in_collection(self, collection: str) -> IdempotencyLedger:
+        """Return a ledger like this one (same store and lifetimes) that keeps its entries in COLLECTION."""
+        return IdempotencyLedger(self._store, ttl=self._ttl, pending_ttl=self._pending_ttl, collection=collection)
 
     async def run(
         self,
@@ -177,7 +197,7 @@ class IdempotencyLedger:
         key = f"{scope}/{request_id}"
         claim = json.dumps({"state": _PENDING, "fp": request_fingerprint}).encode()
         try:
-            entry = await self._store.create(COLLECTION, key, claim, ttl=self._pending_ttl)
+            entry = await self._store.create(self._collection, key, claim, ttl=self._pending_ttl)
         except KeyExists:
             if before_replay is not None:
                 await before_replay()
@@ -194,7 +214,11 @@ class IdempotencyLedger:
         # VersionMismatch: the claim expired while acting (a very slow action); the answer still stands.
         with contextlib.suppress(VersionMismatch):
             await self._store.compare_and_swap(
-                COLLECTION, key, _record(request_fingerprint, codec.dump(answer)), version=entry.version, ttl=self._ttl
+                self._collection,
+                key,
+                _record(request_fingerprint, codec.dump(answer)),
+                version=entry.version,
+                ttl=self._ttl,
             )
         return answer
 
@@ -221,12 +245,12 @@ class IdempotencyLedger:
         if not request_id:
             return answer(await action())
         key = f"{scope}/{request_id}"
-        entry = await self._store.get(COLLECTION, key)
+        entry = await self._store.get(self._collection, key)
         if entry is not None:
             if before_replay is not None:
                 await before_replay()
             return self._answer(entry.value, request_fingerprint, codec)
-        answering = _Answering(key, request_fingerprint, answer, codec.dump, self._ttl)
+        answering = _Answering(self._collection, key, request_fingerprint, answer, codec.dump, self._ttl)
         running = _answering.set(answering)
         acting = acting_request.set(key)
         try:
@@ -248,7 +272,9 @@ class IdempotencyLedger:
             return committed
         response = answer(result)
         try:
-            await self._store.create(COLLECTION, key, _record(request_fingerprint, codec.dump(response)), ttl=self._ttl)
+            await self._store.create(
+                self._collection, key, _record(request_fingerprint, codec.dump(response)), ttl=self._ttl
+            )
         except KeyExists:
             # A concurrent call with this id answered first: its answer stands for both.
             if before_replay is not None:
@@ -259,13 +285,13 @@ class IdempotencyLedger:
     async def _stored(self, key: str) -> bytes | None:
         """Return the entry stored under KEY, or None when there is none or it cannot be read now."""
         try:
-            entry = await self._store.get(COLLECTION, key)
+            entry = await self._store.get(self._collection, key)
         except Exception:
             return None
         return entry.value if entry is not None else None
 
     async def _replay(self, key: str, request_fingerprint: str, codec: Codec[T]) -> T:
-        entry = await self._store.get(COLLECTION, key)
+        entry = await self._store.get(self._collection, key)
         if entry is None:
             raise Aborted("the first request with this request_id just ended; retry", reason="REQUEST_IN_PROGRESS")
         return self._answer(entry.value, request_fingerprint, codec)
@@ -287,4 +313,4 @@ class IdempotencyLedger:
     async def _release(self, key: str, version: int) -> None:
         # Best effort: the claim expires by itself, and the action's own error is what the caller must see.
         with contextlib.suppress(Exception):
-            await self._store.delete(COLLECTION, key, version=version)
+            await self._store.delete(self._collection, key, version=version)

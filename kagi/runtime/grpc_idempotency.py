@@ -41,12 +41,18 @@ def _entry(
     secret_request: Iterable[str],
     secret_response: Iterable[str],
     subject: str,
+    aggregate: str = "",
 ) -> tuple[str, str, str, Codec[Resp]]:
-    """Return the request's ledger scope, request id, fingerprint (secrets left out) and answer codec."""
+    """Return the request's ledger scope, request id, fingerprint (secrets left out) and answer codec.
+
+    With an AGGREGATE id the scope starts with it ("<aggregate>/<method>/<hash>"), for a ledger spread by it.
+    """
     secret_request = list(secret_request)
     secret_response = list(secret_response)
     request_id = str(getattr(request, "request_id", ""))
     scope = scope_of(request.DESCRIPTOR.full_name, caller_identity(), subject)
+    if aggregate:
+        scope = f"{aggregate}/{scope}"
     unkept = _without(request, secret_request) if secret_request else request
     print_ = fingerprint(unkept.SerializeToString(deterministic=True))
 
@@ -99,16 +105,18 @@ async def run_idempotent_in_commit(
     secret_request_fields: Iterable[str] = (),
     secret_response_fields: Iterable[str] = (),
     subject: str = "",
+    aggregate: str = "",
     before_replay: Callable[[], Awaitable[None]] | None = None,
 ) -> Resp:
     """Run `action` once per (caller, method, subject, request_id), its answer written by its own commit.
 
     As `run_idempotent`, for a use case that ends in one atomic commit made through
     `kagi.idempotency.commit_answering` with its result; `answer` renders that result as the response, both
-    for the stored answer (secret fields cleared) and for this call.
+    for the stored answer (secret fields cleared) and for this call. AGGREGATE, when the commit keeps to one
+    aggregate's placement group, starts the ledger key (LEDGER is then spread by it: kagi.idempotency).
     """
     scope, request_id, print_, codec = _entry(
-        request, response_type, secret_request_fields, secret_response_fields, subject
+        request, response_type, secret_request_fields, secret_response_fields, subject, aggregate
     )
     return await ledger.run_in_commit(scope, request_id, print_, action, answer, codec, before_replay=before_replay)
 
@@ -159,10 +167,12 @@ class IdempotentApi:
         secret_request: tuple[str, ...] = (),
         secret_response: tuple[str, ...] = (),
         subject: str = "",
+        ledger: IdempotencyLedger | None = None,
+        aggregate: str = "",
         before_replay: Callable[[], Awaitable[None]] | None = None,
     ) -> Resp:
         return await run_idempotent_in_commit(
-            self._ledger,
+            ledger or self._ledger,
             request,
             action,
             answer,
@@ -170,5 +180,6 @@ class IdempotentApi:
             secret_request_fields=secret_request,
             secret_response_fields=secret_response,
             subject=subject,
+            aggregate=aggregate,
             before_replay=before_replay,
         )

@@ -5,7 +5,9 @@ fingerprints and the seed (base32 and otpauth URI) cleared from stored answers, 
 out again. CreateToken, ActivateToken and ConfirmRegistration (steps 7-9) write their answer with their own
 commit (`_once_in_commit`); the others claim the id first (`_once`). VerifyCode's request_id is honoured inside
 the verification's own atomic commit instead (see `services.otp_service.app.verifier`): same guarantee, one store
-round trip instead of three.
+round trip instead of three. Steps 8 and 9 commit within one token's placement group, so their answers go to a
+ledger spread by token id (`token-requests`, keys starting with the token id the service ID names); a service ID
+that names no token gets no ledger (the step fails, and a failure stores nothing).
 
 Domain errors name the domain's fields (`email`, `owner_id`, `user_id`); each RPC renames them to its own
 request's fields (`delivery_email`, `user_id`, `app_user_id`) so a caller is told which of *its* fields is wrong.
@@ -29,6 +31,7 @@ from kagi.otp.v1 import otp_pb2_grpc
 from kagi.runtime.grpc_idempotency import IdempotentApi
 from kagi.runtime.grpc_server import ServiceBinding
 from kagi.runtime.identity import Role, allow
+from services.otp_service.app.repository import TOKEN_REQUESTS
 from services.otp_service.app.use_cases import Activation, OtpService
 from services.otp_service.domain import Algorithm, Token, TokenState
 from services.otp_service.domain.totp import seconds_remaining
@@ -133,6 +136,7 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
     def __init__(self, service: OtpService, ledger: IdempotencyLedger) -> None:
         self._service = service
         self._ledger = ledger
+        self._token_ledger = ledger.in_collection(TOKEN_REQUESTS)
 
     def _token(self, token: Token) -> pb.Token:
         return token_message(token, self._service.now())
@@ -185,6 +189,10 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
                 ),
             )
 
+        token_id = await self._service.token_for_service(request.service_id)
+        if token_id is None:
+            check_request_id(request.request_id)
+            return answer(await act())
         return await self._once_in_commit(
             request,
             act,
@@ -193,6 +201,8 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
             secret_request=("usage_start_password",),
             secret_response=_SEED_FIELDS,
             subject=f"{request.service_id}/{request.app_user_id}",
+            ledger=self._token_ledger,
+            aggregate=token_id,
         )
 
     async def ConfirmRegistration(
@@ -206,12 +216,21 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
                     activation_id=request.activation_id,
                 )
 
+        def answer(token: Token) -> pb.ConfirmRegistrationResponse:
+            return pb.ConfirmRegistrationResponse(token=self._token(token))
+
+        token_id = await self._service.token_for_service(request.service_id)
+        if token_id is None:
+            check_request_id(request.request_id)
+            return answer(await act())
         return await self._once_in_commit(
             request,
             act,
-            lambda token: pb.ConfirmRegistrationResponse(token=self._token(token)),
+            answer,
             pb.ConfirmRegistrationResponse,
             subject=f"{request.service_id}/{request.app_user_id}",
+            ledger=self._token_ledger,
+            aggregate=token_id,
         )
 
     async def VerifyCode(

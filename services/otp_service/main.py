@@ -51,9 +51,10 @@ from kagi.runtime.settings import (
     store_url_from_env,
     tls_files_from_env,
 )
-from kagi.store import GroupCommitStore, KeyValueStore, check_at_start, open_store
+from kagi.store import SERVICE_WIDE, GroupCommitStore, KeyValueStore, Placement, check_at_start, open_store
 from services.otp_service.api import OtpApi, binding
 from services.otp_service.app.cache import DEFAULT_CACHE_SIZE
+from services.otp_service.app.repository import PLACEMENT
 from services.otp_service.app.use_cases import OtpService
 from services.otp_service.domain import KeyEncryptionKey, OtpError, OtpPolicy, Seed, SeedVault, TotpParameters
 from services.otp_service.domain.policy import MAX_FUTURE_STEPS, MAX_PAST_STEPS
@@ -170,9 +171,17 @@ class OtpSettings:
         """Return the seed vault: seals under `kek`, opens under it and every older key."""
         return SeedVault(self.kek, self.older_keks)
 
+    def placement(self) -> Placement:
+        """Return how the store places the OTP's keys: per token on Redis (so a Cluster spreads the tokens over
+        its shards), service-wide on SQLite (one file either way; there group commit shares one fsync among the
+        verifications of different tokens). See services.otp_service.app.repository.PLACEMENT."""
+        return SERVICE_WIDE if self.store_url.partition(":")[0].lower() == "sqlite" else PLACEMENT
+
     def open_store(self, clock: Clock | None = None) -> KeyValueStore:
-        """Open (lazily) the store these settings name, under the OTP namespace."""
-        return open_store(self.store_url, namespace=self.namespace, state_dir=self.state_dir, clock=clock)
+        """Open (lazily) the store these settings name, under the OTP namespace, placed by `placement`."""
+        return open_store(
+            self.store_url, namespace=self.namespace, state_dir=self.state_dir, clock=clock, placement=self.placement()
+        )
 
 
 def build_service(

@@ -2,28 +2,42 @@
 
 Each reads the records it needs with their versions, lets the domain decide, and writes everything that
 changed in one atomic commit conditioned on those versions; a lost race re-reads and re-decides (a bounded
-number of times, then ABORTED CONCURRENT_CHANGE: kagi.store.races). Password hashing (argon2id, tens of
-milliseconds) runs on the process's KDF threads (kagi.passwords.in_kdf_thread) so the event loop keeps serving
-verifications meanwhile. Verification itself lives in `verifier`.
+number of times, then ABORTED CONCURRENT_CHANGE: kagi.store.races). A commit keeps to one token's placement
+group (see repository); creating a token (its records, then its service-wide claim) and reissuing one (the
+new token, then the old one's revocation) are ordered commits, each with its crash story told where it runs.
+Password hashing (argon2id, tens of milliseconds) runs on the process's KDF threads
+(kagi.passwords.in_kdf_thread) so the event loop keeps serving verifications meanwhile. Verification itself
+lives in `verifier`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from kagi.clock import Clock
 from kagi.errors import InvalidArgument
-from kagi.idempotency import commit_answering
+from kagi.idempotency import RequestAnswered, commit_answering
 from kagi.passwords import PasswordHasher, in_kdf_thread
-from kagi.store.base import MAX_PAGE_SIZE, Create, Delete, Entry, KeyExists, KeyValueStore, VersionMismatch
+from kagi.store.base import (
+    MAX_PAGE_SIZE,
+    Create,
+    Delete,
+    Entry,
+    KeyExists,
+    KeyValueStore,
+    Operation,
+    StoreError,
+    VersionMismatch,
+)
 from kagi.store.races import retry_lost_races
 from services.otp_service.app.cache import DEFAULT_CACHE_SIZE, TokenCache
 from services.otp_service.app.errors import REGISTRATION_FAILED_MESSAGE, RegistrationFailed, TokenNotFound
@@ -33,7 +47,9 @@ from services.otp_service.app.repository import (
     TokenRecords,
     TokenRepository,
     check_token_id,
-    create_ops,
+    claim_ops,
+    record_ops,
+    unrecord_ops,
     write_ops,
 )
 from services.otp_service.app.verifier import VerifiedCode, Verifier
@@ -53,6 +69,7 @@ from services.otp_service.domain import (
     change_lifecycle,
     create_token,
 )
+from services.otp_service.domain.errors import IllegalTransition
 from services.otp_service.domain.ids import SYSTEM_RANDOM, RandomBytes, parse_app_user_id, parse_service_id
 from services.otp_service.domain.validation import validate_owner_id
 
@@ -155,15 +172,35 @@ class OtpService:
         )
 
         async def draw() -> Token:
-            # A drawn ID (the service ID has 50 random bits) that another token holds fails the create-if-absent
-            # with KeyExists: the next attempt draws new IDs.
+            # A drawn ID (the service ID has 50 random bits) that another token holds fails the claim with
+            # KeyExists: the next attempt draws new IDs. The claim carries the request's answer (when the call
+            # has a request_id), so an answered CreateToken always names a claimed token.
             new = await self._new_token(owner_id, email, usage_start_password, params)
-            entries = await commit_answering(self._repo.commit, create_ops(new), new.token)
-            self._remember_created(new, entries)
+            await self._create(new, lambda ops: commit_answering(self._repo.commit, ops, new.token))
             log.info("token created", token_id=new.token.token_id)
             return new.token
 
         return await retry_lost_races(draw, what="the new token's identifiers", on=(KeyExists,))
+
+    async def _create(
+        self, new: NewToken, claim: Callable[[list[Operation]], Awaitable[Sequence[Entry | None]]] | None = None
+    ) -> None:
+        """Write a new token's records (its group), then claim its service ID and index it (service-wide).
+
+        A claim refused for good (KeyExists: the ID is taken; RequestAnswered: a concurrent call with the same
+        request_id answered first) deletes the records again: nothing else knows of them. A claim whose outcome
+        is unknown (the store failed, it may have landed) leaves them, since they may now be live; if it had
+        not landed they are an orphan, unreachable (see repository) and removed by `remove_orphans`. A crash
+        between the two commits leaves the same orphan. Neither is ever listed or found as a token.
+        """
+        entries = await self._repo.commit(record_ops(new))
+        try:
+            await (claim or self._repo.commit)(claim_ops(new))
+        except (KeyExists, RequestAnswered):
+            with contextlib.suppress(StoreError):  # an orphan then, as after a crash
+                await self._repo.commit(unrecord_ops(new.token.token_id, entries))
+            raise
+        self._remember_created(new, entries)
 
     async def _new_token(self, owner_id: str, email: str, password: str, params: TotpParameters) -> NewToken:
         return await in_kdf_thread(
@@ -179,12 +216,23 @@ class OtpService:
         )
 
     def _remember_created(self, new: NewToken, entries: Sequence[Entry | None]) -> None:
-        """Cache a token just created by `create_ops`, whose commit reported `entries` (state entry first)."""
+        """Cache a token just created by `record_ops`, whose commit reported `entries` (state entry first)."""
         state_entry, token_entry = entries[0], entries[1]
         if state_entry is not None and token_entry is not None:
             self._cache.put(TokenRecords(new.token, token_entry.version, new.verification_state, state_entry.version))
 
     # -- steps 8 and 9 ----------------------------------------------------------------------------------------
+
+    async def token_for_service(self, service_id: object) -> str | None:
+        """Return the id of the token a service ID was issued for; None when there is none or it is malformed.
+
+        The API keys the idempotency ledger of steps 8 and 9 by it, so their answers commit with the token.
+        """
+        try:
+            service = parse_service_id(service_id)
+        except InvalidArgument:
+            return None
+        return await self._repo.token_id_for_service(service)
 
     async def activate(
         self, *, service_id: object, app_user_id: object, usage_start_password: object, consent: object
@@ -309,43 +357,49 @@ class OtpService:
         return await retry_lost_races(once, what="the token")
 
     async def reissue(self, token_id: str, *, email: str, usage_start_password: str) -> Token:
-        """Revoke a token and create a new pending one for the same user, in one commit.
+        """Create a new pending token for the same user and revoke the old one.
 
-        An empty `email` keeps the old token's delivery address; the token parameters are kept too.
+        An empty `email` keeps the old token's delivery address; the token parameters are kept too. The two
+        tokens are in different placement groups, so this is ordered commits: the new token is created first
+        (as `create`), then the old one revoked. A crash in between leaves the old token as it was and the new
+        one pending but never handed out; the retried call (after its ledger claim lapses) revokes the old one
+        and creates another, and the stray one expires at its activation deadline. A reissue that finds the old
+        token revoked by someone else meanwhile revokes its own new token and fails as it would have before.
         """
         check_token_id(token_id)
         old = await self._records(token_id)
         # Fail on an illegal state before paying for a password hash.
         change_lifecycle(old.token, old.state, TokenEvent.REVOKE, now=self._clock.now(), policy=self._policy)
         owner_id, delivery, params = old.token.owner_id, email or old.token.email, old.token.params
-        new = await self._new_token(owner_id, delivery, usage_start_password, params)
+
+        async def draw() -> Token:
+            # Another token holding a drawn ID fails the claim: the next attempt draws new IDs.
+            new = await self._new_token(owner_id, delivery, usage_start_password, params)
+            await self._create(new)
+            return new.token
+
+        replacement = await retry_lost_races(draw, what="the new token's identifiers", on=(KeyExists,))
         seen: TokenRecords | None = old
 
-        async def swap() -> Token:
-            nonlocal new, seen
+        async def revoke_old() -> None:
+            nonlocal seen
             # The first swap is conditioned on the records read above; a lost race reads them again.
             current = seen or await self._records(token_id)
             seen = None
-            revoked = change_lifecycle(
-                current.token, current.state, TokenEvent.REVOKE, now=self._clock.now(), policy=self._policy
-            )
-            ops = [
-                *write_ops(current, revoked.token, revoked.verification_state),
-                Delete(ACTIVATIONS, token_id),
-                *create_ops(new),
-            ]
             try:
-                entries = await self._repo.commit(ops)
-            except KeyExists:
-                # Another token holds a drawn ID: the next attempt swaps in a token with new IDs.
-                new = await self._new_token(owner_id, delivery, usage_start_password, params)
+                revoked = change_lifecycle(
+                    current.token, current.state, TokenEvent.REVOKE, now=self._clock.now(), policy=self._policy
+                )
+            except IllegalTransition:
+                await self.revoke(replacement.token_id)  # nobody will be handed it: end it at once
                 raise
+            ops = [*write_ops(current, revoked.token, revoked.verification_state), Delete(ACTIVATIONS, token_id)]
+            entries = await self._repo.commit(ops)
             self._cache.put(current.written(revoked.token, revoked.verification_state, entries))
-            self._remember_created(new, entries[3:])
-            log.info("token reissued", token_id=token_id, replacement=new.token.token_id)
-            return new.token
 
-        return await retry_lost_races(swap, what="the token", on=(VersionMismatch, KeyExists))
+        await retry_lost_races(revoke_old, what="the token")
+        log.info("token reissued", token_id=token_id, replacement=replacement.token_id)
+        return replacement
 
     async def rotate_keys(self, progress: Callable[[int], None] | None = None) -> int:
         """Re-seal every seed not sealed under the current KEK; return how many were re-sealed.
@@ -370,6 +424,37 @@ class OtpService:
             total += len(tokens)
             stale += sum(1 for t in tokens if t.sealed_seed is not None and self._vault.needs_reseal(t.sealed_seed))
         return total, stale
+
+    async def remove_orphans(self, *, older_than: float = 24 * 3600.0) -> int:
+        """Delete the records of tokens whose creation never claimed their service ID; return how many.
+
+        Such an orphan is left by a crash (or a store failure) between `create`'s two commits: no one knows its
+        id and nothing lists it, but it still holds the user's e-mail address and password hash. Only tokens
+        created more than OLDER_THAN seconds ago are considered, so a creation still between its commits is
+        never taken for one. Safe to run at any time, from any replica, as often as wanted.
+        """
+        removed = 0
+        cutoff = self._clock.now() - older_than
+        async for tokens in self._token_pages():
+            for token in tokens:
+                if token.created_at < cutoff and not await self._repo.claimed(token):
+                    removed += await self._remove_orphan(token.token_id)
+        if removed:
+            log.info("orphaned token records removed", count=removed)
+        return removed
+
+    async def _remove_orphan(self, token_id: str) -> int:
+        records = await self._repo.records(token_id)
+        if records is None or await self._repo.claimed(records.token):
+            return 0
+        state_entry = Entry(token_id, b"", records.state_version)
+        token_entry = Entry(token_id, b"", records.token_version)
+        try:
+            await self._repo.commit(unrecord_ops(token_id, [state_entry, token_entry]))
+        except VersionMismatch:  # it changed meanwhile, so it is not an orphan: leave it
+            return 0
+        self._cache.drop(token_id)
+        return 1
 
     async def _token_pages(self) -> AsyncIterator[list[Token]]:
         page_token = ""

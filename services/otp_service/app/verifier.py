@@ -9,9 +9,11 @@ sees `last_step` moved and answers REPLAYED. Nothing is ever read and then blind
 
 The same commit carries, when they change, the token record (first accepted code: REGISTERED -> ACTIVE; the
 failure that locks: -> LOCKED), and, when the request has a request_id, a create-if-absent of the request's
-recorded answer. So a retried VerifyCode cannot consume a second code or count a second failure: its commit
-fails on the existing request record and the first answer is returned. (This is why VerifyCode does not go
-through the generic idempotency ledger, which would cost two more round trips.)
+recorded answer, kept under "<token id>/<request id>" so that every key of the commit is the token's (one
+placement group: on a Redis Cluster a verification touches one shard, one slot). So a retried VerifyCode
+cannot consume a second code or count a second failure: its commit fails on the existing request record and
+the first answer is returned. (This is why VerifyCode does not go through the generic idempotency ledger,
+which would cost two more round trips.)
 
 Round trips. Every writer of a token record rewrites its verification record in the same commit (see
 repository), so "the verification record is still at version v" proves the token record unchanged too. Hence
@@ -59,6 +61,7 @@ from services.otp_service.app.repository import (
     TokenRecords,
     TokenRepository,
     check_token_id,
+    verify_request_key,
 )
 from services.otp_service.domain import (
     CorruptRecord,
@@ -168,7 +171,7 @@ class Verifier:
                         fresh = True
                         continue
                 if request_id:
-                    recorded = await self._recorded(request_id, request_print, records.token)
+                    recorded = await self._recorded(token_id, request_id, request_print, records.token)
                     if recorded is not None:
                         return recorded
                 return VerifiedCode(outcome.result, records.token)
@@ -179,7 +182,9 @@ class Verifier:
                 ops.append(Replace(TOKENS, token_id, outcome.token.to_bytes(), records.token_version))
             if request_id:
                 answer = _record(request_print, outcome.result)
-                ops.append(Create(VERIFY_REQUESTS, request_id, answer, ttl=self._request_ttl))
+                ops.append(
+                    Create(VERIFY_REQUESTS, verify_request_key(token_id, request_id), answer, ttl=self._request_ttl)
+                )
             try:
                 entries = await self._repo.commit(ops)
             except VersionMismatch:
@@ -187,7 +192,7 @@ class Verifier:
                 continue
             except KeyExists:
                 # Only the request record is created here: this request_id was answered before.
-                recorded = await self._recorded(request_id, request_print, records.token)
+                recorded = await self._recorded(token_id, request_id, request_print, records.token)
                 if recorded is None:  # its record expired between the commit and the read: decide afresh
                     continue
                 return recorded
@@ -228,8 +233,8 @@ class Verifier:
         self._cache.drop(lost.token.token_id)
         return await self._load(lost.token.token_id), True
 
-    async def _recorded(self, request_id: str, request_print: str, token: Token) -> VerifiedCode | None:
-        entry = await self._repo.store.get(VERIFY_REQUESTS, request_id)
+    async def _recorded(self, token_id: str, request_id: str, request_print: str, token: Token) -> VerifiedCode | None:
+        entry = await self._repo.store.get(VERIFY_REQUESTS, verify_request_key(token_id, request_id))
         if entry is None:
             return None
         try:

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import dataclasses
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +69,7 @@ class Backend:
         client = aioredis.from_url(self.url)
         try:
             out: dict[str, bytes] = {}
-            async for name in client.scan_iter(match=f"kagi:{{{self.namespace}}}:*", count=1000):
+            async for name in self._names(client):
                 key = name.decode()
                 if key.endswith(":version"):
                     continue
@@ -85,6 +85,13 @@ class Backend:
         finally:
             await client.aclose()
 
+    async def _names(self, client: aioredis.Redis) -> AsyncIterator[bytes]:
+        """Yield every Redis key of the namespace: service-wide (`kagi:{ns}:...`) and spread per token
+        (`kagi:{ns:<bucket>}:...`)."""
+        for pattern in (f"kagi:{{{self.namespace}}}:*", f"kagi:{{{self.namespace}:*"):
+            async for name in client.scan_iter(match=pattern, count=1000):
+                yield name
+
     async def raw_bytes(self) -> bytes:
         """Return everything the store holds for this namespace as bytes on disk or in Redis values.
 
@@ -98,7 +105,7 @@ class Backend:
         client = aioredis.from_url(self.url)
         try:
             values: list[bytes] = []
-            async for name in client.scan_iter(match=f"kagi:{{{self.namespace}}}:*", count=1000):
+            async for name in self._names(client):
                 values.append(name)
                 kind = (await client.type(name)).decode()
                 if kind == "hash":

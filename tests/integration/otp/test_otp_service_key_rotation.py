@@ -17,7 +17,7 @@ import pytest
 from kagi.clock import FakeClock
 from kagi.otp.v1 import otp_pb2 as pb
 from kagi.store import open_store
-from services.otp_service.app.repository import TOKENS
+from services.otp_service.app.repository import PLACEMENT, TOKENS
 from services.otp_service.domain import Token
 from services.otp_service.main import STORE_NAMESPACE
 from tests.conftest import RedisServer
@@ -71,7 +71,7 @@ async def rotate(backend: Backend) -> str:
 
 async def sealed_key_ids(backend: Backend) -> list[str]:
     """The key id of every sealed seed in the store, read through the store interface."""
-    store = open_store(backend.url, namespace=backend.namespace, state_dir=backend.state_dir)
+    store = open_store(backend.url, namespace=backend.namespace, state_dir=backend.state_dir, placement=PLACEMENT)
     try:
         page = await store.list(TOKENS, page_size=1000)
     finally:
