@@ -176,9 +176,9 @@ class RedisClusterProcesses:
 
             wait_for(ready, f"cluster node {node.address} ready", timeout=90)
 
-    def masters(self) -> dict[str, list[tuple[int, int]]]:
-        """Return each master's address and the slot ranges it serves."""
-        with self.nodes[0].client() as client:
+    def masters(self, *, skip: RedisProcess | None = None) -> dict[str, list[tuple[int, int]]]:
+        """Return each master's address and the slot ranges it serves (as the first node but SKIP sees it)."""
+        with next(node for node in self.nodes if node is not skip).client() as client:
             slots = client.execute_command("CLUSTER", "SLOTS")
         served: dict[str, list[tuple[int, int]]] = {}
         for entry in slots:
