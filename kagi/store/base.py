@@ -198,10 +198,31 @@ class Placement:
     The functions must be pure and stable (a key must map to the same aggregate id forever: the group picks
     where the entry is stored) and return a non-empty string; a function that returns anything else or raises
     makes the call fail with InvalidKey. Changing a deployed Placement moves where entries are looked for, so
-    it is a data migration, not a setting. Example (OTP token state spread per token id, a key "tok-1/..."
-    belonging to token "tok-1")::
+    it is a data migration, not a setting.
 
-        Placement(spread={"tokens": lambda key: key, "verification": lambda key: key.split("/", 1)[0]})
+    Using it:
+
+    - give it when opening the store: `open_store(url, namespace=..., state_dir=..., placement=P)` (or
+      `RedisStore(..., placement=P)`, `SQLiteStore(..., placement=P)`); `store.placement` returns it, and
+      `GroupCommitStore` forwards its inner store's. `RedisStore.tag(collection, key)` names the hash tag an
+      entry lives under (its Cluster slot is `key_slot("{" + tag + "}")`), for tests and benchmarks;
+    - what one `commit` carries must be in one group: an aggregate's own records in any spread collections,
+      yes; an aggregate's record together with a service-wide one (a journal's audit record and chain head, an
+      idempotency answer stored with its action, a global index entry), no. Spread those by the same aggregate
+      too, or keep the aggregate's collection service-wide;
+    - `GroupCommitStore` keeps each round to one group and sends rounds of different groups together, so
+      per-aggregate writes still share round trips per aggregate and are not serialised across aggregates; a
+      `RoundPlanner` (the journal) adds service-wide operations, so its units must be service-wide;
+    - compare versions of one key only (compare-and-swap, caches keyed by version): two keys' versions say
+      nothing about which was written first unless both are in the same group.
+
+    Example: OTP token state spread per token id, the token's record under its id and its verification
+    records under "<token id>/<n>"::
+
+        def token_of(key: str) -> str:
+            return key.split("/", 1)[0]
+
+        Placement(spread={"tokens": token_of, "verification": token_of})
     """
 
     spread: Mapping[str, Callable[[str], str]] = field(default_factory=lambda: types.MappingProxyType({}))
