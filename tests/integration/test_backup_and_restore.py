@@ -22,7 +22,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 from cryptography import x509
 
 from kagi.ca.v1 import ca_pb2
@@ -122,29 +121,25 @@ def place_snapshot(snapshot: Path, directory: Path) -> None:
 
 
 async def restore_redis(backup: Path, directory: Path) -> RedisServer:
-    """The docs' Redis restore: a fresh server loads the snapshot with AOF off, AOF is switched on (Redis writes
-    the data into a fresh AOF), and the server restarts with its production settings, from the AOF alone."""
+    """The docs' Redis restore with redis-cli: a fresh server loads the snapshot with AOF off, AOF is switched on
+    (Redis writes the data into a fresh AOF), the server shuts down and restarts with its production settings."""
     place_snapshot(backup / "kagi.rdb", directory)
     loading = RedisServer(directory, appendonly=False)
     loading.start()
-    client = aioredis.Redis(port=loading.port)
-    try:
-        await client.config_set("appendonly", "yes")
-        async with asyncio.timeout(120):
-            while True:  # polls the rewrite Redis started, as the docs say to
-                info = await client.info("persistence")
-                if (
-                    info["aof_enabled"] == 1
-                    and info["aof_rewrite_in_progress"] == 0
-                    and info["aof_rewrite_scheduled"] == 0
-                ):
-                    assert info["aof_last_bgrewrite_status"] == "ok"
-                    break
-                await asyncio.sleep(0.1)
-    finally:
-        await client.aclose()
-    loading.kill()
-    (directory / "dump.rdb").unlink()  # what the restarted server holds comes from its AOF
+    cli = [tool("redis-cli"), "-p", str(loading.port)]
+    await run([*cli, "CONFIG", "SET", "appendonly", "yes"])
+    wanted = {"aof_enabled": "1", "aof_rewrite_in_progress": "0", "aof_rewrite_scheduled": "0"}
+    async with asyncio.timeout(120):
+        while True:  # polls the rewrite Redis started, as the docs say to
+            lines = (await run([*cli, "INFO", "persistence"])).splitlines()
+            info = dict(line.strip().split(":", 1) for line in lines if ":" in line)
+            if all(info.get(key) == value for key, value in wanted.items()):
+                assert info["aof_last_bgrewrite_status"] == "ok", info
+                break
+            await asyncio.sleep(0.1)
+    await run([*cli, "SHUTDOWN"])
+    loading.kill()  # reaps the process SHUTDOWN ended
+    (directory / "dump.rdb").unlink()  # what the restarted server holds comes from its AOF alone
     durable = RedisServer(directory, port=loading.port)
     durable.start()
     return durable
