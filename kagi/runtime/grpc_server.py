@@ -31,6 +31,7 @@ from kagi.errors import InvalidArgument, KagiError, PermissionDenied, Unauthenti
 from kagi.runtime.grpc_errors import internal_status, to_status
 from kagi.runtime.identity import ANONYMOUS, PLAINTEXT_CALLER, Caller, Role, caller_from_pem
 from kagi.runtime.logging import REQUEST_ID_HEADER, new_request_id, request_id_var
+from kagi.runtime.metrics import observe_served_call
 from kagi.runtime.settings import ListenSettings, TlsFiles
 
 log = structlog.get_logger("kagi.grpc")
@@ -212,8 +213,19 @@ class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._log_ok = False
 
     def log_successes(self, enabled: bool) -> None:
-        """Say whether each successful call is logged (at debug level: only when the logger is at debug)."""
+        """Say whether each successful call gets its access line (INFO; failures always get theirs)."""
         self._log_ok = enabled
+
+    def _served(self, method: str, code: str, start: float, error: BaseException | None = None) -> None:
+        """Record the call's metrics and write its access line (its request id comes from the log context)."""
+        seconds = time.perf_counter() - start
+        caller = caller_var.get()
+        role = caller.role.value if caller.role is not None else ("plaintext" if caller.plaintext else "anonymous")
+        observe_served_call(method, code, role, seconds, error)
+        if error is None and not self._log_ok:
+            return
+        reason = {"reason": error.reason} if isinstance(error, KagiError) else {}
+        log.info("rpc", method=method, role=role, grpc_code=code, ms=round(seconds * 1000, 2), **reason)
 
     async def intercept_service(
         self,
@@ -276,13 +288,13 @@ class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return caller_from_pem(pems[0])
 
     async def _fail(self, context: grpc.aio.ServicerContext, method: str, exc: BaseException, start: float) -> None:
-        elapsed_ms = round((time.perf_counter() - start) * 1000, 2)
         if isinstance(exc, KagiError):
             status = to_status(exc, domain=self._domain)
-            log.info("rpc failed", method=method, grpc_code=exc.kind.value, reason=exc.reason, ms=elapsed_ms)
+            self._served(method, exc.kind.value, start, exc)
         else:
             status = internal_status()
-            log.error("rpc crashed", method=method, ms=elapsed_ms, exc_info=exc)
+            log.error("rpc crashed", method=method, exc_info=exc)
+            self._served(method, "INTERNAL", start, exc)
         await context.abort_with_status(rpc_status.to_status(status))
 
     def _wrap_unary(
@@ -302,8 +314,7 @@ class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except Exception as exc:  # every failure becomes a status; unknown ones say nothing more
                 await self._fail(context, full_method, exc, start)
                 raise AssertionError("abort_with_status returned") from exc  # pragma: no cover
-            if self._log_ok:
-                log.debug("rpc ok", method=full_method, ms=round((time.perf_counter() - start) * 1000, 2))
+            self._served(full_method, "OK", start)
             return response
 
         return behavior
@@ -325,6 +336,8 @@ class KagiServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 raise
             except Exception as exc:
                 await self._fail(context, full_method, exc, start)
+            else:
+                self._served(full_method, "OK", start)
 
         return behavior
 
@@ -388,8 +401,8 @@ class GrpcServer:
             self.port = self._server.add_secure_port(self._listen.address, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self._listen.address}")
-        # Logging is configured by now (main does it first); below debug, a success costs no log call at all.
-        self._interceptor.log_successes(log.is_enabled_for(logging.DEBUG))
+        # Logging is configured by now (main does it first); above INFO, a success costs no log call at all.
+        self._interceptor.log_successes(log.is_enabled_for(logging.INFO))
         await self._server.start()
         await self._set_serving(self._readiness is None)
         if self._readiness is not None:
