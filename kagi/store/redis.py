@@ -675,6 +675,14 @@ class RedisStore(KeyValueStore):
             # ConnectionErrors too.
             meta["cause"] = type(exc).__name__
             raise StoreUnavailable("the Redis store is unavailable", metadata=meta) from exc
+        except AttributeError as exc:
+            # redis-py's cluster client closes a node's connections, in use or not, when the slot layout changes
+            # (a failover); a command racing with that finds its connection's reader or writer gone (None).
+            # Whether it was sent is unknown, which is what StoreUnavailable says.
+            if self._cluster is None or "'NoneType' object has no attribute" not in str(exc):
+                raise
+            meta["cause"] = "ConnectionClosed"
+            raise StoreUnavailable("the Redis store is unavailable", metadata=meta) from exc
         except (ResponseError, RedisClusterException) as exc:
             # redis-py turns some codes into classes and strips them from the message; others it keeps.
             if not isinstance(exc, _UNAVAILABLE_ERRORS) and not str(exc).startswith(_UNAVAILABLE_REPLIES):
