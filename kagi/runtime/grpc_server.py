@@ -33,6 +33,7 @@ from kagi.runtime.identity import ANONYMOUS, PLAINTEXT_CALLER, Caller, Role, cal
 from kagi.runtime.logging import REQUEST_ID_HEADER, new_request_id, request_id_var
 from kagi.runtime.metrics import observe_served_call
 from kagi.runtime.settings import ListenSettings, TlsFiles
+from kagi.runtime.tls_reload import FileProblem, TlsMaterial, watch_tls_files
 
 log = structlog.get_logger("kagi.grpc")
 
@@ -78,17 +79,22 @@ def client_trust_anchor(tls: TlsFiles) -> bytes:
     root, so trusting it would let a customer certificate through the handshake. A chain without the issuer, or
     an issuer that is itself a root, is refused with the setting to use.
     """
-    if tls.client_ca_file is not None:
-        pem = tls.client_ca_file.read_bytes()
+    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file is not None else None
+    return trust_anchor_of(tls, tls.cert_file.read_bytes(), client_ca)
+
+
+def trust_anchor_of(tls: TlsFiles, chain_pem: bytes, client_ca_pem: bytes | None) -> bytes:
+    """Return `client_trust_anchor` for the given contents of `tls`'s certificate chain and client CA files."""
+    if client_ca_pem is not None:
         try:
-            x509.load_pem_x509_certificates(pem)
+            x509.load_pem_x509_certificates(client_ca_pem)
         except ValueError:
             raise InvalidArgument(
                 f"{tls.client_ca_file} holds no PEM certificate", fields={"client_ca_file": "not a PEM certificate"}
             ) from None
-        return pem
+        return client_ca_pem
     try:
-        chain = x509.load_pem_x509_certificates(tls.cert_file.read_bytes())
+        chain = x509.load_pem_x509_certificates(chain_pem)
     except ValueError:
         raise InvalidArgument(
             f"{tls.cert_file} holds no PEM certificate", fields={"cert_file": "not a PEM certificate"}
@@ -362,6 +368,8 @@ class GrpcServer:
         self._readiness_task: asyncio.Task[None] | None = None
         self.health = HealthServicer()
         self.port = 0
+        self.certificate_serial: int | None = None
+        """The serial number of the certificate new handshakes get (None in plaintext)."""
         self._interceptor = KagiServerInterceptor(
             self._bindings, domain=domain, plaintext=listen.tls is None, peers=peers
         )
@@ -391,14 +399,7 @@ class GrpcServer:
         if self._listen.tls is None:
             self.port = self._server.add_insecure_port(self._listen.address)
         else:
-            chain, key, _ = self._listen.tls.read()
-            # Callers are verified against the internal CA alone (BoringSSL accepts an intermediate as the
-            # anchor: a chain leaf -> internal CA verifies, one through the customer CA does not).
-            anchor = client_trust_anchor(self._listen.tls)
-            credentials = grpc.ssl_server_credentials(
-                [(key, chain)], root_certificates=anchor, require_client_auth=True
-            )
-            self.port = self._server.add_secure_port(self._listen.address, credentials)
+            self.port = self._server.add_secure_port(self._listen.address, self._server_credentials(self._listen.tls))
         if self.port == 0:
             raise OSError(f"cannot listen on {self._listen.address}")
         # Logging is configured by now (main does it first); above INFO, a success costs no log call at all.
@@ -416,6 +417,43 @@ class GrpcServer:
             mtls=self._listen.tls is not None,
         )
         return self.port
+
+    def _server_credentials(self, tls: TlsFiles) -> grpc.ServerCredentials:
+        """Return credentials that follow the certificate files: gRPC asks the fetcher at each new handshake,
+        and the fetcher hands it a new configuration once the files changed (or SIGHUP came) and check out."""
+        # Callers are verified against the internal CA alone (BoringSSL accepts an intermediate as the
+        # anchor: a chain leaf -> internal CA verifies, one through the customer CA does not).
+        client_trust_anchor(tls)  # a chain that names no CA to trust callers under refuses to start
+
+        def load(material: TlsMaterial) -> grpc.ServerCertificateConfiguration:
+            try:
+                anchor = trust_anchor_of(tls, material.identity.chain_pem, material.client_ca_pem)
+            except InvalidArgument as exc:
+                raise FileProblem(str(exc)) from None
+            return grpc.ssl_server_certificate_configuration(
+                [(material.identity.key_pem, material.identity.chain_pem)], root_certificates=anchor
+            )
+
+        watched = watch_tls_files(tls, what=f"grpc server {self._listen.address}")
+        initial = load(watched.current())
+        self.certificate_serial = watched.current().identity.serial
+        seen = watched.generation
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            nonlocal seen
+            if not watched.changed_since(seen):
+                return None
+            seen = watched.generation
+            material = watched.current()
+            try:
+                configuration = load(material)
+            except FileProblem as exc:
+                log.warning("tls files not reloaded: the previous ones stay in use", problem=str(exc))
+                return None
+            self.certificate_serial = material.identity.serial
+            return configuration
+
+        return grpc.dynamic_ssl_server_credentials(initial, fetch, require_client_authentication=True)
 
     async def check_readiness(self) -> bool:
         """Run the readiness probe once and publish SERVING or NOT_SERVING."""

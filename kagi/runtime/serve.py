@@ -18,6 +18,7 @@ import structlog
 from prometheus_client import multiprocess
 
 from kagi.runtime.management import MULTIPROCESS_ENV
+from kagi.runtime.tls_reload import request_reload
 
 log = structlog.get_logger("kagi.serve")
 
@@ -29,18 +30,22 @@ class Stoppable(Protocol):
 
 
 async def serve_until_signalled(start: Callable[[], Awaitable[Stoppable]], *, grace: float = 5.0) -> None:
-    """Start a component, waits for SIGINT or SIGTERM, then stop it within `grace`."""
+    """Start a component, waits for SIGINT or SIGTERM, then stop it within `grace`.
+
+    SIGHUP has every listener and client read its certificate files again (they also do when the files change).
+    """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, request_reload)
     component = await start()
     try:
         await stopping.wait()
         log.info("stopping", grace_seconds=grace)
     finally:
         await component.stop(grace)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 
@@ -85,6 +90,7 @@ def _run_processes(workers: int, target: Callable[[], None], directory: str) -> 
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker reloads its certificate files
 
     def reap(process: BaseProcess) -> None:
         process.join()

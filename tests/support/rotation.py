@@ -3,6 +3,7 @@ does (a new file renamed over the old one), plus what openssl s_client sees of a
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import re
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.support.tools import run, tool
+from tests.support.tools import tool
 
 
 def _name(common_name: str) -> x509.Name:
@@ -79,7 +80,14 @@ def replace_file(path: Path, data: bytes, mode: int = 0o600) -> None:
 async def served_certificate(port: int, *, server_name: str = "localhost", extra: list[str] | None = None) -> str:
     """Return the PEM of the certificate a TLS server at 127.0.0.1:`port` presents, as openssl s_client got it."""
     argv = [tool("openssl"), "s_client", "-connect", f"127.0.0.1:{port}", "-servername", server_name, *(extra or [])]
-    out = await run(argv, stdin=b"")
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(60):
+        raw, err = await process.communicate()
+    out = raw.decode(errors="replace")  # an HTTP/2 server's first frames follow the handshake's text
+    if process.returncode != 0:
+        raise AssertionError(f"openssl s_client exited {process.returncode}: {err.decode(errors='replace')}")
     found = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n", out, re.S)
     assert found, out
     return found.group(0)

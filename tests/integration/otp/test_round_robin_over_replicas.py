@@ -1,16 +1,16 @@
 """One client channel spreads its calls over every replica behind one name: two OTP servers on one store, a
-channel opened by kagi's own `open_channel` on a target that names both, and many real calls; each replica
-serves a share of them.
+channel opened by kagi's own `open_channel` on one name that resolves to both, and many real calls; each
+replica serves a share of them.
 
-The one name is gRPC's `ipv4:127.0.0.1:P1,127.0.0.1:P2` target, which resolves to both addresses the way
-`dns:///kagi-otp.kagi.svc.cluster.local:50052` resolves to every pod of a headless Service: this machine's
-`localhost` resolves to 127.0.0.1 only, so the DNS route (one replica on ::1, one on 127.0.0.1) is not
-available here. Each replica's count of calls is gRPC's own per-server counter (channelz), read from the
-servers themselves.
+The name is `localhost`, which gRPC's resolver turns into two addresses, 127.0.0.1 and ::1 (as
+`dns:///kagi-otp.kagi.svc.cluster.local:50052` turns into every pod of a headless Service): one replica listens
+on each, on the same port. Each replica's count of calls is gRPC's own per-server counter (channelz), read from
+the servers themselves, never from the client.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -19,7 +19,7 @@ from grpc._cython import cygrpc
 from kagi.otp.v1 import otp_pb2 as pb
 from kagi.otp.v1 import otp_pb2_grpc
 from kagi.runtime.grpc_client import open_channel
-from kagi.runtime.settings import role_dns_name
+from kagi.runtime.settings import ListenSettings, role_dns_name
 from tests.integration.otp.otp_grpc_support import OtpCluster, create_pending
 
 CALLS = 60
@@ -44,18 +44,22 @@ def _calls_succeeded(server_id: int) -> int:
 
 
 async def test_calls_from_one_channel_reach_both_replicas(cluster: OtpCluster) -> None:
-    """60 GetToken calls on one channel: both replicas answer some, and together all of them."""
+    """60 GetToken calls on one channel to localhost:PORT: both replicas answer some, and together all of them."""
     before = _server_ids()
     first = await cluster.start()
     first_ids = _server_ids() - before
-    second = await cluster.start()
+    settings = cluster.settings()
+    second = await cluster.start(
+        dataclasses.replace(settings, listen=ListenSettings("::1", first.port, settings.listen.tls))
+    )
     second_ids = _server_ids() - before - first_ids
     assert len(first_ids) == 1
     assert len(second_ids) == 1
     token = await create_pending(cluster)
 
     served_before = {name: _calls_succeeded(next(iter(ids))) for name, ids in (("a", first_ids), ("b", second_ids))}
-    target = f"ipv4:127.0.0.1:{first.port},127.0.0.1:{second.port}"
+    assert second.port == first.port
+    target = f"localhost:{first.port}"
     async with open_channel(target, cluster.identities["enrollment"], server_name=role_dns_name("otp")) as channel:
         stub = otp_pb2_grpc.OtpServiceStub(channel)
         for _ in range(CALLS):
