@@ -34,7 +34,8 @@ its group), then `claim_ops` (its service ID and its line in the user's index, s
 what makes a token exist for anyone: step 8 finds tokens only through `tokens-by-service-id`, users' lists
 only through their index, and the token id is returned only after the claim. So a claim that fails for good
 (KeyExists: the service ID is taken) is followed by deleting the records, and a crash between the two commits
-leaves records that nothing lists as live and nobody knows the id of (an orphan: `unclaimed` finds it).
+leaves records that nothing lists as live and nobody knows the id of (an orphan, which
+`OtpService.remove_orphans` deletes).
 """
 
 from __future__ import annotations
