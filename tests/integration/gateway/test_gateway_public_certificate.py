@@ -1,10 +1,11 @@
 """The gateway's public certificate is not its internal identity: given KAGI_GATEWAY_PUBLIC_TLS_CERT / _KEY (a
 public CA's certificate), the HTTPS listener presents that one, which openssl and curl verify against the public
 root and not against kagi's root, while the gateway still reaches the services with its internal (gateway-role)
-credential."""
+credential; a renewed public certificate is served without a restart."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from cryptography import x509
 from gateway.settings import GatewaySettings
 from kagi.cli.stack import FREE_PORTS, RunningStack, start_stack
 from kagi.errors import InvalidArgument
-from tests.support.rotation import PublicCa, serial_of, served_certificate
+from tests.support.rotation import PublicCa, replace_file, serial_of, served_certificate
 from tests.support.tools import run, tool
 
 
@@ -94,3 +95,23 @@ def test_one_half_of_the_public_pair_is_refused(stack: RunningStack, public: tup
     with pytest.raises(InvalidArgument) as raised:
         GatewaySettings.from_env(env)
     assert "KAGI_GATEWAY_PUBLIC_TLS_KEY" in raised.value.fields["public_key_file"]
+
+
+async def test_a_renewed_public_certificate_is_served_without_a_restart(
+    stack: RunningStack, public: tuple[PublicCa, Path, Path, int], tmp_path: Path
+) -> None:
+    """The public pair is replaced (each file renamed over the old one, the key first): new handshakes
+    present the new certificate, loaded into the same TLS context, and the old connections' answers go on."""
+    ca, cert_file, key_file, old = public
+    port = stack.ports["gateway"]
+    chain, key, new = ca.server_leaf("localhost")
+    replace_file(key_file, key)
+    replace_file(cert_file, chain, 0o644)
+    root = str(tmp_path / "public-root.pem")
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 60
+    while serial_of(await served_certificate(port, extra=["-CAfile", root, "-verify_return_error"])) != new:
+        assert loop.time() < end, "the gateway did not present the new certificate within 60 s"
+        await asyncio.sleep(0.2)
+    assert new != old
+    await test_curl_trusts_the_gateway_through_the_public_root(stack, tmp_path)
