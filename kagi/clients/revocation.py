@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
@@ -80,10 +82,21 @@ class CrlRejected(Exception):
 class RevocationMetrics(Protocol):
     """The metrics a registry keeps (the gateway's GatewayMetrics has them)."""
 
-    revoked_serials: Gauge
-    backend_errors: Counter
-    revocation_events: Counter
-    revocation_stream_up: Gauge
+    @property
+    def revoked_serials(self) -> Gauge:
+        """Return the gauge of how many serials are known revoked."""
+
+    @property
+    def backend_errors(self) -> Counter:
+        """Return the counter of failed calls to the CA, by service ("ca") and code."""
+
+    @property
+    def revocation_events(self) -> Counter:
+        """Return the counter of revocation events received."""
+
+    @property
+    def revocation_stream_up(self) -> Gauge:
+        """Return the gauge that is 1 while the stream is live."""
 
 
 _STATUS_FROM_PB = {
@@ -408,6 +421,42 @@ class RevokedPeers:
         await self.registry.stop()
 
 
+@dataclass(frozen=True)
+class _PeerMetrics:
+    """What a service's follower of the internal CA reports (prometheus-client's default registry)."""
+
+    revoked_serials: Gauge
+    backend_errors: Counter
+    revocation_events: Counter
+    revocation_stream_up: Gauge
+
+
+@functools.cache
+def _peer_metrics() -> _PeerMetrics:
+    # Made on first use, so that only the services (not the gateway, which has its own) carry them.
+    return _PeerMetrics(
+        revoked_serials=Gauge(
+            "kagi_internal_revoked_serials",
+            "Internal certificate serials this process knows to be revoked (its callers are refused).",
+            multiprocess_mode="liveall",
+        ),
+        backend_errors=Counter(
+            "kagi_internal_revocation_errors",
+            "Failed calls to the CA while following the internal CA's revocations, by gRPC status code.",
+            ["service", "code"],
+        ),
+        revocation_events=Counter(
+            "kagi_internal_revocation_events", "Revocation events received on the CA's revocation stream."
+        ),
+        revocation_stream_up=Gauge(
+            "kagi_internal_revocation_stream_connected",
+            "1 while the internal CA's revocation stream is connected and its CRL loaded; 0: each caller is "
+            "checked with the CA, and calls fail closed when it cannot answer.",
+            multiprocess_mode="liveall",
+        ),
+    )
+
+
 def follow_internal_ca(channel: grpc.aio.Channel, tls: TlsFiles) -> RevokedPeers:
     """Return the peer check of a service whose callers the internal CA certifies, following it over `channel`.
 
@@ -416,4 +465,4 @@ def follow_internal_ca(channel: grpc.aio.Channel, tls: TlsFiles) -> RevokedPeers
     """
     internal = x509.load_pem_x509_certificates(client_trust_anchor(tls))
     stub = ca_pb2_grpc.CertificateAuthorityServiceStub(channel)
-    return RevokedPeers(RevocationRegistry(stub, internal, issuer=ca_pb2.ISSUER_INTERNAL))
+    return RevokedPeers(RevocationRegistry(stub, internal, _peer_metrics(), issuer=ca_pb2.ISSUER_INTERNAL))

@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
 from kagi.cli.stack import FREE_PORTS, RunningStack, start_stack
@@ -198,7 +199,8 @@ async def test_without_the_ca_the_services_fail_closed_and_a_revoked_credential_
 ) -> None:
     """Once the CA is stopped, the OTP and enrollment services cannot follow its revocations nor ask it: a call
     with a valid credential is UNAVAILABLE (CALLER_REVOCATION_UNKNOWN), which callers retry, never served
-    unchecked; a credential revoked before stays UNAUTHENTICATED (CALLER_CERTIFICATE_REVOKED)."""
+    unchecked; a credential revoked before stays UNAUTHENTICATED (CALLER_CERTIFICATE_REVOKED). The services'
+    metric `kagi_internal_revocation_stream_connected` says 1 while they follow the stream, 0 once it is gone."""
     revoked_tls, serial = await _issue(stack, tmp_path / "creds", "doomed")
     valid_tls, _ = await _issue(stack, tmp_path / "creds", "valid")
     doomed, valid = Client(stack, revoked_tls), Client(stack, valid_tls)
@@ -211,10 +213,12 @@ async def test_without_the_ca_the_services_fail_closed_and_a_revoked_credential_
             await _until(lambda service=service: doomed.call(service), "UNAUTHENTICATED CALLER_CERTIFICATE_REVOKED")
             assert await valid.call(service) == "served"
 
+        assert REGISTRY.get_sample_value("kagi_internal_revocation_stream_connected") == 1
         await stack.components.pop("ca").stop(0)
         for service in ("otp", "enrollment"):
             await _until(lambda service=service: valid.call(service), "UNAVAILABLE CALLER_REVOCATION_UNKNOWN")
             assert await doomed.call(service) == "UNAUTHENTICATED CALLER_CERTIFICATE_REVOKED"
+        assert REGISTRY.get_sample_value("kagi_internal_revocation_stream_connected") == 0
     finally:
         await doomed.close()
         await valid.close()
