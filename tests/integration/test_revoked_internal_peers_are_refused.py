@@ -5,8 +5,9 @@ enrollment services learn it from the CA's revocation stream, the CA from its ow
 the services fail closed (UNAVAILABLE, CALLER_REVOCATION_UNKNOWN) instead of trusting a caller they cannot check,
 and the revoked credential stays refused.
 
-The stack runs for real on free ports with mTLS; the credentials are issued and revoked by the real `kagi admin`
-program; the clients are grpc.aio channels with each credential's files."""
+The stack runs for real on free ports with mTLS (in this process, or as `kagi serve` processes with two workers
+each on Redis); the credentials are issued and revoked by the real `kagi admin` program; the clients are grpc.aio
+channels with each credential's files."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from kagi.enrollment.v1 import enrollment_pb2, enrollment_pb2_grpc
 from kagi.otp.v1 import otp_pb2, otp_pb2_grpc
 from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.settings import TlsFiles, role_dns_name
+from tests.conftest import RedisServer
+from tests.support.reliability import Cluster, Recorder
 from tests.support.tools import run, tool
 
 SERVICES = ("ca", "otp", "enrollment")
@@ -46,29 +49,48 @@ async def stack(tmp_path: Path) -> AsyncIterator[RunningStack]:
         await running.stop(0)
 
 
-def _env(stack: RunningStack) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGI_")}
-    env["KAGI_CA_TARGET"] = f"localhost:{stack.ports['ca']}"
-    return env
+@dataclass(frozen=True)
+class Admin:
+    """`kagi admin` as the operator of a running stack: its state directory (the operator's files) and CA."""
+
+    state_dir: Path
+    ports: Mapping[str, int]
+
+    def env(self) -> dict[str, str]:
+        """Return the environment the commands run in (nothing of the test's own KAGI_ variables)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KAGI_")}
+        env["KAGI_CA_TARGET"] = f"localhost:{self.ports['ca']}"
+        return env
+
+    async def issue(self, out: Path, name: str) -> tuple[TlsFiles, str]:
+        """Issue an `operator` credential (allowed on all three services); return its files and serial."""
+        reply = await run(
+            [tool("kagi"), "admin", "--state-dir", str(self.state_dir), "issue-credential", "--role", "operator",
+             "--name", name, "--out", str(out), "--json"],
+            env=self.env(),
+        )  # fmt: skip
+        summary = json.loads(reply)
+        tls = TlsFiles(Path(summary["certificate_file"]), Path(summary["key_file"]), Path(summary["ca_file"]))
+        return tls, str(summary["serial_number"])
+
+    async def revoke(self, serial: str, reason: str = "keyCompromise") -> None:
+        """Revoke SERIAL with `kagi admin revoke`."""
+        await run(
+            [tool("kagi"), "admin", "--state-dir", str(self.state_dir), "revoke", "--serial", serial,
+             "--reason", reason],
+            env=self.env(),
+        )  # fmt: skip
 
 
-async def _issue(stack: RunningStack, out: Path, name: str) -> tuple[TlsFiles, str]:
-    """Issue an `operator` credential (allowed on all three services) with `kagi admin issue-credential`."""
-    reply = await run(
-        [tool("kagi"), "admin", "--state-dir", str(stack.state_dir), "issue-credential", "--role", "operator",
-         "--name", name, "--out", str(out), "--json"],
-        env=_env(stack),
-    )  # fmt: skip
-    summary = json.loads(reply)
-    tls = TlsFiles(Path(summary["certificate_file"]), Path(summary["key_file"]), Path(summary["ca_file"]))
-    return tls, str(summary["serial_number"])
+def _admin(stack: RunningStack) -> Admin:
+    return Admin(stack.state_dir, stack.ports)
 
 
 @dataclass
 class Client:
     """One credential's channels to the three services; `fresh` opens new ones (a new connection each)."""
 
-    stack: RunningStack
+    ports: Mapping[str, int]
     tls: TlsFiles
     channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     opened: list[grpc.aio.Channel] = field(default_factory=list)
@@ -76,9 +98,7 @@ class Client:
     def channel(self, service: str, *, fresh: bool = False) -> grpc.aio.Channel:
         """Return this credential's channel to SERVICE (a new one when `fresh`)."""
         if fresh or service not in self.channels:
-            channel = open_channel(
-                f"localhost:{self.stack.ports[service]}", self.tls, server_name=role_dns_name(service)
-            )
+            channel = open_channel(f"localhost:{self.ports[service]}", self.tls, server_name=role_dns_name(service))
             self.opened.append(channel)
             if not fresh:
                 self.channels[service] = channel
@@ -152,20 +172,18 @@ async def test_a_revoked_credential_is_refused_by_every_service_on_old_and_new_c
     UNAUTHENTICATED with reason CALLER_CERTIFICATE_REVOKED, on the connection it had opened before and on new
     connections, within a poll of at most 10 s (the measured time is printed: the design's bound is 2 s). A
     second credential of the same role, and the stack's own operator credential, keep being served."""
-    revoked_tls, serial = await _issue(stack, tmp_path / "creds", "doomed")
-    other_tls, _ = await _issue(stack, tmp_path / "creds", "other")
-    doomed, other, own = Client(stack, revoked_tls), Client(stack, other_tls), Client(stack, stack.pki.operator)
+    admin = _admin(stack)
+    revoked_tls, serial = await admin.issue(tmp_path / "creds", "doomed")
+    other_tls, _ = await admin.issue(tmp_path / "creds", "other")
+    doomed, other = Client(stack.ports, revoked_tls), Client(stack.ports, other_tls)
+    own = Client(stack.ports, stack.pki.operator)
     try:
         for service in SERVICES:
             assert await doomed.call(service) == "served", service
             assert await other.call(service) == "served", service
 
         started = time.monotonic()
-        await run(
-            [tool("kagi"), "admin", "--state-dir", str(stack.state_dir), "revoke", "--serial", serial,
-             "--reason", "keyCompromise"],
-            env=_env(stack),
-        )  # fmt: skip
+        await admin.revoke(serial)
         acknowledged = time.monotonic()
 
         refused = "UNAUTHENTICATED CALLER_CERTIFICATE_REVOKED"
@@ -201,14 +219,12 @@ async def test_without_the_ca_the_services_fail_closed_and_a_revoked_credential_
     with a valid credential is UNAVAILABLE (CALLER_REVOCATION_UNKNOWN), which callers retry, never served
     unchecked; a credential revoked before stays UNAUTHENTICATED (CALLER_CERTIFICATE_REVOKED). The services'
     metric `kagi_internal_revocation_stream_connected` says 1 while they follow the stream, 0 once it is gone."""
-    revoked_tls, serial = await _issue(stack, tmp_path / "creds", "doomed")
-    valid_tls, _ = await _issue(stack, tmp_path / "creds", "valid")
-    doomed, valid = Client(stack, revoked_tls), Client(stack, valid_tls)
+    admin = _admin(stack)
+    revoked_tls, serial = await admin.issue(tmp_path / "creds", "doomed")
+    valid_tls, _ = await admin.issue(tmp_path / "creds", "valid")
+    doomed, valid = Client(stack.ports, revoked_tls), Client(stack.ports, valid_tls)
     try:
-        await run(
-            [tool("kagi"), "admin", "--state-dir", str(stack.state_dir), "revoke", "--serial", serial],
-            env=_env(stack),
-        )  # fmt: skip
+        await admin.revoke(serial)
         for service in ("otp", "enrollment"):
             await _until(lambda service=service: doomed.call(service), "UNAUTHENTICATED CALLER_CERTIFICATE_REVOKED")
             assert await valid.call(service) == "served"
@@ -222,3 +238,48 @@ async def test_without_the_ca_the_services_fail_closed_and_a_revoked_credential_
     finally:
         await doomed.close()
         await valid.close()
+
+
+async def test_kagi_serve_processes_with_two_workers_each_refuse_a_revoked_credential(
+    redis_factory: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """The CA, OTP and enrollment services (and the gateway) run as `kagi serve` processes on Redis with two
+    worker processes each, every worker following the revocation stream itself. After `kagi admin revoke`,
+    the revoked credential is refused by each service on its old connection and on 20 new connections in a row
+    (whichever worker takes each one), within a poll of at most 10 s; another credential is still served.
+    The measured time is printed."""
+    cluster = Cluster(tmp_path / "cluster", redis_factory(), Recorder())
+    clients: list[Client] = []
+    try:
+        await cluster.start({f"KAGI_{c}_WORKERS": "2" for c in ("CA", "OTP", "ENROLLMENT")})
+        assert cluster.pki is not None
+        admin = Admin(cluster.pki.state_dir, cluster.ports)
+        revoked_tls, serial = await admin.issue(tmp_path / "creds", "doomed")
+        other_tls, _ = await admin.issue(tmp_path / "creds", "other")
+        doomed, other = Client(cluster.ports, revoked_tls), Client(cluster.ports, other_tls)
+        clients += [doomed, other]
+        for service in SERVICES:
+            assert await doomed.call(service) == "served", service
+
+        await admin.revoke(serial)
+        acknowledged = time.monotonic()
+        refused = "UNAUTHENTICATED CALLER_CERTIFICATE_REVOKED"
+        latencies: dict[str, float] = {}
+        for service in SERVICES:
+
+            async def everywhere(service: str = service) -> str:
+                answers = {await doomed.call(service)} | {await doomed.call(service, fresh=True) for _ in range(20)}
+                return answers.pop() if len(answers) == 1 else f"mixed: {sorted(answers)}"
+
+            await _until(everywhere, refused)
+            latencies[service] = time.monotonic() - acknowledged
+        print(
+            "two workers per service: the revoked credential was refused on its old and 20 new connections after: "
+            + ", ".join(f"{name} {s:.3f} s" for name, s in latencies.items())
+        )
+        for service in SERVICES:
+            assert await other.call(service, fresh=True) == "served", service
+    finally:
+        for client in clients:
+            await client.close()
+        cluster.stop()
