@@ -83,3 +83,63 @@ def rotate_otp_key(yes: bool, dry_run: bool, as_json: bool) -> None:
         print_json({"key_id": done.key_id, "tokens": done.tokens, "resealed": count})
         return
     click.echo(f"re-sealed {count} seed(s) under key {done.key_id}")
+
+
+async def _orphans(remove: bool, older_than: float) -> tuple[int, int]:
+    """Find (and with REMOVE delete) the OTP's orphaned token records; return (found, removed)."""
+    from services.otp_service.main import OtpSettings, build_service
+
+    settings = OtpSettings.from_env(os.environ)
+    clock = SystemClock()
+    store = settings.open_store(clock)
+    try:
+        service: OtpService = build_service(settings, store, clock=clock)
+        found = await service.find_orphans(older_than=older_than)
+        if not remove or not found:
+            return len(found), 0
+        return len(found), await service.remove_orphans(older_than=older_than)
+    finally:
+        await store.close()
+
+
+def _run_orphans(remove: bool, older_than: float) -> tuple[int, int]:
+    try:
+        return asyncio.run(_orphans(remove, older_than))
+    except KagiError as exc:
+        raise failure(exc) from None
+
+
+@click.command("remove-otp-orphans")
+@click.option(
+    "--older-than-hours",
+    type=click.FloatRange(min=1),
+    default=24.0,
+    show_default=True,
+    help="Only tokens created longer ago than this (a creation in progress is never an orphan).",
+)
+@yes_option
+@dry_run_option
+@json_option('Print {"found", "removed"} as JSON.')
+def remove_otp_orphans(older_than_hours: float, yes: bool, dry_run: bool, as_json: bool) -> None:
+    """Delete the records of OTP tokens whose creation never claimed their service ID.
+
+    Creating a token writes its records, then claims its service ID; a crash (or a store failure) between the
+    two leaves records that nobody can reach or list but that hold a user's e-mail address and password hash.
+    Run it with the OTP service's environment, now and then or after an incident; replicas keep serving while it
+    runs (each deletion is conditional on the record being unchanged and still unclaimed). It first counts what
+    it would delete and asks (--yes skips the question, --dry-run only counts).
+    """
+    configure_logging("otp-admin", level=os.environ.get("KAGI_LOG_LEVEL", "INFO"))
+    older_than = older_than_hours * 3600
+
+    def plan() -> dict[str, object]:
+        found, _ = _run_orphans(False, older_than)
+        return {"unclaimed tokens": found, "created before": f"{older_than_hours:g} hours ago"}
+
+    if not confirm("delete the records of OTP tokens never claimed", plan, yes=yes, dry_run=dry_run):
+        return
+    found, removed = _run_orphans(True, older_than)
+    if as_json:
+        print_json({"found": found, "removed": removed})
+        return
+    click.echo(f"removed {removed} orphaned token(s)")

@@ -81,6 +81,8 @@ MAX_LIST_PAGE_SIZE = 100
 """The largest page ListTokens returns (larger requests are cut to it)."""
 MAX_ACTIVATION_ID = 64
 """The longest activation ID accepted."""
+ORPHAN_AGE = 24 * 3600.0
+"""How old (seconds) an unclaimed token must be before `remove_orphans` takes it for an orphan."""
 _ROTATION_PAGE = 200
 
 
@@ -425,20 +427,30 @@ class OtpService:
             stale += sum(1 for t in tokens if t.sealed_seed is not None and self._vault.needs_reseal(t.sealed_seed))
         return total, stale
 
-    async def remove_orphans(self, *, older_than: float = 24 * 3600.0) -> int:
-        """Delete the records of tokens whose creation never claimed their service ID; return how many.
+    async def find_orphans(self, *, older_than: float = ORPHAN_AGE) -> list[str]:
+        """Return the ids of tokens whose creation never claimed their service ID, created over OLDER_THAN s ago.
 
         Such an orphan is left by a crash (or a store failure) between `create`'s two commits: no one knows its
-        id and nothing lists it, but it still holds the user's e-mail address and password hash. Only tokens
-        created more than OLDER_THAN seconds ago are considered, so a creation still between its commits is
-        never taken for one. Safe to run at any time, from any replica, as often as wanted.
+        id and nothing lists it, but it still holds the user's e-mail address and password hash. Younger tokens
+        are left out, so a creation still between its commits is never taken for one.
         """
-        removed = 0
+        found: list[str] = []
         cutoff = self._clock.now() - older_than
         async for tokens in self._token_pages():
             for token in tokens:
                 if token.created_at < cutoff and not await self._repo.claimed(token):
-                    removed += await self._remove_orphan(token.token_id)
+                    found.append(token.token_id)
+        return found
+
+    async def remove_orphans(self, *, older_than: float = ORPHAN_AGE) -> int:
+        """Delete the records of the orphans `find_orphans` finds; return how many were deleted.
+
+        Safe to run at any time, from any replica, as often as wanted: each is re-read and deleted only if it is
+        still unclaimed and unchanged (`kagi admin remove-otp-orphans`).
+        """
+        removed = 0
+        for token_id in await self.find_orphans(older_than=older_than):
+            removed += await self._remove_orphan(token_id)
         if removed:
             log.info("orphaned token records removed", count=removed)
         return removed
