@@ -84,6 +84,9 @@ class SharedReason(ReasonCatalogue):
     STORE_NOT_DURABLE = Reason(
         ErrorKind.INVALID_ARGUMENT, 400, "The Redis server would lose acknowledged writes (no AOF, or eviction)."
     )
+    STORE_PERMISSION_DENIED = Reason(
+        ErrorKind.INVALID_ARGUMENT, 400, "The Redis user may not run a command or reach a key the store needs (ACL)."
+    )
 
     # Idempotent mutations (kagi/idempotency.py).
     INVALID_REQUEST_ID = Reason(ErrorKind.INVALID_ARGUMENT, 400, "request_id is too long or not printable ASCII.")

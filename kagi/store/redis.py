@@ -58,6 +58,7 @@ from redis.exceptions import (
     ClusterDownError,
     ClusterError,
     MovedError,
+    NoPermissionError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -487,20 +488,21 @@ class RedisStore(KeyValueStore):
                 return await self._client.execute_command(*args)
             return await node.execute_command(*args)
 
+        # INFO first: it is what an ACL user limited to the driver's commands may run (CONFIG is an admin
+        # command, and a refused one is logged in the server's ACL LOG); CONFIG GET only for what INFO leaves out.
         appendonly: str | None = None
         policy: str | None = None
-        try:
-            appendonly = _info_field(await ask("CONFIG", "GET", "appendonly"), "appendonly")
-            policy = _info_field(await ask("CONFIG", "GET", "maxmemory-policy"), "maxmemory-policy")
-        except ResponseError:  # CONFIG disabled or not permitted (managed Redis): INFO then
-            pass
-        if appendonly is None:
-            with contextlib.suppress(ResponseError):
-                enabled = _info_field(await ask("INFO", "persistence"), "aof_enabled")
-                appendonly = None if enabled is None else ("yes" if enabled == "1" else "no")
-        if policy is None:
-            with contextlib.suppress(ResponseError):
-                policy = _info_field(await ask("INFO", "memory"), "maxmemory_policy")
+        with contextlib.suppress(ResponseError):
+            enabled = _info_field(await ask("INFO", "persistence"), "aof_enabled")
+            appendonly = None if enabled is None else ("yes" if enabled == "1" else "no")
+        with contextlib.suppress(ResponseError):
+            policy = _info_field(await ask("INFO", "memory"), "maxmemory_policy")
+        if appendonly is None or policy is None:
+            with contextlib.suppress(ResponseError):  # CONFIG disabled or not permitted
+                if appendonly is None:
+                    appendonly = _info_field(await ask("CONFIG", "GET", "appendonly"), "appendonly")
+                if policy is None:
+                    policy = _info_field(await ask("CONFIG", "GET", "maxmemory-policy"), "maxmemory-policy")
         return appendonly, policy
 
     async def close(self) -> None:
@@ -683,6 +685,14 @@ class RedisStore(KeyValueStore):
                 raise
             meta["cause"] = "ConnectionClosed"
             raise StoreUnavailable("the Redis store is unavailable", metadata=meta) from exc
+        except NoPermissionError as exc:
+            # The server's ACL refuses this user a command or a key: a deployment mistake that no retry mends.
+            # The reply names the command or key (never a password); say so plainly instead of an INTERNAL error.
+            raise InvalidStoreConfig(
+                "the Redis user may not run what the store needs: " + str(exc),
+                reason="STORE_PERMISSION_DENIED",
+                fields={"url": "the Redis user needs the commands and key patterns of deploy/redis/users.acl"},
+            ) from exc
         except (ResponseError, RedisClusterException) as exc:
             # redis-py turns some codes into classes and strips them from the message; others it keeps.
             if not isinstance(exc, _UNAVAILABLE_ERRORS) and not str(exc).startswith(_UNAVAILABLE_REPLIES):

@@ -26,6 +26,7 @@ lists its own catalogue and, per RPC, the reasons it can return. Format:
   INVALID_KEY (INVALID_ARGUMENT, 400): A store collection or key breaks the naming rules.
   INVALID_STORE_CONFIG (INVALID_ARGUMENT, 400): A bad store URL, namespace or store file.
   STORE_NOT_DURABLE (INVALID_ARGUMENT, 400): The Redis server would lose acknowledged writes (no AOF, or eviction).
+  STORE_PERMISSION_DENIED (INVALID_ARGUMENT, 400): The Redis user may not run a command or reach a key the store needs (ACL).
   INVALID_REQUEST_ID (INVALID_ARGUMENT, 400): request_id is too long or not printable ASCII.
   REQUEST_ID_REUSED (INVALID_ARGUMENT, 400): request_id was used before for a different request; use a new one.
   REQUEST_IN_PROGRESS (ABORTED, 409): The first request with this request_id is still running.
