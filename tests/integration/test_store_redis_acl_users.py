@@ -18,7 +18,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import COLLECTION, RateLimited, RateLimiter, Rule
-from kagi.store import GroupCommitStore, StoreError, open_store
+from kagi.store import GroupCommitStore, InvalidStoreConfig, open_store
 from tests.support.secured_redis import COMPONENTS, SecuredRedis, exercise_store, write_acl_file
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
@@ -125,7 +125,8 @@ async def test_the_gateway_user_cannot_use_a_services_store(
     acl_redis: SecuredRedis, admin: redis.Redis, service: str
 ) -> None:
     """A store opened as kagi-gateway on a service's namespace is refused every call (get, create, list,
-    increment): Redis answers NOPERM naming the service's keys, and none is written."""
+    increment) with InvalidStoreConfig STORE_PERMISSION_DENIED, which carries Redis' NOPERM naming the service's
+    keys; none is written."""
     service_store = open_store(_url(acl_redis, f"kagi-{service}"), namespace=service, state_dir=None)
     try:
         await service_store.create("things", "a", b"the service's data")
@@ -134,14 +135,18 @@ async def test_the_gateway_user_cannot_use_a_services_store(
     before = sorted(admin.keys("*"))
     store = open_store(_url(acl_redis, "kagi-gateway"), namespace=service, state_dir=None)
     try:
-        with pytest.raises((ResponseError, StoreError), match=r"no permissions|NOPERM"):
+        with pytest.raises(InvalidStoreConfig, match=r"no permissions|NOPERM") as refused:
             await store.get("things", "a")
-        with pytest.raises((ResponseError, StoreError), match=r"no permissions|NOPERM"):
+        assert refused.value.reason == "STORE_PERMISSION_DENIED"
+        with pytest.raises(InvalidStoreConfig, match=r"no permissions|NOPERM") as refused:
             await store.create("things", "b", b"planted")
-        with pytest.raises((ResponseError, StoreError), match=r"no permissions|NOPERM"):
+        assert refused.value.reason == "STORE_PERMISSION_DENIED"
+        with pytest.raises(InvalidStoreConfig, match=r"no permissions|NOPERM") as refused:
             await store.list("things")
-        with pytest.raises((ResponseError, StoreError), match=r"no permissions|NOPERM"):
+        assert refused.value.reason == "STORE_PERMISSION_DENIED"
+        with pytest.raises(InvalidStoreConfig, match=r"no permissions|NOPERM") as refused:
             await store.increment("things", "c")
+        assert refused.value.reason == "STORE_PERMISSION_DENIED"
     finally:
         await store.close()
     assert sorted(admin.keys("*")) == before
