@@ -17,6 +17,7 @@ from gateway.metrics import GatewayMetrics
 from kagi.ca.v1 import ca_pb2_grpc
 from kagi.enrollment.v1 import enrollment_pb2_grpc, user_pb2_grpc
 from kagi.runtime.grpc_client import open_channel
+from kagi.runtime.metrics import metered
 from kagi.runtime.settings import TlsFiles, role_dns_name
 
 T = TypeVar("T", bound=Message)
@@ -36,9 +37,10 @@ class Backends:
     users: user_pb2_grpc.UserServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
-        self.ca = ca_pb2_grpc.CertificateAuthorityServiceStub(self.channels["ca"])
-        self.enrollment = enrollment_pb2_grpc.EnrollmentServiceStub(self.channels["enrollment"])
-        self.users = user_pb2_grpc.UserServiceStub(self.channels["enrollment"])
+        # The stubs' unary calls are timed and counted (kagi_grpc_client_call_duration_seconds).
+        self.ca = ca_pb2_grpc.CertificateAuthorityServiceStub(metered(self.channels["ca"]))
+        self.enrollment = enrollment_pb2_grpc.EnrollmentServiceStub(metered(self.channels["enrollment"]))
+        self.users = user_pb2_grpc.UserServiceStub(metered(self.channels["enrollment"]))
 
     @classmethod
     def open(

@@ -8,11 +8,16 @@ With several worker processes (KAGI_<C>_WORKERS>1) the workers share the listene
 one of them: `kagi serve` then sets PROMETHEUS_MULTIPROC_DIR to a fresh directory before starting them, each
 worker's metrics live in files there (prometheus-client's multiprocess mode), and /metrics answers what every
 worker counted (counters and histograms summed, gauges as each declares: per worker, or summed over live ones).
-Process metrics (CPU, memory, file descriptors) describe one process and are left out in that mode.
+Process metrics (CPU, memory, file descriptors) describe one process: prometheus-client leaves its process_*
+out in that mode, so each worker copies its own into kagi_worker_* gauges (a `pid` label per live worker) every
+WORKER_SAMPLE_SECONDS and before answering a scrape. Gauges read from state (CRL age, outbox depth) are read
+by the worker that answers, before it answers (`refresh_gauges`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -25,8 +30,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from kagi.errors import InvalidArgument
+from kagi.runtime.metrics import MULTIPROCESS_ENV as MULTIPROCESS_ENV  # re-exported: `kagi serve` sets it
+from kagi.runtime.metrics import multiprocess_mode, record_worker_process, refresh_gauges
 
 log = structlog.get_logger("kagi.management")
+
+WORKER_SAMPLE_SECONDS = 5.0
+"""How often a worker copies its process figures into its kagi_worker_* gauges in multiprocess mode."""
 
 Probe = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 """Says whether a component is ready, with details for the /readyz answer."""
@@ -38,10 +48,6 @@ DEFAULT_ADDRESSES = {
     "enrollment": "127.0.0.1:9093",
 }
 """Where each component's management listener binds unless told otherwise."""
-
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-"""Names the directory of prometheus-client's multiprocess mode (set by `kagi serve` for
-workers; prometheus-client reads it at import, so it must be set before a worker starts)."""
 
 
 def parse_address(name: str, value: str) -> tuple[str, int] | None:
@@ -97,6 +103,7 @@ class ManagementListener:
         self._registries = registries
         self._reuse_port = reuse_port
         self._runner: web.AppRunner | None = None
+        self._sampler: asyncio.Task[None] | None = None
         self.port = port
 
     async def start(self) -> int:
@@ -112,11 +119,24 @@ class ManagementListener:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._requested_port
+        if multiprocess_mode():
+            self._sampler = asyncio.create_task(self._sample_worker())
         log.info("management listener started", address=f"http://{self.host}:{self.port}")
         return self.port
 
+    @staticmethod
+    async def _sample_worker() -> None:
+        while True:
+            record_worker_process()
+            await asyncio.sleep(WORKER_SAMPLE_SECONDS)
+
     async def stop(self) -> None:
         """Close the listener."""
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+            self._sampler = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -140,6 +160,9 @@ class ManagementListener:
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text format."""
+        await refresh_gauges()
+        if multiprocess_mode():
+            record_worker_process()
         return web.Response(body=render_metrics(self._registries()), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -88,6 +88,12 @@ crl_next_update = Gauge(
     ["issuer"],
     multiprocess_mode="mostrecent",
 )
+crl_entries = Gauge(
+    "kagi_crl_entries",
+    "Revoked certificates listed in the CRL last published for an issuing CA, read at scrape.",
+    ["issuer"],
+    multiprocess_mode="mostrecent",
+)
 ocsp_answers = Counter("kagi_ocsp_answers", "OCSP answers the CA made, by certificate status.", ["status"])
 otp_verifications = Counter(
     "kagi_otp_verifications",
@@ -203,6 +209,10 @@ _LOCKOUT_KINDS = {
     "RESET_NOTICE_LOCKED": "reset_notice",
 }
 
+span_hooks: list[Callable[[], None]] = []
+"""Called at the end of each call a gRPC server answers, inside its span (tracing puts the request id on it);
+empty while tracing is off."""
+
 _server_children: dict[tuple[str, str], Any] = {}
 _caller_children: dict[tuple[str, str, str], Any] = {}
 
@@ -214,6 +224,8 @@ def _split(full_method: str) -> tuple[str, str]:
 
 def observe_served_call(full_method: str, code: str, role: str, seconds: float, error: BaseException | None) -> None:
     """Record one call a gRPC server answered: its latency and status, its caller's role, and a lockout."""
+    for hook in span_hooks:
+        hook()
     duration = _server_children.get((full_method, code))
     if duration is None:
         duration = grpc_server_duration.labels(*_split(full_method), code)
@@ -291,7 +303,7 @@ class ScrapeRefresher(Protocol):
         """Read the state and set the gauges."""
 
 
-_refreshers: weakref.WeakSet[Any] = weakref.WeakSet()
+_refreshers: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 
 REFRESH_TIMEOUT_SECONDS = 2.0
 """How long a scrape waits for the gauges read from state; past that it answers with their previous values."""
@@ -300,13 +312,13 @@ REFRESH_TIMEOUT_SECONDS = 2.0
 def refresh_on_scrape(refresher: ScrapeRefresher) -> None:
     """Have `refresher` set its gauges before each scrape this process answers (held weakly: it goes with its
     component)."""
-    _refreshers.add(refresher)
+    _refreshers[id(refresher)] = refresher
 
 
 async def refresh_gauges() -> None:
     """Ask every live refresher to set its gauges, each within REFRESH_TIMEOUT_SECONDS; failures keep the old
     values (a store that is down shows on /readyz and in kagi_store_errors_total)."""
-    refreshers = list(_refreshers)
+    refreshers = list(_refreshers.values())
     if not refreshers:
         return
 

@@ -26,6 +26,16 @@ from kagi.idempotency import IdempotencyLedger, fingerprint
 from kagi.runtime.grpc_idempotency import IdempotentApi
 from kagi.runtime.grpc_server import ServiceBinding, current_caller
 from kagi.runtime.identity import Role, allow
+from kagi.runtime.metrics import (
+    certificates_issued,
+    certificates_revoked,
+    crl_age,
+    crl_entries,
+    crl_next_update,
+    crl_size,
+    ocsp_answers,
+    refresh_on_scrape,
+)
 from services.ca_service.app.access import Actor, parse_serial_field
 from services.ca_service.app.issuance import Issuance
 from services.ca_service.app.publication import Publication
@@ -175,6 +185,17 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
         self._ledger = ledger
         self._clock = clock
         self._root_crl = root_crl
+        refresh_on_scrape(self)
+
+    async def refresh_metrics(self) -> None:
+        """Set the CRL gauges of both issuing CAs from the CRLs last published in the store (read at scrape)."""
+        now = self._clock.now()
+        for kind in (CaKind.CUSTOMER, CaKind.INTERNAL):
+            crl = await self._publication.crl(kind)
+            crl_age.labels(kind.value).set(now - crl.this_update)
+            crl_next_update.labels(kind.value).set(crl.next_update - now)
+            crl_size.labels(kind.value).set(len(crl.der))
+            crl_entries.labels(kind.value).set(crl.entry_count)
 
     async def IssueCertificate(
         self, request: pb.IssueCertificateRequest, context: grpc.aio.ServicerContext
@@ -195,6 +216,7 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
         # The request's digest, as the ledger takes it: a reused request id with other content is refused.
         digest = fingerprint(request.SerializeToString(deterministic=True)) if request_id else ""
         record = await self._issuance.issue(prepared, request_id=request_id, actor=caller, fingerprint=digest)
+        certificates_issued.labels(record.profile).inc()
         return pb.IssueCertificateResponse(
             certificate=certificate_message(record, self._clock.now()),
             chain_pem=self._publication.chain_pem(record.issuer).decode(),
@@ -216,6 +238,9 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
                 request_id=request.request_id,
                 actor=caller,
             )
+            certificates_issued.labels(record.profile).inc()
+            if request.revoke_previous:
+                certificates_revoked.labels(RevocationReason.SUPERSEDED.name).inc()
             return pb.RenewCertificateResponse(
                 certificate=certificate_message(record, self._clock.now()),
                 chain_pem=self._publication.chain_pem(record.issuer).decode(),
@@ -256,7 +281,9 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
         reason = revocation_reason(request.reason)
 
         async def act() -> pb.RevokeCertificateResponse:
-            record, _ = await self._revocation.revoke(request.serial_number, reason, actor=caller)
+            record, changed = await self._revocation.revoke(request.serial_number, reason, actor=caller)
+            if changed:
+                certificates_revoked.labels(reason.name).inc()
             return pb.RevokeCertificateResponse(certificate=certificate_message(record, self._clock.now()))
 
         return await self._once(request, act, pb.RevokeCertificateResponse, subject=request.serial_number.lower())
@@ -271,6 +298,7 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
 
         async def act() -> pb.RevokeSubjectCertificatesResponse:
             records = await self._revocation.revoke_subject(request.subject_id, reason, actor=caller)
+            certificates_revoked.labels(reason.name).inc(len(records))
             now = self._clock.now()
             return pb.RevokeSubjectCertificatesResponse(certificates=[certificate_message(r, now) for r in records])
 
@@ -324,6 +352,7 @@ class CaApi(IdempotentApi, ca_pb2_grpc.CertificateAuthorityServiceServicer):
     ) -> pb.AnswerOcspResponse:
         """Answer a DER OCSP request; OCSP-level errors are OCSP responses, not gRPC errors."""
         answer = await self._publication.answer_ocsp(request.ocsp_request)
+        ocsp_answers.labels(answer.status).inc()
         response = pb.AnswerOcspResponse(
             ocsp_response=answer.der,
             status=_OCSP_STATUS.get(answer.status, pb.GetCertificateStatusResponse.STATUS_UNSPECIFIED),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -12,11 +14,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kagi.common.v1 import common_pb2
 from kagi.enrollment.v1 import enrollment_pb2 as pb
 from kagi.enrollment.v1 import enrollment_pb2_grpc
-from kagi.errors import InvalidArgument
+from kagi.errors import InvalidArgument, KagiError
 from kagi.idempotency import IdempotencyLedger
 from kagi.runtime.grpc_idempotency import IdempotentApi
 from kagi.runtime.grpc_server import ServiceBinding, relayed_client_address, relayed_client_certificate
 from kagi.runtime.identity import Role, allow
+from kagi.runtime.metrics import enrollment_step_duration, enrollment_steps, enrollments_entered
 from services.enrollment_service.app.ports import AppActivation, IssuedCertificate
 from services.enrollment_service.app.use_cases import EnrollmentService, Notice, activation_already_delivered
 from services.enrollment_service.domain.client_certificates import ClientCertificate
@@ -144,6 +147,45 @@ async def _already_delivered() -> None:
     raise activation_already_delivered()
 
 
+StepResponse = TypeVar("StepResponse", bound=Message)
+StepMethod = Callable[["EnrollmentApi", Any, grpc.aio.ServicerContext], Awaitable[StepResponse]]
+
+
+def _left_in(response: Message) -> str:
+    """Return the state a step's answer leaves the enrollment in ("" when it names none)."""
+    state = getattr(response, "state", None)
+    if state is None and "enrollment" in response.DESCRIPTOR.fields_by_name and response.HasField("enrollment"):
+        state = response.enrollment.state  # type: ignore[attr-defined]
+    if not state:
+        return ""
+    return str(pb.Enrollment.State.Name(state)).removeprefix("STATE_")
+
+
+def _step(method: StepMethod[StepResponse]) -> StepMethod[StepResponse]:
+    """Time a setup step and count it by status, and by the state its answer leaves the enrollment in."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def timed(api: EnrollmentApi, request: Any, context: grpc.aio.ServicerContext) -> StepResponse:
+        start = time.perf_counter()
+        code = "INTERNAL"
+        try:
+            response = await method(api, request, context)
+            code = "OK"
+        except KagiError as exc:
+            code = exc.kind.value
+            raise
+        finally:
+            enrollment_step_duration.labels(name).observe(time.perf_counter() - start)
+            enrollment_steps.labels(name, code).inc()
+        state = _left_in(response)
+        if state:
+            enrollments_entered.labels(state).inc()
+        return response
+
+    return timed
+
+
 class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer):
     """The gRPC face of EnrollmentService."""
 
@@ -184,6 +226,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             subject=f"{request.branch_code}-{request.account_type}-{request.account_number}",
         )
 
+    @_step
     async def VerifyNotice(
         self, request: pb.VerifyNoticeRequest, context: grpc.aio.ServicerContext
     ) -> pb.VerifyNoticeResponse:
@@ -215,6 +258,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             before_replay=lambda: self._checked(self._service.check_notice(**entries)),  # type: ignore[arg-type]
         )
 
+    @_step
     async def SubmitProfile(
         self, request: pb.SubmitProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitProfileResponse:
@@ -259,6 +303,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             before_replay=lambda: self._service.check_session(request.enrollment_id, request.session_token),
         )
 
+    @_step
     async def ConfirmRegistration(
         self, request: pb.ConfirmRegistrationRequest, context: grpc.aio.ServicerContext
     ) -> pb.ConfirmRegistrationResponse:
@@ -277,6 +322,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             before_replay=lambda: self._service.check_session(request.enrollment_id, request.session_token),
         )
 
+    @_step
     async def IssueCertificate(
         self, request: pb.IssueCertificateRequest, context: grpc.aio.ServicerContext
     ) -> pb.IssueCertificateResponse:
@@ -304,6 +350,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             ),
         )
 
+    @_step
     async def CertificateLogin(
         self, request: pb.CertificateLoginRequest, context: grpc.aio.ServicerContext
     ) -> pb.CertificateLoginResponse:
@@ -318,6 +365,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             before_replay=lambda: self._service.check_certificate(request.enrollment_id, certificate),
         )
 
+    @_step
     async def PasswordLogin(
         self, request: pb.PasswordLoginRequest, context: grpc.aio.ServicerContext
     ) -> pb.PasswordLoginResponse:
@@ -335,6 +383,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             ),
         )
 
+    @_step
     async def RequestToken(
         self, request: pb.RequestTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.RequestTokenResponse:
@@ -361,6 +410,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             before_replay=lambda: self._service.check_certificate(request.enrollment_id, certificate),
         )
 
+    @_step
     async def ActivateApp(
         self, request: pb.ActivateAppRequest, context: grpc.aio.ServicerContext
     ) -> pb.ActivateAppResponse:
@@ -396,6 +446,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             before_replay=_already_delivered,
         )
 
+    @_step
     async def RegisterApp(
         self, request: pb.RegisterAppRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterAppResponse:
@@ -424,6 +475,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
             subject=f"{request.service_id}/{request.user_id}/{request.activation_id}",
         )
 
+    @_step
     async def VerifyFirstCode(
         self, request: pb.VerifyFirstCodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.VerifyFirstCodeResponse:
@@ -456,6 +508,7 @@ class EnrollmentApi(IdempotentApi, enrollment_pb2_grpc.EnrollmentServiceServicer
         enrollment = await self._service.current_for_certificate(relayed_certificate())
         return pb.GetCurrentEnrollmentResponse(enrollment=enrollment_message(enrollment, self._now()))
 
+    @_step
     async def CancelEnrollment(
         self, request: pb.CancelEnrollmentRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelEnrollmentResponse:

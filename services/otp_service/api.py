@@ -31,6 +31,7 @@ from kagi.otp.v1 import otp_pb2_grpc
 from kagi.runtime.grpc_idempotency import IdempotentApi
 from kagi.runtime.grpc_server import ServiceBinding
 from kagi.runtime.identity import Role, allow
+from kagi.runtime.metrics import otp_verifications
 from services.otp_service.app.repository import TOKEN_REQUESTS
 from services.otp_service.app.use_cases import Activation, OtpService
 from services.otp_service.domain import Algorithm, Token, TokenState
@@ -238,6 +239,7 @@ class OtpApi(IdempotentApi, otp_pb2_grpc.OtpServiceServicer):
     ) -> pb.VerifyCodeResponse:
         check_request_id(request.request_id)
         verified = await self._service.verify(request.token_id, request.code, request_id=request.request_id)
+        otp_verifications.labels(verified.result.verdict.value).inc()
         verified.result.raise_for_failure()
         return pb.VerifyCodeResponse(token=self._token(verified.token))
 

@@ -14,6 +14,7 @@ from kagi.common.v1 import common_pb2
 from kagi.errors import FailedPrecondition
 from kagi.otp.v1 import otp_pb2, otp_pb2_grpc
 from kagi.runtime.grpc_client import error_from_rpc, request_metadata
+from kagi.runtime.metrics import metered
 from services.enrollment_service.app.ports import (
     AppActivation,
     CertificateStatus,
@@ -73,7 +74,7 @@ class GrpcCertificateAuthority:
     """Calls the CA service with the enrollment's identity."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._stub = ca_pb2_grpc.CertificateAuthorityServiceStub(channel)
+        self._stub = ca_pb2_grpc.CertificateAuthorityServiceStub(metered(channel))
         self._customer_ca: bytes | None = None
 
     async def issue_customer_certificate(
@@ -200,7 +201,7 @@ class GrpcTokenService:
     """Calls the OTP service with the enrollment's identity."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._stub = otp_pb2_grpc.OtpServiceStub(channel)
+        self._stub = otp_pb2_grpc.OtpServiceStub(metered(channel))
 
     async def create_token(
         self, *, request_id: str, user_id: str, delivery_email: str, usage_start_password: str

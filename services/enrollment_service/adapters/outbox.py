@@ -14,6 +14,7 @@ import structlog
 
 from kagi.clock import Clock
 from kagi.errors import Unavailable
+from kagi.runtime.metrics import outbox_dead, outbox_depth, outbox_oldest_age, refresh_on_scrape
 from kagi.store.base import Entry, KeyValueStore, VersionMismatch
 from services.enrollment_service.adapters.mail import MailTransport, build_message
 from services.enrollment_service.app.repository import OUTBOX
@@ -51,6 +52,27 @@ class OutboxSender:
             self.lease_seconds = lease_for(self.transport)
         self._doorbell = asyncio.Event()
         self._round = asyncio.Lock()
+        refresh_on_scrape(self)
+
+    async def refresh_metrics(self) -> None:
+        """Set the outbox gauges (depth, given-up mails, oldest mail's age) from the store, at scrape."""
+        depth = dead = 0
+        oldest: float | None = None
+        token = ""
+        while True:
+            page = await self.store.list(OUTBOX, page_size=1000, page_token=token)
+            for entry in page.entries:
+                depth += 1
+                dead += bool(json.loads(entry.value).get("dead"))
+                queued_ms = entry.key.partition("-")[0]
+                if oldest is None and queued_ms.isdigit():
+                    oldest = int(queued_ms) / 1000  # keys start with the queueing time: the first is the oldest
+            token = page.next_page_token
+            if not token:
+                break
+        outbox_depth.set(depth)
+        outbox_dead.set(dead)
+        outbox_oldest_age.set(0 if oldest is None else max(0.0, self.clock.now() - oldest))
 
     async def deliver_due(self) -> int:
         """Send every mail whose time has come; return how many this call delivered.
