@@ -64,8 +64,14 @@ def dev(state_dir: Path) -> None:
         click.echo(banner(stack))
         return stack
 
+    from kagi.runtime.tracing import configure_tracing  # OpenTelemetry loads only for a server
+
+    tracing = configure_tracing(os.environ, service_name="kagi-dev")  # before anything starts (see tracing)
     try:
         asyncio.run(serve_until_signalled(start))
     except KagiError as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
     click.echo("kagi dev stopped.")

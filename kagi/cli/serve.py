@@ -17,7 +17,15 @@ from kagi.runtime.serve import Stoppable, run_workers, serve_until_signalled
 
 def _run(component: str, start: Callable[[Any], Awaitable[Stoppable]], settings: Any) -> None:
     configure_logging(component, level=os.environ.get("KAGI_LOG_LEVEL", "INFO"))
-    asyncio.run(serve_until_signalled(functools.partial(start, settings)))
+    from kagi.runtime.tracing import configure_tracing  # OpenTelemetry loads only for a server
+
+    # Before anything is started: tracing patches the server, channel and application constructors.
+    tracing = configure_tracing(os.environ, service_name=f"kagi-{component}")
+    try:
+        asyncio.run(serve_until_signalled(functools.partial(start, settings)))
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
 
 
 def _enrollment() -> tuple[Any, Callable[[Any], Awaitable[Stoppable]], int]:

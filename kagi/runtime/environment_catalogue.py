@@ -97,6 +97,19 @@ VARIABLES: tuple[Variable, ...] = (
         "unset",
         "set by `kagi serve` itself for `KAGI_<C>_WORKERS>1` (prometheus-client's multiprocess mode): leave unset",
     ),
+    Variable(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ALL,
+        "unset (no tracing)",
+        "turns OpenTelemetry tracing on: the OTLP/gRPC collector spans go to (e.g. `http://otel-collector:4317`); "
+        "the other standard OTEL_* variables apply too (docs/metrics.md)",
+    ),
+    Variable(
+        "OTEL_SERVICE_NAME",
+        ALL,
+        "`kagi-<component>`",
+        "the service name traces carry (with OTEL_EXPORTER_OTLP_ENDPOINT)",
+    ),
     # Where each component listens, and its identity.
     *_per_component(
         "HOST", "127.0.0.1", "the address <C>'s gRPC (gateway: HTTPS) port binds; `0.0.0.0` in a container"
