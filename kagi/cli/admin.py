@@ -305,7 +305,7 @@ def _attach_service_commands() -> None:
     from kagi.cli.admin_credential_lifecycle import LIFECYCLE_COMMANDS
     from kagi.cli.admin_credentials import issue_credential_command
     from kagi.cli.admin_enrollments import ENROLLMENT_COMMANDS
-    from kagi.cli.admin_otp import remove_otp_orphans, rotate_otp_key
+    from kagi.cli.admin_otp import migrate_otp_placement, remove_otp_orphans, rotate_otp_key
     from kagi.cli.admin_users import USER_COMMANDS
 
     for command in (
@@ -314,6 +314,7 @@ def _attach_service_commands() -> None:
         *LIFECYCLE_COMMANDS,
         rotate_otp_key,
         remove_otp_orphans,
+        migrate_otp_placement,
         *USER_COMMANDS,
         *ENROLLMENT_COMMANDS,
     ):

@@ -143,3 +143,60 @@ def remove_otp_orphans(older_than_hours: float, yes: bool, dry_run: bool, as_jso
         print_json({"found": found, "removed": removed})
         return
     click.echo(f"removed {removed} orphaned token(s)")
+
+
+async def _migration(migrate: bool) -> tuple[int, int]:
+    """Count (and with MIGRATE move) the tokens still in the service-wide layout; return (tokens, moved)."""
+    from kagi.store import SERVICE_WIDE, open_store
+    from services.otp_service.app.migration import count_unmoved, migrate_to_placement
+    from services.otp_service.main import OtpSettings
+
+    settings = OtpSettings.from_env(os.environ)
+    if settings.placement() is SERVICE_WIDE:
+        return 0, 0  # SQLite: the OTP keeps the service-wide layout there, nothing to move
+    old = open_store(settings.store_url, namespace=settings.namespace, state_dir=settings.state_dir)
+    new = settings.open_store()
+    try:
+        unmoved = await count_unmoved(old)
+        if not migrate or not unmoved:
+            return unmoved, 0
+        with progress("moving tokens to their per-token placement", total=unmoved) as advance:
+            report = await migrate_to_placement(old, new, advance)
+        return report.tokens, report.moved
+    finally:
+        await old.close()
+        await new.close()
+
+
+def _run_migration(migrate: bool) -> tuple[int, int]:
+    try:
+        return asyncio.run(_migration(migrate))
+    except KagiError as exc:
+        raise failure(exc) from None
+
+
+@click.command("migrate-otp-placement")
+@yes_option
+@dry_run_option
+@json_option('Print {"tokens", "moved"} as JSON.')
+def migrate_otp_placement(yes: bool, dry_run: bool, as_json: bool) -> None:
+    """Move a Redis store's OTP tokens written before per-token placement to where the service now reads them.
+
+    Upgrading from a version that kept every OTP key service-wide: stop every OTP replica, run this with the OTP
+    service's environment, then start the new version. It moves each token's records in one commit and deletes
+    the old ones; stopped half-way, run it again (it moves nothing twice). On SQLite there is nothing to move.
+    It first counts the tokens to move and asks (--yes skips the question, --dry-run only counts).
+    """
+    configure_logging("otp-admin", level=os.environ.get("KAGI_LOG_LEVEL", "INFO"))
+
+    def plan() -> dict[str, object]:
+        unmoved, _ = _run_migration(False)
+        return {"tokens to move": unmoved, "before": "every OTP replica is stopped"}
+
+    if not confirm("move the OTP tokens to their per-token placement", plan, yes=yes, dry_run=dry_run):
+        return
+    tokens, moved = _run_migration(True)
+    if as_json:
+        print_json({"tokens": tokens, "moved": moved})
+        return
+    click.echo(f"moved {moved} of {tokens} token(s) to their per-token placement")
