@@ -16,6 +16,7 @@ from kagi.idempotency import IdempotencyLedger
 from kagi.journal import Journal
 from kagi.runtime.grpc_server import GrpcServer
 from kagi.runtime.management import ManagementListener, grpc_readiness, management_address, start_management
+from kagi.runtime.metrics import MeteredStore
 from kagi.runtime.settings import Environment, ListenSettings, Secret, store_url_from_env, tls_files_from_env
 from kagi.store import GroupCommitStore, KeyValueStore, open_store
 from services.ca_service.adapters.ca_directory import CaDirectory, LoadedCa
@@ -132,7 +133,10 @@ def open_runtime(
     namespace: str = "ca",
 ) -> CaRuntime:
     """Wire the use cases on the store STORE_URL names (writes group-committed)."""
-    store = GroupCommitStore(open_store(store_url, namespace=namespace, state_dir=state_dir, clock=clock))
+    # Each store operation's latency and failures are recorded (kagi_store_*), below the group commit.
+    store = GroupCommitStore(
+        MeteredStore(open_store(store_url, namespace=namespace, state_dir=state_dir, clock=clock), namespace)
+    )
     authorities = Authorities(loaded.hierarchy, loaded.delegates)
     journal = Journal(store, clock, feed_collection=REVOCATION_EVENTS)
     repository = CaRepository(store)

@@ -19,6 +19,7 @@ from kagi.runtime.failpoints import arm
 from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.grpc_server import GrpcServer
 from kagi.runtime.management import ManagementListener, grpc_readiness, management_address, start_management
+from kagi.runtime.metrics import MeteredStore
 from kagi.runtime.settings import (
     DEFAULT_INTERNAL_DNS_SUFFIX,
     Environment,
@@ -210,7 +211,9 @@ async def start_enrollment(
     """Build the enrollment service from its settings and start serving."""
     clock = clock or SystemClock()
     arm(settings.failpoints)
-    store = open_store(settings.store_url, namespace="enrollment", state_dir=settings.state_dir, clock=clock)
+    store: KeyValueStore = MeteredStore(  # each operation's latency and failures recorded (kagi_store_*)
+        open_store(settings.store_url, namespace="enrollment", state_dir=settings.state_dir, clock=clock), "enrollment"
+    )
     try:
         await check_at_start(store)
     except BaseException:

@@ -41,6 +41,7 @@ from kagi.passwords import MIN_PEPPER_BYTES, PasswordHasher, Pepper
 from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.grpc_server import GrpcServer
 from kagi.runtime.management import ManagementListener, grpc_readiness, management_address, start_management
+from kagi.runtime.metrics import MeteredStore
 from kagi.runtime.settings import (
     DEFAULT_INTERNAL_DNS_SUFFIX,
     Environment,
@@ -238,7 +239,8 @@ async def start_otp(
     """Build the OTP service from its settings and start serving; health turns SERVING once the
     store answers."""
     clock = clock or SystemClock()
-    store = settings.open_store(clock)
+    # Each store operation's latency and failures are recorded (kagi_store_*), below the group commit.
+    store: KeyValueStore = MeteredStore(settings.open_store(clock), settings.namespace)
     try:
         await check_at_start(store)
     except BaseException:

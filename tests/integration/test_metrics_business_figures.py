@@ -57,7 +57,7 @@ async def test_one_setup_moves_the_business_figures(stack: GatewayStack) -> None
     certificate issued and shows its CRLs' age, size and time to nextUpdate; the OTP service counts an ACCEPTED
     verification; the enrollment counts each step answered OK with its duration, the enrollment reaching
     COMPLETED, its client calls to the CA and OTP services, and an outbox that is empty again; the servers
-    count the calls they served by caller role."""
+    count the calls they served by caller role; each service's store operations are timed."""
     before = {name: await scrape(stack, name) for name in ("ca", "otp", "enrollment")}
     await walk_ten_steps(stack)
     after = {name: await scrape(stack, name) for name in ("ca", "otp", "enrollment")}
@@ -77,6 +77,8 @@ async def test_one_setup_moves_the_business_figures(stack: GatewayStack) -> None
     assert grew("enrollment", "kagi_enrollments_total", state="COMPLETED") == 1
     assert grew("enrollment", "kagi_grpc_client_call_duration_seconds_count", grpc_method="IssueCertificate") >= 1
     assert grew("enrollment", "kagi_grpc_client_call_duration_seconds_count", grpc_method="VerifyCode") >= 1
+    for namespace in ("ca", "otp", "enrollment"):
+        assert grew(namespace, "kagi_store_operation_duration_seconds_count", namespace=namespace) > 0, namespace
     assert value(after["enrollment"], "kagi_outbox_depth") == 0
     assert value(after["enrollment"], "kagi_outbox_oldest_age_seconds") == 0
     served = grew(
