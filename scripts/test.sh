@@ -15,6 +15,8 @@ fi
 # certificate imported into NSS with pk12util; a Japanese font so that their screenshots are legible).
 if [ "${CI:-}" = "true" ]; then
   tools="$tools chromium:chromium chromedriver:chromium-driver pk12util:libnss3-tools"
+  # promtool checks deploy/observability's alert rules and dashboard queries (tests/integration/test_metrics_*).
+  tools="$tools promtool:prometheus"
   [ -e /usr/share/fonts/opentype/ipafont-gothic/ipag.ttf ] || need+=(fonts-ipafont-gothic)
 fi
 if [ "${KAGI_CONTAINER_TESTS:-}" = "1" ]; then

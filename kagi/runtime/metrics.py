@@ -119,7 +119,7 @@ enrollment_step_duration = Histogram(
 )
 enrollments_entered = Counter(
     "kagi_enrollments",
-    "Enrollments a step moved into a state (STARTED, ..., COMPLETED), by that state.",
+    "Enrollments a step left in a state (NOTICE_VERIFIED, ..., COMPLETED, CANCELLED), by that state.",
     ["state"],
 )
 outbox_depth = Gauge(

@@ -76,7 +76,7 @@ class RequestIdSpans(SpanProcessor):
 
 @dataclass
 class Tracing:
-    """Tracing turned on in this process: its provider and the instrumentations it patched in."""
+    """The tracing turned on in this process: its provider and the instrumentations it patched in."""
 
     provider: TracerProvider
     instrumentors: list[Any] = field(default_factory=list)
