@@ -202,20 +202,11 @@ async def test_two_replicas_revoking_at_once_number_events_without_a_gap(stack: 
         # same 2 s bound.
         revocation = stack.gateway.context.revocation
 
-<<<<<<< ours
         async def gateway_refuses_all() -> bool:
             states = [(await revocation.status(int(serial, 16), serial)).value for serial in serials]
             return all(state == "REVOKED" for state in states)
 
         await _until(gateway_refuses_all, 2.0)
-=======
-        async def all_refused() -> bool:
-            statuses = [await revocation.status(int(serial, 16), serial) for serial in serials]
-            return all(status.value == "REVOKED" for status in statuses)
-
-        # The gateway reads each event off its stream a moment after the CA's reader delivered it.
-        await _until(all_refused, 2.0)
->>>>>>> theirs
     finally:
         await channel.close()
         await replica.stop(0)
