@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import os
 import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,14 @@ def ensure_secrets(state_dir: Path) -> DevSecrets:
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(value)
     return made
+
+
+def _free_port() -> int:
+    """Return a TCP port free on the loopback address now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def pki_base_url(ports: Mapping[str, int]) -> str:
@@ -187,7 +196,8 @@ async def start_stack(
     """Start the CA, OTP and enrollment services (and the gateway) and return them running.
 
     `ports` defaults to DEV_PORTS; a port it leaves out, or gives as 0, is a free one, and later components are
-    pointed at the ports taken (give `gateway_http` a fixed port when the PKI URLs in certificates must work).
+    pointed at the ports taken; the gateway's free ports are chosen before anything starts, so the app URL in the
+    step-7 mail and the PKI URLs in certificates name them.
     `clock` drives the services; `ca_on_real_time` keeps the CA on the real time (the gateway checks certificates'
     validity with it, so a certificate issued while the services' clock is months ahead would not be valid yet).
     `extra_env` adds or replaces KAGI_* variables; `gateway_overrides` replaces fields of the gateway's settings
@@ -201,6 +211,12 @@ async def start_stack(
     from services.otp_service.main import OtpSettings, start_otp
 
     chosen = dict(DEV_PORTS if ports is None else {**FREE_PORTS, **ports})
+    if with_gateway:
+        # The gateway's addresses are written into what the services hand out before the gateway starts (the
+        # app's URL in the step-7 mail, the CRL and OCSP URLs in certificates): pick its free ports now.
+        for name in ("gateway", "gateway_http"):
+            if not chosen.get(name):
+                chosen[name] = _free_port()
     ca_clock = None if ca_on_real_time else clock
     extra = dict(extra_env or {})
     if management == "each":

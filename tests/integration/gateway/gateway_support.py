@@ -491,6 +491,8 @@ async def walk_ten_steps(stack: GatewayStack) -> dict[str, str]:
     assert answer.body["mail_note"] == CARRIER_FILTER_NOTE  # the procedure's warning about phones filtering mail
     service_id, app_user_id = await stack.mail_ids()
     assert service_id not in answer.raw.decode()
+    mailed = [m.get_content() for m in stack.smtp.inbox.messages if m["To"] == MOBILE]
+    assert any(f"https://localhost:{stack.gateway.https_port}/app" in body for body in mailed), "the mail names the app"
 
     # ⑳ step 8: the app, with no credential but what the user types; the seed comes back once.
     activation = {
