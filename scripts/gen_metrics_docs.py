@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 import kagi.runtime.metrics  # noqa: F401  (registers the services' collectors in the default registry)
 from gateway.metrics import GatewayMetrics
+from kagi.clients import revocation
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "metrics.md"
@@ -43,6 +44,7 @@ SERVED_BY = (
     ("kagi_outbox_", "enrollment"),
     ("kagi_store_", "ca, otp, enrollment"),
     ("kagi_revocation_stream_", "gateway, otp, enrollment"),
+    ("kagi_internal_", "otp, enrollment"),
     ("kagi_worker_", "every component with KAGI_<C>_WORKERS>1"),
     ("process_", "every component with one worker"),
     ("python_", "every component with one worker"),
@@ -82,6 +84,7 @@ def _collectors(registry: CollectorRegistry) -> Iterator[Any]:
 def rows() -> list[Row]:
     """Return every metric of the services' default registry and the gateway's, sorted by name."""
     found: dict[str, Row] = {}
+    revocation._peer_metrics()  # the services' follower of the internal CA registers its metrics on first use
     registries = (REGISTRY, GatewayMetrics().registry)
     for registry in registries:
         for collector in _collectors(registry):
