@@ -150,8 +150,9 @@ store_errors = Counter(
 )
 revocation_stream_lag = Gauge(
     "kagi_revocation_stream_lag_seconds",
-    "Seconds between a revocation and its arrival over the CA's revocation stream, last event, per follower.",
-    ["follower"],
+    "Seconds from a revocation (its revocation time, the CA's clock) to its arrival over the CA's revocation "
+    "stream here (this host's clock), for the last one received, by issuing CA followed.",
+    ["issuer"],
     multiprocess_mode="liveall",
 )
 
