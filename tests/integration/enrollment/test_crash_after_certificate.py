@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -18,6 +20,8 @@ from kagi.runtime.failpoints import EXIT_STATUS
 from kagi.runtime.grpc_client import open_channel
 from tests.support.enrollment_flow import Customer, Stack, identity, open_stack
 from tests.support.tools import tool
+
+T = TypeVar("T")
 
 
 def _spawn(stack: Stack, **extra: str) -> subprocess.Popen[bytes]:
@@ -38,6 +42,19 @@ async def _wait_serving(stack: Stack) -> None:
                 pass
             await asyncio.sleep(0.1)
     raise AssertionError("the enrollment service did not come up")
+
+
+async def _answered(call: Callable[[], Awaitable[T]]) -> T:
+    """Return CALL's answer, retrying UNAVAILABLE as a client does: the customer's channel reconnects to the
+    restarted process on its own schedule (round_robin over localhost's addresses, backing off up to 1 s)."""
+    for _ in range(50):
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+        await asyncio.sleep(0.2)
+    return await call()
 
 
 async def test_kill_after_ca_issue_then_retry_yields_one_certificate(tmp_path: Path) -> None:
@@ -62,7 +79,7 @@ async def test_kill_after_ca_issue_then_retry_yields_one_certificate(tmp_path: P
 
         process = _spawn(stack, KAGI_IDEMPOTENCY_PENDING_SECONDS="1")
         await _wait_serving(stack)
-        state = await customer.state()
+        state = await _answered(customer.state)
         assert state.state == pb.Enrollment.STATE_REGISTERED  # the crash saved nothing
         await asyncio.sleep(1.2)  # the dead process's claim on the request id lapses
         issued = await customer.step4(request_id="cert-1")
