@@ -16,6 +16,7 @@ import structlog
 
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
 from kagi.cli.stack import RunningStack, start_stack
+from kagi.runtime import grpc_server
 from kagi.runtime.grpc_client import open_channel
 from kagi.runtime.logging import REQUEST_ID_HEADER, configure_logging
 
@@ -30,6 +31,9 @@ def info_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setattr(sys, "stderr", stream)
     configure_logging("access-lines", level="INFO")
     structlog.configure(cache_logger_on_first_use=False)
+    # A fresh logger: the module's own may have been cached, at another level, by a test that configured logging
+    # in this process before (structlog's cache_logger_on_first_use).
+    monkeypatch.setattr(grpc_server, "log", structlog.get_logger("kagi.grpc"))
     try:
         yield path
     finally:
