@@ -12,14 +12,25 @@ CA_COMMANDS).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
-from kagi.cli.admin import AdminContext, run_call
+from kagi.cli.admin import AdminContext, collect_pages, run_call
+from kagi.cli.output import (
+    EXIT_FAILED,
+    confirm,
+    dry_run_option,
+    failure,
+    json_option,
+    print_json,
+    print_record,
+    print_rows,
+    yes_option,
+)
 from kagi.clock import SystemClock
 from kagi.errors import KagiError
 from kagi.journal import AuditReport, verify_stored_chain
@@ -119,7 +130,7 @@ def init_ca_command(
             directory, passphrase, root_key=root_key, settings=PkiSettings(base_url=base_url, key_algorithm=algorithm)
         )
     except KagiError as exc:
-        raise click.ClickException(f"{exc.reason}: {exc}") from None
+        raise failure(exc) from None
     click.echo(f"CA created in {directory} ({key_algorithm})")
     click.echo(f"root key written to {root_key_out}: move it offline; the CA service never needs it")
     for ca in (loaded.hierarchy.root, loaded.hierarchy.customer, loaded.hierarchy.internal):
@@ -139,13 +150,30 @@ def init_ca_command(
     show_default=True,
     help=f"RFC 5280 reason: {', '.join(_REASONS)} (or its number).",
 )
+@yes_option
+@dry_run_option
+@json_option("Print the revoked certificate as JSON.")
 @click.pass_obj
-def revoke_command(obj: AdminContext, serial: str, reason: str) -> None:
-    """Run `kagi admin revoke` (gRPC RevokeCertificate as the operator)."""
+def revoke_command(obj: AdminContext, serial: str, reason: str, yes: bool, dry_run: bool, as_json: bool) -> None:
+    """Run `kagi admin revoke` (gRPC RevokeCertificate as the operator), after showing the certificate."""
     try:
         code = int(parse_revocation_reason(reason))
     except KagiError as exc:
         raise click.BadParameter(str(exc), param_hint="--reason") from None
+
+    def plan() -> dict[str, object]:
+        async def get() -> ca_pb2.Certificate:
+            async with obj.channel("ca") as channel:
+                stub = ca_pb2_grpc.CertificateAuthorityServiceStub(channel)
+                reply = await stub.GetCertificate(ca_pb2.GetCertificateRequest(serial_number=serial), timeout=30)
+                certificate: ca_pb2.Certificate = reply.certificate
+                return certificate
+
+        then = f"revoked for good ({reason}): the CRL and OCSP answer revoked, logins with it are refused"
+        return {**_certificate_json(run_call(get)), "then": then}
+
+    if not confirm(f"revoke certificate {serial}", plan, yes=yes, dry_run=dry_run):
+        return
 
     async def call() -> ca_pb2.RevokeCertificateResponse:
         async with obj.channel("ca") as channel:
@@ -161,26 +189,26 @@ def revoke_command(obj: AdminContext, serial: str, reason: str) -> None:
             return reply
 
     reply = run_call(call)
-    click.echo(json.dumps(_certificate_json(reply.certificate), ensure_ascii=False))
+    print_record(_certificate_json(reply.certificate), as_json=as_json)
 
 
 @click.command(
     "list-certificates",
-    help="List certificates over gRPC, one JSON object per line.",
+    help="List certificates over gRPC: a table, or with --json a JSON list.",
 )
 @click.option("--subject", default="", help="Only this subject (user id or service role).")
 @click.option("--state", type=click.Choice(sorted(_STATES)), help="Only certificates in this state.")
+@json_option("Print a JSON list instead of a table.")
 @click.pass_obj
-def list_certificates_command(obj: AdminContext, subject: str, state: str | None) -> None:
+def list_certificates_command(obj: AdminContext, subject: str, state: str | None, as_json: bool) -> None:
     """Run `kagi admin list-certificates` (gRPC, paged)."""
 
     async def call() -> list[ca_pb2.Certificate]:
-        found: list[ca_pb2.Certificate] = []
         async with obj.channel("ca") as channel:
             stub = ca_pb2_grpc.CertificateAuthorityServiceStub(channel)
-            token = ""
-            while True:
-                page = await stub.ListCertificates(
+
+            async def page(token: str) -> tuple[Sequence[ca_pb2.Certificate], str]:
+                reply = await stub.ListCertificates(
                     ca_pb2.ListCertificatesRequest(
                         subject_id=subject,
                         state=_STATES[state] if state else ca_pb2.Certificate.STATE_UNSPECIFIED,
@@ -189,20 +217,20 @@ def list_certificates_command(obj: AdminContext, subject: str, state: str | None
                     ),
                     timeout=30,
                 )
-                found.extend(page.certificates)
-                token = page.next_page_token
-                if not token:
-                    return found
+                return reply.certificates, reply.next_page_token
 
-    for certificate in run_call(call):
-        click.echo(json.dumps(_certificate_json(certificate), ensure_ascii=False))
+            return await collect_pages("certificates", page)
+
+    rows = [_certificate_json(c) for c in run_call(call)]
+    print_rows(rows, _LIST_COLUMNS, as_json=as_json, empty="no certificates")
 
 
 @click.command(
     "verify-audit",
     help=(
         "Verify the hash-chained audit trails in the services' stores (the CA's: issuance, revocation; the "
-        "enrollment service's: logins, confirmations, locks); exit 1 naming the first bad record."
+        "enrollment service's: logins, confirmations, locks); exit 1 naming the first bad record, exit 3 when a "
+        "store cannot be reached."
     ),
 )
 @click.option(
@@ -220,8 +248,11 @@ def list_certificates_command(obj: AdminContext, subject: str, state: str | None
     help="Only this service's trail (repeatable; default: both).",
 )
 @click.option("--namespace", default="", hidden=True, help="A store namespace (tests).")
+@json_option('Print [{"service", "ok", "checked", "bad_sequence", "problem"}] as JSON.')
 @click.pass_obj
-def verify_audit_command(obj: AdminContext, store_url: str, services: tuple[str, ...], namespace: str) -> None:
+def verify_audit_command(
+    obj: AdminContext, store_url: str, services: tuple[str, ...], namespace: str, as_json: bool
+) -> None:
     """Run `kagi admin verify-audit` (reads each chain from its store)."""
 
     async def verify(name: str) -> AuditReport:
@@ -233,20 +264,36 @@ def verify_audit_command(obj: AdminContext, store_url: str, services: tuple[str,
 
     names = [namespace] if namespace else list(services or ("ca", "enrollment"))
     broken = False
+    reports: list[dict[str, object]] = []
     for name in names:
         try:
             report = asyncio.run(verify(name))
         except KagiError as exc:
-            raise click.ClickException(f"{name}: {exc.reason}: {exc}") from None
+            raise failure(exc, name) from None  # exit 3 when the store is down: not a broken chain
+        reports.append(
+            {
+                "service": name,
+                "ok": report.ok,
+                "checked": report.checked,
+                "bad_sequence": None if report.ok else report.bad_sequence,
+                "problem": None if report.ok else report.problem,
+            }
+        )
         if report.ok:
-            click.echo(f"{name}: audit chain OK: {report.checked} records")
+            if not as_json:
+                click.echo(f"{name}: audit chain OK: {report.checked} records")
             continue
         broken = True
         click.echo(f"{name}: audit chain BROKEN at sequence {report.bad_sequence}: {report.problem}", err=True)
         if report.bad_record is not None:
             click.echo(report.bad_record.to_json().decode(), err=True)
+    if as_json:
+        print_json(reports)
     if broken:
-        raise SystemExit(1)
+        raise SystemExit(EXIT_FAILED)
+
+
+_LIST_COLUMNS = ("serial_number", "issuer", "profile", "subject_id", "state", "not_after", "revocation_reason")
 
 
 def _certificate_json(certificate: ca_pb2.Certificate) -> dict[str, object]:
@@ -290,18 +337,44 @@ def _certificate_json(certificate: ca_pb2.Certificate) -> dict[str, object]:
     show_default=True,
     help="Public base URL of the PKI files (as given to init-ca).",
 )
+@yes_option
+@dry_run_option
+@json_option('Print {"number", "next_update", "path"} as JSON.')
 @click.pass_obj
 def sign_root_crl_command(
-    obj: AdminContext, ca_dir: Path | None, root_key: Path, root_passphrase_file: Path, base_url: str
+    obj: AdminContext,
+    ca_dir: Path | None,
+    root_key: Path,
+    root_passphrase_file: Path,
+    base_url: str,
+    yes: bool,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Run `kagi admin sign-root-crl` (local files, opens the offline root key only)."""
     directory = CaDirectory(ca_dir or obj.state_dir / "ca")
+    plan = {
+        "CA directory": directory.path,
+        "root key": root_key,
+        "then": f"a new root CRL replaces {directory.root_crl_path}; the CA serves it at once",
+    }
+    if not confirm("sign the root's next CRL with the offline root key", plan, yes=yes, dry_run=dry_run):
+        return
     offline = OfflineRootKey(root_key, _root_passphrase(root_passphrase_file))
     try:
         root = directory.open_root(offline)
         signed = directory.sign_root_crl(root, settings=PkiSettings(base_url=base_url), clock=SystemClock())
     except KagiError as exc:
-        raise click.ClickException(f"{exc.reason}: {exc}") from None
+        raise failure(exc) from None
+    if as_json:
+        print_json(
+            {
+                "number": signed.number,
+                "next_update": signed.next_update.isoformat(),
+                "path": str(directory.root_crl_path),
+            }
+        )
+        return
     click.echo(
         f"root CRL {signed.number} signed, valid until {signed.next_update.isoformat()}: {directory.root_crl_path}"
     )
@@ -323,18 +396,27 @@ def sign_root_crl_command(
     help="Where to write the root's encrypted key (outside the CA directory; never overwritten).",
 )
 @_ROOT_PASSPHRASE_FILE
+@yes_option
+@dry_run_option
 @click.pass_obj
 def move_root_key_command(
-    obj: AdminContext, ca_dir: Path | None, root_key_out: Path, root_passphrase_file: Path
+    obj: AdminContext, ca_dir: Path | None, root_key_out: Path, root_passphrase_file: Path, yes: bool, dry_run: bool
 ) -> None:
     """Run `kagi admin move-root-key` (local files)."""
     directory = CaDirectory(ca_dir or obj.state_dir / "ca")
+    plan = {
+        "CA directory": directory.path,
+        "root key to": root_key_out,
+        "then": "the root key is re-encrypted there under its own passphrase and deleted from the CA directory",
+    }
+    if not confirm("move the root key out of the CA directory", plan, yes=yes, dry_run=dry_run):
+        return
     root_key = OfflineRootKey(root_key_out, _root_passphrase(root_passphrase_file))
     try:
         passphrase = Environment(os.environ).required_secret("KAGI_CA_KEY_PASSPHRASE")
         path = directory.move_root_key(passphrase, root_key)
     except KagiError as exc:
-        raise click.ClickException(f"{exc.reason}: {exc}") from None
+        raise failure(exc) from None
     click.echo(f"root key moved to {path} and removed from {directory.path}: keep it offline")
 
 

@@ -42,6 +42,7 @@ from kagi.cli.admin_credentials import (
     _read_passphrase,
     _utc,
 )
+from kagi.cli.output import json_option, print_rows
 from kagi.runtime.identity import SPIFFE_PREFIX, Role
 from services.ca_service.creation import PASSPHRASE_FILE
 from services.ca_service.domain.identity import SERVICE_ROLES, ServiceIdentity
@@ -76,16 +77,17 @@ def credential_json(certificate: ca_pb2.Certificate) -> dict[str, object]:
 @click.command(
     "list-credentials",
     help=(
-        "List the internal credentials (kagi's services, operators, the bank's front-ends) the CA issued, one JSON "
-        "object per line: role, serial_number, state (active, revoked, expired), not_after, DNS names, IP addresses."
-        " Revoke one with `kagi admin revoke --serial SERIAL --reason REASON`."
+        "List the internal credentials (kagi's services, operators, the bank's front-ends) the CA issued, as a table "
+        "(--json: a JSON list): role, serial_number, state (active, revoked, expired), not_after, DNS names, IP "
+        "addresses. Revoke one with `kagi admin revoke --serial SERIAL --reason REASON --yes`."
     ),
     short_help="List internal credentials (role, serial, not-after, state).",
 )
 @click.option("--role", "roles", type=click.Choice(SERVICE_ROLES), multiple=True, help="Only this role (repeatable).")
 @click.option("--state", type=click.Choice(sorted(_STATES)), help="Only credentials in this state.")
+@json_option("Print a JSON list instead of a table.")
 @click.pass_obj
-def list_credentials_command(obj: AdminContext, roles: tuple[str, ...], state: str | None) -> None:
+def list_credentials_command(obj: AdminContext, roles: tuple[str, ...], state: str | None, as_json: bool) -> None:
     """Run `kagi admin list-credentials` (ListCertificates per role, paged, internal issuer only)."""
 
     async def call() -> list[ca_pb2.Certificate]:
@@ -111,8 +113,11 @@ def list_credentials_command(obj: AdminContext, roles: tuple[str, ...], state: s
                         break
         return found
 
-    for certificate in run_call(call):
-        click.echo(json.dumps(credential_json(certificate), ensure_ascii=False))
+    rows = [credential_json(certificate) for certificate in run_call(call)]
+    print_rows(rows, _CREDENTIAL_COLUMNS, as_json=as_json, empty="no credentials")
+
+
+_CREDENTIAL_COLUMNS = ("role", "serial_number", "state", "not_after", "dns_names", "ip_addresses")
 
 
 def _not_a_credential(path: Path, problem: str) -> click.ClickException:

@@ -45,6 +45,9 @@ async def _with_service(work: str) -> tuple[_Plan, int]:
 
 
 def _run(work: str) -> tuple[_Plan, int]:
+    # Logs go to stderr as JSON, so stdout carries only the result; configured only once there is work to log
+    # (a refused command changes nothing, not even the process's logging).
+    configure_logging("otp-admin", level=os.environ.get("KAGI_LOG_LEVEL", "INFO"))
     try:
         return asyncio.run(_with_service(work))
     except KagiError as exc:
@@ -64,8 +67,6 @@ def rotate_otp_key(yes: bool, dry_run: bool, as_json: bool) -> None:
     It first counts the seeds still sealed under an older key and asks (--yes skips the question, --dry-run only
     counts); a progress bar shows on a terminal while it works.
     """
-    # Logs go to stderr as JSON, so stdout carries only the result.
-    configure_logging("otp-admin", level=os.environ.get("KAGI_LOG_LEVEL", "INFO"))
 
     def plan() -> dict[str, object]:
         counted, _ = _run("count")

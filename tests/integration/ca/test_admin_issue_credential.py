@@ -101,8 +101,10 @@ async def _openssl_verifies(out: Path, name: str) -> None:
 
 
 async def _listed(state_dir: Path, address: str, role: str) -> dict[str, dict[str, object]]:
-    out = await run(_admin(state_dir, "list-certificates", "--subject", role), env=_env(KAGI_CA_TARGET=address))
-    rows = [json.loads(line) for line in out.splitlines()]
+    out = await run(
+        _admin(state_dir, "list-certificates", "--subject", role, "--json"), env=_env(KAGI_CA_TARGET=address)
+    )
+    rows: list[dict[str, object]] = json.loads(out)
     return {str(row["serial_number"]): row for row in rows}
 
 
@@ -211,7 +213,7 @@ async def test_offline_credential_is_recorded_before_the_ca_runs_then_listed_and
         listed = await _listed(state_dir, ca.address, "gateway")
         assert listed[serial]["state"] == "active"
         revoked = await run(
-            _admin(state_dir, "revoke", "--serial", serial, "--reason", "superseded"),
+            _admin(state_dir, "revoke", "--serial", serial, "--reason", "superseded", "--yes", "--json"),
             env=_env(KAGI_CA_TARGET=ca.address),
         )
         assert json.loads(revoked)["state"] == "revoked"

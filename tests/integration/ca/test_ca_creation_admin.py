@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import stat
 import time
 from pathlib import Path
@@ -24,11 +25,6 @@ from services.ca_service.creation import DEV_SERVICE_ROLES, dev_dns_names, ensur
 from services.ca_service.domain.settings import CaKind
 from services.ca_service.main import start_ca
 from tests.integration.ca.ca_service_harness import RunningCa, StoreTarget, ca_settings, issue_request
-
-
-def _json_lines(output: str) -> list[dict[str, object]]:
-    # The server runs in this process, so its log lines share the captured stdout with the command's output.
-    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
 
 def _mode(path: Path) -> int:
@@ -128,22 +124,22 @@ def test_init_ca_refuses_to_overwrite_and_never_prints_the_passphrase(
 
 
 async def test_admin_revoke_and_list_over_grpc(ca: RunningCa, tmp_path: Path) -> None:
-    """`revoke --serial --reason keyCompromise` revokes as the operator; `list-certificates --state revoked`
-    then shows it with its reason."""
+    """`revoke --serial --reason keyCompromise --yes` revokes as the operator and shows the certificate;
+    `list-certificates --state revoked` then shows it in its table with its reason."""
     serial = (await ca.stub("enrollment").IssueCertificate(issue_request(user_id="u-cli"))).certificate.serial_number
     ctx = AdminContext(tmp_path, ca.dev.tls("operator"), {"ca": ca.address})
     runner = CliRunner()
     revoked = await asyncio.to_thread(
-        runner.invoke, revoke_command, ["--serial", serial, "--reason", "keyCompromise"], obj=ctx
+        runner.invoke, revoke_command, ["--serial", serial, "--reason", "keyCompromise", "--yes"], obj=ctx
     )
     assert revoked.exit_code == 0, revoked.output
-    assert _json_lines(revoked.output)[0]["state"] == "revoked"
+    assert re.search(r"^state +revoked$", revoked.output, re.MULTILINE), revoked.output
     listed = await asyncio.to_thread(
         runner.invoke, list_certificates_command, ["--state", "revoked", "--subject", "u-cli"], obj=ctx
     )
     assert listed.exit_code == 0, listed.output
-    rows = _json_lines(listed.output)
-    assert [(r["serial_number"], r["revocation_reason"]) for r in rows] == [(serial, "key_compromise")]
+    rows = [line.split() for line in listed.output.splitlines() if line.startswith(serial)]
+    assert [(r[0], r[-1]) for r in rows] == [(serial, "key_compromise")]
     status = await ca.stub("gateway").GetCertificateStatus(ca_pb2.GetCertificateStatusRequest(serial_number=serial))
     assert status.status == ca_pb2.GetCertificateStatusResponse.STATUS_REVOKED
 

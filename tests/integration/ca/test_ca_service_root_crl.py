@@ -78,7 +78,7 @@ async def test_sign_root_crl_issues_the_next_number_and_the_service_serves_it(ca
         [
             tool("kagi"), "admin", "--state-dir", str(ca.dev.state_dir), "sign-root-crl",
             "--ca-dir", str(ca.dev.ca_dir), "--root-key", str(ca.dev.root_key_file),
-            "--root-passphrase-file", str(ca.dev.root_passphrase_file),
+            "--root-passphrase-file", str(ca.dev.root_passphrase_file), "--yes",
         ],
         env=env,
     )  # fmt: skip

@@ -62,8 +62,9 @@ def _names(certificate: x509.Certificate) -> tuple[list[str], list[str], list[st
 
 
 async def _credentials(ca: RunningCa, *args: str) -> dict[str, dict[str, object]]:
-    out = await run(_admin(ca.dev.state_dir, "list-credentials", *args), env=_env(KAGI_CA_TARGET=ca.address))
-    return {str(row["serial_number"]): row for row in map(json.loads, out.splitlines())}
+    out = await run(_admin(ca.dev.state_dir, "list-credentials", *args, "--json"), env=_env(KAGI_CA_TARGET=ca.address))
+    rows: list[dict[str, object]] = json.loads(out)
+    return {str(row["serial_number"]): row for row in rows}
 
 
 async def _grpcurl_status(out: Path, name: str, address: str) -> str:
@@ -138,7 +139,7 @@ async def test_credentials_are_listed_by_role_revoked_and_renewed_with_a_new_key
 
     revoked = await run(
         _admin(ca.dev.state_dir, "revoke", "--serial", str(issued["web02"]["serial_number"]), "--reason",
-               "keyCompromise"),
+               "keyCompromise", "--yes", "--json"),
         env=env,
     )  # fmt: skip
     assert json.loads(revoked)["revocation_reason"] == "key_compromise"

@@ -158,7 +158,7 @@ def test_sign_root_crl_takes_the_root_key_from_its_path_with_its_own_passphrase(
 
     def sign(root_key: Path, passphrase_file: str) -> Result:
         args = ["--root-key", str(root_key), "--root-passphrase-file", str(admin.state_dir / passphrase_file)]
-        return _invoke(sign_root_crl_command, args, admin)
+        return _invoke(sign_root_crl_command, [*args, "--yes"], admin)
 
     wrong = sign(out, "online")
     assert wrong.exit_code != 0
@@ -216,6 +216,7 @@ async def test_a_ca_directory_still_holding_the_root_key_keeps_working_warns_and
             str(out),
             "--root-passphrase-file",
             str(tmp_path / "new-root-passphrase"),
+            "--yes",
         ],
         obj=admin,
     )
@@ -232,6 +233,7 @@ async def test_a_ca_directory_still_holding_the_root_key_keeps_working_warns_and
             str(out),
             "--root-passphrase-file",
             str(tmp_path / "new-root-passphrase"),
+            "--yes",
         ],
         admin,
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from kagi.cli.admin import admin
 from kagi.cli.main import cli
 from kagi.clock import FakeClock
 from tests.support.cli import PROMPT, admin_argv, from_script, from_terminal
@@ -28,7 +29,19 @@ CHANGES = [
     ["reissue-certificate", "--user", "u-1"],
     ["unlock-application", "a-1"],
     ["rotate-otp-key"],
+    ["revoke", "--serial", "1a2b"],
+    ["sign-root-crl", "--root-key", "root-key.pem", "--root-passphrase-file", "root-passphrase"],
+    ["move-root-key", "--root-key-out", "root-key.pem", "--root-passphrase-file", "root-passphrase"],
 ]
+
+
+def test_every_change_offers_yes_and_dry_run_and_every_list_or_show_offers_json() -> None:
+    """The commands above take --yes and --dry-run; every list-* and show-* command of `kagi admin` takes --json."""
+    for args in CHANGES:
+        assert {"yes", "dry_run"} <= {p.name for p in admin.commands[args[0]].params}, args[0]
+    for name, command in admin.commands.items():
+        if name.startswith(("list-", "show-")):
+            assert "as_json" in {p.name for p in command.params}, name
 
 
 @pytest.mark.parametrize("args", CHANGES, ids=lambda args: args[0])

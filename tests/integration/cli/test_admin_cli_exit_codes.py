@@ -1,18 +1,24 @@
-"""`kagi admin` exit codes, each from real parts: 0 done, 1 the operation failed (the service refused it), 2 usage
-(a wrong option), 3 not reachable (a service on a closed port, a Redis store on a closed port); `kagi admin
---help` documents them, and how the command finds its credential and the services in production."""
+"""`kagi admin` exit codes, each from real parts: 0 done, 1 the operation failed (the service refused it, a broken
+audit chain), 2 usage (a wrong option), 3 not reachable (a service on a closed port, a Redis store on a closed
+port); `kagi admin --help` documents them, and how the command finds its credential and the services in
+production."""
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from kagi.cli.main import cli
+from kagi.clock import FakeClock
+from kagi.journal import AUDIT
+from kagi.store import open_store
 from tests.support.cli import admin_argv, from_script
 from tests.support.enrollment_flow import Stack
+from tests.support.frontend import completed
 from tests.support.ports import free_port
 
 
@@ -76,5 +82,36 @@ async def test_rotate_otp_key_exits_3_when_its_store_is_down(tmp_path: Path) -> 
         "KAGI_OTP_KEK": base64.b64encode(bytes(range(100, 132))).decode(),
     }
     down = await from_script(admin_argv(tmp_path, "rotate-otp-key", "--yes"), env)
+    assert down.code == 3, down.err
+    assert "UNAVAILABLE" in down.err
+
+
+async def test_verify_audit_tells_a_broken_chain_from_a_store_that_is_down(
+    stack: Stack, workdir: Path, clock: FakeClock
+) -> None:
+    """verify-audit exits 0 on the stack's trails; after one enrollment audit record is rewritten it exits 1
+    naming the sequence (and --json says which trail broke); with its store on a closed Redis port it exits 3."""
+    assert stack.dev is not None
+    state_dir = stack.dev.state_dir
+    await (await completed(stack, workdir, clock)).login()
+    argv = admin_argv(state_dir, "verify-audit", "--service", "enrollment")
+    assert (await from_script(argv, _env(stack))).code == 0
+
+    store = open_store("sqlite:", namespace="enrollment", state_dir=state_dir)
+    try:
+        entry = (await store.list(AUDIT, page_size=1)).entries[0]  # the chain's first record
+        body = json.loads(entry.value)
+        body["actor"] = "someone else"
+        await store.compare_and_swap(AUDIT, entry.key, json.dumps(body).encode(), version=entry.version)
+    finally:
+        await store.close()
+    sequence = int(entry.key)
+    broken = await from_script([*argv, "--json"], _env(stack))
+    assert broken.code == 1, broken.err
+    assert f"BROKEN at sequence {sequence}" in broken.err
+    reports = json.loads(broken.out)
+    assert [(r["service"], r["ok"], r["bad_sequence"]) for r in reports] == [("enrollment", False, sequence)]
+
+    down = await from_script([*argv, "--store-url", f"redis://127.0.0.1:{free_port()}/0"], _env(stack))
     assert down.code == 3, down.err
     assert "UNAVAILABLE" in down.err
