@@ -77,7 +77,7 @@ async def test_kagi_admin_refuses_a_server_of_another_role(stack: RunningStack) 
 
     def list_certificates(port: int) -> Result:
         env = {"KAGI_STATE_DIR": str(stack.state_dir), "KAGI_CA_TARGET": f"127.0.0.1:{port}"}
-        return CliRunner().invoke(cli, ["admin", "list-certificates", "--subject", "ca"], env=env)
+        return CliRunner().invoke(cli, ["admin", "list-certificates", "--subject", "ca", "--json"], env=env)
 
     refused = await asyncio.to_thread(list_certificates, stack.ports["otp"])
     assert refused.exit_code != 0

@@ -77,7 +77,7 @@ class Admin:
         """Revoke SERIAL with `kagi admin revoke`."""
         await run(
             [tool("kagi"), "admin", "--state-dir", str(self.state_dir), "revoke", "--serial", serial,
-             "--reason", reason],
+             "--reason", reason, "--yes"],
             env=self.env(),
         )  # fmt: skip
 
