@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
 from kagi.cli.admin import AdminContext, run_call
+from kagi.cli.output import failure
 from kagi.errors import KagiError
 from kagi.files import write_file
 from kagi.runtime.identity import Role
@@ -196,7 +197,7 @@ def _read_passphrase(passphrase_file: Path | None, *, dev_file: Path | None) -> 
     try:
         secret = Environment(os.environ).secret("KAGI_CA_KEY_PASSPHRASE", required=False)
     except KagiError as exc:
-        raise click.ClickException(f"{exc.reason}: {exc}") from None
+        raise failure(exc) from None
     if secret is not None:
         return secret
     if dev_file is not None and dev_file.is_file():
@@ -294,7 +295,7 @@ def _issue_offline(
             )
         )
     except KagiError as exc:
-        raise click.ClickException(f"{exc.reason}: {exc}") from None
+        raise failure(exc) from None  # exit 3 when the store is down
     if fresh_store:
         click.echo(
             f"note: {where} did not exist and was created; the CA must run on this store "
