@@ -42,7 +42,7 @@ from kagi.cli.admin_credentials import (
     _read_passphrase,
     _utc,
 )
-from kagi.cli.output import json_option, print_rows
+from kagi.cli.output import confirm, dry_run_option, json_option, print_rows, yes_option
 from kagi.runtime.identity import SPIFFE_PREFIX, Role
 from services.ca_service.creation import PASSPHRASE_FILE
 from services.ca_service.domain.identity import SERVICE_ROLES, ServiceIdentity
@@ -227,6 +227,8 @@ issue-credential (the same CA, operator credential, store and passphrase options
     help="With --offline: base URL of the CRL and OCSP URLs put in the certificate (the CA's KAGI_PKI_BASE_URL).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@yes_option
+@dry_run_option
 @click.pass_context
 def renew_credential_command(
     ctx: click.Context,
@@ -241,8 +243,10 @@ def renew_credential_command(
     namespace: str,
     base_url: str,
     as_json: bool,
+    yes: bool,
+    dry_run: bool,
 ) -> None:
-    """Run `kagi admin renew-credential` (gRPC as the operator, or --offline)."""
+    """Run `kagi admin renew-credential` (gRPC as the operator, or --offline), after showing what it replaces."""
     obj: AdminContext = ctx.obj
     if not offline:
         for option, param in (("--ca-dir", "ca_dir"), ("--passphrase-file", "passphrase_file")):
@@ -259,6 +263,15 @@ def renew_credential_command(
     spiffe_id = Role(identity.role).spiffe_id
     lifetime = timedelta(days=days if days is not None else DEFAULT_DAYS)
     files.check_free(force=True)
+    then = f"a new key and certificate replace {files.key} and {files.certificate}"
+    plan = {
+        "role": identity.role,
+        "old serial": old_serial,
+        "old not after": _utc(old_leaf.not_valid_after_utc),
+        "then": then + ("; the old serial is revoked (superseded)" if revoke_old else ""),
+    }
+    if not confirm(f"renew the {identity.role} credential {name!r} with a new key", plan, yes=yes, dry_run=dry_run):
+        return
     settings_offline = None
     if offline:
         dev_layout = ctx.get_parameter_source("ca_dir") is click.core.ParameterSource.DEFAULT

@@ -44,10 +44,14 @@ async def _with_service(work: str) -> tuple[_Plan, int]:
         await store.close()
 
 
-def _run(work: str) -> tuple[_Plan, int]:
+def _logging() -> None:
     # Logs go to stderr as JSON, so stdout carries only the result; configured only once there is work to log
     # (a refused command changes nothing, not even the process's logging).
     configure_logging("otp-admin", level=os.environ.get("KAGI_LOG_LEVEL", "INFO"))
+
+
+def _run(work: str) -> tuple[_Plan, int]:
+    _logging()
     try:
         return asyncio.run(_with_service(work))
     except KagiError as exc:
@@ -104,6 +108,7 @@ async def _orphans(remove: bool, older_than: float) -> tuple[int, int]:
 
 
 def _run_orphans(remove: bool, older_than: float) -> tuple[int, int]:
+    _logging()
     try:
         return asyncio.run(_orphans(remove, older_than))
     except KagiError as exc:
@@ -130,7 +135,6 @@ def remove_otp_orphans(older_than_hours: float, yes: bool, dry_run: bool, as_jso
     runs (each deletion is conditional on the record being unchanged and still unclaimed). It first counts what
     it would delete and asks (--yes skips the question, --dry-run only counts).
     """
-    configure_logging("otp-admin", level=os.environ.get("KAGI_LOG_LEVEL", "INFO"))
     older_than = older_than_hours * 3600
 
     def plan() -> dict[str, object]:
@@ -170,6 +174,7 @@ async def _migration(migrate: bool) -> tuple[int, int]:
 
 
 def _run_migration(migrate: bool) -> tuple[int, int]:
+    _logging()
     try:
         return asyncio.run(_migration(migrate))
     except KagiError as exc:
@@ -188,7 +193,6 @@ def migrate_otp_placement(yes: bool, dry_run: bool, as_json: bool) -> None:
     the old ones; stopped half-way, run it again (it moves nothing twice). On SQLite there is nothing to move.
     It first counts the tokens to move and asks (--yes skips the question, --dry-run only counts).
     """
-    configure_logging("otp-admin", level=os.environ.get("KAGI_LOG_LEVEL", "INFO"))
 
     def plan() -> dict[str, object]:
         unmoved, _ = _run_migration(False)

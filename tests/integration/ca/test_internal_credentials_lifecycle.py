@@ -121,7 +121,7 @@ async def test_credentials_are_listed_by_role_revoked_and_renewed_with_a_new_key
     renewed = json.loads(
         await run(
             _admin(ca.dev.state_dir, "renew-credential", "--name", "web01", "--out", str(out), "--revoke-old",
-                   "--json"),
+                   "--yes", "--json"),
             env=env,
         )
     )  # fmt: skip
@@ -172,7 +172,7 @@ async def test_offline_renewal_before_the_ca_runs_is_recorded(tmp_path: Path) ->
     renewed = json.loads(
         await run(
             _admin(state_dir, "renew-credential", "--offline", "--name", "gw-1", "--out", str(out), "--days", "10",
-                   "--json"),
+                   "--yes", "--json"),
             env=_env(),
         )
     )  # fmt: skip
@@ -257,7 +257,7 @@ async def test_a_file_that_is_not_a_kagi_credential_is_refused_and_nothing_is_is
     listed_before = await _credentials(ca)
     with pytest.raises(AssertionError) as refused:
         await run(
-            _admin(ca.dev.state_dir, "renew-credential", "--name", "thing", "--out", str(out)),
+            _admin(ca.dev.state_dir, "renew-credential", "--name", "thing", "--out", str(out), "--yes"),
             env=_env(KAGI_CA_TARGET=ca.address),
         )
     message = " ".join(str(refused.value).split())

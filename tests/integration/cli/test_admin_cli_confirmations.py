@@ -32,6 +32,8 @@ CHANGES = [
     ["revoke", "--serial", "1a2b"],
     ["sign-root-crl", "--root-key", "root-key.pem", "--root-passphrase-file", "root-passphrase"],
     ["move-root-key", "--root-key-out", "root-key.pem", "--root-passphrase-file", "root-passphrase"],
+    ["remove-otp-orphans"],
+    ["migrate-otp-placement"],
 ]
 
 
