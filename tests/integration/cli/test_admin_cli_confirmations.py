@@ -128,3 +128,26 @@ async def test_dry_run_shows_the_plan_and_changes_nothing(stack: Stack, workdir:
     assert "lost phone" in planned.err
     assert PROMPT not in planned.err
     assert (await _shown(stack, user_id))["token_state"] == "ACTIVE"
+
+
+async def test_revoke_dry_run_shows_the_certificate_and_leaves_it_active(
+    stack: Stack, workdir: Path, clock: FakeClock
+) -> None:
+    """revoke --dry-run looks the certificate up (GetCertificate) and shows it (subject, state) with what
+    revoking would do; the certificate stays active."""
+    assert stack.dev is not None
+    customer = await completed(stack, workdir, clock)
+    user_id = (await customer.login()).user.user_id
+    listing = admin_argv(stack.dev.state_dir, "list-certificates", "--subject", user_id, "--json")
+    listed = await from_script(listing, _user_env(stack))
+    assert listed.code == 0, listed.err
+    [certificate] = json.loads(listed.out)
+    serial = certificate["serial_number"]
+
+    argv = admin_argv(stack.dev.state_dir, "revoke", "--serial", serial, "--reason", "keyCompromise", "--dry-run")
+    planned = await from_script(argv, _user_env(stack))
+    assert planned.code == 0, planned.err
+    for shown in (f"Would revoke certificate {serial}", user_id, "active", "revoked for good (keyCompromise)"):
+        assert shown in planned.err
+    assert planned.out == ""
+    assert [c["state"] for c in json.loads((await from_script(listing, _user_env(stack))).out)] == ["active"]

@@ -115,3 +115,13 @@ async def test_verify_audit_tells_a_broken_chain_from_a_store_that_is_down(
     down = await from_script([*argv, "--store-url", f"redis://127.0.0.1:{free_port()}/0"], _env(stack))
     assert down.code == 3, down.err
     assert "UNAVAILABLE" in down.err
+
+
+def test_kagi_token_exits_3_when_the_gateway_cannot_be_reached(tmp_path: Path) -> None:
+    """`kagi token activate` against a gateway on a closed port exits 3 (not reachable), as `kagi admin` does."""
+    gateway = f"https://127.0.0.1:{free_port()}"
+    args = ["token", "activate", "--gateway", gateway, "--service-id", "12345678", "--user-id", "87654321"]
+    args += ["--agree", "--password-stdin", "--file", str(tmp_path / "token.json")]
+    result = CliRunner().invoke(cli, args, input="4831\n")
+    assert result.exit_code == 3, result.output
+    assert "cannot reach the gateway" in result.output
