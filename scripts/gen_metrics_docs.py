@@ -34,7 +34,7 @@ END = "<!-- metrics-table:end -->"
 SERVED_BY = (
     ("kagi_gateway_", "gateway"),
     ("kagi_grpc_server_", "ca, otp, enrollment"),
-    ("kagi_grpc_client_", "gateway, enrollment"),
+    ("kagi_grpc_client_", "gateway, otp, enrollment"),
     ("kagi_certificates_", "ca"),
     ("kagi_crl_", "ca"),
     ("kagi_ocsp_", "ca"),

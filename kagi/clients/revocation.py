@@ -47,6 +47,7 @@ from prometheus_client import Counter, Gauge
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
 from kagi.errors import Unauthenticated, Unavailable
 from kagi.runtime.grpc_server import client_trust_anchor
+from kagi.runtime.metrics import metered, revocation_stream_lag
 from kagi.runtime.settings import TlsFiles
 
 log = structlog.get_logger("kagi.revocation")
@@ -349,6 +350,9 @@ class RevocationRegistry:
     def _revoked_now(self, event: ca_pb2.WatchRevocationsResponse) -> None:
         if self._metrics is not None:
             self._metrics.revocation_events.inc()
+        if event.HasField("revoke_time"):  # how late the stream told us (the CA's clock against ours)
+            lag = time.time() - event.revoke_time.ToNanoseconds() / 1e9
+            revocation_stream_lag.labels(ca_pb2.Issuer.Name(event.issuer).removeprefix("ISSUER_").lower()).set(lag)
         serial: int | None = None
         try:
             serial = int(event.serial_number, 16)
@@ -464,5 +468,5 @@ def follow_internal_ca(channel: grpc.aio.Channel, tls: TlsFiles) -> RevokedPeers
     CA). Call `start` before serving and `stop` when done.
     """
     internal = x509.load_pem_x509_certificates(client_trust_anchor(tls))
-    stub = ca_pb2_grpc.CertificateAuthorityServiceStub(channel)
+    stub = ca_pb2_grpc.CertificateAuthorityServiceStub(metered(channel))  # unary calls timed (kagi_grpc_client_*)
     return RevokedPeers(RevocationRegistry(stub, internal, _peer_metrics(), issuer=ca_pb2.ISSUER_INTERNAL))

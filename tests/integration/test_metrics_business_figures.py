@@ -4,6 +4,7 @@ client-call figures, and a lockout is counted by kind."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kagi.ca.v1 import ca_pb2
 from kagi.clock import FakeClock
 from kagi.otp.v1 import otp_pb2, otp_pb2_grpc
 from kagi.runtime.grpc_client import error_from_rpc
@@ -133,3 +135,37 @@ async def test_a_locked_token_counts_as_a_lockout(tmp_path: Path) -> None:
     )
     assert locked == 1, codes
     assert failed == len(codes)
+
+
+async def test_a_revocation_is_counted_and_its_stream_lag_shown(stack: GatewayStack) -> None:
+    """The operator revokes the customer's certificate (key compromise) after a setup: the CA counts it by reason,
+    and the gateway, hearing it over the CA's revocation stream, shows how late it arrived (the CA's revocation
+    time against the gateway's clock: on one machine, near 0)."""
+    await walk_ten_steps(stack)
+    ca = stack.ca()
+    assert not value(await scrape(stack, "gateway"), "kagi_gateway_revocation_events_total")
+    listed = await ca.ListCertificates(
+        ca_pb2.ListCertificatesRequest(state=ca_pb2.Certificate.STATE_ACTIVE, page_size=100)
+    )
+    [customer] = [certificate for certificate in listed.certificates if certificate.profile == "customer"]
+    before = await scrape(stack, "ca")
+    await ca.RevokeCertificate(
+        ca_pb2.RevokeCertificateRequest(
+            request_id=str(uuid.uuid4()),
+            serial_number=customer.serial_number,
+            reason=ca_pb2.REVOCATION_REASON_KEY_COMPROMISE,
+        )
+    )
+    for _ in range(300):  # the gateway's stream delivers it within 2 s by design; 30 s on a loaded machine
+        gateway = await scrape(stack, "gateway")
+        if value(gateway, "kagi_gateway_revocation_events_total"):
+            break
+        await asyncio.sleep(0.1)
+    lag = value(gateway, "kagi_revocation_stream_lag_seconds", issuer="customer")
+    after = await scrape(stack, "ca")
+    revoked = value(after, "kagi_certificates_revoked_total", reason="KEY_COMPROMISE") - value(
+        before, "kagi_certificates_revoked_total", reason="KEY_COMPROMISE"
+    )
+    assert revoked == 1
+    assert value(gateway, "kagi_gateway_revocation_events_total") == 1
+    assert -60 < lag < 60  # a sanity bound on one machine's clocks, not a timing
