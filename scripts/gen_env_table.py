@@ -10,9 +10,10 @@ changes. tests/unit/test_environment_table.py checks that the catalogue names ev
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from pathlib import Path
+
+from generated_section import write_or_check  # scripts/ is on sys.path
 
 from kagi.runtime.environment_catalogue import VARIABLES, Variable
 
@@ -52,17 +53,6 @@ def render_section() -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_section(document: str, section: str) -> str:
-    """Put `section` between the marker lines of `document`."""
-    if document.count(START) != 1 or document.count(END) != 1:
-        raise ValueError(f"expected exactly one {START} line and one {END} line")
-    head, _, rest = document.partition(START)
-    _, _, tail = rest.partition(END)
-    if not head.endswith("\n") or (tail and not tail.startswith("\n")):
-        raise ValueError("the markers must be lines of their own")
-    return head + START + "\n" + section + END + tail
-
-
 def main(argv: list[str] | None = None) -> int:
     """Write (or with --check compare) the table; the exit status says what happened."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -70,28 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file", type=Path, default=GUIDE, help="the Markdown file (default: docs/operations.md)")
     args = parser.parse_args(argv)
     path: Path = args.file
-    current = path.read_text(encoding="utf-8")
-    try:
-        wanted = replace_section(current, render_section())
-    except ValueError as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
-        return 1
-    if wanted == current:
-        return 0
-    if args.check:
-        diff = difflib.unified_diff(
-            current.splitlines(keepends=True), wanted.splitlines(keepends=True), f"{path} (now)", f"{path} (wanted)"
-        )
-        sys.stderr.writelines(diff)
-        print(
-            f"{path}: the variables table between {START} and {END} differs from the catalogue (diff above): "
-            "run .venv/bin/python scripts/gen_env_table.py and commit the result",
-            file=sys.stderr,
-        )
-        return 1
-    path.write_text(wanted, encoding="utf-8")
-    print(f"wrote the variables table into {path}")
-    return 0
+    return write_or_check(
+        path,
+        render_section(),
+        start=START,
+        end=END,
+        what="variables table",
+        command=".venv/bin/python scripts/gen_env_table.py",
+        check=args.check,
+    )
 
 
 if __name__ == "__main__":

@@ -11,13 +11,12 @@ registry with its process and Python collectors) and gateway/metrics.py (the gat
 from __future__ import annotations
 
 import argparse
-import difflib
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from generated_section import write_or_check  # scripts/ is on sys.path
 from prometheus_client import REGISTRY, CollectorRegistry
 
 import kagi.runtime.metrics  # noqa: F401  (registers the services' collectors in the default registry)
@@ -131,17 +130,6 @@ def render_section() -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_section(document: str, section: str) -> str:
-    """Put `section` between the marker lines of `document`."""
-    if document.count(START) != 1 or document.count(END) != 1:
-        raise ValueError(f"expected exactly one {START} line and one {END} line")
-    head, _, rest = document.partition(START)
-    _, _, tail = rest.partition(END)
-    if not head.endswith("\n") or (tail and not tail.startswith("\n")):
-        raise ValueError("the markers must be lines of their own")
-    return head + START + "\n" + section + END + tail
-
-
 def main(argv: list[str] | None = None) -> int:
     """Write (or with --check compare) the table; the exit status says what happened."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -149,24 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file", type=Path, default=GUIDE, help="the Markdown file (default: docs/metrics.md)")
     args = parser.parse_args(argv)
     path: Path = args.file
-    current = path.read_text(encoding="utf-8")
-    try:
-        wanted = replace_section(current, render_section())
-    except ValueError as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
-        return 1
-    if wanted == current:
-        return 0
-    if args.check:
-        diff = difflib.unified_diff(
-            current.splitlines(keepends=True), wanted.splitlines(keepends=True), str(path), "wanted"
-        )
-        sys.stdout.writelines(diff)
-        print(f"{path} is stale: run scripts/gen_metrics_docs.py", file=sys.stderr)
-        return 1
-    path.write_text(wanted, encoding="utf-8")
-    print(f"wrote the metrics table into {path}")
-    return 0
+    return write_or_check(
+        path,
+        render_section(),
+        start=START,
+        end=END,
+        what="metrics table",
+        command=".venv/bin/python scripts/gen_metrics_docs.py",
+        check=args.check,
+    )
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ between the marker lines `<!-- roles-table:start -->` and `<!-- roles-table:end 
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from generated_section import write_or_check  # scripts/ is on sys.path
 from google.protobuf.descriptor import ServiceDescriptor
 
 from kagi.ca.v1 import ca_pb2
@@ -111,17 +111,6 @@ def render_section(tables: list[ServiceTable]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_section(document: str, section: str) -> str:
-    """Put `section` between the marker lines of `document`."""
-    if document.count(START) != 1 or document.count(END) != 1:
-        raise ValueError(f"expected exactly one {START} line and one {END} line")
-    head, _, rest = document.partition(START)
-    _, _, tail = rest.partition(END)
-    if not head.endswith("\n") or (tail and not tail.startswith("\n")):
-        raise ValueError("the markers must be lines of their own")
-    return head + START + "\n" + section + END + tail
-
-
 def main(argv: list[str] | None = None) -> int:
     """Write (or with --check compares) the generated section; the exit status says what happened."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -134,28 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     if problems := check_consistency(tables):
         print("the allow-lists do not match the protos:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
-    current = path.read_text(encoding="utf-8")
-    try:
-        wanted = replace_section(current, render_section(tables))
-    except ValueError as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
-        return 1
-    if wanted == current:
-        return 0
-    if args.check:
-        diff = difflib.unified_diff(
-            current.splitlines(keepends=True), wanted.splitlines(keepends=True), f"{path} (now)", f"{path} (wanted)"
-        )
-        sys.stderr.writelines(diff)
-        print(
-            f"{path}: the roles table between {START} and {END} differs from the allow-lists in code "
-            "(diff above): run .venv/bin/python scripts/gen_roles_table.py and commit the result",
-            file=sys.stderr,
-        )
-        return 1
-    path.write_text(wanted, encoding="utf-8")
-    print(f"wrote the roles table into {path}")
-    return 0
+    return write_or_check(
+        path,
+        render_section(tables),
+        start=START,
+        end=END,
+        what="roles table",
+        command=".venv/bin/python scripts/gen_roles_table.py",
+        check=args.check,
+    )
 
 
 if __name__ == "__main__":
