@@ -22,29 +22,25 @@ from pathlib import Path
 import click
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
 from kagi.cli.admin import AdminContext, run_call
 from kagi.cli.admin_ca import _certificate_json
 from kagi.cli.admin_credentials import (
     DEFAULT_DAYS,
-    MAX_DAYS,
     _check_name,
-    _checked_leaf,
-    _csr,
     _Files,
     _identity,
-    _issue_offline,
-    _issue_online,
-    _Offline,
-    _read_passphrase,
     _utc,
+    check_offline_options,
+    credential_summary,
+    days_option,
+    issue_and_write,
+    offline_ca_options,
+    offline_settings,
 )
 from kagi.cli.output import confirm, dry_run_option, json_option, print_rows, yes_option
-from kagi.runtime.identity import SPIFFE_PREFIX, Role
-from services.ca_service.creation import PASSPHRASE_FILE
+from kagi.runtime.identity import SPIFFE_PREFIX
 from services.ca_service.domain.identity import SERVICE_ROLES, ServiceIdentity
 from services.ca_service.domain.serials import serial_hex
 
@@ -193,39 +189,9 @@ issue-credential (the same CA, operator credential, store and passphrase options
     required=True,
     help="The directory holding NAME.pem, NAME-key.pem and ca.pem.",
 )
-@click.option(
-    "--days",
-    type=click.IntRange(1, MAX_DAYS),
-    help=f"Lifetime in days, 1-{MAX_DAYS} (default {DEFAULT_DAYS}), inside the internal CA's own validity.",
-)
+@days_option
 @click.option("--revoke-old", is_flag=True, help="Revoke the old certificate (superseded) once the new one is written.")
-@click.option("--offline", is_flag=True, help="Sign from the CA's key files and record in its store directly.")
-@click.option(
-    "--ca-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="KAGI_CA_DIR",
-    help="With --offline: where the CA lives (default: <state-dir>/ca).",
-)
-@click.option(
-    "--passphrase-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="With --offline: file holding the CA key passphrase (else KAGI_CA_KEY_PASSPHRASE[_FILE]).",
-)
-@click.option(
-    "--store-url",
-    envvar="KAGI_STORE_URL",
-    default="sqlite:",
-    show_default=True,
-    help="With --offline: the CA's store (sqlite: is <state-dir>/ca.db).",
-)
-@click.option("--namespace", default="ca", show_default=True, hidden=True, help="The CA's store namespace.")
-@click.option(
-    "--base-url",
-    envvar="KAGI_PKI_BASE_URL",
-    default="http://127.0.0.1:8080",
-    show_default=True,
-    help="With --offline: base URL of the CRL and OCSP URLs put in the certificate (the CA's KAGI_PKI_BASE_URL).",
-)
+@offline_ca_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @yes_option
 @dry_run_option
@@ -248,11 +214,8 @@ def renew_credential_command(
 ) -> None:
     """Run `kagi admin renew-credential` (gRPC as the operator, or --offline), after showing what it replaces."""
     obj: AdminContext = ctx.obj
-    if not offline:
-        for option, param in (("--ca-dir", "ca_dir"), ("--passphrase-file", "passphrase_file")):
-            if ctx.get_parameter_source(param) is click.core.ParameterSource.COMMANDLINE:
-                raise click.UsageError(f"{option} is only used with --offline")
-    elif revoke_old:
+    check_offline_options(ctx, offline)
+    if offline and revoke_old:
         raise click.UsageError(
             "--revoke-old needs the running CA; with --offline, revoke the old serial with `kagi admin revoke` "
             "once the CA runs"
@@ -260,7 +223,6 @@ def renew_credential_command(
     files = _Files.plan(out, name)
     old_leaf, old_internal, identity = read_credential(files.certificate)
     old_serial = serial_hex(old_leaf.serial_number)
-    spiffe_id = Role(identity.role).spiffe_id
     lifetime = timedelta(days=days if days is not None else DEFAULT_DAYS)
     files.check_free(force=True)
     then = f"a new key and certificate replace {files.key} and {files.certificate}"
@@ -274,11 +236,10 @@ def renew_credential_command(
         return
     settings_offline = None
     if offline:
-        dev_layout = ctx.get_parameter_source("ca_dir") is click.core.ParameterSource.DEFAULT
-        dev_file = obj.state_dir / "secrets" / PASSPHRASE_FILE if dev_layout else None
-        settings_offline = _Offline(
-            ca_dir=ca_dir or obj.state_dir / "ca",
-            passphrase=_read_passphrase(passphrase_file, dev_file=dev_file),
+        settings_offline = offline_settings(
+            ctx,
+            ca_dir=ca_dir,
+            passphrase_file=passphrase_file,
             store_url=store_url,
             namespace=namespace,
             base_url=base_url,
@@ -290,33 +251,14 @@ def renew_credential_command(
         _chains_to(old_internal, root_pem, files.certificate)
         files.check_root(root_pem, force=False)
 
-    key = ec.generate_private_key(ec.SECP256R1())
     request_id = f"renew-credential/{name}/{secrets.token_hex(8)}"
-    if settings_offline is not None:
-        issued = _issue_offline(obj, settings_offline, _csr(key), identity, request_id, check_root)
-    else:
-        issued = _issue_online(obj, _csr(key), identity, request_id, check_root, days)
-    leaf = _checked_leaf(issued, key, spiffe_id)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    issued, leaf = issue_and_write(
+        obj, files, identity, request_id, check_root, days=days, offline=settings_offline, force=True
     )
-    files.write(key_pem, issued.certificate_pem + issued.internal_pem, issued.root_pem, force=True)
     revoked = _revoke(obj, old_serial) if revoke_old else False
 
     summary: dict[str, object] = {
-        "name": name,
-        "role": identity.role,
-        "spiffe_id": spiffe_id,
-        "serial_number": serial_hex(leaf.serial_number),
-        "not_before": _utc(leaf.not_valid_before_utc),
-        "not_after": _utc(leaf.not_valid_after_utc),
-        "dns_names": list(identity.dns_names),
-        "ip_addresses": list(identity.ip_addresses),
-        "certificate_file": str(files.certificate),
-        "key_file": str(files.key),
-        "ca_file": str(files.root),
-        "mode": "offline" if offline else "online",
-        "recorded_in": issued.recorded_in,
+        **credential_summary(name, identity, leaf, files, issued, offline=offline),
         "old_serial_number": old_serial,
         "old_not_after": _utc(old_leaf.not_valid_after_utc),
         "old_revoked": revoked,

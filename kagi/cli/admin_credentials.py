@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from kagi.ca.v1 import ca_pb2, ca_pb2_grpc
 from kagi.cli.admin import AdminContext, run_call
-from kagi.cli.output import failure
+from kagi.cli.output import F, failure
 from kagi.errors import KagiError
 from kagi.files import write_file
 from kagi.runtime.identity import Role
@@ -349,6 +349,135 @@ def _utc(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def days_option(command: F) -> F:
+    """Add --days: the credential's lifetime, bounded by MAX_DAYS."""
+    return click.option(
+        "--days",
+        type=click.IntRange(1, MAX_DAYS),
+        help=f"Lifetime in days, 1-{MAX_DAYS} (default {DEFAULT_DAYS}), inside the internal CA's own validity.",
+    )(command)
+
+
+def offline_ca_options(command: F) -> F:
+    """Add --offline and the options that say where the CA's keys and store are when it signs offline."""
+    for option in reversed(
+        [
+            click.option(
+                "--offline", is_flag=True, help="Sign from the CA's key files and record in its store directly."
+            ),
+            click.option(
+                "--ca-dir",
+                type=click.Path(file_okay=False, path_type=Path),
+                envvar="KAGI_CA_DIR",
+                help="With --offline: where the CA lives (default: <state-dir>/ca).",
+            ),
+            click.option(
+                "--passphrase-file",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="With --offline: file holding the CA key passphrase (else KAGI_CA_KEY_PASSPHRASE[_FILE]).",
+            ),
+            click.option(
+                "--store-url",
+                envvar="KAGI_STORE_URL",
+                default="sqlite:",
+                show_default=True,
+                help="With --offline: the CA's store (sqlite: is <state-dir>/ca.db).",
+            ),
+            click.option("--namespace", default="ca", show_default=True, hidden=True, help="The CA's store namespace."),
+            click.option(
+                "--base-url",
+                envvar="KAGI_PKI_BASE_URL",
+                default="http://127.0.0.1:8080",
+                show_default=True,
+                help="With --offline: base URL of the CRL and OCSP URLs put in the certificate "
+                "(the CA's KAGI_PKI_BASE_URL).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def check_offline_options(ctx: click.Context, offline: bool) -> None:
+    """Refuse (usage error) the options that only --offline reads, given without it."""
+    if offline:
+        return
+    for option, param in (("--ca-dir", "ca_dir"), ("--passphrase-file", "passphrase_file")):
+        if ctx.get_parameter_source(param) is click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"{option} is only used with --offline")
+
+
+def offline_settings(
+    ctx: click.Context,
+    *,
+    ca_dir: Path | None,
+    passphrase_file: Path | None,
+    store_url: str,
+    namespace: str,
+    base_url: str,
+    lifetime: timedelta,
+) -> _Offline:
+    """Return what signing offline needs, from the --offline options (the passphrase read now)."""
+    obj: AdminContext = ctx.obj
+    # `kagi dev`'s layout (<state-dir>/ca) has its passphrase beside it; a CA named explicitly does not.
+    dev_layout = ctx.get_parameter_source("ca_dir") is click.core.ParameterSource.DEFAULT
+    dev_file = obj.state_dir / "secrets" / PASSPHRASE_FILE if dev_layout else None
+    return _Offline(
+        ca_dir=ca_dir or obj.state_dir / "ca",
+        passphrase=_read_passphrase(passphrase_file, dev_file=dev_file),
+        store_url=store_url,
+        namespace=namespace,
+        base_url=base_url,
+        lifetime=lifetime,
+    )
+
+
+def issue_and_write(
+    obj: AdminContext,
+    files: _Files,
+    identity: ServiceIdentity,
+    request_id: str,
+    check_root: Callable[[bytes], None],
+    *,
+    days: int | None,
+    offline: _Offline | None,
+    force: bool,
+) -> tuple[_Issued, x509.Certificate]:
+    """Make a fresh key here, have the CA certify it (online, or OFFLINE), check the answer, write the files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    if offline is not None:
+        issued = _issue_offline(obj, offline, _csr(key), identity, request_id, check_root)
+    else:
+        issued = _issue_online(obj, _csr(key), identity, request_id, check_root, days)
+    leaf = _checked_leaf(issued, key, Role(identity.role).spiffe_id)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    files.write(key_pem, issued.certificate_pem + issued.internal_pem, issued.root_pem, force=force)
+    return issued, leaf
+
+
+def credential_summary(
+    name: str, identity: ServiceIdentity, leaf: x509.Certificate, files: _Files, issued: _Issued, *, offline: bool
+) -> dict[str, object]:
+    """Return what `--json` prints of a credential just written."""
+    return {
+        "name": name,
+        "role": identity.role,
+        "spiffe_id": Role(identity.role).spiffe_id,
+        "serial_number": serial_hex(leaf.serial_number),
+        "not_before": _utc(leaf.not_valid_before_utc),
+        "not_after": _utc(leaf.not_valid_after_utc),
+        "dns_names": list(identity.dns_names),
+        "ip_addresses": list(identity.ip_addresses),
+        "certificate_file": str(files.certificate),
+        "key_file": str(files.key),
+        "ca_file": str(files.root),
+        "mode": "offline" if offline else "online",
+        "recorded_in": issued.recorded_in,
+    }
+
+
 @click.command("issue-credential", help=_HELP, short_help="Issue an internal mTLS credential for a role.")
 @click.option("--role", type=click.Choice(SERVICE_ROLES), required=True, help="The SPIFFE role to certify.")
 @click.option(
@@ -359,11 +488,7 @@ def _utc(moment: datetime) -> str:
 )
 @click.option("--dns", "dns_names", multiple=True, help="A DNS name for TLS clients to check (repeatable).")
 @click.option("--ip", "ip_addresses", multiple=True, help="An IP address for TLS clients to check (repeatable).")
-@click.option(
-    "--days",
-    type=click.IntRange(1, MAX_DAYS),
-    help=f"Lifetime in days, 1-{MAX_DAYS} (default {DEFAULT_DAYS}), inside the internal CA's own validity.",
-)
+@days_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -371,33 +496,7 @@ def _utc(moment: datetime) -> str:
     help="Directory for NAME.pem, NAME-key.pem and ca.pem (made 0700 if missing).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing NAME.pem / NAME-key.pem / different ca.pem.")
-@click.option("--offline", is_flag=True, help="Sign from the CA's key files and record in its store directly.")
-@click.option(
-    "--ca-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="KAGI_CA_DIR",
-    help="With --offline: where the CA lives (default: <state-dir>/ca).",
-)
-@click.option(
-    "--passphrase-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="With --offline: file holding the CA key passphrase (else KAGI_CA_KEY_PASSPHRASE[_FILE]).",
-)
-@click.option(
-    "--store-url",
-    envvar="KAGI_STORE_URL",
-    default="sqlite:",
-    show_default=True,
-    help="With --offline: the CA's store (sqlite: is <state-dir>/ca.db).",
-)
-@click.option("--namespace", default="ca", show_default=True, hidden=True, help="The CA's store namespace.")
-@click.option(
-    "--base-url",
-    envvar="KAGI_PKI_BASE_URL",
-    default="http://127.0.0.1:8080",
-    show_default=True,
-    help="With --offline: base URL of the CRL and OCSP URLs put in the certificate (the CA's KAGI_PKI_BASE_URL).",
-)
+@offline_ca_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.pass_context
 def issue_credential_command(
@@ -419,10 +518,7 @@ def issue_credential_command(
 ) -> None:
     """Run `kagi admin issue-credential` (gRPC as the operator, or --offline)."""
     obj: AdminContext = ctx.obj
-    if not offline:
-        for option, param in (("--ca-dir", "ca_dir"), ("--passphrase-file", "passphrase_file")):
-            if ctx.get_parameter_source(param) is click.core.ParameterSource.COMMANDLINE:
-                raise click.UsageError(f"{option} is only used with --offline")
+    check_offline_options(ctx, offline)
     lifetime = timedelta(days=days if days is not None else DEFAULT_DAYS)
     identity = _identity(role, _with_role_name(role, dns_names), ip_addresses)
     spiffe_id = Role(identity.role).spiffe_id
@@ -430,51 +526,25 @@ def issue_credential_command(
     files.check_free(force=force)
     settings_offline = None
     if offline:
-        # `kagi dev`'s layout (<state-dir>/ca) has its passphrase beside it; a CA named explicitly does not.
-        dev_layout = ctx.get_parameter_source("ca_dir") is click.core.ParameterSource.DEFAULT
-        dev_file = obj.state_dir / "secrets" / PASSPHRASE_FILE if dev_layout else None
-        settings_offline = _Offline(
-            ca_dir=ca_dir or obj.state_dir / "ca",
-            passphrase=_read_passphrase(passphrase_file, dev_file=dev_file),
+        settings_offline = offline_settings(
+            ctx,
+            ca_dir=ca_dir,
+            passphrase_file=passphrase_file,
             store_url=store_url,
             namespace=namespace,
             base_url=base_url,
             lifetime=lifetime,
         )
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = _csr(key)
-    # The request id names the credential, so the CA's audit record says which files the certificate went to.
-    request_id = f"issue-credential/{name}/{secrets.token_hex(8)}"
-
     def check_root(root_pem: bytes) -> None:
         files.check_root(root_pem, force=force)
 
-    if settings_offline is not None:
-        issued = _issue_offline(obj, settings_offline, csr, identity, request_id, check_root)
-    else:
-        issued = _issue_online(obj, csr, identity, request_id, check_root, days)
-    leaf = _checked_leaf(issued, key, spiffe_id)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    # The request id names the credential, so the CA's audit record says which files the certificate went to.
+    request_id = f"issue-credential/{name}/{secrets.token_hex(8)}"
+    issued, leaf = issue_and_write(
+        obj, files, identity, request_id, check_root, days=days, offline=settings_offline, force=force
     )
-    files.write(key_pem, issued.certificate_pem + issued.internal_pem, issued.root_pem, force=force)
-
-    summary: dict[str, object] = {
-        "name": name,
-        "role": identity.role,
-        "spiffe_id": spiffe_id,
-        "serial_number": serial_hex(leaf.serial_number),
-        "not_before": _utc(leaf.not_valid_before_utc),
-        "not_after": _utc(leaf.not_valid_after_utc),
-        "dns_names": list(identity.dns_names),
-        "ip_addresses": list(identity.ip_addresses),
-        "certificate_file": str(files.certificate),
-        "key_file": str(files.key),
-        "ca_file": str(files.root),
-        "mode": "offline" if offline else "online",
-        "recorded_in": issued.recorded_in,
-    }
+    summary = credential_summary(name, identity, leaf, files, issued, offline=offline)
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False))
         return
