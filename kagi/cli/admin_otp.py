@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -16,6 +18,9 @@ from kagi.runtime.logging import configure_logging
 
 if TYPE_CHECKING:
     from services.otp_service.app.use_cases import OtpService
+    from services.otp_service.main import OtpSettings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -25,7 +30,9 @@ class _Plan:
     stale: int
 
 
-async def _with_service(work: str) -> tuple[_Plan, int]:
+@contextlib.asynccontextmanager
+async def _otp_service() -> AsyncIterator[tuple[OtpSettings, OtpService]]:
+    """Open the OTP service's use cases on its store, from the OTP service's environment; close the store after."""
     # Imported here so that `kagi --help` does not load the OTP service.
     from services.otp_service.main import OtpSettings, build_service
 
@@ -33,29 +40,33 @@ async def _with_service(work: str) -> tuple[_Plan, int]:
     clock = SystemClock()
     store = settings.open_store(clock)
     try:
-        service: OtpService = build_service(settings, store, clock=clock)
-        tokens, stale = await service.rotation_plan()
-        plan = _Plan(settings.kek.key_id, tokens, stale)
-        if work != "rotate":
-            return plan, 0
-        with progress(f"re-sealing seeds under key {plan.key_id}", total=tokens) as advance:
-            return plan, await service.rotate_keys(advance)
+        yield settings, build_service(settings, store, clock=clock)
     finally:
         await store.close()
 
 
-def _logging() -> None:
-    # Logs go to stderr as JSON, so stdout carries only the result; configured only once there is work to log
-    # (a refused command changes nothing, not even the process's logging).
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    """Run one command's WORK, its kagi errors turned into the command line's exit codes.
+
+    Logs go to stderr as JSON, so stdout carries only the result; configured only once there is work to log (a
+    refused command changes nothing, not even the process's logging).
+    """
     configure_logging("otp-admin", level=os.environ.get("KAGI_LOG_LEVEL", "INFO"))
-
-
-def _run(work: str) -> tuple[_Plan, int]:
-    _logging()
     try:
-        return asyncio.run(_with_service(work))
+        return asyncio.run(work)
     except KagiError as exc:
         raise failure(exc) from None
+
+
+async def _rotation(rotate: bool) -> tuple[_Plan, int]:
+    """Count the seeds sealed under an older key (and with ROTATE re-seal them); return the plan and the count."""
+    async with _otp_service() as (settings, service):
+        tokens, stale = await service.rotation_plan()
+        plan = _Plan(settings.kek.key_id, tokens, stale)
+        if not rotate:
+            return plan, 0
+        with progress(f"re-sealing seeds under key {plan.key_id}", total=tokens) as advance:
+            return plan, await service.rotate_keys(advance)
 
 
 @click.command("rotate-otp-key")
@@ -73,7 +84,7 @@ def rotate_otp_key(yes: bool, dry_run: bool, as_json: bool) -> None:
     """
 
     def plan() -> dict[str, object]:
-        counted, _ = _run("count")
+        counted, _ = _run(_rotation(False))
         return {
             "key": counted.key_id,
             "tokens": counted.tokens,
@@ -83,7 +94,7 @@ def rotate_otp_key(yes: bool, dry_run: bool, as_json: bool) -> None:
 
     if not confirm("re-seal every OTP seed under the current key", plan, yes=yes, dry_run=dry_run):
         return
-    done, count = _run("rotate")
+    done, count = _run(_rotation(True))
     if as_json:
         print_json({"key_id": done.key_id, "tokens": done.tokens, "resealed": count})
         return
@@ -92,27 +103,11 @@ def rotate_otp_key(yes: bool, dry_run: bool, as_json: bool) -> None:
 
 async def _orphans(remove: bool, older_than: float) -> tuple[int, int]:
     """Find (and with REMOVE delete) the OTP's orphaned token records; return (found, removed)."""
-    from services.otp_service.main import OtpSettings, build_service
-
-    settings = OtpSettings.from_env(os.environ)
-    clock = SystemClock()
-    store = settings.open_store(clock)
-    try:
-        service: OtpService = build_service(settings, store, clock=clock)
+    async with _otp_service() as (_, service):
         found = await service.find_orphans(older_than=older_than)
         if not remove or not found:
             return len(found), 0
         return len(found), await service.remove_orphans(older_than=older_than)
-    finally:
-        await store.close()
-
-
-def _run_orphans(remove: bool, older_than: float) -> tuple[int, int]:
-    _logging()
-    try:
-        return asyncio.run(_orphans(remove, older_than))
-    except KagiError as exc:
-        raise failure(exc) from None
 
 
 @click.command("remove-otp-orphans")
@@ -138,12 +133,12 @@ def remove_otp_orphans(older_than_hours: float, yes: bool, dry_run: bool, as_jso
     older_than = older_than_hours * 3600
 
     def plan() -> dict[str, object]:
-        found, _ = _run_orphans(False, older_than)
+        found, _ = _run(_orphans(False, older_than))
         return {"unclaimed tokens": found, "created before": f"{older_than_hours:g} hours ago"}
 
     if not confirm("delete the records of OTP tokens never claimed", plan, yes=yes, dry_run=dry_run):
         return
-    found, removed = _run_orphans(True, older_than)
+    found, removed = _run(_orphans(True, older_than))
     if as_json:
         print_json({"found": found, "removed": removed})
         return
@@ -173,14 +168,6 @@ async def _migration(migrate: bool) -> tuple[int, int]:
         await new.close()
 
 
-def _run_migration(migrate: bool) -> tuple[int, int]:
-    _logging()
-    try:
-        return asyncio.run(_migration(migrate))
-    except KagiError as exc:
-        raise failure(exc) from None
-
-
 @click.command("migrate-otp-placement")
 @yes_option
 @dry_run_option
@@ -195,12 +182,12 @@ def migrate_otp_placement(yes: bool, dry_run: bool, as_json: bool) -> None:
     """
 
     def plan() -> dict[str, object]:
-        unmoved, _ = _run_migration(False)
+        unmoved, _ = _run(_migration(False))
         return {"tokens to move": unmoved, "before": "every OTP replica is stopped"}
 
     if not confirm("move the OTP tokens to their per-token placement", plan, yes=yes, dry_run=dry_run):
         return
-    tokens, moved = _run_migration(True)
+    tokens, moved = _run(_migration(True))
     if as_json:
         print_json({"tokens": tokens, "moved": moved})
         return
