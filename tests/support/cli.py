@@ -38,6 +38,28 @@ class Finished:
         return _ESCAPES.sub("", self.err).replace("\r\n", "\n")
 
 
+ISOLATED = (
+    "KAGI_STATE_DIR",
+    "KAGI_STORE_URL",
+    "KAGI_CA_DIR",
+    "KAGI_CA_KEY_PASSPHRASE",
+    "KAGI_CA_KEY_PASSPHRASE_FILE",
+    "KAGI_PKI_BASE_URL",
+    "KAGI_ADMIN_TLS_CERT",
+    "KAGI_ADMIN_TLS_KEY",
+    "KAGI_ADMIN_TLS_CA",
+    "KAGI_CA_TARGET",
+)
+"""Variables that would make a command under test use something other than what the test names."""
+
+
+def isolated_env(**extra: str) -> dict[str, str]:
+    """Return this process's environment without ISOLATED, with EXTRA added."""
+    env = {name: value for name, value in os.environ.items() if name not in ISOLATED}
+    env.update(extra)
+    return env
+
+
 def admin_argv(state_dir: Path, *args: str) -> list[str]:
     """Return `kagi admin --state-dir STATE_DIR ARGS...`."""
     return [tool("kagi"), "admin", "--state-dir", str(state_dir), *args]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import stat
 import uuid
 from collections.abc import Iterator
@@ -26,32 +25,10 @@ from kagi.cli.main import cli
 from kagi.journal import audit_records
 from services.ca_service.creation import DevPki, ensure_dev_pki, ensure_dev_pki_async
 from tests.integration.ca.ca_service_harness import RunningCa, StoreTarget, running_ca, snapshot, verify_audit
+from tests.support.cli import ISOLATED, admin_argv, isolated_env
 from tests.support.tools import run, tool
 
 SERVICE = "kagi.ca.v1.CertificateAuthorityService"
-# Variables that would make the commands under test use something other than what each test names.
-_ISOLATED = (
-    "KAGI_STATE_DIR",
-    "KAGI_STORE_URL",
-    "KAGI_CA_DIR",
-    "KAGI_CA_KEY_PASSPHRASE",
-    "KAGI_CA_KEY_PASSPHRASE_FILE",
-    "KAGI_PKI_BASE_URL",
-    "KAGI_ADMIN_TLS_CERT",
-    "KAGI_ADMIN_TLS_KEY",
-    "KAGI_ADMIN_TLS_CA",
-    "KAGI_CA_TARGET",
-)
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if name not in _ISOLATED}
-    env.update(extra)
-    return env
-
-
-def _admin(state_dir: Path, *args: str) -> list[str]:
-    return [tool("kagi"), "admin", "--state-dir", str(state_dir), *args]
 
 
 def _mode(path: Path) -> int:
@@ -102,7 +79,8 @@ async def _openssl_verifies(out: Path, name: str) -> None:
 
 async def _listed(state_dir: Path, address: str, role: str) -> dict[str, dict[str, object]]:
     out = await run(
-        _admin(state_dir, "list-certificates", "--subject", role, "--json"), env=_env(KAGI_CA_TARGET=address)
+        admin_argv(state_dir, "list-certificates", "--subject", role, "--json"),
+        env=isolated_env(KAGI_CA_TARGET=address),
     )
     rows: list[dict[str, object]] = json.loads(out)
     return {str(row["serial_number"]): row for row in rows}
@@ -126,9 +104,9 @@ async def test_online_credential_is_recorded_verifies_and_authenticates_as_its_r
     grpcurl calls GetCaCertificates over mTLS, while IssueCertificate is PERMISSION_DENIED to a front-end."""
     out = tmp_path / "creds"
     reply = await run(
-        _admin(ca.dev.state_dir, "issue-credential", "--role", "frontend", "--name", "web01",
+        admin_argv(ca.dev.state_dir, "issue-credential", "--role", "frontend", "--name", "web01",
                "--dns", "web01.bank.example", "--ip", "10.0.0.5", "--out", str(out), "--json"),
-        env=_env(KAGI_CA_TARGET=ca.address),
+        env=isolated_env(KAGI_CA_TARGET=ca.address),
     )  # fmt: skip
     summary = json.loads(reply)
     _assert_credential(out, "web01", "frontend", summary, ca.dev.root.read_bytes(), ca.dev.ca_dir)
@@ -142,9 +120,9 @@ async def test_online_credential_is_recorded_verifies_and_authenticates_as_its_r
 
     shorter = json.loads(
         await run(
-            _admin(ca.dev.state_dir, "issue-credential", "--role", "frontend", "--name", "web02", "--days", "30",
+            admin_argv(ca.dev.state_dir, "issue-credential", "--role", "frontend", "--name", "web02", "--days", "30",
                    "--out", str(out), "--json"),
-            env=_env(KAGI_CA_TARGET=ca.address),
+            env=isolated_env(KAGI_CA_TARGET=ca.address),
         )
     )  # fmt: skip
     assert shorter["mode"] == "online"
@@ -196,11 +174,11 @@ async def test_offline_credential_is_recorded_before_the_ca_runs_then_listed_and
     args = ["issue-credential", "--offline", "--role", "gateway", "--name", "gw-1", "--dns", "gateway.bank.example",
             "--days", "30", "--out", str(out), "--json"]  # fmt: skip
     if offline_store.kind == "sqlite":
-        env = _env()
+        env = isolated_env()
     else:
-        env = _env(KAGI_STORE_URL=offline_store.url, KAGI_CA_KEY_PASSPHRASE_FILE=str(dev.passphrase_file))
+        env = isolated_env(KAGI_STORE_URL=offline_store.url, KAGI_CA_KEY_PASSPHRASE_FILE=str(dev.passphrase_file))
         args += ["--ca-dir", str(dev.ca_dir), "--namespace", offline_store.namespace]
-    summary = json.loads(await run(_admin(state_dir, *args), env=env))
+    summary = json.loads(await run(admin_argv(state_dir, *args), env=env))
     _assert_credential(out, "gw-1", "gateway", summary, dev.root.read_bytes(), dev.ca_dir)
     assert summary["mode"] == "offline"
     leaf = x509.load_pem_x509_certificates((out / "gw-1.pem").read_bytes())[0]
@@ -213,8 +191,8 @@ async def test_offline_credential_is_recorded_before_the_ca_runs_then_listed_and
         listed = await _listed(state_dir, ca.address, "gateway")
         assert listed[serial]["state"] == "active"
         revoked = await run(
-            _admin(state_dir, "revoke", "--serial", serial, "--reason", "superseded", "--yes", "--json"),
-            env=_env(KAGI_CA_TARGET=ca.address),
+            admin_argv(state_dir, "revoke", "--serial", serial, "--reason", "superseded", "--yes", "--json"),
+            env=isolated_env(KAGI_CA_TARGET=ca.address),
         )
         assert json.loads(revoked)["state"] == "revoked"
         status = await ca.stub("gateway").GetCertificateStatus(
@@ -228,7 +206,7 @@ async def test_offline_credential_is_recorded_before_the_ca_runs_then_listed_and
     assert actions[0][2]["request_id"].startswith("issue-credential/gw-1/")
 
     old_key = (out / "gw-1-key.pem").read_bytes()
-    again = json.loads(await run(_admin(state_dir, *args, "--force"), env=env))
+    again = json.loads(await run(admin_argv(state_dir, *args, "--force"), env=env))
     assert again["serial_number"] != serial
     assert (out / "gw-1-key.pem").read_bytes() != old_key
     _assert_credential(out, "gw-1", "gateway", again, dev.root.read_bytes(), dev.ca_dir)
@@ -304,7 +282,7 @@ def test_bad_input_is_refused_naming_the_option_and_nothing_is_written(
             (out / name).write_bytes(data)
     target = StoreTarget("sqlite", "sqlite:", dev_state.state_dir, "ca")
     before = asyncio.run(snapshot(target))
-    runner = CliRunner(env=dict.fromkeys(_ISOLATED))
+    runner = CliRunner(env=dict.fromkeys(ISOLATED))
     result = runner.invoke(
         cli, ["admin", "--state-dir", str(dev_state.state_dir), "issue-credential", *args, "--out", str(out)]
     )

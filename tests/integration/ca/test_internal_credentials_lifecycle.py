@@ -8,7 +8,6 @@ Every command runs as the real `kagi` program against a real CA service with mTL
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,31 +20,10 @@ from cryptography.x509.oid import NameOID
 from kagi.ca.v1 import ca_pb2
 from services.ca_service.creation import ensure_dev_pki_async
 from tests.integration.ca.ca_service_harness import RunningCa, StoreTarget, running_ca
+from tests.support.cli import admin_argv, isolated_env
 from tests.support.tools import run, tool
 
 SERVICE = "kagi.ca.v1.CertificateAuthorityService"
-_ISOLATED = (
-    "KAGI_STATE_DIR",
-    "KAGI_STORE_URL",
-    "KAGI_CA_DIR",
-    "KAGI_CA_KEY_PASSPHRASE",
-    "KAGI_CA_KEY_PASSPHRASE_FILE",
-    "KAGI_PKI_BASE_URL",
-    "KAGI_ADMIN_TLS_CERT",
-    "KAGI_ADMIN_TLS_KEY",
-    "KAGI_ADMIN_TLS_CA",
-    "KAGI_CA_TARGET",
-)
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if name not in _ISOLATED}
-    env.update(extra)
-    return env
-
-
-def _admin(state_dir: Path, *args: str) -> list[str]:
-    return [tool("kagi"), "admin", "--state-dir", str(state_dir), *args]
 
 
 def _leaf(path: Path) -> x509.Certificate:
@@ -62,7 +40,9 @@ def _names(certificate: x509.Certificate) -> tuple[list[str], list[str], list[st
 
 
 async def _credentials(ca: RunningCa, *args: str) -> dict[str, dict[str, object]]:
-    out = await run(_admin(ca.dev.state_dir, "list-credentials", *args, "--json"), env=_env(KAGI_CA_TARGET=ca.address))
+    out = await run(
+        admin_argv(ca.dev.state_dir, "list-credentials", *args, "--json"), env=isolated_env(KAGI_CA_TARGET=ca.address)
+    )
     rows: list[dict[str, object]] = json.loads(out)
     return {str(row["serial_number"]): row for row in rows}
 
@@ -85,7 +65,7 @@ async def test_credentials_are_listed_by_role_revoked_and_renewed_with_a_new_key
     place (key 0600); the new pair authenticates with grpcurl. With --revoke-old the old serial is revoked
     (superseded) and listed so; `kagi admin revoke` revokes another with the reason given."""
     out = tmp_path / "creds"
-    env = _env(KAGI_CA_TARGET=ca.address)
+    env = isolated_env(KAGI_CA_TARGET=ca.address)
     issued = {}
     for role, name, extra in (
         ("frontend", "web01", ["--dns", "web01.bank.example", "--ip", "10.0.0.5", "--days", "30"]),
@@ -93,7 +73,7 @@ async def test_credentials_are_listed_by_role_revoked_and_renewed_with_a_new_key
         ("gateway", "gw-1", ["--dns", "gateway.bank.example"]),
     ):
         reply = await run(
-            _admin(ca.dev.state_dir, "issue-credential", "--role", role, "--name", name, "--out", str(out),
+            admin_argv(ca.dev.state_dir, "issue-credential", "--role", role, "--name", name, "--out", str(out),
                    "--json", *extra),
             env=env,
         )  # fmt: skip
@@ -120,7 +100,7 @@ async def test_credentials_are_listed_by_role_revoked_and_renewed_with_a_new_key
     old_leaf = _leaf(out / "web01.pem")
     renewed = json.loads(
         await run(
-            _admin(ca.dev.state_dir, "renew-credential", "--name", "web01", "--out", str(out), "--revoke-old",
+            admin_argv(ca.dev.state_dir, "renew-credential", "--name", "web01", "--out", str(out), "--revoke-old",
                    "--yes", "--json"),
             env=env,
         )
@@ -138,7 +118,7 @@ async def test_credentials_are_listed_by_role_revoked_and_renewed_with_a_new_key
     assert await _grpcurl_status(out, "web01", ca.address) == "ok"
 
     revoked = await run(
-        _admin(ca.dev.state_dir, "revoke", "--serial", str(issued["web02"]["serial_number"]), "--reason",
+        admin_argv(ca.dev.state_dir, "revoke", "--serial", str(issued["web02"]["serial_number"]), "--reason",
                "keyCompromise", "--yes", "--json"),
         env=env,
     )  # fmt: skip
@@ -163,17 +143,17 @@ async def test_offline_renewal_before_the_ca_runs_is_recorded(tmp_path: Path) ->
     out = tmp_path / "creds"
     issued = json.loads(
         await run(
-            _admin(state_dir, "issue-credential", "--offline", "--role", "gateway", "--name", "gw-1",
+            admin_argv(state_dir, "issue-credential", "--offline", "--role", "gateway", "--name", "gw-1",
                    "--dns", "gateway.bank.example", "--out", str(out), "--json"),
-            env=_env(),
+            env=isolated_env(),
         )
     )  # fmt: skip
     old_leaf = _leaf(out / "gw-1.pem")
     renewed = json.loads(
         await run(
-            _admin(state_dir, "renew-credential", "--offline", "--name", "gw-1", "--out", str(out), "--days", "10",
+            admin_argv(state_dir, "renew-credential", "--offline", "--name", "gw-1", "--out", str(out), "--days", "10",
                    "--yes", "--json"),
-            env=_env(),
+            env=isolated_env(),
         )
     )  # fmt: skip
     new_leaf = _leaf(out / "gw-1.pem")
@@ -185,8 +165,8 @@ async def test_offline_renewal_before_the_ca_runs_is_recorded(tmp_path: Path) ->
     assert timedelta(days=10) <= lifetime <= timedelta(days=10, minutes=5)
     with pytest.raises(AssertionError, match="--revoke-old needs the running CA"):
         await run(
-            _admin(state_dir, "renew-credential", "--offline", "--revoke-old", "--name", "gw-1", "--out", str(out)),
-            env=_env(),
+            admin_argv(state_dir, "renew-credential", "--offline", "--revoke-old", "--name", "gw-1", "--out", str(out)),
+            env=isolated_env(),
         )  # fmt: skip
 
     dev = await ensure_dev_pki_async(state_dir)
@@ -257,8 +237,8 @@ async def test_a_file_that_is_not_a_kagi_credential_is_refused_and_nothing_is_is
     listed_before = await _credentials(ca)
     with pytest.raises(AssertionError) as refused:
         await run(
-            _admin(ca.dev.state_dir, "renew-credential", "--name", "thing", "--out", str(out), "--yes"),
-            env=_env(KAGI_CA_TARGET=ca.address),
+            admin_argv(ca.dev.state_dir, "renew-credential", "--name", "thing", "--out", str(out), "--yes"),
+            env=isolated_env(KAGI_CA_TARGET=ca.address),
         )
     message = " ".join(str(refused.value).split())
     assert "exited 1:" in message
